@@ -1,0 +1,195 @@
+"""The secure forward: one transformer implementation over the op set, for every architecture.
+
+Run with ``CrypTenOps`` it is 2-party secure inference; with ``TorchOps`` and the ``plain``
+protocol it is the plaintext model (tests prove it equals HF's logits); with ``TorchOps`` and a
+protocol it is that protocol's exact emulation.
+
+Roles (rank 0 = client, holds the prompt; rank 1 = server, holds the weights):
+  * ``weights="public"`` (open-weight model): both parties hold the weights in the clear, the
+    client embeds its own tokens and secret-shares the hidden states; linear layers are local.
+  * ``weights="private"``: the server secret-shares every weight at start-up (the client passes
+    zeros of the same public shapes); the embedding is a secret one-hot product.
+Only public facts leave a party in the clear: shapes, the number of tokens, the positions.
+Logits are revealed to the client only (``reveal(dst=0)``); the server gets nothing back.
+Generation always runs ``max_new_tokens`` steps: stopping at EOS would tell the server the
+answer's length.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pmpc.models import ModelSpec
+from pmpc.ops import Ops
+
+CLIENT, SERVER = 0, 1
+
+
+class Engine:
+    def __init__(self, spec: ModelSpec, protocol, ops: Ops, weights: str = "public",
+                 dtype=torch.float32, tap=None):
+        import protocols as _protocols
+
+        if weights not in ("public", "private"):
+            raise ValueError(f"weights must be public or private, not {weights!r}")
+        self.spec, self.ops, self.mode = spec, ops, weights
+        self.p = _protocols.get(protocol)
+        self.dtype = getattr(ops, "dtype", dtype)
+        self.tap = tap  # tap(point, layer, value): measurement hook (reveals to the client!)
+        with ops.scope("setup.weights"):
+            if weights == "public":
+                self.W = {k: v.to(self.dtype) for k, v in spec.weights.items()}
+            else:
+                self.W = {k: ops.share(v, src=SERVER) for k, v in spec.weights.items()}
+        self.cache = None
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _lin(self, x, name):
+        y = self.ops.matmul(x, self.W[name + ".w"])
+        b = self.W.get(name + ".b")
+        return y if b is None else y + b
+
+    def _norm(self, x, name):
+        w, b = self.W.get(name + ".w"), self.W.get(name + ".b")
+        with self.ops.scope("norm"):
+            if self.spec.norm == "rms":
+                return self.p.rms_norm(x, w, self.spec.norm_eps, self.ops)
+            return self.p.layer_norm(x, w, b, self.spec.norm_eps, self.ops)
+
+    def _rope(self, x, cos, sin):
+        h = x.shape[-1] // 2
+        rot = self.ops.cat([-x[..., h:], x[..., :h]], dim=-1)
+        return x * cos + rot * sin
+
+    def _rope_tables(self, positions):
+        s = self.spec
+        freqs = positions.to(torch.float64)[..., None] * s.inv_freq.to(torch.float64)
+        emb = torch.cat([freqs, freqs], dim=-1)
+        cos, sin = emb.cos() * s.rope_scaling, emb.sin() * s.rope_scaling
+        return cos[:, None].to(self.dtype), sin[:, None].to(self.dtype)  # [B, 1, T, hd]
+
+    # -- embedding (the client's input) -------------------------------------------------------
+    def embed(self, ids: torch.Tensor, positions: torch.Tensor, type_ids=None):
+        """ids, positions: [B, T]. At the server they are dummies (zeros): never read."""
+        s, ops = self.spec, self.ops
+        with ops.scope("embed"):
+            if self.mode == "public":
+                h = self.W["embed.tok"][ids]
+                if s.pos == "learned":
+                    h = h + self.W["embed.pos"][positions]
+                if "embed.type" in self.W:
+                    h = h + self.W["embed.type"][type_ids if type_ids is not None else torch.zeros_like(ids)]
+                x = ops.share(h, src=CLIENT)
+            else:
+                onehot = torch.nn.functional.one_hot(ids, s.vocab).to(self.dtype)
+                x = ops.matmul(ops.share(onehot, src=CLIENT), self.W["embed.tok"])
+                if s.pos == "learned":
+                    x = x + self.W["embed.pos"][positions]  # public rows of a secret table: local
+                if "embed.type" in self.W:
+                    x = x + self.W["embed.type"][torch.zeros_like(ids)]
+            if "embed.norm.w" in self.W:
+                x = self._norm(x, "embed.norm")
+        return x
+
+    # -- transformer blocks -------------------------------------------------------------------
+    def _attention(self, x, i, rope, mask, cache_i):
+        s, ops, p = self.spec, self.ops, self.p
+        B, T = x.shape[0], x.shape[1]
+        nh, nkv, hd = s.n_heads, s.n_kv_heads, s.head_dim
+        with ops.scope("linear"):
+            q = self._lin(x, f"layers.{i}.q").reshape(B, T, nh, hd).transpose(1, 2)
+            k = self._lin(x, f"layers.{i}.k").reshape(B, T, nkv, hd).transpose(1, 2)
+            v = self._lin(x, f"layers.{i}.v").reshape(B, T, nkv, hd).transpose(1, 2)
+        if rope is not None:
+            q, k = self._rope(q, *rope), self._rope(k, *rope)
+        if cache_i is not None:
+            if cache_i[0] is not None:
+                k = ops.cat([cache_i[0], k], dim=2)
+                v = ops.cat([cache_i[1], v], dim=2)
+            cache_i[0], cache_i[1] = k, v
+        if nkv != nh:
+            idx = torch.arange(nh) // (nh // nkv)
+            k, v = k[:, idx], v[:, idx]
+        with ops.scope("attention.matmul"):
+            scores = ops.matmul(q * (1.0 / math.sqrt(hd)), k.transpose(-1, -2))
+        with ops.scope("attention.softmax"):
+            probs = p.softmax(scores, ops, mask=mask)
+        with ops.scope("attention.matmul"):
+            out = ops.matmul(probs, v)
+        out = out.transpose(1, 2).reshape(B, T, nh * hd)
+        with ops.scope("linear"):
+            return self._lin(out, f"layers.{i}.o")
+
+    def _mlp(self, x, i):
+        s, ops, p = self.spec, self.ops, self.p
+        pre = f"layers.{i}."
+        if self.tap:
+            self.tap("up_in", i, x)
+        with ops.scope("linear"):
+            up = self._lin(x, pre + "up")
+            gate = self._lin(x, pre + "gate") if s.gated else None
+        with ops.scope("activation"):
+            if s.gated:
+                h = ops.mul(p.act(s.act, gate, ops), up)
+            else:
+                h = p.act(s.act, up, ops)
+        if self.tap:
+            self.tap("down_in", i, h)
+        with ops.scope("linear"):
+            return self._lin(h, pre + "down")
+
+    def forward(self, x, positions, mask, use_cache: bool):
+        """x: secret hidden states [B, T, H]; mask: public 0/1 [B, 1, T, S] or None."""
+        s = self.spec
+        rope = self._rope_tables(positions) if s.pos == "rope" else None
+        if use_cache and self.cache is None:
+            self.cache = [[None, None] for _ in range(s.n_layers)]
+        for i in range(s.n_layers):
+            cache_i = self.cache[i] if use_cache else None
+            pre = f"layers.{i}."
+            if s.post_norm:
+                x = self._norm(x + self._attention(x, i, rope, mask, cache_i), pre + "attn_norm")
+                x = self._norm(x + self._mlp(x, i), pre + "mlp_norm")
+            else:
+                x = x + self._attention(self._norm(x, pre + "attn_norm"), i, rope, mask, cache_i)
+                x = x + self._mlp(self._norm(x, pre + "mlp_norm"), i)
+        if "final_norm.w" in self.W:
+            x = self._norm(x, "final_norm")
+        if "lm_head.w" in self.W:
+            with self.ops.scope("lm_head"):
+                x = self.ops.matmul(x, self.W["lm_head.w"])
+        return x
+
+    # -- prefill / decode ---------------------------------------------------------------------
+    @staticmethod
+    def prefill_mask(attn: torch.Tensor, causal: bool) -> torch.Tensor:
+        """attn: [B, T] 0/1 (left padding). Padded query rows see themselves, so no row is empty."""
+        B, T = attn.shape
+        keep = attn[:, None, None, :].expand(B, 1, T, T).clone()
+        if causal:
+            keep = keep * torch.tril(torch.ones(T, T))
+        keep = torch.maximum(keep, torch.eye(T).expand_as(keep))
+        return keep
+
+    def prefill(self, ids: torch.Tensor, attn: torch.Tensor | None = None, use_cache: bool = True):
+        """Returns secret logits (or final hidden states for encoders) [B, T, V]."""
+        self.cache = None
+        attn = torch.ones_like(ids) if attn is None else attn
+        self._attn = attn.clone()
+        positions = (attn.cumsum(-1) - 1).clamp(min=0)
+        self._next_pos = positions[:, -1] + 1
+        mask = self.prefill_mask(attn.to(self.dtype), self.spec.causal).to(self.dtype)
+        if attn.all() and not self.spec.causal:
+            mask = None
+        x = self.embed(ids, positions)
+        return self.forward(x, positions, mask, use_cache=use_cache)
+
+    def decode(self, ids: torch.Tensor):
+        """One new token per sequence [B, 1] against the secret KV cache. Returns [B, 1, V]."""
+        positions = self._next_pos[:, None]
+        self._next_pos = self._next_pos + 1
+        self._attn = torch.cat([self._attn, torch.ones_like(ids)], dim=1)
+        mask = None if self._attn.all() else self._attn[:, None, None, :].to(self.dtype)
+        x = self.embed(ids, positions)
+        return self.forward(x, positions, mask, use_cache=True)

@@ -1,0 +1,256 @@
+"""The small op set every protocol and the engine are written against — one definition, two backends.
+
+A protocol's GELU or softmax is written ONCE in terms of these ops. It then runs
+  * on :class:`CrypTenOps` — secret-shared ``CrypTensor`` values: the real 2-party protocol, with
+    real rounds and bytes, and
+  * on :class:`TorchOps` — plain ``torch.Tensor`` values: an exact emulation of the same arithmetic
+    (float64 by default; ``fxp_bits`` rounds secret products to the fixed-point grid as MPC does).
+Values of either kind support the arithmetic operators with public scalars/tensors, ``.sum``,
+``.reshape``, ``.transpose``, ``.matmul`` and indexing natively; everything whose implementation
+differs between backends (comparisons, sharing, reveal, bit access, concatenation) goes through
+an ``Ops`` method. Composite helpers (``select``, ``poly``, ``max``, ``normalize``) are defined here
+once, on top of those primitives, so both backends perform identical arithmetic.
+
+Round discipline: a comparison costs about ten communication rounds under MPC, so every helper
+that needs several thresholds or several products issues them as ONE batched call.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Sequence
+
+import torch
+
+from pmpc import cost
+
+
+class Ops:
+    """Backend-neutral operations. Subclasses implement the primitives marked ``primitive``."""
+
+    kind = "abstract"
+    fxp_bits = 16  # fractional bits of the fixed-point encoding (CrypTen's default)
+
+    def __init__(self, tracker: cost.Tracker | None = None):
+        self.tracker = tracker or cost.Tracker(None)
+
+    # -- accounting ------------------------------------------------------------------------
+    def scope(self, name: str):
+        """Attribute the rounds/bytes/time spent inside to ``name`` (nested scopes allowed)."""
+        return self.tracker.scope(name)
+
+    # -- primitives --------------------------------------------------------------------------
+    def share(self, t: torch.Tensor, src: int = 0):  # primitive
+        raise NotImplementedError
+
+    def reveal(self, x, dst: int | None = None) -> torch.Tensor:  # primitive
+        raise NotImplementedError
+
+    def ltz(self, x):  # primitive: 1 where x < 0 else 0 (same kind as x)
+        raise NotImplementedError
+
+    def bits(self, x, positions: Sequence[int]):  # primitive: bits of the fixed-point encoding
+        raise NotImplementedError
+
+    def cat(self, xs, dim=0):  # primitive
+        raise NotImplementedError
+
+    def stack(self, xs, dim=0):  # primitive
+        raise NotImplementedError
+
+    def is_secret(self, x) -> bool:  # primitive
+        raise NotImplementedError
+
+    def mul(self, x, y):
+        """Elementwise product of two secret values (one Beaver round under MPC)."""
+        return x * y
+
+    def matmul(self, x, y):
+        return x.matmul(y)
+
+    # -- composites: one definition for both backends ----------------------------------------
+    def lt(self, x, thresholds: float | Sequence[float]):
+        """``x < c`` as 0/1 values. Several thresholds are compared in ONE batched call and
+        returned as a list, in the order given."""
+        if isinstance(thresholds, (int, float)):
+            return self.ltz(x - float(thresholds))
+        diffs = self.stack([x - float(c) for c in thresholds])
+        flags = self.ltz(diffs)
+        return [flags[i] for i in range(len(thresholds))]
+
+    def ge(self, x, thresholds):
+        r = self.lt(x, thresholds)
+        return [1 - f for f in r] if isinstance(r, list) else 1 - r
+
+    def select(self, b, x, y):
+        """``b ? x : y`` for a 0/1 value ``b``: y + b (x - y), one product."""
+        return y + self.mul(b, x - y)
+
+    def abs(self, x):
+        return self.mul(x, 1 - 2 * self.ltz(x))
+
+    def relu(self, x):
+        return self.mul(x, 1 - self.ltz(x))
+
+    def square(self, x):
+        return self.mul(x, x)
+
+    def powers(self, x, n: int) -> list:
+        """[x, x^2, ..., x^n] in ceil(log2 n) rounds: each level multiplies the known powers by
+        the highest one in one batched product (never ``CrypTensor.pow``, wrong for odd p >= 5)."""
+        terms = [x]
+        while len(terms) < n:
+            top = terms[-1]
+            k = min(len(terms), n - len(terms))
+            batch = self.mul(self.stack(terms[:k]), self.stack([top] * k))
+            terms.extend(batch[i] for i in range(k))
+        return terms[:n]
+
+    def poly(self, x, coeffs: Sequence[float]):
+        """sum_i coeffs[i] * x**i (coefficients low to high); powers by :meth:`powers`."""
+        coeffs = [float(c) for c in coeffs]
+        deg = len(coeffs) - 1
+        out = x * 0.0 + coeffs[0]
+        if deg == 0:
+            return out
+        for c, p in zip(coeffs[1:], self.powers(x, deg)):
+            if c != 0.0:
+                out = out + p * c
+        return out
+
+    def max(self, x, dim: int = -1):
+        """Maximum along ``dim`` (keepdim) by a tree of batched comparisons: ceil(log2 n) levels."""
+        x = x.transpose(dim, -1) if dim not in (-1, x.dim() - 1) else x
+        while x.shape[-1] > 1:
+            n = x.shape[-1]
+            half = n // 2
+            a, b = x[..., :half], x[..., half:2 * half]
+            m = self.select(self.ltz(a - b), b, a)
+            x = self.cat([m, x[..., 2 * half:]], dim=-1) if n % 2 else m
+        return x.transpose(dim, -1) if dim not in (-1, x.dim() - 1) else x
+
+    def normalize(self, x, base_log2: int = 2, lo: int = -8, hi: int = 15):
+        """Range reduction by the most significant bit, for x > 0 (SIRNN's msnzb step).
+
+        With g = ``base_log2`` and bins [2^(g k), 2^(g (k+1))) for k in [lo, hi], one batched
+        comparison gives the one-hot bin of x, hence the secret power of two ``f = 2^-k`` (a public
+        linear combination of the one-hot), and ``m = x * f^g`` in [1, 2^g). So
+        ``1/x = f / m`` (g = 1) and ``rsqrt(x) = f * rsqrt(m)`` (g = 2). Powers of two are exact in
+        fixed point: the reduction loses no precision. Inputs below bin lo (above bin hi) are
+        treated as in bin lo (hi): that is the supported range, 2^(g lo) .. 2^(g (hi+1))."""
+        ks = list(range(lo + 1, hi + 1))
+        flags = self.ge(x, [float(2.0 ** (base_log2 * k)) for k in ks])  # thermometer code
+        # one-hot of the bin: bin lo = 1 - c_{lo+1}; bin k = c_k - c_{k+1}; bin hi = c_hi
+        f = (1 - flags[0]) * (2.0 ** (-lo)) if flags else x * 0 + 2.0 ** (-lo)
+        for i, k in enumerate(ks):
+            nxt = flags[i + 1] if i + 1 < len(flags) else 0
+            f = f + (flags[i] - nxt) * (2.0 ** (-k))
+        m = x
+        for _ in range(base_log2):
+            m = self.mul(m, f)
+        return m, f
+
+    def sum(self, x, dim=-1, keepdim=True):
+        return x.sum(dim, keepdim=keepdim)
+
+
+class TorchOps(Ops):
+    """Plain tensors: the exact emulation of a protocol's arithmetic (no communication)."""
+
+    kind = "torch"
+
+    def __init__(self, dtype=torch.float64, fxp_bits: int | None = None, tracker=None):
+        super().__init__(tracker)
+        self.dtype = dtype
+        self.round_bits = fxp_bits  # None: no fixed-point rounding emulation
+
+    def _q(self, t):
+        if self.round_bits is None:
+            return t
+        s = 2.0 ** self.round_bits
+        return torch.round(t * s) / s
+
+    def share(self, t, src=0):
+        return self._q(t.to(self.dtype))
+
+    def reveal(self, x, dst=None):
+        return x
+
+    def is_secret(self, x):
+        return torch.is_tensor(x) and x.is_floating_point()
+
+    def ltz(self, x):
+        return (x < 0).to(x.dtype)
+
+    def mul(self, x, y):
+        return self._q(x * y)
+
+    def bits(self, x, positions):
+        enc = torch.floor(x * 2.0 ** self.fxp_bits).to(torch.int64)
+        return torch.stack([((enc >> p) & 1).to(x.dtype) for p in positions])
+
+    def cat(self, xs, dim=0):
+        return torch.cat(xs, dim)
+
+    def stack(self, xs, dim=0):
+        return torch.stack(xs, dim)
+
+
+class CrypTenOps(Ops):
+    """Secret-shared values: every op below is the real 2-party protocol."""
+
+    kind = "crypten"
+
+    def __init__(self, tracker=None):
+        super().__init__(tracker)
+        from pmpc.crypten_compat import crypten
+
+        self.crypten = crypten
+        self.fxp_bits = crypten.cfg.encoder.precision_bits
+
+    def share(self, t, src=0):
+        return self.crypten.cryptensor(t.float(), src=src)
+
+    def reveal(self, x, dst=None):
+        return x.get_plain_text(dst=dst)
+
+    def is_secret(self, x):
+        return isinstance(x, self.crypten.CrypTensor)
+
+    def _lift(self, a):
+        """crypten returns comparison bits with encoder scale 1, which silently rounds a public
+        float factor (``bit * 0.25``) to an integer. Rescale to the standard fixed point (local)."""
+        from crypten.encoder import FixedPointEncoder
+
+        a._tensor.share = a._tensor.share * (2 ** self.fxp_bits)
+        a._tensor.encoder = FixedPointEncoder(self.fxp_bits)
+        return a
+
+    def ltz(self, x):
+        return self._lift(x._ltz())
+
+    def bits(self, x, positions):
+        """Bits ``positions`` of x's ring encoding as arithmetic 0/1 shares: one A2B conversion
+        (adder circuit) and one batched single-bit B2A for all positions."""
+        from pmpc.crypten_compat import Ptype
+
+        b = x._to_ptype(Ptype.binary)
+        b.share = torch.stack([(b.share >> p) & 1 for p in positions])
+        a = b._to_ptype(Ptype.arithmetic, bits=1)
+        a.encoder._scale = 1
+        return self._lift(a)
+
+    def cat(self, xs, dim=0):
+        return self.crypten.cat(xs, dim=dim)
+
+    def stack(self, xs, dim=0):
+        return self.crypten.stack(xs, dim=dim)
+
+
+@contextlib.contextmanager
+def nullscope():
+    yield
+
+
+def is_power_of_two(x: float) -> bool:
+    return x > 0 and math.log2(x).is_integer()

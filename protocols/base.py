@@ -1,0 +1,103 @@
+"""The ``Protocol`` interface: how one private-inference system computes each non-linearity.
+
+Every method takes the values and an :class:`pmpc.ops.Ops` backend, so one definition runs both
+under MPC (``CrypTenOps``) and as its plaintext emulation (``TorchOps``).
+
+Defaults below compose the building blocks (``exp``, ``reciprocal``, ``rsqrt``) into softmax and
+the norms in the scale-robust way every protocol shares:
+  * softmax subtracts the row max (unless the protocol opts out), applies a 0/1 public mask AFTER
+    exp (an additive -1e4 mask overflows fixed-point exp), and multiplies by the reciprocal of the
+    row sum;
+  * norms feed ``rsqrt`` the SUM of squares (plus n*eps) and rescale by sqrt(n) afterwards: the sum
+    is n times larger than the mean, so tiny real activations (mean square ~1e-4) keep their
+    precision on the 16-bit fixed-point grid.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from pmpc.ops import Ops
+
+
+@dataclasses.dataclass(frozen=True)
+class FnSpec:
+    """What a protocol function promises, for ``pmpc protocols`` and the tests."""
+
+    domain: tuple[float, float]       # where the stated bound holds
+    max_abs_err: float | None = None  # against float64 on the domain (None: use max_rel_err)
+    max_rel_err: float | None = None
+    comparisons: int = 0              # secure comparisons per element
+    multiplications: int = 0          # secret products per element (excluding comparisons)
+    method: str = ""
+
+
+class Protocol:
+    name = "abstract"
+    summary = ""
+    source = ""
+    subtract_max = True  # softmax: x - max(x) before exp
+    specs: dict[str, FnSpec] = {}
+
+    # -- element-wise functions: each protocol overrides what its system defines ------------
+    def gelu(self, x, ops: Ops):
+        raise NotImplementedError(f"{self.name} defines no GELU")
+
+    def gelu_tanh(self, x, ops: Ops):
+        """GPT-2's tanh-form GELU; protocols approximate both GELUs with one function."""
+        return self.gelu(x, ops)
+
+    def silu(self, x, ops: Ops):
+        raise NotImplementedError(f"{self.name} defines no SiLU")
+
+    def exp(self, x, ops: Ops):
+        """exp(x) for x <= 0 (after max subtraction)."""
+        raise NotImplementedError
+
+    def reciprocal(self, x, ops: Ops):
+        """1/x for x >= 1 (a softmax denominator after max subtraction)."""
+        raise NotImplementedError
+
+    def rsqrt(self, x, ops: Ops):
+        """1/sqrt(x) for x > 0, over the whole range of sums of squares."""
+        raise NotImplementedError
+
+    def act(self, name: str, x, ops: Ops):
+        fn = {"silu": self.silu, "gelu": self.gelu, "gelu_tanh": self.gelu_tanh}.get(name)
+        if fn is None:
+            raise ValueError(f"unknown activation {name!r}")
+        return fn(x, ops)
+
+    # -- composites --------------------------------------------------------------------------
+    def softmax(self, x, ops: Ops, mask=None):
+        """Softmax over the last dim. ``mask``: public 0/1 tensor broadcastable to x (1 = keep)."""
+        if mask is not None:
+            x = x * mask - 64.0 * (1 - mask)  # bounded: keeps masked entries out of the max
+        if self.subtract_max:
+            x = x - ops.max(x, dim=-1)
+        e = self.exp(x, ops)
+        if mask is not None:
+            e = e * mask
+        return ops.mul(e, self.reciprocal(e.sum(-1, keepdim=True), ops))
+
+    def rms_norm(self, x, w, eps: float, ops: Ops, offset: float = 0.0):
+        n = x.shape[-1]
+        s = ops.square(x).sum(-1, keepdim=True) + n * eps
+        r = self.rsqrt(s, ops) * math.sqrt(n)
+        y = ops.mul(x, r)
+        return y * (w + offset) if w is not None else y
+
+    def layer_norm(self, x, w, b, eps: float, ops: Ops):
+        n = x.shape[-1]
+        c = x - x.mean(-1, keepdim=True)
+        s = ops.square(c).sum(-1, keepdim=True) + n * eps
+        r = self.rsqrt(s, ops) * math.sqrt(n)
+        y = ops.mul(c, r)
+        if w is not None:
+            y = y * w
+        if b is not None:
+            y = y + b
+        return y
+
+    def __repr__(self):
+        return f"<Protocol {self.name}>"

@@ -1,0 +1,76 @@
+"""``crypten``: CrypTen 0.4.1's own approximations with its default configuration.
+
+Re-expressed over the op set (same arithmetic as ``crypten/common/functions/approximations.py``
+with ``configs/default.yaml``) so that the plaintext emulation is exact:
+  * exp: (1 + x/2^8)^(2^8) — 8 squarings (3% relative error at x = -4; 0 below about -512);
+  * reciprocal: Newton-Raphson, 10 iterations from y0 = 3 e^(1-2x) + 0.003 (good to ~500);
+  * sigmoid ("reciprocal" method): 1 / (1 + e^-|x|) with 3 NR steps from 0.75, mirrored;
+    tanh = 2 sigmoid(2x) - 1. CrypTen has no GELU; the tanh form on its tanh is used
+    (its Taylor erf relies on ``pow``, which is wrong for odd powers >= 5 in 0.4.1);
+  * inv_sqrt: 3 NR steps from 2.2 e^-(x/2+0.2) + 0.2 - x/1024 — accurate only on about [0.1, 150].
+    Real sums of squares lie far outside, so pmpc normalises the input to [1, 4) first by its most
+    significant bit (the general fix shared with ``exact``); CrypTen's own iteration does the rest.
+"""
+from __future__ import annotations
+
+import math
+
+from pmpc.ops import Ops
+from protocols.base import FnSpec, Protocol
+
+
+def exp_limit(x, n: int, ops: Ops):
+    """(1 + x/2^n)^(2^n): n squarings."""
+    y = 1 + x * (1.0 / 2 ** n)
+    for _ in range(n):
+        y = ops.square(y)
+    return y
+
+
+class CrypTenDefault(Protocol):
+    name = "crypten"
+    summary = "CrypTen 0.4.1 defaults: (1+x/256)^256 exp, 10-step NR reciprocal, NR inv_sqrt (normalised)"
+    source = "facebookresearch/CrypTen crypten/common/functions/approximations.py, configs/default.yaml"
+    specs = {
+        "exp": FnSpec((-8.0, 0.0), max_abs_err=2e-2, multiplications=8, method="(1+x/256)^256"),
+        "reciprocal": FnSpec((1.0, 300.0), max_rel_err=1e-3, multiplications=28,
+                             method="NR x10 from 3e^(1-2x)+0.003"),
+        "rsqrt": FnSpec((2.0 ** -12, 2.0 ** 30), max_rel_err=5e-3, comparisons=20, multiplications=20,
+                        method="msb normalisation to [1,4), then CrypTen's inv_sqrt (3 NR)"),
+        "silu": FnSpec((-20.0, 20.0), max_abs_err=2e-2, comparisons=1, multiplications=16,
+                       method="x sigmoid(x), sigmoid by CrypTen's reciprocal method"),
+        "gelu": FnSpec((-20.0, 20.0), max_abs_err=2e-2, comparisons=1, multiplications=20,
+                       method="tanh form on CrypTen's tanh = 2 sigmoid(2x) - 1"),
+    }
+
+    def exp(self, x, ops: Ops):
+        return exp_limit(x, 8, ops)
+
+    def reciprocal(self, x, ops: Ops):
+        y = 3 * exp_limit(1 - 2 * x, 8, ops) + 0.003
+        for _ in range(10):
+            y = 2 * y - ops.mul(x, ops.square(y))
+        return y
+
+    def rsqrt(self, x, ops: Ops):
+        m, f = ops.normalize(x, base_log2=2, lo=-6, hi=14)
+        y = 2.2 * exp_limit(-(m * 0.5 + 0.2), 8, ops) + 0.2 - m * (1 / 1024)
+        for _ in range(3):
+            y = ops.mul(y, 3 - ops.mul(m, ops.square(y))) * 0.5
+        return ops.mul(y, f)
+
+    def sigmoid(self, x, ops: Ops):
+        neg = ops.ltz(x)
+        a = ops.mul(x, 1 - 2 * neg)
+        d = 1 + exp_limit(-a, 8, ops)
+        y = d * 0 + 0.75
+        for _ in range(3):
+            y = 2 * y - ops.mul(d, ops.square(y))
+        return ops.select(neg, 1 - y, y)
+
+    def silu(self, x, ops: Ops):
+        return ops.mul(x, self.sigmoid(x, ops))
+
+    def gelu(self, x, ops: Ops):
+        u = (x + ops.mul(ops.square(x), x) * 0.044715) * (2 * math.sqrt(2 / math.pi))
+        return ops.mul(x, self.sigmoid(u, ops))

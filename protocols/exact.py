@@ -1,0 +1,135 @@
+"""``exact``: a SIRNN-like precise baseline — every speedup in pmpc is measured against it.
+
+SIRNN (S&P'21) computes exp by digit decomposition with a lookup table per digit, reciprocal and
+rsqrt by normalising with the most significant non-zero bit then a few Goldschmidt/Newton steps.
+Its goal is an error at fixed-point resolution over the WHOLE input range, at the price of
+bit-level protocols. This module keeps that structure on CrypTen's building blocks:
+
+* exp(x), x <= 0: one A2B conversion gives the bits of y = -x; the fractional part
+  f = sum b_i 2^(i-16) is local; e^-f by a degree-6 fit on [0, 1) (error 2e-8); each integer bit
+  is a 1-bit "lookup" 1 + b (e^(-2^i) - 1); the factors multiply in a tree. Error: a few 2^-16
+  (relative), for every y < 2^15.
+* reciprocal, rsqrt: normalise by the most significant bit (one batched comparison, exact powers of
+  two), linear start on [1, 2) resp. [1, 4), three Newton steps: relative error ~ 2^-16.
+* sigmoid(x) = 1/(1+e^-|x|) (mirrored for x < 0) — SIRNN's sigmoid; SiLU = x sigmoid(x);
+  GELU = x Phi(x) with Phi from erfc (A&S 7.1.26: 1.5e-7) on the precise exp and reciprocal;
+  tanh-GELU = x sigmoid(2u) since (1 + tanh u)/2 = sigmoid(2u).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pmpc.ops import Ops
+from protocols.base import FnSpec, Protocol
+
+
+def _fit(fn, lo, hi, deg, rel=False):
+    """Least-squares polynomial on Chebyshev nodes (float64), coefficients low to high."""
+    k = np.arange(400)
+    x = (lo + hi) / 2 + (hi - lo) / 2 * np.cos((2 * k + 1) * np.pi / 800)
+    y = fn(x)
+    w = 1 / np.abs(y) if rel else np.ones_like(y)
+    c = np.polynomial.polynomial.polyfit(x, y, deg, w=w)
+    return [float(v) for v in c]
+
+
+EXP_FRAC = _fit(lambda f: np.exp(-f), 0.0, 1.0, 6)          # e^-f on [0, 1)
+RECIP_INIT = _fit(lambda m: 1 / m, 1.0, 2.0, 1, rel=True)   # 1/m on [1, 2)
+RSQRT_INIT = _fit(lambda m: m ** -0.5, 1.0, 4.0, 1, rel=True)  # m^-1/2 on [1, 4)
+# Abramowitz & Stegun 7.1.26: erfc(z) = t (a1 + t (a2 + ...)) e^{-z^2}, t = 1/(1 + p z), |err| < 1.5e-7
+AS_P = 0.3275911
+AS_A = [0.0, 0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429]
+
+INT_BITS = 15  # y = -x < 2^15
+
+
+def product(xs: list, ops: Ops):
+    """Multiply a list of values in a balanced tree, one batched product per level."""
+    while len(xs) > 1:
+        half = len(xs) // 2
+        prod = ops.mul(ops.stack(xs[:half]), ops.stack(xs[half:2 * half]))
+        xs = [prod[i] for i in range(half)] + xs[2 * half:]
+    return xs[0]
+
+
+def newton_reciprocal(m, y, iters: int, ops: Ops):
+    for _ in range(iters):
+        y = ops.mul(y, 2 - ops.mul(m, y))
+    return y
+
+
+def newton_rsqrt(m, y, iters: int, ops: Ops):
+    for _ in range(iters):
+        y = ops.mul(y, 1.5 - 0.5 * ops.mul(m, ops.square(y)))
+    return y
+
+
+class Exact(Protocol):
+    name = "exact"
+    summary = "SIRNN-like precise baseline: bit-decomposed exp, msb-normalised Newton reciprocal/rsqrt"
+    source = "SIRNN (Rathee et al., S&P'21) structure; mpc-msri/EzPC SCI/src/Math/math-functions.cpp"
+    specs = {
+        "exp": FnSpec((-2.0 ** 14, 0.0), max_abs_err=2e-4, comparisons=1, multiplications=20,
+                      method="A2B bits of -x; e^-frac deg-6 fit; 1-bit lookups for integer bits; product tree"),
+        "reciprocal": FnSpec((2.0 ** -12, 2.0 ** 14), max_rel_err=2e-3, comparisons=30, multiplications=7,
+                             method="msb normalisation to [1,2), linear start, 3 Newton steps"),
+        "rsqrt": FnSpec((2.0 ** -12, 2.0 ** 30), max_rel_err=2e-3, comparisons=23, multiplications=11,
+                        method="msb normalisation to [1,4), linear start, 3 Newton steps"),
+        "silu": FnSpec((-60.0, 60.0), max_abs_err=5e-3, comparisons=32, multiplications=30,
+                       method="x / (1 + e^-|x|), mirrored"),
+        "gelu": FnSpec((-60.0, 60.0), max_abs_err=5e-3, comparisons=6, multiplications=40,
+                       method="x Phi(x), Phi from erfc (A&S 7.1.26) on precise exp/reciprocal"),
+        "gelu_tanh": FnSpec((-30.0, 30.0), max_abs_err=5e-3, comparisons=32, multiplications=32,
+                            method="x sigmoid(2u), u = sqrt(2/pi)(x + 0.044715 x^3)"),
+    }
+
+    # -- building blocks -----------------------------------------------------------------
+    def exp(self, x, ops: Ops):
+        fb = ops.fxp_bits
+        # x - max(x) can come out a unit above 0 (truncation in the select); a negative y would
+        # decompose as two's complement. A bias of 4 units keeps y >= 0; e^bias is folded back.
+        bias = 4 * 2.0 ** -fb
+        y = bias - x
+        b = ops.bits(y, list(range(fb + INT_BITS)))
+        frac = b[0] * 2.0 ** -fb
+        for i in range(1, fb):
+            frac = frac + b[i] * 2.0 ** (i - fb)
+        factors = [ops.poly(frac, [c * math.exp(bias) for c in EXP_FRAC])]
+        for i in range(INT_BITS):
+            v = math.exp(-(2.0 ** i))
+            factors.append(1 + b[fb + i] * (v - 1) if v > 2.0 ** -(fb + 1) else 1 - b[fb + i])
+        return product(factors, ops)
+
+    def reciprocal(self, x, ops: Ops, lo: int = -12, hi: int = 13):
+        m, f = ops.normalize(x, base_log2=1, lo=lo, hi=hi)
+        y = RECIP_INIT[0] + m * RECIP_INIT[1]
+        return ops.mul(newton_reciprocal(m, y, 3, ops), f)
+
+    def rsqrt(self, x, ops: Ops):
+        m, f = ops.normalize(x, base_log2=2, lo=-6, hi=14)
+        y = RSQRT_INIT[0] + m * RSQRT_INIT[1]
+        return ops.mul(newton_rsqrt(m, y, 3, ops), f)
+
+    # -- activations ---------------------------------------------------------------------
+    def sigmoid(self, x, ops: Ops):
+        neg = ops.ltz(x)
+        a = ops.mul(x, 1 - 2 * neg)                         # |x|
+        p = self.reciprocal(1 + self.exp(-a, ops), ops, lo=0, hi=1)  # sigmoid(|x|), denominator in [1, 2]
+        return ops.select(neg, 1 - p, p)
+
+    def silu(self, x, ops: Ops):
+        return ops.mul(x, self.sigmoid(x, ops))
+
+    def gelu_tanh(self, x, ops: Ops):
+        u = (x + ops.mul(ops.square(x), x) * 0.044715) * (2 * math.sqrt(2 / math.pi))
+        return ops.mul(x, self.sigmoid(u, ops))
+
+    def gelu(self, x, ops: Ops):
+        neg = ops.ltz(x)
+        z = ops.mul(x, 1 - 2 * neg) * (1 / math.sqrt(2))      # |x| / sqrt 2
+        t = self.reciprocal(1 + z * AS_P, ops, lo=0, hi=6)
+        q = ops.mul(ops.poly(t, AS_A), self.exp(-ops.square(z), ops))  # erfc(z)
+        phi = ops.select(neg, 0.5 * q, 1 - 0.5 * q)
+        return ops.mul(x, phi)
