@@ -21,12 +21,14 @@ import pathlib
 
 import torch
 
+from pmpc.errors import UserError
+
 TINY_ARCHS = ("llama", "mistral", "qwen2", "phi3", "gpt2", "bert")
 ALIASES = ("smollm2", "smollm2-safe", "smollm2-quada")
 ADAPTER_DIR = pathlib.Path(__file__).parent / "adapters"
 
 
-class ModelError(ValueError):
+class ModelError(UserError):
     """A model that cannot be found or loaded (one-line message)."""
 
 

@@ -20,10 +20,12 @@ import socket
 import time
 import traceback
 
+from pmpc.errors import UserError
+
 ROLE = {0: "client", 1: "server", 2: "dealer"}
 
 
-class PartyError(RuntimeError):
+class PartyError(UserError):
     """A party failed, stalled or disagreed; the message names the party."""
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 
+from pmpc.errors import UserError
 from protocols.base import FnSpec, Protocol
 
 # name -> "module:Class". Modules are imported on first use.
@@ -36,7 +37,7 @@ def get(name: str) -> Protocol:
     if isinstance(name, Protocol):
         return name
     if name not in _REGISTRY or name not in names():
-        raise ValueError(f"unknown protocol {name!r}; choose from: {', '.join(names())}")
+        raise UserError(f"unknown protocol {name!r}; choose from: {', '.join(names())}")
     if name not in _CACHE:
         mod, cls = _REGISTRY[name].split(":")
         _CACHE[name] = getattr(importlib.import_module(mod), cls)()
