@@ -55,31 +55,37 @@ def parse_link(spec: str) -> Link:
 class Cost:
     rounds: int = 0
     bytes: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0       # wall time
     calls: int = 0
+    comm_seconds: float = 0.0  # of which spent inside communication calls (CrypTen's timer)
 
     def add(self, other: "Cost") -> None:
         self.rounds += other.rounds
         self.bytes += other.bytes
         self.seconds += other.seconds
         self.calls += other.calls
+        self.comm_seconds += other.comm_seconds
+
+    def __sub__(self, other: "Cost") -> "Cost":
+        return Cost(self.rounds - other.rounds, self.bytes - other.bytes, self.seconds - other.seconds,
+                    self.calls - other.calls, self.comm_seconds - other.comm_seconds)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 class Tracker:
-    """Scoped counters. ``stats`` returns the party's cumulative (rounds, bytes), or None when
-    there is no communication (the plaintext backend): then only time is tracked."""
+    """Scoped counters. ``stats`` returns the party's cumulative (rounds, bytes, comm seconds),
+    or None when there is no communication (the plaintext backend): then only time is tracked."""
 
-    def __init__(self, stats: Callable[[], tuple[int, int]] | None):
+    def __init__(self, stats: Callable[[], tuple[int, int, float]] | None):
         self._stats = stats
         self.scopes: "OrderedDict[str, Cost]" = OrderedDict()
         self._stack: list[list] = []  # [name, start_counters, child_cost]
 
-    def _now(self):
-        r, b = self._stats() if self._stats else (0, 0)
-        return r, b, time.perf_counter()
+    def _now(self) -> Cost:
+        r, b, ct = self._stats() if self._stats else (0, 0, 0.0)
+        return Cost(r, b, time.perf_counter(), 0, ct)
 
     @contextlib.contextmanager
     def scope(self, name: str):
@@ -91,18 +97,19 @@ class Tracker:
             yield
         finally:
             self._stack.pop()
-            r, b, t = self._now()
-            incl = Cost(r - start[0], b - start[1], t - start[2], 1)
-            excl = Cost(incl.rounds - child.rounds, incl.bytes - child.bytes,
-                        incl.seconds - child.seconds, 1)
+            incl = self._now() - start
+            excl = incl - child
+            excl.calls = 1
             self.scopes.setdefault(full, Cost()).add(excl)
             if self._stack:
-                self._stack[-1][2].add(Cost(incl.rounds, incl.bytes, incl.seconds, 0))
+                incl.calls = 0
+                self._stack[-1][2].add(incl)
 
     def total(self) -> Cost:
         out = Cost()
         for c in self.scopes.values():
-            out.add(Cost(c.rounds, c.bytes, c.seconds, 0))
+            out.add(c)
+        out.calls = 0
         return out
 
     def snapshot(self) -> dict:
@@ -112,11 +119,11 @@ class Tracker:
         self.scopes.clear()
 
 
-def crypten_stats() -> tuple[int, int]:
+def crypten_stats() -> tuple[int, int, float]:
     from pmpc.crypten_compat import comm
 
     s = comm.get().get_communication_stats()
-    return int(s["rounds"]), int(s["bytes"])
+    return int(s["rounds"]), int(s["bytes"]), float(s["time"])
 
 
 def table(scopes: dict, links=("lan", "wan"), title: str | None = None) -> str:

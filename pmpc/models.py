@@ -223,6 +223,30 @@ def load(name: str, allow_pickle: bool = False) -> tuple[ModelSpec, object]:
     return spec_from_hf(model, name), tok
 
 
+def load_shapes(name: str, allow_pickle: bool = False) -> ModelSpec:
+    """The spec of ``name`` with zero weights, built from its config alone (the weight file is
+    never read): what the client holds when the server's weights are private."""
+    import transformers as tf
+
+    path, _ = resolve(name)
+    if path.startswith("tiny-random-"):
+        cfg = tiny_config(path[len("tiny-random-"):])
+    else:
+        p = pathlib.Path(path)
+        cfg = (tf.AutoConfig.from_pretrained(p.parent, gguf_file=p.name) if p.suffix == ".gguf"
+               else tf.AutoConfig.from_pretrained(p))
+    with torch.device("meta"):
+        if cfg.model_type == "bert":
+            model = tf.BertModel(cfg, add_pooling_layer=False)
+        else:
+            model = tf.AutoModelForCausalLM.from_config(cfg)
+    if hasattr(getattr(model, "model", None), "rotary_emb"):  # public RoPE tables, computed on CPU
+        model.model.rotary_emb = type(model.model.rotary_emb)(config=cfg)
+    spec = spec_from_hf(model, name)
+    spec.weights = {k: torch.zeros(v.shape) for k, v in spec.weights.items()}
+    return spec
+
+
 # -- HF -> spec --------------------------------------------------------------------------------
 def _t(w):
     return w.detach().float().t().contiguous()

@@ -9,7 +9,9 @@
   host (``pmpc party --rank R --rendezvous tcp://HOST:PORT``).
 
 A job is a picklable callable ``job(rank, world_size) -> picklable`` (plain Python / numpy
-values: returning torch tensors through a queue can crash the parent).
+values: returning torch tensors through a queue can crash the parent). With ``inputs``, each
+rank's private input is handed to that rank's process ONLY (``job(rank, world_size, input)``):
+that is how the client's prompt reaches the client and never the server.
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ def _ctx():
 
 
 def run_party(job, rank: int, world_size: int, rendezvous: str, timeout_s: float = 60.0,
-              dealer: str = "local", threads: int | None = None):
+              dealer: str = "local", threads: int | None = None, inp=None, has_input: bool = False):
     """Join the session as ``rank`` and run ``job``. ``dealer``: ``local`` (CrypTen's TFP: party 0
     generates the triples — insecure against party 0) or ``ttp`` (a separate dealer process of
     rank ``world_size``, which only serves triples)."""
@@ -65,14 +67,14 @@ def run_party(job, rank: int, world_size: int, rendezvous: str, timeout_s: float
         return None
     cc.init_party(rank, world_size, rendezvous, timeout_s, provider)
     try:
-        return job(rank, world_size)
+        return job(rank, world_size, inp) if has_input else job(rank, world_size)
     finally:
         cc.shutdown_party()
 
 
-def _entry(job, rank, world_size, rendezvous, timeout_s, dealer, threads, q):
+def _entry(job, rank, world_size, rendezvous, timeout_s, dealer, threads, q, has_input, inp):
     try:
-        out = run_party(job, rank, world_size, rendezvous, timeout_s, dealer, threads)
+        out = run_party(job, rank, world_size, rendezvous, timeout_s, dealer, threads, inp, has_input)
         q.put((rank, "ok", out))
     except BaseException as e:  # report to the parent, then exit non-zero
         msg = str(e).strip().splitlines()
@@ -81,7 +83,8 @@ def _entry(job, rank, world_size, rendezvous, timeout_s, dealer, threads, q):
 
 
 def run_local(job, world_size: int = 2, timeout_s: float = 60.0, deadline_s: float | None = None,
-              dealer: str = "local", threads: int | None = 1, host: str = "127.0.0.1") -> list:
+              dealer: str = "local", threads: int | None = 1, host: str = "127.0.0.1",
+              inputs: dict | None = None) -> list:
     """Run ``job`` in ``world_size`` local party processes; returns the per-rank results.
 
     ``timeout_s`` bounds each communication wait inside the parties; ``deadline_s`` (default:
@@ -93,7 +96,8 @@ def run_local(job, world_size: int = 2, timeout_s: float = 60.0, deadline_s: flo
     q = ctx.Queue()
     rendezvous = f"tcp://{host}:{free_port()}"
     n = world_size + (1 if dealer == "ttp" else 0)
-    procs = [ctx.Process(target=_entry, args=(job, r, world_size, rendezvous, timeout_s, dealer, threads, q),
+    procs = [ctx.Process(target=_entry, args=(job, r, world_size, rendezvous, timeout_s, dealer, threads, q,
+                                              inputs is not None, (inputs or {}).get(r)),
                          name=f"pmpc-{role(r)}", daemon=True) for r in range(n)]
     for p in procs:
         p.start()

@@ -10,7 +10,8 @@ the norms in the scale-robust way every protocol shares:
     row sum;
   * norms feed ``rsqrt`` the SUM of squares (plus n*eps) and rescale by sqrt(n) afterwards: the sum
     is n times larger than the mean, so tiny real activations (mean square ~1e-4) keep their
-    precision on the 16-bit fixed-point grid.
+    precision on the 16-bit fixed-point grid; ``ops.sum_squares`` also keeps LLMs' massive
+    activations (values ~2e4) from overflowing the ring when squared.
 """
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ class Protocol:
 
     def rms_norm(self, x, w, eps: float, ops: Ops, offset: float = 0.0):
         n = x.shape[-1]
-        s = ops.square(x).sum(-1, keepdim=True) + n * eps
+        s = ops.sum_squares(x) + n * eps
         r = self.rsqrt(s, ops) * math.sqrt(n)
         y = ops.mul(x, r)
         return y * (w + offset) if w is not None else y
@@ -90,7 +91,7 @@ class Protocol:
     def layer_norm(self, x, w, b, eps: float, ops: Ops):
         n = x.shape[-1]
         c = x - x.mean(-1, keepdim=True)
-        s = ops.square(c).sum(-1, keepdim=True) + n * eps
+        s = ops.sum_squares(c) + n * eps
         r = self.rsqrt(s, ops) * math.sqrt(n)
         y = ops.mul(c, r)
         if w is not None:

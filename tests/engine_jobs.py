@@ -1,0 +1,95 @@
+"""Party-side jobs for the engine tests (module level: the forkserver pickles them by name)."""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+
+from pmpc import cost, models
+from pmpc.engine import Engine
+from pmpc.ops import CrypTenOps, TorchOps
+
+ARCHS = ("llama", "qwen2", "phi3", "mistral", "gpt2", "bert")
+
+
+def _ids(spec, seed=3, shape=(2, 6)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, spec.vocab, shape, generator=g)
+
+
+def forward_all_archs(weights, rank, world_size):
+    """Secure prefill of every tiny architecture with ``exact``; the client returns max errors."""
+    out = {}
+    for arch in ARCHS:
+        spec = models.spec_from_hf(models.tiny_model(arch), arch)
+        ids = _ids(spec)
+        attn = torch.ones_like(ids)
+        if arch == "llama":  # left padding on one row
+            attn[1, :2] = 0
+        ops = CrypTenOps(cost.Tracker(cost.crypten_stats))
+        got = ops.reveal(Engine(spec, "exact", ops, weights=weights).prefill(ids, attn), dst=0)
+        if rank == 0:
+            ref = Engine(spec, "plain", TorchOps()).prefill(ids, attn)
+            keep = attn.bool()  # padded positions carry no meaning
+            out[arch] = float((got.double() - ref)[keep].abs().max())
+    return out
+
+
+def fail_midway(mode, rank, world_size):
+    """The server dies or stalls after the first secure ops; the client keeps computing."""
+    ops = CrypTenOps()
+    x = ops.share(torch.randn(4, 4), src=0)
+    y = ops.mul(x, x)
+    if rank == 1:
+        if mode == "die":
+            os._exit(9)
+        time.sleep(3600)  # stall
+    for _ in range(5):
+        y = ops.mul(y, x)
+    return float(ops.reveal(y).sum())
+
+
+class Recorder:
+    """Wraps the communicator of one party and keeps every tensor it receives."""
+
+    def __init__(self):
+        from pmpc.crypten_compat import comm
+
+        self.got = []
+        c = comm.get()
+        for name in ("recv", "broadcast", "all_reduce", "reduce", "gather", "all_gather", "scatter"):
+            fn = getattr(c, name, None)
+            if fn is None:
+                continue
+            setattr(c, name, self._wrap(fn))
+
+    def _wrap(self, fn):
+        def wrapped(*a, **k):
+            r = fn(*a, **k)
+            for v in (r if isinstance(r, (list, tuple)) else [r]):
+                if torch.is_tensor(v):
+                    self.got.append(v.detach().clone().reshape(-1))
+            return r
+
+        return wrapped
+
+
+def server_view(rank, world_size, inp):
+    """Generate on stories260K; the server records all it receives and reports on it."""
+    from pmpc.secure import GenConfig, generate_party
+
+    rec = Recorder() if rank == 1 else None
+    out = generate_party(GenConfig(model=os.environ["PMPC_STORIES"], protocol="exact", max_new_tokens=2),
+                         rank, world_size, inp)
+    if rank == 1:
+        got = torch.cat([g.to(torch.int64) for g in rec.got if not g.is_floating_point()])
+        return {"received": got.numpy()}
+    return {"tokens": out["tokens"]}
+
+
+def embed_plain(ids):
+    spec, _ = models.load(os.environ["PMPC_STORIES"])
+    h = spec.weights["embed.tok"][ids]
+    return np.round(h.numpy() * 2 ** 16).astype(np.int64)
