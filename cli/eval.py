@@ -1,0 +1,195 @@
+"""``pmpc eval asr|ppl|overrefusal``: measure a model (optionally under an approximation)."""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import click
+
+from pmpc.errors import UserError
+
+
+def model_options(f):
+    """Options every measuring command shares (model, device, generation, judge, data)."""
+    opts = [
+        click.option("--model", "-m", default="smollm2", show_default=True,
+                     help="HF dir, .gguf, smollm2[-safe|-quada], tiny-random-<arch>"),
+        click.option("--device", default="cpu", show_default=True, help="cpu | cuda | cuda:N"),
+        click.option("--dtype", default="float32", show_default=True, help="float32 | bfloat16 | float16"),
+        click.option("--data", default=None, help="data directory (default $PMPC_DATA or ../shared/data)"),
+        click.option("--judge", default="paper", show_default=True, help="paper | gcg | classifier:PATH"),
+        click.option("--judge-template", default=None, help="classifier prompt file with {behavior} and {generation}"),
+        click.option("--system", default="default", show_default=True,
+                     help="default (model's own) | none | paper | any system prompt text"),
+        click.option("--max-new-tokens", default=64, show_default=True, type=int),
+        click.option("--batch-size", default=8, show_default=True, type=int),
+        click.option("--sample/--greedy", default=False, show_default=True, help="sampling instead of greedy"),
+        click.option("--temperature", default=1.0, show_default=True, type=float),
+        click.option("--top-p", default=1.0, show_default=True, type=float),
+        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--limit", default=None, type=int, help="first N prompts of each set"),
+        click.option("--progress/--no-progress", default=True, show_default=True),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def ppl_options(f):
+    for o in reversed([
+        click.option("--window", default=1024, show_default=True, type=int, help="tokens per PPL window"),
+        click.option("--max-windows", default=None, type=int, help="score only the first N windows"),
+        click.option("--ppl-batch", default=1, show_default=True, type=int, help="windows per forward"),
+    ]):
+        f = o(f)
+    return f
+
+
+def settings(kw) -> "object":
+    from eval.analysis.common import Settings
+    from eval.generate import GenConfig
+
+    if kw["batch_size"] < 1 or kw["max_new_tokens"] < 1:
+        raise UserError("--batch-size and --max-new-tokens must be at least 1")
+    return Settings(model=kw["model"], device=kw["device"], dtype=kw["dtype"], data=kw["data"], judge=kw["judge"],
+                    judge_template=kw["judge_template"], batch_size=kw["batch_size"], seed=kw["seed"],
+                    gen=GenConfig(system=kw["system"], max_new_tokens=kw["max_new_tokens"], do_sample=kw["sample"],
+                                  temperature=kw["temperature"], top_p=kw["top_p"]),
+                    window=kw.get("window", 1024), max_windows=kw.get("max_windows"),
+                    ppl_batch=kw.get("ppl_batch", 1), progress=kw["progress"])
+
+
+@click.group("eval")
+def eval_group():
+    """Safety and utility of a model, clean or under an approximation."""
+
+
+def _run_sets(kw, sets, approx, out, json_path, what, generate_fn=None):
+    """Evaluate each set. ``generate_fn(prompts, seed) -> outputs`` replaces plaintext HF
+    generation (the hook for ``--secure --protocol P --parties 2``); the model is then not loaded."""
+    from eval import asr as A
+    from eval import judges as J
+    from eval import prompts as P
+
+    s = settings(kw)
+    model, codec = (None, None) if generate_fn else A.load_model(s.model, s.device, s.dtype)
+    judges = [J.get(s.judge, data=s.data, device=s.device, template=s.judge_template)]
+    if s.judge != "gcg":
+        judges.append(J.get("gcg", data=s.data))
+    from pmpc import simulate
+
+    a = simulate.parse(approx)
+    if generate_fn and a.kind != "none":
+        raise UserError("--approx applies to plaintext generation; the secure backend runs its protocol")
+    calib = A.default_calibration(codec, device=s.device) if a.needs_calibration else None
+    results = {}
+    for spec in sets:
+        prompts = P.load(spec, data=s.data, limit=kw["limit"], fmt=kw.get("fmt"), category=kw.get("category"))
+        name = spec if spec in P.NAMED else pathlib.Path(spec).stem
+        summ = A.evaluate(model, codec, prompts, judges, pathlib.Path(out) / name, approx=a, gen=s.gen,
+                          batch_size=s.batch_size, seed=s.seed, calib=calib, generate_fn=generate_fn,
+                          config={"model": s.model, "prompts": spec}, progress=s.progress,
+                          tag="generations" if a.kind == "none" else f"generations-{_safe(str(a))}")
+        results[spec] = summ
+        kind = P.kind_of(spec)
+        r = summ["results"][s.judge]
+        speed = f", {summ['s_per_100_prompts']} s/100 prompts" if "s_per_100_prompts" in summ else ""
+        if what == "overrefusal" or kind == "benign":
+            click.echo(f"{spec}: over-refusal {J.fmt_rate(r['refusal'])} [{s.judge}], approx {a}{speed}")
+        else:
+            click.echo(f"{spec}: ASR {J.fmt_rate(r['asr'])} [{s.judge}], approx {a}{speed}")
+    if json_path:
+        pathlib.Path(json_path).write_text(json.dumps(results, indent=1))
+    return results
+
+
+def _safe(s):
+    import re
+
+    return re.sub(r"[^A-Za-z0-9.]+", "_", s).strip("_")[:80]
+
+
+@eval_group.command("asr")
+@model_options
+@click.option("--prompts", "-p", "sets", multiple=True, default=("harmbench-test",), show_default=True,
+              help="named set or file; repeat for several (see `pmpc eval sets`)")
+@click.option("--format", "fmt", default=None, help="force the file format (advbench, harmbench, jbb, xstest, json, jsonl, txt, csv)")
+@click.option("--category", default=None, help="HarmBench functional category (default standard; 'all') or a category filter")
+@click.option("--approx", "-a", default=None, help="approximation spec, e.g. gauss:0.075@up, table2:bolt, protocol:bolt")
+@click.option("--out", "-o", default="runs/eval", show_default=True, help="directory for generations and summaries")
+@click.option("--json", "json_path", default=None, help="also write the summaries to this JSON file")
+def asr_cmd(sets, approx, out, json_path, **kw):
+    """Attack success rate on harmful prompt sets (over-refusal on benign ones)."""
+    _run_sets(dict(kw), sets, approx, out, json_path, "asr")
+
+
+@eval_group.command("overrefusal")
+@model_options
+@click.option("--prompts", "-p", "sets", multiple=True, default=("xstest-safe",), show_default=True)
+@click.option("--format", "fmt", default=None)
+@click.option("--category", default=None)
+@click.option("--approx", "-a", default=None)
+@click.option("--out", "-o", default="runs/eval", show_default=True)
+@click.option("--json", "json_path", default=None)
+def overrefusal_cmd(sets, approx, out, json_path, **kw):
+    """Refusal rate on benign prompts (XSTest safe by default)."""
+    _run_sets(dict(kw), sets, approx, out, json_path, "overrefusal")
+
+
+@eval_group.command("ppl")
+@click.option("--model", "-m", default="smollm2", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", default="float32", show_default=True)
+@click.option("--data", default=None)
+@click.option("--text", "text_file", default=None, help="score this text file instead of WikiText-2")
+@ppl_options
+@click.option("--approx", "-a", default=None)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "json_path", default=None)
+@click.option("--progress/--no-progress", default=True)
+def ppl_cmd(model, device, dtype, data, text_file, window, max_windows, ppl_batch, approx, seed, json_path, progress):
+    """WikiText-2 perplexity (non-overlapping windows), approximation on or off."""
+    from eval import asr as A
+    from eval import ppl as PPL
+    from pmpc import simulate
+
+    m, codec = A.load_model(model, device, dtype)
+    a = simulate.parse(approx)
+    calib = A.default_calibration(codec, device=device) if a.needs_calibration else None
+    res = PPL.wikitext_ppl(m, codec, data=data, text_file=text_file, window=window, max_windows=max_windows,
+                           approx=a, seed=seed, batch_size=ppl_batch, progress=progress, calib=calib)
+    res["model"] = model
+    click.echo(f"PPL {res['ppl']:.3f} over {res['windows']} windows of {window} tokens, approx {res['approx']} "
+               f"({res['seconds']} s)")
+    if json_path:
+        pathlib.Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(json_path).write_text(json.dumps(res, indent=1))
+
+
+@eval_group.command("sets")
+@click.option("--data", default=None)
+def sets_cmd(data):
+    """List the named prompt sets and whether their files are present."""
+    from eval import prompts as P
+
+    d = P.data_dir(data)
+    for name, (rel, fmt, filt, kind) in P.NAMED.items():
+        where = "built-in" if rel is None else (str(d / rel) if d else "(no data dir)")
+        ok = rel is None or (d is not None and (d / rel).exists())
+        click.echo(f"{name:18s} {kind:8s} {fmt:10s} {'ok ' if ok else '-- '} {where}")
+
+
+@click.command("approximations")
+def approximations_cmd():
+    """List approximation presets and the spec grammar."""
+    from pmpc import simulate
+
+    click.echo("kinds: " + ", ".join(simulate.ELEMENTARY + simulate.PRESET))
+    click.echo("points: " + ", ".join(simulate.POINTS))
+    click.echo("grammar: KIND[:ARGS][@POINTS][@LAYERS] ('+' joins components), e.g. gauss:0.05@up,down@0-3")
+    for p in simulate.presets():
+        a = simulate.parse(p)
+        click.echo(f"  {p:24s} = {'+'.join(str(c) for c in a.components())}")
+
+
+COMMANDS = [eval_group, approximations_cmd]

@@ -1,0 +1,151 @@
+"""Activation space (paper Figure 5 / Observation III): do harmful prompts' activations drift into
+the benign cluster under an approximation?
+
+For each prompt (rendered with the chat template) the hidden state of the LAST token at the output
+of decoder layer ``layer`` is taken, without and with the approximation (noise seeded per batch).
+The four groups (harmful/harmless x clean/approximated) are embedded together by metric MDS
+(sklearn, Euclidean, 2-D), so the clean and approximated points share one map.
+
+Drift numbers (all fitted on the CLEAN activations only):
+  * ``probe_acc_clean`` (5-fold cross-validated) and ``probe_acc_approx``: a standardised logistic
+    regression probe harmful-vs-harmless, applied to the approximated activations;
+  * ``harmful_to_benign_probe``: fraction of approximated harmful points the probe calls benign;
+  * ``harmful_nearer_benign_clean`` / ``_approx``: fraction of harmful points whose nearest class
+    centroid is the benign one, and ``flipped``: harmful points nearer their own centroid when
+    clean but nearer the benign centroid when approximated;
+  * ``shift_toward_benign``: mean displacement of harmful points along the unit vector from the
+    harmful to the benign centroid, divided by the centroid distance (1 = moved all the way).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from eval.analysis import common as C
+from pmpc import simulate
+from pmpc.errors import UserError
+
+
+def last_token_states(model, codec, texts, layers, approx=None, batch_size=8, seed=0, system="default", calib=None):
+    """{layer: array [n, hidden]} of last-token hidden states at the output of each layer."""
+    a = simulate.parse(approx)
+    if calib is not None and a.needs_calibration:
+        a = simulate.calibrate(model, a, calib)
+    dev = next(model.parameters()).device
+    out = {l: [] for l in layers}
+    for b in range(0, len(texts), batch_size):
+        enc = codec.batch([codec.render(t, system) for t in texts[b:b + batch_size]], dev)
+        with torch.no_grad(), simulate.approximate(model, a, seed=seed + b):
+            hs = model(**enc, output_hidden_states=True).hidden_states
+        for l in layers:
+            out[l].append(hs[l + 1][:, -1].float().cpu())  # hs[0] = embeddings; left padding: last col
+    return {l: torch.cat(v).numpy() for l, v in out.items()}
+
+
+def drift(h_c, b_c, h_a, b_a, seed=0) -> dict:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X = np.concatenate([h_c, b_c])
+    y = np.r_[np.ones(len(h_c)), np.zeros(len(b_c))]
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+    folds = int(min(5, len(h_c), len(b_c)))
+    cv = float(cross_val_score(probe, X, y, cv=folds).mean()) if folds >= 2 else None
+    probe.fit(X, y)
+    Xa = np.concatenate([h_a, b_a])
+    acc_a = float((probe.predict(Xa) == y).mean())
+    ch, cb = h_c.mean(0), b_c.mean(0)
+
+    def nearer_benign(P):
+        return np.linalg.norm(P - cb, axis=1) < np.linalg.norm(P - ch, axis=1)
+
+    nb_c, nb_a = nearer_benign(h_c), nearer_benign(h_a)
+    u = cb - ch
+    dist = float(np.linalg.norm(u))
+    shift = float(((h_a - h_c) @ (u / dist)).mean() / dist) if dist > 0 else 0.0
+    return {"probe_acc_clean": cv, "probe_acc_approx": acc_a,
+            "harmful_to_benign_probe": float((probe.predict(h_a) == 0).mean()),
+            "harmful_nearer_benign_clean": float(nb_c.mean()), "harmful_nearer_benign_approx": float(nb_a.mean()),
+            "flipped": float((~nb_c & nb_a).mean()), "shift_toward_benign": shift, "centroid_distance": dist}
+
+
+def mds_analysis(sess: C.Session, harmful: list, harmless: list, approx: str, layers: list[int],
+                 names=("harmful", "harmless")) -> dict:
+    n_layers = sess.n_layers
+    bad = [l for l in layers if not 0 <= l < n_layers]
+    if bad:
+        raise UserError(f"layer {bad[0]} out of range: the model has {n_layers} layers (0-{n_layers - 1})")
+    if simulate.parse(approx).kind == "none":
+        raise UserError("the MDS analysis compares clean with approximated activations: give --approx")
+    kw = dict(batch_size=sess.s.batch_size, seed=sess.s.seed, system=sess.s.gen.system)
+    cal = sess.calib() if simulate.parse(approx).needs_calibration else None
+    th, tb = [p.text for p in harmful], [p.text for p in harmless]
+    clean_h = last_token_states(sess.model, sess.codec, th, layers, **kw)
+    clean_b = last_token_states(sess.model, sess.codec, tb, layers, **kw)
+    appr_h = last_token_states(sess.model, sess.codec, th, layers, approx, calib=cal, **kw)
+    appr_b = last_token_states(sess.model, sess.codec, tb, layers, approx, calib=cal, **kw)
+    per_layer, emb = {}, {}
+    for l in layers:
+        per_layer[l] = drift(clean_h[l], clean_b[l], appr_h[l], appr_b[l], sess.s.seed)
+        X = np.concatenate([clean_h[l], clean_b[l], appr_h[l], appr_b[l]]).astype(np.float64)
+        mds = _mds(sess.s.seed)
+        emb[l] = mds.fit_transform(X)
+        per_layer[l]["mds_stress"] = float(mds.stress_)
+    result = {"analysis": "mds", "settings": sess.s.to_dict(), "approx": str(simulate.parse(approx)),
+              "sets": list(names), "n": [len(th), len(tb)], "layers": layers, "drift": per_layer,
+              "embedding": {l: emb[l].round(4).tolist() for l in layers}}
+    return C.write_outputs(sess.out, "mds", result, _md(result), _fig(result, emb, len(th), len(tb)))
+
+
+def _mds(seed):
+    """Metric MDS, Euclidean, across sklearn versions (1.8 renamed ``dissimilarity`` to ``metric``)."""
+    import inspect
+
+    from sklearn.manifold import MDS
+
+    params = inspect.signature(MDS).parameters
+    kw = dict(n_components=2, random_state=seed, n_init=1, max_iter=300)
+    if "init" in params:
+        kw["init"] = "random"
+    if "metric_mds" in params:
+        kw.update(metric_mds=True, metric="euclidean")
+    else:
+        kw.update(metric=True, dissimilarity="euclidean")
+    return MDS(**kw)
+
+
+def _md(r) -> str:
+    md = (f"## Activation space — {r['settings']['model']}, last-token states, {r['sets'][0]} (n={r['n'][0]}) vs "
+          f"{r['sets'][1]} (n={r['n'][1]}), clean vs `{r['approx']}`\n\n")
+    rows = []
+    for l in r["layers"]:
+        d = r["drift"][l]
+        rows.append([l, f"{d['probe_acc_clean']:.2f}" if d["probe_acc_clean"] is not None else "n/a",
+                     f"{d['probe_acc_approx']:.2f}", f"{100 * d['harmful_to_benign_probe']:.1f}",
+                     f"{100 * d['harmful_nearer_benign_clean']:.1f} -> {100 * d['harmful_nearer_benign_approx']:.1f}",
+                     f"{100 * d['flipped']:.1f}", f"{d['shift_toward_benign']:+.3f}"])
+    md += C.md_table(["layer", "probe acc (clean, CV)", "probe acc (approx)", "harmful->benign by probe %",
+                      "harmful nearer benign centroid %", "flipped %", "shift toward benign"], rows)
+    return md + "\n"
+
+
+def _fig(r, emb, nh, nb):
+    plt = C.plt()
+    L = r["layers"]
+    fig, axes = plt.subplots(1, len(L), figsize=(4.2 * len(L), 4), squeeze=False)
+    for ax, l in zip(axes[0], L):
+        e = emb[l]
+        g = np.split(e, np.cumsum([nh, nb, nh]))
+        ax.scatter(*g[0].T, c="tab:red", s=14, label=f"{r['sets'][0]} clean")
+        ax.scatter(*g[1].T, c="tab:blue", s=14, label=f"{r['sets'][1]} clean")
+        ax.scatter(*g[2].T, facecolors="none", edgecolors="tab:red", s=22, marker="^", label=f"{r['sets'][0]} approx")
+        ax.scatter(*g[3].T, facecolors="none", edgecolors="tab:blue", s=22, marker="^", label=f"{r['sets'][1]} approx")
+        d = r["drift"][l]
+        ax.set_title(f"layer {l}: flipped {100 * d['flipped']:.0f}%, shift {d['shift_toward_benign']:+.2f}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{r['settings']['model']}: MDS of last-token activations, clean vs {r['approx']}", fontsize=10)
+    return fig
