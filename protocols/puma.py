@@ -1,0 +1,173 @@
+"""``puma``: PUMA's piecewise GELU/SiLU and softmax on SecretFlow SPU's fixed-point built-ins.
+
+Sources (facts and coefficients only; see ../shared/research/protocols.md sections 5 and 6):
+  * AntCPLab/puma_benchmarks @df36d1ec ``bench_bert/bench_bert.py::hack_gelu``,
+    ``bench_gpt2/bench_gpt2.py``, ``bench_llama7b/bench_llama7b.py::hack_silu``, ``hack_softmax``
+    (same GELU in secretflow/spu history commit cce7f26e; SiLU in
+    ``examples/python/ml/flax_llama7b/flax_llama7b.py``);
+  * secretflow/spu @02ac612d ``src/libspu/kernel/hal/fxp_approx.cc`` (``exp_taylor``, ``f_rsqrt``),
+    ``fxp_base.cc`` (Goldschmidt division), ``core/config.cc`` (defaults).
+
+PUMA (3PC ABY3 in the paper, FM64 with 18 fraction bits) is run here as 2-party CrypTen with 16
+fraction bits. The SPU building blocks live in this module because BumbleBee (a fork of SPU)
+uses the same ones:
+  * ``spu_neg_exp``: (1 + x/32)^32 (``exp_taylor`` with ``fxp_exp_iters`` 5, PUMA's config) times
+    the mask [x >= -14] (one comparison) — PUMA's ``hack_softmax`` zeroes very negative exponents;
+  * ``spu_reciprocal``: normalise x = c 2^k with c in [0.5, 1) (msb, one batched comparison giving
+    exact powers of two), w0 = 2.9142 - 2c, two Goldschmidt iterations r <- r(1+e), e <- e^2
+    (``fxp_div_goldschmidt_iters`` = 2): relative error 5.4e-5;
+  * ``spu_rsqrt`` (``f_rsqrt``): highest-one-bit normalisation to u in [0.25, 0.5), degree-4
+    polynomial, compensation 2^(-(k+2)/2) — no Newton step: relative error 8.2e-5.
+    SPU assembles the compensation from the bit parity; here the one-hot msb bin gives it as a
+    public linear combination (one batched comparison, exact in fixed point).
+
+Fixed point: SPU keeps 18 fraction bits, we keep CrypTen's 16, so a public coefficient is rounded
+to 2^-17. To keep that rounding out of the result every polynomial is evaluated in a scaled
+variable t = x/R (coefficients c_k R^k, computed below from the published ones), so no
+coefficient is tiny and no power is huge on the segment where it is used.
+"""
+from __future__ import annotations
+
+from pmpc.ops import Ops
+from protocols.base import FnSpec, Protocol
+
+
+def rescale(coeffs, r: float) -> list[float]:
+    """Coefficients of p(r t) in t, from those of p(x) (low to high)."""
+    return [float(c) * r ** k for k, c in enumerate(coeffs)]
+
+
+def poly_from_powers(pows: dict, coeffs, const=None):
+    """sum_k coeffs[k] t^k from precomputed powers ``pows[k]`` (k >= 1); local."""
+    out = const if const is not None else 0.0
+    for k, c in enumerate(coeffs):
+        if k == 0:
+            out = out + c
+        elif c != 0.0:
+            out = out + pows[k] * c
+    return out
+
+
+def msb_bins(x, lo: int, hi: int, weights, ops: Ops) -> list:
+    """One batched comparison against 2^k (k = lo+1..hi) gives the one-hot bin of x in
+    [2^k, 2^(k+1)); returns, for each ``w`` in ``weights`` (a function of k), the public linear
+    combination sum_k onehot_k w(k). Below bin lo counts as lo, above hi as hi."""
+    ks = list(range(lo + 1, hi + 1))
+    flags = ops.ge(x, [2.0 ** k for k in ks])
+    outs = []
+    for w in weights:
+        acc = (1 - flags[0]) * w(lo)
+        for i, k in enumerate(ks):
+            nxt = flags[i + 1] if i + 1 < len(flags) else 0
+            acc = acc + (flags[i] - nxt) * w(k)
+        outs.append(acc)
+    return outs
+
+
+# -- SPU building blocks ---------------------------------------------------------------------
+def spu_neg_exp(x, ops: Ops, iters: int = 5, cut: float = -14.0):
+    """(1 + x/2^n)^(2^n), zeroed below ``cut``. The comparison runs first, the squarings after."""
+    keep = ops.ge(x, cut)
+    y = 1 + x * (1.0 / 2 ** iters)
+    for _ in range(iters):
+        y = ops.square(y)
+    return ops.mul(y, keep)
+
+
+GOLDSCHMIDT_W0 = (2.9142, -2.0)  # w0 = 2.9142 - 2c for c in [0.5, 1)
+
+
+def spu_reciprocal(x, ops: Ops, lo: int = -2, hi: int = 14, iters: int = 2):
+    """1/x for x > 0 in [2^lo, 2^(hi+1)): msb normalisation + Goldschmidt (SPU ``div``)."""
+    m, f = ops.normalize(x, base_log2=1, lo=lo, hi=hi)  # x = m 2^k, m in [1, 2), f = 2^-k
+    c = m * 0.5
+    r = GOLDSCHMIDT_W0[0] + c * GOLDSCHMIDT_W0[1]
+    e = 1 - ops.mul(c, r)
+    for i in range(iters):
+        if i + 1 < iters:  # r(1+e) and e^2 in one batched product
+            both = ops.mul(ops.stack([r, e]), ops.stack([1 + e, e]))
+            r, e = both[0], both[1]
+        else:
+            r = ops.mul(r, 1 + e)
+    return ops.mul(r, f) * 0.5  # 1/x = f/m = f/(2c)
+
+
+SPU_RSQRT = (4.14285016, -15.47994394, 38.4714796, -49.86605845, 26.02942339)  # on [0.25, 0.5)
+
+
+def spu_rsqrt(x, ops: Ops, lo: int = -12, hi: int = 30):
+    """SPU ``f_rsqrt``: x in [2^k, 2^(k+1)) -> u = x 2^-(k+2) in [0.25, 0.5),
+    rsqrt(x) = p(u) 2^(-(k+2)/2). The down-scaling 2^-(k+2) is split in two factors so that
+    each stays representable on the 16-bit grid (k up to 30)."""
+    a1, a2, comp = msb_bins(x, lo, hi, [lambda k: 2.0 ** -((k + 3) // 2),
+                                        lambda k: 2.0 ** -((k + 2) // 2),
+                                        lambda k: 2.0 ** (-(k + 2) / 2)], ops)
+    u = ops.mul(ops.mul(x, a1), a2)
+    u2 = ops.square(u)
+    hi_p = ops.mul(ops.stack([u2, u2]), ops.stack([u, u2]))  # u^3, u^4
+    p = poly_from_powers({1: u, 2: u2, 3: hi_p[0], 4: hi_p[1]}, SPU_RSQRT)
+    return ops.mul(p, comp)
+
+
+# -- PUMA -------------------------------------------------------------------------------------
+GELU_F0 = (-0.5054031199708174, -0.42226581151983866, -0.11807612951181953, -0.011034134030615728)
+GELU_F1 = (0.008526321541038084, 0.5, 0.3603292692789629, 0.0, -0.037688200365904236, 0.0,
+           0.0018067462606141187)
+SILU_Q = (-0.3067541139982155, -0.0819767021525476, -0.0055465625580307)
+SILU_F1 = (0.0085064025895951, 0.5, 0.2281430841728270, 0.0, -0.011113046708173, 0.0,
+           0.0002743776353465)
+SCALE = 4.0  # t = x/4: |t| <= 1 on the degree-6 segments, <= 2 on the low ones
+
+
+def piecewise3(x, thresholds, low, mid, ops: Ops, scale: float = SCALE):
+    """0 below thresholds[0]; ``low`` on [t0, t1); ``mid`` on [t1, t2]; x above t2.
+    Polynomials (coefficients in x) are evaluated in t = x/scale with powers t..t^6 (3 rounds);
+    the three comparisons run as ONE batched call and the three selections as one product."""
+    b0, b1, b2 = ops.lt(x, thresholds)
+    t = x * (1.0 / scale)
+    t2 = ops.square(t)
+    p34 = ops.mul(ops.stack([t, t2]), ops.stack([t2, t2]))
+    t3, t4 = p34[0], p34[1]
+    t6 = ops.mul(t2, t4)
+    pows = {1: t, 2: t2, 3: t3, 4: t4, 6: t6}
+    f_low = poly_from_powers(pows, rescale(low, scale))
+    f_mid = poly_from_powers(pows, rescale(mid, scale))
+    parts = ops.mul(ops.stack([b1 - b0, b2 - b1, 1 - b2]), ops.stack([f_low, f_mid, x]))
+    return parts[0] + parts[1] + parts[2]
+
+
+class Puma(Protocol):
+    name = "puma"
+    summary = "PUMA: piecewise GELU (-4,-1.95,3) / SiLU (-8,-4,4), (1+x/32)^32 exp masked at -14, SPU div/rsqrt"
+    source = ("AntCPLab/puma_benchmarks@df36d1ec bench_*/bench_*.py (hack_gelu, hack_silu, hack_softmax); "
+              "secretflow/spu@02ac612d src/libspu/kernel/hal/fxp_approx.cc, fxp_base.cc")
+    # Bounds: measured max error in float64 (tests/test_protocols.py redraws inputs every run) x ~1.3.
+    specs = {
+        "gelu": FnSpec((-8.0, 8.0), max_abs_err=0.026, comparisons=3, multiplications=7,
+                       method="0 | cubic on [-4,-1.95) | even deg-6 + x/2 on [-1.95,3] | x; 3 batched comparisons"),
+        "silu": FnSpec((-12.0, 12.0), max_abs_err=0.094, comparisons=3, multiplications=7,
+                       method="0 | quadratic on [-8,-4) | even deg-6 + x/2 on [-4,4] | x; 3 batched comparisons"),
+        "exp": FnSpec((-16.0, 0.0), max_abs_err=0.0111, comparisons=1, multiplications=6,
+                      method="(1+x/32)^32 (SPU exp_taylor, 5 iters) times [x >= -14]"),
+        "reciprocal": FnSpec((0.25, 2.0 ** 14), max_rel_err=7.1e-5, comparisons=16, multiplications=6,
+                             method="msb normalisation to [0.5,1), w0 = 2.9142 - 2c, 2 Goldschmidt iterations"),
+        "rsqrt": FnSpec((2.0 ** -12, 2.0 ** 30), max_rel_err=1.07e-4, comparisons=42, multiplications=6,
+                        method="SPU f_rsqrt: msb normalisation to [0.25,0.5), deg-4 poly, 2^(-(k+2)/2)"),
+        "softmax": FnSpec((-12.0, 12.0), max_abs_err=0.037, comparisons=2.9, multiplications=8.3,
+                          method="x - max (tree), masked (1+x/32)^32, Goldschmidt reciprocal of the sum; rows of 16"),
+    }
+
+    def gelu(self, x, ops: Ops):
+        return piecewise3(x, [-4.0, -1.95, 3.0], GELU_F0, GELU_F1, ops)
+
+    def silu(self, x, ops: Ops):
+        return piecewise3(x, [-8.0, -4.0, 4.0], SILU_Q, SILU_F1, ops)
+
+    def exp(self, x, ops: Ops):
+        return spu_neg_exp(x, ops)
+
+    def reciprocal(self, x, ops: Ops):
+        return spu_reciprocal(x, ops)
+
+    def rsqrt(self, x, ops: Ops):
+        return spu_rsqrt(x, ops)

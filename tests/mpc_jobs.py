@@ -1,0 +1,137 @@
+"""Helpers for tests/test_protocols.py: float64 references, input sampling, an op-counting
+backend, and the MPC jobs (module level so the forkserver parties can import them)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import protocols
+from pmpc import cost
+from pmpc.ops import TorchOps
+
+SOFTMAX_ROW = 16  # softmax specs are stated for rows of this length
+
+REFS = {
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+    "tanh": torch.tanh,
+    "exp": torch.exp,
+    "reciprocal": lambda x: 1 / x,
+    "rsqrt": torch.rsqrt,
+    "softmax": lambda x: torch.softmax(x, dim=-1),
+}
+
+
+def sample(fn: str, domain, n: int, gen: torch.Generator) -> torch.Tensor:
+    """n inputs on the domain (float64): uniform, log-uniform for positive ranges over >2 decades,
+    rows of ``SOFTMAX_ROW`` for softmax; the end points are always included."""
+    lo, hi = (float(v) for v in domain)
+    if fn == "softmax":
+        rows = max(1, n // SOFTMAX_ROW)
+        return lo + (hi - lo) * torch.rand(rows, SOFTMAX_ROW, generator=gen, dtype=torch.float64)
+    if lo > 0 and hi / lo > 100:
+        x = torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * torch.rand(n, generator=gen, dtype=torch.float64))
+    else:
+        x = lo + (hi - lo) * torch.rand(n, generator=gen, dtype=torch.float64)
+    x[0], x[-1] = lo, hi
+    return x
+
+
+def evaluate(proto, fn: str, x, ops):
+    return proto.softmax(x, ops) if fn == "softmax" else getattr(proto, fn)(x, ops)
+
+
+def error(spec, y, ref) -> float:
+    """Max error of y against ref in the spec's measure (absolute or relative)."""
+    d = (torch.as_tensor(y, dtype=torch.float64) - ref).abs()
+    if spec.max_abs_err is not None:
+        return float(d.max())
+    return float((d / ref.abs()).max())
+
+
+def bound(spec) -> float:
+    return spec.max_abs_err if spec.max_abs_err is not None else spec.max_rel_err
+
+
+class CountingOps(TorchOps):
+    """TorchOps that counts compared elements (ltz and A2B bit extraction) and multiplied
+    elements — the per-element comparison/multiplication counts a spec states."""
+
+    def __init__(self):
+        super().__init__()
+        self.comparisons = 0
+        self.multiplications = 0
+
+    def ltz(self, x):
+        self.comparisons += x.numel()
+        return super().ltz(x)
+
+    def bits(self, x, positions):
+        self.comparisons += x.numel()  # one A2B conversion per element, whatever the bits
+        return super().bits(x, positions)
+
+    def mul(self, x, y):
+        out = super().mul(x, y)
+        self.multiplications += out.numel()
+        return out
+
+
+def spec_items(names=None):
+    """(protocol name, function name, spec) for every stated spec."""
+    for pname in names or protocols.names():
+        p = protocols.get(pname)
+        for fn, spec in p.specs.items():
+            yield pname, fn, spec
+
+
+# -- MPC jobs ------------------------------------------------------------------------------------
+class FunctionsJob:
+    """Evaluate many (protocol, function, input) cases under MPC in ONE session; the client
+    returns the revealed outputs as numpy arrays."""
+
+    def __init__(self, cases: dict):
+        self.cases = {k: np.asarray(v, dtype=np.float64) for k, v in cases.items()}
+
+    def __call__(self, rank, world_size):
+        from pmpc.ops import CrypTenOps
+
+        ops = CrypTenOps(cost.Tracker(cost.crypten_stats))
+        out = {}
+        for (pname, fn), arr in self.cases.items():
+            p = protocols.get(pname)
+            x = ops.share(torch.from_numpy(arr), src=0)
+            with ops.scope(f"{pname}.{fn}"):
+                y = evaluate(p, fn, x, ops)
+            y = ops.reveal(y, dst=0)  # collective: every party calls it, only the client gets values
+            out[(pname, fn)] = y.double().numpy() if rank == 0 else None
+        return {"out": out, "cost": ops.tracker.snapshot()} if rank == 0 else None
+
+
+class ForwardBytesJob:
+    """One tiny-model prefill per protocol in ONE session; returns total bytes/rounds per protocol."""
+
+    def __init__(self, model: str, names, ids):
+        self.model, self.names, self.ids = model, list(names), np.asarray(ids)
+
+    def __call__(self, rank, world_size):
+        from pmpc.engine import Engine
+        from pmpc.models import load_hf, spec_from_hf
+        from pmpc.ops import CrypTenOps
+
+        hf, _ = load_hf(self.model)
+        spec = spec_from_hf(hf, self.model)
+        ids = torch.from_numpy(self.ids)
+        res = {}
+        for name in self.names:
+            ops = CrypTenOps(cost.Tracker(cost.crypten_stats))
+            eng = Engine(spec, name, ops)
+            with ops.scope("forward"):
+                logits = ops.reveal(eng.prefill(ids, use_cache=False), dst=0)  # collective
+            tot = ops.tracker.total()
+            res[name] = {"bytes": tot.bytes, "rounds": tot.rounds,
+                         "logits": logits.double().numpy() if rank == 0 else None}
+        return res

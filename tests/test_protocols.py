@@ -1,0 +1,127 @@
+"""Protocols: every stated function against float64 on its domain, its stated costs, MPC against
+the emulation, and the bytes of a whole forward.
+
+Inputs are drawn fresh on every run (the seed is printed with a failure), so a bound that only
+holds for lucky inputs will eventually fail.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests import mpc_jobs as mj
+import protocols
+from pmpc.ops import TorchOps
+from pmpc.parties import run_local
+
+MINE = ("iron", "bolt", "bumblebee", "puma", "nexus", "mpcformer")
+ALL = tuple(n for n in protocols.names() if n != "plain")
+# Specs of modules owned elsewhere that do not hold as stated (reported to their owner).
+# Strict xfail: the day they are fixed these tests fail and the entry must go.
+KNOWN_BAD = {
+    ("crypten", "gelu"): "CrypTen's (1+x/256)^256 inside sigmoid overflows for |u| >~ 500 (x >~ 9) on the stated domain",
+    ("crypten", "reciprocal"): "3 e^(1-2x) start overflows for x > ~256; stated domain reaches 300",
+}
+N_POINTS = 4000
+
+
+@pytest.fixture
+def gen():
+    seed = int(torch.randint(0, 2 ** 31 - 1, (1,)))
+    print(f"input seed {seed}")
+    return torch.Generator().manual_seed(seed)
+
+
+def _cases(names):
+    out = []
+    for pname, fn, spec in mj.spec_items(names):
+        marks = [pytest.mark.xfail(strict=True, reason=KNOWN_BAD[(pname, fn)])] if (pname, fn) in KNOWN_BAD else []
+        out.append(pytest.param(pname, fn, id=f"{pname}-{fn}", marks=marks))
+    return out
+
+
+@pytest.mark.parametrize("pname,fn", _cases(ALL))
+def test_float64_error_within_stated_bound(pname, fn, gen):
+    p = protocols.get(pname)
+    spec = p.specs[fn]
+    x = mj.sample(fn, spec.domain, N_POINTS, gen)
+    y = mj.evaluate(p, fn, x, TorchOps())
+    err = mj.error(spec, y, mj.REFS[fn](x))
+    assert err <= mj.bound(spec), f"{pname}.{fn}: max error {err:.3g} > stated {mj.bound(spec):.3g} on {spec.domain}"
+
+
+@pytest.mark.parametrize("pname,fn", _cases(MINE))
+def test_stated_costs_match_the_arithmetic(pname, fn, gen):
+    """Comparisons (ltz / A2B) and secret products per element, counted on the emulation."""
+    p = protocols.get(pname)
+    spec = p.specs[fn]
+    x = mj.sample(fn, spec.domain, 64 * mj.SOFTMAX_ROW, gen)
+    ops = mj.CountingOps()
+    mj.evaluate(p, fn, x, ops)
+    tol = 0.05 if fn == "softmax" else 0.0  # softmax: per score element of a 16-row, rounded
+    assert abs(ops.comparisons / x.numel() - spec.comparisons) <= tol
+    assert abs(ops.multiplications / x.numel() - spec.multiplications) <= tol
+
+
+def test_nexus_rsqrt_domain_stops_before_its_start_crosses_zero():
+    """Regression guard for a failure mode found while writing the protocols: NEXUS's rsqrt
+    start crosses zero at x = 1000, so its domain must stop below."""
+    p = protocols.get("nexus")
+    lo, hi = p.specs["rsqrt"].domain
+    x = torch.tensor([lo, hi, 1000.0], dtype=torch.float64)
+    rel = (p.rsqrt(x, TorchOps()) * x.sqrt() - 1).abs()
+    assert rel[0] <= p.specs["rsqrt"].max_rel_err and rel[1] <= p.specs["rsqrt"].max_rel_err
+    assert rel[2] > 0.5  # outside the domain it really fails
+
+
+def _quantize(x: torch.Tensor) -> torch.Tensor:
+    """The 16-bit fixed-point grid CrypTen encodes inputs on: both backends see the same input."""
+    return torch.round(x * 2 ** 16) / 2 ** 16
+
+
+# MPC vs emulation: |mpc - emu| <= ATOL + RTOL |emu|. The emulation rounds secret products to
+# 2^-16 (as MPC truncates) but keeps public constants exact, so the residual is truncation noise
+# (+-1 ulp per product, stochastic in CrypTen) and the rounding of constants to the grid,
+# amplified by the function's own slope (squarings in the exps).
+ATOL, RTOL = 2e-3, 5e-3
+
+
+@pytest.mark.slow
+def test_mpc_equals_emulation_for_every_function(gen):
+    cases = {}
+    for pname, fn, spec in mj.spec_items(ALL):
+        if (pname, fn) in KNOWN_BAD:
+            continue  # their float64 test is a strict xfail above: not silent
+        n = 16 * mj.SOFTMAX_ROW if fn == "softmax" else 256
+        cases[(pname, fn)] = _quantize(mj.sample(fn, spec.domain, n, gen)).numpy()
+    res = run_local(mj.FunctionsJob(cases), timeout_s=120, deadline_s=300)[0]
+    bad = []
+    for (pname, fn), arr in cases.items():
+        emu = mj.evaluate(protocols.get(pname), fn, torch.from_numpy(arr), TorchOps(fxp_bits=16)).numpy()
+        got = res["out"][(pname, fn)]
+        assert got.shape == emu.shape
+        excess = np.abs(got - emu) - (ATOL + RTOL * np.abs(emu))
+        if not np.all(excess <= 0):
+            i = int(np.argmax(excess))
+            bad.append(f"{pname}.{fn}: x={arr.reshape(-1)[i]:.6g} mpc={got.reshape(-1)[i]:.6g} emu={emu.reshape(-1)[i]:.6g}")
+    assert not bad, "MPC differs from its emulation:\n" + "\n".join(bad)
+
+
+@pytest.mark.slow
+def test_bolt_and_bumblebee_spend_fewer_bytes_than_exact():
+    """The same tiny-model forward, same tokens, one MPC session: a property of the protocols."""
+    from pmpc.engine import Engine
+    from pmpc.models import load_hf, spec_from_hf
+
+    ids = torch.randint(0, 96, (1, 8))
+    res = run_local(mj.ForwardBytesJob("tiny-random-llama", ["exact", "bolt", "bumblebee"], ids.numpy()),
+                    timeout_s=120, deadline_s=300)[0]
+    for name in ("bolt", "bumblebee"):
+        assert res[name]["bytes"] < res["exact"]["bytes"], (name, res[name]["bytes"], res["exact"]["bytes"])
+        assert res[name]["rounds"] < res["exact"]["rounds"], (name, res[name]["rounds"], res["exact"]["rounds"])
+    # and the forwards are real: each protocol's logits track the plaintext model's
+    hf, _ = load_hf("tiny-random-llama")
+    ref = Engine(spec_from_hf(hf), "plain", TorchOps()).prefill(ids).numpy()
+    for name, r in res.items():
+        assert np.abs(r["logits"] - ref).max() < 0.05 * np.abs(ref).max() + 0.02, name
