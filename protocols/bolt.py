@@ -150,5 +150,5 @@ class Bolt(Protocol):
     def reciprocal(self, x, ops: Ops):
         return _EXACT.reciprocal(x, ops)
 
-    def rsqrt(self, x, ops: Ops):
-        return _EXACT.rsqrt(x, ops)
+    def rsqrt(self, x, ops: Ops, scale: float = 1.0):
+        return _EXACT.rsqrt(x, ops, scale=scale)

@@ -88,5 +88,5 @@ class BumbleBee(Protocol):
     def reciprocal(self, x, ops: Ops):
         return spu_reciprocal(x, ops)
 
-    def rsqrt(self, x, ops: Ops):
-        return spu_rsqrt(x, ops)
+    def rsqrt(self, x, ops: Ops, scale: float = 1.0):
+        return spu_rsqrt(x, ops, scale=scale)

@@ -150,7 +150,7 @@ class Nexus(Protocol):
             p, acc = both[0], both[1]
         return ops.mul(acc, 1 + p) * INV_SCALE
 
-    def rsqrt(self, x, ops: Ops):
+    def rsqrt(self, x, ops: Ops, scale: float = 1.0):
         # -1.29e-4 x computed as (x 2^-10) (-0.132...): keeps the slope's digits on the 2^-16 grid
         y = x * 2.0 ** -10 * (RSQRT_INIT[1] * 2 ** 10) + RSQRT_INIT[0]
         for _ in range(RSQRT_NEWTON):
@@ -162,9 +162,9 @@ class Nexus(Protocol):
             if i + 1 < RSQRT_GOLDSCHMIDT:
                 gh = ops.mul(ops.stack([g, h]), ops.stack([1 + r, 1 + r]))
                 g, h = gh[0], gh[1]
-            else:
-                h = ops.mul(h, 1 + r)
-        return h * 2
+            else:  # the public scale rides on the last product
+                h = ops.mul(h * (2 * scale), 1 + r)
+        return h
 
     # NEXUS feeds rsqrt the mean of squares (times 1/768 in the code), not the sum
     def rms_norm(self, x, w, eps: float, ops: Ops, offset: float = 0.0):

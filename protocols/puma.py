@@ -95,13 +95,15 @@ def spu_reciprocal(x, ops: Ops, lo: int = -2, hi: int = 14, iters: int = 2):
 SPU_RSQRT = (4.14285016, -15.47994394, 38.4714796, -49.86605845, 26.02942339)  # on [0.25, 0.5)
 
 
-def spu_rsqrt(x, ops: Ops, lo: int = -12, hi: int = 30):
+def spu_rsqrt(x, ops: Ops, lo: int = -12, hi: int = 30, scale: float = 1.0):
     """SPU ``f_rsqrt``: x in [2^k, 2^(k+1)) -> u = x 2^-(k+2) in [0.25, 0.5),
     rsqrt(x) = p(u) 2^(-(k+2)/2). The down-scaling 2^-(k+2) is split in two factors so that
-    each stays representable on the 16-bit grid (k up to 30)."""
+    each stays representable on the 16-bit grid (k up to 30). The public ``scale`` rides on the
+    compensation factor (a public combination of the one-hot bin: exact), so a tiny result keeps
+    its digits."""
     a1, a2, comp = msb_bins(x, lo, hi, [lambda k: 2.0 ** -((k + 3) // 2),
                                         lambda k: 2.0 ** -((k + 2) // 2),
-                                        lambda k: 2.0 ** (-(k + 2) / 2)], ops)
+                                        lambda k: scale * 2.0 ** (-(k + 2) / 2)], ops)
     u = ops.mul(ops.mul(x, a1), a2)
     u2 = ops.square(u)
     hi_p = ops.mul(ops.stack([u2, u2]), ops.stack([u, u2]))  # u^3, u^4
@@ -169,5 +171,5 @@ class Puma(Protocol):
     def reciprocal(self, x, ops: Ops):
         return spu_reciprocal(x, ops)
 
-    def rsqrt(self, x, ops: Ops):
-        return spu_rsqrt(x, ops)
+    def rsqrt(self, x, ops: Ops, scale: float = 1.0):
+        return spu_rsqrt(x, ops, scale=scale)
