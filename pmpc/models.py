@@ -139,7 +139,7 @@ def smollm2_dir() -> pathlib.Path:
 
     gguf = smollm2_gguf()
     tok = tf.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = tf.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype=torch.float32)
+    model = tf.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -197,12 +197,12 @@ def load_hf(name: str, allow_pickle: bool = False, dtype=torch.float32, device: 
     try:
         if p.suffix == ".gguf":
             tok = tf.AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
-            model = tf.AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name, torch_dtype=dtype)
+            model = tf.AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name, dtype=dtype)
         else:
             _check_checkpoint(p, allow_pickle)
             cfg = tf.AutoConfig.from_pretrained(p)
             tok = tf.AutoTokenizer.from_pretrained(p)
-            kw = dict(torch_dtype=dtype, use_safetensors=not allow_pickle)
+            kw = dict(dtype=dtype, use_safetensors=not allow_pickle)
             if cfg.model_type == "bert":
                 model = tf.AutoModel.from_pretrained(p, add_pooling_layer=False, **kw)
             else:

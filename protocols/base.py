@@ -21,6 +21,11 @@ import math
 from pmpc.ops import Ops
 
 
+# Norms compute 2^NORM_SHIFT / rms and shift the product back: keeps ~8 more bits of the
+# normalised output for rows with a large rms (LLMs' massive-activation rows reach rms ~1e3).
+NORM_SHIFT = 8
+
+
 @dataclasses.dataclass(frozen=True)
 class FnSpec:
     """What a protocol function promises, for ``pmpc protocols`` and the tests."""
@@ -59,8 +64,13 @@ class Protocol:
         """1/x for x >= 1 (a softmax denominator after max subtraction)."""
         raise NotImplementedError
 
-    def rsqrt(self, x, ops: Ops):
-        """1/sqrt(x) for x > 0, over the whole range of sums of squares."""
+    def rsqrt(self, x, ops: Ops, scale: float = 1.0):
+        """``scale / sqrt(x)`` for x > 0, over the whole range of sums of squares.
+
+        The public ``scale`` must be multiplied into the LAST secret factor (e.g. the power of two
+        from range normalisation), not applied afterwards: for a row with rms 1e3 the result is
+        ~1e-3, which 16 fractional bits hold to only ~1.5%; the norms ask for 2^8 sqrt(n) / rms
+        and divide the normalised output by 2^8 instead."""
         raise NotImplementedError
 
     def act(self, name: str, x, ops: Ops):
@@ -84,16 +94,14 @@ class Protocol:
     def rms_norm(self, x, w, eps: float, ops: Ops, offset: float = 0.0):
         n = x.shape[-1]
         s = ops.sum_squares(x) + n * eps
-        r = self.rsqrt(s, ops) * math.sqrt(n)
-        y = ops.mul(x, r)
+        y = ops.mul(x, self.rsqrt(s, ops, scale=math.sqrt(n) * 2.0 ** NORM_SHIFT)) * 2.0 ** -NORM_SHIFT
         return y * (w + offset) if w is not None else y
 
     def layer_norm(self, x, w, b, eps: float, ops: Ops):
         n = x.shape[-1]
         c = x - x.mean(-1, keepdim=True)
         s = ops.sum_squares(c) + n * eps
-        r = self.rsqrt(s, ops) * math.sqrt(n)
-        y = ops.mul(c, r)
+        y = ops.mul(c, self.rsqrt(s, ops, scale=math.sqrt(n) * 2.0 ** NORM_SHIFT)) * 2.0 ** -NORM_SHIFT
         if w is not None:
             y = y * w
         if b is not None:

@@ -52,12 +52,12 @@ class CrypTenDefault(Protocol):
             y = 2 * y - ops.mul(x, ops.square(y))
         return y
 
-    def rsqrt(self, x, ops: Ops):
+    def rsqrt(self, x, ops: Ops, scale: float = 1.0):
         m, f = ops.normalize(x, base_log2=2, lo=-6, hi=14)
         y = 2.2 * exp_limit(-(m * 0.5 + 0.2), 8, ops) + 0.2 - m * (1 / 1024)
         for _ in range(3):
             y = ops.mul(y, 3 - ops.mul(m, ops.square(y))) * 0.5
-        return ops.mul(y, f)
+        return ops.mul(y, f * scale)
 
     def sigmoid(self, x, ops: Ops):
         neg = ops.ltz(x)

@@ -107,10 +107,10 @@ class Exact(Protocol):
         y = RECIP_INIT[0] + m * RECIP_INIT[1]
         return ops.mul(newton_reciprocal(m, y, 3, ops), f)
 
-    def rsqrt(self, x, ops: Ops):
+    def rsqrt(self, x, ops: Ops, scale: float = 1.0):
         m, f = ops.normalize(x, base_log2=2, lo=-6, hi=14)
         y = RSQRT_INIT[0] + m * RSQRT_INIT[1]
-        return ops.mul(newton_rsqrt(m, y, 3, ops), f)
+        return ops.mul(newton_rsqrt(m, y, 3, ops), f * scale)
 
     # -- activations ---------------------------------------------------------------------
     def sigmoid(self, x, ops: Ops):

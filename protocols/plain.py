@@ -38,8 +38,8 @@ class Plain(Protocol):
     def reciprocal(self, x, ops):
         return 1 / x
 
-    def rsqrt(self, x, ops):
-        return torch.rsqrt(x)
+    def rsqrt(self, x, ops, scale=1.0):
+        return torch.rsqrt(x) * scale
 
     def softmax(self, x, ops, mask=None):
         self._check(x, ops)
