@@ -1,0 +1,292 @@
+"""``pmpc bench errors``: the error each protocol really injects, measured under MPC and fitted.
+
+The seed paper (arXiv 2502.00840, Table 2) MODELS each system's error as noise: N(0, s^2) at the
+input of W_up and Laplace(0, b) at the input of W_down. Here the error is MEASURED: real 2-party
+forwards of a model (default smollm2) over WikiText-2 windows, with the engine's tap hook at
+  * ``up``:   the input of W_up/W_gate (the post-attention norm's output), and
+  * ``down``: the input of W_down (act(gate) * up),
+per layer. MEASUREMENT MODE: inside the parties every tapped value is revealed to the client
+(``ops.reveal(value, dst=0)``) — intermediate activations leave the secret-shared domain. Never
+use it for private inference; it exists to measure.
+
+error = revealed MPC value - plaintext engine value (``plain`` protocol, float64, the same
+tokens), so it includes everything upstream (earlier layers' approximations, fixed point).
+Gaussian and Laplace are fitted by maximum likelihood (``scipy.stats.norm.fit``,
+``laplace.fit``) to the pooled errors of all layers; the better fit is the one with the higher
+log-likelihood (Kolmogorov-Smirnov statistics are reported beside it).
+
+Outputs (streamed per protocol, resumable): ``OUT/errors.json`` (configuration, fits, per-layer
+standard deviations, the paper's values), ``OUT/errors.md``, ``OUT/errors_<protocol>.png``
+(histograms with both fits), ``OUT/errors_<protocol>.npz`` (the raw errors), and the noise
+presets for the simulator (``measured:<protocol>``), by default at
+``pmpc/presets/measured_errors.json``. Preset schema, one entry per protocol (merged into an
+existing file):
+    {"<protocol>": {"up":   {"dist": "gauss"|"laplace", "scale": s, "loc": m,
+                             "gauss": {"loc", "scale", "loglik", "ks"},
+                             "laplace": {"loc", "scale", "loglik", "ks"},
+                             "n": count, "per_layer_std": [...]},
+                    "down": {...},
+                    "meta": {"model", "tokens", "windows", "offset", "source", "created"}}}
+``scale`` is sigma for "gauss" and b for "laplace" (the simulator's convention); ``loc`` is the
+fitted mean (the simulator injects zero-mean noise).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+
+import numpy as np
+import torch
+
+from pmpc import bench as B
+from pmpc.errors import UserError
+
+POINTS = {"up": "up_in", "down": "down_in"}
+PRESETS_PATH = pathlib.Path(__file__).parent / "presets" / "measured_errors.json"
+SCHEMA = "pmpc.errors/1"
+# arXiv 2502.00840 Table 2 (project page assess.png): eps^up ~ N(0, s^2), eps^down ~ Laplace(0, b)
+PAPER_TABLE2 = {
+    "iron": {"up": ("gauss", 0.064), "down": ("laplace", 0.049)},
+    "bolt": {"up": ("gauss", 0.042), "down": ("laplace", 0.036)},
+    "bumblebee": {"up": ("gauss", 0.026), "down": ("laplace", 0.018)},
+    "nexus": {"up": ("gauss", 0.031), "down": ("laplace", 0.014)},
+}
+
+
+@dataclasses.dataclass
+class ErrorsConfig:
+    model: str = "smollm2"
+    protocols: list = dataclasses.field(default_factory=lambda: ["iron", "bolt", "bumblebee", "puma", "nexus"])
+    tokens: int = 16
+    windows: int = 1
+    offset: int = 0
+    threads: int = 1
+    timeout_s: float = 600.0
+    data: str = ""
+    seed: int = 0
+
+    KEY = ("model", "tokens", "windows", "offset", "seed")
+
+    def validate(self):
+        import protocols as P
+
+        if not self.protocols:
+            raise UserError("no protocols given")
+        for p in self.protocols:
+            P.get(p)
+            if p == "plain":
+                raise UserError("plain is the reference the errors are measured against")
+        if self.tokens < 1 or self.windows < 1:
+            raise UserError("--tokens and --windows must be >= 1")
+
+
+@dataclasses.dataclass
+class TapJob:
+    """A secure prefill that reveals every tapped activation to the client (measurement mode)."""
+
+    model: str
+    protocol: str
+    shape: tuple
+    seed: int = 0
+
+    def __call__(self, rank, world_size, ids=None):
+        from pmpc import cost
+        from pmpc.engine import CLIENT, Engine
+        from pmpc.ops import CrypTenOps
+
+        spec, _ = B.load_model(self.model, self.seed)
+        ops = CrypTenOps(cost.Tracker(cost.crypten_stats))
+        taps = {}
+
+        def tap(point, layer, value):
+            v = ops.reveal(value, dst=CLIENT)  # collective; the client alone gets the values
+            if rank == CLIENT:
+                taps[(point, layer)] = v.float().numpy()
+
+        eng = Engine(spec, self.protocol, ops, tap=tap)
+        if rank != CLIENT:
+            ids = torch.zeros(self.shape, dtype=torch.long)
+        t0 = time.perf_counter()
+        out = ops.reveal(eng.prefill(ids, use_cache=False), dst=CLIENT)
+        wall = time.perf_counter() - t0
+        if rank != CLIENT:
+            return {"wall_s": wall}
+        return {"wall_s": wall, "taps": taps, "output": out.double().numpy()}
+
+
+def plaintext_taps(spec, ids):
+    from pmpc.engine import Engine
+    from pmpc.ops import TorchOps
+
+    taps = {}
+
+    def tap(point, layer, value):
+        taps[(point, layer)] = value.detach().double().numpy()
+
+    with torch.no_grad():
+        out = Engine(spec, "plain", TorchOps(torch.float64), tap=tap).prefill(ids, use_cache=False)
+    return taps, out.numpy()
+
+
+def fit(e: np.ndarray) -> dict:
+    """Maximum-likelihood Gaussian and Laplace fits of the finite errors; the better by log-likelihood."""
+    from scipy import stats
+
+    finite = np.isfinite(e)
+    x = e[finite].astype(np.float64)
+    if x.size < 2:
+        raise UserError("fewer than two finite errors to fit")
+    out = {"n": int(x.size), "nonfinite": int((~finite).sum()), "mean": float(x.mean()), "std": float(x.std())}
+    for name, dist in (("gauss", stats.norm), ("laplace", stats.laplace)):
+        loc, scale = dist.fit(x)
+        scale = max(float(scale), 1e-300)
+        out[name] = {"loc": float(loc), "scale": scale,
+                     "loglik": float(dist.logpdf(x, loc, scale).sum()),
+                     "ks": float(stats.kstest(x, dist.cdf, args=(loc, scale)).statistic)}
+    best = "gauss" if out["gauss"]["loglik"] >= out["laplace"]["loglik"] else "laplace"
+    out["dist"], out["scale"], out["loc"] = best, out[best]["scale"], out[best]["loc"]
+    return out
+
+
+def measure(cfg: ErrorsConfig, protocol: str, spec_plain, ids, ref_taps, ref_out) -> tuple[dict, dict]:
+    from pmpc.parties import run_local
+
+    job = TapJob(cfg.model, protocol, tuple(ids.shape), cfg.seed)
+    client, server = run_local(job, timeout_s=cfg.timeout_s, threads=cfg.threads, inputs={0: ids})
+    errs, per_layer = {}, {}
+    for short, point in POINTS.items():
+        layers = sorted(l for (p, l) in ref_taps if p == point)
+        if not layers:
+            raise UserError(f"{cfg.model}: the engine tapped no {point!r} values")
+        diffs = [client["taps"][(point, l)].astype(np.float64) - ref_taps[(point, l)] for l in layers]
+        errs[short] = np.concatenate([d.ravel() for d in diffs])
+        per_layer[short] = [float(np.nanstd(d)) for d in diffs]
+    row = {"protocol": protocol, "wall_s": {"client": client["wall_s"], "server": server["wall_s"]},
+           "fidelity": B.fidelity(ref_out, client["output"], "lm_head.w" in spec_plain.weights)}
+    for short in POINTS:
+        row[short] = {**fit(errs[short]), "per_layer_std": per_layer[short]}
+    paper = PAPER_TABLE2.get(protocol)
+    row["paper"] = {k: {"dist": d, "scale": s} for k, (d, s) in paper.items()} if paper else None
+    return row, errs
+
+
+def histogram(protocol: str, row: dict, errs: dict, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy import stats
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, short in zip(axes, POINTS):
+        e = errs[short][np.isfinite(errs[short])]
+        f = row[short]
+        lo, hi = np.percentile(e, [0.1, 99.9])
+        span = max(hi - lo, 1e-12)
+        lo, hi = lo - 0.1 * span, hi + 0.1 * span
+        ax.hist(np.clip(e, lo, hi), bins=200, range=(lo, hi), density=True, color="0.75", label="measured")
+        xs = np.linspace(lo, hi, 600)
+        g, l = f["gauss"], f["laplace"]
+        ax.plot(xs, stats.norm.pdf(xs, g["loc"], g["scale"]), label=f"Gauss sigma={g['scale']:.3g}")
+        ax.plot(xs, stats.laplace.pdf(xs, l["loc"], l["scale"]), label=f"Laplace b={l['scale']:.3g}")
+        paper = (row.get("paper") or {}).get(short)
+        if paper:
+            pdf = stats.norm.pdf(xs, 0, paper["scale"]) if paper["dist"] == "gauss" else stats.laplace.pdf(xs, 0, paper["scale"])
+            ax.plot(xs, pdf, "k--", lw=0.8, label=f"paper {paper['dist']} {paper['scale']}")
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=max(1e-4 / span, 1e-12))
+        ax.set_title(f"{protocol}: error at W_{short} input (n={f['n']}, better: {f['dist']})", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def markdown(data: dict) -> str:
+    cfg = data["config"]
+    lines = ["# pmpc bench errors", "",
+             f"{cfg['model']}, {cfg['windows']} WikiText-2 window(s) x {cfg['tokens']} tokens, real 2-party MPC "
+             "with the tapped activations revealed (measurement mode). error = MPC - plaintext at the inputs of "
+             "W_up and W_down, pooled over layers; ML fits; better = higher log-likelihood.", "",
+             "| protocol | point | n | mean | Gauss sigma | Laplace b | better | KS Gauss | KS Laplace | paper Table 2 | top-1 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p, row in data["rows"].items():
+        for short in POINTS:
+            f = row[short]
+            paper = (row.get("paper") or {}).get(short)
+            pcell = f"{'N(0, %.3f^2)' % paper['scale'] if paper['dist'] == 'gauss' else 'Lap(0, %.3f)' % paper['scale']}" if paper else "—"
+            top1 = row["fidelity"]["top1"]
+            lines.append(f"| {p} | {short} | {f['n']} | {f['mean']:.3g} | {f['gauss']['scale']:.4g} | "
+                         f"{f['laplace']['scale']:.4g} | {f['dist']} | {f['gauss']['ks']:.3f} | {f['laplace']['ks']:.3f} | "
+                         f"{pcell} | {'—' if top1 is None else f'{top1:.3f}'} |")
+    lines += ["", "Per-layer standard deviation of the error (layer 0 first):", ""]
+    for p, row in data["rows"].items():
+        for short in POINTS:
+            lines.append(f"- {p} {short}: " + ", ".join(f"{v:.3g}" for v in row[short]["per_layer_std"]))
+    return "\n".join(lines) + "\n"
+
+
+def write_presets(path: pathlib.Path, cfg: ErrorsConfig, rows: dict) -> None:
+    """Merge the fits into the simulator's preset file (other protocols' entries are kept)."""
+    data = {}
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: not valid JSON ({e.msg}); fix or remove it") from None
+    meta = {"model": cfg.model, "tokens": cfg.tokens, "windows": cfg.windows, "offset": cfg.offset,
+            "source": "pmpc bench errors (real 2-party MPC, CrypTen, 16-bit fixed point)",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    for p, row in rows.items():
+        entry = {}
+        for short in POINTS:
+            f = row[short]
+            entry[short] = {"dist": f["dist"], "scale": f["scale"], "loc": f["loc"], "n": f["n"],
+                            "gauss": f["gauss"], "laplace": f["laplace"], "per_layer_std": f["per_layer_std"]}
+        entry["meta"] = meta
+        data[p] = entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def run(cfg: ErrorsConfig, out, presets_path=None, progress: bool = True, fresh: bool = False) -> dict:
+    from tqdm import tqdm
+
+    cfg.validate()
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    presets_path = pathlib.Path(presets_path) if presets_path else PRESETS_PATH
+    jpath = out / "errors.json"
+    data = {"schema": SCHEMA, "config": dataclasses.asdict(cfg), "rows": {}, "presets_path": str(presets_path)}
+    if jpath.exists() and not fresh:
+        old = json.loads(jpath.read_text())
+        mismatch = [k for k in ErrorsConfig.KEY if old["config"].get(k) != getattr(cfg, k)]
+        if mismatch:
+            raise UserError(f"{jpath} was made with another configuration ({', '.join(mismatch)}); "
+                            "use another --out or --fresh")
+        data["rows"] = old.get("rows", {})
+    todo = [p for p in cfg.protocols if p not in data["rows"]]
+    spec, tok = B.load_model(cfg.model, cfg.seed)
+    if "layers.0.up.w" not in spec.weights:
+        raise UserError(f"{cfg.model}: no MLP to tap")
+    ids = B.windows(tok, spec.vocab, cfg.windows, cfg.tokens, B.wikitext_path(cfg.data or None), cfg.offset)
+    data["inputs"] = {"shape": list(ids.shape), "ids": ids.tolist()}
+    ref_taps, ref_out = plaintext_taps(spec, ids)
+    for p in tqdm(todo, disable=not progress, desc="errors", unit="protocol"):
+        row, errs = measure(cfg, p, spec, ids, ref_taps, ref_out)
+        np.savez_compressed(out / f"errors_{p}.npz", **{k: v.astype(np.float32) for k, v in errs.items()})
+        histogram(p, row, errs, out / f"errors_{p}.png")
+        data["rows"][p] = row
+        tmp = jpath.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(jpath)
+        (out / "errors.md").write_text(markdown(data))
+        write_presets(presets_path, cfg, {p: row})
+    (out / "errors.md").write_text(markdown(data))
+    return data
