@@ -213,17 +213,27 @@ def fidelity(ref: np.ndarray, got: np.ndarray, is_lm: bool) -> dict:
     rel = float((got_t - ref_t).norm() / ref_t.norm())
     out = {"rel_err": rel, "max_abs_err": float((got_t - ref_t).abs().max()), "positions": int(ref_t[..., 0].numel())}
     if is_lm:
+        finite = torch.isfinite(got_t).all(-1)  # a position with a non-finite logit disagrees
         lp, lq = torch.log_softmax(ref_t, -1), torch.log_softmax(got_t, -1)
         kl = (lp.exp() * (lp - lq)).sum(-1)
-        out["top1"] = float((ref_t.argmax(-1) == got_t.argmax(-1)).double().mean())
+        out["top1"] = float(((ref_t.argmax(-1) == got_t.argmax(-1)) & finite).double().mean())
         out["mean_kl"] = float(kl.mean())
     else:
         out["top1"] = out["mean_kl"] = None
         cos = torch.nn.functional.cosine_similarity(ref_t, got_t, dim=-1)
         out["mean_cosine"] = float(cos.mean())
-    if not math.isfinite(rel):
-        out["rel_err"] = None
-    return out
+    return clean(out)
+
+
+def clean(obj):
+    """Non-finite floats -> None, so the JSON stays standard (a garbage forward is data too)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean(v) for v in obj]
+    return obj
 
 
 def _modelled(total: dict, wall: float, links: dict) -> dict:
@@ -316,7 +326,7 @@ class Results:
         self.out.mkdir(parents=True, exist_ok=True)
         add_speedups(self.data["rows"])
         tmp = self.json_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, default=float))
+        tmp.write_text(json.dumps(clean(self.data), indent=1, default=float))
         tmp.replace(self.json_path)
         (self.out / "bench.md").write_text(markdown(self.data))
         plot(self.data, self.out / "bench.png")
@@ -419,7 +429,7 @@ def run(cfg: BenchConfig, out: str | os.PathLike, progress: bool = True, fresh: 
 
     from pmpc.engine import Engine
     from pmpc.ops import TorchOps
-    from pmpc.parties import run_local
+    from pmpc.parties import PartyError, run_local
 
     cfg.validate()
     out = pathlib.Path(out)
@@ -429,6 +439,7 @@ def run(cfg: BenchConfig, out: str | os.PathLike, progress: bool = True, fresh: 
     text = wikitext_path(cfg.data or None)
     todo = [(m, p) for m in cfg.models for p in cfg.protocols if not res.done(m, p)]
     bar = tqdm(total=len(todo), disable=not progress, desc="bench", unit="row")
+    failed = []
     for model in cfg.models:
         protos = [p for p in cfg.protocols if not res.done(model, p)]
         if not protos:
@@ -449,10 +460,18 @@ def run(cfg: BenchConfig, out: str | os.PathLike, progress: bool = True, fresh: 
         for proto in protos:
             bar.set_postfix_str(f"{model} / {proto}")
             job = BenchJob(model, proto, tuple(ids.shape), cfg.weights, cfg.seed)
-            parts = run_local(job, timeout_s=cfg.timeout_s, dealer=cfg.dealer, threads=cfg.threads,
-                              inputs={0: ids})
+            try:
+                parts = run_local(job, timeout_s=cfg.timeout_s, dealer=cfg.dealer, threads=cfg.threads,
+                                  inputs={0: ids})
+            except PartyError as e:  # keep going: the other rows are still worth having
+                failed.append(f"{model}/{proto}: {e}")
+                bar.write(f"pmpc bench: {model}/{proto} failed: {e}")
+                continue
+            finally:
+                bar.update(1)
             res.add(make_row(model, proto, parts, ref, is_lm, res.data["links"]))
-            bar.update(1)
     bar.close()
     res.write()
+    if failed:
+        raise UserError(f"{len(failed)} row(s) failed (rerun to retry them): " + "; ".join(failed))
     return res.data

@@ -283,8 +283,15 @@ def run(cfg: ErrorsConfig, out, presets_path=None, progress: bool = True, fresh:
     ids = B.windows(tok, spec.vocab, cfg.windows, cfg.tokens, B.wikitext_path(cfg.data or None), cfg.offset)
     data["inputs"] = {"shape": list(ids.shape), "ids": ids.tolist()}
     ref_taps, ref_out = plaintext_taps(spec, ids)
+    from pmpc.parties import PartyError
+
+    failed = []
     for p in tqdm(todo, disable=not progress, desc="errors", unit="protocol"):
-        row, errs = measure(cfg, p, spec, ids, ref_taps, ref_out)
+        try:
+            row, errs = measure(cfg, p, spec, ids, ref_taps, ref_out)
+        except PartyError as e:  # keep going; rerun to retry
+            failed.append(f"{p}: {e}")
+            continue
         np.savez_compressed(out / f"errors_{p}.npz", **{k: v.astype(np.float32) for k, v in errs.items()})
         histogram(p, row, errs, out / f"errors_{p}.png")
         data["rows"][p] = row
@@ -294,4 +301,6 @@ def run(cfg: ErrorsConfig, out, presets_path=None, progress: bool = True, fresh:
         (out / "errors.md").write_text(markdown(data))
         write_presets(presets_path, cfg, {p: row})
     (out / "errors.md").write_text(markdown(data))
+    if failed:
+        raise UserError(f"{len(failed)} protocol(s) failed (rerun to retry them): " + "; ".join(failed))
     return data
