@@ -72,19 +72,21 @@ def _run_sets(kw, sets, approx, out, json_path, what, generate_fn=None):
     from eval import prompts as P
 
     s = settings(kw)
-    model, codec = (None, None) if generate_fn else A.load_model(s.model, s.device, s.dtype)
-    judges = [J.get(s.judge, data=s.data, device=s.device, template=s.judge_template)]
-    if s.judge != "gcg":
-        judges.append(J.get("gcg", data=s.data))
     from pmpc import simulate
 
     a = simulate.parse(approx)
     if generate_fn and a.kind != "none":
         raise UserError("--approx applies to plaintext generation; the secure backend runs its protocol")
+    # load every set and judge first: bad input fails before the model loads or anything generates
+    loaded = [(spec, P.load(spec, data=s.data, limit=kw["limit"], fmt=kw.get("fmt"), category=kw.get("category")))
+              for spec in sets]
+    judges = [J.get(s.judge, data=s.data, device=s.device, template=s.judge_template)]
+    if s.judge != "gcg":
+        judges.append(J.get("gcg", data=s.data))
+    model, codec = (None, None) if generate_fn else A.load_model(s.model, s.device, s.dtype)
     calib = A.default_calibration(codec, device=s.device) if a.needs_calibration else None
     results = {}
-    for spec in sets:
-        prompts = P.load(spec, data=s.data, limit=kw["limit"], fmt=kw.get("fmt"), category=kw.get("category"))
+    for spec, prompts in loaded:
         name = spec if spec in P.NAMED else pathlib.Path(spec).stem
         summ = A.evaluate(model, codec, prompts, judges, pathlib.Path(out) / name, approx=a, gen=s.gen,
                           batch_size=s.batch_size, seed=s.seed, calib=calib, generate_fn=generate_fn,
@@ -95,7 +97,9 @@ def _run_sets(kw, sets, approx, out, json_path, what, generate_fn=None):
         r = summ["results"][s.judge]
         speed = f", {summ['s_per_100_prompts']} s/100 prompts" if "s_per_100_prompts" in summ else ""
         if what == "overrefusal" or kind == "benign":
-            click.echo(f"{spec}: over-refusal {J.fmt_rate(r['refusal'])} [{s.judge}], approx {a}{speed}")
+            # a classifier judge tells no refusals: over-refusal then comes from the GCG keywords
+            jn = s.judge if r["refusal"] is not None else "gcg"
+            click.echo(f"{spec}: over-refusal {J.fmt_rate(summ['results'][jn]['refusal'])} [{jn}], approx {a}{speed}")
         else:
             click.echo(f"{spec}: ASR {J.fmt_rate(r['asr'])} [{s.judge}], approx {a}{speed}")
     if json_path:

@@ -44,7 +44,7 @@ def sweep_group():
 @click.option("--points", default="up,down", show_default=True, help="injection points, comma-separated")
 @click.option("--dist", default="gauss", show_default=True, type=click.Choice(["gauss", "laplace"]))
 @click.option("--scales", default="auto", show_default=True,
-              help="'auto' (multiples of each point's activation RMS) or e.g. 0,0.02,0.05,0.1")
+              help="'auto' (multiples of each point's robust activation std) or e.g. 0,0.02,0.05,0.1")
 @click.option("--layers", default=None, help="restrict the noise to these layers, e.g. 0-3")
 @click.option("--ppl-bound", default=2.0, show_default=True, type=float, help="MVA: PPL <= bound x clean PPL")
 @click.option("--no-ppl", is_flag=True, help="skip perplexity (no MVA bound)")
@@ -62,7 +62,11 @@ def noise_cmd(set_name, points, dist, scales, layers, ppl_bound, no_ppl, out, **
     r = sweeps.noise_sweep(sess, _load(set_name, kw), set_name, pts, dist, _floats(scales), ppl_bound,
                            simulate.parse_layers(layers) if layers else None, with_ppl=not no_ppl)
     for p, m in r["mva"].items():
-        click.echo(f"MVA at {p}: {m['approx']} (ASR {100 * m['asr']['rate']:.1f}%)")
+        if m["scale"] == 0:
+            click.echo(f"MVA at {p}: none — no noise level within the PPL bound raised the ASR above clean "
+                       f"({100 * m['asr']['rate']:.1f}%)")
+        else:
+            click.echo(f"MVA at {p}: {m['approx']} (ASR {100 * m['asr']['rate']:.1f}%)")
     click.echo(f"wrote {r['outputs']['md']}")
 
 
@@ -96,7 +100,7 @@ def analyze_group():
 @click.option("--harmless", default="builtin-harmless", show_default=True)
 @click.option("--approx", "-a", required=True)
 @click.option("--layer", "layers", default="mid", show_default=True,
-              help="layer index/indices (e.g. 1,15) or 'mid'")
+              help="layer indices, ranges or first/mid/last, e.g. 1,mid,last or 0-3")
 @click.option("--out", "-o", default="runs/mds", show_default=True)
 def mds_cmd(harmful, harmless, approx, layers, out, **kw):
     """MDS of last-token activations, harmful vs harmless, clean vs approximated; drift numbers."""
@@ -104,7 +108,12 @@ def mds_cmd(harmful, harmless, approx, layers, out, **kw):
     from pmpc import simulate
 
     sess = _session(kw, out)
-    lay = [sess.n_layers // 2] if layers == "mid" else list(simulate.parse_layers(layers))
+    n = sess.n_layers
+    named = {"first": 0, "mid": n // 2, "last": n - 1}
+    toks = [t.strip() for t in layers.split(",") if t.strip()]
+    lay = sorted({named[t] for t in toks if t in named}
+                 | set(simulate.parse_layers(",".join(t for t in toks if t not in named)) if any(
+                     t not in named for t in toks) else ()))
     r = mds.mds_analysis(sess, _load(harmful, kw), _load(harmless, kw), approx, lay, (harmful, harmless))
     for l in lay:
         d = r["drift"][l]

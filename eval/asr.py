@@ -90,7 +90,9 @@ def evaluate(model, codec: Codec | None, prompts: list, judges, out_dir, approx=
     path = out_dir / f"{tag}.jsonl"
     t0 = time.perf_counter()
     records, spent, new = run(prompts, generate_fn, path, judges, batch_size=batch_size, seed=seed,
-                         config={k: v for k, v in cfg.items() if k not in ("judges",)},
+                         # judges and n are not part of the identity: other judges are applied to
+                         # stored outputs, and a larger --limit extends the same file
+                         config={k: v for k, v in cfg.items() if k not in ("judges", "n")},
                          progress=progress, desc=tag)
     ensure_verdicts(records, judges)
     summary = {"config": cfg, "n": len(records), "results": summarize(records, judges),

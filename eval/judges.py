@@ -219,7 +219,7 @@ def rate(k: int, n: int) -> dict:
     return {"k": int(k), "n": int(n), "rate": k / n, "lo": float(ci.low), "hi": float(ci.high)}
 
 
-def fmt_rate(r: dict) -> str:
-    if r.get("rate") is None:
+def fmt_rate(r: dict | None) -> str:
+    if not r or r.get("rate") is None:
         return "n/a"
     return f"{100 * r['rate']:.1f}% [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}] (n={r['n']})"

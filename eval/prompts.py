@@ -145,7 +145,10 @@ def detect_format(path: pathlib.Path) -> str:
     if ext == ".json":
         return "json"
     if ext == ".csv":
-        header = _read_text(path).split("\n", 1)[0]
+        text = _read_text(path)
+        if not text.strip():
+            raise MalformedFile(path, 1, "empty file")
+        header = text.split("\n", 1)[0]
         cols = next(csv.reader([header]), [])
         cols = [c.strip() for c in cols]
         if "Behavior" in cols and "FunctionalCategory" in cols:

@@ -488,9 +488,10 @@ def _in_channel_wmax(mods) -> torch.Tensor:
 def _fake_quant(x: torch.Tensor, bits: int, gamma: float | torch.Tensor = 1.0) -> torch.Tensor:
     """Per-token symmetric quantise-dequantise: step = gamma * max|x_token| / (2^(b-1) - 1)."""
     qmax = 2 ** (bits - 1) - 1
-    step = (x.detach().abs().amax(-1, keepdim=True) * gamma / qmax).clamp_min(1e-12)
-    q = torch.clamp(torch.round(x.detach() / step), -qmax, qmax) * step
-    return x + (q - x.detach())  # straight-through: gradient of the identity
+    xd = x.detach().float()  # bf16 cannot hold x/step exactly: quantise in float32
+    step = (xd.abs().amax(-1, keepdim=True) * gamma / qmax).clamp_min(1e-12)
+    q = torch.clamp(torch.round(xd / step), -qmax, qmax) * step
+    return x + (q - xd).to(x.dtype)  # straight-through: gradient of the identity
 
 
 def _laplace(shape, b, gen, dtype, device):

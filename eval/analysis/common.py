@@ -85,7 +85,12 @@ class Session:
                           config={"model": self.s.model, "prompts": set_name}, progress=self.s.progress, tag=tag)
 
     def headline(self, summary: dict, what: str = "asr") -> dict:
-        return summary["results"][self.s.judge][what] or {}
+        """The headline judge's rate; refusals fall back to the GCG keywords for a classifier
+        judge (which tells no refusals)."""
+        r = summary["results"][self.s.judge][what]
+        if r is None and what == "refusal" and "gcg" in summary["results"]:
+            r = summary["results"]["gcg"][what]
+        return r or {}
 
     def ppl(self, approx) -> dict:
         tag = tag_of(approx)
@@ -112,17 +117,23 @@ def load_set(spec: str, data, limit):
     return P.load(spec, data=data, limit=limit)
 
 
-def activation_rms(model, codec, points, device="cpu", n: int = 16) -> dict:
-    """Root-mean-square of the activation at each point (layers pooled), on built-in harmless
-    prompts: the natural unit for a noise grid on a model whose activation scale is unknown."""
+def activation_scale(model, codec, points, device="cpu", n: int = 16) -> dict:
+    """Per point: RMS and a robust std (1.4826 x median |x|) of the activation, layers pooled, on
+    built-in harmless prompts. The robust std is the unit of the noise grid: models such as
+    SmolLM2 carry a few huge outliers at W_down's input that inflate the RMS tenfold while the
+    bulk of the entries, which the noise perturbs, stays small."""
     arch = simulate.find_arch(model)
-    acc = {p: [0.0, 0] for p in points}
+    acc = {p: [0.0, 0, []] for p in points}
     hs = []
+    gen = torch.Generator().manual_seed(0)
     for p in points:
         for site, mod, how in simulate._sites(arch, p, None):
             def f(x, p=p):
-                acc[p][0] += float((x.detach().float() ** 2).sum())
+                x = x.detach().float()
+                acc[p][0] += float((x ** 2).sum())
                 acc[p][1] += x.numel()
+                a = x.abs().flatten().cpu()
+                acc[p][2].append(a[torch.randint(a.numel(), (min(a.numel(), 4096),), generator=gen)])
             if how == "out":
                 hs.append(mod.register_forward_hook(lambda m, i, o, f=f: f(o)))
             else:
@@ -134,7 +145,8 @@ def activation_rms(model, codec, points, device="cpu", n: int = 16) -> dict:
     finally:
         for h in hs:
             h.remove()
-    return {p: (acc[p][0] / max(acc[p][1], 1)) ** 0.5 for p in points}
+    return {p: {"rms": (acc[p][0] / max(acc[p][1], 1)) ** 0.5,
+                "robust_std": 1.4826 * float(torch.cat(acc[p][2]).median())} for p in points}
 
 
 def write_outputs(out: pathlib.Path, name: str, result: dict, md: str, fig=None) -> dict:

@@ -18,6 +18,8 @@ Drift numbers (all fitted on the CLEAN activations only):
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -91,7 +93,9 @@ def mds_analysis(sess: C.Session, harmful: list, harmless: list, approx: str, la
         per_layer[l] = drift(clean_h[l], clean_b[l], appr_h[l], appr_b[l], sess.s.seed)
         X = np.concatenate([clean_h[l], clean_b[l], appr_h[l], appr_b[l]]).astype(np.float64)
         mds = _mds(sess.s.seed)
-        emb[l] = mds.fit_transform(X)
+        with warnings.catch_warnings():  # sklearn warns when n_points == n_features (looks square)
+            warnings.filterwarnings("ignore", message="The provided input is a square matrix")
+            emb[l] = mds.fit_transform(X)
         per_layer[l]["mds_stress"] = float(mds.stress_)
     result = {"analysis": "mds", "settings": sess.s.to_dict(), "approx": str(simulate.parse(approx)),
               "sets": list(names), "n": [len(th), len(tb)], "layers": layers, "drift": per_layer,

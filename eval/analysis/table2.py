@@ -21,7 +21,15 @@ def default_rows(extra=()) -> list[str]:
 def table2(sess: C.Session, harmful: list, harmful_name: str, benign: list | None, benign_name: str | None,
            rows: list[str], with_ppl: bool = True) -> dict:
     out = []
-    for spec in rows:
+
+    def finish(partial):
+        clean = next((r for r in out if r["approx"] == "none"), None)
+        result = {"analysis": "table2", "partial": partial, "settings": sess.s.to_dict(), "harmful": harmful_name,
+                  "n_harmful": len(harmful), "benign": benign_name, "n_benign": len(benign) if benign else 0,
+                  "rows": out, "clean_ppl": clean["ppl"] if clean else None, "requested_rows": list(rows)}
+        return C.write_outputs(sess.out, "table2", result, _md(result), _fig(result))
+
+    for spec in rows:  # outputs rewritten after every row: an interrupted run leaves a partial table
         a = simulate.parse(spec)
         s_h = sess.asr(a, harmful, harmful_name)
         s_b = sess.asr(a, benign, benign_name) if benign else None
@@ -31,17 +39,15 @@ def table2(sess: C.Session, harmful: list, harmful_name: str, benign: list | Non
                     "over_refusal": sess.headline(s_b, "refusal") if s_b else None,
                     "ppl": sess.ppl(a)["ppl"] if with_ppl else None, "paper": paper,
                     "s_per_100_prompts": s_h.get("s_per_100_prompts")})
-    clean = next((r for r in out if r["approx"] == "none"), None)
-    result = {"analysis": "table2", "settings": sess.s.to_dict(), "harmful": harmful_name, "n_harmful": len(harmful),
-              "benign": benign_name, "n_benign": len(benign) if benign else 0, "rows": out,
-              "clean_ppl": clean["ppl"] if clean else None}
-    return C.write_outputs(sess.out, "table2", result, _md(result), _fig(result))
+        finish(partial=True)
+    return finish(partial=False)
 
 
 def _md(r) -> str:
     md = (f"## Table 2 analog — {r['settings']['model']}, ASR on {r['harmful']} (n={r['n_harmful']}), over-refusal on "
           f"{r['benign']} (n={r['n_benign']}), judge {r['settings']['judge']}, PPL WikiText-2 "
-          f"({r['settings']['max_windows'] or 'all'} windows of {r['settings']['window']})\n\n")
+          f"({r['settings']['max_windows'] or 'all'} windows of {r['settings']['window']})"
+          f"{' — PARTIAL: ' + str(len(r['rows'])) + ' of ' + str(len(r['requested_rows'])) + ' rows' if r.get('partial') else ''}\n\n")
     rows = []
     for x in r["rows"]:
         p = x["paper"] or {}
