@@ -52,6 +52,12 @@ class Ops:
     def bits(self, x, positions: Sequence[int]):  # primitive: bits of the fixed-point encoding
         raise NotImplementedError
 
+    def ltz_int(self, x):  # primitive: 1 where x < 0, as an exact ring integer (no fixed-point scale)
+        raise NotImplementedError
+
+    def from_int(self, v, frac_bits: int):  # primitive: read an exact ring integer as v / 2^frac_bits
+        raise NotImplementedError
+
     def cat(self, xs, dim=0):  # primitive
         raise NotImplementedError
 
@@ -118,16 +124,36 @@ class Ops:
                 out = out + p * c
         return out
 
-    def max(self, x, dim: int = -1):
-        """Maximum along ``dim`` (keepdim) by a tree of batched comparisons: ceil(log2 n) levels."""
-        x = x.transpose(dim, -1) if dim not in (-1, x.dim() - 1) else x
+    def max(self, x, dim: int = -1, fan_in: int = 8):
+        """Maximum along ``dim`` (keepdim), by a tournament of groups of ``fan_in``.
+
+        A comparison costs ~8 rounds; a binary tree over n keys pays that log2(n) times (54 rounds
+        for n = 40). Here each level compares ALL pairs inside groups of ``fan_in`` in ONE batched
+        call, picks each group's winner by a product of its k-1 "beats" bits (ties go to the lower
+        index, so exactly one wins) and selects it: 8 + log2(k-1) + 1 rounds a level,
+        ceil(log_k n) levels (24 rounds for n = 40, k = 8), for ~(k-1)/2 comparisons per element."""
+        if dim not in (-1, x.dim() - 1):
+            return self.max(x.transpose(dim, -1), -1, fan_in).transpose(dim, -1)
         while x.shape[-1] > 1:
             n = x.shape[-1]
-            half = n // 2
-            a, b = x[..., :half], x[..., half:2 * half]
-            m = self.select(self.ltz(a - b), b, a)
-            x = self.cat([m, x[..., 2 * half:]], dim=-1) if n % 2 else m
-        return x.transpose(dim, -1) if dim not in (-1, x.dim() - 1) else x
+            k = min(fan_in, n)
+            if n % k:  # pad with copies of the first key: duplicates cannot change the max
+                x = self.cat([x, self.cat([x[..., :1]] * (k - n % k), dim=-1)], dim=-1)
+            g = x.reshape(*x.shape[:-1], x.shape[-1] // k, k)
+            pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+            # exact 0/1 integers: products of them never truncate, so the winner's weight is exactly 1
+            lt = self.ltz_int(self.stack([g[..., i] - g[..., j] for i, j in pairs]))  # x_i < x_j
+            beats = {i: [] for i in range(k)}
+            for p, (i, j) in enumerate(pairs):
+                beats[i].append(1 - lt[p])  # i >= j: i keeps the tie
+                beats[j].append(lt[p])      # j > i strictly
+            factors = [self.stack([beats[i][f] for i in range(k)], dim=-1) for f in range(k - 1)]
+            while len(factors) > 1:
+                h = len(factors) // 2
+                prod = self.mul(self.stack(factors[:h]), self.stack(factors[h:2 * h]))
+                factors = [prod[i] for i in range(h)] + factors[2 * h:]
+            x = self.mul(factors[0], g).sum(-1)
+        return x
 
     def normalize(self, x, base_log2: int = 2, lo: int = -8, hi: int = 15):
         """Range reduction by the most significant bit, for x > 0 (SIRNN's msnzb step).
@@ -139,12 +165,17 @@ class Ops:
         fixed point: the reduction loses no precision. Inputs below bin lo (above bin hi) are
         treated as in bin lo (hi): that is the supported range, 2^(g lo) .. 2^(g (hi+1))."""
         ks = list(range(lo + 1, hi + 1))
-        flags = self.ge(x, [float(2.0 ** (base_log2 * k)) for k in ks])  # thermometer code
-        # one-hot of the bin: bin lo = 1 - c_{lo+1}; bin k = c_k - c_{k+1}; bin hi = c_hi
-        f = (1 - flags[0]) * (2.0 ** (-lo)) if flags else x * 0 + 2.0 ** (-lo)
+        below = self.ltz_int(self.stack([x - float(2.0 ** (base_log2 * k)) for k in ks]))  # x < 2^(g k)
+        # one-hot of the bin as exact integers: bin lo = below_{lo+1}; bin k = below_{k+1} - below_k;
+        # bin hi = 1 - below_hi. f = sum onehot_k 2^-k is assembled with INTEGER weights 2^(fxp-k) and
+        # read as fixed point: no truncation, so f is an exact power of two (a public-float multiply
+        # would truncate each term and leave f off by a unit, 25% at f = 2^-14).
+        fb = self.fxp_bits
+        f_int = below[0] * int(2 ** (fb - lo))
         for i, k in enumerate(ks):
-            nxt = flags[i + 1] if i + 1 < len(flags) else 0
-            f = f + (flags[i] - nxt) * (2.0 ** (-k))
+            nxt = below[i + 1] if i + 1 < len(ks) else 1
+            f_int = f_int + (nxt - below[i]) * int(2 ** (fb - k))
+        f = self.from_int(f_int, fb)
         m = x
         for _ in range(base_log2):
             m = self.mul(m, f)
@@ -203,6 +234,12 @@ class TorchOps(Ops):
     def mul(self, x, y):
         return self._q(x * y)
 
+    def ltz_int(self, x):
+        return (x < 0).to(x.dtype)
+
+    def from_int(self, v, frac_bits):
+        return v * 2.0 ** -frac_bits
+
     def bits(self, x, positions):
         enc = torch.floor(x * 2.0 ** self.fxp_bits).to(torch.int64)
         return torch.stack([((enc >> p) & 1).to(x.dtype) for p in positions])
@@ -246,6 +283,16 @@ class CrypTenOps(Ops):
 
     def ltz(self, x):
         return self._lift(x._ltz())
+
+    def ltz_int(self, x):
+        return x._ltz()  # crypten's own: 0/1 with encoder scale 1
+
+    def from_int(self, v, frac_bits):
+        from crypten.encoder import FixedPointEncoder
+
+        v = v.clone()
+        v._tensor.encoder = FixedPointEncoder(frac_bits)
+        return v
 
     def bits(self, x, positions):
         """Bits ``positions`` of x's ring encoding as arithmetic 0/1 shares: one A2B conversion
