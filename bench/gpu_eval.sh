@@ -64,6 +64,8 @@ if [ -n "$LIMIT" ]; then GEN+=(--limit "$LIMIT"); LIM=(--limit "$LIMIT"); fi
 PROTOS=$("$PY" -c "import protocols; print(' '.join(n for n in protocols.names() if n in ('iron','bolt','bumblebee','nexus','puma','mpcformer')))" 2>>"$LOG")
 EXTRA=(--extra teal:0.25 --extra teal:0.5 --extra smoothquant:a8 --extra smoothquant:a4 --extra omniquant:a4)
 for p in $PROTOS; do EXTRA+=(--extra "protocol:$p"); done
+# one full emulation (activation, norms and attention softmax) where BOLT exists
+case " $PROTOS " in *" bolt "*) EXTRA+=(--extra "protocol:bolt@down,norm,softmax");; esac
 echo "protocol rows: ${PROTOS:-none}" | tee -a "$LOG"
 
 # 1. baselines: ASR on HarmBench (standard, test) and JBB harmful, over-refusal on XSTest safe; PPL
@@ -94,7 +96,7 @@ step layer_sweep 150 pmpc sweep layers -m "$MODEL" "${GEN[@]}" --max-new-tokens 
 
 # 4. activation space: harmful-test vs harmless-test, first / middle / last layer
 step mds 120 pmpc analyze mds -m "$MODEL" --device "$DEV" --dtype "$DTYPE" --no-progress --batch-size 64 \
-  --harmful harmful-test --harmless harmless-test --limit "${LIMIT:-200}" --approx "$MVA" --layer 1,mid,last \
+  --harmful harmful-test --harmless harmless-test --limit "${LIMIT:-150}" --approx "$MVA" --layer 1,mid,last \
   -o "$OUT/mds"
 
 # 5. Table 2 analog: clean, every Table 2 preset, measured fits if present, real emulations

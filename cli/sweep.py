@@ -105,15 +105,9 @@ def analyze_group():
 def mds_cmd(harmful, harmless, approx, layers, out, **kw):
     """MDS of last-token activations, harmful vs harmless, clean vs approximated; drift numbers."""
     from eval.analysis import mds
-    from pmpc import simulate
 
     sess = _session(kw, out)
-    n = sess.n_layers
-    named = {"first": 0, "mid": n // 2, "last": n - 1}
-    toks = [t.strip() for t in layers.split(",") if t.strip()]
-    lay = sorted({named[t] for t in toks if t in named}
-                 | set(simulate.parse_layers(",".join(t for t in toks if t not in named)) if any(
-                     t not in named for t in toks) else ()))
+    lay = mds.resolve_layers(layers, sess.n_layers)
     r = mds.mds_analysis(sess, _load(harmful, kw), _load(harmless, kw), approx, lay, (harmful, harmless))
     for l in lay:
         d = r["drift"][l]

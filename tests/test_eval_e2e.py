@@ -18,12 +18,15 @@ from eval import prompts as P
 from eval.prompts import data_dir
 from pmpc.errors import UserError
 
-STORIES = "/work/shared/models/stories260K"
+STORIES = str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K")
+needs_stories = pytest.mark.skipif(not pathlib.Path(STORIES).exists(), reason=f"{STORIES} not present")
 needs_data = pytest.mark.skipif(data_dir() is None, reason="../shared/data not present")
 
 
 @pytest.fixture(scope="module")
 def stories():
+    if not pathlib.Path(STORIES).exists():
+        pytest.skip(f"{STORIES} not present")
     return A.load_model(STORIES)
 
 
@@ -186,6 +189,15 @@ def test_wikitext_text_matches_hf_rows():
     assert text.startswith("\n\n = Robert Boulter = \n\n\n\n\n Robert Boulter is")
 
 
+def test_layer_names():
+    from eval.analysis.mds import resolve_layers
+
+    assert resolve_layers("first,mid,last", 30) == [0, 15, 29]
+    assert resolve_layers("1,mid,3-4", 10) == [1, 3, 4, 5]
+    with pytest.raises(UserError, match="bad layer range"):
+        resolve_layers("x", 10)
+
+
 def test_ppl_on_tiny_with_text_file(tiny, tmp_path):
     m, codec = tiny
     f = tmp_path / "t.txt"
@@ -221,6 +233,7 @@ def test_cli_eval_asr_and_errors(tmp_path):
         assert msg in r.output
 
 
+@needs_stories
 def test_cli_ppl(tmp_path):
     f = tmp_path / "t.txt"
     f.write_text("Once upon a time there was a cat. " * 30)
@@ -232,7 +245,8 @@ def test_cli_ppl(tmp_path):
 
 # -- analyses + report -----------------------------------------------------------------------------------
 @needs_data
-def test_analyses_and_report_on_tiny(tmp_path):
+def test_analyses_and_report_on_tiny(tmp_path, monkeypatch):
+    monkeypatch.setenv("PMPC_MEASURED", str(tmp_path / "no_measured.json"))
     common = ["-m", "tiny-random-llama", "--limit", "3", "--max-new-tokens", "3", "--batch-size", "3",
               "--no-progress", "--judge", "gcg"]
     r = _cli(["sweep", "noise", *common, "-p", "builtin-harmful", "--points", "up", "--scales", "0,0.5",
@@ -259,11 +273,12 @@ def test_analyses_and_report_on_tiny(tmp_path):
     md = json.loads((tmp_path / "mds" / "mds.json").read_text())
     assert set(md["drift"]) == {"0", "1"} and len(md["embedding"]["0"]) == 32
     r = _cli(["table2", *common, "--harmful", "builtin-harmful", "--benign", "builtin-harmless",
-              "--rows", "none;table2:bolt;table2:teal-25", "--window", "32", "--max-windows", "2",
+              "--rows", "none;table2:bolt;table2:teal-25;measured:bolt", "--window", "32", "--max-windows", "2",
               "-o", str(tmp_path / "t2")])
     assert r.exit_code == 0, r.output
     t2 = json.loads((tmp_path / "t2" / "table2.json").read_text())
-    assert [x["approx"] for x in t2["rows"]] == ["none", "table2:bolt", "table2:teal-25"]
+    assert [x["approx"] for x in t2["rows"]] == ["none", "table2:bolt", "table2:teal-25", "measured:bolt"]
+    assert "no measured error fits" in t2["rows"][3]["error"] and t2["partial"] is False  # reported, not fatal
     assert t2["rows"][1]["paper"]["asr"] == 35.76 and t2["rows"][0]["over_refusal"]["n"] == 3
     r = _cli(["report", str(tmp_path), "-o", str(tmp_path / "report")])
     assert r.exit_code == 0, r.output

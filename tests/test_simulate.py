@@ -11,7 +11,7 @@ from pmpc import simulate as S
 from pmpc.errors import UserError
 from pmpc.models import load_hf
 
-STORIES = pathlib.Path("/work/shared/models/stories260K")
+STORIES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K"
 
 
 @pytest.fixture(scope="module")
@@ -237,6 +237,8 @@ def _capture(mod, how, store, key):
 
 @pytest.fixture(scope="module")
 def stories():
+    if not STORIES.exists():
+        pytest.skip(f"{STORIES} not present")
     m, tok = load_hf(str(STORIES))
     texts = ["Once upon a time there was a little girl who loved the sea.",
              "Tom had a red ball. He played with it in the park every day and was happy."]

@@ -28,6 +28,19 @@ from pmpc import simulate
 from pmpc.errors import UserError
 
 
+def resolve_layers(text: str, n_layers: int) -> list[int]:
+    """``"1,mid,last"`` / ``"0-3"`` -> sorted layer indices; first/mid/last name 0, n//2, n-1."""
+    named = {"first": 0, "mid": n_layers // 2, "last": n_layers - 1}
+    toks = [t.strip() for t in text.split(",") if t.strip()]
+    out = {named[t] for t in toks if t in named}
+    rest = [t for t in toks if t not in named]
+    if rest:
+        out |= set(simulate.parse_layers(",".join(rest)))
+    if not out:
+        raise UserError(f"no layers in {text!r}")
+    return sorted(out)
+
+
 def last_token_states(model, codec, texts, layers, approx=None, batch_size=8, seed=0, system="default", calib=None):
     """{layer: array [n, hidden]} of last-token hidden states at the output of each layer."""
     a = simulate.parse(approx)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from eval.analysis import common as C
 from pmpc import simulate
+from pmpc.errors import UserError
 
 
 def default_rows(extra=()) -> list[str]:
@@ -31,14 +32,20 @@ def table2(sess: C.Session, harmful: list, harmful_name: str, benign: list | Non
 
     for spec in rows:  # outputs rewritten after every row: an interrupted run leaves a partial table
         a = simulate.parse(spec)
-        s_h = sess.asr(a, harmful, harmful_name)
-        s_b = sess.asr(a, benign, benign_name) if benign else None
         paper = simulate.TABLE2[a.name]["paper"] if a.kind == "table2" else None
-        out.append({"approx": str(a), "asr": sess.headline(s_h),
-                    "refusal_on_harmful": sess.headline(s_h, "refusal"),
-                    "over_refusal": sess.headline(s_b, "refusal") if s_b else None,
-                    "ppl": sess.ppl(a)["ppl"] if with_ppl else None, "paper": paper,
-                    "s_per_100_prompts": s_h.get("s_per_100_prompts")})
+        try:
+            s_h = sess.asr(a, harmful, harmful_name)
+            s_b = sess.asr(a, benign, benign_name) if benign else None
+            out.append({"approx": str(a), "asr": sess.headline(s_h),
+                        "refusal_on_harmful": sess.headline(s_h, "refusal"),
+                        "over_refusal": sess.headline(s_b, "refusal") if s_b else None,
+                        "ppl": sess.ppl(a)["ppl"] if with_ppl else None, "paper": paper,
+                        "s_per_100_prompts": s_h.get("s_per_100_prompts")})
+        except (UserError, NotImplementedError, RuntimeError, ValueError) as e:
+            # one failing approximation (e.g. a protocol without the model's activation) is
+            # reported in its row; the other rows are still measured
+            out.append({"approx": str(a), "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                        "asr": None, "over_refusal": None, "ppl": None, "paper": paper})
         finish(partial=True)
     return finish(partial=False)
 
@@ -51,6 +58,10 @@ def _md(r) -> str:
     rows = []
     for x in r["rows"]:
         p = x["paper"] or {}
+        if x.get("error"):
+            rows.append([f"`{x['approx']}`", "error", x["error"].replace("|", "/"), "", "", p.get("asr", ""),
+                         p.get("ppl", "")])
+            continue
         rows.append([f"`{x['approx']}`", C.pct(x["asr"]), C.ci(x["asr"]), C.pct(x["over_refusal"]),
                      f"{x['ppl']:.2f}" if x["ppl"] is not None else "n/a",
                      p.get("asr", ""), p.get("ppl", "")])
@@ -60,7 +71,9 @@ def _md(r) -> str:
 
 def _fig(r):
     plt = C.plt()
-    rows = r["rows"]
+    rows = [x for x in r["rows"] if not x.get("error")]
+    if not rows:
+        return None
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(max(6, 0.55 * len(rows) + 2), 6), sharex=True)
     xs = list(range(len(rows)))
     a1.bar(xs, [100 * x["asr"]["rate"] for x in rows],
