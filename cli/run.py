@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
 import click
+
+# torch's C++ side prints every distributed error with a stack dump on stderr; the Python error
+# already carries the message (one line from pmpc). Must be set before torch loads; override to debug.
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
 
 from pmpc.errors import UserError
 
@@ -98,6 +103,7 @@ def run(protocol, model, weights, max_new_tokens, temperature, top_p, seed, time
         raise UserError(f"pmpc runs 2-party computation; got --parties {parties}")
     cfg = _config(protocol, model, weights, max_new_tokens, temperature, top_p, seed, allow_pickle, threads)
     spec, tok, ids_t, attn = _inputs(model, prompt, ids, raw, allow_pickle)
+    secure.check_input(cfg, spec, secure.ClientInput(ids_t, attn))  # before the banner: one line
     click.echo(f"[pmpc] {model} ({spec.n_layers} layers, {spec.n_params() / 1e6:.1f}M params), protocol {protocol}, "
                f"weights {weights}, dealer {dealer}: prompt {ids_t.shape[1]} tokens, {max_new_tokens} new", err=True)
     t0 = time.perf_counter()
@@ -138,6 +144,7 @@ def party(protocol, model, weights, max_new_tokens, temperature, top_p, seed, ti
             raise UserError("the client (rank 0) needs --prompt or --ids")
         spec, tok, ids_t, attn = _inputs(model, prompt or "", ids, raw, allow_pickle)
         inp = secure.ClientInput(ids_t, attn)
+        secure.check_input(cfg, spec, inp)  # before joining: the peers are not kept waiting
     elif prompt or ids:
         raise UserError("only the client (rank 0) takes a prompt")
     import functools

@@ -9,6 +9,14 @@ shims it needs on torch 2.13 and exposes a few helpers for the party processes:
   :func:`init_party` wraps ``init_process_group``/``new_group`` so a stalled peer raises after
   ``timeout_s`` instead of hanging.
 * ``crypten.load`` needs ``weights_only=False``; pmpc never uses it (checkpoints are safetensors).
+* CrypTen's arithmetic-to-binary conversion catches *every* ``RuntimeError`` (meant: out of
+  memory) and retries another way. A lost or silent peer raises ``RuntimeError`` in gloo, so the
+  retry hid the failure, waited a second timeout and desynchronised the parties (one retried,
+  the other did not). :func:`_A2B` keeps the one-shot path and lets errors through.
+* :class:`solo_dry_run` runs CrypTen ops in one party with no peer (planning a query's tuples).
+* Beaver code asks ``crypten.mpc.get_default_provider()`` for tuples at every call;
+  :class:`use_provider` installs another provider there (the offline/online split,
+  :mod:`pmpc.dealer`).
 """
 from __future__ import annotations
 
@@ -39,20 +47,45 @@ import crypten.communicator as comm  # noqa: E402
 from crypten.mpc import MPCTensor  # noqa: E402
 from crypten.mpc.ptype import ptype as Ptype  # noqa: E402
 
-__all__ = ["crypten", "comm", "MPCTensor", "Ptype", "init_party", "shutdown_party", "is_crypten"]
+__all__ = ["crypten", "comm", "MPCTensor", "Ptype", "init_party", "shutdown_party", "is_crypten",
+           "use_provider", "crypten_provider", "comm_failure", "InitError", "solo_dry_run"]
+
+
+def _A2B(arithmetic_tensor):
+    """Arithmetic -> binary sharing: each party's share as a binary sharing, summed by the adder
+    circuit (CrypTen's O(log P)-round path), without CrypTen's catch-all retry."""
+    from crypten.mpc.primitives.binary import BinarySharedTensor
+
+    shares = [BinarySharedTensor(arithmetic_tensor.share, src=i) for i in range(comm.get().get_world_size())]
+    binary_tensor = BinarySharedTensor.stack(shares).sum(dim=0)
+    binary_tensor.encoder = arithmetic_tensor.encoder
+    return binary_tensor
+
+
+import crypten.mpc.primitives.converters as _converters  # noqa: E402
+
+_converters._A2B = _A2B
 
 
 def is_crypten(x) -> bool:
     return isinstance(x, crypten.CrypTensor)
 
 
-def _with_timeout(fn, timeout):
+_TIMEOUT = [datetime.timedelta(seconds=1800)]
+
+
+def _with_timeout(fn):
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
-        kwargs.setdefault("timeout", timeout)
+        kwargs.setdefault("timeout", _TIMEOUT[0])
         return fn(*args, **kwargs)
 
+    wrapped._pmpc_wrapped = True
     return wrapped
+
+
+class InitError(RuntimeError):
+    """Joining the session failed (port in use, a peer that never came, a bad address)."""
 
 
 def init_party(rank: int, world_size: int, rendezvous: str, timeout_s: float = 60.0,
@@ -63,18 +96,36 @@ def init_party(rank: int, world_size: int, rendezvous: str, timeout_s: float = 6
     Every collective (and the start-up itself) raises after ``timeout_s`` if a peer stalls.
     ``provider`` selects the Beaver-triple source: ``TFP`` (party 0 deals: fast, insecure
     against party 0) or ``TTP`` (a separate dealer process of rank ``world_size``).
+    Failures to join raise :class:`InitError` with one line that says why.
     """
+    try:
+        _init_party(rank, world_size, rendezvous, timeout_s, provider, verbose_stats)
+    except Exception as e:  # torch raises several types (DistStoreError, DistNetworkError, ...)
+        raise InitError(_init_reason(e, rendezvous, timeout_s)) from e
+
+
+def _init_reason(e: BaseException, rendezvous: str, timeout_s: float) -> str:
+    msg = " ".join(str(e).split())
+    low = msg.lower()
+    if "eaddrinuse" in low or "address already in use" in low:
+        return f"the rendezvous address {rendezvous} is in use (another process listens on that port)"
+    if "clients joined" in low or "timed out" in low or "timeout" in low or "connect" in low:
+        return (f"no session at {rendezvous} within {timeout_s:.0f} s: a peer did not start, or uses another "
+                f"address, --dealer or number of parties ({msg[:160]})")
+    return f"cannot join the session at {rendezvous}: {msg[:200]}"
+
+
+def _init_party(rank, world_size, rendezvous, timeout_s, provider, verbose_stats) -> None:
     import torch.distributed as dist
 
     os.environ["RANK"] = str(rank)
     os.environ["WORLD_SIZE"] = str(world_size)
     os.environ["RENDEZVOUS"] = rendezvous
     os.environ.setdefault("DISTRIBUTED_BACKEND", "gloo")
-    td = datetime.timedelta(seconds=timeout_s)
+    _TIMEOUT[0] = datetime.timedelta(seconds=timeout_s)
     if not getattr(dist.init_process_group, "_pmpc_wrapped", False):
-        dist.init_process_group = _with_timeout(dist.init_process_group, td)
-        dist.new_group = _with_timeout(dist.new_group, td)
-        dist.init_process_group._pmpc_wrapped = True
+        dist.init_process_group = _with_timeout(dist.init_process_group)
+        dist.new_group = _with_timeout(dist.new_group)
     crypten.cfg.mpc.provider = provider
     crypten.cfg.communicator.verbose = verbose_stats
     crypten.init()
@@ -85,6 +136,157 @@ def shutdown_party() -> None:
         crypten.uninit()
     except Exception:  # a peer may already be gone; nothing left to release cleanly
         pass
+    # crypten.uninit leaves the default group behind when a peer is gone: release it so a
+    # process that joins again (tests, long evaluations) starts clean
+    try:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:
+        pass
+
+
+# -- triple providers ----------------------------------------------------------------------------
+_provider_override = []
+
+
+def crypten_provider():
+    """CrypTen's own provider for the configured ``cfg.mpc.provider`` (TFP or TTP)."""
+    return _orig_get_default_provider()
+
+
+_orig_get_default_provider = crypten.mpc.get_default_provider
+
+
+def _get_default_provider():
+    return _provider_override[-1] if _provider_override else _orig_get_default_provider()
+
+
+# crypten's Beaver code looks the provider up at every call (crypten.mpc.get_default_provider()),
+# so installing a provider here reaches every multiplication, comparison and conversion.
+crypten.mpc.get_default_provider = _get_default_provider
+
+
+class use_provider:
+    """``with use_provider(p): ...`` — every tuple request inside goes to ``p``."""
+
+    def __init__(self, provider):
+        self.provider = provider
+
+    def __enter__(self):
+        _provider_override.append(self.provider)
+        return self.provider
+
+    def __exit__(self, *exc):
+        _provider_override.remove(self.provider)
+        return False
+
+
+class _SoloComm(comm.Communicator):
+    """Stands in for the real communicator during a party's solo dry run (planning a query): every
+    collective returns tensors of the right shape at once, as if the peer's shares were zero.
+    Nothing is sent, so a dry run needs no peer and costs no network time."""
+
+    BYTES_PER_ELEMENT = 8
+
+    def __init__(self, real):
+        self.rank, self.world_size = real.get_rank(), real.get_world_size()
+        self._name = real.get_name()
+        self.reset_communication_stats()
+        for attr in ("main_group", "ttp_group", "ttp_comm_group", "ttp_initialized"):
+            if hasattr(real, attr):
+                setattr(self, attr, getattr(real, attr))
+
+    def get_rank(self):
+        return self.rank
+
+    def get_world_size(self):
+        return self.world_size
+
+    def get_ttp_rank(self):
+        return self.world_size
+
+    def get_name(self):
+        return self._name
+
+    def send(self, tensor, dst):
+        return None
+
+    def isend(self, tensor, dst):
+        return None
+
+    def recv(self, tensor, src=None):
+        return tensor.clone()
+
+    def irecv(self, tensor, src=None):
+        return None
+
+    def scatter(self, scatter_list, src, size=None, device=None):
+        if src == self.rank:
+            return scatter_list[self.rank]
+        size = scatter_list[self.rank].size() if size is None else size
+        return torch.zeros(size, dtype=torch.long, device=device)
+
+    def reduce(self, input, dst, op=None, batched=False):
+        if dst != self.rank:
+            return None
+        return [x.clone() for x in input] if batched else input.clone()
+
+    def all_reduce(self, input, op=None, batched=False):
+        return [x.clone() for x in input] if batched else input.clone()
+
+    def gather(self, tensor, dst):
+        return [tensor.clone() for _ in range(self.world_size)] if dst == self.rank else [None]
+
+    def all_gather(self, tensor):
+        return [tensor.clone() for _ in range(self.world_size)]
+
+    def broadcast(self, input, src, group=None, batched=False):
+        return input
+
+    def barrier(self):
+        return None
+
+    def send_obj(self, obj, dst, group=None):
+        return None
+
+    def broadcast_obj(self, obj, src, group=None):
+        return obj
+
+
+class solo_dry_run:
+    """``with solo_dry_run(): ...`` — CrypTen ops run against :class:`_SoloComm` (no peer, no
+    traffic), and CrypTen's shared random generators are put back as they were afterwards, so
+    the dry run leaves the parties' pseudo-random zero sharings in step."""
+
+    def __enter__(self):
+        from crypten.communicator import DistributedCommunicator
+
+        self.cls = DistributedCommunicator
+        self.real = DistributedCommunicator.instance
+        self.states = {(k, d): g.get_state() for k, gens in crypten.generators.items() for d, g in gens.items()}
+        DistributedCommunicator.instance = _SoloComm(self.real)
+        return self.real
+
+    def __exit__(self, *exc):
+        self.cls.instance = self.real
+        for (k, d), st in self.states.items():
+            crypten.generators[k][d].set_state(st)
+        return False
+
+
+def comm_failure(e: BaseException) -> str | None:
+    """Classify a communication error: ``"closed"`` (the peer's connection went away: it died or
+    exited), ``"timeout"`` (the peer stopped answering) or None (not a communication error)."""
+    low = str(e).lower()
+    if "timed out" in low or "timeout" in low:
+        return "timeout"
+    for needle in ("connection reset", "connection closed", "closed by peer", "broken pipe", "connection refused",
+                   "socket closed", "end of file", "eof", "pair closure", "read error", "write error"):
+        if needle in low:
+            return "closed"
+    return None
 
 
 def torch_threads(n: int | None) -> None:

@@ -6,18 +6,29 @@
   peer raises instead of hanging for torch's default 30 minutes; the parent also enforces an
   overall deadline and reports which party failed.
 * :func:`run_party` runs ONE party in the current process — the entry point for one party per
-  host (``pmpc party --rank R --rendezvous tcp://HOST:PORT``).
+  host (``pmpc party --rank R --rendezvous tcp://HOST:PORT``). With ``dealer="ttp"`` rank
+  ``world_size`` is the dealer (:func:`pmpc.dealer.serve`).
 
 A job is a picklable callable ``job(rank, world_size) -> picklable`` (plain Python / numpy
 values: returning torch tensors through a queue can crash the parent). With ``inputs``, each
 rank's private input is handed to that rank's process ONLY (``job(rank, world_size, input)``):
 that is how the client's prompt reaches the client and never the server.
+
+Failures. A party whose peer dies sees its connection close at once; a party whose peer stalls
+gives up after ``timeout_s``. Either way it raises :class:`PartyError` naming the peer it lost
+(``party 1 (server) ...``). :func:`run_local` also knows which process died or went silent and
+names that one first. Fault injection for tests and drills: ``PMPC_FAULT=role:point:mode``
+(``role`` client|server|dealer, ``point`` join|startup|plan|offline|prefill|decode, ``mode``
+kill|stall), read by each party process (:func:`fault_point`); ``PMPC_FAULT_LOG=path`` appends
+the time each fault struck.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue as _queue
+import signal
 import socket
 import time
 import traceback
@@ -25,6 +36,7 @@ import traceback
 from pmpc.errors import UserError
 
 ROLE = {0: "client", 1: "server", 2: "dealer"}
+_ROLE_RANK = {v: k for k, v in ROLE.items()}
 
 
 class PartyError(UserError):
@@ -41,100 +53,259 @@ def role(rank: int) -> str:
     return ROLE.get(rank, f"party{rank}")
 
 
-def _ctx():
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "pmpc.crypten_compat", "pmpc.engine", "protocols"])
-    return ctx
+def who(rank: int) -> str:
+    return f"party {rank} ({role(rank)})"
+
+
+# -- fault injection -----------------------------------------------------------------------------
+_fired: set = set()
+
+
+def fault_point(rank: int, point: str) -> None:
+    """Die or stall here if ``PMPC_FAULT`` names this party and point (each fires once)."""
+    spec = os.environ.get("PMPC_FAULT", "")
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        try:
+            r, p, mode = item.split(":")
+        except ValueError:
+            raise UserError(f"PMPC_FAULT={spec!r}: use role:point:mode, e.g. server:prefill:kill") from None
+        if (r != role(rank) and r != str(rank)) or p != point or item in _fired:
+            continue
+        _fired.add(item)
+        log = os.environ.get("PMPC_FAULT_LOG")
+        if log:  # when the fault struck, for measuring how fast the others notice
+            with open(log, "a") as f:
+                f.write(f"{item} {time.time():.3f}\n")
+        if mode == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif mode == "stall":
+            while True:
+                time.sleep(3600)
+        else:
+            raise UserError(f"PMPC_FAULT: unknown mode {mode!r} (kill | stall)")
+
+
+# -- whom a party is talking to ------------------------------------------------------------------
+_PEER: list = []
+
+
+@contextlib.contextmanager
+def talking_to(rank: int):
+    """Inside, a communication failure is blamed on ``rank`` (e.g. party 0 and the dealer)."""
+    _PEER.append(rank)
+    try:
+        yield
+    except BaseException as e:
+        if not hasattr(e, "pmpc_peer"):
+            e.pmpc_peer = rank  # remembered: the blame is laid after this block has exited
+        raise
+    finally:
+        _PEER.pop()
+
+
+def _blame(rank: int, world_size: int, e: BaseException, timeout_s: float, t0: float) -> PartyError | None:
+    from pmpc.crypten_compat import comm_failure
+
+    kind = comm_failure(e)
+    if kind is None:
+        return None
+    peer = getattr(e, "pmpc_peer", _PEER[-1] if _PEER else (0 if rank != 0 else 1))
+    what = ("closed the connection (it died or left)" if kind == "closed"
+            else f"did not answer within {timeout_s:.0f} s (stalled or unreachable)")
+    return PartyError(f"{who(peer)} {what}; seen by {who(rank)} {time.monotonic() - t0:.1f} s after start")
 
 
 def run_party(job, rank: int, world_size: int, rendezvous: str, timeout_s: float = 60.0,
               dealer: str = "local", threads: int | None = None, inp=None, has_input: bool = False):
     """Join the session as ``rank`` and run ``job``. ``dealer``: ``local`` (CrypTen's TFP: party 0
     generates the triples — insecure against party 0) or ``ttp`` (a separate dealer process of
-    rank ``world_size``, which only serves triples)."""
+    rank ``world_size``, which only serves triples). Raises :class:`PartyError` (one line naming
+    the party at fault) when joining fails or a peer is lost."""
     from pmpc import crypten_compat as cc
+    from pmpc import dealer as dealer_mod
 
+    if dealer not in dealer_mod.MODES:
+        raise UserError(f"unknown dealer {dealer!r} (one of {', '.join(dealer_mod.MODES)})")
+    if rank == world_size and dealer != "ttp":
+        raise UserError(f"rank {rank} is the dealer: pass --dealer ttp at every party")
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    provider = {"local": "TFP", "ttp": "TTP"}[dealer]
-    if dealer == "ttp" and rank == world_size:
-        import crypten.mpc.provider.ttp_provider as ttp
-
-        cc.init_party(rank, world_size, rendezvous, timeout_s, provider)  # joins as the TTP rank
-        ttp.TTPServer()
-        return None
-    cc.init_party(rank, world_size, rendezvous, timeout_s, provider)
+    t0 = time.monotonic()
+    fault_point(rank, "join")
     try:
+        cc.init_party(rank, world_size, rendezvous, timeout_s, dealer_mod.PROVIDER[dealer])
+    except cc.InitError as e:
+        raise PartyError(f"{who(rank)}: {e}") from None
+    try:
+        fault_point(rank, "startup")
+        if rank == world_size:
+            return dealer_mod.serve(fault=lambda point: fault_point(rank, point))
         return job(rank, world_size, inp) if has_input else job(rank, world_size)
+    except Exception as e:
+        blamed = _blame(rank, world_size, e, timeout_s, t0)
+        if blamed is not None:
+            raise blamed from e
+        raise
     finally:
         cc.shutdown_party()
 
 
-def _entry(job, rank, world_size, rendezvous, timeout_s, dealer, threads, q, has_input, inp):
+def _ctx():
+    ctx = mp.get_context("forkserver")
+    # transformers' model classes too: each party would otherwise import them on its own (seconds
+    # of start-up per party, which a short --timeout at its peer may not allow)
+    ctx.set_forkserver_preload(["torch", "pmpc.crypten_compat", "pmpc.engine", "protocols", "pmpc.models",
+                                "transformers.models.llama.modeling_llama"])
+    return ctx
+
+
+def _entry(job, rank, world_size, rendezvous, timeout_s, dealer, threads, q, has_input, inp, env):
+    os.environ.update(env or {})
+    if env and "TMPDIR" in env:
+        import tempfile
+
+        tempfile.tempdir = None  # recomputed from TMPDIR (the forkserver may have cached /tmp)
+    if os.environ.get("PMPC_DEBUG_STACKS"):  # print every thread's stack when the parent stops us
+        import faulthandler
+
+        faulthandler.register(signal.SIGTERM, chain=True)
     try:
         out = run_party(job, rank, world_size, rendezvous, timeout_s, dealer, threads, inp, has_input)
         q.put((rank, "ok", out))
     except BaseException as e:  # report to the parent, then exit non-zero
         msg = str(e).strip().splitlines()
-        q.put((rank, "error", f"{type(e).__name__}: {msg[0] if msg else ''}", traceback.format_exc()))
+        text = msg[0] if msg else ""
+        q.put((rank, "error", text if isinstance(e, UserError) else f"{type(e).__name__}: {text}",
+               traceback.format_exc()))
+        q.close()
+        q.join_thread()
         os._exit(1)
+
+
+def _exit_text(code) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def run_local(job, world_size: int = 2, timeout_s: float = 60.0, deadline_s: float | None = None,
               dealer: str = "local", threads: int | None = 1, host: str = "127.0.0.1",
-              inputs: dict | None = None) -> list:
+              inputs: dict | None = None, env: dict | None = None) -> list:
     """Run ``job`` in ``world_size`` local party processes; returns the per-rank results.
 
     ``timeout_s`` bounds each communication wait inside the parties; ``deadline_s`` (default:
-    none) bounds the whole job. Raises :class:`PartyError` naming the first party that failed.
+    none) bounds the whole job. ``env`` is set in every party process (e.g. ``PMPC_FAULT``).
+    Raises :class:`PartyError` naming the party that failed first (died or went silent), with
+    what the others saw; the error carries ``culprit`` (rank or None), ``exit_codes`` and
+    ``exit_times`` (``time.time()`` each process was seen gone). The surviving parties are given
+    ``timeout_s`` to exit on their own; whatever is left then is killed. Every process is reaped.
     """
+    from pmpc import dealer as dealer_mod
+
     if world_size != 2:
         raise PartyError(f"pmpc runs 2-party computation; got --parties {world_size}")
+    if dealer not in dealer_mod.MODES:
+        raise UserError(f"unknown dealer {dealer!r} (one of {', '.join(dealer_mod.MODES)})")
     ctx = _ctx()
     q = ctx.Queue()
     rendezvous = f"tcp://{host}:{free_port()}"
     n = world_size + (1 if dealer == "ttp" else 0)
     procs = [ctx.Process(target=_entry, args=(job, r, world_size, rendezvous, timeout_s, dealer, threads, q,
-                                              inputs is not None, (inputs or {}).get(r)),
+                                              inputs is not None, (inputs or {}).get(r), env),
                          name=f"pmpc-{role(r)}", daemon=True) for r in range(n)]
     for p in procs:
         p.start()
     results: dict[int, object] = {}
+    errors: dict[int, str] = {}
+    gone: dict[int, float] = {}
     t0 = time.monotonic()
-    needed = set(range(world_size))
+    first_error = None
+    failure = None
+
+    def watch(wait):
+        _drain(q, results, errors, wait)
+        for r, p in enumerate(procs):
+            if r not in gone and not p.is_alive():
+                gone[r] = time.time()
+
     try:
-        while not needed.issubset(results):
-            try:
-                item = q.get(timeout=0.2)
-            except _queue.Empty:
-                for r, p in enumerate(procs):
-                    if r in results or p.is_alive():
-                        continue
-                    if r < world_size or p.exitcode not in (0, None):
-                        # a party that died without reporting (killed, segfault)
-                        try:
-                            item = q.get(timeout=1.0)
-                        except _queue.Empty:
-                            raise PartyError(f"party {r} ({role(r)}) died (exit code {p.exitcode})") from None
-                        break
-                else:
-                    if deadline_s and time.monotonic() - t0 > deadline_s:
-                        raise PartyError(f"deadline of {deadline_s:.0f}s passed; parties still running: "
-                                         + ", ".join(role(r) for r in sorted(needed - set(results))))
-                    continue
-            if item[1] == "error":
-                raise PartyError(f"party {item[0]} ({role(item[0])}) failed: {item[2]}")
-            results[item[0]] = item[2]
-        return [results[r] for r in range(world_size)]
+        while True:
+            if not errors and set(range(world_size)).issubset(results):
+                return [results[r] for r in range(world_size)]
+            if errors or any(r in gone and r not in results and procs[r].exitcode != 0 for r in range(n)):
+                first_error = first_error or time.monotonic()
+                settled = set(results) | set(errors) | set(gone)
+                # wait until all but (at most) one party settled: the one left is the silent one
+                if len(settled) >= n - 1 or time.monotonic() - first_error > timeout_s + 5:
+                    watch(0.5)
+                    failure = _verdict(procs, results, errors, gone, timeout_s)
+                    raise failure
+            if deadline_s and time.monotonic() - t0 > deadline_s:
+                failure = PartyError(f"deadline of {deadline_s:.0f}s passed; parties still running: "
+                                     + ", ".join(who(r) for r in range(n) if r not in results and r not in errors))
+                raise failure
+            watch(0.2)
     finally:
-        for p in procs:
-            p.join(timeout=2.0 if not results else 10.0)
+        culprit = getattr(failure, "culprit", None)
+        stop = time.monotonic() + (timeout_s + 5 if failure is not None else 10.0)
+        for r, p in enumerate(procs):
+            if r == culprit and p.is_alive():
+                continue  # the stalled party is killed below, after the others had their chance
+            while p.is_alive() and time.monotonic() < stop:
+                watch(0.1)
+        for r, p in enumerate(procs):
             if p.is_alive():
                 p.terminate()
                 p.join(timeout=2.0)
             if p.is_alive():
                 p.kill()
                 p.join()
+            gone.setdefault(r, time.time())
+        if failure is not None:
+            failure.exit_codes = {r: p.exitcode for r, p in enumerate(procs)}
+            failure.exit_times = dict(gone)
         q.close()
+        q.join_thread()
+
+
+def _drain(q, results, errors, wait):
+    try:
+        item = q.get(timeout=wait)
+    except _queue.Empty:
+        return
+    while True:
+        if item[1] == "error":
+            errors[item[0]] = item[2]
+        else:
+            results[item[0]] = item[2]
+        try:
+            item = q.get_nowait()
+        except _queue.Empty:
+            return
+
+
+def _verdict(procs, results, errors, gone, timeout_s) -> PartyError:
+    """One line: who failed first (died without a word, or went silent), then what others saw."""
+    died = [r for r in sorted(gone, key=gone.get) if r not in results and r not in errors]
+    silent = [r for r, p in enumerate(procs) if r not in gone and r not in results and r not in errors]
+    seen = "; ".join(f"{who(r)}: {errors[r]}" for r in sorted(errors))
+    culprit = None
+    if died:
+        culprit = died[0]
+        head = f"{who(culprit)} died ({_exit_text(procs[culprit].exitcode)})"
+    elif silent and errors:
+        culprit = silent[0]
+        head = f"{who(culprit)} stopped responding (no answer within {timeout_s:.0f} s)"
+    else:
+        head = ""
+    err = PartyError(head + (" — " if head and seen else "") + seen if (head or seen)
+                     else "a party failed without a message")
+    err.culprit = culprit
+    return err

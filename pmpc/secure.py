@@ -10,15 +10,18 @@ shapes, steps): a mismatch stops both with a clear error instead of computing ga
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import resource
 import time
 
 import torch
 
 from pmpc import cost, models
+from pmpc.dealer import TRUST as DEALER_TRUST  # noqa: F401  (re-exported: one definition)
 from pmpc.engine import CLIENT, Engine
 from pmpc.errors import UserError
 
@@ -34,6 +37,7 @@ class GenConfig:
     seed: int = 0
     allow_pickle: bool = False
     threads: int | None = 1
+    preprocess: bool = True          # deal the query's tuples before it runs (offline/online split)
 
     def digest(self, spec: models.ModelSpec) -> str:
         pub = dataclasses.asdict(self)
@@ -46,6 +50,22 @@ class GenConfig:
 class ClientInput:
     ids: torch.Tensor                # [B, T], left-padded
     attn: torch.Tensor               # [B, T] 0/1
+
+
+def check_input(cfg: GenConfig, spec: models.ModelSpec, inp: ClientInput) -> None:
+    """The client's prompt must be non-empty, in the vocabulary, and fit the context with the new
+    tokens; a :class:`UserError` (one line) otherwise — before any party process starts."""
+    ids, attn = inp.ids, inp.attn
+    if ids.dim() != 2 or ids.shape != attn.shape:
+        raise UserError(f"prompt ids must be [batch, tokens] with a matching mask, got {tuple(ids.shape)}")
+    if ids.shape[1] == 0 or (attn.sum(-1) == 0).any():
+        raise UserError("empty prompt")
+    if int(ids.min()) < 0 or int(ids.max()) >= spec.vocab:
+        raise UserError(f"token id out of range [0, {spec.vocab})")
+    need = ids.shape[1] + cfg.max_new_tokens
+    if spec.max_positions and need > spec.max_positions:
+        raise UserError(f"prompt of {ids.shape[1]} tokens + {cfg.max_new_tokens} new tokens exceeds the model's "
+                        f"context of {spec.max_positions}")
 
 
 def _load_spec(cfg: GenConfig, rank: int) -> models.ModelSpec:
@@ -87,27 +107,54 @@ def _choose(logits: torch.Tensor, cfg: GenConfig, gen: torch.Generator) -> torch
     return torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=gen)[:, 0]
 
 
-def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput | None = None):
-    """Runs inside one party process (after ``crypten.init``)."""
-    from pmpc.ops import CrypTenOps
+def _gather(value) -> list:
+    import torch.distributed as dist
 
-    t_start = time.perf_counter()
-    spec = _load_spec(cfg, rank)
-    _agree(cfg.digest(spec), "the configuration (model, protocol, weights, shapes, steps)")
-    public = _announce(None if inp is None else {"attn": inp.attn.tolist()}, rank)
-    attn = torch.tensor(public["attn"], dtype=torch.long)
-    ids = inp.ids if rank == CLIENT else torch.zeros_like(attn)  # the server never sees ids
-    ops = CrypTenOps(cost.Tracker(cost.crypten_stats))
-    engine = Engine(spec, cfg.protocol, ops, weights=cfg.weights)
-    t_setup = time.perf_counter() - t_start
-    gen = torch.Generator().manual_seed(cfg.seed)
-    steps, tokens, phases = [], [], {}
+    from pmpc.crypten_compat import comm
+
+    got = [None, None]
+    dist.all_gather_object(got, value, group=comm.get().main_group)
+    return got
+
+
+class _Tracker(cost.Tracker):
+    """The cost tracker, plus a periodic hook (party 0 keeps the dealer waiting while planning)."""
+
+    def __init__(self, stats, every_s: float | None = None, hook=None):
+        super().__init__(stats)
+        self.every_s, self.hook, self._last = every_s, hook, time.monotonic()
+
+    def scope(self, name):
+        if self.hook is not None and time.monotonic() - self._last > self.every_s:
+            self._last = time.monotonic()
+            self.hook()
+        return super().scope(name)
+
+
+def _counters() -> dict:
+    r, b, t = cost.crypten_stats()
+    return {"rounds": r, "bytes": b, "comm_seconds": t, "seconds": time.perf_counter()}
+
+
+def _since(c0: dict) -> dict:
+    c1 = _counters()
+    return {k: c1[k] - c0[k] for k in c0}
+
+
+_PLANS: dict = {}  # public facts -> Plan (the plan depends on nothing secret)
+
+
+def _query(engine, ops, ids, attn, cfg, rank, gen, phases=None, marks=None, plan_of=None):
+    """Prefill, then ``max_new_tokens - 1`` decode steps. With ``phases``: the online run (records
+    cost per phase, chooses tokens); without: a dry run (tokens are zeros, logits dropped), and
+    ``marks``/``plan_of`` record where in the tuple stream each phase starts."""
+    steps, tokens = [], []
 
     def step(fn, *a):
         out = fn(*a)
         with ops.scope("reveal"):
             lg = ops.reveal(out[:, -1], dst=CLIENT)  # logits to the client only
-        if rank != CLIENT:
+        if rank != CLIENT or phases is None:
             return torch.zeros(attn.shape[0], 1, dtype=torch.long)
         lg = lg.float()
         steps.append(lg)
@@ -115,36 +162,155 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
         tokens.append(nxt)
         return nxt[:, None]
 
+    n_dec = max(cfg.max_new_tokens - 1, 0)
     ops.tracker.reset()
+    if marks is not None:
+        marks["prefill"] = len(plan_of())
     t0 = time.perf_counter()
     nxt = step(engine.prefill, ids, attn)
-    phases["prefill"] = {"seconds": time.perf_counter() - t0, **ops.tracker.total().as_dict(),
-                         "scopes": ops.tracker.snapshot()}
+    if phases is not None:
+        phases["prefill"] = {"seconds": time.perf_counter() - t0, **ops.tracker.total().as_dict(),
+                             "scopes": ops.tracker.snapshot()}
     ops.tracker.reset()
+    if marks is not None:
+        marks["decode"] = len(plan_of())
     t0 = time.perf_counter()
-    for _ in range(cfg.max_new_tokens - 1):
+    for _ in range(n_dec):
         nxt = step(engine.decode, nxt)
-    n_dec = max(cfg.max_new_tokens - 1, 0)
-    phases["decode"] = {"seconds": time.perf_counter() - t0, "tokens": n_dec, **ops.tracker.total().as_dict(),
-                        "scopes": ops.tracker.snapshot()}
-    out = {"rank": rank, "setup_seconds": t_setup, "phases": phases,
-           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if phases is not None:
+        phases["decode"] = {"seconds": time.perf_counter() - t0, "tokens": n_dec,
+                            **ops.tracker.total().as_dict(), "scopes": ops.tracker.snapshot()}
+    return steps, tokens
+
+
+def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput | None = None):
+    """Runs inside one party process (after ``crypten.init``).
+
+    With ``cfg.preprocess`` the query runs in three phases (see :mod:`pmpc.dealer`): plan (a solo
+    dry run on dummy inputs over the same public shapes, recording the tuple requests), offline (the
+    dealer of the session's mode deals exactly those tuples), online (the query itself, served
+    from the dealt tuples: its cost is the online phase alone). Without it, tuples are drawn on
+    demand during the query (CrypTen's behaviour; with ``ttp`` the dealer traffic is then part
+    of the query's rounds)."""
+    from pmpc import dealer as D
+    from pmpc import parties
+    from pmpc.crypten_compat import comm, crypten, solo_dry_run, use_provider
+    from pmpc.ops import CrypTenOps
+
+    mode = "ttp" if crypten.mpc.ttp_required() else "local"
+    to_dealer = mode == "ttp" and rank == CLIENT
+    t_start = time.perf_counter()
+    timeout_s = crypten_timeout()
+    with D.keepalive_while(timeout_s / 4) if to_dealer else contextlib.nullcontext():
+        spec = _load_spec(cfg, rank)  # loading a large model can take a while: the dealer waits
+    if rank == CLIENT:
+        check_input(cfg, spec, inp)
+    _agree(cfg.digest(spec), "the configuration (model, protocol, weights, shapes, steps)")
+    public = _announce(None if inp is None else {"attn": inp.attn.tolist()}, rank)
+    attn = torch.tensor(public["attn"], dtype=torch.long)
+    ids = inp.ids if rank == CLIENT else torch.zeros_like(attn)  # the server never sees ids
+    real = comm.get()
+    tracker = _Tracker(cost.crypten_stats, timeout_s / 4,
+                       (lambda: D.keepalive(real)) if to_dealer and cfg.preprocess else None)
+    ops = CrypTenOps(tracker)
+    engine = Engine(spec, cfg.protocol, ops, weights=cfg.weights)
+    t_setup = time.perf_counter() - t_start
+    gen = torch.Generator().manual_seed(cfg.seed)
+    phases: dict = {}
+    parties.fault_point(rank, "startup")
+
+    provider = None
+    if cfg.preprocess:
+        key = (cfg.digest(spec), tuple(map(tuple, public["attn"])))
+        if all(_gather(key in _PLANS)):
+            plan = _PLANS[key]
+            phases["plan"] = {"cached": True, "seconds": 0.0, "rounds": 0, "bytes": 0, "comm_seconds": 0.0}
+        else:
+            c0 = _counters()
+            parties.fault_point(rank, "plan")
+            rec, marks = D.ShapeOnly(), {}
+            with solo_dry_run(), use_provider(rec):  # alone: no peer, no traffic
+                dry = engine
+                if cfg.weights == "private":  # the dry run never touches the real weights
+                    dry = Engine(models.load_shapes(cfg.model, allow_pickle=cfg.allow_pickle), cfg.protocol, ops,
+                                 weights="private")
+                _query(dry, ops, torch.zeros_like(attn), attn, cfg, rank, gen, marks=marks,
+                       plan_of=lambda: rec.requests)
+            plan = D.Plan(rec.requests, marks)
+            _PLANS[key] = plan
+            phases["plan"] = {"cached": False, **_since(c0)}
+            del dry
+        _agree(plan.digest(), "the tuple plan of the query")
+        tracker.hook = None
+        offline, tuples = {}, []
+        for phase in ("prefill", "decode"):
+            lo, hi = plan.span(phase)
+            c0 = _counters()
+            if phase == "prefill":
+                parties.fault_point(rank, "offline")
+            with parties.talking_to(world_size) if to_dealer else contextlib.nullcontext():
+                tuples += D.deal(plan, lo, hi, mode)
+            offline[phase] = {**_since(c0), "tuples": plan.counts(lo, hi)}
+        c0 = _counters()
+        if to_dealer:
+            with parties.talking_to(world_size):
+                D.release()
+        comm.get().barrier()  # the online phase starts together at both parties
+        offline["release"] = _since(c0)
+        phases["offline"] = offline
+        provider = D.Replay(plan, tuples)
+        del tuples
+
+    hook_phase = [None]
+    if os.environ.get("PMPC_FAULT"):
+        engine.tap = lambda point, layer, value: (parties.fault_point(rank, hook_phase[0])
+                                                  if layer == 0 and hook_phase[0] else None)
+
+    def online():
+        with use_provider(provider) if provider is not None else contextlib.nullcontext():
+            return _query(engine, ops, ids, attn, cfg, rank, gen, phases=phases)
+
+    engine_prefill, engine_decode = engine.prefill, engine.decode
+
+    def traced(fn, name):
+        def wrapped(*a, **k):
+            hook_phase[0] = name
+            try:
+                return fn(*a, **k)
+            finally:
+                hook_phase[0] = None
+        return wrapped
+
+    engine.prefill, engine.decode = traced(engine_prefill, "prefill"), traced(engine_decode, "decode")
+    steps, tokens = online()
+    if provider is not None and provider.left():
+        raise D.PlanMismatch(f"{provider.left()} dealt tuples were not used by the online phase")
+    out = {"rank": rank, "dealer": mode, "preprocess": cfg.preprocess, "setup_seconds": t_setup,
+           "phases": phases, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if rank == CLIENT:
         out["tokens"] = torch.stack(tokens, 1).tolist()
         out["logits"] = torch.stack(steps, 1).numpy()  # [B, steps, V]
     return out
 
 
+def crypten_timeout() -> float:
+    from pmpc.crypten_compat import _TIMEOUT
+
+    return _TIMEOUT[0].total_seconds()
+
+
 def run_generation(cfg: GenConfig, client: ClientInput, timeout_s: float = 120.0,
-                   dealer: str = "local") -> list[dict]:
-    """Run the two parties locally; the prompt goes to the client process only."""
+                   dealer: str = "local", env: dict | None = None, deadline_s: float | None = None) -> list[dict]:
+    """Run the two parties (and, with ``dealer="ttp"``, the dealer) locally; the prompt goes to
+    the client process only. ``env``: set in every party process (e.g. ``PMPC_FAULT``)."""
     import functools
 
     from pmpc import parties
 
+    check_input(cfg, models.load_shapes(cfg.model, allow_pickle=cfg.allow_pickle), client)
     job = functools.partial(generate_party, cfg)
     return parties.run_local(job, timeout_s=timeout_s, dealer=dealer, threads=cfg.threads,
-                             inputs={CLIENT: client})
+                             inputs={CLIENT: client}, env=env, deadline_s=deadline_s)
 
 
 def fidelity(spec: models.ModelSpec, ids: torch.Tensor, attn: torch.Tensor, tokens, logits) -> dict:
@@ -168,32 +334,44 @@ def fidelity(spec: models.ModelSpec, ids: torch.Tensor, attn: torch.Tensor, toke
             "mean_kl": kl.mean().item()}
 
 
+_KEYS = ("seconds", "rounds", "bytes", "comm_seconds")
+
+
+def _offline_summary(client: dict, n_dec: int) -> dict | None:
+    off = client["phases"].get("offline")
+    if off is None:
+        return None
+    pre, dec = off["prefill"], off["decode"]
+    return {"prefill": {**{k: pre[k] for k in _KEYS}, "tuples": pre["tuples"]},
+            "decode_per_token": {k: dec[k] / n_dec for k in _KEYS},
+            "decode_tuples": dec["tuples"],
+            "release": {k: off["release"][k] for k in _KEYS}}
+
+
 def summary(cfg: GenConfig, spec, dealer: str, client: dict, server: dict, fid: dict, wall: float) -> dict:
+    """Everything about one secure generation. ``prefill``/``decode_per_token`` are the ONLINE
+    phase (with ``preprocess``: served from tuples dealt beforehand); ``offline`` is the dealing of
+    those tuples (client side: for ``ttp`` the dealer's traffic); ``plan`` the dry run that sized it."""
     pre, dec = client["phases"]["prefill"], client["phases"]["decode"]
     n_dec = max(dec["tokens"], 1)
+    plan = client["phases"].get("plan")
     return {
         "config": {**dataclasses.asdict(cfg), "dealer": dealer,
                    "dealer_trust": DEALER_TRUST[dealer]},
         "model": spec.config_dict(),
         "fidelity": fid,
         "wall_seconds": wall,
-        "prefill": {k: pre[k] for k in ("seconds", "rounds", "bytes", "comm_seconds")},
-        "decode_per_token": {k: dec[k] / n_dec for k in ("seconds", "rounds", "bytes", "comm_seconds")},
+        "prefill": {k: pre[k] for k in _KEYS},
+        "decode_per_token": {k: dec[k] / n_dec for k in _KEYS},
         "decode_tokens": dec["tokens"],
+        "offline": _offline_summary(client, n_dec),
+        "plan": None if plan is None else {k: plan[k] for k in ("cached",) + _KEYS},
         "setup_seconds": {"client": client["setup_seconds"], "server": server["setup_seconds"]},
         "peak_rss_mb": {"client": client["peak_rss_mb"], "server": server["peak_rss_mb"]},
         "scopes": {"client": {"prefill": pre["scopes"], "decode": dec["scopes"]},
                    "server": {"prefill": server["phases"]["prefill"]["scopes"],
                               "decode": server["phases"]["decode"]["scopes"]}},
     }
-
-
-DEALER_TRUST = {
-    "local": "party 0 (the client) generates every Beaver triple in plaintext: secure against a "
-             "semi-honest server only; NOT secure against the client. Online-phase cost only.",
-    "ttp": "a third, non-colluding dealer process generates the triples: secure against one "
-           "semi-honest computing party if the dealer colludes with neither.",
-}
 
 
 def format_summary(r: dict) -> str:
@@ -204,15 +382,132 @@ def format_summary(r: dict) -> str:
     lines = [
         f"fidelity: top-1 agreement {f['top1_agreement']:.3f} over {f['positions']} positions, "
         f"max |logit diff| {f['max_abs_logit_diff']:.4f}, mean KL {f['mean_kl']:.2e}",
-        f"prefill: {pre['seconds']:.2f} s, {pre['rounds']} rounds, {pre['bytes'] / 1e6:.1f} MB "
+        f"online prefill: {pre['seconds']:.2f} s, {pre['rounds']} rounds, {pre['bytes'] / 1e6:.1f} MB "
         f"(comm {pre['comm_seconds']:.2f} s)",
-        f"decode:  {dec['seconds']:.2f} s/token, {dec['rounds']:.0f} rounds/token, "
+        f"online decode:  {dec['seconds']:.2f} s/token, {dec['rounds']:.0f} rounds/token, "
         f"{dec['bytes'] / 1e6:.1f} MB/token (comm {dec['comm_seconds']:.2f} s/token)",
         "modelled per token: " + ", ".join(
             f"{n} {l.time(dec['rounds'], dec['bytes'], dec['seconds']):.2f} s" for n, l in LINKS.items()),
         f"peak RSS: client {r['peak_rss_mb']['client']:.0f} MB, server {r['peak_rss_mb']['server']:.0f} MB",
         f"dealer: {r['config']['dealer']} — {r['config']['dealer_trust']}",
+    ]
+    off = r.get("offline")
+    if off:
+        op, od = off["prefill"], off["decode_per_token"]
+        lines.insert(3, f"offline ({r['config']['dealer']} dealer): prefill {op['seconds']:.2f} s, {op['rounds']} rounds, "
+                        f"{op['bytes'] / 1e6:.2f} MB; decode {od['seconds']:.2f} s/token, "
+                        f"{od['bytes'] / 1e6:.2f} MB/token")
+    elif r.get("offline", 1) is None:
+        lines.insert(3, "offline: none (tuples drawn during the query: they are part of the online figures)")
+    if r.get("plan"):
+        p = r["plan"]
+        lines.append("plan: cached" if p["cached"] else
+                     f"plan (dry run over the public shapes, once per shape): {p['seconds']:.2f} s, "
+                     f"{p['rounds']} rounds")
+    lines += [
         "",
         table(r["scopes"]["client"]["prefill"], title="client cost by function, prefill"),
     ]
     return "\n".join(lines)
+
+
+# -- many prompts: streaming, resumable -----------------------------------------------------------
+def _cost_record(client: dict) -> dict:
+    ph = client["phases"]
+    out = {"online": {p: {k: ph[p][k] for k in _KEYS} for p in ("prefill", "decode")}}
+    if "offline" in ph:
+        out["offline"] = {p: {k: ph["offline"][p][k] for k in _KEYS} for p in ("prefill", "decode")}
+    return out
+
+
+def run_prompts(cfg: GenConfig, prompts, out_path, dealer: str = "local", timeout_s: float = 120.0,
+                retries: int = 0, env: dict | None = None, on_record=None) -> list[dict]:
+    """Generate securely for each prompt (a list of token ids), one secure session per prompt,
+    appending one JSON line per finished prompt to ``out_path`` as soon as it is done.
+
+    Resumable: prompts already in the file (same index, ids and configuration) are skipped, a
+    torn last line (a run killed mid-write) is dropped. A failed session is retried ``retries``
+    times; then its :class:`pmpc.parties.PartyError` propagates and the finished prompts stay in
+    the file — run again to resume. Returns the records of all prompts, in order. (For
+    ``eval``'s own resumable runner, :func:`make_generate_fn` gives the ``generate_fn`` hook.)"""
+    import pathlib
+
+    from pmpc import parties
+
+    out_path = pathlib.Path(out_path)
+    conf = hashlib.sha256(json.dumps({**dataclasses.asdict(cfg), "dealer": dealer},
+                                     sort_keys=True).encode()).hexdigest()[:12]
+    done: dict = {}
+    if out_path.exists():
+        lines = out_path.read_text(encoding="utf-8").splitlines()
+        good = []
+        for n, line in enumerate(lines, 1):
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                if n == len(lines):  # torn tail
+                    break
+                raise UserError(f"{out_path}:{n}: not a JSON record") from None
+            if r.get("config") != conf:
+                raise UserError(f"{out_path} holds results of another configuration; use another file")
+            done[(r["i"], tuple(r["ids"]))] = r
+            good.append(line)
+        if len(good) != len(lines):
+            out_path.write_text("".join(g + "\n" for g in good), encoding="utf-8")
+    else:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    records = []
+    with open(out_path, "a", encoding="utf-8") as f:
+        for i, ids in enumerate(prompts):
+            ids = [int(t) for t in ids]
+            if not ids:
+                raise UserError(f"prompt {i} is empty")
+            if (i, tuple(ids)) in done:
+                records.append(done[(i, tuple(ids))])
+                continue
+            t = torch.tensor([ids])
+            for attempt in range(retries + 1):
+                try:
+                    t0 = time.perf_counter()
+                    client, _ = run_generation(cfg, ClientInput(t, torch.ones_like(t)), timeout_s=timeout_s,
+                                               dealer=dealer, env=env)
+                    break
+                except parties.PartyError:
+                    if attempt == retries:
+                        raise
+            rec = {"i": i, "ids": ids, "tokens": client["tokens"][0], "config": conf, "dealer": dealer,
+                   "wall_seconds": time.perf_counter() - t0, **_cost_record(client)}
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            records.append(rec)
+            if on_record:
+                on_record(rec)
+    return records
+
+
+def make_generate_fn(cfg: GenConfig, encode, decode, dealer: str = "local", timeout_s: float = 120.0,
+                     retries: int = 0):
+    """``generate_fn(prompts, seed) -> outputs`` for ``eval``'s streaming runner: each prompt is
+    encoded (``encode(text) -> ids``), generated in its own secure session and decoded
+    (``decode(ids) -> text``). The seed of a batch goes to the client's sampler."""
+    from pmpc import parties
+
+    def fn(prompts, seed):
+        outs = []
+        for k, text in enumerate(prompts):
+            ids = torch.tensor([list(encode(text))])
+            if ids.numel() == 0:
+                raise UserError("empty prompt")
+            c = dataclasses.replace(cfg, seed=seed + k)
+            for attempt in range(retries + 1):
+                try:
+                    client, _ = run_generation(c, ClientInput(ids, torch.ones_like(ids)), timeout_s=timeout_s,
+                                               dealer=dealer)
+                    break
+                except parties.PartyError:
+                    if attempt == retries:
+                        raise
+            outs.append(decode(client["tokens"][0]))
+        return outs
+
+    return fn

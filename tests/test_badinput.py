@@ -1,0 +1,190 @@
+"""Bad input: each case exits non-zero with ONE clear line on stderr, in bounded time.
+
+Cases that need no party process run in-process (click's runner: the same command object the
+`pmpc` script runs); port in use, a mismatched configuration between two `pmpc party` processes
+and a mismatched dealer mode run as real separate processes.
+"""
+from __future__ import annotations
+
+import os
+import re
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+from pmpc import models, parties
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = ["-m", "tiny-random-llama", "-p", "exact", "-n", "1"]
+
+
+def error_lines(text: str) -> list[str]:
+    """stderr without progress bars (transformers' "Loading weights ... it/s]")."""
+    return [ln for ln in text.splitlines() if ln.strip() and not re.search(r"\d+/\d+ \[|it/s\]", ln)]
+
+
+def one_line_error(res, *needles, code=2):
+    err = error_lines(res.stderr)
+    assert res.exit_code == code, (res.exit_code, res.stderr, res.output)
+    assert len(err) == 1 and err[0].startswith("pmpc: error: "), res.stderr
+    for n in needles:
+        assert n in err[0], (n, err[0])
+    return err[0]
+
+
+def run(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_unknown_protocol():
+    one_line_error(run("run", "-m", "tiny-random-llama", "--ids", "1,2", "-p", "nosuchproto"), "nosuchproto")
+
+
+def test_unknown_model():
+    one_line_error(run("run", "-m", "no/such/model", "--ids", "1,2", "-p", "exact"), "model not found")
+
+
+def test_unknown_architecture():
+    one_line_error(run("run", "-m", "tiny-random-nosucharch", "--ids", "1,2", "-p", "exact"), "nosucharch")
+
+
+def test_empty_prompt(stories_dir):
+    one_line_error(run("run", "-m", str(stories_dir), "-p", "exact", "--prompt", "   "), "empty prompt")
+    import torch
+
+    from pmpc import secure
+    from pmpc.errors import UserError
+
+    cfg = secure.GenConfig(model="tiny-random-llama", protocol="exact")
+    spec = models.load_shapes("tiny-random-llama")
+    empty = torch.zeros(1, 0, dtype=torch.long)
+    with pytest.raises(UserError, match="empty prompt"):
+        secure.check_input(cfg, spec, secure.ClientInput(empty, empty))
+    padded_only = torch.zeros(1, 3, dtype=torch.long)
+    with pytest.raises(UserError, match="empty prompt"):
+        secure.check_input(cfg, spec, secure.ClientInput(padded_only, padded_only))
+
+
+def test_prompt_longer_than_the_context():
+    ctx = models.load_shapes("tiny-random-llama").max_positions
+    ids = ",".join(["1"] * ctx)
+    one_line_error(run("run", *TINY, "--ids", ids), "context")
+    # the prompt fits, the new tokens do not
+    ids = ",".join(["1"] * (ctx - 1))
+    one_line_error(run("run", "-m", "tiny-random-llama", "-p", "exact", "-n", "4", "--ids", ids), "context")
+
+
+def test_out_of_vocabulary_ids():
+    one_line_error(run("run", *TINY, "--ids", "1,100000"), "out of range")
+
+
+@pytest.fixture()
+def checkpoints(tmp_path, stories_dir):
+    cfg = (pathlib.Path(stories_dir) / "config.json").read_text()
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text(cfg)
+    (corrupt / "model.safetensors").write_bytes(b"\x00\x01not a safetensors file" * 10)
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text(cfg)
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    badcfg = tmp_path / "badcfg"
+    badcfg.mkdir()
+    (badcfg / "config.json").write_text("{ this is not json")
+    (badcfg / "model.safetensors").write_bytes(b"")
+    return corrupt, pickled, badcfg
+
+
+def test_corrupt_and_pickle_checkpoints(checkpoints):
+    corrupt, pickled, badcfg = checkpoints
+    one_line_error(run("run", "-m", str(corrupt), "-p", "exact", "--ids", "1,2"), "cannot load")
+    one_line_error(run("run", "-m", str(badcfg), "-p", "exact", "--ids", "1,2"), str(badcfg))
+    line = one_line_error(run("run", "-m", str(pickled), "-p", "exact", "--ids", "1,2"), "pickle", "--allow-pickle")
+    assert "pytorch_model.bin" in line
+    # accepted only when asked for: then the (corrupt) pickle is read and fails with one line
+    one_line_error(run("run", "-m", str(pickled), "-p", "exact", "--ids", "1,2", "--allow-pickle"), "cannot load")
+
+
+def test_malformed_prompt_file(tmp_path):
+    if "eval" not in cli.commands:
+        pytest.skip("`pmpc eval` is not in this tree")
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b'goal,target\n"unterminated,quote\n\xff\xfe\x00binary')
+    res = run("eval", "asr", "-m", "tiny-random-llama", "--prompts", str(bad), "--no-progress", "-o", str(tmp_path),
+              "--judge", "gcg", "--max-new-tokens", "1")
+    one_line_error(res, "bad.csv")
+    missing = run("eval", "asr", "-m", "tiny-random-llama", "--prompts", str(tmp_path / "none.csv"),
+                  "--no-progress", "-o", str(tmp_path), "--judge", "gcg")
+    one_line_error(missing, "none.csv")
+
+
+def _pmpc(*args, timeout=180):
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, timeout=timeout,
+                       cwd=REPO, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    p.took = time.monotonic() - t0
+    p.lines = error_lines(p.stderr)
+    return p
+
+
+def _spawn(*args):
+    return subprocess.Popen([sys.executable, "-m", "cli.main", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def test_port_in_use():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        p = _pmpc("party", "--rank", "0", *TINY, "--ids", "1,2", "--timeout", "5",
+                  "--rendezvous", f"tcp://127.0.0.1:{port}")
+    assert p.returncode == 2 and len(p.lines) == 1, p.stderr
+    assert p.lines[0].startswith("pmpc: error: party 0 (client):") and "in use" in p.lines[0], p.lines
+    assert p.took < 90
+
+
+def _pair(client_args, server_args, timeout="20"):
+    port = parties.free_port()
+    rdv = ["--rendezvous", f"tcp://127.0.0.1:{port}", "--timeout", timeout]
+    procs = [_spawn("party", "--rank", "0", *client_args, "--ids", "1,2,3", *rdv),
+             _spawn("party", "--rank", "1", *server_args, *rdv)]
+    out = []
+    for p in procs:
+        _, err = p.communicate(timeout=240)
+        out.append((p.returncode, error_lines(err)))
+    return out
+
+
+def test_mismatched_configurations_are_detected_at_start():
+    """Different protocol at each party: both stop at start with one line, no garbage computed."""
+    t0 = time.monotonic()
+    res = _pair(["-m", "tiny-random-llama", "-p", "exact", "-n", "1"],
+                ["-m", "tiny-random-llama", "-p", "crypten", "-n", "1"])
+    for code, lines in res:
+        assert code == 2 and len(lines) == 1, (code, lines)
+    client, server = res[0][1][0], res[1][1][0]
+    assert "parties disagree on the configuration" in client and "parties disagree on the configuration" in server
+    assert time.monotonic() - t0 < 200
+
+
+def test_mismatched_models_are_detected_at_start():
+    res = _pair(["-m", "tiny-random-llama", "-p", "exact", "-n", "1"],
+                ["-m", "tiny-random-qwen2", "-p", "exact", "-n", "1"])
+    for code, lines in res:
+        assert code == 2 and len(lines) == 1 and "disagree" in lines[0], (code, lines)
+
+
+def test_mismatched_dealer_modes_time_out_with_a_hint():
+    res = _pair(["-m", "tiny-random-llama", "-p", "exact", "-n", "1", "--dealer", "ttp"],
+                ["-m", "tiny-random-llama", "-p", "exact", "-n", "1", "--dealer", "local"], timeout="6")
+    for code, lines in res:
+        assert code == 2 and len(lines) == 1, (code, lines)
+        assert "--dealer" in lines[0] or "did not answer" in lines[0] or "closed the connection" in lines[0], lines

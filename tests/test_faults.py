@@ -1,0 +1,141 @@
+"""Faults: a party killed or stalled at start-up, mid-prefill, mid-decode, or the dealer during the
+offline phase. Every other party must exit non-zero by itself within the configured timeout,
+with a message naming the failed party; no process or temp file may be left behind. A long run
+of many prompts keeps the finished ones and resumes. A `pmpc party` whose peer never comes exits
+with one clear line."""
+from __future__ import annotations
+
+import json
+import multiprocessing.forkserver as mpfs
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from pmpc import parties, secure
+
+TIMEOUT = 8.0   # the parties' communication timeout in these tests
+SLACK = 6.0     # polling (0.2 s), process teardown and a loaded 2-core machine
+CFG = secure.GenConfig(model="tiny-random-llama", protocol="exact", max_new_tokens=2)
+IDS = torch.tensor([[1, 2, 3]])
+RANK = {"client": 0, "server": 1, "dealer": 2}
+
+
+def _forkserver_children() -> list[int]:
+    pid = getattr(mpfs._forkserver, "_forkserver_pid", None)
+    if not pid:
+        return []
+    out = []
+    for d in pathlib.Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+def _tmp_names() -> set:
+    return {p.name for p in pathlib.Path("/tmp").iterdir()
+            if re.search(r"crypten|gloo|filestore|torch", p.name, re.I)}
+
+
+CASES = [  # (role, point, mode, dealer)
+    ("client", "startup", "kill", "local"),
+    ("server", "startup", "stall", "local"),
+    ("server", "prefill", "kill", "local"),
+    ("client", "prefill", "stall", "local"),
+    ("client", "decode", "kill", "ttp"),
+    ("server", "decode", "stall", "ttp"),
+    ("dealer", "offline", "kill", "ttp"),
+    ("dealer", "offline", "stall", "ttp"),
+]
+TABLE: list = []
+
+
+@pytest.mark.parametrize("role,point,mode,dealer", CASES, ids=[":".join(c) for c in CASES])
+def test_fault_ends_every_party_in_time(role, point, mode, dealer, tmp_path):
+    ptmp = tmp_path / "partytmp"
+    ptmp.mkdir()
+    log = tmp_path / "fault.log"
+    before = _tmp_names()
+    env = {"PMPC_FAULT": f"{role}:{point}:{mode}", "PMPC_FAULT_LOG": str(log), "TMPDIR": str(ptmp)}
+    t0 = time.time()
+    with pytest.raises(parties.PartyError) as ei:
+        secure.run_generation(CFG, secure.ClientInput(IDS, torch.ones_like(IDS)), timeout_s=TIMEOUT,
+                              dealer=dealer, env=env, deadline_s=120)
+    err = ei.value
+    bad = RANK[role]
+    struck = float(log.read_text().split()[-1])  # when the fault struck
+    msg = str(err)
+    assert "\n" not in msg
+    assert msg.startswith(f"{parties.who(bad)} {'died' if mode == 'kill' else 'stopped responding'}"), msg
+    assert err.culprit == bad
+    survivors = [r for r in err.exit_codes if r != bad]
+    for r in survivors:
+        if r == 2 and point in ("prefill", "decode"):
+            assert err.exit_codes[r] == 0  # the dealer had left after the offline phase: nothing to fail
+            continue
+        # exited by itself, non-zero (1), not killed by the parent
+        assert err.exit_codes[r] == 1, (r, err.exit_codes, msg)
+        assert err.exit_times[r] - struck < TIMEOUT + SLACK, (r, err.exit_times[r] - struck)
+        assert parties.who(bad) in msg
+    if mode == "kill":
+        assert err.exit_codes[bad] == -9
+    assert not _forkserver_children(), "orphaned party processes"
+    assert not list(ptmp.iterdir()), "temp files left behind"
+    assert _tmp_names() <= before, "crypten/gloo temp files left in /tmp"
+    TABLE.append((role, point, mode, dealer, max(err.exit_times[r] for r in survivors) - struck, time.time() - t0))
+
+
+def test_fault_table_report():
+    """Prints the measured table (failure point -> time until every other party has exited)."""
+    if not TABLE:
+        pytest.skip("no fault case ran in this session (run the whole module to get the table)")
+    print("\n| failed party | point | mode | dealer | others exited after | whole run |")
+    print("|---|---|---|---|---|---|")
+    for role, point, mode, dealer, dt, total in TABLE:
+        print(f"| {role} | {point} | {mode} | {dealer} | {dt:.1f} s | {total:.1f} s |")
+    assert all(row[4] < TIMEOUT + SLACK for row in TABLE)
+
+
+def test_long_run_keeps_finished_prompts_and_resumes(tmp_path):
+    out = tmp_path / "secure.jsonl"
+    prompts = [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    cfg = secure.GenConfig(model="tiny-random-llama", protocol="exact", max_new_tokens=1)
+    first = secure.run_prompts(cfg, prompts[:1], out, timeout_s=TIMEOUT)
+    with pytest.raises(parties.PartyError, match=r"party 1 \(server\) died"):
+        secure.run_prompts(cfg, prompts, out, timeout_s=TIMEOUT, env={"PMPC_FAULT": "server:prefill:kill"})
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["i"] for r in kept] == [0] and kept[0] == first[0]
+    with open(out, "a") as f:
+        f.write('{"i": 1, "ids": [4, 5')  # a torn line, as if killed mid-write
+    done = secure.run_prompts(cfg, prompts, out, timeout_s=TIMEOUT)
+    assert [r["i"] for r in done] == [0, 1, 2]
+    assert done[0] == first[0]  # kept, not recomputed
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["i"] for r in lines] == [0, 1, 2]
+    assert all(r["dealer"] == "local" and r["online"]["prefill"]["rounds"] > 0 for r in lines)
+
+
+def test_party_without_peer_times_out_with_one_line(tmp_path):
+    port = parties.free_port()
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "cli.main", "party", "--rank", "1", "-m", "tiny-random-llama",
+                        "-p", "exact", "--timeout", "4", "--rendezvous", f"tcp://127.0.0.1:{port}"],
+                       capture_output=True, text=True, timeout=120, cwd=pathlib.Path(__file__).parents[1],
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    took = time.monotonic() - t0
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2, p.stderr
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("pmpc: error: party 1 (server): no session at tcp://127.0.0.1:")
+    assert "within 4 s" in lines[0]
+    assert took < 60
