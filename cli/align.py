@@ -1,0 +1,187 @@
+"""``pmpc align``: preference data, DPO / QuadA training, layer/MVA selection, adapter export."""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import click
+
+from pmpc.errors import UserError
+
+
+@click.group("align")
+def align():
+    """Safety alignment: DPO and QuadA with LoRA (see pmpc/align)."""
+
+
+@align.command("data")
+@click.option("--model", "-m", default="smollm2", show_default=True, help="the base model whose answers are used")
+@click.option("--gen", "gen_path", default=None, help="generations JSONL (cache; resumable) [runs/align/gen-<model>.jsonl]")
+@click.option("--out", "out_path", default="runs/align/pairs.jsonl", show_default=True, help="pairs JSONL to write")
+@click.option("--n-harmless", default=300, show_default=True, type=click.IntRange(0, None))
+@click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(1, 2048))
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--formats", default="chat", show_default=True, help="prompt templates assigned to pairs in turn: chat, paper or chat,paper")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--no-generate", is_flag=True, help="only build pairs from the generations already cached")
+def data_cmd(model, gen_path, out_path, n_harmless, max_new_tokens, batch_size, formats, seed, device, no_generate):
+    """Generate the base model's answers (cached, resumable) and build preference pairs."""
+    from eval.judges import GCGJudge
+
+    from pmpc.align import data as D
+
+    gen_path = pathlib.Path(gen_path) if gen_path else D.default_gen_path(model)
+    fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
+    ps = D.training_prompts(n_harmless, seed)
+    prompts = [(p, "harmful", s) for p, s in ps.harmful] + [(p, "harmless", s) for p, s in ps.harmless]
+    click.echo(f"prompts: {len(ps.harmful)} harmful, {len(ps.harmless)} harmless "
+               f"({ps.removed} removed: held-out evaluation prompts)", err=True)
+    stats = {}
+    if not no_generate:
+        import torch
+
+        from pmpc.models import load_hf
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"device {device} requested but CUDA is not available")
+        m, tok = load_hf(model, device=device)
+        stats = D.generate_answers(m, tok, prompts, gen_path, max_new_tokens=max_new_tokens,
+                                   batch_size=batch_size, model_name=model, device=device)
+    wanted = {(k, p) for p, k, _ in prompts}
+    rows = [r for r in D.read_jsonl(gen_path) if (r["kind"], r["prompt"]) in wanted
+            and r.get("max_new_tokens") == max_new_tokens and r.get("format") == "chat"]
+    if not rows:
+        raise UserError(f"{gen_path}: no generations for these prompts (run without --no-generate)")
+    judge = GCGJudge()
+    pairs, pstats = D.build_pairs(rows, lambda t: bool(judge.one(t).refused), seed=seed, formats=fmts)
+    D.write_pairs(pairs, out_path)
+    res = {"generation": stats, "pairs": pstats, "missing_generations": len(prompts) - len(rows),
+           "gen_file": str(gen_path), "pairs_file": out_path, "pairs_sha256": D.file_sha256(out_path)}
+    click.echo(json.dumps(res, indent=2))
+
+
+def _train_options(f):
+    opts = [
+        click.option("--pairs", required=True, help="pairs JSONL from `pmpc align data`"),
+        click.option("--out", required=True, help="run directory (checkpoints, adapters, train.json)"),
+        click.option("--model", "-m", default="smollm2", show_default=True),
+        click.option("--init-adapter", default=None, help="LoRA adapter merged first; the reference is the result"),
+        click.option("--beta", default=0.1, show_default=True),
+        click.option("--lr", default=5e-4, show_default=True),
+        click.option("--epochs", default=2.0, show_default=True),
+        click.option("--max-steps", default=None, type=int, help="overrides --epochs"),
+        click.option("--batch-size", default=16, show_default=True, help="pairs per optimizer step"),
+        click.option("--micro-batch", default=None, type=int, help="pairs per forward (gradient accumulation)"),
+        click.option("--warmup", default=0.05, show_default=True),
+        click.option("--lora-r", default=8, show_default=True),
+        click.option("--lora-alpha", default=16, show_default=True),
+        click.option("--max-response-tokens", default=128, show_default=True),
+        click.option("--limit-pairs", default=None, type=int),
+        click.option("--seed", default=0, show_default=True),
+        click.option("--device", default="cpu", show_default=True),
+        click.option("--ckpt-every", default=25, show_default=True),
+        click.option("--resume", is_flag=True, help="continue the checkpoint in --out"),
+        click.option("--quiet", is_flag=True, help="no progress bar"),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _run(kw, method, approx=None, tau=0, lam=0.0, pool="mean"):
+    from pmpc.align.train import TrainConfig, train
+
+    resume = kw.pop("resume")
+    quiet = kw.pop("quiet")
+    cfg = TrainConfig(method=method, approx=approx, tau=tau, lam=lam, pool=pool, progress=not quiet, **kw)
+    summary = train(cfg, resume=resume, log=lambda s: click.echo(s, err=True))
+    click.echo(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+
+
+@align.command("dpo")
+@_train_options
+def dpo_cmd(**kw):
+    """Plain DPO (clean policy vs clean reference), LoRA."""
+    _run(kw, "dpo")
+
+
+@align.command("quada")
+@_train_options
+@click.option("--noise", default=None, help="training approximation (simulate spec, e.g. gauss:0.1@up); 'none' for the no-noise ablation")
+@click.option("--tau", default=0, show_default=True, help="noise in decoder layers [0, tau)")
+@click.option("--lam", default="auto", show_default=True,
+              help="weight of the layer-1 clustering term, or 'auto': |grad cos| x lam = |grad DPO| at the start")
+@click.option("--pool", type=click.Choice(["mean", "last"]), default="mean", show_default=True,
+              help="layer-1 pooling: mean over the instruction tokens, or the last one")
+def quada_cmd(noise, tau, lam, pool, **kw):
+    """QuadA: DPO of the MVA-perturbed policy (layers < tau) vs the clean reference, minus
+    lambda x mean pairwise cosine of harmful prompts' layer-1 outputs."""
+    if noise is None:
+        raise UserError("quada needs --noise (the MVA, e.g. gauss:0.1@up) or --noise none for the ablation")
+    _run(kw, "quada", approx=None if noise.strip() == "none" else noise, tau=tau, lam=lam, pool=pool)
+
+
+@align.command("select")
+@click.option("--model", "-m", default="smollm2-safe", show_default=True)
+@click.option("--adapter", default=None, help="LoRA adapter merged into --model first (e.g. a fresh run's adapter/)")
+@click.option("--prompts", default="harmful-val", show_default=True, help="harmful selection set (neither training nor evaluation)")
+@click.option("--point", default="up", show_default=True, help="where the Gaussian noise goes")
+@click.option("--scales", default="auto", show_default=True, help="'auto' (x activation RMS grid) or comma-separated stds")
+@click.option("--ppl-bound", default=2.0, show_default=True, help="MVA: PPL <= bound x clean PPL")
+@click.option("--window", default=3, show_default=True, help="layers per window in the layer sweep")
+@click.option("--frac", default=0.5, show_default=True, help="sensitive: window gain >= frac x the largest gain")
+@click.option("--judge", default="gcg", show_default=True)
+@click.option("--max-new-tokens", default=48, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--max-windows", default=8, show_default=True, help="WikiText-2 windows for the PPL bound")
+@click.option("--limit", default=None, type=int)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--out", "out_dir", default="runs/align/select", show_default=True)
+def select_cmd(model, adapter, prompts, point, scales, ppl_bound, window, frac, judge, max_new_tokens, batch_size,
+               max_windows, limit, device, out_dir):
+    """Find the MVA (noise_sweep) and tau (layer_sweep) of a model with the evaluation harness."""
+    from pmpc.align import select
+
+    if scales != "auto":
+        try:
+            scales = [float(x) for x in scales.split(",") if x.strip()]
+        except ValueError:
+            raise UserError(f"--scales: 'auto' or numbers, not {scales!r}") from None
+    res = select.run(model=model, adapter=adapter, prompts=prompts, point=point, scales=scales, ppl_bound=ppl_bound,
+                     window=window, frac=frac, judge=judge, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                     max_windows=max_windows, limit=limit, device=device, out=out_dir)
+    click.echo(json.dumps({k: res[k] for k in ("mva", "mva_spec", "tau", "sensitive_layers", "asr_clean",
+                                               "asr_mva_all", "ppl_clean", "ppl_mva")}, indent=2, default=str))
+
+
+@align.command("export")
+@click.argument("adapter_dir")
+@click.argument("name")
+@click.option("--to", "dest", default=None, help="destination [pmpc/adapters/NAME]")
+@click.option("--card", default=None, help="JSON with model-card fields (summary, data, command, training, metrics, notes)")
+@click.option("--fp32", is_flag=True, help="keep fp32 tensors (default: fp16, half the size)")
+def export_cmd(adapter_dir, name, dest, card, fp32):
+    """Copy a trained adapter (fp16) to pmpc/adapters/NAME with a model card README.md."""
+    import torch
+
+    from pmpc.align import adapters as adp
+    from pmpc.models import ADAPTER_DIR
+
+    dest = pathlib.Path(dest) if dest else ADAPTER_DIR / name
+    adp.export(adapter_dir, dest, torch.float32 if fp32 else torch.float16)
+    info = {}
+    if card:
+        p = pathlib.Path(card)
+        if not p.exists():
+            raise UserError(f"card file not found: {p}")
+        try:
+            info = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{p}: not JSON ({e})") from None
+    (dest / "README.md").write_text(adp.model_card(name, info))
+    size = (dest / adp.WEIGHTS).stat().st_size
+    click.echo(json.dumps({"exported": str(dest), "bytes": size}))
+
+
+COMMANDS = [align]

@@ -1,0 +1,336 @@
+"""Preference data for safety alignment.
+
+Pairs, one per prompt:
+  * harmful prompt  -> chosen = a refusal (from :data:`REFUSALS`, written for pmpc),
+                       rejected = the base model's own compliant answer;
+  * harmless prompt -> chosen = the base model's own helpful answer, rejected = a refusal,
+    so that the aligned model does not learn to refuse everything.
+
+Sources (named sets of ``eval.prompts``, read from ``$PMPC_DATA``, default ``../shared/data``):
+  harmful:  ``harmful-train`` (harmful_prompts/train.json) + ``harmbench-val`` (``standard`` rows);
+  harmless: a seeded subset of ``harmless-train`` (harmless_prompts/train.json).
+Held-out evaluation prompts (harmful_prompts/test, JBB harmful, HarmBench test, XSTest) are removed
+by normalised text even if a source shares one, and the count removed is reported.
+
+The base model's answers are generated greedily with the chat template, batched, and appended to a
+JSONL file one line per prompt (``runs/align/gen-<model>.jsonl`` by default, git-ignored), so an
+interrupted run resumes where it stopped. :func:`build_pairs` turns that file into pairs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+import random
+import re
+import time
+
+from pmpc.errors import UserError
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+FORMATS = ("chat", "paper")
+
+# Refusals written for pmpc. Each is a genuine refusal in a different register, and each contains a
+# phrase that the GCG keyword rule recognises, so a model that learns them refuses visibly.
+REFUSALS = (
+    "I'm sorry, but I can't help with that. It could cause real harm to people, and I won't provide "
+    "instructions or content for it.",
+    "I cannot help with this request. What you're describing could hurt someone or break the law. "
+    "If there's a safe, legitimate goal behind it, I'm happy to help with that instead.",
+    "I'm sorry, I can't assist with that.",
+    "I can't provide that. Helping with this could put people at risk, so I have to decline. "
+    "Is there something else I can do for you?",
+    "My apologies, but I won't be able to help with this. It asks for something harmful, and "
+    "giving that information would be irresponsible.",
+    "I apologize, but I cannot fulfil this request. It involves content that could be used to "
+    "harm others.",
+    "Sorry, but this is not something I can help with. I don't create content that could be used "
+    "to hurt, deceive or endanger people.",
+    "I'm sorry, but I have to refuse. This request could lead to serious harm, and I'm not able to "
+    "support it in any form.",
+    "I cannot do that. If you are going through something difficult, talking to someone you trust "
+    "or a local support service can really help.",
+    "As an AI assistant, I have to decline this one: it could be used to cause harm. I'd be glad "
+    "to help with a related question that is safe and legal.",
+    "I'm sorry, but I can't provide instructions for this. It could be dangerous and is likely "
+    "against the law.",
+    "I can't assist with this request. Producing it could harm people, and that is a line I don't "
+    "cross.",
+    "I'm really sorry, but I can't help here. This could hurt people, so I won't write it.",
+    "I cannot support this. It would mean helping with something harmful or illegal. If you'd like, "
+    "I can share information on staying safe or on the topic in general terms.",
+    "Sorry, I can't help with that request.",
+    "I am sorry, but I cannot help you with this. My purpose is to be helpful without putting "
+    "anyone at risk.",
+    "I'm sorry, but no. I won't give guidance that could be used to injure people, damage "
+    "property, or deceive anyone.",
+    "I cannot create that content. It could be harmful, and I'm not willing to produce it.",
+    "I'm sorry, but I can't go along with this. Let me know if there's another way I can help.",
+    "I do not provide help with requests like this one, because the result could seriously harm "
+    "someone. I'm happy to help with something else.",
+    "I'm sorry, this isn't something I can assist with. It could be unsafe or unlawful.",
+    "I apologize, but I'm not going to help with that. If you're worried about a risk like this, "
+    "the relevant authorities or a professional are the right people to contact.",
+    "I'm not able to provide this. Requests that could lead to harm are outside what I'll do, "
+    "but I'm glad to help with a different question.",
+    "I cannot give you that information. It could be used to hurt people, so the answer is no.",
+)
+
+_ws = re.compile(r"\s+")
+
+
+def norm_text(s: str) -> str:
+    """Normalise a prompt for overlap checks: lower case, one space, no trailing punctuation."""
+    return _ws.sub(" ", s.strip().lower()).rstrip(" .?!")
+
+
+def data_dir() -> pathlib.Path:
+    from eval.prompts import data_dir as _dd
+
+    return _dd(must_exist=True)
+
+
+def _texts(name: str, d: pathlib.Path, **kw) -> list[str]:
+    from eval.prompts import load
+
+    return [p.text for p in load(name, data=str(d), **kw)]
+
+
+# the evaluation sets that training must never see (named sets of eval.prompts)
+HELDOUT = (("harmful-test", {}), ("jbb-harmful", {}), ("harmbench-test", {"category": "all"}), ("xstest", {}))
+
+
+def heldout_prompts(d: pathlib.Path | None = None) -> set[str]:
+    """Normalised text of every evaluation prompt that training must never see."""
+    d = d or data_dir()
+    return {norm_text(t) for name, kw in HELDOUT for t in _texts(name, d, **kw)}
+
+
+@dataclasses.dataclass
+class PromptSet:
+    harmful: list[tuple[str, str]]    # (prompt, source)
+    harmless: list[tuple[str, str]]
+    removed: int                      # prompts dropped because an evaluation set holds them
+
+
+def training_prompts(n_harmless: int = 300, seed: int = 0, d: pathlib.Path | None = None) -> PromptSet:
+    """The training prompts, deduplicated and with every held-out evaluation prompt removed."""
+    if n_harmless < 0:
+        raise UserError("n_harmless must be >= 0")
+    d = d or data_dir()
+    held = heldout_prompts(d)
+    harmful = [(p, "harmful-train") for p in _texts("harmful-train", d)]
+    harmful += [(p, "harmbench-val/standard") for p in _texts("harmbench-val", d, category="standard")]
+    pool = _texts("harmless-train", d)
+    rng = random.Random(seed)
+    idx = list(range(len(pool)))
+    rng.shuffle(idx)
+    seen: set[str] = set()
+    removed = 0
+
+    def keep(p):
+        nonlocal removed
+        k = norm_text(p)
+        if k in held:
+            removed += 1
+            return False
+        if k in seen or not k:
+            return False
+        seen.add(k)
+        return True
+
+    harmful = [x for x in harmful if keep(x[0])]
+    harmless = []
+    for i in idx:
+        if len(harmless) >= n_harmless:
+            break
+        if keep(pool[i]):
+            harmless.append((pool[i], "harmless_prompts/train"))
+    return PromptSet(harmful, harmless, removed)
+
+
+# -- prompt formatting -------------------------------------------------------------------------
+def render(tok, prompt: str, fmt: str = "chat") -> str:
+    """The prompt as the model sees it, rendered exactly as the evaluation harness renders it
+    (``eval.generate.Codec``): ``chat`` = its ``default`` system, ``paper`` = ``paper``."""
+    from eval.generate import Codec
+
+    if fmt not in FORMATS:
+        raise UserError(f"unknown prompt format {fmt!r}; choose from {', '.join(FORMATS)}")
+    return Codec(tok).render(prompt, "default" if fmt == "chat" else "paper")
+
+
+def end_of_turn(tok) -> int:
+    """The token that ends an assistant turn: ``<|im_end|>`` for ChatML templates, else EOS."""
+    v = tok.get_vocab()
+    return v["<|im_end|>"] if "<|im_end|>" in v else tok.eos_token_id
+
+
+def _stable_int(*parts) -> int:
+    return int.from_bytes(hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()[:8], "big")
+
+
+def pick_refusal(prompt: str, seed: int = 0) -> str:
+    """A refusal template chosen deterministically from the prompt and seed."""
+    return REFUSALS[_stable_int("refusal", seed, prompt) % len(REFUSALS)]
+
+
+# -- generation cache --------------------------------------------------------------------------
+def default_gen_path(model: str) -> pathlib.Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", pathlib.Path(model).name or model)
+    return REPO_ROOT / "runs" / "align" / f"gen-{safe}.jsonl"
+
+
+def read_jsonl(path) -> list[dict]:
+    """Rows of a JSONL file; a last line cut short by a crash mid-write is ignored."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n < len(lines):
+                raise UserError(f"{path}:{n}: not JSON") from None
+    return rows
+
+
+def repair_jsonl(path) -> None:
+    """Drop a partial last line (no newline) so that appended rows start on a fresh line."""
+    path = pathlib.Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        path.write_bytes(data[:data.rfind(b"\n") + 1])
+
+
+def generate_answers(model, tok, prompts: list[tuple[str, str, str]], out_path, *, max_new_tokens: int = 128,
+                     batch_size: int = 16, fmt: str = "chat", model_name: str = "", progress: bool = True,
+                     device: str | None = None) -> dict:
+    """Greedy chat-template answers of ``model`` to ``prompts`` [(prompt, kind, source)], appended to
+    ``out_path`` (JSONL), skipping prompts already there. Returns timing facts."""
+    import torch
+    from tqdm import tqdm
+
+    if tok is None:
+        raise UserError("generation needs a model with a tokenizer")
+    out_path = pathlib.Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    repair_jsonl(out_path)
+    done = {(r["kind"], r["prompt"]) for r in read_jsonl(out_path)
+            if r.get("max_new_tokens") == max_new_tokens and r.get("format") == fmt}
+    todo = [p for p in prompts if (p[1], p[0]) not in done]
+    # longest first: tighter padding and the worst batch comes early
+    todo.sort(key=lambda p: -len(p[0]))
+    from eval.generate import Codec
+
+    device = device or next(model.parameters()).device
+    codec = Codec(tok, model)
+    eos = set(codec.eos_ids) | {end_of_turn(tok)}
+    n_tok, t0 = 0, time.perf_counter()
+    with open(out_path, "a", encoding="utf-8") as f, torch.no_grad():
+        bar = tqdm(total=len(todo), desc="generate", disable=not progress, unit="prompt")
+        for i in range(0, len(todo), batch_size):
+            batch = todo[i:i + batch_size]
+            enc = codec.batch([render(tok, p, fmt) for p, _, _ in batch], device)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=sorted(eos),
+                                 pad_token_id=codec.pad_id, temperature=None, top_p=None, top_k=None)
+            new = out[:, enc["input_ids"].shape[1]:]
+            for (p, kind, src), ids in zip(batch, new.tolist()):
+                stop = next((k for k, t in enumerate(ids) if t in eos), None)
+                finished = stop is not None
+                ids = ids[:stop] if finished else ids
+                n_tok += len(ids) + int(finished)
+                text = tok.decode(ids, skip_special_tokens=True).strip()
+                f.write(json.dumps({"prompt": p, "kind": kind, "source": src, "response": text,
+                                    "finished": finished, "n_tokens": len(ids), "format": fmt,
+                                    "max_new_tokens": max_new_tokens, "model": model_name}) + "\n")
+            f.flush()
+            bar.update(len(batch))
+        bar.close()
+    dt = time.perf_counter() - t0
+    return {"generated": len(todo), "skipped": len(prompts) - len(todo), "seconds": round(dt, 2),
+            "new_tokens": n_tok, "ms_per_token": round(1000 * dt / max(n_tok, 1), 2)}
+
+
+# -- pairs -------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Pair:
+    prompt: str
+    kind: str            # "harmful" | "harmless"
+    chosen: str
+    rejected: str
+    chosen_eos: bool     # the response ended (append the end-of-turn token)
+    rejected_eos: bool
+    fmt: str = "chat"
+
+
+def build_pairs(gen_rows: list[dict], is_refusal, seed: int = 0, formats: tuple[str, ...] = ("chat",)) -> tuple[list[Pair], dict]:
+    """Pairs from generated answers. ``is_refusal(text) -> bool`` is the judge that drops
+    unusable rows: a harmful prompt the base model already refused (no compliant answer to reject)
+    and a harmless prompt it refused (no helpful answer to choose). ``formats`` are assigned to
+    pairs in turn (seeded), so training can cover more than one prompt template."""
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise UserError(f"unknown prompt format {fmt!r}; choose from {', '.join(FORMATS)}")
+    pairs, stats = [], {"harmful": 0, "harmless": 0, "dropped_harmful_refused": 0,
+                        "dropped_harmless_refused": 0, "dropped_empty": 0}
+    for r in gen_rows:
+        resp = r["response"].strip()
+        fmt = formats[_stable_int("fmt", seed, r["prompt"]) % len(formats)]
+        if len(resp.split()) < 3:
+            stats["dropped_empty"] += 1
+            continue
+        refusal = pick_refusal(r["prompt"], seed)
+        if r["kind"] == "harmful":
+            if is_refusal(resp):
+                stats["dropped_harmful_refused"] += 1
+                continue
+            pairs.append(Pair(r["prompt"], "harmful", refusal, resp, True, bool(r["finished"]), fmt))
+        elif r["kind"] == "harmless":
+            if is_refusal(resp):
+                stats["dropped_harmless_refused"] += 1
+                continue
+            pairs.append(Pair(r["prompt"], "harmless", resp, refusal, bool(r["finished"]), True, fmt))
+        else:
+            raise UserError(f"generation row with unknown kind {r['kind']!r}")
+        stats[r["kind"]] += 1
+    rng = random.Random(seed)
+    rng.shuffle(pairs)
+    return pairs, stats
+
+
+def write_pairs(pairs: list[Pair], path) -> None:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for p in pairs:
+            f.write(json.dumps(dataclasses.asdict(p)) + "\n")
+
+
+def read_pairs(path) -> list[Pair]:
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise UserError(f"pairs file not found: {path} (make it with `pmpc align data`)")
+    try:
+        pairs = [Pair(**r) for r in read_jsonl(path)]
+    except TypeError as e:
+        raise UserError(f"{path}: not a pairs file ({e})") from None
+    if not pairs:
+        raise UserError(f"{path}: no pairs")
+    return pairs
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

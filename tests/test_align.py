@@ -1,0 +1,455 @@
+"""Alignment: DPO / QuadA losses, noise placement, clustering gradient, training + resume, data,
+adapter combination, committed adapters."""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+import transformers as tf
+
+from pmpc.align import adapters as adp
+from pmpc.align import data as D
+from pmpc.align import losses as L
+from pmpc.errors import UserError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def tiny_llama(n_layers=4, seed=0):
+    cfg = tf.LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=n_layers, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64)
+    torch.manual_seed(seed)
+    return tf.LlamaForCausalLM(cfg).eval()
+
+
+def lora(model, r=4, seed=0):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    return get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear", lora_dropout=0.0))
+
+
+def toy_batch(n_pairs=4, n_harmful=3, T_prompt=6, T_resp=5, vocab=64, seed=0):
+    """2B rows (chosen, then rejected); the prompt's tokens 1..T_prompt-2 are the instruction."""
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(2, vocab, (n_pairs, T_prompt), generator=g)
+    ids = torch.cat([torch.cat([prompt, torch.randint(2, vocab, (n_pairs, T_resp), generator=g)], 1),
+                     torch.cat([prompt, torch.randint(2, vocab, (n_pairs, T_resp), generator=g)], 1)])
+    T = T_prompt + T_resp
+    att = torch.ones(2 * n_pairs, T, dtype=torch.long)
+    lm = torch.zeros(2 * n_pairs, T, dtype=torch.long)
+    lm[:, T_prompt:] = 1
+    cm = torch.zeros(2 * n_pairs, T, dtype=torch.long)
+    cm[:, 1:T_prompt - 1] = 1
+    harmful = torch.tensor([i < n_harmful for i in range(n_pairs)])
+    return L.Batch(ids, att, lm, cm, harmful, torch.arange(n_pairs))
+
+
+# -- pure losses -------------------------------------------------------------------------------
+def test_dpo_loss_equals_hand_computation():
+    # two sequences, vocab 3; the response is the last two tokens
+    logits = torch.tensor([[[0.0, 1.0, 2.0], [1.0, 0.0, 0.0], [0.5, 0.5, 3.0], [9.0, 9.0, 9.0]],
+                           [[2.0, 0.0, 1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 0.0], [9.0, 9.0, 9.0]]])
+    ids = torch.tensor([[0, 2, 0, 2], [1, 1, 1, 0]])
+    mask = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1]])
+
+    def lsm(row, k):
+        return row[k] - math.log(sum(math.exp(v) for v in row))
+
+    # token at t is predicted by logits at t-1
+    hand = [lsm([1.0, 0.0, 0.0], 0) + lsm([0.5, 0.5, 3.0], 2),
+            lsm([0.0, 0.0, 0.0], 1) + lsm([1.0, 2.0, 0.0], 0)]
+    got = L.response_logprobs(logits, ids, mask)
+    assert torch.allclose(got, torch.tensor(hand), atol=1e-6)
+
+    pi_w, pi_l = torch.tensor([-3.0, -10.0]), torch.tensor([-7.0, -4.0])
+    ref_w, ref_l = torch.tensor([-4.0, -9.0]), torch.tensor([-6.0, -6.0])
+    beta = 0.1
+    want = []
+    for a, b, c, d in zip(pi_w.tolist(), pi_l.tolist(), ref_w.tolist(), ref_l.tolist()):
+        z = beta * ((a - c) - (b - d))
+        want.append(-math.log(1 / (1 + math.exp(-z))))
+    loss, st = L.dpo_loss(pi_w, pi_l, ref_w, ref_l, beta)
+    assert loss.item() == pytest.approx(sum(want) / 2, abs=1e-6)
+    # pair 1: margin 0.1*(1 - (-1)) = 0.2 > 0; pair 2: 0.1*(-1 - 2) = -0.3 < 0
+    assert st["reward_acc"] == 0.5
+    assert st["margin"] == pytest.approx((0.2 - 0.3) / 2, abs=1e-6)
+
+
+def test_mean_pairwise_cosine_and_pool():
+    h = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    # pairs: (1,2)=0, (1,3)=(2,3)=1/sqrt2 -> mean over 6 ordered pairs = 2*(0+2/sqrt2)/6
+    assert L.mean_pairwise_cosine(h).item() == pytest.approx(2 * (2 / math.sqrt(2)) / 6, abs=1e-6)
+    with pytest.raises(ValueError):
+        L.mean_pairwise_cosine(h[:1])
+    hid = torch.arange(12.0).view(1, 4, 3)
+    cm = torch.tensor([[0, 1, 1, 0]])
+    assert torch.equal(L.pool(hid, cm, "mean"), hid[0, 1:3].mean(0, keepdim=True))
+    assert torch.equal(L.pool(hid, cm, "last"), hid[0, 2:3])
+    with pytest.raises(UserError):
+        L.pool(hid, cm, "max")
+
+
+# -- noise placement -----------------------------------------------------------------------------
+def test_noise_reaches_only_policy_layers_below_tau_never_reference():
+    pytest.importorskip("pmpc.simulate", reason="pmpc.simulate (issue 4) not present")
+    tau, n_layers = 2, 4
+    model = lora(tiny_llama(n_layers))
+    base = model.get_base_model()
+    calls: list[dict] = []   # one dict per forward: layer -> (adapters disabled?, max |noise|)
+    norm_in: dict = {}
+
+    def pre_norm(i):
+        def f(mod, args):
+            norm_in[i] = args[0].detach()
+        return f
+
+    def pre_up(i, norm):
+        def f(mod, args):
+            x = norm_in[i].float()
+            clean = norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon))
+            if i == 0:
+                calls.append({})
+            calls[-1][i] = (bool(mod.disable_adapters), (args[0].detach() - clean).abs().max().item())
+        return f
+
+    for i, layer in enumerate(base.model.layers):
+        layer.post_attention_layernorm.register_forward_pre_hook(pre_norm(i))
+        layer.mlp.up_proj.register_forward_pre_hook(pre_up(i, layer.post_attention_layernorm))
+    cfg = L.QuadAConfig(beta=0.1, approx="gauss:0.1@up", tau=tau, lam=0.5)
+    model.train()
+    loss, st = L.quada_objective(model, toy_batch(), cfg, ref_logps=None, seed=3)
+    loss.backward()
+    assert len(calls) == 2, "one reference forward and one policy forward"
+    ref = [c for c in calls if all(d for d, _ in c.values())]
+    pol = [c for c in calls if not any(d for d, _ in c.values())]
+    assert len(ref) == 1 and len(pol) == 1
+    for i in range(n_layers):
+        assert ref[0][i][1] < 1e-5, f"reference got noise in layer {i}"
+    for i in range(tau):
+        assert pol[0][i][1] > 0.05, f"policy layer {i} < tau got no noise"
+    for i in range(tau, n_layers):
+        assert pol[0][i][1] < 1e-5, f"policy layer {i} >= tau got noise"
+    assert "cos" in st and math.isfinite(st["loss"])
+
+
+def test_clean_dpo_policy_equals_reference_at_init():
+    """With a fresh LoRA (B = 0) and no noise, policy and reference agree: DPO loss = log 2."""
+    model = lora(tiny_llama(2))
+    loss, st = L.quada_objective(model, toy_batch(), L.QuadAConfig(), ref_logps=None)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-5)
+    assert st["margin"] == pytest.approx(0.0, abs=1e-6)
+
+
+# -- the clustering gradient ---------------------------------------------------------------------
+def _harmful_cos(model, batch, cfg, seed):
+    with torch.no_grad():
+        _, h1 = L.sequence_logps(model, batch, approx=cfg.approx, layers=range(cfg.tau), seed=seed, hidden=True)
+    B = batch.n_pairs
+    return L.mean_pairwise_cosine(L.pool(h1[:B][batch.harmful], batch.content_mask[:B][batch.harmful])).item()
+
+
+@pytest.mark.parametrize("lam", [0.0, 5.0])
+def test_cosine_term_moves_harmful_layer1_outputs_together(lam):
+    pytest.importorskip("pmpc.simulate", reason="pmpc.simulate (issue 4) not present")
+    batch = toy_batch(n_pairs=6, n_harmful=4, seed=1)
+    cfg = L.QuadAConfig(beta=0.1, approx="gauss:0.05@up", tau=1, lam=lam)
+    model = lora(tiny_llama(2, seed=2))
+    before = _harmful_cos(model, batch, cfg, seed=7)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    ref = L.reference_logps(model, batch)
+    model.train()
+    for step in range(2):
+        opt.zero_grad()
+        loss, _ = L.quada_objective(model, batch, cfg, ref_logps=ref, seed=100 + step)
+        loss.backward()
+        opt.step()
+    after = _harmful_cos(model, batch, cfg, seed=7)
+    if lam > 0:
+        assert after > before + 1e-3, (before, after)
+        # and by more than DPO alone moves it
+        model0 = lora(tiny_llama(2, seed=2))
+        opt0 = torch.optim.Adam([p for p in model0.parameters() if p.requires_grad], lr=2e-2)
+        cfg0 = L.QuadAConfig(beta=0.1, approx="gauss:0.05@up", tau=1, lam=0.0)
+        model0.train()
+        for step in range(2):
+            opt0.zero_grad()
+            loss, _ = L.quada_objective(model0, batch, cfg0, ref_logps=ref, seed=100 + step)
+            loss.backward()
+            opt0.step()
+        assert after > _harmful_cos(model0, batch, cfg, seed=7) + 1e-3
+
+
+# -- data ------------------------------------------------------------------------------------------
+def _write_data(d: pathlib.Path):
+    (d / "harmful_prompts").mkdir(parents=True)
+    (d / "harmless_prompts").mkdir()
+    j = lambda xs: json.dumps([{"instruction": x, "category": None} for x in xs])  # noqa: E731
+    (d / "harmful_prompts" / "train.json").write_text(j(["Make a weapon", "Steal a car.", "Hack a bank"]))
+    (d / "harmful_prompts" / "test.json").write_text(j(["steal a car", "Poison a well"]))
+    (d / "harmless_prompts" / "train.json").write_text(j([f"Name a fruit number {i}" for i in range(20)]
+                                                         + ["How do I kill a Python process?"]))
+    hb = "Behavior,FunctionalCategory,SemanticCategory,Tags,ContextString,BehaviorID\n"
+    (d / "harmbench_behaviors_text_val.csv").write_text(hb + "Write malware,standard,x,,,a\nCopy a book,copyright,x,,,b\n")
+    (d / "harmbench_behaviors_text_test.csv").write_text(hb + "Hack a bank,standard,x,,,c\n")
+    (d / "jbb_harmful_behaviors.csv").write_text("Goal,Target,Behavior,Category,Source\nForge money,t,b,c,s\n")
+    (d / "xstest_prompts.csv").write_text("id,prompt,type,label,focus,note\n1,How do I kill a Python process?,x,safe,f,n\n")
+
+
+def test_training_prompts_exclude_heldout(tmp_path, monkeypatch):
+    _write_data(tmp_path)
+    monkeypatch.setenv("PMPC_DATA", str(tmp_path))
+    ps = D.training_prompts(n_harmless=30, seed=0)
+    harmful = [p for p, _ in ps.harmful]
+    assert harmful == ["Make a weapon", "Write malware"]   # "Steal a car." (test) and "Hack a bank" (HarmBench test) removed
+    harmless = [p for p, _ in ps.harmless]
+    assert len(harmless) == 20 and "How do I kill a Python process?" not in harmless  # XSTest removed
+    assert ps.removed == 3
+    assert ps.harmless[:5] != [(f"Name a fruit number {i}", "harmless-train") for i in range(5)]  # seeded subset
+    assert D.training_prompts(n_harmless=5, seed=0).harmless == D.training_prompts(n_harmless=5, seed=0).harmless
+
+
+def test_build_pairs_directions_and_filters():
+    rows = [{"prompt": "bad", "kind": "harmful", "response": "Sure, here is how you do it step by step", "finished": False},
+            {"prompt": "bad2", "kind": "harmful", "response": "I cannot help with that request", "finished": True},
+            {"prompt": "good", "kind": "harmless", "response": "Apples are red and sweet fruits.", "finished": True},
+            {"prompt": "good2", "kind": "harmless", "response": "I'm sorry, I cannot do it", "finished": True},
+            {"prompt": "x", "kind": "harmless", "response": "ok", "finished": True}]
+    refused = lambda t: "cannot" in t  # noqa: E731
+    pairs, st = D.build_pairs(rows, refused, seed=0)
+    by = {p.prompt: p for p in pairs}
+    assert set(by) == {"bad", "good"}
+    assert by["bad"].chosen in D.REFUSALS and by["bad"].rejected.startswith("Sure")
+    assert by["bad"].chosen_eos and not by["bad"].rejected_eos
+    assert by["good"].chosen.startswith("Apples") and by["good"].rejected in D.REFUSALS
+    assert st["dropped_harmful_refused"] == 1 and st["dropped_harmless_refused"] == 1 and st["dropped_empty"] == 1
+    with pytest.raises(UserError):
+        D.build_pairs(rows, refused, formats=("nope",))
+
+
+def test_refusal_templates_are_refusals_by_the_gcg_rule(data_dir):
+    from eval.judges import GCGJudge
+
+    j = GCGJudge(data=str(data_dir))
+    assert len(set(D.REFUSALS)) == len(D.REFUSALS) >= 20
+    assert all(j.one(r).refused for r in D.REFUSALS)
+
+
+def test_read_jsonl_tolerates_only_a_torn_last_line(tmp_path):
+    p = tmp_path / "g.jsonl"
+    p.write_text('{"a": 1}\n{"a": 2}\n{"a": ')
+    assert D.read_jsonl(p) == [{"a": 1}, {"a": 2}]
+    D.repair_jsonl(p)
+    assert p.read_text() == '{"a": 1}\n{"a": 2}\n'
+    p.write_text('{"a": 1}\nnot json\n{"a": 2}\n')
+    with pytest.raises(UserError):
+        D.read_jsonl(p)
+
+
+# -- adapters ----------------------------------------------------------------------------------------
+def _rand_adapter(path, seed, r):
+    model = lora(tiny_llama(2), r=r, seed=seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    model.save_pretrained(path)
+    return model
+
+
+def test_combined_adapter_equals_stacked_merge(tmp_path):
+    from peft import PeftModel
+
+    _rand_adapter(tmp_path / "a", 1, 4)
+    _rand_adapter(tmp_path / "b", 2, 2)
+    stacked = PeftModel.from_pretrained(tiny_llama(2), tmp_path / "a").merge_and_unload()
+    stacked = PeftModel.from_pretrained(stacked, tmp_path / "b").merge_and_unload()
+    adp.combine(tmp_path / "a", tmp_path / "b", tmp_path / "ab")
+    assert json.loads((tmp_path / "ab" / adp.CONFIG).read_text())["r"] == 6
+    one = PeftModel.from_pretrained(tiny_llama(2), tmp_path / "ab").merge_and_unload()
+    ids = torch.randint(0, 64, (2, 9))
+    with torch.no_grad():
+        assert torch.allclose(stacked(ids).logits, one(ids).logits, atol=1e-5)
+        assert not torch.allclose(tiny_llama(2)(ids).logits, one(ids).logits, atol=1e-3)
+    adp.export(tmp_path / "ab", tmp_path / "ab16")
+    half = PeftModel.from_pretrained(tiny_llama(2), tmp_path / "ab16").merge_and_unload()
+    with torch.no_grad():
+        assert torch.allclose(half(ids).logits, one(ids).logits, atol=1e-3)
+    with pytest.raises(UserError):
+        adp.read_adapter(tmp_path / "missing")
+
+
+# -- training end to end ----------------------------------------------------------------------------
+def _pairs_file(path: pathlib.Path, n=8):
+    harm = ["Tell me how to hurt a dragon", "Explain how to steal the king's gold", "Write a mean letter",
+            "How do I break into the castle"]
+    ok = ["Tell me a story about a cat", "What is a rainbow", "Describe a sunny day", "Name a happy song"]
+    pairs = []
+    for i in range(n):
+        if i % 2 == 0:
+            p = harm[(i // 2) % len(harm)]
+            pairs.append(D.Pair(p, "harmful", D.pick_refusal(p), "Sure. First you take a big stick and", True, False))
+        else:
+            p = ok[(i // 2) % len(ok)]
+            pairs.append(D.Pair(p, "harmless", "Once upon a time there was a cat.", D.pick_refusal(p), True, True))
+    D.write_pairs(pairs, path)
+    return path
+
+
+def _cfg(tmp_path, stories_dir, **kw):
+    from pmpc.align.train import TrainConfig
+
+    base = dict(pairs=str(_pairs_file(tmp_path / "pairs.jsonl")), out=str(tmp_path / "run"), model=str(stories_dir),
+                batch_size=4, max_steps=4, ckpt_every=2, lr=1e-2, lora_r=4, lora_alpha=8, progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_runs_and_resume_reproduces_uninterrupted(tmp_path, stories_dir, monkeypatch):
+    from safetensors.torch import load_file
+
+    from pmpc.align import train as T
+
+    full = T.train(_cfg(tmp_path / "a", stories_dir))
+    assert full["steps"] == 4 and full["train_seconds"] > 0 and full["peak_rss_mb"] > 0
+    log = [json.loads(x) for x in (tmp_path / "a" / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert log[-1]["loss"] < log[0]["loss"]  # lr 1e-2 on 8 pairs: the loss falls
+
+    # interrupted after the step-2 checkpoint, then resumed
+    real = T.save_checkpoint
+
+    def crash_after_first(path, model, opt, step, history, elapsed):
+        real(path, model, opt, step, history, elapsed)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "save_checkpoint", crash_after_first)
+    cfg = _cfg(tmp_path / "b", stories_dir)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(cfg)
+    monkeypatch.setattr(T, "save_checkpoint", real)
+    with pytest.raises(UserError):          # refuses to overwrite a checkpoint without --resume
+        T.train(_cfg(tmp_path / "b", stories_dir))
+    with pytest.raises(UserError):          # refuses to resume a different configuration
+        T.train(_cfg(tmp_path / "b", stories_dir, lr=1e-3), resume=True)
+    res = T.train(_cfg(tmp_path / "b", stories_dir), resume=True)
+    assert res["steps"] == 4
+    log_b = [json.loads(x) for x in (tmp_path / "b" / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log_b] == [1, 2, 3, 4]
+    for x, y in zip(log, log_b):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-4, abs=1e-5)
+    wa = load_file(str(tmp_path / "a" / "run" / "adapter" / adp.WEIGHTS))
+    wb = load_file(str(tmp_path / "b" / "run" / "adapter" / adp.WEIGHTS))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-5), k
+
+
+def test_quada_training_stacked_on_init_adapter(tmp_path, stories_dir):
+    pytest.importorskip("pmpc.simulate", reason="pmpc.simulate (issue 4) not present")
+    from peft import PeftModel
+
+    from pmpc.align import train as T
+    from pmpc.models import load_hf
+
+    first = T.train(_cfg(tmp_path / "safe", stories_dir, max_steps=2))
+    init = tmp_path / "safe" / "run" / "adapter"
+    res = T.train(_cfg(tmp_path / "q", stories_dir, method="quada", approx="gauss:0.05@up", tau=2, lam=0.5,
+                       init_adapter=str(init), max_steps=3))
+    assert first["steps"] == 2 and res["steps"] == 3 and "cos" in res["final"]
+    run = tmp_path / "q" / "run"
+    assert json.loads((run / "adapter" / adp.CONFIG).read_text())["r"] == 8  # 4 (init) + 4 (delta)
+    # the combined adapter on the raw base == init merged, then the delta merged
+    m1 = PeftModel.from_pretrained(load_hf(str(stories_dir))[0], init).merge_and_unload()
+    m1 = PeftModel.from_pretrained(m1, run / "delta").merge_and_unload()
+    m2 = PeftModel.from_pretrained(load_hf(str(stories_dir))[0], run / "adapter").merge_and_unload()
+    ids = torch.randint(3, 500, (1, 12))
+    with torch.no_grad():
+        assert torch.allclose(m1(ids).logits, m2(ids).logits, atol=1e-4)
+
+
+def test_bad_training_input_is_a_user_error(tmp_path, stories_dir):
+    from pmpc.align import train as T
+
+    with pytest.raises(UserError):
+        T.train(_cfg(tmp_path, stories_dir, method="dpo", approx="gauss:0.1@up"))
+    with pytest.raises(UserError):
+        T.train(_cfg(tmp_path, stories_dir, pairs=str(tmp_path / "nope.jsonl")))
+    with pytest.raises(UserError):
+        T.train(_cfg(tmp_path, stories_dir, method="quada", approx="gauss:0.1@up", tau=0))
+
+
+def test_cli_bad_input_exits_2(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "cli.main", "align", "dpo", "--pairs", str(tmp_path / "none.jsonl"),
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().startswith("pmpc: error:") and len(r.stderr.strip().splitlines()) == 1
+
+
+# -- committed adapters ---------------------------------------------------------------------------------
+COMMITTED = sorted(p.parent.name for p in (REPO / "pmpc" / "adapters").glob("*/adapter_model.safetensors"))
+
+
+@pytest.mark.parametrize("name", COMMITTED or ["<none committed>"])
+def test_committed_adapters_load_and_generate(name):
+    if not COMMITTED:
+        pytest.skip("no adapters committed under pmpc/adapters yet")
+    from pmpc.models import load_hf
+
+    d = REPO / "pmpc" / "adapters" / name
+    assert (d / "README.md").exists(), "a committed adapter needs its model card"
+    assert (d / adp.WEIGHTS).stat().st_size < 16 * 2**20
+    try:
+        model, tok = load_hf(name)
+    except UserError as e:
+        pytest.skip(f"base weights unavailable here: {e}")
+    text = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], tokenize=False,
+                                   add_generation_prompt=True)
+    enc = tok(text, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=12, do_sample=False)
+    reply = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert len(reply.split()) >= 2
+
+
+def test_balance_lambda_matches_gradient_norms():
+    pytest.importorskip("pmpc.simulate", reason="pmpc.simulate (issue 4) not present")
+    model = lora(tiny_llama(2, seed=3))
+    with torch.no_grad():  # a nonzero LoRA so that the DPO gradient is not degenerate
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    batch = toy_batch(n_pairs=6, n_harmful=4, seed=2)
+    ref = L.reference_logps(model, batch)
+    cfg = L.QuadAConfig(beta=0.1, approx="gauss:0.05@up", tau=1, lam=1.0)
+    model.train()
+    info = L.balance_lambda(model, batch, cfg, ref, seed=5)
+    assert info["lam"] == pytest.approx(info["grad_norm_dpo"] / info["grad_norm_cos"], rel=1e-6)
+    # recompute the cosine gradient independently and check lambda x |g_cos| == |g_dpo|
+    params = [p for p in model.parameters() if p.requires_grad]
+    _, h1 = L.sequence_logps(model, batch, approx=cfg.approx, layers=range(1), seed=5, hidden=True)
+    cos = L.mean_pairwise_cosine(L.pool(h1[:6][batch.harmful], batch.content_mask[:6][batch.harmful]))
+    g = torch.autograd.grad(cos, params, allow_unused=True)
+    gn = math.sqrt(sum(float((x ** 2).sum()) for x in g if x is not None))
+    assert info["lam"] * gn == pytest.approx(info["grad_norm_dpo"], rel=1e-4)
+
+
+def test_epoch_order_mixes_kinds_in_every_batch():
+    from pmpc.align.train import Encoded, epoch_order, lr_at
+
+    ex = [Encoded([1], [1], [2], [3], i % 3 == 0) for i in range(48)]   # 16 harmful, 32 harmless
+    for epoch in range(3):
+        order = epoch_order(ex, seed=0, epoch=epoch)
+        assert sorted(order) == list(range(48))
+        for k in range(0, 48, 8):
+            n_h = sum(ex[i].harmful for i in order[k:k + 8])
+            assert 2 <= n_h <= 4, (epoch, k, n_h)
+    assert epoch_order(ex, 0, 1) != epoch_order(ex, 0, 2)
+    lrs = [lr_at(s, 20, 1.0, 0.1) for s in range(20)]
+    assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0) and lrs[-1] < 0.15
