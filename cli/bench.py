@@ -61,9 +61,11 @@ def bench(ctx, models, protos, tokens, windows, offset, links, weights, dealer, 
 @click.option("--out", "-o", default="runs/errors", show_default=True, help="output directory (resumable)")
 @click.option("--presets", default=None,
               help="where to write the noise presets (default pmpc/presets/measured_errors.json)")
-@click.option("--fresh", is_flag=True)
+@click.option("--fresh", is_flag=True, help="discard every stored row")
+@click.option("--redo", default="", help="comma-separated protocols to measure again")
+@click.option("--refit", is_flag=True, help="recompute fits/plots/presets of stored rows from their saved errors")
 @click.option("--quiet", "-q", is_flag=True)
-def errors(model, protos, tokens, windows, offset, threads, timeout_s, data, out, presets, fresh, quiet):
+def errors(model, protos, tokens, windows, offset, threads, timeout_s, data, out, presets, fresh, redo, refit, quiet):
     """Measure each protocol's error at the input of W_up (post-attention norm output) and W_down
     (act(gate) * up), per layer, from real MPC forwards over WikiText-2 — a MEASUREMENT MODE: the
     tapped activations are revealed to the client. Fits Gaussian and Laplace (scipy.stats), reports
@@ -73,7 +75,7 @@ def errors(model, protos, tokens, windows, offset, threads, timeout_s, data, out
 
     cfg = E.ErrorsConfig(model=model, protocols=_csv(protos), tokens=tokens, windows=windows, offset=offset,
                          threads=threads, timeout_s=timeout_s, data=data or "")
-    res = E.run(cfg, out, presets_path=presets, progress=not quiet, fresh=fresh)
+    res = E.run(cfg, out, presets_path=presets, progress=not quiet, fresh=fresh, redo=_csv(redo), refit=refit)
     click.echo(E.markdown(res))
     click.echo(f"wrote {out}/errors.json, errors.md, errors_<protocol>.png and presets {res['presets_path']}")
 

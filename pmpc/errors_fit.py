@@ -152,26 +152,52 @@ def fit(e: np.ndarray) -> dict:
     return out
 
 
-def measure(cfg: ErrorsConfig, protocol: str, spec_plain, ids, ref_taps, ref_out) -> tuple[dict, dict]:
+FAIL_FACTOR = 10.0  # an error beyond 10x the largest plaintext activation is a failure, not an approximation
+
+
+def summarize(protocol: str, diffs: dict, ref_absmax: dict) -> tuple[dict, dict]:
+    """Fits from per-layer errors ``diffs[short]`` ([L, B, T, W]).
+
+    CrypTen's 2-party truncation is probabilistic: each product's local truncation fails with
+    probability ~|value| / 2^32 (16 fraction bits) and then adds ~2^32 / 2^k to one element — a
+    catastrophic event, not an approximation error, and it spreads through that token's later
+    layers. Tokens with any error beyond ``FAIL_FACTOR`` x the largest plaintext activation of
+    the layer (or a non-finite one) are counted as failed and left out of the fits; a protocol
+    whose every token failed has no fit ("diverged")."""
+    any_d = next(iter(diffs.values()))
+    bad = np.zeros(any_d.shape[1:3], dtype=bool)
+    for short, d in diffs.items():
+        thr = FAIL_FACTOR * np.asarray(ref_absmax[short])[:, None, None, None]
+        bad |= (~np.isfinite(d) | (np.abs(d) > thr)).any(axis=(0, 3))
+    keep = ~bad
+    row, errs = {"failed_tokens": [list(map(int, i)) for i in np.argwhere(bad)], "tokens": int(bad.size)}, {}
+    for short, d in diffs.items():
+        kept = d[:, keep]                                      # [L, n_keep, W]
+        errs[short] = kept.ravel()
+        row[short] = ({**fit(errs[short]), "per_layer_std": [float(v) for v in kept.std(axis=(1, 2))]}
+                      if keep.any() else None)
+        row[short + "_ref_absmax"] = [float(v) for v in ref_absmax[short]]
+    paper = PAPER_TABLE2.get(protocol)
+    row["paper"] = {k: {"dist": d, "scale": s} for k, (d, s) in paper.items()} if paper else None
+    return row, errs
+
+
+def measure(cfg: ErrorsConfig, protocol: str, spec_plain, ids, ref_taps, ref_out) -> tuple[dict, dict, dict]:
     from pmpc.parties import run_local
 
     job = TapJob(cfg.model, protocol, tuple(ids.shape), cfg.seed)
     client, server = run_local(job, timeout_s=cfg.timeout_s, threads=cfg.threads, inputs={0: ids})
-    errs, per_layer = {}, {}
+    diffs, ref_absmax = {}, {}
     for short, point in POINTS.items():
         layers = sorted(l for (p, l) in ref_taps if p == point)
         if not layers:
             raise UserError(f"{cfg.model}: the engine tapped no {point!r} values")
-        diffs = [client["taps"][(point, l)].astype(np.float64) - ref_taps[(point, l)] for l in layers]
-        errs[short] = np.concatenate([d.ravel() for d in diffs])
-        per_layer[short] = [float(np.nanstd(d)) for d in diffs]
+        diffs[short] = np.stack([client["taps"][(point, l)].astype(np.float64) - ref_taps[(point, l)] for l in layers])
+        ref_absmax[short] = [float(np.abs(ref_taps[(point, l)]).max()) for l in layers]
+    row, errs = summarize(protocol, diffs, ref_absmax)
     row = {"protocol": protocol, "wall_s": {"client": client["wall_s"], "server": server["wall_s"]},
-           "fidelity": B.fidelity(ref_out, client["output"], "lm_head.w" in spec_plain.weights)}
-    for short in POINTS:
-        row[short] = {**fit(errs[short]), "per_layer_std": per_layer[short]}
-    paper = PAPER_TABLE2.get(protocol)
-    row["paper"] = {k: {"dist": d, "scale": s} for k, (d, s) in paper.items()} if paper else None
-    return row, errs
+           "fidelity": B.fidelity(ref_out, client["output"], "lm_head.w" in spec_plain.weights), **row}
+    return row, errs, diffs
 
 
 def histogram(protocol: str, row: dict, errs: dict, path: pathlib.Path) -> None:
@@ -185,6 +211,9 @@ def histogram(protocol: str, row: dict, errs: dict, path: pathlib.Path) -> None:
     for ax, short in zip(axes, POINTS):
         e = errs[short][np.isfinite(errs[short])]
         f = row[short]
+        if f is None or e.size < 2:
+            ax.set_title(f"{protocol}: W_{short} input: every token failed (diverged)", fontsize=9)
+            continue
         lo, hi = np.percentile(e, [0.1, 99.9])
         span = max(hi - lo, 1e-12)
         lo, hi = lo - 0.1 * span, hi + 0.1 * span
@@ -222,17 +251,31 @@ def markdown(data: dict) -> str:
     for p, row in data["rows"].items():
         for short in POINTS:
             f = row[short]
+            if f is None:
+                lines.append(f"| {p} | {short} | 0 | — | — | — | diverged | — | — | — | "
+                             f"{_top1(row)} |")
+                continue
             paper = (row.get("paper") or {}).get(short)
             pcell = f"{'N(0, %.3f^2)' % paper['scale'] if paper['dist'] == 'gauss' else 'Lap(0, %.3f)' % paper['scale']}" if paper else "—"
-            top1 = row["fidelity"]["top1"]
             lines.append(f"| {p} | {short} | {f['n']} | {f['mean']:.3g} | {f['gauss']['scale']:.4g} | "
                          f"{f['laplace']['scale']:.4g} | {f['dist']} | {f['gauss']['ks']:.3f} | {f['laplace']['ks']:.3f} | "
-                         f"{pcell} | {'—' if top1 is None else f'{top1:.3f}'} |")
+                         f"{pcell} | {_top1(row)} |")
+    lines += ["", f"Failed tokens (an error above {FAIL_FACTOR:g}x the layer's largest plaintext activation: "
+              "a probabilistic-truncation failure or a diverged protocol; left out of the fits):", ""]
+    for p, row in data["rows"].items():
+        lines.append(f"- {p}: {len(row['failed_tokens'])} of {row['tokens']}"
+                     + (f" (batch, position: {row['failed_tokens'][:8]})" if row["failed_tokens"] else ""))
     lines += ["", "Per-layer standard deviation of the error (layer 0 first):", ""]
     for p, row in data["rows"].items():
         for short in POINTS:
-            lines.append(f"- {p} {short}: " + ", ".join(f"{v:.3g}" for v in row[short]["per_layer_std"]))
+            if row[short] is not None:
+                lines.append(f"- {p} {short}: " + ", ".join(f"{v:.3g}" for v in row[short]["per_layer_std"]))
     return "\n".join(lines) + "\n"
+
+
+def _top1(row) -> str:
+    t = row["fidelity"]["top1"]
+    return "—" if t is None else f"{t:.3f}"
 
 
 def write_presets(path: pathlib.Path, cfg: ErrorsConfig, rows: dict) -> None:
@@ -247,6 +290,9 @@ def write_presets(path: pathlib.Path, cfg: ErrorsConfig, rows: dict) -> None:
             "source": "pmpc bench errors (real 2-party MPC, CrypTen, 16-bit fixed point)",
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     for p, row in rows.items():
+        if any(row[short] is None for short in POINTS):
+            data.pop(p, None)  # diverged: no noise model describes it (and a stale one must go)
+            continue
         entry = {}
         for short in POINTS:
             f = row[short]
@@ -260,7 +306,17 @@ def write_presets(path: pathlib.Path, cfg: ErrorsConfig, rows: dict) -> None:
     tmp.replace(path)
 
 
-def run(cfg: ErrorsConfig, out, presets_path=None, progress: bool = True, fresh: bool = False) -> dict:
+def _save(jpath: pathlib.Path, data: dict) -> None:
+    tmp = jpath.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(B.clean(data), indent=1))
+    tmp.replace(jpath)
+    (jpath.parent / "errors.md").write_text(markdown(data))
+
+
+def run(cfg: ErrorsConfig, out, presets_path=None, progress: bool = True, fresh: bool = False,
+        redo=(), refit: bool = False) -> dict:
+    """Measure every protocol not yet in ``out/errors.json`` (``redo``: measure these again);
+    ``refit``: recompute the fits, plots and presets of the stored rows from their saved errors."""
     from tqdm import tqdm
 
     cfg.validate()
@@ -275,7 +331,7 @@ def run(cfg: ErrorsConfig, out, presets_path=None, progress: bool = True, fresh:
         if mismatch:
             raise UserError(f"{jpath} was made with another configuration ({', '.join(mismatch)}); "
                             "use another --out or --fresh")
-        data["rows"] = old.get("rows", {})
+        data["rows"] = {k: v for k, v in old.get("rows", {}).items() if k not in redo}
     todo = [p for p in cfg.protocols if p not in data["rows"]]
     spec, tok = B.load_model(cfg.model, cfg.seed)
     if "layers.0.up.w" not in spec.weights:
@@ -285,20 +341,33 @@ def run(cfg: ErrorsConfig, out, presets_path=None, progress: bool = True, fresh:
     ref_taps, ref_out = plaintext_taps(spec, ids)
     from pmpc.parties import PartyError
 
+    if refit:
+        ref_absmax = {short: [float(np.abs(ref_taps[(point, l)]).max())
+                              for l in sorted(l for (p, l) in ref_taps if p == point)]
+                      for short, point in POINTS.items()}
+        for p, row in data["rows"].items():
+            npz = np.load(out / f"errors_{p}.npz")
+            diffs = {k: npz[k].astype(np.float64) for k in POINTS}
+            if diffs["up"].ndim != 4:
+                raise UserError(f"{out}/errors_{p}.npz predates per-layer storage; measure it again with --redo {p}")
+            fitted, errs = summarize(p, diffs, ref_absmax)
+            row.update(fitted)
+            histogram(p, row, errs, out / f"errors_{p}.png")
+            write_presets(presets_path, cfg, {p: row})
+        _save(jpath, data)
+
     failed = []
     for p in tqdm(todo, disable=not progress, desc="errors", unit="protocol"):
         try:
-            row, errs = measure(cfg, p, spec, ids, ref_taps, ref_out)
+            row, errs, diffs = measure(cfg, p, spec, ids, ref_taps, ref_out)
         except PartyError as e:  # keep going; rerun to retry
             failed.append(f"{p}: {e}")
             continue
-        np.savez_compressed(out / f"errors_{p}.npz", **{k: v.astype(np.float32) for k, v in errs.items()})
+        # every layer's error, [L, B, T, W]: --refit recomputes the fits from these
+        np.savez_compressed(out / f"errors_{p}.npz", **{k: v.astype(np.float32) for k, v in diffs.items()})
         histogram(p, row, errs, out / f"errors_{p}.png")
         data["rows"][p] = row
-        tmp = jpath.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(jpath)
-        (out / "errors.md").write_text(markdown(data))
+        _save(jpath, data)
         write_presets(presets_path, cfg, {p: row})
     (out / "errors.md").write_text(markdown(data))
     if failed:

@@ -122,15 +122,17 @@ def test_errors_on_a_tiny_model_write_loadable_presets(tmp_path, data_dir, monke
     cfg = E.ErrorsConfig(model=TINY, protocols=["bolt"], tokens=8, data=str(data_dir))
     data = E.run(cfg, tmp_path / "out", presets_path=presets, progress=False)
     row = data["rows"]["bolt"]
+    kept = row["tokens"] - len(row["failed_tokens"])
+    assert row["tokens"] == 8 and kept >= 7  # a truncation failure is rare; two would be news
     for point in ("up", "down"):
         f = row[point]
-        assert f["n"] == 8 * (32 if point == "up" else 48) * 2  # tokens x width x layers
+        assert f["n"] == kept * (32 if point == "up" else 48) * 2  # tokens x width x layers
         assert f["dist"] in ("gauss", "laplace") and f["scale"] > 0
         assert len(f["per_layer_std"]) == 2
     assert row["paper"]["up"] == {"dist": "gauss", "scale": 0.042}
     assert (tmp_path / "out" / "errors_bolt.png").stat().st_size > 1000
     raw = np.load(tmp_path / "out" / "errors_bolt.npz")
-    assert raw["up"].shape == (row["up"]["n"],)
+    assert raw["up"].shape == (2, 1, 8, 32) and raw["down"].shape == (2, 1, 8, 48)  # [layer, batch, token, width]
     written = json.loads(presets.read_text())
     assert "other" in written  # merged, not overwritten
     assert written["bolt"]["up"]["dist"] == row["up"]["dist"]
@@ -139,3 +141,16 @@ def test_errors_on_a_tiny_model_write_loadable_presets(tmp_path, data_dir, monke
 
     parts = simulate.parse("measured:bolt").components()
     assert {(p.kind, p.points) for p in parts} == {(row["up"]["dist"], ("up",)), (row["down"]["dist"], ("down",))}
+
+
+def test_failed_tokens_are_counted_and_left_out_of_the_fits():
+    rng = np.random.default_rng()
+    diffs = {"up": rng.normal(0, 0.01, (3, 1, 6, 20)), "down": rng.laplace(0, 0.01, (3, 1, 6, 30))}
+    diffs["up"][1, 0, 4, 7] = 2.0 ** 24          # a truncation failure in layer 1, token 4 ...
+    diffs["down"][2, 0, 4, :] = 5e3               # ... that spreads through the token's later layers
+    row, errs = E.summarize("bolt", diffs, {"up": [1.0] * 3, "down": [1.0] * 3})
+    assert row["failed_tokens"] == [[0, 4]] and row["tokens"] == 6
+    assert row["up"]["n"] == 3 * 5 * 20 and row["up"]["gauss"]["scale"] == pytest.approx(0.01, rel=0.2)
+    assert row["down"]["dist"] == "laplace"
+    diverged, _ = E.summarize("nexus", {k: v * 1e9 for k, v in diffs.items()}, {"up": [1.0] * 3, "down": [1.0] * 3})
+    assert diverged["up"] is None and len(diverged["failed_tokens"]) == 6
