@@ -30,6 +30,9 @@ _common = [
                  help="local: party 0 deals the triples (insecure against party 0; online-phase numbers); "
                       "ttp: a separate dealer process (semi-honest, non-colluding)"),
     click.option("--allow-pickle", is_flag=True, help="accept pickle (.bin) checkpoints, which can run code"),
+    click.option("--preprocess/--no-preprocess", default=False, show_default=True,
+                 help="deal every tuple of the query before it runs (offline/online split: the online phase "
+                      "is timed alone). Holds all of the query's tuples in memory: GBs for a 30-layer model"),
     click.option("--threads", default=1, show_default=True, help="torch threads per party"),
 ]
 
@@ -58,7 +61,7 @@ def _encode(tok, prompt: str, raw: bool, max_positions: int):
     return ids, torch.ones_like(ids)
 
 
-def _config(protocol, model, weights, max_new_tokens, temperature, top_p, seed, allow_pickle, threads):
+def _config(protocol, model, weights, max_new_tokens, temperature, top_p, seed, allow_pickle, threads, preprocess):
     import protocols
     from pmpc.secure import GenConfig
 
@@ -66,7 +69,8 @@ def _config(protocol, model, weights, max_new_tokens, temperature, top_p, seed, 
     if protocol == "plain":
         raise UserError("plain is the plaintext reference, not an MPC protocol")
     return GenConfig(model=model, protocol=protocol, weights=weights, max_new_tokens=max_new_tokens,
-                     temperature=temperature, top_p=top_p, seed=seed, allow_pickle=allow_pickle, threads=threads)
+                     temperature=temperature, top_p=top_p, seed=seed, allow_pickle=allow_pickle, threads=threads,
+                     preprocess=preprocess)
 
 
 def _inputs(model, prompt, ids, raw, allow_pickle):
@@ -95,13 +99,14 @@ def _inputs(model, prompt, ids, raw, allow_pickle):
 @click.option("--raw", is_flag=True, help="do not apply the chat template")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write everything here")
 def run(protocol, model, weights, max_new_tokens, temperature, top_p, seed, timeout_s, dealer, allow_pickle,
-        threads, parties, prompt, ids, raw, json_path):
+        preprocess, threads, parties, prompt, ids, raw, json_path):
     """Generate under 2-party MPC and compare with plaintext."""
     from pmpc import cost, secure
 
     if parties != 2:
         raise UserError(f"pmpc runs 2-party computation; got --parties {parties}")
-    cfg = _config(protocol, model, weights, max_new_tokens, temperature, top_p, seed, allow_pickle, threads)
+    cfg = _config(protocol, model, weights, max_new_tokens, temperature, top_p, seed, allow_pickle, threads,
+                  preprocess)
     spec, tok, ids_t, attn = _inputs(model, prompt, ids, raw, allow_pickle)
     secure.check_input(cfg, spec, secure.ClientInput(ids_t, attn))  # before the banner: one line
     click.echo(f"[pmpc] {model} ({spec.n_layers} layers, {spec.n_params() / 1e6:.1f}M params), protocol {protocol}, "
@@ -131,11 +136,12 @@ def run(protocol, model, weights, max_new_tokens, temperature, top_p, seed, time
 @click.option("--raw", is_flag=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False))
 def party(protocol, model, weights, max_new_tokens, temperature, top_p, seed, timeout_s, dealer, allow_pickle,
-          threads, rank, rendezvous, prompt, ids, raw, json_path):
+          preprocess, threads, rank, rendezvous, prompt, ids, raw, json_path):
     """Run ONE party of a secure generation (start one per host with the same options)."""
     from pmpc import parties, secure
 
-    cfg = _config(protocol, model, weights, max_new_tokens, temperature, top_p, seed, allow_pickle, threads)
+    cfg = _config(protocol, model, weights, max_new_tokens, temperature, top_p, seed, allow_pickle, threads,
+                  preprocess)
     if rank == 2 and dealer != "ttp":
         raise UserError("rank 2 is the dealer: pass --dealer ttp at every party")
     inp, spec, tok = None, None, None
