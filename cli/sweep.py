@@ -111,9 +111,10 @@ def mds_cmd(harmful, harmless, approx, layers, out, **kw):
     r = mds.mds_analysis(sess, _load(harmful, kw), _load(harmless, kw), approx, lay, (harmful, harmless))
     for l in lay:
         d = r["drift"][l]
-        click.echo(f"layer {l}: probe acc clean {d['probe_acc_clean']:.2f} -> approx {d['probe_acc_approx']:.2f}; "
-                   f"harmful nearer benign centroid {100 * d['harmful_nearer_benign_clean']:.0f}% -> "
-                   f"{100 * d['harmful_nearer_benign_approx']:.0f}%")
+        f2 = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+        click.echo(f"layer {l}: separability {f2(d['separability_clean'])} -> {f2(d['separability_approx'])}; "
+                   f"harmful in benign cluster {100 * d['harmful_in_benign_clean']:.0f}% -> "
+                   f"{100 * d['harmful_in_benign_approx']:.0f}%; relative shift {d['relative_shift']:+.3f}")
     click.echo(f"wrote {r['outputs']['md']}")
 
 

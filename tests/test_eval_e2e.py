@@ -189,6 +189,27 @@ def test_wikitext_text_matches_hf_rows():
     assert text.startswith("\n\n = Robert Boulter = \n\n\n\n\n Robert Boulter is")
 
 
+def test_drift_numbers_separate_common_shift_from_crossing():
+    import numpy as np
+
+    from eval.analysis.mds import drift
+
+    rng = np.random.default_rng(0)
+    d = 16
+    e = np.eye(d)[0] * 3
+    h = rng.normal(size=(40, d)) + e
+    b = rng.normal(size=(40, d)) - e
+    # every point moved by the same vector: nothing crossed over
+    common = drift(h, b, h + 5 * np.eye(d)[1], b + 5 * np.eye(d)[1])
+    assert common["separability_clean"] > 0.95 and common["separability_approx"] > 0.95
+    assert abs(common["relative_shift"]) < 1e-9 and common["harmful_in_benign_approx"] < 0.1
+    # harmful points moved onto the benign cluster
+    cross = drift(h, b, h - 2 * e, b)
+    assert cross["relative_shift"] == pytest.approx(1.0, abs=0.05)  # centroids carry sampling noise
+    assert cross["separability_approx"] < 0.75 and cross["flipped"] > 0.8
+    assert cross["harmful_to_benign_probe"] > 0.8
+
+
 def test_layer_names():
     from eval.analysis.mds import resolve_layers
 
@@ -272,6 +293,7 @@ def test_analyses_and_report_on_tiny(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     md = json.loads((tmp_path / "mds" / "mds.json").read_text())
     assert set(md["drift"]) == {"0", "1"} and len(md["embedding"]["0"]) == 32
+    assert 0 <= md["drift"]["0"]["separability_clean"] <= 1
     r = _cli(["table2", *common, "--harmful", "builtin-harmful", "--benign", "builtin-harmless",
               "--rows", "none;table2:bolt;table2:teal-25;measured:bolt", "--window", "32", "--max-windows", "2",
               "-o", str(tmp_path / "t2")])

@@ -6,15 +6,21 @@ of decoder layer ``layer`` is taken, without and with the approximation (noise s
 The four groups (harmful/harmless x clean/approximated) are embedded together by metric MDS
 (sklearn, Euclidean, 2-D), so the clean and approximated points share one map.
 
-Drift numbers (all fitted on the CLEAN activations only):
-  * ``probe_acc_clean`` (5-fold cross-validated) and ``probe_acc_approx``: a standardised logistic
-    regression probe harmful-vs-harmless, applied to the approximated activations;
-  * ``harmful_to_benign_probe``: fraction of approximated harmful points the probe calls benign;
-  * ``harmful_nearer_benign_clean`` / ``_approx``: fraction of harmful points whose nearest class
-    centroid is the benign one, and ``flipped``: harmful points nearer their own centroid when
-    clean but nearer the benign centroid when approximated;
-  * ``shift_toward_benign``: mean displacement of harmful points along the unit vector from the
-    harmful to the benign centroid, divided by the centroid distance (1 = moved all the way).
+Drift numbers. An approximation moves EVERY activation (a common-mode shift, plus scatter), so a
+frame fitted on clean activations alone would call almost any perturbation "drift". Two families
+are therefore reported:
+  * within each condition (is the harmful cluster still apart from the benign one?):
+    ``separability_clean`` / ``_approx`` — 5-fold cross-validated accuracy of a standardised
+    logistic-regression probe harmful-vs-harmless trained and tested in that condition; and
+    ``harmful_in_benign_clean`` / ``_approx`` — fraction of harmful points nearer the benign class
+    centroid than the harmful one, centroids of the same condition;
+  * ``relative_shift``: mean displacement of the harmful points minus that of the benign points,
+    projected on the unit vector from the clean harmful to the clean benign centroid, divided by
+    that centroid distance (0 = both classes moved alike; 1 = harmful moved the whole way over);
+  * in the clean frame (includes the common-mode shift; kept for comparison):
+    ``probe_transfer_acc`` (the clean probe on approximated points), ``harmful_to_benign_probe``,
+    ``harmful_nearer_benign_clean_frame`` and ``flipped`` (nearer the clean harmful centroid when
+    clean, the clean benign centroid when approximated), ``shift_toward_benign`` (absolute).
 """
 from __future__ import annotations
 
@@ -57,33 +63,48 @@ def last_token_states(model, codec, texts, layers, approx=None, batch_size=8, se
     return {l: torch.cat(v).numpy() for l, v in out.items()}
 
 
-def drift(h_c, b_c, h_a, b_a, seed=0) -> dict:
+def _probe():
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import cross_val_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    X = np.concatenate([h_c, b_c])
-    y = np.r_[np.ones(len(h_c)), np.zeros(len(b_c))]
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
-    folds = int(min(5, len(h_c), len(b_c)))
-    cv = float(cross_val_score(probe, X, y, cv=folds).mean()) if folds >= 2 else None
-    probe.fit(X, y)
-    Xa = np.concatenate([h_a, b_a])
-    acc_a = float((probe.predict(Xa) == y).mean())
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+
+
+def _cv_acc(h, b) -> float | None:
+    from sklearn.model_selection import cross_val_score
+
+    folds = int(min(5, len(h), len(b)))
+    if folds < 2:
+        return None
+    X, y = np.concatenate([h, b]), np.r_[np.ones(len(h)), np.zeros(len(b))]
+    return float(cross_val_score(_probe(), X, y, cv=folds).mean())
+
+
+def _nearer(P, toward, away):
+    return np.linalg.norm(P - toward, axis=1) < np.linalg.norm(P - away, axis=1)
+
+
+def drift(h_c, b_c, h_a, b_a, seed=0) -> dict:
     ch, cb = h_c.mean(0), b_c.mean(0)
-
-    def nearer_benign(P):
-        return np.linalg.norm(P - cb, axis=1) < np.linalg.norm(P - ch, axis=1)
-
-    nb_c, nb_a = nearer_benign(h_c), nearer_benign(h_a)
     u = cb - ch
     dist = float(np.linalg.norm(u))
-    shift = float(((h_a - h_c) @ (u / dist)).mean() / dist) if dist > 0 else 0.0
-    return {"probe_acc_clean": cv, "probe_acc_approx": acc_a,
-            "harmful_to_benign_probe": float((probe.predict(h_a) == 0).mean()),
-            "harmful_nearer_benign_clean": float(nb_c.mean()), "harmful_nearer_benign_approx": float(nb_a.mean()),
-            "flipped": float((~nb_c & nb_a).mean()), "shift_toward_benign": shift, "centroid_distance": dist}
+    e = u / dist if dist > 0 else u
+    X, y = np.concatenate([h_c, b_c]), np.r_[np.ones(len(h_c)), np.zeros(len(b_c))]
+    probe = _probe().fit(X, y)
+    nb_c, nb_a = _nearer(h_c, cb, ch), _nearer(h_a, cb, ch)
+    return {
+        "separability_clean": _cv_acc(h_c, b_c), "separability_approx": _cv_acc(h_a, b_a),
+        "harmful_in_benign_clean": float(nb_c.mean()),
+        "harmful_in_benign_approx": float(_nearer(h_a, b_a.mean(0), h_a.mean(0)).mean()),
+        "relative_shift": float((((h_a - h_c).mean(0) - (b_a - b_c).mean(0)) @ e) / dist) if dist > 0 else 0.0,
+        "probe_transfer_acc": float((probe.predict(np.concatenate([h_a, b_a])) == y).mean()),
+        "harmful_to_benign_probe": float((probe.predict(h_a) == 0).mean()),
+        "harmful_nearer_benign_clean_frame": float(nb_a.mean()), "flipped": float((~nb_c & nb_a).mean()),
+        "shift_toward_benign": float(((h_a - h_c).mean(0) @ e) / dist) if dist > 0 else 0.0,
+        "centroid_distance": dist,
+        "mean_displacement": float(np.linalg.norm(np.concatenate([h_a - h_c, b_a - b_c]), axis=1).mean()),
+    }
 
 
 def mds_analysis(sess: C.Session, harmful: list, harmless: list, approx: str, layers: list[int],
@@ -139,13 +160,17 @@ def _md(r) -> str:
     rows = []
     for l in r["layers"]:
         d = r["drift"][l]
-        rows.append([l, f"{d['probe_acc_clean']:.2f}" if d["probe_acc_clean"] is not None else "n/a",
-                     f"{d['probe_acc_approx']:.2f}", f"{100 * d['harmful_to_benign_probe']:.1f}",
-                     f"{100 * d['harmful_nearer_benign_clean']:.1f} -> {100 * d['harmful_nearer_benign_approx']:.1f}",
-                     f"{100 * d['flipped']:.1f}", f"{d['shift_toward_benign']:+.3f}"])
-    md += C.md_table(["layer", "probe acc (clean, CV)", "probe acc (approx)", "harmful->benign by probe %",
-                      "harmful nearer benign centroid %", "flipped %", "shift toward benign"], rows)
-    return md + "\n"
+        f2 = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+        rows.append([l, f"{f2(d['separability_clean'])} -> {f2(d['separability_approx'])}",
+                     f"{100 * d['harmful_in_benign_clean']:.0f} -> {100 * d['harmful_in_benign_approx']:.0f}",
+                     f"{d['relative_shift']:+.3f}", f"{d['probe_transfer_acc']:.2f}", f"{100 * d['flipped']:.0f}",
+                     f"{d['mean_displacement'] / max(d['centroid_distance'], 1e-12):.2f}"])
+    md += C.md_table(["layer", "separability (probe CV acc) clean -> approx", "harmful in benign cluster % clean -> approx",
+                      "relative shift toward benign", "clean probe on approx (acc)", "flipped in clean frame %",
+                      "displacement / centroid distance"], rows)
+    md += ("\n\nWithin-condition numbers (first three columns) discount the common shift an approximation gives "
+           "every activation; the clean-frame numbers include it.\n")
+    return md
 
 
 def _fig(r, emb, nh, nb):
@@ -160,7 +185,9 @@ def _fig(r, emb, nh, nb):
         ax.scatter(*g[2].T, facecolors="none", edgecolors="tab:red", s=22, marker="^", label=f"{r['sets'][0]} approx")
         ax.scatter(*g[3].T, facecolors="none", edgecolors="tab:blue", s=22, marker="^", label=f"{r['sets'][1]} approx")
         d = r["drift"][l]
-        ax.set_title(f"layer {l}: flipped {100 * d['flipped']:.0f}%, shift {d['shift_toward_benign']:+.2f}", fontsize=9)
+        sc, sa = d["separability_clean"], d["separability_approx"]
+        sep = f"{sc:.2f} -> {sa:.2f}" if sc is not None and sa is not None else "n/a"
+        ax.set_title(f"layer {l}: separability {sep}, rel. shift {d['relative_shift']:+.2f}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     axes[0][0].legend(fontsize=7)

@@ -170,6 +170,8 @@ def _layer_md(r) -> str:
                f"-> perturb layers 0..{r['tau'] - 1} (tau = {r['tau']}).\n")
     else:
         md += "\n\n**Sensitive layers**: none — no window raised the ASR above the clean model.\n"
+    big = max(r["rows"], key=lambda x: abs(x["gain"]))
+    md += f"Largest change in either direction: layers {big['label']} ({100 * big['gain']:+.1f} pts).\n"
     return md
 
 
