@@ -51,16 +51,21 @@ def poly_from_powers(pows: dict, coeffs, const=None):
 def msb_bins(x, lo: int, hi: int, weights, ops: Ops) -> list:
     """One batched comparison against 2^k (k = lo+1..hi) gives the one-hot bin of x in
     [2^k, 2^(k+1)); returns, for each ``w`` in ``weights`` (a function of k), the public linear
-    combination sum_k onehot_k w(k). Below bin lo counts as lo, above hi as hi."""
+    combination sum_k onehot_k w(k). Below bin lo counts as lo, above hi as hi.
+
+    The comparison bits are exact ring integers (``ltz_int``) weighted by the INTEGERS
+    round(w(k) 2^fxp) and read back as fixed point (``from_int``): no truncation, so a weight of a
+    few units (2^-16 for k = 30) comes out exact instead of off by a unit per term."""
     ks = list(range(lo + 1, hi + 1))
-    flags = ops.ge(x, [2.0 ** k for k in ks])
+    below = ops.ltz_int(ops.stack([x - 2.0 ** k for k in ks]))  # x < 2^k
+    fb = ops.fxp_bits
     outs = []
     for w in weights:
-        acc = (1 - flags[0]) * w(lo)
+        acc = below[0] * int(round(w(lo) * 2 ** fb))
         for i, k in enumerate(ks):
-            nxt = flags[i + 1] if i + 1 < len(flags) else 0
-            acc = acc + (flags[i] - nxt) * w(k)
-        outs.append(acc)
+            nxt = below[i + 1] if i + 1 < len(ks) else 1
+            acc = acc + (nxt - below[i]) * int(round(w(k) * 2 ** fb))
+        outs.append(ops.from_int(acc, fb))
     return outs
 
 
@@ -97,18 +102,20 @@ SPU_RSQRT = (4.14285016, -15.47994394, 38.4714796, -49.86605845, 26.02942339)  #
 
 def spu_rsqrt(x, ops: Ops, lo: int = -12, hi: int = 30, scale: float = 1.0):
     """SPU ``f_rsqrt``: x in [2^k, 2^(k+1)) -> u = x 2^-(k+2) in [0.25, 0.5),
-    rsqrt(x) = p(u) 2^(-(k+2)/2). The down-scaling 2^-(k+2) is split in two factors so that
-    each stays representable on the 16-bit grid (k up to 30). The public ``scale`` rides on the
-    compensation factor (a public combination of the one-hot bin: exact), so a tiny result keeps
-    its digits."""
-    a1, a2, comp = msb_bins(x, lo, hi, [lambda k: 2.0 ** -((k + 3) // 2),
-                                        lambda k: 2.0 ** -((k + 2) // 2),
-                                        lambda k: scale * 2.0 ** (-(k + 2) / 2)], ops)
+    rsqrt(x) = p(u) 2^(-(k+2)/2). All factors are public combinations of the one-hot msb bin
+    (exact, see :func:`msb_bins`): the down-scaling 2^-(k+2) as two powers of two (each >= 2^-16
+    for k up to 30), the compensation as scale * (1 or 2^-1/2) — SPU's parity factor — times a
+    power of two, applied last. The public ``scale`` rides on the parity factor, so a tiny result
+    keeps its digits."""
+    a1, a2, par, pw2 = msb_bins(x, lo, hi, [lambda k: 2.0 ** -((k + 3) // 2),
+                                            lambda k: 2.0 ** -((k + 2) // 2),
+                                            lambda k: scale * 2.0 ** (((k + 2) // 2) - (k + 2) / 2),
+                                            lambda k: 2.0 ** -((k + 2) // 2)], ops)
     u = ops.mul(ops.mul(x, a1), a2)
     u2 = ops.square(u)
     hi_p = ops.mul(ops.stack([u2, u2]), ops.stack([u, u2]))  # u^3, u^4
     p = poly_from_powers({1: u, 2: u2, 3: hi_p[0], 4: hi_p[1]}, SPU_RSQRT)
-    return ops.mul(p, comp)
+    return ops.mul(ops.mul(p, par), pw2)
 
 
 # -- PUMA -------------------------------------------------------------------------------------
@@ -153,9 +160,9 @@ class Puma(Protocol):
                       method="(1+x/32)^32 (SPU exp_taylor, 5 iters) times [x >= -14]"),
         "reciprocal": FnSpec((0.25, 2.0 ** 14), max_rel_err=7.1e-5, comparisons=16, multiplications=6,
                              method="msb normalisation to [0.5,1), w0 = 2.9142 - 2c, 2 Goldschmidt iterations"),
-        "rsqrt": FnSpec((2.0 ** -12, 2.0 ** 30), max_rel_err=1.07e-4, comparisons=42, multiplications=6,
+        "rsqrt": FnSpec((2.0 ** -12, 2.0 ** 30), max_rel_err=1.07e-4, comparisons=42, multiplications=7,
                         method="SPU f_rsqrt: msb normalisation to [0.25,0.5), deg-4 poly, 2^(-(k+2)/2)"),
-        "softmax": FnSpec((-12.0, 12.0), max_abs_err=0.037, comparisons=2.9, multiplications=8.3,
+        "softmax": FnSpec((-12.0, 12.0), max_abs_err=0.037, comparisons=5.56, multiplications=14.5,
                           method="x - max (tree), masked (1+x/32)^32, Goldschmidt reciprocal of the sum; rows of 16"),
     }
 

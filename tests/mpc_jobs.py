@@ -70,6 +70,10 @@ class CountingOps(TorchOps):
         self.comparisons += x.numel()
         return super().ltz(x)
 
+    def ltz_int(self, x):
+        self.comparisons += x.numel()
+        return super().ltz_int(x)
+
     def bits(self, x, positions):
         self.comparisons += x.numel()  # one A2B conversion per element, whatever the bits
         return super().bits(x, positions)
