@@ -396,7 +396,9 @@ def plot(data: dict, path: pathlib.Path) -> None:
     panels = [("MB (log)", lambda r: r["bytes"] / 1e6, True),
               ("rounds", lambda r: r["rounds"], False),
               (f"{slow} modelled s (log)", lambda r: r["modelled_s"][slow], True),
-              ("top-1 agreement", lambda r: r["fidelity"]["top1"], False)]
+              ("top-1 agreement (encoders: cosine)",
+               lambda r: r["fidelity"]["top1"] if r["fidelity"]["top1"] is not None else r["fidelity"].get("mean_cosine"),
+               False)]
     fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, 1.2 * len(models) * len(protos) / 2), 3 * len(panels)))
     width = 0.8 / len(protos)
     for ax, (title, fn, log) in zip(axes, panels):
