@@ -10,7 +10,7 @@
 #   SAFE_MODEL=smollm2-safe  measured too (baseline + noise sweep) when its adapter exists and
 #                        the budget allows; SAFE_MODEL= (empty) skips it
 #   DEVICE=cuda  DTYPE=float32  PY=python  PMPC_DATA=...  (data dir; default ../shared/data)
-#   BUDGET_S=300         optional stages are skipped once this many seconds have passed
+#   BUDGET_S=240         the optional aligned-model stages start only before this many seconds
 #   PPL_WINDOW=1024  LIMIT=  (first N prompts per set: for a quick dry run, e.g. on CPU with
 #                        MODEL=/path/stories260K DEVICE=cpu PPL_WINDOW=256 LIMIT=8 SAFE_MODEL=)
 # Every stage runs under its own timeout and failures do not stop later stages; OUT_DIR/steps.tsv
@@ -25,7 +25,7 @@ SAFE_MODEL=${SAFE_MODEL-smollm2-safe}
 DEV=${DEVICE:-cuda}
 DTYPE=${DTYPE:-float32}
 PY=${PY:-python}
-BUDGET=${BUDGET_S:-300}
+BUDGET=${BUDGET_S:-240}
 WINDOW=${PPL_WINDOW:-1024}
 LIMIT=${LIMIT:-}
 LOG="$OUT/log.txt"
@@ -45,7 +45,9 @@ step() {  # step NAME TIMEOUT_S command...
   return 0
 }
 
-# generation settings: the paper's 128 new tokens for the baselines, 64 inside the sweeps
+# generation settings: the paper's 128 new tokens for the baselines, 48 inside the sweeps (the keyword
+# judges need > 10 words). Stage timeouts add up to < 600 s; the sweeps and the table write their
+# outputs after every measurement, so a stage cut by its timeout still leaves a partial table.
 GEN=(--device "$DEV" --dtype "$DTYPE" --judge paper --no-progress --batch-size 256)
 PPLO=(--window "$WINDOW" --max-windows 64 --ppl-batch 16)
 LIM=()
@@ -69,13 +71,13 @@ case " $PROTOS " in *" bolt "*) EXTRA+=(--extra "protocol:bolt@down,norm,softmax
 echo "protocol rows: ${PROTOS:-none}" | tee -a "$LOG"
 
 # 1. baselines: ASR on HarmBench (standard, test) and JBB harmful, over-refusal on XSTest safe; PPL
-step baseline 150 pmpc eval asr -m "$MODEL" "${GEN[@]}" --max-new-tokens 128 \
+step baseline 100 pmpc eval asr -m "$MODEL" "${GEN[@]}" --max-new-tokens 128 \
   -p harmbench-test -p jbb-harmful -p xstest-safe -o "$OUT/eval" --json "$OUT/eval/baseline.json"
-step ppl 120 pmpc eval ppl -m "$MODEL" --device "$DEV" --dtype "$DTYPE" --window "$WINDOW" --ppl-batch 16 --no-progress \
+step ppl 45 pmpc eval ppl -m "$MODEL" --device "$DEV" --dtype "$DTYPE" --window "$WINDOW" --ppl-batch 16 --no-progress \
   --json "$OUT/eval/ppl_clean.json"
 
 # 2. noise sweep at W_up / W_down inputs (Gaussian, auto grid) and the MVA (PPL <= 2x clean)
-step noise_sweep 200 pmpc sweep noise -m "$MODEL" "${GEN[@]}" --max-new-tokens 64 -p harmbench-test \
+step noise_sweep 100 pmpc sweep noise -m "$MODEL" "${GEN[@]}" --max-new-tokens 48 -p harmbench-test \
   --points up,down --dist gauss --scales auto "${PPLO[@]}" -o "$OUT/noise"
 MVA=$("$PY" - "$OUT/noise/noise_sweep.json" <<'EOF' 2>>"$LOG"
 import json, sys
@@ -91,31 +93,32 @@ EOF
 echo "perturbation for the layer sweep / MDS: $MVA" | tee -a "$LOG"
 
 # 3. layer-wise sensitivity: that perturbation in 3 layers at a time
-step layer_sweep 150 pmpc sweep layers -m "$MODEL" "${GEN[@]}" --max-new-tokens 64 -p harmbench-test \
+step layer_sweep 70 pmpc sweep layers -m "$MODEL" "${GEN[@]}" --max-new-tokens 48 -p harmbench-test \
   --approx "$MVA" --layer-window 3 -o "$OUT/layers"
 
 # 4. activation space: harmful-test vs harmless-test, first / middle / last layer
-step mds 120 pmpc analyze mds -m "$MODEL" --device "$DEV" --dtype "$DTYPE" --no-progress --batch-size 64 \
-  --harmful harmful-test --harmless harmless-test --limit "${LIMIT:-150}" --approx "$MVA" --layer 1,mid,last \
+step mds 60 pmpc analyze mds -m "$MODEL" --device "$DEV" --dtype "$DTYPE" --no-progress --batch-size 64 \
+  --harmful harmful-test --harmless harmless-test --limit "${LIMIT:-100}" --approx "$MVA" --layer 1,mid,last \
   -o "$OUT/mds"
 
-# 5. Table 2 analog: clean, every Table 2 preset, measured fits if present, real emulations
-step table2 300 pmpc table2 -m "$MODEL" "${GEN[@]}" --max-new-tokens 64 --harmful harmbench-test \
-  --benign xstest-safe "${PPLO[@]}" "${EXTRA[@]}" -o "$OUT/table2"
+# 5. Table 2 analog: clean, every Table 2 preset (absolute, then rescaled to this model's activation
+#    spread), measured fits if present, real emulations
+step table2 170 pmpc table2 -m "$MODEL" "${GEN[@]}" --max-new-tokens 48 --harmful harmbench-test \
+  --benign xstest-safe "${PPLO[@]}" --rel "${EXTRA[@]}" -o "$OUT/table2"
 
 # 6. optional: the aligned model, if its adapter is here and time is left
 if [ -n "$SAFE_MODEL" ] && [ "$(elapsed)" -lt "$BUDGET" ] \
    && "$PY" -c "from pmpc.models import resolve; resolve('$SAFE_MODEL')" >>"$LOG" 2>&1; then
-  step safe_baseline 120 pmpc eval asr -m "$SAFE_MODEL" "${GEN[@]}" --max-new-tokens 128 \
+  step safe_baseline 60 pmpc eval asr -m "$SAFE_MODEL" "${GEN[@]}" --max-new-tokens 128 \
     -p harmbench-test -p jbb-harmful -p xstest-safe -o "$OUT/safe_eval" --json "$OUT/safe_eval/baseline.json"
   if [ "$(elapsed)" -lt "$BUDGET" ]; then
-    step safe_noise_sweep 200 pmpc sweep noise -m "$SAFE_MODEL" "${GEN[@]}" --max-new-tokens 64 \
+    step safe_noise_sweep 80 pmpc sweep noise -m "$SAFE_MODEL" "${GEN[@]}" --max-new-tokens 48 \
       -p harmbench-test --points up,down --scales auto "${PPLO[@]}" -o "$OUT/safe_noise"
   fi
 else
   echo "skipping the aligned model (${SAFE_MODEL:-none}): no adapter or no time left" | tee -a "$LOG"
 fi
 
-step report 60 pmpc report "$OUT" -o "$OUT/report"
+step report 30 pmpc report "$OUT" -o "$OUT/report"
 echo "done in $(elapsed) s; stages:" | tee -a "$LOG"
 column -t "$OUT/steps.tsv" 2>/dev/null | tee -a "$LOG" || cat "$OUT/steps.tsv"

@@ -125,14 +125,16 @@ def mds_cmd(harmful, harmless, approx, layers, out, **kw):
 @click.option("--benign", default="xstest-safe", show_default=True, help="over-refusal set ('' to skip)")
 @click.option("--rows", default=None, help="comma-free list separated by ';' of specs (default: clean + every preset)")
 @click.option("--extra", multiple=True, help="add a row (repeatable), e.g. --extra teal:0.25 --extra protocol:bolt")
+@click.option("--rel", is_flag=True, help="also every Table 2 preset rescaled to this model's activation spread "
+              "(table2:NAME,rel=1)")
 @click.option("--no-ppl", is_flag=True)
 @click.option("--out", "-o", default="runs/table2", show_default=True)
-def table2_cmd(harmful, benign, rows, extra, no_ppl, out, **kw):
+def table2_cmd(harmful, benign, rows, extra, rel, no_ppl, out, **kw):
     """Every approximation preset -> ASR, over-refusal, PPL, in one table."""
     from eval.analysis import table2
 
     sess = _session(kw, out)
-    specs = [r.strip() for r in rows.split(";") if r.strip()] if rows else table2.default_rows(extra)
+    specs = [r.strip() for r in rows.split(";") if r.strip()] if rows else table2.default_rows(extra, rel)
     if rows:
         specs += list(extra)
     r = table2.table2(sess, _load(harmful, kw), harmful, _load(benign, kw) if benign else None, benign or None,

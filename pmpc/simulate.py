@@ -86,6 +86,14 @@ DEFAULT_POINTS = {"gauss": ("up",), "laplace": ("up",), "teal": ("up", "down"), 
 OMNI_GAMMAS = tuple(round(1.0 - 0.05 * i, 2) for i in range(11))  # 1.0 ... 0.5
 MEASURED_PATH = pathlib.Path(__file__).parent / "presets" / "measured_errors.json"
 
+# The activation spread the Table 2 error models were fitted on (research/quada-paper.md s.3): the
+# pre-W_up activations are about N(0, 0.35^2), and TEAL's W_down-input threshold column fits a
+# Laplace(0, 0.024). As robust stds (1.4826 x median |x|, what :func:`calibrate` measures): 0.35 and
+# 0.024 ln 2 x 1.4826 = 0.0247. ``table2:NAME,rel=1`` multiplies each eps by (this model's robust
+# std at the point / this reference): the paper's errors transplanted at the same RELATIVE size,
+# since an absolute N(0, .064^2) is mild for Llama-3.1 but drowns a model with smaller activations.
+TABLE2_REF_SPREAD = {"up": 0.35, "down": 0.024 * math.log(2) * 1.4826}
+
 # The paper's Table 2 (project page assess.png; see research/quada-paper.md section 3):
 # error models at the W_up input (eps^up) and the W_down input (eps^down), and the paper's own
 # reported numbers for reference (the model is unconfirmed, probably Llama-3.1-8B-Instruct).
@@ -151,7 +159,13 @@ class Approx:
         if self.kind == "compose":
             return [c for p in self.parts for c in p.components()]
         if self.kind == "table2":
-            return _table2_parts(self.name, self.layers)
+            factors = None
+            if self.params.get("rel"):
+                factors = self.stats.get("table2_rel")
+                if factors is None:
+                    raise UserError(f"{self}: a rescaled Table 2 preset needs the model's activation spread: "
+                                    "pass calib= to approximate() or calibrate() first (the CLI does)")
+            return _table2_parts(self.name, self.layers, factors)
         if self.kind == "measured":
             return _measured_parts(self.name, self.layers)
         return [self]
@@ -164,7 +178,11 @@ class Approx:
 
     @property
     def needs_calibration(self) -> bool:
-        return any(c.kind in ("teal", "smoothquant", "omniquant") and "thr" not in c.params
+        if self.kind == "compose":
+            return any(p.needs_calibration for p in self.parts)
+        if self.kind == "table2" and self.params.get("rel"):
+            return "table2_rel" not in self.stats
+        return any(c.kind in ("teal", "smoothquant", "omniquant") and "thr" not in c.params and not c.stats
                    for c in self.components())
 
 
@@ -261,12 +279,17 @@ def _parse_one(text: str, whole: str) -> Approx:
         a.name = pos.lower()
         if kind == "table2" and a.name not in TABLE2:
             raise bad(f"no Table 2 preset {pos!r}; choose from {', '.join(TABLE2)}")
+        allowed = {"rel"} if kind == "table2" else set()
+        if set(params) - allowed:
+            raise bad(f"unknown parameter {sorted(set(params) - allowed)[0]!r}")
         return a
     a.points = points or DEFAULT_POINTS[kind]
     if kind == "protocol":
         if not pos:
             raise bad("protocol needs a name, e.g. protocol:bolt")
         a.name = pos.lower()
+        if set(params) - {"fxp"}:
+            raise bad(f"unknown parameter {sorted(set(params) - {'fxp'})[0]!r}")
         bad_pts = [p for p in a.points if p not in ("down", "act", "norm", "softmax")]
         if bad_pts:
             raise bad(f"protocol emulation replaces functions at down/act, norm, softmax; not {bad_pts[0]}")
@@ -321,14 +344,22 @@ def _param(k, v, bad):
         if not v.isdigit():
             raise bad("fxp takes a number of fractional bits")
         return int(v)
+    if k == "rel":
+        if v not in ("0", "1"):
+            raise bad("rel takes 1 (rescale to this model's activation spread) or 0")
+        return int(v)
     raise bad(f"unknown parameter {k!r}")
 
 
-def _table2_parts(name, layers) -> list[Approx]:
+def _table2_parts(name, layers, factors=None) -> list[Approx]:
+    """Table 2 row -> components; ``factors`` (point -> this model's activation spread / the spread
+    the paper's fits were made on) rescales every scale and threshold (``rel=1``)."""
     row = TABLE2[name]
     out = []
     for point in ("up", "down"):
         dist, v = row[point]
+        if factors is not None:
+            v = round(v * factors[point], 8)
         if dist == "thr":
             out.append(Approx("teal", points=(point,), layers=layers, params={"thr": v}))
         else:
@@ -642,8 +673,11 @@ def calibrate(model, approx: "Approx | str", calib, layers=None, max_samples: in
     a = parse(approx)
     if layers is not None:
         a = a.with_layers(layers)
-    comps = [c for c in a.components() if c.kind in ("teal", "smoothquant", "omniquant") and "thr" not in c.params]
-    if not comps:
+    tops = list(a.parts) if a.kind == "compose" else [a]
+    rel = [x for x in tops if x.kind == "table2" and x.params.get("rel")]
+    comps = [c for x in tops if x not in rel for c in x.components()
+             if c.kind in ("teal", "smoothquant", "omniquant") and "thr" not in c.params]
+    if not comps and not rel:
         return a
     arch = find_arch(model)
     samples: dict = {}   # teal: site -> list of |x| samples
@@ -666,7 +700,7 @@ def calibrate(model, approx: "Approx | str", calib, layers=None, max_samples: in
         return f
 
     wanted = {}
-    for c in comps:
+    for c in comps + [Approx("gauss", 0.0, ("up", "down"), x.layers) for x in rel]:
         for p in c.points:
             for site, mod, how in _sites(arch, p, c.layers):
                 wanted[site] = (mod, how)
@@ -685,6 +719,12 @@ def calibrate(model, approx: "Approx | str", calib, layers=None, max_samples: in
             h.remove()
     if not samples:
         raise UserError("calibration data produced no activations")
+    for x in rel:  # pooled robust std per point over the preset's layers, relative to the paper's
+        factors = {}
+        for p in ("up", "down"):
+            pooled = torch.cat([t for site, _, _ in _sites(arch, p, x.layers) for t in samples[site]])
+            factors[p] = 1.4826 * float(pooled.median()) / TABLE2_REF_SPREAD[p]
+        x.stats["table2_rel"] = factors
     stats = {}
     for c in comps:
         for p in c.points:

@@ -36,7 +36,7 @@ def ids():
     "gauss:0.075@up", "laplace:0.036@down", "gauss:0.05@up,down@0-3", "teal:0.25@up,down", "teal:thr=0.11@up",
     "quant:a8@up,down", "smoothquant:a4@up,down", "omniquant:a8,alpha=0.6@attn,o", "protocol:bolt@down",
     "protocol:exact@down,norm,softmax@1", "table2:bolt", "table2:teal-25@0-3", "measured:iron",
-    "gauss:0.042@up+laplace:0.036@down", "gauss:0.1@norm@0,2,5-7", "none"])
+    "gauss:0.042@up+laplace:0.036@down", "gauss:0.1@norm@0,2,5-7", "table2:iron,rel=1@0-3", "none"])
 def test_parse_roundtrip(spec):
     a = S.parse(spec)
     assert str(a) == spec
@@ -61,11 +61,37 @@ def test_parse_defaults_and_fields():
     ("quant:a99", "bit width"), ("table2:nosuch", "no Table 2 preset"), ("table2:bolt@up", "fix their points"),
     ("gauss:0.1@softmax", "protocol emulation only"), ("protocol:bolt@up", "replaces functions"),
     ("gauss:-1", ">= 0"), ("teal:0.2,thr=0.1", "not both"), ("gauss:0.1,foo=2", "unknown parameter"),
+    ("table2:bolt,thr=1", "unknown parameter"), ("table2:bolt,rel=2", "rel takes 1"),
+    ("protocol:bolt,alpha=1", "unknown parameter"),
 ])
 def test_parse_errors(spec, msg):
     with pytest.raises(UserError) as e:
         S.parse(spec)
     assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_table2_rescaled_to_the_model(stories):
+    m, batch = stories
+    a = S.parse("table2:bolt,rel=1@1-3")
+    assert a.needs_calibration and str(a) == "table2:bolt,rel=1@1-3"
+    with pytest.raises(UserError, match="needs the model's activation spread"):
+        a.components()
+    got = {}
+    hs = [L.post_attention_layernorm.register_forward_hook(lambda mod, i, o, k=k: got.__setitem__(("up", k), o))
+          for k, L in enumerate(m.model.layers)]
+    hs += [L.mlp.down_proj.register_forward_pre_hook(lambda mod, i, k=k: got.__setitem__(("down", k), i[0]))
+           for k, L in enumerate(m.model.layers)]
+    c = S.calibrate(m, a, batch)
+    for h in hs:
+        h.remove()
+    assert not c.needs_calibration
+    for comp, point, base in zip(c.components(), ("up", "down"), (0.042, 0.036)):
+        pooled = torch.cat([got[(point, k)].detach().abs().flatten() for k in (1, 2, 3)])
+        spread = 1.4826 * float(pooled.median())
+        assert comp.points == (point,) and comp.layers == (1, 2, 3)
+        assert comp.scale == pytest.approx(base * spread / S.TABLE2_REF_SPREAD[point], rel=1e-5)
+    with torch.no_grad(), S.approximate(m, "table2:teal-50,rel=1", calib=batch):
+        m(batch)
 
 
 def test_measured_presets(tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
 """The Table 2 reproduction: every approximation preset -> ASR, over-refusal, PPL, in one table.
 
 Rows: the clean model, each ``table2:<system>`` fitted-noise preset (the paper's eps^up / eps^down
-error models), every ``measured:<protocol>`` fit when ``pmpc/presets/measured_errors.json``
+error models; with ``rel`` also each rescaled to this model's activation spread, ``,rel=1``, see
+:data:`pmpc.simulate.TABLE2_REF_SPREAD`), every ``measured:<protocol>`` fit when ``pmpc/presets/measured_errors.json``
 exists, and any extra specs the user adds (e.g. the real emulations ``teal:0.25``,
 ``smoothquant:a8``, ``protocol:bolt``). Columns: ASR on the harmful set (headline judge, 95%
 Wilson CI), over-refusal on the benign set (refusal rate by the same judge's keyword part), PPL on
@@ -15,8 +16,12 @@ from pmpc import simulate
 from pmpc.errors import UserError
 
 
-def default_rows(extra=()) -> list[str]:
-    return ["none"] + simulate.presets() + list(extra)
+def default_rows(extra=(), rel: bool = False) -> list[str]:
+    """clean, every Table 2 preset (absolute; then rescaled with ``rel``), measured fits, extras."""
+    presets = simulate.presets()
+    t2 = [p for p in presets if p.startswith("table2:")]
+    rest = [p for p in presets if not p.startswith("table2:")]
+    return ["none"] + t2 + ([f"{p},rel=1" for p in t2] if rel else []) + rest + list(extra)
 
 
 def table2(sess: C.Session, harmful: list, harmful_name: str, benign: list | None, benign_name: str | None,
