@@ -22,9 +22,11 @@ def deploy():
 @click.option("--weights", type=click.Choice(["public", "private"]), default="public", show_default=True)
 @click.option("--links", default="lan,wan", show_default=True,
               help="comma-separated: lan, wan, or BW_MBPS:RTT_MS (e.g. 100:10)")
+@click.option("--preprocess/--no-preprocess", default=True, show_default=True,
+              help="offline/online split: the online phase is timed alone (holds the query's tuples in memory)")
 @click.option("--timeout", "timeout_s", default=120.0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the measurements here")
-def netlab(model, protocol, ids, max_new_tokens, dealer, weights, links, timeout_s, json_path):
+def netlab(model, protocol, ids, max_new_tokens, dealer, weights, links, preprocess, timeout_s, json_path):
     """Run client, server (and dealer) as separate hosts in network namespaces joined by an
     emulated link, once with no delay and once per link; compare the measured online time with
     the cost model's prediction for the same link. Needs root."""
@@ -42,7 +44,7 @@ def netlab(model, protocol, ids, max_new_tokens, dealer, weights, links, timeout
         f"(tc netem {'available' if nl.netem_available() else 'not in this kernel'})")
     try:
         res = nl.measure(chosen, model=model, protocol=protocol, ids=ids, new_tokens=max_new_tokens,
-                         dealer=dealer, weights=weights, timeout_s=timeout_s, log=log)
+                         dealer=dealer, weights=weights, timeout_s=timeout_s, preprocess=preprocess, log=log)
     except RuntimeError as e:
         raise UserError(f"netlab run failed: {str(e).splitlines()[0] if str(e) else e!r}") from None
     click.echo(nl.table(res))

@@ -268,6 +268,27 @@ def _deal_ttp_batch(base, keys) -> list:
     return out
 
 
+def blame_dealer_in_requests() -> None:
+    """In live ``ttp`` mode CrypTen's client asks the dealer for each tuple in the middle of the
+    query: a failure there is the dealer's, not the other computing party's (idempotent)."""
+    from crypten.mpc.provider.ttp_provider import TTPClient
+
+    from pmpc import parties
+    from pmpc.crypten_compat import comm
+
+    inner = TTPClient._TTPClient__TTPClient  # CrypTen's name-mangled singleton class
+    if getattr(inner.ttp_request, "_pmpc", False):
+        return
+    orig = inner.ttp_request
+
+    def ttp_request(self, *args, **kwargs):
+        with parties.talking_to(comm.get().get_ttp_rank()):
+            return orig(self, *args, **kwargs)
+
+    ttp_request._pmpc = True
+    inner.ttp_request = ttp_request
+
+
 def keepalive(c=None) -> None:
     """Party 0 tells the dealer it is still busy (the dealer's waits are bounded). ``c``: the
     real communicator (during a solo dry run ``comm.get()`` is a stand-in that sends nothing)."""

@@ -220,7 +220,8 @@ if __name__ == "__main__":
 
 # -- a secure generation across the lab, measured against the cost model ---------------------------
 def run_session(lab: Lab, model: str, protocol: str, ids: str, new_tokens: int = 1, dealer: str = "local",
-                weights: str = "public", timeout_s: float = 60.0, workdir: str | None = None) -> dict:
+                weights: str = "public", timeout_s: float = 60.0, preprocess: bool = True,
+                workdir: str | None = None) -> dict:
     """One secure generation with each party a separate ``pmpc party`` process in its own
     namespace (client, server and, for ``ttp``, dealer). Returns the client's result (phases,
     tokens) and the wall time of the session."""
@@ -232,7 +233,8 @@ def run_session(lab: Lab, model: str, protocol: str, ids: str, new_tokens: int =
     rdv = f"tcp://{lab.addr('client')}:{port}"
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "tun0", "TORCH_CPP_LOG_LEVEL": "FATAL", "PYTHONWARNINGS": "ignore"}
     common = [sys.executable, "-m", "cli.main", "party", "-m", model, "-p", protocol, "-n", str(new_tokens),
-              "--dealer", dealer, "--weights", weights, "--timeout", str(timeout_s), "--rendezvous", rdv]
+              "--dealer", dealer, "--weights", weights, "--timeout", str(timeout_s), "--rendezvous", rdv,
+              "--preprocess" if preprocess else "--no-preprocess"]
     with tempfile.TemporaryDirectory(dir=workdir) as d:
         out = os.path.join(d, "client.json")
         roles = [("client", ["--rank", "0", "--ids", ids, "--json", out]), ("server", ["--rank", "1"])]
@@ -283,23 +285,23 @@ def compare(base: dict, measured: dict, link: Link) -> dict:
 
 
 def measure(links, model="tiny-random-llama", protocol="exact", ids="1,2,3", new_tokens=1, dealer="local",
-            weights="public", timeout_s=60.0, log=None) -> dict:
+            weights="public", timeout_s=60.0, preprocess=True, log=None) -> dict:
     """Run the same generation with no emulated delay, then on each link; compare with the model."""
     names = ["client", "server"] + (["dealer"] if dealer == "ttp" else [])
     rows = []
     with Lab(names) as lab:
         lab.set_link(None)
-        base = run_session(lab, model, protocol, ids, new_tokens, dealer, weights, timeout_s)
+        base = run_session(lab, model, protocol, ids, new_tokens, dealer, weights, timeout_s, preprocess)
         if log:
             log(f"no-delay run: online prefill {base['phases']['prefill']['seconds']:.2f} s, "
                 f"{base['phases']['prefill']['rounds']} rounds")
         for link in links:
             lab.set_link(link)
-            m = run_session(lab, model, protocol, ids, new_tokens, dealer, weights, timeout_s)
+            m = run_session(lab, model, protocol, ids, new_tokens, dealer, weights, timeout_s, preprocess)
             rows.append(compare(base, m, link))
             if log:
                 log(format_row(rows[-1]))
-    return {"model": model, "protocol": protocol, "dealer": dealer, "new_tokens": new_tokens,
+    return {"model": model, "protocol": protocol, "dealer": dealer, "new_tokens": new_tokens, "preprocess": preprocess,
             "emulator": "pmpc.netlab TUN wire", "netem_available": netem_available(),
             "base": {p: base["phases"][p] for p in ("prefill", "decode")}, "rows": rows}
 

@@ -112,7 +112,9 @@ def _blame(rank: int, world_size: int, e: BaseException, timeout_s: float, t0: f
     peer = getattr(e, "pmpc_peer", _PEER[-1] if _PEER else (0 if rank != 0 else 1))
     what = ("closed the connection (it died or left)" if kind == "closed"
             else f"did not answer within {timeout_s:.0f} s (stalled or unreachable)")
-    return PartyError(f"{who(peer)} {what}; seen by {who(rank)} {time.monotonic() - t0:.1f} s after start")
+    err = PartyError(f"{who(peer)} {what}; seen by {who(rank)} {time.monotonic() - t0:.1f} s after start")
+    err.lost_peer = peer
+    return err
 
 
 def run_party(job, rank: int, world_size: int, rendezvous: str, timeout_s: float = 60.0,
@@ -142,6 +144,8 @@ def run_party(job, rank: int, world_size: int, rendezvous: str, timeout_s: float
         fault_point(rank, "startup")
         if rank == world_size:
             return dealer_mod.serve(fault=lambda point: fault_point(rank, point))
+        if dealer == "ttp" and rank == 0:
+            dealer_mod.blame_dealer_in_requests()
         return job(rank, world_size, inp) if has_input else job(rank, world_size)
     except Exception as e:
         blamed = _blame(rank, world_size, e, timeout_s, t0)
@@ -178,7 +182,7 @@ def _entry(job, rank, world_size, rendezvous, timeout_s, dealer, threads, q, has
         msg = str(e).strip().splitlines()
         text = msg[0] if msg else ""
         q.put((rank, "error", text if isinstance(e, UserError) else f"{type(e).__name__}: {text}",
-               traceback.format_exc()))
+               traceback.format_exc(), "lost" if hasattr(e, "lost_peer") else "failed"))
         q.close()
         q.join_thread()
         os._exit(1)
@@ -224,13 +228,14 @@ def run_local(job, world_size: int = 2, timeout_s: float = 60.0, deadline_s: flo
         p.start()
     results: dict[int, object] = {}
     errors: dict[int, str] = {}
+    kinds: dict[int, str] = {}   # "failed" (its own error) or "lost" (it lost a peer)
     gone: dict[int, float] = {}
     t0 = time.monotonic()
     first_error = None
     failure = None
 
     def watch(wait):
-        _drain(q, results, errors, wait)
+        _drain(q, results, errors, wait, kinds)
         for r, p in enumerate(procs):
             if r not in gone and not p.is_alive():
                 gone[r] = time.time()
@@ -245,7 +250,7 @@ def run_local(job, world_size: int = 2, timeout_s: float = 60.0, deadline_s: flo
                 # wait until all but (at most) one party settled: the one left is the silent one
                 if len(settled) >= n - 1 or time.monotonic() - first_error > timeout_s + 5:
                     watch(0.5)
-                    failure = _verdict(procs, results, errors, gone, timeout_s)
+                    failure = _verdict(procs, results, errors, gone, timeout_s, kinds)
                     raise failure
             if deadline_s and time.monotonic() - t0 > deadline_s:
                 failure = PartyError(f"deadline of {deadline_s:.0f}s passed; parties still running: "
@@ -275,7 +280,7 @@ def run_local(job, world_size: int = 2, timeout_s: float = 60.0, deadline_s: flo
         q.join_thread()
 
 
-def _drain(q, results, errors, wait):
+def _drain(q, results, errors, wait, kinds):
     try:
         item = q.get(timeout=wait)
     except _queue.Empty:
@@ -283,6 +288,7 @@ def _drain(q, results, errors, wait):
     while True:
         if item[1] == "error":
             errors[item[0]] = item[2]
+            kinds[item[0]] = item[4]
         else:
             results[item[0]] = item[2]
         try:
@@ -291,15 +297,22 @@ def _drain(q, results, errors, wait):
             return
 
 
-def _verdict(procs, results, errors, gone, timeout_s) -> PartyError:
-    """One line: who failed first (died without a word, or went silent), then what others saw."""
+def _verdict(procs, results, errors, gone, timeout_s, kinds) -> PartyError:
+    """One line: who failed first (died without a word, failed on its own, or went silent), then
+    what the others saw."""
     died = [r for r in sorted(gone, key=gone.get) if r not in results and r not in errors]
     silent = [r for r, p in enumerate(procs) if r not in gone and r not in results and r not in errors]
+    failed = [r for r in errors if kinds.get(r) == "failed"]
     seen = "; ".join(f"{who(r)}: {errors[r]}" for r in sorted(errors))
     culprit = None
     if died:
         culprit = died[0]
         head = f"{who(culprit)} died ({_exit_text(procs[culprit].exitcode)})"
+    elif failed:
+        culprit = failed[0]
+        head = ""
+        seen = f"{who(culprit)} failed: {errors[culprit]}" + "".join(
+            f"; {who(r)}: {errors[r]}" for r in sorted(errors) if r != culprit)
     elif silent and errors:
         culprit = silent[0]
         head = f"{who(culprit)} stopped responding (no answer within {timeout_s:.0f} s)"

@@ -37,7 +37,8 @@ class GenConfig:
     seed: int = 0
     allow_pickle: bool = False
     threads: int | None = 1
-    preprocess: bool = True          # deal the query's tuples before it runs (offline/online split)
+    preprocess: bool = False         # deal the query's tuples before it runs (offline/online split;
+                                     # holds all of them in memory: GBs for a 30-layer model)
 
     def digest(self, spec: models.ModelSpec) -> str:
         pub = dataclasses.asdict(self)

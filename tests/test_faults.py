@@ -19,9 +19,10 @@ import torch
 
 from pmpc import parties, secure
 
-TIMEOUT = 8.0   # the parties' communication timeout in these tests
+TIMEOUT = 12.0  # the parties' communication timeout in these tests (start-up on a loaded 2-core box fits)
 SLACK = 6.0     # polling (0.2 s), process teardown and a loaded 2-core machine
-CFG = secure.GenConfig(model="tiny-random-llama", protocol="exact", max_new_tokens=2)
+CFG = secure.GenConfig(model="tiny-random-llama", protocol="exact", max_new_tokens=2, preprocess=True)
+LIVE = secure.GenConfig(model="tiny-random-llama", protocol="exact", max_new_tokens=2, preprocess=False)
 IDS = torch.tensor([[1, 2, 3]])
 RANK = {"client": 0, "server": 1, "dealer": 2}
 
@@ -47,7 +48,7 @@ def _tmp_names() -> set:
             if re.search(r"crypten|gloo|filestore|torch", p.name, re.I)}
 
 
-CASES = [  # (role, point, mode, dealer)
+CASES = [  # (role, point, mode, dealer); "ttp-live": no offline phase, the dealer serves mid-query
     ("client", "startup", "kill", "local"),
     ("server", "startup", "stall", "local"),
     ("server", "prefill", "kill", "local"),
@@ -56,6 +57,7 @@ CASES = [  # (role, point, mode, dealer)
     ("server", "decode", "stall", "ttp"),
     ("dealer", "offline", "kill", "ttp"),
     ("dealer", "offline", "stall", "ttp"),
+    ("dealer", "offline", "kill", "ttp-live"),
 ]
 TABLE: list = []
 
@@ -69,10 +71,11 @@ def test_fault_ends_every_party_in_time(role, point, mode, dealer, tmp_path):
     env = {"PMPC_FAULT": f"{role}:{point}:{mode}", "PMPC_FAULT_LOG": str(log), "TMPDIR": str(ptmp)}
     t0 = time.time()
     with pytest.raises(parties.PartyError) as ei:
-        secure.run_generation(CFG, secure.ClientInput(IDS, torch.ones_like(IDS)), timeout_s=TIMEOUT,
-                              dealer=dealer, env=env, deadline_s=120)
+        secure.run_generation(LIVE if dealer.endswith("live") else CFG, secure.ClientInput(IDS, torch.ones_like(IDS)),
+                              timeout_s=TIMEOUT, dealer=dealer.split("-")[0], env=env, deadline_s=120)
     err = ei.value
     bad = RANK[role]
+    assert log.exists(), f"the run failed before the fault struck: {err}"
     struck = float(log.read_text().split()[-1])  # when the fault struck
     msg = str(err)
     assert "\n" not in msg
@@ -83,6 +86,8 @@ def test_fault_ends_every_party_in_time(role, point, mode, dealer, tmp_path):
         if r == 2 and point in ("prefill", "decode"):
             assert err.exit_codes[r] == 0  # the dealer had left after the offline phase: nothing to fail
             continue
+        if bad == 2:  # the dealer talks to the client only: the client must name it
+            assert f"seen by {parties.who(0)}" in msg and f"{parties.who(0)}: {parties.who(2)}" in msg, msg
         # exited by itself, non-zero (1), not killed by the parent
         assert err.exit_codes[r] == 1, (r, err.exit_codes, msg)
         assert err.exit_times[r] - struck < TIMEOUT + SLACK, (r, err.exit_times[r] - struck)
@@ -104,6 +109,15 @@ def test_fault_table_report():
     for role, point, mode, dealer, dt, total in TABLE:
         print(f"| {role} | {point} | {mode} | {dealer} | {dt:.1f} s | {total:.1f} s |")
     assert all(row[4] < TIMEOUT + SLACK for row in TABLE)
+
+
+def test_a_party_that_fails_on_its_own_is_named():
+    from tests import deploy_jobs
+
+    with pytest.raises(parties.PartyError) as ei:
+        parties.run_local(deploy_jobs.server_raises, timeout_s=TIMEOUT, deadline_s=60)
+    assert str(ei.value).startswith("party 1 (server) failed: ValueError: boom in the server"), ei.value
+    assert ei.value.culprit == 1 and ei.value.exit_codes[0] == 1
 
 
 def test_long_run_keeps_finished_prompts_and_resumes(tmp_path):

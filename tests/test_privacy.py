@@ -65,9 +65,7 @@ def test_server_view_is_uniform_and_independent_of_the_prompt(public_run):
     prompts, client, server = public_run
     views = server["received"]
     assert all(len(v) > 20_000 for v in views), [len(v) for v in views]
-    # same public shapes -> the same traffic (the first query also ran the plan's dry run, which
-    # later queries of the same shapes take from the cache)
-    assert len({len(v) for v in views[1:]}) == 1 and len(views[0]) == 2 * len(views[1])
+    assert len({len(v) for v in views}) == 1  # same public shapes -> the same traffic
     for q, v in enumerate(views):
         u = uniformity(v)
         assert u["chi2_p"] > ALPHA, (q, u)
