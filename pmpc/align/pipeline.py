@@ -55,8 +55,8 @@ class Plan:
     gen_batch: int = 96
     safe_epochs: int = 4
     cont_epochs: float = 2.0
-    lr: float = 5e-4
-    cont_lr: float = 2e-4
+    lr: float = 2e-4
+    cont_lr: float = 1e-4
     batch_size: int = 16
     micro_batch: int | None = None
     lora_r: int = 8

@@ -48,7 +48,7 @@ class TrainConfig:
     tau: int = 0                     # noise in layers [0, tau)
     lam: float | str = 0.0           # clustering weight, or "auto" (see losses.balance_lambda)
     pool: str = "mean"
-    lr: float = 5e-4
+    lr: float = 2e-4
     epochs: float = 2.0
     max_steps: int | None = None     # overrides epochs
     batch_size: int = 16             # pairs per optimizer step
@@ -396,7 +396,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     model.train()
     bar = tqdm(total=total, initial=step, desc=cfg.method, disable=not cfg.progress, unit="step")
     order_cache: dict = {}
-    with open(out / "log.jsonl", "a") as logf:
+    if step:  # resumed: keep the log up to the checkpoint's step (later lines are redone)
+        kept = [r for r in D.read_jsonl(out / "log.jsonl") if r.get("step", 0) <= step]
+        (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    with open(out / "log.jsonl", "a" if step else "w") as logf:   # a fresh start drops an old log
         while step < total:
             t0, c0 = time.perf_counter(), time.process_time()
             epoch, k = divmod(step, steps_per_epoch)
