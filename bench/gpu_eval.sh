@@ -31,7 +31,10 @@ LIMIT=${LIMIT:-}
 LOG="$OUT/log.txt"
 START=$(date +%s)
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-pmpc() { "$PY" -m cli.main "$@"; }
+# `timeout` runs programs, not shell functions: put a `pmpc` launcher on PATH (the package need
+# not be installed on the GPU machine).
+BIN=$(mktemp -d); printf '#!/bin/sh\nexec %s -m cli.main "$@"\n' "$PY" > "$BIN/pmpc"; chmod +x "$BIN/pmpc"
+export PATH="$BIN:$PATH" PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 elapsed() { echo $(( $(date +%s) - START )); }
 
 step() {  # step NAME TIMEOUT_S command...
