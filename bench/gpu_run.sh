@@ -19,5 +19,8 @@ mkdir -p /tmp/res
 ( PY=python3 SAFE_MODEL= BUDGET_S=$((STOP - 60)) timeout "$STOP" bash bench/gpu_eval.sh /tmp/res/eval > /tmp/res/eval.log 2>&1 ) &
 wait
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv > /tmp/res/gpu.txt 2>&1
-tar czf "$OUT/results.tgz" -C /tmp/res . && ls -la "$OUT"
-tail -5 /tmp/res/align.log /tmp/res/eval.log
+# $OUT takes files of at most 16 MB: results without weights or checkpoints, and the exported
+# adapters apart (the whole tree was 55 MB on the first run)
+tar czf "$OUT/results.tgz" -C /tmp/res --exclude='*checkpoint*' --exclude='*.safetensors' . 
+tar czf "$OUT/adapters.tgz" -C /tmp/res align/export 2>/dev/null
+ls -la "$OUT"; tail -n 5 /tmp/res/align.log /tmp/res/eval.log
