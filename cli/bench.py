@@ -27,10 +27,11 @@ def _csv(value: str) -> list[str]:
 @click.option("--data", default=None, help="data dir (or the wiki.test.raw file); default $PMPC_DATA or ../shared/data")
 @click.option("--out", "-o", default="runs/bench", show_default=True, help="output directory (resumable)")
 @click.option("--fresh", is_flag=True, help="discard rows already in OUT/bench.json")
+@click.option("--redo", default="", help="comma-separated protocols to run again for the given models")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar")
 @click.pass_context
 def bench(ctx, models, protos, tokens, windows, offset, links, weights, dealer, threads, seed, timeout_s, data,
-          out, fresh, quiet):
+          out, fresh, redo, quiet):
     """Benchmark models x protocols under real 2-party MPC on the SAME WikiText-2 windows: wall
     time per party, rounds and bytes per function and in total, modelled LAN/WAN (and --link)
     time, speedup over `exact`, top-1 agreement and KL against plaintext. Writes OUT/bench.json
@@ -44,7 +45,7 @@ def bench(ctx, models, protos, tokens, windows, offset, links, weights, dealer, 
                         tokens=tokens, windows=windows, offset=offset,
                         links=list(dict.fromkeys(["lan", "wan", *links])), weights=weights, dealer=dealer,
                         threads=threads, seed=seed, timeout_s=timeout_s, data=data or "")
-    res = B.run(cfg, out, progress=not quiet, fresh=fresh)
+    res = B.run(cfg, out, progress=not quiet, fresh=fresh, redo=_csv(redo))
     click.echo(B.markdown(res))
     click.echo(f"wrote {out}/bench.json, bench.md, bench.png")
 

@@ -425,8 +425,9 @@ def plot(data: dict, path: pathlib.Path) -> None:
 
 
 # -- the driver -----------------------------------------------------------------------------------
-def run(cfg: BenchConfig, out: str | os.PathLike, progress: bool = True, fresh: bool = False) -> dict:
-    """Run every (model, protocol) row not yet in ``out/bench.json``; returns the result dict."""
+def run(cfg: BenchConfig, out: str | os.PathLike, progress: bool = True, fresh: bool = False, redo=()) -> dict:
+    """Run every (model, protocol) row not yet in ``out/bench.json`` (``redo``: protocols to run
+    again for the given models, e.g. after a probabilistic-truncation failure); returns the result dict."""
     from tqdm import tqdm
 
     from pmpc.engine import Engine
@@ -438,6 +439,7 @@ def run(cfg: BenchConfig, out: str | os.PathLike, progress: bool = True, fresh: 
     if fresh and (out / "bench.json").exists():
         (out / "bench.json").unlink()
     res = Results(out, cfg)
+    res.data["rows"] = [r for r in res.data["rows"] if not (r["protocol"] in redo and r["model"] in cfg.models)]
     text = wikitext_path(cfg.data or None)
     todo = [(m, p) for m in cfg.models for p in cfg.protocols if not res.done(m, p)]
     bar = tqdm(total=len(todo), disable=not progress, desc="bench", unit="row")
