@@ -14,6 +14,15 @@ from pmpc.models import load_hf
 STORIES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread, and a shared CPU punishes oversubscription."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def llama():
     m, _ = load_hf("tiny-random-llama")
@@ -449,6 +458,9 @@ with torch.no_grad(), simulate.approximate(m, 'protocol:exact@down,norm,softmax+
 assert 'pmpc.crypten_compat' not in sys.modules and 'pmpc.parties' not in sys.modules
 print('ok')
 """
+    import os
+
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       cwd=pathlib.Path(__file__).resolve().parents[1], timeout=300)
+                       cwd=pathlib.Path(__file__).resolve().parents[1], timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
