@@ -53,14 +53,21 @@ def build(dirs, out) -> dict:
         raise UserError(f"report: no results found under {', '.join(map(str, dirs))}")
     parts = ["# pmpc safety report\n"]
     if evals:
+        from eval.prompts import kind_of
+
         rows = []
         for p, s in evals:
             c = s["config"]
+            benign = kind_of(str(c.get("prompts", ""))) == "benign"
             for jn, r in s["results"].items():
-                rows.append([c.get("model", ""), c.get("prompts", ""), f"`{c.get('approx')}`", jn, s["n"],
-                             pct(r["asr"]), ci(r["asr"]), pct(r.get("refusal")), s.get("s_per_100_prompts", "")])
+                # on a benign set the refusal rate is the over-refusal, and "ASR" means nothing
+                asr = ("—", "") if benign else (pct(r["asr"]), ci(r["asr"]))
+                ref = r.get("refusal")
+                rows.append([c.get("model", ""), c.get("prompts", ""), f"`{c.get('approx')}`", jn, s["n"], *asr,
+                             f"{pct(ref)} {ci(ref)}" if benign else pct(ref), s.get("s_per_100_prompts", "")])
         parts.append("## Evaluations\n\n" + md_table(
-            ["model", "prompts", "approximation", "judge", "n", "ASR %", "95% CI", "refusal %", "s / 100 prompts"], rows))
+            ["model", "prompts", "approximation", "judge", "n", "ASR %", "95% CI",
+             "refusal % (over-refusal on benign sets)", "s / 100 prompts"], rows))
     if ppls:
         rows = [[d.get("model", ""), f"`{d['approx']}`", f"{d['ppl']:.3f}", d["windows"], d["window"], p.name]
                 for p, d in ppls]
