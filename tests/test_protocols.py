@@ -106,7 +106,12 @@ def test_mpc_equals_emulation_for_every_function(gen):
         # branch under MPC's stochastic truncation (seen once in ~10 runs, not reproducible with
         # the same inputs): allow at most 1% of a function's elements; a systematic difference
         # still fails.
-        if (excess > 0).mean() > 0.01:
+        # ... and even those must stay within a few times the function's own error bound (a branch
+        # flip moves the value by at most the jump between segments, not by garbage)
+        spec = protocols.get(pname).specs[fn]
+        own = (spec.max_abs_err if spec.max_abs_err is not None else spec.max_rel_err * np.abs(emu))
+        wild = np.abs(got - emu) > ATOL + 4 * own
+        if (excess > 0).mean() > 0.01 or wild.any():
             i = int(np.argmax(excess))
             bad.append(f"{pname}.{fn}: {(excess > 0).sum()} of {excess.size} differ; worst x={arr.reshape(-1)[i]:.6g} "
                        f"mpc={got.reshape(-1)[i]:.6g} emu={emu.reshape(-1)[i]:.6g}")
