@@ -24,6 +24,12 @@ import torch
 
 from pmpc import cost
 
+# |activation| bound the protocols state for comparisons on element-wise inputs (GELU/SiLU
+# arguments, attention scores, softmax inputs): two such values differ by < 2^15, which a 32-bit
+# lane holds EXACTLY at 16 fraction bits (``Ops.lane``). Real LLMs stay orders of magnitude below;
+# sums of squares, softmax denominators and residual streams do not, and keep the whole ring.
+ACT_BOUND = 2.0 ** 14
+
 
 class Ops:
     """Backend-neutral operations. Subclasses implement the primitives marked ``primitive``."""
@@ -46,13 +52,52 @@ class Ops:
     def reveal(self, x, dst: int | None = None) -> torch.Tensor:  # primitive
         raise NotImplementedError
 
-    def ltz(self, x):  # primitive: 1 where x < 0 else 0 (same kind as x)
+    def ltz(self, x, bound: float | None = None, ulp: float | None = None):
+        """1 where x < 0 else 0 (same kind as x). ``bound``/``ulp``: see :meth:`lane`."""
+        lane = self.lane(bound, ulp)
+        if lane is None:
+            return self._ltz_ring(x)
+        return self.lift(self._ltz_lane(x, *lane))
+
+    def ltz_int(self, x, bound: float | None = None, ulp: float | None = None):
+        """``ltz`` as an exact ring integer 0/1 (no fixed-point scale): products of such bits never
+        truncate."""
+        lane = self.lane(bound, ulp)
+        return self._ltz_ring_int(x) if lane is None else self._ltz_lane(x, *lane)
+
+    def lane(self, bound: float | None, ulp: float | None = None):
+        """The ring slice a comparison needs, as (lane bits, dropped low bits), or None for the
+        whole 64-bit ring.
+
+        A caller that knows ``|x| < bound`` (real units) and needs the sign only to a resolution of
+        ``ulp`` lets the comparison read bits [drop, drop + lane) of the encoding: the sign of x is
+        the top bit of that slice when 2^(lane-1) > bound 2^(fxp - drop). Lanes of 8/16/32 bits are
+        packed 64/lane to a ring word, so the adder circuit (the cost of a comparison) runs on
+        fewer words and fewer levels: SIRNN's and BOLT's point that a comparison should cost the
+        bits it needs, not the ring's. ``ulp`` None = exact (drop 0). With drop > 0 a value in
+        [0, 2^(drop - fxp)) may read as negative (the low bits' carry is lost)."""
+        if bound is None:
+            return None
+        drop = 0 if ulp is None else max(0, min(self.fxp_bits, self.fxp_bits + math.floor(math.log2(ulp))))
+        need = 1 + math.ceil(math.log2(bound)) + self.fxp_bits - drop
+        for lane in (8, 16, 32):
+            if need <= lane:
+                return lane, drop
+        return None
+
+    def lift(self, b):  # primitive: a ring-integer 0/1 as a fixed-point 0/1
+        raise NotImplementedError
+
+    def _ltz_ring(self, x):  # primitive: sign over the whole ring, fixed-point 0/1
+        raise NotImplementedError
+
+    def _ltz_ring_int(self, x):  # primitive: sign over the whole ring, ring-integer 0/1
+        raise NotImplementedError
+
+    def _ltz_lane(self, x, lane: int, drop: int):  # primitive: sign of a packed ring slice, ring integer
         raise NotImplementedError
 
     def bits(self, x, positions: Sequence[int]):  # primitive: bits of the fixed-point encoding
-        raise NotImplementedError
-
-    def ltz_int(self, x):  # primitive: 1 where x < 0, as an exact ring integer (no fixed-point scale)
         raise NotImplementedError
 
     def from_int(self, v, frac_bits: int):  # primitive: read an exact ring integer as v / 2^frac_bits
@@ -75,17 +120,17 @@ class Ops:
         return x.matmul(y)
 
     # -- composites: one definition for both backends ----------------------------------------
-    def lt(self, x, thresholds: float | Sequence[float]):
+    def lt(self, x, thresholds: float | Sequence[float], bound: float | None = None, ulp: float | None = None):
         """``x < c`` as 0/1 values. Several thresholds are compared in ONE batched call and
-        returned as a list, in the order given."""
+        returned as a list, in the order given. ``bound`` bounds |x - c| (see :meth:`lane`)."""
         if isinstance(thresholds, (int, float)):
-            return self.ltz(x - float(thresholds))
+            return self.ltz(x - float(thresholds), bound, ulp)
         diffs = self.stack([x - float(c) for c in thresholds])
-        flags = self.ltz(diffs)
+        flags = self.ltz(diffs, bound, ulp)
         return [flags[i] for i in range(len(thresholds))]
 
-    def ge(self, x, thresholds):
-        r = self.lt(x, thresholds)
+    def ge(self, x, thresholds, bound: float | None = None, ulp: float | None = None):
+        r = self.lt(x, thresholds, bound, ulp)
         return [1 - f for f in r] if isinstance(r, list) else 1 - r
 
     def select(self, b, x, y):
@@ -142,7 +187,8 @@ class Ops:
             g = x.reshape(*x.shape[:-1], x.shape[-1] // k, k)
             pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
             # exact 0/1 integers: products of them never truncate, so the winner's weight is exactly 1
-            lt = self.ltz_int(self.stack([g[..., i] - g[..., j] for i, j in pairs]))  # x_i < x_j
+            diffs = self.stack([g[..., i] - g[..., j] for i, j in pairs])
+            lt = self.ltz_int(diffs, bound=2 * ACT_BOUND)  # x_i < x_j; |x| < ACT_BOUND: a 32-bit lane
             beats = {i: [] for i in range(k)}
             for p, (i, j) in enumerate(pairs):
                 beats[i].append(1 - lt[p])  # i >= j: i keeps the tie
@@ -184,23 +230,35 @@ class Ops:
     def sum(self, x, dim=-1, keepdim=True):
         return x.sum(dim, keepdim=keepdim)
 
-    def sum_squares(self, x, big: float = 64.0, shift: int = 8):
-        """sum_j x_j^2 over the last dim, safe for LLM "massive activations".
+    def sum_squares(self, x):
+        """sum_j x_j^2 over the last dim at full precision, safe for LLM "massive activations":
+        one product round, no comparison.
 
         Hidden states of real LLMs carry a few values of 1e3-1e4 (SmolLM2: 22552). Squared in
-        16-bit fixed point they reach 2^61 in the 64-bit ring, where 2-party truncation (each party
-        divides its share locally) fails with probability ~|value|/2^64: garbage. So elements with
-        |x| >= ``big`` (one batched comparison with two thresholds) are scaled by 2^-shift before
-        squaring and their squares scaled back by the public INTEGER 2^(2 shift) (exact, no
-        truncation) after summing. Small elements keep full precision. Two products rounds."""
-        neg, below = self.lt(x, [-big, big])
-        b = neg + 1 - below                                   # 1 where |x| >= big
-        d = 2.0 ** -shift
-        p = self.mul(self.stack([b, b]), self.stack([x * (d - 1), x * d]))
-        xs, u = x + p[0], p[1]                                # xs = b ? x d : x;  u = b x d
-        q = self.mul(self.stack([xs, u]), self.stack([xs, xs]))
-        small_and_big, big_only = q[0].sum(-1, keepdim=True), q[1].sum(-1, keepdim=True)
-        return small_and_big + big_only * (2 ** (2 * shift) - 1)
+        16-bit fixed point the product reaches 2^61 in the 64-bit ring before its truncation, and
+        2-party truncation (each party divides its share locally) fails with probability
+        ~|value|/2^64: garbage. So, in ring integers (r(v) = v 2^16), x is split as
+        r(x) = 2^8 r(a) + r(l) with a = x 2^-8 (local truncation of r(x) < 2^31: fails with
+        probability < 2^-33) and l the exact remainder (< 2^9), and
+            r(x^2) = r(a)^2 + r(l) (r(x) + 2^8 r(a)) / 2^16.
+        Both terms are products of ring integers, taken in ONE batched round with no truncation:
+        r(a)^2 IS the result's top part (< 2^63 for |x| < 2^23); the small term (< 2^41) is
+        truncated by 2^8 per element, summed over the row and truncated by 2^8 once more. The
+        error is ~n/256 + 1 units of 2^-16 on the sum, below a plain x*x's n/2."""
+        h = self.fxp_bits // 2
+        a = x * 2.0 ** -h                       # a public power of two: local truncation
+        ai = self.as_int(a)
+        li = self.as_int(x) - ai * (2 ** h)     # r(l): integer arithmetic, exact
+        p = self.mul(self.stack([ai, li]), self.stack([ai, self.as_int(x) + ai * (2 ** h)]))
+        top = p[0].sum(-1, keepdim=True)
+        low = self.idiv(self.idiv(p[1], 2 ** h).sum(-1, keepdim=True), 2 ** h)
+        return self.from_int(top + low, self.fxp_bits)
+
+    def idiv(self, v, d: int):  # primitive: ring integer v // d (local truncation under MPC)
+        raise NotImplementedError
+
+    def as_int(self, x):  # primitive: the encoding of x read as a ring integer (scale 1)
+        raise NotImplementedError
 
 
 class TorchOps(Ops):
@@ -228,17 +286,31 @@ class TorchOps(Ops):
     def is_secret(self, x):
         return torch.is_tensor(x) and x.is_floating_point()
 
-    def ltz(self, x):
+    def _ltz_ring(self, x):
         return (x < 0).to(x.dtype)
+
+    _ltz_ring_int = _ltz_ring
+
+    def _ltz_lane(self, x, lane, drop):
+        # the ring slice MPC reads, wrap-around included: out-of-bound inputs fail alike
+        enc = torch.floor(x.double() * 2.0 ** self.fxp_bits).to(torch.int64)
+        v = (enc >> drop) & ((1 << lane) - 1)
+        return (v >= (1 << (lane - 1))).to(x.dtype)
+
+    def as_int(self, x):
+        return x * 2.0 ** self.fxp_bits
+
+    def idiv(self, v, d):
+        return v / d
+
+    def lift(self, b):
+        return b
 
     def mul(self, x, y):
         return self._q(x * y)
 
-    def ltz_int(self, x):
-        return (x < 0).to(x.dtype)
-
     def from_int(self, v, frac_bits):
-        return v * 2.0 ** -frac_bits
+        return v * 2.0 ** -frac_bits if frac_bits else v
 
     def bits(self, x, positions):
         enc = torch.floor(x * 2.0 ** self.fxp_bits).to(torch.int64)
@@ -281,11 +353,31 @@ class CrypTenOps(Ops):
         a._tensor.encoder = FixedPointEncoder(self.fxp_bits)
         return a
 
-    def ltz(self, x):
+    def _ltz_ring(self, x):
         return self._lift(x._ltz())
 
-    def ltz_int(self, x):
+    def _ltz_ring_int(self, x):
         return x._ltz()  # crypten's own: 0/1 with encoder scale 1
+
+    def _ltz_lane(self, x, lane, drop):
+        from pmpc.crypten_compat import lane_ltz
+
+        return lane_ltz(x, lane, drop)
+
+    def as_int(self, x):
+        from crypten.encoder import FixedPointEncoder
+
+        v = x.clone()
+        v._tensor.encoder = FixedPointEncoder(0)
+        return v
+
+    def idiv(self, v, d):
+        out = v.clone()
+        out._tensor.div_(int(d))  # 2PC: each party truncates its share (error 1 unit)
+        return out
+
+    def lift(self, b):
+        return self._lift(b)
 
     def from_int(self, v, frac_bits):
         from crypten.encoder import FixedPointEncoder

@@ -6,9 +6,9 @@ Qi-Pang/EzPC branch ``bert`` @8aaaf32d — ``SCI/src/FloatingPoint/fp-math.cpp``
 (``softmax_fix`` -> ``exp4``, ``layer_norm_fix``; ``NL_ELL`` 37, ``NL_SCALE`` 12).
 
   * GELU: 0.5x + P(|x|) for |x| <= 2.7, ReLU(x) = (x + |x|)/2 outside; P is BOLT's degree-4
-    polynomial. Two comparisons, as in BOLT: MSB(x) for |x| and |x| < 2.7 — issued as ONE
-    batched call by testing x^2 < 2.7^2 (x^2 is a power P needs anyway), so they cost one
-    comparison latency.
+    polynomial. BOLT's two comparisons, MSB(x) for |x| and |x| < 2.7, are taken as x < -2.7,
+    x < 0, x < 2.7 in ONE batched call on 32-bit lanes (``Ops.lane``; exact for |x| < 2^14):
+    three lane comparisons cost less than two over the whole ring, and need no x^2 first.
   * exp (I-BERT): l = floor(-x/ln2), p = x + l ln2 in (-ln2, 0], e^p ~ 0.3585 (p + 1.353)^2 + 0.344,
     result = e^p 2^-l with the shift l clipped at 13. Obtaining l: ONE A2B conversion of
     z = -x/ln2 - 14 (``ops.bits``) gives its sign bit (z < 0 <=> l < 14, the clip), its four
@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 
-from pmpc.ops import Ops
+from pmpc.ops import ACT_BOUND, Ops
 from protocols.base import FnSpec, Protocol
 from protocols.exact import Exact
 
@@ -59,12 +59,11 @@ def _scaled(coeffs, r):
 
 
 def sign_abs_inside(x, cut: float, ops: Ops):
-    """MSB(x) and [|x| < cut] in ONE batched comparison (x and x^2 - cut^2), then |x|.
-    Returns (neg, inside, |x|, x^2)."""
-    x2 = ops.square(x)
-    flags = ops.ltz(ops.stack([x, x2 - cut * cut]))
-    neg, inside = flags[0], flags[1]
-    return neg, inside, ops.mul(x, 1 - 2 * neg), x2
+    """MSB(x) and [|x| < cut] in ONE batched comparison (x against -cut, 0, cut on 32-bit lanes),
+    then |x| and x^2 in one product. Returns (neg, inside, |x|, x^2)."""
+    below, neg, under = ops.lt(x, [-cut, 0.0, cut], bound=2 * ACT_BOUND)
+    ax_x2 = ops.mul(ops.stack([x, x]), ops.stack([1 - 2 * neg, x]))
+    return neg, under - below, ax_x2[0], ax_x2[1]
 
 
 class Bolt(Protocol):
@@ -73,11 +72,11 @@ class Bolt(Protocol):
     source = ("Qi-Pang/EzPC@8aaaf32d (branch bert) SCI/src/FloatingPoint/fp-math.cpp, "
               "SCI/tests/bert_bolt/nonlinear.cpp")
     specs = {
-        "gelu": FnSpec((-8.0, 8.0), max_abs_err=0.0122, comparisons=2, multiplications=5,
-                       method="0.5x + P4(|x|) on |x|<=2.7, ReLU outside; MSB and |x|<2.7 in one batch"),
-        "silu": FnSpec((-12.0, 12.0), max_abs_err=0.0246, comparisons=2, multiplications=7,
+        "gelu": FnSpec((-8.0, 8.0), max_abs_err=0.0122, comparisons=3, multiplications=5,
+                       method="0.5x + P4(|x|) on |x|<=2.7, ReLU outside; x vs -2.7,0,2.7 in one 32-bit-lane batch"),
+        "silu": FnSpec((-12.0, 12.0), max_abs_err=0.0246, comparisons=3, multiplications=7,
                        method="0.5x + 0.5|x| tanh(|x|/2), BOLT tanh poly (|x|/2 <= 2.855, else 1)"),
-        "tanh": FnSpec((-6.0, 6.0), max_abs_err=0.0086, comparisons=2, multiplications=7,
+        "tanh": FnSpec((-6.0, 6.0), max_abs_err=0.0086, comparisons=3, multiplications=7,
                        method="sign(x) T5(|x|) on |x|<=2.855, sign(x) outside"),
         "exp": FnSpec((-16.0, 0.0), max_abs_err=0.003, comparisons=1, multiplications=6,
                       method="I-BERT: 2^-l (0.3585(p+1.353)^2+0.344), l from one A2B, shift clipped at 13"),

@@ -25,7 +25,7 @@ bits for the same reason).
 """
 from __future__ import annotations
 
-from pmpc.ops import Ops
+from pmpc.ops import ACT_BOUND, Ops
 from protocols.base import FnSpec, Protocol
 from protocols.puma import poly_from_powers, rescale, spu_neg_exp, spu_reciprocal, spu_rsqrt
 
@@ -40,7 +40,7 @@ def even_segments(x, cut: float, inner_fn, ops: Ops):
 
     One batched comparison (-cut, 0, cut); |x| and x^2 in one product; t^3, t^4 of t = |x|/cut in
     one; the two selections in one."""
-    b_lo, b_neg, b_hi = ops.lt(x, [-cut, 0.0, cut])
+    b_lo, b_neg, b_hi = ops.lt(x, [-cut, 0.0, cut], bound=2 * ACT_BOUND)
     ax_x2 = ops.mul(ops.stack([x, x]), ops.stack([1 - 2 * b_neg, x]))
     a, x2 = ax_x2[0], ax_x2[1]
     t, t2 = a * (1.0 / cut), x2 * (1.0 / cut ** 2)

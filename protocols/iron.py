@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 
-from pmpc.ops import Ops
+from pmpc.ops import ACT_BOUND, Ops
 from protocols.base import FnSpec
 from protocols.exact import Exact
 
@@ -57,13 +57,13 @@ class Iron(Exact):
                           method="x - max (tree), precise exp, division by the row sum; rows of 16"),
     }
 
-    def tanh(self, u, ops: Ops):
-        return 2 * self.sigmoid(2 * u, ops) - 1
+    def tanh(self, u, ops: Ops, bound: float | None = ACT_BOUND / 2):
+        return 2 * self.sigmoid(2 * u, ops, bound=None if bound is None else 2 * bound) - 1
 
     def gelu(self, x, ops: Ops):
         x2 = ops.square(x)
         u = (x + ops.mul(x2, x) * 0.044715) * SQRT_2_PI
-        return ops.mul(x * 0.5, 1 + self.tanh(u, ops))
+        return ops.mul(x * 0.5, 1 + self.tanh(u, ops, bound=None))  # u ~ x^3: the whole ring
 
     def gelu_tanh(self, x, ops: Ops):
         return self.gelu(x, ops)

@@ -28,7 +28,7 @@ coefficient is tiny and no power is huge on the segment where it is used.
 """
 from __future__ import annotations
 
-from pmpc.ops import Ops
+from pmpc.ops import ACT_BOUND, Ops
 from protocols.base import FnSpec, Protocol
 
 
@@ -72,7 +72,7 @@ def msb_bins(x, lo: int, hi: int, weights, ops: Ops) -> list:
 # -- SPU building blocks ---------------------------------------------------------------------
 def spu_neg_exp(x, ops: Ops, iters: int = 5, cut: float = -14.0):
     """(1 + x/2^n)^(2^n), zeroed below ``cut``. The comparison runs first, the squarings after."""
-    keep = ops.ge(x, cut)
+    keep = ops.ge(x, cut, bound=2 * ACT_BOUND)
     y = 1 + x * (1.0 / 2 ** iters)
     for _ in range(iters):
         y = ops.square(y)
@@ -132,7 +132,7 @@ def piecewise3(x, thresholds, low, mid, ops: Ops, scale: float = SCALE):
     """0 below thresholds[0]; ``low`` on [t0, t1); ``mid`` on [t1, t2]; x above t2.
     Polynomials (coefficients in x) are evaluated in t = x/scale with powers t..t^6 (3 rounds);
     the three comparisons run as ONE batched call and the three selections as one product."""
-    b0, b1, b2 = ops.lt(x, thresholds)
+    b0, b1, b2 = ops.lt(x, thresholds, bound=2 * ACT_BOUND)
     t = x * (1.0 / scale)
     t2 = ops.square(t)
     p34 = ops.mul(ops.stack([t, t2]), ops.stack([t2, t2]))

@@ -66,13 +66,13 @@ class CountingOps(TorchOps):
         self.comparisons = 0
         self.multiplications = 0
 
-    def ltz(self, x):
+    def ltz(self, x, *a, **k):
         self.comparisons += x.numel()
-        return super().ltz(x)
+        return super().ltz(x, *a, **k)
 
-    def ltz_int(self, x):
+    def ltz_int(self, x, *a, **k):
         self.comparisons += x.numel()
-        return super().ltz_int(x)
+        return super().ltz_int(x, *a, **k)
 
     def bits(self, x, positions):
         self.comparisons += x.numel()  # one A2B conversion per element, whatever the bits
