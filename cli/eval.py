@@ -64,9 +64,10 @@ def eval_group():
     """Safety and utility of a model, clean or under an approximation."""
 
 
-def _run_sets(kw, sets, approx, out, json_path, what, generate_fn=None):
-    """Evaluate each set. ``generate_fn(prompts, seed) -> outputs`` replaces plaintext HF
-    generation (the hook for ``--secure --protocol P --parties 2``); the model is then not loaded."""
+def _run_sets(kw, sets, approx, out, json_path, what, secure: dict | None = None):
+    """Evaluate each set. ``secure`` (``--secure --protocol P --parties 2``): generation runs under
+    real 2-party MPC (:func:`pmpc.secure.make_generate_fn`, one session per batch) instead of
+    plaintext HF generation; the parties load the model themselves, this process only its tokenizer."""
     from eval import asr as A
     from eval import judges as J
     from eval import prompts as P
@@ -75,7 +76,7 @@ def _run_sets(kw, sets, approx, out, json_path, what, generate_fn=None):
     from pmpc import simulate
 
     a = simulate.parse(approx)
-    if generate_fn and a.kind != "none":
+    if secure and a.kind != "none":
         raise UserError("--approx applies to plaintext generation; the secure backend runs its protocol")
     # load every set and judge first: bad input fails before the model loads or anything generates
     loaded = [(spec, P.load(spec, data=s.data, limit=kw["limit"], fmt=kw.get("fmt"), category=kw.get("category")))
@@ -83,15 +84,33 @@ def _run_sets(kw, sets, approx, out, json_path, what, generate_fn=None):
     judges = [J.get(s.judge, data=s.data, device=s.device, template=s.judge_template)]
     if s.judge != "gcg":
         judges.append(J.get("gcg", data=s.data))
-    model, codec = (None, None) if generate_fn else A.load_model(s.model, s.device, s.dtype)
+    model, codec = A.load_model(s.model, s.device, s.dtype)
+    generate_fn, cost_paths = None, {}
+    if secure:
+        from pmpc import secure as S
+
+        model = None  # the parties load their own copy; this process keeps the tokenizer
+        gcfg = S.GenConfig(model=s.model, protocol=secure["protocol"], max_new_tokens=s.gen.max_new_tokens,
+                           temperature=s.gen.temperature if s.gen.do_sample else 0.0, top_p=s.gen.top_p,
+                           threads=secure["threads"])
     calib = A.default_calibration(codec, device=s.device) if a.needs_calibration else None
     results = {}
     for spec, prompts in loaded:
         name = spec if spec in P.NAMED else pathlib.Path(spec).stem
+        config, tag = {"model": s.model, "prompts": spec}, ("generations" if a.kind == "none"
+                                                             else f"generations-{_safe(str(a))}")
+        if secure:
+            tag = f"generations-secure-{secure['protocol']}"
+            config["secure"] = {**secure, "max_new_tokens": s.gen.max_new_tokens}
+            cost_paths[spec] = pathlib.Path(out) / name / f"cost-secure-{secure['protocol']}.jsonl"
+            cost_paths[spec].parent.mkdir(parents=True, exist_ok=True)
+            generate_fn = S.make_generate_fn(gcfg, codec, system=s.gen.system, dealer=secure["dealer"],
+                                             timeout_s=secure["timeout"], cost_path=cost_paths[spec])
         summ = A.evaluate(model, codec, prompts, judges, pathlib.Path(out) / name, approx=a, gen=s.gen,
                           batch_size=s.batch_size, seed=s.seed, calib=calib, generate_fn=generate_fn,
-                          config={"model": s.model, "prompts": spec}, progress=s.progress,
-                          tag="generations" if a.kind == "none" else f"generations-{_safe(str(a))}")
+                          config=config, progress=s.progress, tag=tag)
+        if secure:
+            summ["secure_cost"] = _secure_cost(cost_paths[spec])
         results[spec] = summ
         kind = P.kind_of(spec)
         r = summ["results"][s.judge]
@@ -101,10 +120,27 @@ def _run_sets(kw, sets, approx, out, json_path, what, generate_fn=None):
             jn = s.judge if r["refusal"] is not None else "gcg"
             click.echo(f"{spec}: over-refusal {J.fmt_rate(summ['results'][jn]['refusal'])} [{jn}], approx {a}{speed}")
         else:
-            click.echo(f"{spec}: ASR {J.fmt_rate(r['asr'])} [{s.judge}], approx {a}{speed}")
+            how = f"secure {secure['protocol']}" if secure else f"approx {a}"
+            click.echo(f"{spec}: ASR {J.fmt_rate(r['asr'])} [{s.judge}], {how}{speed}")
+        if secure:
+            c = summ["secure_cost"]
+            click.echo(f"  cost (client): {c['batches']} sessions, prefill {c['prefill']['rounds']} rounds / "
+                       f"{c['prefill']['bytes'] / 1e6:.0f} MB, decode {c['decode']['rounds']} rounds / "
+                       f"{c['decode']['bytes'] / 1e6:.0f} MB, {c['wall_seconds']:.0f} s")
     if json_path:
         pathlib.Path(json_path).write_text(json.dumps(results, indent=1))
     return results
+
+
+def _secure_cost(path) -> dict:
+    """Totals of a secure run's per-session cost records (client side)."""
+    recs = [json.loads(ln) for ln in pathlib.Path(path).read_text().splitlines() if ln.strip()] if path.exists() else []
+    tot = {"batches": len(recs), "prompts": sum(r["batch"] for r in recs),
+           "wall_seconds": sum(r["wall_seconds"] for r in recs)}
+    for ph in ("prefill", "decode"):
+        tot[ph] = {k: sum(r[ph].get(k, 0) for r in recs) for k in ("rounds", "bytes", "seconds", "comm_seconds")}
+    tot["decode"]["tokens"] = sum(r["decode"].get("tokens", 0) for r in recs)
+    return tot
 
 
 def _safe(s):
@@ -122,9 +158,24 @@ def _safe(s):
 @click.option("--approx", "-a", default=None, help="approximation spec, e.g. gauss:0.075@up, table2:bolt, protocol:bolt")
 @click.option("--out", "-o", default="runs/eval", show_default=True, help="directory for generations and summaries")
 @click.option("--json", "json_path", default=None, help="also write the summaries to this JSON file")
-def asr_cmd(sets, approx, out, json_path, **kw):
+@click.option("--secure", is_flag=True, help="generate under real 2-party MPC (see --protocol) instead of plaintext")
+@click.option("--protocol", default="bolt", show_default=True, help="with --secure: the non-linearities' protocol")
+@click.option("--parties", default=2, show_default=True, type=int, help="with --secure: 2 (pmpc runs 2PC)")
+@click.option("--dealer", default="local", show_default=True, help="with --secure: local | ttp (see SECURITY.md)")
+@click.option("--party-timeout", default=300.0, show_default=True, help="with --secure: seconds a party waits for the other")
+@click.option("--threads", default=1, show_default=True, type=int, help="with --secure: torch threads per party")
+def asr_cmd(sets, approx, out, json_path, secure, protocol, parties, dealer, party_timeout, threads, **kw):
     """Attack success rate on harmful prompt sets (over-refusal on benign ones)."""
-    _run_sets(dict(kw), sets, approx, out, json_path, "asr")
+    sec = None
+    if secure:
+        import protocols as PR
+
+        if protocol not in PR.names():
+            raise UserError(f"unknown protocol {protocol!r} (one of {', '.join(PR.names())})")
+        if parties != 2:
+            raise UserError(f"pmpc runs 2-party computation; got --parties {parties}")
+        sec = {"protocol": protocol, "dealer": dealer, "timeout": party_timeout, "threads": threads}
+    _run_sets(dict(kw), sets, approx, out, json_path, "asr", secure=sec)
 
 
 @eval_group.command("overrefusal")

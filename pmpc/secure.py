@@ -486,29 +486,43 @@ def run_prompts(cfg: GenConfig, prompts, out_path, dealer: str = "local", timeou
     return records
 
 
-def make_generate_fn(cfg: GenConfig, encode, decode, dealer: str = "local", timeout_s: float = 120.0,
-                     retries: int = 0):
-    """``generate_fn(prompts, seed) -> outputs`` for ``eval``'s streaming runner: each prompt is
-    encoded (``encode(text) -> ids``), generated in its own secure session and decoded
-    (``decode(ids) -> text``). The seed of a batch goes to the client's sampler."""
+def make_generate_fn(cfg: GenConfig, codec, system: str = "default", dealer: str = "local",
+                     timeout_s: float = 120.0, retries: int = 0, cost_path=None):
+    """``generate_fn(prompts, seed) -> outputs`` for ``eval``'s streaming runner (``pmpc eval asr
+    --secure``): each BATCH of prompts is rendered with ``codec`` (an :class:`eval.generate.Codec`),
+    left-padded and generated in ONE secure session (prefill + KV-cache decode, the client's
+    sampler seeded with the batch's seed); the new tokens are decoded up to the first EOS. The
+    session's cost (client side: prefill and decode rounds, bytes, seconds) is appended to
+    ``cost_path`` (JSONL) as each batch finishes, so an interrupted run keeps what it spent."""
+    import pathlib
+
     from pmpc import parties
 
     def fn(prompts, seed):
-        outs = []
-        for k, text in enumerate(prompts):
-            ids = torch.tensor([list(encode(text))])
-            if ids.numel() == 0:
-                raise UserError("empty prompt")
-            c = dataclasses.replace(cfg, seed=seed + k)
-            for attempt in range(retries + 1):
-                try:
-                    client, _ = run_generation(c, ClientInput(ids, torch.ones_like(ids)), timeout_s=timeout_s,
-                                               dealer=dealer)
-                    break
-                except parties.PartyError:
-                    if attempt == retries:
-                        raise
-            outs.append(decode(client["tokens"][0]))
-        return outs
+        ids = [list(codec.encode(codec.render(p, system))) for p in prompts]
+        if any(not x for x in ids):
+            raise UserError("empty prompt")
+        n = max(len(x) for x in ids)
+        inp = torch.full((len(ids), n), codec.pad_id, dtype=torch.long)
+        att = torch.zeros((len(ids), n), dtype=torch.long)
+        for r, x in enumerate(ids):
+            inp[r, n - len(x):] = torch.tensor(x)
+            att[r, n - len(x):] = 1
+        c = dataclasses.replace(cfg, seed=seed)
+        t0 = time.perf_counter()
+        for attempt in range(retries + 1):
+            try:
+                client, _ = run_generation(c, ClientInput(inp, att), timeout_s=timeout_s, dealer=dealer)
+                break
+            except parties.PartyError:
+                if attempt == retries:
+                    raise
+        if cost_path is not None:
+            rec = {"seed": seed, "batch": len(ids), "prompt_tokens": n, "new_tokens": cfg.max_new_tokens,
+                   "wall_seconds": round(time.perf_counter() - t0, 3),
+                   **{ph: {k: v for k, v in client["phases"][ph].items()} for ph in ("prefill", "decode")}}
+            with open(pathlib.Path(cost_path), "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec) + "\n")
+        return [codec.decode(t) for t in client["tokens"]]
 
     return fn
