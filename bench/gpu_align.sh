@@ -14,7 +14,8 @@
 #            ~481 prompts x 128 tokens), --budget-s S (evaluation grid stops starting cells after S s).
 #
 # Needs: python >= 3.11 with torch (CUDA), transformers >= 5, peft, safetensors, scipy, matplotlib,
-# tqdm, click; NOT crypten. The prompt data: $PMPC_DATA, else ../shared/data beside the repository.
+# tqdm, click; NOT crypten. The prompt data: $PMPC_DATA, else ../shared/data beside the repository,
+# else .gpu/data inside it (git-ignored: copy ../shared/data there and carry it to a device).
 # Sized for ~6 minutes on one H200; a hard stop at 570 s leaves every finished stage in OUT_DIR
 # (rerunning with the same OUT_DIR resumes: finished stages are skipped).
 set -euo pipefail
@@ -30,7 +31,10 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-export PMPC_DATA=${PMPC_DATA:-$REPO/../shared/data}
+if [ -z "${PMPC_DATA:-}" ]; then   # the shared data beside the repository, else a carried copy in .gpu/data
+  if [ -d "$REPO/../shared/data" ]; then PMPC_DATA=$REPO/../shared/data; else PMPC_DATA=$REPO/.gpu/data; fi
+fi
+export PMPC_DATA
 export PMPC_ALIGN_DEVICE=${PMPC_ALIGN_DEVICE:-cuda}   # cpu: a smoke run of this script (with --quick)
 mkdir -p "$OUT_DIR"
 

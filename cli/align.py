@@ -68,6 +68,7 @@ def _train_options(f):
         click.option("--model", "-m", default="smollm2", show_default=True),
         click.option("--init-adapter", default=None, help="LoRA adapter merged first; the reference is the result"),
         click.option("--beta", default=0.1, show_default=True),
+        click.option("--sft", default=0.0, show_default=True, help="+ this x per-token NLL of the chosen responses (DPO+NLL); 0 = pure DPO"),
         click.option("--lr", default=2e-4, show_default=True),
         click.option("--epochs", default=2.0, show_default=True),
         click.option("--max-steps", default=None, type=int, help="overrides --epochs"),

@@ -18,6 +18,13 @@ QuadA (arXiv 2502.00840, objective as stated on the project page; quada-paper.md
 Minimising L maximises the cosine term, i.e. pulls harmful prompts' layer-1 outputs together.
 
 Plain DPO is the same function with no approximation and lambda = 0.
+
+Optional ``sft`` > 0 adds ``sft x`` the per-token NLL of the chosen responses (DPO + NLL, as in RPO,
+Pang et al. 2024). Used to build smollm2-safe from a model that never refuses: measured here, pure
+DPO with off-policy refusal templates as "chosen" drove the rejected (the model's own answers) down
+by ~55 nats while the refusals' likelihood did not rise, and the model answered evasively instead of
+refusing (GCG ASR 21/24). QuadA and "+DPO" start from smollm2-safe, whose refusals are on-policy,
+and use pure DPO as the paper states.
 """
 from __future__ import annotations
 
@@ -155,12 +162,15 @@ class QuadAConfig:
     tau: int = 0                   # noise in decoder layers [0, tau)
     lam: float = 0.0               # weight of the clustering term
     pool: str = "mean"
+    sft: float = 0.0               # weight of the chosen responses' per-token NLL (0: pure DPO)
 
     def validate(self, n_layers: int | None = None):
         if self.beta <= 0:
             raise UserError("beta must be > 0")
         if self.lam < 0:
             raise UserError("lambda must be >= 0")
+        if self.sft < 0:
+            raise UserError("the SFT weight must be >= 0")
         if self.pool not in POOLS:
             raise UserError(f"unknown pooling {self.pool!r}; choose from {', '.join(POOLS)}")
         if self.approx is not None and self.tau < 1:
@@ -183,6 +193,12 @@ def quada_objective(model, batch: Batch, cfg: QuadAConfig, *, ref_logps: torch.T
     lp, h1 = sequence_logps(model, batch, approx=cfg.approx, layers=layers, seed=seed, hidden=need_h)
     loss, stats = dpo_loss(lp[:B], lp[B:], ref_logps[:B], ref_logps[B:], cfg.beta)
     stats["dpo_loss"] = loss.item()
+    if cfg.sft > 0:
+        # RPO-style anchor (Pang et al. 2024): per-token NLL of the chosen responses
+        n_tok = batch.loss_mask[:B, 1:].sum(-1).clamp_min(1)
+        nll = (-lp[:B] / n_tok).mean()
+        loss = loss + cfg.sft * nll
+        stats["sft_nll"] = nll.item()
     if need_h:
         # prompt tokens precede the response, so under a causal mask their layer-1 states are
         # the prompt's own; the chosen rows (first B) carry each prompt once.

@@ -402,7 +402,11 @@ def finalize(R: Runner):
                 shutil.rmtree(x)
             elif x.exists():
                 x.unlink()
-    R.res["finalized"] = "fp32 run adapters, checkpoints and caches removed; fp16 adapters under export/ and adapters/"
+    for row in ("safe", "quada"):  # identical to export/smollm2-{safe,quada}
+        if (R.out / "adapters" / row).is_dir():
+            shutil.rmtree(R.out / "adapters" / row)
+    R.res["finalized"] = ("fp32 run adapters, checkpoints and caches removed; fp16 adapters under export/ "
+                          "(smollm2-safe, smollm2-quada) and adapters/ (the other rows)")
 
 
 def export(R: Runner, rows: dict):

@@ -48,6 +48,7 @@ class TrainConfig:
     tau: int = 0                     # noise in layers [0, tau)
     lam: float | str = 0.0           # clustering weight, or "auto" (see losses.balance_lambda)
     pool: str = "mean"
+    sft: float = 0.0                 # + sft x per-token NLL of the chosen responses (0: pure DPO)
     lr: float = 2e-4
     epochs: float = 2.0
     max_steps: int | None = None     # overrides epochs
@@ -92,7 +93,7 @@ class TrainConfig:
                     raise UserError(f"lambda must be a number or 'auto', not {self.lam!r}") from None
             elif self.method != "quada":
                 raise UserError("lambda auto is for quada")
-        QuadAConfig(self.beta, self.approx, self.tau, 0.0 if self.lam == "auto" else self.lam, self.pool).validate()
+        QuadAConfig(self.beta, self.approx, self.tau, 0.0 if self.lam == "auto" else self.lam, self.pool, self.sft).validate()
         if self.approx:
             from pmpc import simulate
 
@@ -386,13 +387,13 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             b = collate([examples[i] for i in idx], idx, pad_id).to(cfg.device)
             r = ref[idx].to(cfg.device)
             model.train()
-            lam_info = balance_lambda(model, b, QuadAConfig(cfg.beta, cfg.approx, cfg.tau, 1.0, cfg.pool),
+            lam_info = balance_lambda(model, b, QuadAConfig(cfg.beta, cfg.approx, cfg.tau, 1.0, cfg.pool, cfg.sft),
                                       torch.cat([r[:, 0], r[:, 1]]), seed=cfg.seed)
             lam_path.write_text(json.dumps(lam_info, indent=2))
         log(f"lambda auto: {lam_info['lam']:.4g} (|g_dpo| {lam_info['grad_norm_dpo']:.3g}, "
             f"|g_cos| {lam_info['grad_norm_cos']:.3g})")
     lam = lam_info["lam"] if lam_info else cfg.lam
-    qcfg = QuadAConfig(cfg.beta, cfg.approx, cfg.tau, lam, cfg.pool)
+    qcfg = QuadAConfig(cfg.beta, cfg.approx, cfg.tau, lam, cfg.pool, cfg.sft)
     model.train()
     bar = tqdm(total=total, initial=step, desc=cfg.method, disable=not cfg.progress, unit="step")
     order_cache: dict = {}
@@ -459,7 +460,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         "threads": torch.get_num_threads(), **_peak_memory(cfg.device),
         "trainable_params": sum(p.numel() for p in params), "lam": lam, "lam_auto": lam_info,
         "final": {kk: round(sum(h[kk] for h in last if kk in h) / max(1, sum(kk in h for h in last)), 4)
-                  for kk in ("loss", "dpo_loss", "reward_acc", "margin", "cos") if any(kk in h for h in last)},
+                  for kk in ("loss", "dpo_loss", "sft_nll", "reward_acc", "margin", "cos") if any(kk in h for h in last)},
         "config": cfg.identity(),
     }
     (out / "train.json").write_text(json.dumps(summary, indent=2))
