@@ -139,3 +139,29 @@ class ForwardBytesJob:
             res[name] = {"bytes": tot.bytes, "rounds": tot.rounds,
                          "logits": logits.double().numpy() if rank == 0 else None}
         return res
+
+
+class CompareJob:
+    """Lane and whole-ring comparisons and ``sum_squares`` of the same shared values in ONE
+    session; the client gets the revealed results and the cost of each."""
+
+    def __init__(self, x, coarse_x, rows):
+        self.x, self.coarse_x, self.rows = (np.asarray(v, dtype=np.float64) for v in (x, coarse_x, rows))
+
+    def __call__(self, rank, world_size):
+        from pmpc.ops import CrypTenOps
+
+        ops = CrypTenOps(cost.Tracker(cost.crypten_stats))
+        x = ops.share(torch.from_numpy(self.x), src=0)
+        xc = ops.share(torch.from_numpy(self.coarse_x), src=0)
+        r = ops.share(torch.from_numpy(self.rows), src=0)
+        got = {}
+        for name, fn in [("ring", lambda: ops.ltz(x)), ("lane32", lambda: ops.ltz(x, bound=2 ** 15)),
+                         ("lane32_int", lambda: ops.ltz_int(x, bound=2 ** 15)),
+                         ("lane16_coarse", lambda: ops.ltz(xc, bound=2 ** 7, ulp=2 ** -8)),
+                         ("sum_squares", lambda: ops.sum_squares(r))]:
+            with ops.scope(name):
+                y = fn()
+            got[name] = ops.reveal(y, dst=0)
+            got[name] = got[name].double().numpy() if rank == 0 else None
+        return {"out": got, "cost": ops.tracker.snapshot()} if rank == 0 else None

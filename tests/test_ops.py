@@ -1,0 +1,63 @@
+"""The op set's own protocols under real MPC: packed-lane comparisons and the one-round sum of
+squares (inputs drawn fresh every run)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pmpc.ops import TorchOps
+from pmpc.parties import run_local
+from tests import mpc_jobs as mj
+
+
+def test_lane_choice_follows_bound_and_resolution():
+    ops = TorchOps()
+    assert ops.lane(None) is None
+    assert ops.lane(2 ** 15) == (32, 0)           # 1 + 15 + 16 bits
+    assert ops.lane(2 ** 16) is None              # 33 bits: the whole ring
+    assert ops.lane(2 ** 7, ulp=2 ** -8) == (16, 8)
+    assert ops.lane(2.0, ulp=2 ** -4) == (8, 12)
+
+
+def test_lane_emulation_wraps_like_the_ring_slice():
+    """Out of its bound a lane comparison is wrong — the emulation reproduces that, so a protocol
+    that states too small a bound fails its float64 test instead of hiding the error."""
+    ops = TorchOps()
+    x = torch.tensor([-3.0, 3.0, 2.0 ** 15 + 1, -(2.0 ** 15) - 1], dtype=torch.float64)
+    assert ops.ltz(x, bound=2 ** 15).tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert ops.ltz(x).tolist() == [1.0, 0.0, 0.0, 1.0]
+
+
+@pytest.mark.slow
+def test_lane_comparisons_and_sum_squares_under_mpc():
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, ()).item()))
+    x = (torch.rand(2001, generator=g, dtype=torch.float64) * 2 - 1) * (2 ** 15 - 1)
+    x[:8] = torch.tensor([0.0, -2 ** -16, 2 ** -16, 1.0, -1.0, 2 ** 15 - 1, -(2 ** 15) + 1, -0.5])
+    x = torch.round(x * 2 ** 16) / 2 ** 16          # on the fixed-point grid: signs are exact
+    xc = (torch.rand(2001, generator=g, dtype=torch.float64) * 2 - 1) * 127
+    rows = torch.randn(6, 64, generator=g, dtype=torch.float64) * 0.02
+    rows[1] *= 100.0
+    rows[2, 5] = 22552.0                            # SmolLM2's largest residual value
+    rows[3, :] = 0.0
+    rows[3, 0] = -30000.0
+    res = run_local(mj.CompareJob(x.numpy(), xc.numpy(), rows.numpy()), timeout_s=120, deadline_s=300)[0]
+    out, cost = res["out"], res["cost"]
+    neg = (x < 0).numpy()
+    for name in ("ring", "lane32", "lane32_int"):
+        assert (out[name].round() == neg).all(), name
+    # coarse: only values within one 2^-8 unit above zero may read as negative
+    wrong = out["lane16_coarse"].round() != (xc < 0).numpy()
+    assert (wrong <= ((xc >= 0) & (xc < 2 ** -8)).numpy()).all()
+    emu = TorchOps(fxp_bits=16).ltz(torch.round(xc * 2 ** 16) / 2 ** 16, bound=2 ** 7, ulp=2 ** -8).numpy()
+    assert (out["lane16_coarse"].round() != emu).mean() < 0.01
+    # lanes cost less than the whole ring, in bytes, for the same values
+    assert cost["lane32"]["bytes"] < 0.6 * cost["ring"]["bytes"]
+    assert cost["lane16_coarse"]["bytes"] < 0.6 * cost["lane32"]["bytes"]
+    assert cost["lane32"]["rounds"] <= cost["ring"]["rounds"]
+    # sum of squares: relative error of the fixed-point grid, massive values included
+    ref = (rows ** 2).sum(-1).numpy()
+    got = out["sum_squares"].reshape(-1)
+    rel = np.abs(got - ref) / ref
+    assert rel.max() < 2e-3, rel
+    assert cost["sum_squares"]["rounds"] == 1
