@@ -143,6 +143,31 @@ def _int64(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
+def b2a_bits(xb):
+    """Single-bit binary shares (0/1 in bit 0) -> arithmetic shares of the same bits, precision 0.
+
+    CrypTen's ``B2A_single_bit``: with a dealt random bit r shared both ways, open z = x ^ r and
+    return r + z - 2 z r. CrypTen opens z as one int64 per bit (8 bytes); here the masked bits
+    are packed 64 to a word before the opening — XOR shares pack linearly — so a bit costs one
+    bit on the wire. Same round, same security (z is uniformly random either way)."""
+    from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+    from crypten.mpc.primitives.binary import BinarySharedTensor
+
+    provider = crypten.mpc.get_default_provider()
+    ra, rb = provider.B2A_rng(xb.size(), device=xb.device)
+    m = ((xb.share ^ rb.share) & 1).reshape(-1)
+    n = m.numel()
+    if n % 64:
+        m = torch.cat([m, m.new_zeros(64 - n % 64)])
+    shifts = torch.arange(64, dtype=torch.long)
+    words = (m.view(-1, 64) << shifts).sum(-1)          # disjoint bits: sum = OR (bit 63 wraps)
+    z = BinarySharedTensor.from_shares(words).reveal()
+    z = ((z.unsqueeze(-1) >> shifts) & 1).reshape(-1)[:n].reshape(xb.size())
+    out = ra * (1 - 2 * z) + z
+    assert isinstance(out, ArithmeticSharedTensor)
+    return out
+
+
 def lane_ltz(x: "MPCTensor", lane: int, drop: int) -> "MPCTensor":
     """Sign of a secret value read on a ring slice: 0/1 as ring integers (encoder scale 1).
 
@@ -159,7 +184,6 @@ def lane_ltz(x: "MPCTensor", lane: int, drop: int) -> "MPCTensor":
     the generate bits g = a & b are one Beaver AND of the two, the propagate bits p = a ^ b are
     local. The top bit of each lane is forced to (g 0, p 1) so the tree's result for the whole
     lane is the carry into it."""
-    from crypten.mpc.primitives import beaver
     from crypten.mpc.primitives.binary import BinarySharedTensor
 
     assert lane in (8, 16, 32) and 0 <= drop <= 64 - lane
@@ -196,7 +220,7 @@ def lane_ltz(x: "MPCTensor", lane: int, drop: int) -> "MPCTensor":
     bit = sign ^ g                                        # at bit 0 of every lane
     bits = BinarySharedTensor.stack([(bit >> (j * lane)) & 1 for j in range(per)], dim=1)
     bits.share = bits.share.reshape(-1)[:n].reshape(shape)
-    out = beaver.B2A_single_bit(bits)                     # last round: one opened bit per value
+    out = b2a_bits(bits)                                  # last round: one opened bit per value
     res = MPCTensor.from_shares(out.share, precision=0)
     res.encoder._scale = 1
     return res

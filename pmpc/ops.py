@@ -354,10 +354,11 @@ class CrypTenOps(Ops):
         return a
 
     def _ltz_ring(self, x):
-        return self._lift(x._ltz())
+        return self._lift(self._ltz_ring_int(x))
 
     def _ltz_ring_int(self, x):
-        return x._ltz()  # crypten's own: 0/1 with encoder scale 1
+        """CrypTen's comparison (A2B of the whole ring, the sign bit) with the bit opened packed."""
+        return self.bits(x, [63], lift=False)[0]
 
     def _ltz_lane(self, x, lane, drop):
         from pmpc.crypten_compat import lane_ltz
@@ -386,16 +387,17 @@ class CrypTenOps(Ops):
         v._tensor.encoder = FixedPointEncoder(frac_bits)
         return v
 
-    def bits(self, x, positions):
+    def bits(self, x, positions, lift: bool = True):
         """Bits ``positions`` of x's ring encoding as arithmetic 0/1 shares: one A2B conversion
-        (adder circuit) and one batched single-bit B2A for all positions."""
-        from pmpc.crypten_compat import Ptype
+        (adder circuit) and one batched single-bit B2A for all positions (bits packed 64 to a word).
+        ``lift=False``: as ring integers (scale 1)."""
+        from pmpc.crypten_compat import MPCTensor, Ptype, b2a_bits
 
         b = x._to_ptype(Ptype.binary)
         b.share = torch.stack([(b.share >> p) & 1 for p in positions])
-        a = b._to_ptype(Ptype.arithmetic, bits=1)
+        a = MPCTensor.from_shares(b2a_bits(b._tensor).share, precision=0)
         a.encoder._scale = 1
-        return self._lift(a)
+        return self._lift(a) if lift else a
 
     def cat(self, xs, dim=0):
         return self.crypten.cat(xs, dim=dim)
