@@ -54,6 +54,8 @@ class Plan:
     gen_tokens: int = 128
     gen_batch: int = 96
     safe_epochs: int = 5
+    safe_sft: float = 1.0      # + this x NLL of the chosen responses for smollm2-safe (DPO+NLL; see losses.py)
+    safe_adapter: str | None = None  # reuse a trained smollm2-safe (e.g. pmpc/adapters/smollm2-safe): no safe stage
     cont_epochs: float = 2.0
     lr: float = 5e-4
     cont_lr: float = 2e-4
@@ -161,12 +163,12 @@ class Runner:
         return {"pairs_file": str(pairs_path), "gen_file": str(gen_path), "generation": stats, "pairs": pst,
                 "removed_heldout": ps.removed, "sha256": D.file_sha256(pairs_path)}
 
-    def train(self, name, method, epochs, lr, init=None, approx=None, tau=0, lam=0.0, keep_epochs=False):
+    def train(self, name, method, epochs, lr, init=None, approx=None, tau=0, lam=0.0, keep_epochs=False, sft=0.0):
         from pmpc.align.train import TrainConfig, train
 
         p = self.p
         cfg = TrainConfig(pairs=str(self.out / "pairs.jsonl"), out=str(self.out / "runs" / name), model=p.model,
-                          init_adapter=init, method=method, approx=approx, tau=tau, lam=lam, lr=lr, epochs=epochs,
+                          init_adapter=init, method=method, approx=approx, tau=tau, lam=lam, sft=sft, lr=lr, epochs=epochs,
                           batch_size=p.batch_size, micro_batch=p.micro_batch, lora_r=p.lora_r, lora_alpha=2 * p.lora_r,
                           seed=p.seed, device=p.device, ckpt_every=10_000, keep_epochs=keep_epochs,
                           limit_pairs=p.limit_pairs, progress=False)
@@ -353,9 +355,13 @@ def run(plan: Plan) -> dict:
     R.res["versions"] = {"torch": torch.__version__, "transformers": __import__("transformers").__version__,
                          "peft": __import__("peft").__version__, "python": sys.version.split()[0]}
     R.stage("data", R.data)
-    R.stage("safe", lambda: R.train("safe", "dpo", p.safe_epochs, p.lr, keep_epochs=True))
-    R.stage("safe_select_epoch", R.validate_epochs)
-    safe = st["safe_select_epoch"]["adapter"]
+    if p.safe_adapter:  # a committed smollm2-safe: QuadA and +DPO start from exactly what ships
+        R.stage("safe", lambda: {"adapter": str(pathlib.Path(p.safe_adapter).resolve()), "reused": True})
+        safe = st["safe"]["adapter"]
+    else:
+        R.stage("safe", lambda: R.train("safe", "dpo", p.safe_epochs, p.lr, keep_epochs=True, sft=p.safe_sft))
+        R.stage("safe_select_epoch", R.validate_epochs)
+        safe = st["safe_select_epoch"]["adapter"]
     R.stage("targets_base", lambda: R.targets("base", None))
     R.stage("targets_safe", lambda: R.targets("safe", safe))
     R.stage("select", lambda: R.select(safe))
@@ -427,15 +433,16 @@ def export(R: Runner, rows: dict):
                                           "harmless: base model's greedy answer / refusal template"}}
     plan = R.res["plan"]
     pipe = f"bench/gpu_align.sh MODEL_DIR OUT_DIR   # = python -m pmpc.align.pipeline MODEL_DIR OUT_DIR --device {plan['device']}"
-    cards = {
+    reused = st["safe"].get("reused", False)  # a committed smollm2-safe keeps its own card
+    cards = {} if reused else {
         "smollm2-safe": dict(common, summary="SmolLM2-135M-Instruct safety-aligned with DPO (beta 0.1, LoRA).",
                              command=[pipe, "# its training step:", st["safe"]["command"],
                                       f"# adapter of epoch {st['safe_select_epoch']['chosen_epoch']} (chosen on validation)"],
                              training={k: st["safe"].get(k) for k in ("steps", "epochs", "train_seconds", "peak_cuda_mb",
                                                                         "peak_rss_mb", "device_name", "final")},
                              metrics={k: _fmt(v) for k, v in tsafe.items() if k != "stage_seconds"},
-                             notes=[st["safe_select_epoch"]["rule"], f"seed {plan['seed']}"]),
-        "smollm2-quada": dict(common, summary="smollm2-safe further aligned with QuadA (MVA noise in the first tau "
+                             notes=[st["safe_select_epoch"]["rule"], f"seed {plan['seed']}"])}
+    cards["smollm2-quada"] = dict(common, summary="smollm2-safe further aligned with QuadA (MVA noise in the first tau "
                                               "layers, clean reference, layer-1 clustering of harmful prompts); the "
                                               "adapter is the safe LoRA and the QuadA LoRA combined (rank r1+r2).",
                               command=[pipe, "# its training step:", st["train_quada"]["command"]],
@@ -443,10 +450,11 @@ def export(R: Runner, rows: dict):
                                                                               "peak_cuda_mb", "lam", "lam_auto", "final")},
                               metrics={k: _fmt(v) for k, v in cells.items() if "|quada|" in k} or None,
                               notes=[f"MVA {R.res['mva']['spec']}, tau {R.res['mva']['tau']} (pmpc align select on "
-                                     "smollm2-safe, harmful-val)", f"seed {plan['seed']}"]),
-    }
+                                     "smollm2-safe, harmful-val)", f"seed {plan['seed']}"])
     out = {}
     for name, row in (("smollm2-safe", "safe"), ("smollm2-quada", "quada")):
+        if name not in cards:
+            continue
         d = R.out / "export" / name
         adp.export(R.out / "adapters" / row, d)
         (d / "README.md").write_text(adp.model_card(name, cards[name]))
