@@ -157,8 +157,8 @@ def b2a_bits(xb):
     ra, rb = provider.B2A_rng(xb.size(), device=xb.device)
     m = ((xb.share ^ rb.share) & 1).reshape(-1)
     n = m.numel()
-    if n % 64:
-        m = torch.cat([m, m.new_zeros(64 - n % 64)])
+    if n % 64:  # pad with each party's own random bits: every opened word is uniform over 2^64
+        m = torch.cat([m, torch.randint(0, 2, (64 - n % 64,), dtype=torch.long)])
     shifts = torch.arange(64, dtype=torch.long)
     words = (m.view(-1, 64) << shifts).sum(-1)          # disjoint bits: sum = OR (bit 63 wraps)
     z = BinarySharedTensor.from_shares(words).reveal()
