@@ -499,15 +499,8 @@ def make_generate_fn(cfg: GenConfig, codec, system: str = "default", dealer: str
     from pmpc import parties
 
     def fn(prompts, seed):
-        ids = [list(codec.encode(codec.render(p, system))) for p in prompts]
-        if any(not x for x in ids):
-            raise UserError("empty prompt")
-        n = max(len(x) for x in ids)
-        inp = torch.full((len(ids), n), codec.pad_id, dtype=torch.long)
-        att = torch.zeros((len(ids), n), dtype=torch.long)
-        for r, x in enumerate(ids):
-            inp[r, n - len(x):] = torch.tensor(x)
-            att[r, n - len(x):] = 1
+        enc = codec.batch([codec.render(p, system) for p in prompts], "cpu")  # left-padded
+        inp, att = enc["input_ids"], enc["attention_mask"]  # an empty row: check_input's one-line error
         c = dataclasses.replace(cfg, seed=seed)
         t0 = time.perf_counter()
         for attempt in range(retries + 1):
@@ -518,9 +511,9 @@ def make_generate_fn(cfg: GenConfig, codec, system: str = "default", dealer: str
                 if attempt == retries:
                     raise
         if cost_path is not None:
-            rec = {"seed": seed, "batch": len(ids), "prompt_tokens": n, "new_tokens": cfg.max_new_tokens,
+            rec = {"seed": seed, "batch": inp.shape[0], "prompt_tokens": inp.shape[1], "new_tokens": cfg.max_new_tokens,
                    "wall_seconds": round(time.perf_counter() - t0, 3),
-                   **{ph: {k: v for k, v in client["phases"][ph].items()} for ph in ("prefill", "decode")}}
+                   **{ph: dict(client["phases"][ph]) for ph in ("prefill", "decode")}}
             with open(pathlib.Path(cost_path), "a", encoding="utf-8") as f:
                 f.write(json.dumps(rec) + "\n")
         return [codec.decode(t) for t in client["tokens"]]

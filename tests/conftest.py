@@ -9,6 +9,17 @@ STORIES = pathlib.Path(os.environ.get("PMPC_STORIES", REPO.parent / "shared" / "
 os.environ.setdefault("PMPC_STORIES", str(STORIES))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and a shared CPU punishes oversubscription."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def data_dir():
     assert DATA.exists(), f"shared data missing at {DATA} (set PMPC_DATA)"

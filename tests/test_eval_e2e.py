@@ -23,13 +23,7 @@ needs_stories = pytest.mark.skipif(not pathlib.Path(STORIES).exists(), reason=f"
 needs_data = pytest.mark.skipif(data_dir() is None, reason="../shared/data not present")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and a shared CPU punishes oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

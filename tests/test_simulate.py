@@ -14,13 +14,7 @@ from pmpc.models import load_hf
 STORIES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and a shared CPU punishes oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
