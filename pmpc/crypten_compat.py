@@ -157,8 +157,11 @@ def b2a_bits(xb):
     ra, rb = provider.B2A_rng(xb.size(), device=xb.device)
     m = ((xb.share ^ rb.share) & 1).reshape(-1)
     n = m.numel()
-    if n % 64:  # pad with each party's own random bits: every opened word is uniform over 2^64
-        m = torch.cat([m, torch.randint(0, 2, (64 - n % 64,), dtype=torch.long)])
+    if n % 64:  # pad with each party's own random bits, so every opened word is uniform over 2^64;
+        # CrypTen's "local" generator: torch's global one is seeded alike in both parties, and equal
+        # padding cancelled in the XOR (zero high bits in every last word)
+        rng = crypten.generators["local"][m.device]
+        m = torch.cat([m, torch.randint(0, 2, (64 - n % 64,), dtype=torch.long, generator=rng, device=m.device)])
     shifts = torch.arange(64, dtype=torch.long)
     words = (m.view(-1, 64) << shifts).sum(-1)          # disjoint bits: sum = OR (bit 63 wraps)
     z = BinarySharedTensor.from_shares(words).reveal()

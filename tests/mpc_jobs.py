@@ -165,3 +165,20 @@ class CompareJob:
             got[name] = ops.reveal(y, dst=0)
             got[name] = got[name].double().numpy() if rank == 0 else None
         return {"out": got, "cost": ops.tracker.snapshot()} if rank == 0 else None
+
+
+def b2a_opening_job(rank, world_size):
+    """Three secret bits through ``b2a_bits``: the opened word the server receives, and the
+    arithmetic result (revealed to the client)."""
+    from crypten.mpc.primitives.binary import BinarySharedTensor
+
+    from pmpc.crypten_compat import b2a_bits
+    from tests.engine_jobs import Recorder
+
+    bits = torch.tensor([1, 0, 1])
+    xb = BinarySharedTensor(bits, src=0)
+    rec = Recorder() if rank == 1 else None
+    out = b2a_bits(xb).get_plain_text(dst=0)
+    if rank == 1:
+        return {"opened": torch.cat([g.to(torch.int64) for g in rec.got]).numpy()}
+    return {"bits": out.numpy()}

@@ -61,3 +61,15 @@ def test_lane_comparisons_and_sum_squares_under_mpc():
     rel = np.abs(got - ref) / ref
     assert rel.max() < 2e-3, rel
     assert cost["sum_squares"]["rounds"] == 1
+
+
+def test_packed_b2a_opens_uniform_words():
+    """b2a_bits packs 3 masked bits into one word and pads it with random bits of each party's
+    own: the server must receive a word with random high bits (zero padding is what the
+    privacy test of test_engine caught by chance), and the bits must come out right."""
+    client, server = run_local(mj.b2a_opening_job, timeout_s=60, deadline_s=120)
+    assert client["bits"].tolist() == [1, 0, 1]
+    opened = server["opened"]
+    assert opened.size >= 1
+    # a uniform 64-bit word is below 2^40 in magnitude with probability 2^-23
+    assert (np.abs(opened.astype(np.float64)) >= 2.0 ** 40).all(), opened
