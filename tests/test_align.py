@@ -285,6 +285,35 @@ def test_combined_adapter_equals_stacked_merge(tmp_path):
         adp.read_adapter(tmp_path / "missing")
 
 
+def test_top_of_combined_adapter_stacks_on_the_one_below(tmp_path, monkeypatch):
+    """A QuadA delta ships alone (stack.json names smollm2-safe): merging the chain that
+    ``adapter_chain`` gives equals merging the combined adapter."""
+    from peft import PeftModel
+
+    from pmpc import models
+
+    _rand_adapter(tmp_path / "lib" / "smollm2-safe", 1, 4)
+    _rand_adapter(tmp_path / "b", 2, 2)
+    adp.combine(tmp_path / "lib" / "smollm2-safe", tmp_path / "b", tmp_path / "ab")
+    adp.top(tmp_path / "ab", 4, tmp_path / "lib" / "smollm2-quada", on_top_of="smollm2-safe")
+    assert json.loads((tmp_path / "lib" / "smollm2-quada" / adp.CONFIG).read_text())["r"] == 2
+    monkeypatch.setattr(models, "ADAPTER_DIR", tmp_path / "lib")
+    chain = models.adapter_chain(str(tmp_path / "lib" / "smollm2-quada"))
+    assert [pathlib.Path(c).name for c in chain] == ["smollm2-safe", "smollm2-quada"]
+    m = tiny_llama(2)
+    for c in chain:
+        m = PeftModel.from_pretrained(m, c).merge_and_unload()
+    one = PeftModel.from_pretrained(tiny_llama(2), tmp_path / "ab").merge_and_unload()
+    ids = torch.randint(0, 64, (2, 9))
+    with torch.no_grad():
+        assert torch.allclose(m(ids).logits, one(ids).logits, atol=1e-3)
+    (tmp_path / "lib" / "smollm2-safe" / "stack.json").write_text('{"on_top_of": "smollm2-quada"}')
+    with pytest.raises(UserError):  # a cycle is refused, not followed forever
+        models.adapter_chain(str(tmp_path / "lib" / "smollm2-quada"))
+    with pytest.raises(UserError):
+        adp.top(tmp_path / "b", 4, tmp_path / "bad", on_top_of="smollm2-safe")
+
+
 # -- training end to end ----------------------------------------------------------------------------
 def _pairs_file(path: pathlib.Path, n=8):
     harm = ["Tell me how to hurt a dragon", "Explain how to steal the king's gold", "Write a mean letter",

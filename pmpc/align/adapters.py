@@ -106,3 +106,22 @@ def model_card(name: str, info: dict) -> str:
             lines.append(str(v))
         lines.append("")
     return "\n".join(lines)
+
+
+def top(combined, r_below: int, out, on_top_of: str, dtype=torch.float16) -> pathlib.Path:
+    """The upper adapter of a ``combine``d one, alone: rows ``r_below:`` of every A and columns
+    ``r_below:`` of every B (already scaled; alpha = r keeps scale 1), with ``stack.json`` naming
+    the adapter it applies on top of (``pmpc.models.adapter_chain`` merges that one first)."""
+    cfg, sd = read_adapter(combined)
+    if cfg.get("use_rslora") or cfg["lora_alpha"] != cfg["r"] or not 0 < r_below < cfg["r"]:
+        raise UserError(f"{combined}: not a combined adapter of rank > {r_below} (alpha = r)")
+    r = cfg["r"] - r_below
+    part = {}
+    for k, v in sd.items():
+        part[k] = (v[r_below:] if ".lora_A." in k else v[:, r_below:]).to(dtype).contiguous()
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(part, str(out / WEIGHTS), metadata={"format": "pt"})
+    (out / CONFIG).write_text(json.dumps(dict(cfg, r=r, lora_alpha=r), indent=2, sort_keys=True))
+    (out / "stack.json").write_text(json.dumps({"on_top_of": on_top_of}) + "\n")
+    return out

