@@ -182,3 +182,14 @@ def b2a_opening_job(rank, world_size):
     if rank == 1:
         return {"opened": torch.cat([g.to(torch.int64) for g in rec.got]).numpy()}
     return {"bits": out.numpy()}
+
+
+def truncation_job(rank, world_size):
+    """16 M secret products 4096 x 1: how many come out wrong by more than one unit."""
+    from pmpc.crypten_compat import crypten
+
+    n = 16_000_000
+    x = crypten.cryptensor(torch.full((n,), 4096.0), src=0)
+    y = crypten.cryptensor(torch.ones(n), src=0)
+    z = (x * y).get_plain_text(dst=0)
+    return int(((z - 4096.0).abs() > 1.0).sum()) if rank == 0 else None
