@@ -236,8 +236,10 @@ def adapter_chain(adapter: str) -> list[str]:
         if not stack.exists():
             return chain
         below = json.loads(stack.read_text()).get("on_top_of")
-        if below not in ALIASES[1:] or len(chain) > len(ALIASES):
+        if below not in ALIASES[1:]:
             raise ModelError(f"{stack}: on_top_of must name one of {', '.join(ALIASES[1:])}")
+        if len(chain) >= len(ALIASES):  # more links than adapters: the stack.json files form a cycle
+            raise ModelError(f"{stack}: adapters stacked in a cycle ({' <- '.join(pathlib.Path(c).name for c in chain)})")
         d = ADAPTER_DIR / below
 
 
