@@ -231,30 +231,28 @@ class Ops:
         return x.sum(dim, keepdim=keepdim)
 
     def sum_squares(self, x):
-        """sum_j x_j^2 over the last dim at full precision, safe for LLM "massive activations":
-        one product round, no comparison.
+        """sum_j x_j^2 over the last dim at full precision, safe for LLM "massive activations"
+        up to |x| < 2^23: one product round and two truncations, no comparison.
 
         Hidden states of real LLMs carry a few values of 1e3-1e4 (SmolLM2: 22552). Squared in
-        16-bit fixed point the product reaches 2^61 in the 64-bit ring before its truncation, and
-        2-party truncation (each party divides its share locally) fails with probability
-        ~|value|/2^64: garbage. So, in ring integers (r(v) = v 2^16), x is split as
-        r(x) = 2^8 r(a) + r(l) with a = x 2^-8 (local truncation of r(x) < 2^31: fails with
-        probability < 2^-33) and l the exact remainder (< 2^9), and
+        16-bit fixed point the product needs 2^61 of the 64-bit ring before its truncation, whose
+        exact 2-party form (:mod:`pmpc.crypten_compat`) needs |value| < 2^62: a plain x*x is at its
+        limit already. So, in ring integers (r(v) = v 2^16), x is split as r(x) = 2^8 r(a) + r(l)
+        with a = x 2^-8 (one truncation) and l the exact remainder (|r(l)| < 2^9), and
             r(x^2) = r(a)^2 + r(l) (r(x) + 2^8 r(a)) / 2^16.
         Both terms are products of ring integers, taken in ONE batched round with no truncation:
         r(a)^2 IS the result's top part (< 2^63 for |x| < 2^23); the small term (< 2^41) is
-        truncated by 2^8 per element, summed over the row and truncated by 2^8 once more. The
-        error is ~n/256 + 1 units of 2^-16 on the sum, below a plain x*x's n/2."""
+        summed over the row and truncated by 2^16 once. Error: a unit of 2^-16 on the sum, below
+        a plain x*x's n/2."""
         h = self.fxp_bits // 2
-        a = x * 2.0 ** -h                       # a public power of two: local truncation
-        ai = self.as_int(a)
+        ai = self.idiv(self.as_int(x), 2 ** h)  # r(a) = r(x) / 2^8
         li = self.as_int(x) - ai * (2 ** h)     # r(l): integer arithmetic, exact
         p = self.mul(self.stack([ai, li]), self.stack([ai, self.as_int(x) + ai * (2 ** h)]))
         top = p[0].sum(-1, keepdim=True)
-        low = self.idiv(self.idiv(p[1], 2 ** h).sum(-1, keepdim=True), 2 ** h)
+        low = self.idiv(p[1].sum(-1, keepdim=True), 2 ** (2 * h))
         return self.from_int(top + low, self.fxp_bits)
 
-    def idiv(self, v, d: int):  # primitive: ring integer v // d (local truncation under MPC)
+    def idiv(self, v, d: int):  # primitive: ring integer v // d (a one-round exact truncation under MPC)
         raise NotImplementedError
 
     def as_int(self, x):  # primitive: the encoding of x read as a ring integer (scale 1)
@@ -374,7 +372,7 @@ class CrypTenOps(Ops):
 
     def idiv(self, v, d):
         out = v.clone()
-        out._tensor.div_(int(d))  # 2PC: each party truncates its share (error 1 unit)
+        out._tensor.div_(int(d))  # 2PC: crypten_compat's exact truncation (error 1 unit)
         return out
 
     def lift(self, b):

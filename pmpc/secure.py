@@ -41,9 +41,12 @@ class GenConfig:
                                      # holds all of them in memory: GBs for a 30-layer model)
 
     def digest(self, spec: models.ModelSpec) -> str:
+        from pmpc.crypten_compat import truncation_mode
+
         pub = dataclasses.asdict(self)
         pub.pop("temperature"), pub.pop("top_p"), pub.pop("seed"), pub.pop("threads")  # client-only
         pub["shapes"] = sorted((k, list(v)) for k, v in spec.shapes().items())
+        pub["truncation"] = truncation_mode()  # exact vs local: different rounds
         return hashlib.sha256(json.dumps(pub, sort_keys=True).encode()).hexdigest()[:16]
 
 

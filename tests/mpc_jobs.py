@@ -185,11 +185,24 @@ def b2a_opening_job(rank, world_size):
 
 
 def truncation_job(rank, world_size):
-    """16 M secret products 4096 x 1: how many come out wrong by more than one unit."""
+    """16 M secret products 4096 x 1: how many come out wrong by more than one unit; and the
+    largest error (units) of dividing secret ring integers by public integers that are not powers
+    of two, by one int and elementwise by an int tensor."""
+    from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+
     from pmpc.crypten_compat import crypten
 
     n = 16_000_000
     x = crypten.cryptensor(torch.full((n,), 4096.0), src=0)
     y = crypten.cryptensor(torch.ones(n), src=0)
     z = (x * y).get_plain_text(dst=0)
-    return int(((z - 4096.0).abs() > 1.0).sum()) if rank == 0 else None
+    g = torch.Generator().manual_seed(1)
+    v = torch.randint(-2 ** 61, 2 ** 61, (1_000_000,), generator=g)
+    d = torch.randint(1, 1000, v.shape, generator=g)
+    r = torch.randint(-2 ** 63, 2 ** 63 - 1, v.shape, generator=g)   # uniform shares: v - r and r
+    errs = []
+    for div in (7, d):
+        s = ArithmeticSharedTensor.from_shares(v - r if rank == 0 else r.clone(), precision=0)
+        got = s.div_(div).reveal()
+        errs.append(int((got - torch.div(v, div, rounding_mode="floor")).abs().max()))
+    return (int(((z - 4096.0).abs() > 1.0).sum()), errs) if rank == 0 else None
