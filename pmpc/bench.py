@@ -118,6 +118,12 @@ def windows(tok, vocab: int, n_windows: int, tokens: int, path: pathlib.Path, of
 
 
 # -- configuration --------------------------------------------------------------------------------
+def _truncation_mode() -> str:
+    from pmpc.crypten_compat import truncation_mode
+
+    return truncation_mode()
+
+
 @dataclasses.dataclass
 class BenchConfig:
     models: list
@@ -132,9 +138,10 @@ class BenchConfig:
     seed: int = 0
     timeout_s: float = 600.0
     data: str = ""
+    truncation: str = dataclasses.field(default_factory=lambda: _truncation_mode())  # $PMPC_TRUNCATION
 
     # what must match for a resumed run to compare rows fairly
-    KEY = ("tokens", "windows", "offset", "weights", "dealer", "seed", "threads")
+    KEY = ("tokens", "windows", "offset", "weights", "dealer", "seed", "threads", "truncation")
 
     def validate(self) -> None:
         import protocols as P
@@ -342,7 +349,8 @@ def markdown(data: dict) -> str:
     lines = [
         "# pmpc bench", "",
         f"{cfg['windows']} WikiText-2 window(s) x {cfg['tokens']} tokens per model, the same for every protocol; "
-        f"prefill, weights {cfg['weights']}, dealer {cfg['dealer']}, {cfg['threads']} thread(s) per party, loopback.",
+        f"prefill, weights {cfg['weights']}, dealer {cfg['dealer']}, {cfg['threads']} thread(s) per party, loopback, "
+        f"{cfg.get('truncation', 'local')} truncation.",
         "Links: " + ", ".join(f"{n} = {l['bandwidth_bps'] / 1e6:g} Mbit/s, RTT {l['rtt_s'] * 1e3:g} ms"
                               for n, l in data["links"].items())
         + "; modelled time = slower party's wall time + rounds x RTT + bytes sent x 8 / bandwidth.",

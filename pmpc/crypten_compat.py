@@ -208,7 +208,7 @@ def _exact_div_(self, y):
         # uniform shares; with it the result is x/y stochastically rounded, unbiased (as CrypTen's
         # truncation towards zero of one positive and one negative share is). Without it, a
         # tiny model's secure-vs-plain logit error grew 3-25x.
-        out = out - _OFFSET // d + 1
+        out = out - _OFFSET // d + (d > 1).long()   # y = 1 divides exactly
     self.share = out
     return self
 
