@@ -79,10 +79,10 @@ def test_secure_greedy_generation_equals_plaintext(stories_dir):
     spec = models.spec_from_hf(model)
     fid = secure.fidelity(spec, ids, torch.ones_like(ids), client["tokens"], client["logits"])
     assert fid["top1_agreement"] == 1.0 and fid["mean_kl"] < 1e-4
-    # A rare isolated logit error of ~1.0 shows up in some runs (also in session 1's SmolLM2 bench:
-    # exact max |diff| 1.001, mean KL 7e-8); the likely cause is CrypTen's 2-party truncation wrap
-    # (test_ops.py::test_two_party_truncation_never_wraps), squashed by a softmax or comparison.
-    # Everything else stays at fixed-point precision.
+    # An isolated logit error of ~1.0 shows up in some runs; on SmolLM2 it is in every protocol's
+    # bench row (max |diff| 0.97-1.5, mean KL 1e-7 for exact) with exact truncation as with
+    # CrypTen's, so it is NOT a truncation wrap (session 4); untraced. Everything else stays at
+    # fixed-point precision.
     assert fid["max_abs_logit_diff"] < 1.5
 
 
