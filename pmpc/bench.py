@@ -138,7 +138,7 @@ class BenchConfig:
     seed: int = 0
     timeout_s: float = 600.0
     data: str = ""
-    truncation: str = dataclasses.field(default_factory=lambda: _truncation_mode())  # $PMPC_TRUNCATION
+    truncation: str = dataclasses.field(default_factory=_truncation_mode)  # $PMPC_TRUNCATION
 
     # what must match for a resumed run to compare rows fairly
     KEY = ("tokens", "windows", "offset", "weights", "dealer", "seed", "threads", "truncation")

@@ -245,9 +245,10 @@ class Ops:
         summed over the row and truncated by 2^16 once. Error: a unit of 2^-16 on the sum, below
         a plain x*x's n/2."""
         h = self.fxp_bits // 2
-        ai = self.idiv(self.as_int(x), 2 ** h)  # r(a) = r(x) / 2^8
-        li = self.as_int(x) - ai * (2 ** h)     # r(l): integer arithmetic, exact
-        p = self.mul(self.stack([ai, li]), self.stack([ai, self.as_int(x) + ai * (2 ** h)]))
+        xi = self.as_int(x)
+        ai = self.idiv(xi, 2 ** h)              # r(a) = r(x) / 2^8
+        li = xi - ai * (2 ** h)                 # r(l): integer arithmetic, exact
+        p = self.mul(self.stack([ai, li]), self.stack([ai, xi + ai * (2 ** h)]))
         top = p[0].sum(-1, keepdim=True)
         low = self.idiv(p[1].sum(-1, keepdim=True), 2 ** (2 * h))
         return self.from_int(top + low, self.fxp_bits)
