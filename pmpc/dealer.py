@@ -122,7 +122,9 @@ class Plan:
 
 # -- providers ---------------------------------------------------------------------------------
 def _ring(size, generator=None):
-    return torch.randint(-(2 ** 63), 2 ** 63 - 1, size, generator=generator, dtype=torch.long)
+    from pmpc.crypten_compat import ring_random
+
+    return ring_random(size, generator)
 
 
 class ShapeOnly:

@@ -206,3 +206,12 @@ def truncation_job(rank, world_size):
         got = s.div_(div).reveal()
         errs.append(int((got - torch.div(v, div, rounding_mode="floor")).abs().max()))
     return (int(((z - 4096.0).abs() > 1.0).sum()), errs) if rank == 0 else None
+
+
+def zero_sharing_job(rank, world_size):
+    """Each party's shares of a bulk and a small arithmetic and binary zero sharing, returned to
+    the test (which plays both parties' trusted observer)."""
+    from crypten.mpc.primitives import ArithmeticSharedTensor, BinarySharedTensor
+
+    return {"arith": [ArithmeticSharedTensor.PRZS((n,)).share.numpy() for n in (100_000, 10)],
+            "bin": [BinarySharedTensor.PRZS((n,)).share.numpy() for n in (100_000, 10)]}

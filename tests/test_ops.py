@@ -75,6 +75,37 @@ def test_packed_b2a_opens_uniform_words():
     assert (np.abs(opened.astype(np.float64)) >= 2.0 ** 40).all(), opened
 
 
+def test_ring_random_is_reproducible_and_uniform():
+    """ring_random draws every mask: the same generator state must give the same words (parties
+    sharing a generator rely on it), it must advance the generator, and bulk and small draws must
+    cover the whole ring (each bit set half the time) or, for k bits, exactly [0, 2^k)."""
+    from pmpc.crypten_compat import ring_random
+
+    for n in (10, 100_000):
+        g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+        a, b = ring_random((n,), g1), ring_random((n,), g2)
+        assert a.dtype == torch.long and a.shape == (n,) and torch.equal(a, b)
+        assert not torch.equal(ring_random((n,), g1)[:10], a[:10])
+    w = ring_random((4, 50_000), torch.Generator().manual_seed(4))
+    ones = torch.stack([((w >> i) & 1).double().mean() for i in range(64)])
+    assert (ones - 0.5).abs().max() < 0.01, ones          # 200k draws: sd 0.0011 per bit
+    for n in (10, 100_000):
+        k = ring_random((n,), torch.Generator().manual_seed(5), bits=3)
+        assert k.min() >= 0 and k.max() <= 7 and (n < 1000 or len(k.unique()) == 8)
+
+
+def test_two_party_zero_sharing_is_one_shared_draw():
+    """With two parties a zero sharing is (r, -r) from the generator the two share: the shares
+    must sum (XOR) to zero, and each share alone must look uniform."""
+    client, server = run_local(mj.zero_sharing_job, timeout_s=60, deadline_s=120)
+    for a0, a1 in zip(client["arith"], server["arith"]):
+        assert not (a0 + a1).any()                         # int64 arithmetic wraps like the ring
+    for b0, b1 in zip(client["bin"], server["bin"]):
+        assert not (b0 ^ b1).any()
+    big = client["arith"][0]
+    assert abs((big < 0).mean() - 0.5) < 0.01 and len(np.unique(big)) == big.size
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["exact", "local"])
 def test_two_party_truncation_never_wraps(mode):
