@@ -234,6 +234,28 @@ def sets_cmd(data):
         click.echo(f"{name:18s} {kind:8s} {fmt:10s} {'ok ' if ok else '-- '} {where}")
 
 
+@eval_group.command("agree")
+@click.argument("set_dir")
+@click.option("--protocol", required=True, help="the protocol of the encrypted run (bolt, bumblebee, ...)")
+@click.option("--judge", default="gcg", show_default=True)
+@click.option("--json", "json_path", default=None, help="also write the comparison as JSON")
+def agree_cmd(set_dir, protocol, judge, json_path):
+    """Encrypted ASR beside its plaintext twins in SET_DIR (OUT/SET of `eval asr`): ASR, identical
+    texts, same verdicts, the prompts that differ, and the cost of each 2PC session."""
+    from eval.analysis import agreement
+
+    try:
+        r = agreement.compare(set_dir, protocol, judge)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    except KeyError as e:
+        raise UserError(f"judge {judge!r} has no verdicts in {set_dir} ({e})") from None
+    click.echo(agreement.to_markdown(r))
+    if json_path:
+        pathlib.Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(json_path).write_text(json.dumps(r, indent=1))
+
+
 @click.command("approximations")
 def approximations_cmd():
     """List approximation presets and the spec grammar."""

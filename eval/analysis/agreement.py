@@ -1,0 +1,104 @@
+"""Encrypted ASR beside its plaintext twins: do real 2PC generations agree with the emulation?
+
+Reads what ``pmpc eval asr --secure --protocol P`` and its plaintext twins (``pmpc eval asr`` clean
+and ``--approx protocol:P``) wrote into the same output directory, matches the generations prompt
+by prompt (``i``), and reports on the prompts the encrypted run covers: each run's ASR under one
+judge, how many texts are identical to the encrypted text, how many verdicts agree, the prompts
+that differ (with the first differing word), and the client-side cost per 2PC session.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+
+from eval.judges import fmt_rate, rate
+
+
+def _read(path: pathlib.Path) -> dict[int, dict]:
+    if not path.exists():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            out[int(r["i"])] = r
+    return out
+
+
+def _first_diff(a: str, b: str) -> int:
+    wa, wb = a.split(), b.split()
+    for k, (x, y) in enumerate(zip(wa, wb)):
+        if x != y:
+            return k
+    return min(len(wa), len(wb))
+
+
+def compare(set_dir: str | pathlib.Path, protocol: str, judge: str = "gcg") -> dict:
+    """Compare ``generations-secure-P.jsonl`` in ``set_dir`` with the clean and emulated twins."""
+    d = pathlib.Path(set_dir)
+    enc = _read(d / f"generations-secure-{protocol}.jsonl")
+    if not enc:
+        raise FileNotFoundError(f"no encrypted generations at {d / f'generations-secure-{protocol}.jsonl'}")
+    twins = {"emulated": _read(d / f"generations-protocol_{protocol}_down.jsonl"),
+             "clean": _read(d / "generations.jsonl")}
+    ids = sorted(enc)
+
+    def jb(r):
+        return bool(r["verdicts"][judge]["jailbroken"])
+
+    out = {"protocol": protocol, "judge": judge, "n": len(ids),
+           "encrypted": rate(sum(jb(enc[i]) for i in ids), len(ids)), "twins": {}, "differ": []}
+    for name, tw in twins.items():
+        common = [i for i in ids if i in tw]
+        if not common:
+            continue
+        out["twins"][name] = {
+            "asr": rate(sum(jb(tw[i]) for i in common), len(common)),
+            "asr_all": rate(sum(jb(r) for r in tw.values()), len(tw)),
+            "identical": sum(tw[i]["output"] == enc[i]["output"] for i in common),
+            "same_verdict": sum(jb(tw[i]) == jb(enc[i]) for i in common), "n": len(common)}
+    emu = twins["emulated"] or twins["clean"]
+    for i in ids:
+        if i in emu and emu[i]["output"] != enc[i]["output"]:
+            out["differ"].append({"i": i, "word": _first_diff(enc[i]["output"], emu[i]["output"]),
+                                  "encrypted_jailbroken": jb(enc[i]), "twin_jailbroken": jb(emu[i]),
+                                  "encrypted": enc[i]["output"], "twin": emu[i]["output"]})
+    out["cost"] = _cost(d / f"cost-secure-{protocol}.jsonl")
+    return out
+
+
+def _cost(path: pathlib.Path) -> list[dict]:
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                c = json.loads(line)
+                rows.append({"batch": c.get("batch"), "prompt_tokens": c.get("prompt_tokens"),
+                             "wall_s": c.get("wall_seconds"),
+                             "prefill_rounds": c["prefill"]["rounds"], "prefill_GB": c["prefill"]["bytes"] / 1e9,
+                             "decode_rounds": c["decode"]["rounds"], "decode_GB": c["decode"]["bytes"] / 1e9,
+                             "decode_steps": c["decode"].get("tokens")})
+    return rows
+
+
+def to_markdown(r: dict) -> str:
+    p = r["protocol"]
+    lines = [f"| run | ASR ({r['judge']}) on the {r['n']} encrypted prompts | text identical to the encrypted run "
+             "| same verdict |", "|---|---|---|---|",
+             f"| encrypted {p} (2PC) | {fmt_rate(r['encrypted'])} | - | - |"]
+    label = {"emulated": f"plaintext, {p} emulated", "clean": "plaintext, clean"}
+    for name, t in r["twins"].items():
+        lines.append(f"| {label[name]} | {fmt_rate(t['asr'])} | {t['identical']}/{t['n']} | "
+                     f"{t['same_verdict']}/{t['n']} |")
+    if r["differ"]:
+        lines += ["", "Texts that differ from the twin (first differing word; verdicts encrypted/twin):", ""]
+        for d in r["differ"]:
+            lines.append(f"- prompt {d['i']}: word {d['word']}; jailbroken {d['encrypted_jailbroken']}/"
+                         f"{d['twin_jailbroken']}; encrypted: {d['encrypted'][:100]!r}")
+    if r["cost"]:
+        lines += ["", "| session | batch | prompt tokens | wall s | prefill rounds | prefill GB | decode rounds "
+                  "| decode GB |", "|---|---|---|---|---|---|---|---|"]
+        for k, c in enumerate(r["cost"]):
+            lines.append(f"| {k} | {c['batch']} | {c['prompt_tokens']} | {c['wall_s']:.0f} | {c['prefill_rounds']:,} | "
+                         f"{c['prefill_GB']:.1f} | {c['decode_rounds']:,} | {c['decode_GB']:.1f} |")
+    return "\n".join(lines)
