@@ -156,6 +156,27 @@ def select_cmd(model, adapter, prompts, point, scales, ppl_bound, window, frac, 
                                                "asr_mva_all", "ppl_clean", "ppl_mva")}, indent=2, default=str))
 
 
+@align.command("fill-grid")
+@click.argument("results")
+@click.option("--row", "rows", multiple=True, required=True,
+              help="ROW=MODEL: a grid row of that run and the pmpc model that is it (safe=smollm2-safe)")
+@click.option("--column", "columns", multiple=True, help="grid columns to consider (default: all of the run's)")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--out", "-o", required=True, help="output directory (resumable)")
+def fill_grid_cmd(results, rows, columns, device, out):
+    """Compute the grid cells a pipeline run (RESULTS: its results.json) skipped for time, for
+    the rows whose models exist here; writes OUT/results.json and OUT/results.md."""
+    from pmpc.align import pipeline
+
+    pairs = dict(r.split("=", 1) for r in rows if "=" in r)
+    if len(pairs) != len(rows):
+        raise UserError("--row takes ROW=MODEL, e.g. safe=smollm2-safe")
+    if not pathlib.Path(results).is_file():
+        raise UserError(f"no results file at {results}")
+    res = pipeline.fill_grid(results, pairs, out, device=device, columns=list(columns) or None)
+    click.echo(pipeline.report(res))
+
+
 @align.command("export")
 @click.argument("adapter_dir")
 @click.argument("name")

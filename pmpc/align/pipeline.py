@@ -314,6 +314,37 @@ class Runner:
         return grid
 
 
+def fill_grid(results: str, rows: dict[str, str], out: str, device: str = "cpu",
+              columns: list[str] | None = None) -> dict:
+    """Compute grid cells a finished run skipped, for rows whose models exist here.
+
+    ``results``: that run's ``results.json`` (its plan fixes the prompts, tokens, batch and seed);
+    ``rows``: grid row -> pmpc model name (e.g. ``safe=smollm2-safe``: the committed adapters; the
+    GPU run's other rows shipped no adapter); ``out``: where generations and the updated
+    results.json go. Only missing cells are computed (resumable); each new cell is listed under
+    ``filled`` with the device that computed it, and leaves ``skipped``."""
+    from pmpc.align.select import load_model
+
+    src = json.loads(pathlib.Path(results).read_text())
+    plan = Plan(**dict(src["plan"], out=out, device=device, budget_s=float("inf")))
+    R = Runner(plan)
+    if "grid" not in R.res:  # first call: start from the run's results
+        R.res = dict(src, plan=R.res["plan"])
+    R.load = lambda name: load_model(name, None, device)
+    cols = [None if c == "clean" else c for c in (columns or R.res["grid_columns"])]
+    before = set(R.res["grid"]["cells"])
+    skipped = list(R.res.get("skipped", []))
+    R.grid(rows, cols, R.res["mva"]["spec"])
+    new = sorted(set(R.res["grid"]["cells"]) - before)
+    R.res.setdefault("filled", {}).update({k: {"device": device, "model": rows[k.split("|")[1]]} for k in new})
+    R.res["skipped"] = [k for k in skipped if k not in R.res["grid"]["cells"]]
+    R.save()
+    R.res["elapsed_s"] = src.get("elapsed_s")   # the run's own time; the fill's is in each cell's files
+    R.res_path.write_text(json.dumps(R.res, indent=1, default=str))
+    (R.out / "results.md").write_text(report(R.res))
+    return R.res
+
+
 def command_line(cfg) -> str:
     from pmpc.align.train import TrainConfig
 
