@@ -482,3 +482,32 @@ def test_epoch_order_mixes_kinds_in_every_batch():
     assert epoch_order(ex, 0, 1) != epoch_order(ex, 0, 2)
     lrs = [lr_at(s, 20, 1.0, 0.1) for s in range(20)]
     assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0) and lrs[-1] < 0.15
+
+
+def test_fill_grid_computes_only_the_missing_cells(tmp_path, stories_dir):
+    """A pipeline run that skipped a cell for time: fill-grid computes exactly that cell for the
+    row it is given, records where, leaves other rows' skipped cells listed, and resumes."""
+    import dataclasses
+
+    from pmpc.align import pipeline
+
+    plan = pipeline.Plan(model=str(stories_dir), out="gpu-out", quick=True, n_grid=4, eval_tokens=4, eval_batch=4,
+                         ppl_windows=1, ppl_window=64)
+    have = {"asr|a|clean": {"asr": 0.5, "k": 2, "n": 4}, "asr|a|gauss:0.1@up": {"asr": 0.5, "k": 2, "n": 4},
+            "overrefusal|a|clean": {"overrefusal": 0.0, "k": 0, "n": 4}, "ppl|a|clean": {"ppl": 9.0},
+            "ppl|a|gauss:0.1@up": {"ppl": 9.5}}
+    src = {"plan": dataclasses.asdict(plan), "stages": {}, "elapsed_s": 5.0, "mva": {"spec": "gauss:0.1@up"},
+           "grid_columns": ["clean", "gauss:0.1@up", "protocol:bolt"], "grid": {"prompts": "4", "cells": dict(have)},
+           "skipped": ["asr|a|protocol:bolt", "asr|b|protocol:bolt"]}
+    (tmp_path / "results.json").write_text(json.dumps(src))
+    out = tmp_path / "fill"
+    res = pipeline.fill_grid(str(tmp_path / "results.json"), {"a": str(stories_dir)}, str(out))
+    cells = res["grid"]["cells"]
+    assert set(cells) == set(have) | {"asr|a|protocol:bolt"}
+    assert all(cells[k] == v for k, v in have.items())
+    assert cells["asr|a|protocol:bolt"]["n"] == 4
+    assert res["filled"] == {"asr|a|protocol:bolt": {"device": "cpu", "model": str(stories_dir)}}
+    assert res["skipped"] == ["asr|b|protocol:bolt"] and res["elapsed_s"] == 5.0
+    assert "protocol:bolt" in (out / "results.md").read_text()
+    again = pipeline.fill_grid(str(tmp_path / "results.json"), {"a": str(stories_dir)}, str(out))
+    assert again["grid"]["cells"] == cells and again["filled"] == res["filled"]
