@@ -75,6 +75,21 @@ def test_packed_b2a_opens_uniform_words():
     assert (np.abs(opened.astype(np.float64)) >= 2.0 ** 40).all(), opened
 
 
+def test_fixed_point_decode_is_exact_for_negative_values_near_integers():
+    """CrypTen decoded x = k 2^16 + d (k < 0, 0 < d < |k|) as k - 1 + d 2^-16: off by exactly -1.0,
+    the ~1.0 max |logit diff| of every protocol's bench row. The decode pmpc installs is exact."""
+    import pmpc.crypten_compat  # noqa: F401  (the shim: imports crypten, installs the decode)
+    from crypten.encoder import FixedPointEncoder
+
+    enc = FixedPointEncoder(16)
+    units = torch.tensor([-2 * 65536 + 1, -7 * 65536 + 5, -65536, -1, 0, 1, 3 * 65536 + 2, -(2 ** 40) + 7])
+    want = units.double() / 65536
+    assert torch.allclose(enc.decode(units).double(), want, rtol=1e-7, atol=0), enc.decode(units)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-(2 ** 30), 2 ** 30, (100_000,), generator=g)
+    assert (enc.decode(x).double() - x.double() / 65536).abs().max() < 1e-3   # float32 rounding only
+
+
 def test_ring_random_is_reproducible_and_uniform():
     """ring_random draws every mask: the same generator state must give the same words (parties
     sharing a generator rely on it), it must advance the generator, and bulk and small draws must
