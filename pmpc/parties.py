@@ -165,7 +165,27 @@ def _ctx():
     return ctx
 
 
-def _entry(job, rank, world_size, rendezvous, timeout_s, dealer, threads, q, has_input, inp, env):
+def _exit_with_launcher(launcher: int) -> None:
+    """A local party exits when the process that launched it is gone (killed by the OOM killer,
+    SIGTERM, ...), instead of computing on as an orphan that holds GBs and a CPU core."""
+    import threading
+
+    def watch():
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(launcher, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                pass
+
+    threading.Thread(target=watch, name="pmpc-launcher-watch", daemon=True).start()
+
+
+def _entry(job, rank, world_size, rendezvous, timeout_s, dealer, threads, q, has_input, inp, env, launcher=None):
+    if launcher:
+        _exit_with_launcher(launcher)
     os.environ.update(env or {})
     if env and "TMPDIR" in env:
         import tempfile
@@ -222,7 +242,7 @@ def run_local(job, world_size: int = 2, timeout_s: float = 60.0, deadline_s: flo
     rendezvous = f"tcp://{host}:{free_port()}"
     n = world_size + (1 if dealer == "ttp" else 0)
     procs = [ctx.Process(target=_entry, args=(job, r, world_size, rendezvous, timeout_s, dealer, threads, q,
-                                              inputs is not None, (inputs or {}).get(r), env),
+                                              inputs is not None, (inputs or {}).get(r), env, os.getpid()),
                          name=f"pmpc-{role(r)}", daemon=True) for r in range(n)]
     for p in procs:
         p.start()

@@ -215,3 +215,14 @@ def zero_sharing_job(rank, world_size):
 
     return {"arith": [ArithmeticSharedTensor.PRZS((n,)).share.numpy() for n in (100_000, 10)],
             "bin": [BinarySharedTensor.PRZS((n,)).share.numpy() for n in (100_000, 10)]}
+
+
+def sleep_job(rank, world_size):
+    """Writes this party's pid to $PMPC_TEST_PIDDIR, then idles (a launcher-death test kills the
+    launcher meanwhile)."""
+    import os
+    import pathlib
+    import time
+
+    pathlib.Path(os.environ["PMPC_TEST_PIDDIR"], f"{rank}.pid").write_text(str(os.getpid()))
+    time.sleep(120)

@@ -153,3 +153,42 @@ def test_party_without_peer_times_out_with_one_line(tmp_path):
     assert lines[0].startswith("pmpc: error: party 1 (server): no session at tcp://127.0.0.1:")
     assert "within 4 s" in lines[0]
     assert took < 60
+
+
+def test_parties_exit_when_their_launcher_is_killed(tmp_path):
+    """The launcher (e.g. `pmpc eval asr`) SIGKILLed mid-run, as the OOM killer does: its party
+    processes must not compute on as orphans."""
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from pmpc.parties import run_local\nfrom tests import mpc_jobs as mj\n"
+            "if __name__ == '__main__':\n"
+            "    run_local(mj.sleep_job, timeout_s=200, env={'PMPC_TEST_PIDDIR': %r})\n"
+            % (str(pathlib.Path(__file__).resolve().parents[1]), str(tmp_path)))
+    (tmp_path / "launch.py").write_text(code)
+    launcher = subprocess.Popen([sys.executable, str(tmp_path / "launch.py")])
+    try:
+        deadline = time.monotonic() + 90
+        while len(list(tmp_path.glob("*.pid"))) < 2:
+            assert time.monotonic() < deadline and launcher.poll() is None, "parties did not start"
+            time.sleep(0.2)
+        pids = [int(p.read_text()) for p in tmp_path.glob("*.pid")]
+        launcher.kill()
+        launcher.wait()
+        t0 = time.monotonic()
+        alive = pids
+        while alive and time.monotonic() - t0 < 10:
+            time.sleep(0.2)
+            alive = [p for p in pids if _alive(p)]
+        assert not alive, f"parties {alive} outlived their launcher by 10 s"
+    finally:
+        launcher.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by init) counts as gone
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
