@@ -25,12 +25,22 @@ def test_agree_matches_by_prompt_and_counts_differences(tmp_path):
          "decode": {"rounds": 30, "bytes": 1e9, "tokens": 3}}) + "\n")
     r = agreement.compare(tmp_path, "bolt")
     assert r["n"] == 2 and r["encrypted"]["k"] == 1
-    emu, clean = r["twins"]["emulated"], r["twins"]["clean"]
+    emu, clean = r["twins"]["emulated@down"], r["twins"]["clean"]
     assert (emu["identical"], emu["same_verdict"], emu["n"], emu["asr_all"]["n"]) == (1, 2, 2, 3)
     assert (clean["identical"], clean["same_verdict"], clean["asr"]["k"]) == (0, 1, 0)
-    assert [(d["i"], d["word"]) for d in r["differ"]] == [(2, 2)]
+    assert [(d["i"], d["word"]) for d in r["differ"]] == [(2, 2)] and r["differ_from"] == "emulated@down"
     assert r["cost"][0]["prefill_GB"] == 2.0 and r["cost"][0]["decode_steps"] == 3
     res = CliRunner().invoke(cli, ["eval", "agree", str(tmp_path), "--protocol", "bolt"])
     assert res.exit_code == 0 and "1/2" in res.output and "prompt 2: word 2" in res.output
     res = CliRunner().invoke(cli, ["eval", "agree", str(tmp_path), "--protocol", "bumblebee"])
     assert res.exit_code == 2 and "no encrypted generations" in res.output
+
+
+def test_agree_compares_against_the_fullest_emulation(tmp_path):
+    _write(tmp_path / "generations-secure-bolt.jsonl", [(0, "a b c", False)])
+    _write(tmp_path / "generations-protocol_bolt_down.jsonl", [(0, "a b d", False)])
+    _write(tmp_path / "generations-protocol_bolt_down_norm_softmax.jsonl", [(0, "a b c", False)])
+    r = agreement.compare(tmp_path, "bolt")
+    assert list(r["twins"]) == ["emulated@down", "emulated@down,norm,softmax"]   # no clean twin here
+    assert r["differ_from"] == "emulated@down,norm,softmax" and r["differ"] == []
+    assert r["twins"]["emulated@down"]["identical"] == 0

@@ -39,8 +39,11 @@ def compare(set_dir: str | pathlib.Path, protocol: str, judge: str = "gcg") -> d
     enc = _read(d / f"generations-secure-{protocol}.jsonl")
     if not enc:
         raise FileNotFoundError(f"no encrypted generations at {d / f'generations-secure-{protocol}.jsonl'}")
-    twins = {"emulated": _read(d / f"generations-protocol_{protocol}_down.jsonl"),
-             "clean": _read(d / "generations.jsonl")}
+    # one emulated twin per emulated point set (``--approx protocol:P`` = the activation only;
+    # ``protocol:P@down,norm,softmax`` = every function the encrypted run approximates)
+    emus = sorted(d.glob(f"generations-protocol_{protocol}_*.jsonl"), key=lambda f: (f.stem.count("_"), f.stem))
+    twins = {f"emulated@{f.stem.split(f'protocol_{protocol}_', 1)[1].replace('_', ',')}": _read(f) for f in emus}
+    twins["clean"] = _read(d / "generations.jsonl")
     ids = sorted(enc)
 
     def jb(r):
@@ -57,7 +60,8 @@ def compare(set_dir: str | pathlib.Path, protocol: str, judge: str = "gcg") -> d
             "asr_all": rate(sum(jb(r) for r in tw.values()), len(tw)),
             "identical": sum(tw[i]["output"] == enc[i]["output"] for i in common),
             "same_verdict": sum(jb(tw[i]) == jb(enc[i]) for i in common), "n": len(common)}
-    emu = twins["emulated"] or twins["clean"]
+    emu = twins[list(twins)[-2]] if len(twins) > 1 else twins["clean"]   # the fullest emulation
+    out["differ_from"] = list(twins)[-2] if len(twins) > 1 else "clean"
     for i in ids:
         if i in emu and emu[i]["output"] != enc[i]["output"]:
             out["differ"].append({"i": i, "word": _first_diff(enc[i]["output"], emu[i]["output"]),
@@ -86,12 +90,13 @@ def to_markdown(r: dict) -> str:
     lines = [f"| run | ASR ({r['judge']}) on the {r['n']} encrypted prompts | text identical to the encrypted run "
              "| same verdict |", "|---|---|---|---|",
              f"| encrypted {p} (2PC) | {fmt_rate(r['encrypted'])} | - | - |"]
-    label = {"emulated": f"plaintext, {p} emulated", "clean": "plaintext, clean"}
     for name, t in r["twins"].items():
-        lines.append(f"| {label[name]} | {fmt_rate(t['asr'])} | {t['identical']}/{t['n']} | "
+        label = "plaintext, clean" if name == "clean" else f"plaintext, {p} emulated at {name.split('@')[1]}"
+        lines.append(f"| {label} | {fmt_rate(t['asr'])} | {t['identical']}/{t['n']} | "
                      f"{t['same_verdict']}/{t['n']} |")
     if r["differ"]:
-        lines += ["", "Texts that differ from the twin (first differing word; verdicts encrypted/twin):", ""]
+        lines += ["", f"Texts that differ from the {r['differ_from']} twin (first differing word; verdicts "
+                  "encrypted/twin):", ""]
         for d in r["differ"]:
             lines.append(f"- prompt {d['i']}: word {d['word']}; jailbroken {d['encrypted_jailbroken']}/"
                          f"{d['twin_jailbroken']}; encrypted: {d['encrypted'][:100]!r}")
