@@ -331,16 +331,23 @@ def fill_grid(results: str, rows: dict[str, str], out: str, device: str = "cpu",
     if "grid" not in R.res:  # first call: start from the run's results
         R.res = dict(src, plan=R.res["plan"])
     R.load = lambda name: load_model(name, None, device)
+    given = set(src["grid"]["cells"])
+    write = R.save
+
+    def save():  # after every cell, so a fill cut short still says what it computed, and where
+        cells = R.res["grid"]["cells"]
+        filled = R.res.setdefault("filled", {})
+        filled.update({k: {"device": device, "model": rows[k.split("|")[1]]}
+                       for k in cells if k not in given and k not in filled})
+        R.res["skipped"] = [k for k in src.get("skipped", []) if k not in cells]
+        write()
+        R.res["elapsed_s"] = src.get("elapsed_s")   # the run's own time; the fill's is in each cell's files
+        R.res_path.write_text(json.dumps(R.res, indent=1, default=str))
+
+    R.save = save
     cols = [None if c == "clean" else c for c in (columns or R.res["grid_columns"])]
-    before = set(R.res["grid"]["cells"])
-    skipped = list(R.res.get("skipped", []))
     R.grid(rows, cols, R.res["mva"]["spec"])
-    new = sorted(set(R.res["grid"]["cells"]) - before)
-    R.res.setdefault("filled", {}).update({k: {"device": device, "model": rows[k.split("|")[1]]} for k in new})
-    R.res["skipped"] = [k for k in skipped if k not in R.res["grid"]["cells"]]
     R.save()
-    R.res["elapsed_s"] = src.get("elapsed_s")   # the run's own time; the fill's is in each cell's files
-    R.res_path.write_text(json.dumps(R.res, indent=1, default=str))
     (R.out / "results.md").write_text(report(R.res))
     return R.res
 
