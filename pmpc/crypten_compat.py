@@ -141,8 +141,9 @@ _one_collective_per_round()
 _BULK = 4096  # below this, torch's own sampler is cheaper than seeding a numpy generator
 
 
-def ring_random(size, generator=None, bits: int = 64, device=None) -> torch.Tensor:
-    """Uniform ``bits``-bit words (64: the whole ring Z_2^64) from ``generator``.
+def ring_random(size, generator=None, bits: int = 64) -> torch.Tensor:
+    """Uniform ``bits``-bit words (64: the whole ring Z_2^64) from ``generator`` (default: this
+    party's CPU "local" generator).
 
     Every mask, zero sharing and Beaver tuple is drawn here. CrypTen draws with
     ``torch.randint(-2^63, 2^63 - 1)``: Mersenne Twister plus a range reduction, ~15 ns a word,
@@ -152,15 +153,14 @@ def ring_random(size, generator=None, bits: int = 64, device=None) -> torch.Tens
     the torch generator, so parties that share a generator still draw the same words, and
     :class:`solo_dry_run`'s save/restore of generator states still covers everything. Neither
     generator is cryptographic (CrypTen's was not either; SECURITY.md says so)."""
+    import math
+
     import numpy as np
 
     if generator is None:
-        dev = torch.device(device or "cpu")
-        generator = crypten.generators["local"][dev]
+        generator = crypten.generators["local"][torch.device("cpu")]
     size = (size,) if isinstance(size, int) else tuple(size)
-    n = 1
-    for s in size:
-        n *= s
+    n = math.prod(size)
     if n < _BULK or generator.device.type != "cpu":
         if bits == 64:
             return torch.randint(-(2 ** 63), 2 ** 63 - 1, size, generator=generator, dtype=torch.long,
@@ -184,15 +184,17 @@ def _fast_ring_sampling() -> None:
 
     ring0, kbit0 = rng.generate_random_ring_element, rng.generate_kbit_random_tensor
 
-    def generate_random_ring_element(size, ring_size=(2 ** 64), generator=None, **kwargs):
+    def cpu_only(kwargs) -> bool:
         dev = kwargs.get("device")
-        if ring_size != 2 ** 64 or set(kwargs) - {"device"} or (dev is not None and torch.device(dev).type != "cpu"):
+        return not set(kwargs) - {"device"} and (dev is None or torch.device(dev).type == "cpu")
+
+    def generate_random_ring_element(size, ring_size=(2 ** 64), generator=None, **kwargs):
+        if ring_size != 2 ** 64 or not cpu_only(kwargs):
             return ring0(size, ring_size=ring_size, generator=generator, **kwargs)
         return ring_random(size, generator)
 
     def generate_kbit_random_tensor(size, bitlength=None, generator=None, **kwargs):
-        dev = kwargs.get("device")
-        if set(kwargs) - {"device"} or (dev is not None and torch.device(dev).type != "cpu"):
+        if not cpu_only(kwargs):
             return kbit0(size, bitlength=bitlength, generator=generator, **kwargs)
         return ring_random(size, generator, bits=bitlength or 64)
 

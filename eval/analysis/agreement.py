@@ -8,21 +8,14 @@ that differ (with the first differing word), and the client-side cost per 2PC se
 """
 from __future__ import annotations
 
-import json
 import pathlib
 
+from eval.generate import read_records
 from eval.judges import fmt_rate, rate
 
 
 def _read(path: pathlib.Path) -> dict[int, dict]:
-    if not path.exists():
-        return {}
-    out = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            out[int(r["i"])] = r
-    return out
+    return {int(r["i"]): r for r in read_records(path)}
 
 
 def _first_diff(a: str, b: str) -> int:
@@ -60,8 +53,8 @@ def compare(set_dir: str | pathlib.Path, protocol: str, judge: str = "gcg") -> d
             "asr_all": rate(sum(jb(r) for r in tw.values()), len(tw)),
             "identical": sum(tw[i]["output"] == enc[i]["output"] for i in common),
             "same_verdict": sum(jb(tw[i]) == jb(enc[i]) for i in common), "n": len(common)}
-    emu = twins[list(twins)[-2]] if len(twins) > 1 else twins["clean"]   # the fullest emulation
-    out["differ_from"] = list(twins)[-2] if len(twins) > 1 else "clean"
+    out["differ_from"] = list(twins)[-2] if emus else "clean"   # the fullest emulation
+    emu = twins[out["differ_from"]]
     for i in ids:
         if i in emu and emu[i]["output"] != enc[i]["output"]:
             out["differ"].append({"i": i, "word": _first_diff(enc[i]["output"], emu[i]["output"]),
@@ -72,17 +65,10 @@ def compare(set_dir: str | pathlib.Path, protocol: str, judge: str = "gcg") -> d
 
 
 def _cost(path: pathlib.Path) -> list[dict]:
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                c = json.loads(line)
-                rows.append({"batch": c.get("batch"), "prompt_tokens": c.get("prompt_tokens"),
-                             "wall_s": c.get("wall_seconds"),
-                             "prefill_rounds": c["prefill"]["rounds"], "prefill_GB": c["prefill"]["bytes"] / 1e9,
-                             "decode_rounds": c["decode"]["rounds"], "decode_GB": c["decode"]["bytes"] / 1e9,
-                             "decode_steps": c["decode"].get("tokens")})
-    return rows
+    return [{"batch": c.get("batch"), "prompt_tokens": c.get("prompt_tokens"), "wall_s": c.get("wall_seconds"),
+             "prefill_rounds": c["prefill"]["rounds"], "prefill_GB": c["prefill"]["bytes"] / 1e9,
+             "decode_rounds": c["decode"]["rounds"], "decode_GB": c["decode"]["bytes"] / 1e9,
+             "decode_steps": c["decode"].get("tokens")} for c in read_records(path)]
 
 
 def to_markdown(r: dict) -> str:

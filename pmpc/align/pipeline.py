@@ -331,6 +331,7 @@ def fill_grid(results: str, rows: dict[str, str], out: str, device: str = "cpu",
     if "grid" not in R.res:  # first call: start from the run's results
         R.res = dict(src, plan=R.res["plan"])
     R.load = lambda name: load_model(name, None, device)
+    R.elapsed = lambda: src.get("elapsed_s") or 0.0  # the run's own time; the fill's is in each cell's files
     given = set(src["grid"]["cells"])
     write = R.save
 
@@ -341,8 +342,6 @@ def fill_grid(results: str, rows: dict[str, str], out: str, device: str = "cpu",
                        for k in cells if k not in given and k not in filled})
         R.res["skipped"] = [k for k in src.get("skipped", []) if k not in cells]
         write()
-        R.res["elapsed_s"] = src.get("elapsed_s")   # the run's own time; the fill's is in each cell's files
-        R.res_path.write_text(json.dumps(R.res, indent=1, default=str))
 
     R.save = save
     cols = [None if c == "clean" else c for c in (columns or R.res["grid_columns"])]
