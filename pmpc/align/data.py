@@ -8,7 +8,8 @@ Pairs, one per prompt:
 
 Sources (named sets of ``eval.prompts``, read from ``$PMPC_DATA``, default ``../shared/data``):
   harmful:  ``harmful-train`` (harmful_prompts/train.json) + ``harmbench-val`` (``standard`` rows);
-  harmless: a seeded subset of ``harmless-train`` (harmless_prompts/train.json).
+  harmless: a seeded subset of ``harmless-train`` (harmless_prompts/train.json), optionally plus
+            part of ``jbb-benign`` (:func:`benign_split`; the rest validates over-refusal).
 Held-out evaluation prompts (harmful_prompts/test, JBB harmful, HarmBench test, XSTest) are removed
 by normalised text even if a source shares one, and the count removed is reported.
 
@@ -115,8 +116,24 @@ class PromptSet:
     removed: int                      # prompts dropped because an evaluation set holds them
 
 
-def training_prompts(n_harmless: int = 300, seed: int = 0, d: pathlib.Path | None = None) -> PromptSet:
-    """The training prompts, deduplicated and with every held-out evaluation prompt removed."""
+def benign_split(n_train: int, seed: int = 0, d: pathlib.Path | None = None) -> tuple[list[str], list[str]]:
+    """JBB benign behaviors split in two (seeded): ``n_train`` prompts for training, the rest for
+    validating over-refusal. They are harmless requests on the same topics as JBB's harmful ones
+    (a fictional heroin story, the history of a poison), the contrast that keeps a refusal from
+    keying on a topic word; XSTest stays the held-out over-refusal measure."""
+    texts = _texts("jbb-benign", d or data_dir())
+    if not 0 <= n_train <= len(texts) - 10:
+        raise UserError(f"benign_train must be in 0..{len(texts) - 10} (JBB benign has {len(texts)} prompts; "
+                        "at least 10 stay for validation)")
+    idx = list(range(len(texts)))
+    random.Random(seed + 7).shuffle(idx)
+    return [texts[i] for i in idx[:n_train]], [texts[i] for i in idx[n_train:]]
+
+
+def training_prompts(n_harmless: int = 300, seed: int = 0, d: pathlib.Path | None = None,
+                     benign_train: int = 0) -> PromptSet:
+    """The training prompts, deduplicated and with every held-out evaluation prompt removed;
+    ``benign_train`` JBB benign prompts (:func:`benign_split`) join the harmless ones."""
     if n_harmless < 0:
         raise UserError("n_harmless must be >= 0")
     d = d or data_dir()
@@ -148,6 +165,8 @@ def training_prompts(n_harmless: int = 300, seed: int = 0, d: pathlib.Path | Non
             break
         if keep(pool[i]):
             harmless.append((pool[i], "harmless_prompts/train"))
+    if benign_train:
+        harmless += [(x, "jbb-benign/train") for x in benign_split(benign_train, seed, d)[0] if keep(x)]
     return PromptSet(harmful, harmless, removed)
 
 

@@ -51,13 +51,16 @@ class Plan:
     pairs: str | None = None
     gen: str | None = None
     n_harmless: int = 300
+    benign_train: int = 0      # JBB benign prompts moved into training (harmless pairs); the rest validate
     gen_tokens: int = 128
     gen_batch: int = 96
     safe_epochs: int = 5
     safe_sft: float = 1.0      # + this x NLL of the chosen responses for smollm2-safe (DPO+NLL; see losses.py)
+    keep_every: float = 1.0    # smollm2-safe snapshot (selection candidate) every this many epochs
     safe_adapter: str | None = None  # reuse a trained smollm2-safe (e.g. pmpc/adapters/smollm2-safe): no safe stage
     cont_epochs: float = 2.0
     cont_sft: float = 0.0      # NLL weight of the +DPO / QuadA / ablation stages (0: the paper's objective)
+    quada_only: bool = False   # after smollm2-safe train QuadA alone (no +DPO, no Table-5 ablation rows)
     lr: float = 5e-4
     cont_lr: float = 2e-4
     batch_size: int = 8
@@ -147,11 +150,14 @@ class Runner:
             D.write_pairs(pairs, pairs_path)
             return {"pairs_file": str(pairs_path), "source": p.pairs, "pairs": len(pairs),
                     "sha256": D.file_sha256(pairs_path)}
-        ps = D.training_prompts(p.n_harmless, p.seed)
+        ps = D.training_prompts(p.n_harmless, p.seed, benign_train=p.benign_train)
         prompts = [(x, "harmful", s) for x, s in ps.harmful] + [(x, "harmless", s) for x, s in ps.harmless]
-        gen_path = pathlib.Path(p.gen) if p.gen else self.out / "gen.jsonl"
+        gen_path = self.out / "gen.jsonl"
+        if p.gen and not gen_path.exists():  # answers made elsewhere; only the prompts they lack are generated
+            gen_path.write_bytes(pathlib.Path(p.gen).read_bytes())
+        have = {(r["kind"], r["prompt"]) for r in D.read_jsonl(gen_path)} if gen_path.exists() else set()
         stats = {}
-        if not p.gen:
+        if any((k, x) not in have for x, k, _ in prompts):
             m, tok = self.load()
             stats = D.generate_answers(m, tok, prompts, gen_path, max_new_tokens=p.gen_tokens,
                                        batch_size=p.gen_batch, model_name=pathlib.Path(p.model).name, progress=False)
@@ -164,7 +170,7 @@ class Runner:
         return {"pairs_file": str(pairs_path), "gen_file": str(gen_path), "generation": stats, "pairs": pst,
                 "removed_heldout": ps.removed, "sha256": D.file_sha256(pairs_path)}
 
-    def train(self, name, method, epochs, lr, init=None, approx=None, tau=0, lam=0.0, keep_epochs=False, sft=0.0):
+    def train(self, name, method, epochs, lr, init=None, approx=None, tau=0, lam=0.0, keep_epochs=0.0, sft=0.0):
         from pmpc.align.train import TrainConfig, train
 
         p = self.p
@@ -186,9 +192,14 @@ class Runner:
 
         p = self.p
         run = self.out / "runs" / "safe"
-        eps = sorted((run / "epochs").glob("ep*/adapter"), key=lambda d: int(d.parent.name[2:]))
+        eps = sorted((run / "epochs").glob("ep*/adapter"), key=lambda d: float(d.parent.name[2:]))
         harm = load("harmful-val")
         benign = load("jbb-benign")
+        if p.benign_train:  # the part of JBB benign that training did not see
+            from pmpc.align.data import benign_split
+
+            val = set(benign_split(p.benign_train, p.seed)[1])
+            benign = [x for x in benign if x.text in val]
         m, tok = self.load()
         base_sd = {k: v.clone() for k, v in m.state_dict().items()}
         sess = self.session("val-base", loaded=(m, tok))
@@ -213,13 +224,13 @@ class Runner:
             ok = a["rate"] <= TARGET_ASR and r["rate"] <= TARGET_OVERREFUSAL and pp <= VAL_PPL_RATIO * base_ppl
             viol = (max(0, a["rate"] - TARGET_ASR) + max(0, r["rate"] - TARGET_OVERREFUSAL)
                     + max(0, pp / base_ppl - VAL_PPL_RATIO))
-            rows.append({"epoch": int(d.parent.name[2:]), "adapter": str(d), "asr_val": a, "overrefusal_val": r,
+            rows.append({"epoch": float(d.parent.name[2:]), "adapter": str(d), "asr_val": a, "overrefusal_val": r,
                          "ppl_val": pp, "ppl_ratio": pp / base_ppl, "meets": ok, "violation": viol})
             m = mm
         m.load_state_dict(base_sd)
         chosen = next((r for r in rows if r["meets"]), None) or min(rows, key=lambda r: (r["violation"], r["epoch"]))
         return {"base_ppl_val": base_ppl, "epochs": rows, "chosen_epoch": chosen["epoch"], "adapter": chosen["adapter"],
-                "rule": f"first epoch with ASR(harmful-val) <= {TARGET_ASR}, refusal(jbb-benign) <= "
+                "rule": f"first snapshot with ASR(harmful-val) <= {TARGET_ASR}, refusal(jbb-benign, {len(benign)}) <= "
                         f"{TARGET_OVERREFUSAL}, PPL(last {n} WikiText-2 windows) <= {VAL_PPL_RATIO} x base; "
                         "else the least violating"}
 
@@ -397,7 +408,7 @@ def run(plan: Plan) -> dict:
         R.stage("safe", lambda: {"adapter": str(pathlib.Path(p.safe_adapter).resolve()), "reused": True})
         safe = st["safe"]["adapter"]
     else:
-        R.stage("safe", lambda: R.train("safe", "dpo", p.safe_epochs, p.lr, keep_epochs=True, sft=p.safe_sft))
+        R.stage("safe", lambda: R.train("safe", "dpo", p.safe_epochs, p.lr, keep_epochs=p.keep_every, sft=p.safe_sft))
         R.stage("safe_select_epoch", R.validate_epochs)
         safe = st["safe_select_epoch"]["adapter"]
     R.stage("targets_base", lambda: R.targets("base", None))
@@ -409,17 +420,21 @@ def run(plan: Plan) -> dict:
 
     spec11 = str(dataclasses.replace(simulate.parse(spec), scale=round(1.1 * mva, 6)))
     cont = dict(init=safe, sft=p.cont_sft)   # +DPO and every QuadA row: same start, data, budget, NLL weight
-    R.stage("train_dpo", lambda: R.train("dpo", "dpo", p.cont_epochs, p.cont_lr, **cont))
+    if not p.quada_only:
+        R.stage("train_dpo", lambda: R.train("dpo", "dpo", p.cont_epochs, p.cont_lr, **cont))
     R.stage("train_quada", lambda: R.train("quada", "quada", p.cont_epochs, p.cont_lr, approx=spec,
                                           tau=tau, lam=p.lam, **cont))
     lam = st["train_quada"]["lam"]  # the ablation keeps QuadA's lambda fixed; only the noise varies
-    R.stage("train_quada_noise0", lambda: R.train("quada-noise0", "quada", p.cont_epochs, p.cont_lr,
-                                                 approx=None, tau=0, lam=lam, **cont))
-    R.stage("train_quada_1.1mva", lambda: R.train("quada-1.1mva", "quada", p.cont_epochs, p.cont_lr,
-                                                 approx=spec11, tau=tau, lam=lam, **cont))
-    rows = {"base": None, "safe": safe, "dpo": st["train_dpo"]["adapter"], "quada": st["train_quada"]["adapter"],
-            "quada-noise0": st["train_quada_noise0"]["adapter"],
-            "quada-1.1mva": st["train_quada_1.1mva"]["adapter"]}
+    if not p.quada_only:
+        R.stage("train_quada_noise0", lambda: R.train("quada-noise0", "quada", p.cont_epochs, p.cont_lr,
+                                                     approx=None, tau=0, lam=lam, **cont))
+        R.stage("train_quada_1.1mva", lambda: R.train("quada-1.1mva", "quada", p.cont_epochs, p.cont_lr,
+                                                     approx=spec11, tau=tau, lam=lam, **cont))
+    rows = {"base": None, "safe": safe}
+    rows.update({row: st[f"train_{row.replace('-', '_')}"]["adapter"] for row in ("dpo", "quada", "quada-noise0")
+                 if f"train_{row.replace('-', '_')}" in st})
+    if "train_quada_1.1mva" in st:
+        rows["quada-1.1mva"] = st["train_quada_1.1mva"]["adapter"]
     columns = [None, spec, "table2:bolt", "table2:iron", "table2:bumblebee", "table2:nexus"] + protocol_columns()
     R.res["grid_columns"] = [c or "clean" for c in columns]
     R.res["mva"] = {"spec": spec, "scale": mva, "tau": tau, "spec_1.1": spec11}
@@ -465,14 +480,18 @@ def export(R: Runner, rows: dict):
         if src and pathlib.Path(src).exists():
             adp.export(src, R.out / "adapters" / row)
     tsafe = st.get("targets_safe", {})
+    plan = R.res["plan"]
     cells = R.res.get("grid", {}).get("cells", {})
     common = {"data": {"pairs": st["data"].get("pairs"), "pairs_sha256": st["data"].get("sha256"),
-                       "sources": "harmful: harmful_prompts/train + HarmBench val (standard); harmless: 300 of "
-                                  "harmless_prompts/train (seeded); held-out evaluation prompts removed",
+                       "sources": "harmful: harmful_prompts/train + HarmBench val (standard); harmless: "
+                                  f"{plan['n_harmless']} of harmless_prompts/train (seeded)"
+                                  + (f" + {plan['benign_train']} of JBB benign (seeded; the rest validate "
+                                     "over-refusal)" if plan.get("benign_train") else "")
+                                  + "; held-out evaluation prompts removed",
                        "chosen/rejected": "harmful: refusal template / base model's greedy answer; "
                                           "harmless: base model's greedy answer / refusal template"}}
-    plan = R.res["plan"]
-    pipe = f"bench/gpu_align.sh MODEL_DIR OUT_DIR   # = python -m pmpc.align.pipeline MODEL_DIR OUT_DIR --device {plan['device']}"
+    pipe = (f"bench/gpu_align.sh MODEL_DIR OUT_DIR {plan_options(plan)}   "
+            f"# = python -m pmpc.align.pipeline MODEL_DIR OUT_DIR --device {plan['device']} ...")
     reused = st["safe"].get("reused", False)  # a committed smollm2-safe keeps its own card
     cards = {} if reused else {
         "smollm2-safe": dict(common, summary="SmolLM2-135M-Instruct safety-aligned with DPO (beta 0.1, LoRA).",
@@ -505,6 +524,17 @@ def export(R: Runner, rows: dict):
         (d / "README.md").write_text(adp.model_card(name, cards[name]))
         out[name] = str(d)
     R.res["export"] = out
+
+
+def plan_options(plan: dict) -> str:
+    """The pipeline options that differ from the defaults (what reproduces the run)."""
+    out = []
+    for f in dataclasses.fields(Plan):
+        v = plan.get(f.name, f.default)
+        if f.name in ("model", "out", "device") or v == f.default:
+            continue
+        out.append(f"--{f.name.replace('_', '-')}" + ("" if isinstance(v, bool) else f" {shlex.quote(str(v))}"))
+    return " ".join(out)
 
 
 def _fmt(v):

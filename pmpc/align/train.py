@@ -65,7 +65,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     ckpt_every: int = 25
-    keep_epochs: bool = False        # also save the adapter at each epoch end (epochs/ep<k>/)
+    keep_epochs: float = 0.0         # also save the adapter every this many epochs (epochs/ep<e>/; 0: never)
     progress: bool = True
 
     def validate(self):
@@ -268,9 +268,22 @@ def load_checkpoint(path: pathlib.Path, model, opt) -> tuple[int, list, float]:
     return meta["step"], meta["history"], meta.get("elapsed_s", 0.0)
 
 
-def save_epoch_adapter(out: pathlib.Path, model, epoch: int, init_adapter: str | None) -> pathlib.Path:
-    """``out/epochs/ep<k>/{delta,adapter}``: the adapter at the end of epoch k (for selection)."""
-    d = out / "epochs" / f"ep{epoch}"
+def snapshot_steps(keep_epochs: float, steps_per_epoch: int, total: int) -> dict[int, str]:
+    """Step -> label of the adapters kept for selection: every ``keep_epochs`` epochs (0.5 -> ep0.5,
+    ep1, ep1.5, ...), at the step nearest that point; {} for 0."""
+    if keep_epochs <= 0:
+        return {}
+    out, j = {}, 1
+    while (s := round(j * keep_epochs * steps_per_epoch)) <= total:
+        if s > 0:
+            out[s] = f"ep{round(j * keep_epochs, 3):g}"
+        j += 1
+    return out
+
+
+def save_epoch_adapter(out: pathlib.Path, model, label: str, init_adapter: str | None) -> pathlib.Path:
+    """``out/epochs/<label>/{delta,adapter}``: the adapter at a snapshot point (for selection)."""
+    d = out / "epochs" / label
     _atomic_dir(d / "delta", lambda t: model.save_pretrained(t))
     if init_adapter:
         adp.combine(init_adapter, d / "delta", d / "adapter")
@@ -362,6 +375,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
 
     steps_per_epoch = len(examples) // cfg.batch_size
     total = cfg.max_steps or max(1, int(round(cfg.epochs * steps_per_epoch)))
+    snapshots = snapshot_steps(cfg.keep_epochs, steps_per_epoch, total)
     mb = cfg.micro_batch or cfg.batch_size
     t_ref = time.perf_counter()
     key = f"{data_sha}|{cfg.model}|{cfg.init_adapter}|{cfg.limit_pairs}|{cfg.max_prompt_tokens}|{cfg.max_response_tokens}"
@@ -437,8 +451,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             bar.update(1)
             if step % cfg.ckpt_every == 0 or step == total:
                 save_checkpoint(ckpt, model, opt, step, history, elapsed)
-            if cfg.keep_epochs and step % steps_per_epoch == 0:
-                save_epoch_adapter(out, model, step // steps_per_epoch, cfg.init_adapter)
+            if step in snapshots:
+                save_epoch_adapter(out, model, snapshots[step], cfg.init_adapter)
     bar.close()
 
     # final adapters
