@@ -535,3 +535,31 @@ def test_fill_grid_computes_only_the_missing_cells(tmp_path, stories_dir):
     assert "protocol:bolt" in (out / "results.md").read_text()
     again = pipeline.fill_grid(str(tmp_path / "results.json"), {"a": str(stories_dir)}, str(out))
     assert again["grid"]["cells"] == cells and again["filled"] == res["filled"]
+
+
+def test_pipeline_quick_run_end_to_end(tmp_path, stories_dir, data_dir, monkeypatch):
+    """The whole GPU pipeline at toy sizes on the CPU: half-epoch snapshots are the selection
+    candidates, the JBB-benign prompts it trains on never validate, QuadA alone follows, and the
+    exported card carries the options that reproduce the run. Then, reusing its answers (--gen),
+    a second run generates only the JBB-benign prompts the first did not train on."""
+    from pmpc.align import pipeline
+
+    monkeypatch.setenv("PMPC_DATA", str(data_dir))
+    out = tmp_path / "run"
+    args = [str(stories_dir), str(out), "--device", "cpu", "--quick", "--keep-every", "0.5", "--benign-train", "20",
+            "--quada-only", "--cont-sft", "1", "--budget-s", "0"]
+    res = pipeline.main(args)
+    st = res["stages"]
+    assert [e["epoch"] for e in st["safe_select_epoch"]["epochs"]] == [0.5, 1.0, 1.5, 2.0]
+    assert all(e["overrefusal_val"]["n"] == 80 for e in st["safe_select_epoch"]["epochs"])
+    assert "train_quada" in st and not any(k in st for k in ("train_dpo", "train_quada_noise0", "train_quada_1.1mva"))
+    assert st["data"]["pairs"]["harmless"] + st["data"]["pairs"]["dropped_harmless_refused"] \
+        + st["data"]["pairs"]["dropped_empty"] >= 20
+    card = (out / "export" / "smollm2-safe" / "README.md").read_text()
+    assert "--benign-train 20 " in card and "--keep-every 0.5 " in card and "20 of JBB benign" in card
+    assert (out / "export" / "smollm2-quada" / "stack.json").exists() and res.get("finalized")
+
+    again = pipeline.Plan(model=str(stories_dir), out=str(tmp_path / "again"), device="cpu", gen=str(out / "gen.jsonl"),
+                          n_harmless=8, benign_train=30, gen_tokens=16, gen_batch=8)
+    d = pipeline.Runner(again).data()
+    assert d["generation"]["generated"] == 10      # the 10 JBB-benign prompts the first run lacked
