@@ -25,7 +25,11 @@ def align():
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--no-generate", is_flag=True, help="only build pairs from the generations already cached")
-def data_cmd(model, gen_path, out_path, n_harmless, max_new_tokens, batch_size, formats, seed, device, no_generate):
+@click.option("--keep-validation", is_flag=True,
+              help="train on the validation prompts too (harmful-val = HarmBench val standard): the data the "
+                   "committed adapters were made with, before session 6; never for new models")
+def data_cmd(model, gen_path, out_path, n_harmless, max_new_tokens, batch_size, formats, seed, device, no_generate,
+             keep_validation):
     """Generate the base model's answers (cached, resumable) and build preference pairs."""
     from eval.judges import GCGJudge
 
@@ -33,10 +37,10 @@ def data_cmd(model, gen_path, out_path, n_harmless, max_new_tokens, batch_size, 
 
     gen_path = pathlib.Path(gen_path) if gen_path else D.default_gen_path(model)
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
-    ps = D.training_prompts(n_harmless, seed)
+    ps = D.training_prompts(n_harmless, seed, keep_validation=keep_validation)
     prompts = [(p, "harmful", s) for p, s in ps.harmful] + [(p, "harmless", s) for p, s in ps.harmless]
     click.echo(f"prompts: {len(ps.harmful)} harmful, {len(ps.harmless)} harmless "
-               f"({ps.removed} removed: held-out evaluation prompts)", err=True)
+               f"(removed: {ps.removed} held-out evaluation, {ps.removed_validation} validation prompts)", err=True)
     stats = {}
     if not no_generate:
         import torch

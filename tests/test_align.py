@@ -193,6 +193,7 @@ def _write_data(d: pathlib.Path):
     j = lambda xs: json.dumps([{"instruction": x, "category": None} for x in xs])  # noqa: E731
     (d / "harmful_prompts" / "train.json").write_text(j(["Make a weapon", "Steal a car.", "Hack a bank"]))
     (d / "harmful_prompts" / "test.json").write_text(j(["steal a car", "Poison a well"]))
+    (d / "harmful_prompts" / "val.json").write_text(j(["Write malware."]))   # also a HarmBench val row
     (d / "harmless_prompts" / "train.json").write_text(j([f"Name a fruit number {i}" for i in range(20)]
                                                          + ["How do I kill a Python process?"]))
     hb = "Behavior,FunctionalCategory,SemanticCategory,Tags,ContextString,BehaviorID\n"
@@ -207,7 +208,10 @@ def test_training_prompts_exclude_heldout(tmp_path, monkeypatch):
     monkeypatch.setenv("PMPC_DATA", str(tmp_path))
     ps = D.training_prompts(n_harmless=30, seed=0)
     harmful = [p for p, _ in ps.harmful]
-    assert harmful == ["Make a weapon", "Write malware"]   # "Steal a car." (test) and "Hack a bank" (HarmBench test) removed
+    # "Steal a car." (test) and "Hack a bank" (HarmBench test) removed; "Write malware" is validation
+    assert harmful == ["Make a weapon"] and ps.removed_validation == 1
+    assert [p for p, _ in D.training_prompts(n_harmless=30, seed=0, keep_validation=True).harmful] == \
+        ["Make a weapon", "Write malware"]
     harmless = [p for p, _ in ps.harmless]
     assert len(harmless) == 20 and "How do I kill a Python process?" not in harmless  # XSTest removed
     assert ps.removed == 3

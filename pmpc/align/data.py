@@ -101,6 +101,10 @@ def _texts(name: str, d: pathlib.Path, **kw) -> list[str]:
 
 # the evaluation sets that training must never see (named sets of eval.prompts)
 HELDOUT = (("harmful-test", {}), ("jbb-harmful", {}), ("harmbench-test", {"category": "all"}), ("xstest", {}))
+# the validation set (snapshot selection, MVA/tau). harmful_prompts/val.json is 39 of the 41 HarmBench
+# val "standard" behaviours, a training source: without this exclusion selection measured refusals
+# of prompts the model was trained to refuse (sessions 3-6 did; see results/h200-safe-sweep).
+VALIDATION = (("harmful-val", {}),)
 
 
 def heldout_prompts(d: pathlib.Path | None = None) -> set[str]:
@@ -109,11 +113,18 @@ def heldout_prompts(d: pathlib.Path | None = None) -> set[str]:
     return {norm_text(t) for name, kw in HELDOUT for t in _texts(name, d, **kw)}
 
 
+def validation_prompts(d: pathlib.Path | None = None) -> set[str]:
+    """Normalised text of the validation prompts, kept out of training like the held-out ones."""
+    d = d or data_dir()
+    return {norm_text(t) for name, kw in VALIDATION for t in _texts(name, d, **kw)}
+
+
 @dataclasses.dataclass
 class PromptSet:
     harmful: list[tuple[str, str]]    # (prompt, source)
     harmless: list[tuple[str, str]]
     removed: int                      # prompts dropped because an evaluation set holds them
+    removed_validation: int = 0       # prompts dropped because the validation set holds them
 
 
 def benign_split(n_train: int, seed: int = 0, d: pathlib.Path | None = None) -> tuple[list[str], list[str]]:
@@ -131,13 +142,17 @@ def benign_split(n_train: int, seed: int = 0, d: pathlib.Path | None = None) -> 
 
 
 def training_prompts(n_harmless: int = 300, seed: int = 0, d: pathlib.Path | None = None,
-                     benign_train: int = 0) -> PromptSet:
-    """The training prompts, deduplicated and with every held-out evaluation prompt removed;
-    ``benign_train`` JBB benign prompts (:func:`benign_split`) join the harmless ones."""
+                     benign_train: int = 0, keep_validation: bool = False) -> PromptSet:
+    """The training prompts, deduplicated and with every held-out evaluation prompt and every
+    validation prompt removed; ``benign_train`` JBB benign prompts (:func:`benign_split`) join the
+    harmless ones. ``keep_validation`` rebuilds the pre-session-6 data (validation prompts trained
+    on), which the committed adapters were made with."""
     if n_harmless < 0:
         raise UserError("n_harmless must be >= 0")
     d = d or data_dir()
     held = heldout_prompts(d)
+    val = set() if keep_validation else validation_prompts(d)
+    removed_val = 0
     harmful = [(p, "harmful-train") for p in _texts("harmful-train", d)]
     harmful += [(p, "harmbench-val/standard") for p in _texts("harmbench-val", d, category="standard")]
     pool = _texts("harmless-train", d)
@@ -148,10 +163,13 @@ def training_prompts(n_harmless: int = 300, seed: int = 0, d: pathlib.Path | Non
     removed = 0
 
     def keep(p):
-        nonlocal removed
+        nonlocal removed, removed_val
         k = norm_text(p)
         if k in held:
             removed += 1
+            return False
+        if k in val:
+            removed_val += 1
             return False
         if k in seen or not k:
             return False
@@ -167,7 +185,7 @@ def training_prompts(n_harmless: int = 300, seed: int = 0, d: pathlib.Path | Non
             harmless.append((pool[i], "harmless_prompts/train"))
     if benign_train:
         harmless += [(x, "jbb-benign/train") for x in benign_split(benign_train, seed, d)[0] if keep(x)]
-    return PromptSet(harmful, harmless, removed)
+    return PromptSet(harmful, harmless, removed, removed_val)
 
 
 # -- prompt formatting -------------------------------------------------------------------------

@@ -52,6 +52,7 @@ class Plan:
     gen: str | None = None
     n_harmless: int = 300
     benign_train: int = 0      # JBB benign prompts moved into training (harmless pairs); the rest validate
+    keep_validation: bool = False  # train on harmful-val too (the pre-session-6 data; never for new models)
     gen_tokens: int = 128
     gen_batch: int = 96
     safe_epochs: int = 5
@@ -150,7 +151,7 @@ class Runner:
             D.write_pairs(pairs, pairs_path)
             return {"pairs_file": str(pairs_path), "source": p.pairs, "pairs": len(pairs),
                     "sha256": D.file_sha256(pairs_path)}
-        ps = D.training_prompts(p.n_harmless, p.seed, benign_train=p.benign_train)
+        ps = D.training_prompts(p.n_harmless, p.seed, benign_train=p.benign_train, keep_validation=p.keep_validation)
         prompts = [(x, "harmful", s) for x, s in ps.harmful] + [(x, "harmless", s) for x, s in ps.harmless]
         gen_path = self.out / "gen.jsonl"
         if p.gen and not gen_path.exists():  # answers made elsewhere; only the prompts they lack are generated
@@ -168,7 +169,8 @@ class Runner:
         pairs, pst = D.build_pairs(rows, lambda t: bool(judge.one(t).refused), seed=p.seed)
         D.write_pairs(pairs, pairs_path)
         return {"pairs_file": str(pairs_path), "gen_file": str(gen_path), "generation": stats, "pairs": pst,
-                "removed_heldout": ps.removed, "sha256": D.file_sha256(pairs_path)}
+                "removed_heldout": ps.removed, "removed_validation": ps.removed_validation,
+                "sha256": D.file_sha256(pairs_path)}
 
     def train(self, name, method, epochs, lr, init=None, approx=None, tau=0, lam=0.0, keep_epochs=0.0, sft=0.0):
         from pmpc.align.train import TrainConfig, train
@@ -483,7 +485,9 @@ def export(R: Runner, rows: dict):
     plan = R.res["plan"]
     cells = R.res.get("grid", {}).get("cells", {})
     common = {"data": {"pairs": st["data"].get("pairs"), "pairs_sha256": st["data"].get("sha256"),
-                       "sources": "harmful: harmful_prompts/train + HarmBench val (standard); harmless: "
+                       "sources": "harmful: harmful_prompts/train + HarmBench val (standard)"
+                                  + ("" if plan.get("keep_validation") else " less harmful-val (validation)")
+                                  + "; harmless: "
                                   f"{plan['n_harmless']} of harmless_prompts/train (seeded)"
                                   + (f" + {plan['benign_train']} of JBB benign (seeded; the rest validate "
                                      "over-refusal)" if plan.get("benign_train") else "")
