@@ -10,8 +10,9 @@ Sources (named sets of ``eval.prompts``, read from ``$PMPC_DATA``, default ``../
   harmful:  ``harmful-train`` (harmful_prompts/train.json) + ``harmbench-val`` (``standard`` rows);
   harmless: a seeded subset of ``harmless-train`` (harmless_prompts/train.json), optionally plus
             part of ``jbb-benign`` (:func:`benign_split`; the rest validates over-refusal).
-Held-out evaluation prompts (harmful_prompts/test, JBB harmful, HarmBench test, XSTest) are removed
-by normalised text even if a source shares one, and the count removed is reported.
+Held-out evaluation prompts (harmful_prompts/test, JBB harmful, HarmBench test, XSTest) and the
+validation prompts (harmful_prompts/val, which HarmBench val repeats) are removed by normalised text
+even if a source shares one, and the counts removed are reported.
 
 The base model's answers are generated greedily with the chat template, batched, and appended to a
 JSONL file one line per prompt (``runs/align/gen-<model>.jsonl`` by default, git-ignored), so an
