@@ -23,11 +23,13 @@
 # PAIRS        preference pairs (pmpc align data), the ones smollm2-safe was trained on
 # RESULTS_DIR  one pipeline output per run (bench/gpu_align.sh), plus <run>.log
 # PACK_DIR     if given: RESULTS_DIR without checkpoints, as res.tar.xz.NN pieces of <= 15 MB, with
-#              the adapters worth committing (A*/export/smollm2-quada, B*/export/smollm2-safe)
-# Env: PMPC_ALIGN_TIMEOUT (450 s, each run's hard stop), PMPC_SESSION_THREADS (CPU threads per run, 3), PMPC_SESSION_RUNS (the runs to start,
-#      "A0 A1 B1 B2"), PMPC_SESSION_GEN (base-model answers for the C runs, e.g. an earlier run's
-#      gen.jsonl; prompts it lacks are generated), PMPC_ALIGN_ARGS (more pipeline options for every run, e.g. --quick with
-#      PMPC_ALIGN_DEVICE=cpu for a smoke run on a CPU), PMPC_DATA as for bench/gpu_align.sh.
+#              the adapters worth committing (A*/export/smollm2-quada, B*/export/smollm2-safe, and
+#              those of the 3 C/D runs best by validation)
+# Env: PMPC_ALIGN_TIMEOUT (450 s, each run's hard stop), PMPC_SESSION_RUNS (the runs to start,
+#      "A0 A1 B1 B2"), PMPC_SESSION_THREADS (CPU threads per run, 3), PMPC_SESSION_GEN (base-model
+#      answers for the C/D runs, e.g. an earlier run's gen.jsonl; prompts it lacks are generated),
+#      PMPC_ALIGN_ARGS (more pipeline options for every run, e.g. --quick with PMPC_ALIGN_DEVICE=cpu
+#      for a smoke run on a CPU), PMPC_DATA as for bench/gpu_align.sh.
 set -uo pipefail
 if [ $# -lt 3 ]; then
   echo "usage: $0 GGUF PAIRS RESULTS_DIR [PACK_DIR]" >&2
