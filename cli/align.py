@@ -53,8 +53,7 @@ def data_cmd(model, gen_path, out_path, n_harmless, max_new_tokens, batch_size, 
         stats = D.generate_answers(m, tok, prompts, gen_path, max_new_tokens=max_new_tokens,
                                    batch_size=batch_size, model_name=model, device=device)
     wanted = {(k, p) for p, k, _ in prompts}
-    rows = [r for r in D.read_jsonl(gen_path) if (r["kind"], r["prompt"]) in wanted
-            and r.get("max_new_tokens") == max_new_tokens and r.get("format") == "chat"]
+    rows = [r for key, r in D.answers(gen_path, max_new_tokens).items() if key in wanted]
     if not rows:
         raise UserError(f"{gen_path}: no generations for these prompts (run without --no-generate)")
     judge = GCGJudge()

@@ -249,6 +249,13 @@ def repair_jsonl(path) -> None:
         path.write_bytes(data[:data.rfind(b"\n") + 1])
 
 
+def answers(path, max_new_tokens: int, fmt: str = "chat") -> dict[tuple[str, str], dict]:
+    """The answers in a generations JSONL made with these settings, by (kind, prompt), in file order:
+    what :func:`generate_answers` skips and what pairs are built from."""
+    return {(r["kind"], r["prompt"]): r for r in read_jsonl(path)
+            if r.get("max_new_tokens") == max_new_tokens and r.get("format") == fmt}
+
+
 def generate_answers(model, tok, prompts: list[tuple[str, str, str]], out_path, *, max_new_tokens: int = 128,
                      batch_size: int = 16, fmt: str = "chat", model_name: str = "", progress: bool = True,
                      device: str | None = None) -> dict:
@@ -262,8 +269,7 @@ def generate_answers(model, tok, prompts: list[tuple[str, str, str]], out_path, 
     out_path = pathlib.Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     repair_jsonl(out_path)
-    done = {(r["kind"], r["prompt"]) for r in read_jsonl(out_path)
-            if r.get("max_new_tokens") == max_new_tokens and r.get("format") == fmt}
+    done = answers(out_path, max_new_tokens, fmt)
     todo = [p for p in prompts if (p[1], p[0]) not in done]
     # longest first: tighter padding and the worst batch comes early
     todo.sort(key=lambda p: -len(p[0]))

@@ -157,15 +157,15 @@ class Runner:
         gen_path = self.out / "gen.jsonl"
         if p.gen and not gen_path.exists():  # answers made elsewhere; only the prompts they lack are generated
             gen_path.write_bytes(pathlib.Path(p.gen).read_bytes())
-        have = {(r["kind"], r["prompt"]) for r in D.read_jsonl(gen_path)} if gen_path.exists() else set()
         stats = {}
+        have = D.answers(gen_path, p.gen_tokens)
         if any((k, x) not in have for x, k, _ in prompts):
             m, tok = self.load()
             stats = D.generate_answers(m, tok, prompts, gen_path, max_new_tokens=p.gen_tokens,
                                        batch_size=p.gen_batch, model_name=pathlib.Path(p.model).name, progress=False)
             del m
         wanted = {(k, x) for x, k, _ in prompts}
-        rows = [r for r in D.read_jsonl(gen_path) if (r["kind"], r["prompt"]) in wanted]
+        rows = [r for key, r in D.answers(gen_path, p.gen_tokens).items() if key in wanted]
         judge = GCGJudge()
         pairs, pst = D.build_pairs(rows, lambda t: bool(judge.one(t).refused), seed=p.seed)
         D.write_pairs(pairs, pairs_path)
