@@ -28,8 +28,14 @@ def align():
 @click.option("--keep-validation", is_flag=True,
               help="train on the validation prompts too (harmful-val = HarmBench val standard): the data the "
                    "committed adapters were made with, before session 6; never for new models")
+@click.option("--benign-train", default=0, show_default=True, type=click.IntRange(0, 100),
+              help="this many JBB-benign prompts (seeded) join the harmless ones; the rest validate over-refusal")
+@click.option("--policy", default=None,
+              help="make the pairs on-policy for this model (e.g. smollm2-safe, to align it further): its own "
+                   "answers take the side they fall on (pmpc/align/data.py)")
+@click.option("--policy-gen", default=None, help="the policy's generations JSONL [runs/align/gen-<policy>.jsonl]")
 def data_cmd(model, gen_path, out_path, n_harmless, max_new_tokens, batch_size, formats, seed, device, no_generate,
-             keep_validation):
+             keep_validation, benign_train, policy, policy_gen):
     """Generate the base model's answers (cached, resumable) and build preference pairs."""
     from eval.judges import GCGJudge
 
@@ -37,10 +43,11 @@ def data_cmd(model, gen_path, out_path, n_harmless, max_new_tokens, batch_size, 
 
     gen_path = pathlib.Path(gen_path) if gen_path else D.default_gen_path(model)
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
-    ps = D.training_prompts(n_harmless, seed, keep_validation=keep_validation)
+    ps = D.training_prompts(n_harmless, seed, keep_validation=keep_validation, benign_train=benign_train)
     prompts = [(p, "harmful", s) for p, s in ps.harmful] + [(p, "harmless", s) for p, s in ps.harmless]
     click.echo(f"prompts: {len(ps.harmful)} harmful, {len(ps.harmless)} harmless "
                f"(removed: {ps.removed} held-out evaluation, {ps.removed_validation} validation prompts)", err=True)
+    policy_path = (pathlib.Path(policy_gen) if policy_gen else D.default_gen_path(policy)) if policy else None
     stats = {}
     if not no_generate:
         import torch
@@ -49,18 +56,28 @@ def data_cmd(model, gen_path, out_path, n_harmless, max_new_tokens, batch_size, 
 
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError(f"device {device} requested but CUDA is not available")
-        m, tok = load_hf(model, device=device)
-        stats = D.generate_answers(m, tok, prompts, gen_path, max_new_tokens=max_new_tokens,
-                                   batch_size=batch_size, model_name=model, device=device)
+        for name, path in ((model, gen_path),) + (((policy, policy_path),) if policy else ()):
+            m, tok = load_hf(name, device=device)
+            stats[name] = D.generate_answers(m, tok, prompts, path, max_new_tokens=max_new_tokens,
+                                             batch_size=batch_size, model_name=name, device=device)
+            del m
     wanted = {(k, p) for p, k, _ in prompts}
     rows = [r for key, r in D.answers(gen_path, max_new_tokens).items() if key in wanted]
     if not rows:
         raise UserError(f"{gen_path}: no generations for these prompts (run without --no-generate)")
+    own = None
+    if policy:
+        own = {key: r for key, r in D.answers(policy_path, max_new_tokens).items() if key in wanted}
+        if len(own) < len(rows):
+            raise UserError(f"{policy_path}: {len(rows) - len(own)} prompt(s) without {policy}'s answer "
+                            "(run without --no-generate)")
     judge = GCGJudge()
-    pairs, pstats = D.build_pairs(rows, lambda t: bool(judge.one(t).refused), seed=seed, formats=fmts)
+    pairs, pstats = D.build_pairs(rows, lambda t: bool(judge.one(t).refused), seed=seed, formats=fmts,
+                                  policy_rows=own)
     D.write_pairs(pairs, out_path)
     res = {"generation": stats, "pairs": pstats, "missing_generations": len(prompts) - len(rows),
-           "gen_file": str(gen_path), "pairs_file": out_path, "pairs_sha256": D.file_sha256(out_path)}
+           "gen_file": str(gen_path), "policy_gen_file": str(policy_path) if policy else None,
+           "pairs_file": out_path, "pairs_sha256": D.file_sha256(out_path)}
     click.echo(json.dumps(res, indent=2))
 
 
@@ -85,6 +102,9 @@ def _train_options(f):
         click.option("--seed", default=0, show_default=True),
         click.option("--device", default="cpu", show_default=True),
         click.option("--ckpt-every", default=25, show_default=True),
+        click.option("--keep-every", "keep_epochs", default=0.0, show_default=True,
+                     help="also save the adapter every this many epochs (OUT/epochs/ep<e>/; 0: never), "
+                          "the candidates to select on validation data"),
         click.option("--resume", is_flag=True, help="continue the checkpoint in --out"),
         click.option("--quiet", is_flag=True, help="no progress bar"),
     ]
@@ -162,7 +182,8 @@ def select_cmd(model, adapter, prompts, point, scales, ppl_bound, window, frac, 
 @align.command("fill-grid")
 @click.argument("results")
 @click.option("--row", "rows", multiple=True, required=True,
-              help="ROW=MODEL: a grid row of that run and the pmpc model that is it (safe=smollm2-safe)")
+              help="ROW=MODEL: a grid row of that run and the pmpc model that is it (safe=smollm2-safe); "
+                   "ROW=MODEL+ADAPTER_DIR: a LoRA trained here, merged onto MODEL (give it a new row name)")
 @click.option("--column", "columns", multiple=True, help="grid columns to consider (default: all of the run's)")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", "-o", required=True, help="output directory (resumable)")

@@ -261,6 +261,33 @@ def test_build_pairs_directions_and_filters():
         D.build_pairs(rows, refused, formats=("nope",))
 
 
+def test_on_policy_pairs_put_the_policys_own_answer_on_its_side():
+    """--policy: each of the policy's answers replaces the side it falls on (its refusal of a harmful
+    prompt is chosen, its compliance rejected; its refusal of a harmless prompt rejected, its answer
+    chosen); a prompt without a usable policy answer keeps the off-policy pair."""
+    base = [{"prompt": p, "kind": k, "response": r, "finished": True} for p, k, r in (
+        ("h1", "harmful", "Sure, step one is this"), ("h2", "harmful", "Sure, step two is that"),
+        ("b1", "harmless", "Apples are red fruit."), ("b2", "harmless", "Pears are green fruit."),
+        ("b3", "harmless", "Plums are purple fruit."))]
+    own = {(k, p): {"prompt": p, "kind": k, "response": r, "finished": f} for p, k, r, f in (
+        ("h1", "harmful", "No, I cannot explain that here", True),
+        ("h2", "harmful", "Here is the method in full", False),
+        ("b1", "harmless", "I cannot talk about apples", True),
+        ("b2", "harmless", "Pears are sweet and green", True),
+        ("b3", "harmless", "ok", True))}
+    refused = lambda t: "cannot" in t  # noqa: E731
+    off, _ = D.build_pairs(base, refused, seed=0)
+    pairs, st = D.build_pairs(base, refused, seed=0, policy_rows=own)
+    by, was = {p.prompt: p for p in pairs}, {p.prompt: p for p in off}
+    assert (by["h1"].chosen, by["h1"].rejected) == ("No, I cannot explain that here", "Sure, step one is this")
+    assert by["h2"].chosen in D.REFUSALS and by["h2"].rejected == "Here is the method in full"
+    assert not by["h2"].rejected_eos and by["h2"].chosen_eos
+    assert (by["b1"].chosen, by["b1"].rejected) == ("Apples are red fruit.", "I cannot talk about apples")
+    assert by["b2"].chosen == "Pears are sweet and green" and by["b2"].rejected in D.REFUSALS
+    assert by["b3"] == was["b3"]
+    assert st["policy_chosen"] == 2 and st["policy_rejected"] == 2 and st["harmful"] == 2 and st["harmless"] == 3
+
+
 def test_refusal_templates_are_refusals_by_the_gcg_rule(data_dir):
     from eval.judges import GCGJudge
 
@@ -449,6 +476,28 @@ def test_cli_bad_input_exits_2(tmp_path):
     assert r.stderr.strip().startswith("pmpc: error:") and len(r.stderr.strip().splitlines()) == 1
 
 
+def test_cli_data_on_policy_from_cached_answers(tmp_path, data_dir):
+    """`pmpc align data --policy M --no-generate`: the policy's cached refusals become the chosen
+    side of every harmful pair; a policy answer missing is a one-line error, exit 2."""
+    ps = D.training_prompts(0, d=data_dir)
+    base, own = tmp_path / "base.jsonl", tmp_path / "own.jsonl"
+    for path, text in ((base, "Sure, here is exactly how to do it"), (own, "I cannot help with this one")):
+        path.write_text("".join(json.dumps({"prompt": p, "kind": "harmful", "source": s, "response": text,
+                                            "finished": True, "format": "chat", "max_new_tokens": 128}) + "\n"
+                                for p, s in ps.harmful))
+    args = [sys.executable, "-m", "cli.main", "align", "data", "--no-generate", "--n-harmless", "0", "--gen", str(base),
+            "--policy", "smollm2-safe", "--policy-gen", str(own), "--out", str(tmp_path / "pairs.jsonl")]
+    r = subprocess.run(args, capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    pairs = D.read_pairs(tmp_path / "pairs.jsonl")
+    assert len(pairs) == len(ps.harmful) and {p.chosen for p in pairs} == {"I cannot help with this one"}
+    assert json.loads(r.stdout)["pairs"]["policy_chosen"] == len(ps.harmful)
+    own.write_text("".join(own.read_text().splitlines(keepends=True)[1:]))
+    r = subprocess.run(args, capture_output=True, text=True, cwd=REPO)
+    last = r.stderr.strip().splitlines()[-1]   # after the one "prompts: ..." info line
+    assert r.returncode == 2 and last.startswith("pmpc: error:") and "1 prompt(s) without smollm2-safe's" in last
+
+
 # -- committed adapters ---------------------------------------------------------------------------------
 COMMITTED = sorted(p.parent.name for p in (REPO / "pmpc" / "adapters").glob("*/adapter_model.safetensors"))
 
@@ -512,7 +561,7 @@ def test_epoch_order_mixes_kinds_in_every_batch():
     assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0) and lrs[-1] < 0.15
 
 
-def test_fill_grid_computes_only_the_missing_cells(tmp_path, stories_dir):
+def test_fill_grid_computes_only_the_missing_cells(tmp_path, stories_dir, monkeypatch):
     """A pipeline run that skipped a cell for time: fill-grid computes exactly that cell for the
     row it is given, records where, leaves other rows' skipped cells listed, and resumes."""
     import dataclasses
@@ -539,6 +588,21 @@ def test_fill_grid_computes_only_the_missing_cells(tmp_path, stories_dir):
     assert "protocol:bolt" in (out / "results.md").read_text()
     again = pipeline.fill_grid(str(tmp_path / "results.json"), {"a": str(stories_dir)}, str(out))
     assert again["grid"]["cells"] == cells and again["filled"] == res["filled"]
+
+    # a row retrained here: MODEL+ADAPTER_DIR merges that LoRA onto MODEL, under a new row name
+    from pmpc.align import select
+    from pmpc.models import load_hf
+
+    m, _ = load_hf(str(stories_dir))
+    lora(m, r=2, seed=1).save_pretrained(tmp_path / "lora")
+    seen = []
+    real = select.load_model
+    monkeypatch.setattr(select, "load_model", lambda *a: seen.append(a) or real(*a))
+    row = f"{stories_dir}+{tmp_path / 'lora'}"
+    res = pipeline.fill_grid(str(tmp_path / "results.json"), {"a2": row}, str(out), columns=["clean"])
+    assert seen == [(str(stories_dir), str(tmp_path / "lora"), "cpu")]
+    assert res["filled"]["asr|a2|clean"] == {"device": "cpu", "model": row}
+    assert {"overrefusal|a2|clean", "ppl|a2|clean"} <= set(res["grid"]["cells"])
 
 
 def test_pipeline_quick_run_end_to_end(tmp_path, stories_dir, data_dir, monkeypatch):

@@ -17,6 +17,13 @@ even if a source shares one, and the counts removed are reported.
 The base model's answers are generated greedily with the chat template, batched, and appended to a
 JSONL file one line per prompt (``runs/align/gen-<model>.jsonl`` by default, git-ignored), so an
 interrupted run resumes where it stopped. :func:`build_pairs` turns that file into pairs.
+
+On-policy pairs (``policy_rows``: the answers of the model about to be trained further, e.g.
+smollm2-safe): the policy's own answer takes whichever side it falls on, the base answer or the
+template the other. A harmful prompt it refuses -> its own refusal / the base compliance; one it
+complies with -> a template / its own compliance; a harmless prompt it refuses -> the base answer /
+its own refusal (the over-refusals DPO must push down); one it answers -> its answer / a template.
+DPO then ranks text the reference can actually produce instead of templates it never would.
 """
 from __future__ import annotations
 
@@ -316,16 +323,25 @@ class Pair:
     fmt: str = "chat"
 
 
-def build_pairs(gen_rows: list[dict], is_refusal, seed: int = 0, formats: tuple[str, ...] = ("chat",)) -> tuple[list[Pair], dict]:
+def build_pairs(gen_rows: list[dict], is_refusal, seed: int = 0, formats: tuple[str, ...] = ("chat",),
+                policy_rows: dict[tuple[str, str], dict] | None = None) -> tuple[list[Pair], dict]:
     """Pairs from generated answers. ``is_refusal(text) -> bool`` is the judge that drops
     unusable rows: a harmful prompt the base model already refused (no compliant answer to reject)
     and a harmless prompt it refused (no helpful answer to choose). ``formats`` are assigned to
-    pairs in turn (seeded), so training can cover more than one prompt template."""
+    pairs in turn (seeded), so training can cover more than one prompt template. ``policy_rows``
+    ((kind, prompt) -> answer row of the model to be trained) makes the pairs on-policy (module
+    docstring); a prompt it has no usable answer for keeps its off-policy pair."""
     for fmt in formats:
         if fmt not in FORMATS:
             raise UserError(f"unknown prompt format {fmt!r}; choose from {', '.join(FORMATS)}")
     pairs, stats = [], {"harmful": 0, "harmless": 0, "dropped_harmful_refused": 0,
                         "dropped_harmless_refused": 0, "dropped_empty": 0}
+    if policy_rows is not None:
+        stats.update(policy_chosen=0, policy_rejected=0)
+
+    def usable(row):
+        return row is not None and len(row["response"].strip().split()) >= 3
+
     for r in gen_rows:
         resp = r["response"].strip()
         fmt = formats[_stable_int("fmt", seed, r["prompt"]) % len(formats)]
@@ -337,14 +353,26 @@ def build_pairs(gen_rows: list[dict], is_refusal, seed: int = 0, formats: tuple[
             if is_refusal(resp):
                 stats["dropped_harmful_refused"] += 1
                 continue
-            pairs.append(Pair(r["prompt"], "harmful", refusal, resp, True, bool(r["finished"]), fmt))
+            pair = Pair(r["prompt"], "harmful", refusal, resp, True, bool(r["finished"]), fmt)
+            good = is_refusal       # the side a harmful prompt's answer should be on
         elif r["kind"] == "harmless":
             if is_refusal(resp):
                 stats["dropped_harmless_refused"] += 1
                 continue
-            pairs.append(Pair(r["prompt"], "harmless", resp, refusal, bool(r["finished"]), True, fmt))
+            pair = Pair(r["prompt"], "harmless", resp, refusal, bool(r["finished"]), True, fmt)
+            good = lambda t: not is_refusal(t)  # noqa: E731
         else:
             raise UserError(f"generation row with unknown kind {r['kind']!r}")
+        own = (policy_rows or {}).get((r["kind"], r["prompt"]))
+        if usable(own):
+            text, eos = own["response"].strip(), bool(own["finished"])
+            if good(text):
+                pair = dataclasses.replace(pair, chosen=text, chosen_eos=eos)
+                stats["policy_chosen"] += 1
+            else:
+                pair = dataclasses.replace(pair, rejected=text, rejected_eos=eos)
+                stats["policy_rejected"] += 1
+        pairs.append(pair)
         stats[r["kind"]] += 1
     rng = random.Random(seed)
     rng.shuffle(pairs)

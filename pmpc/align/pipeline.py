@@ -333,8 +333,9 @@ def fill_grid(results: str, rows: dict[str, str], out: str, device: str = "cpu",
     """Compute grid cells a finished run skipped, for rows whose models exist here.
 
     ``results``: that run's ``results.json`` (its plan fixes the prompts, tokens, batch and seed);
-    ``rows``: grid row -> pmpc model name (e.g. ``safe=smollm2-safe``: the committed adapters; the
-    GPU run's other rows shipped no adapter); ``out``: where generations and the updated
+    ``rows``: grid row -> pmpc model name (e.g. ``safe=smollm2-safe``: the committed adapters), or
+    ``MODEL+ADAPTER_DIR`` for a LoRA trained here (merged onto MODEL; a new row name, since a
+    retrained model is not the run's); ``out``: where generations and the updated
     results.json go. Only missing cells are computed (resumable); each new cell is listed under
     ``filled`` with the device that computed it, and leaves ``skipped``."""
     from pmpc.align.select import load_model
@@ -344,7 +345,8 @@ def fill_grid(results: str, rows: dict[str, str], out: str, device: str = "cpu",
     R = Runner(plan)
     if "grid" not in R.res:  # first call: start from the run's results
         R.res = dict(src, plan=R.res["plan"])
-    R.load = lambda name: load_model(name, None, device)
+    R.load = lambda row_model: load_model(*row_model.split("+", 1), device) if "+" in row_model \
+        else load_model(row_model, None, device)
     R.elapsed = lambda: src.get("elapsed_s") or 0.0  # the run's own time; the fill's is in each cell's files
     given = set(src["grid"]["cells"])
     write = R.save
