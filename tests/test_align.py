@@ -147,6 +147,50 @@ def test_clean_dpo_policy_equals_reference_at_init():
     assert st["margin"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_token_kl_equals_hand_computation():
+    a = torch.tensor([[[0.0, 1.0], [2.0, 0.0], [5.0, 5.0]]])   # the last position predicts nothing
+    b = torch.tensor([[[1.0, 0.0], [0.0, 0.0], [0.0, 9.0]]])
+    mask = torch.tensor([[1, 1, 1]])
+
+    def kl(x, y):
+        p, q = torch.softmax(x, -1), torch.softmax(y, -1)
+        return float((p * (p / q).log()).sum())
+
+    want = (kl(a[0, 0], b[0, 0]) + kl(a[0, 1], b[0, 1])) / 2
+    assert L.token_kl(a, b, mask).item() == pytest.approx(want, rel=1e-6)
+    assert L.token_kl(a, b, torch.tensor([[1, 1, 0]])).item() == pytest.approx(kl(a[0, 0], b[0, 0]), rel=1e-6)
+    assert L.token_kl(a, a, mask).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_kl_term_sees_only_harmless_chosen_rows_and_is_zero_at_the_anchor():
+    base = tiny_llama(2, seed=3)
+    anchor = tiny_llama(2, seed=3)
+    model = lora(base)
+    batch = toy_batch(n_pairs=4, n_harmful=2, seed=4)
+    cfg = L.QuadAConfig(kl=1.0)
+    _, st = L.quada_objective(model, batch, cfg, anchor=anchor)
+    assert st["kl_base"] == pytest.approx(0.0, abs=1e-6)       # fresh LoRA: policy = base
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    _, st = L.quada_objective(model, batch, cfg, anchor=anchor)
+    assert st["kl_base"] > 1e-4
+    # harmful rows and rejected rows do not enter the term; a harmless chosen row does
+    B = batch.n_pairs
+    for row, moves in ((0, False), (B + 3, False), (3, True)):
+        ids = batch.input_ids.clone()
+        ids[row, -3:] = (ids[row, -3:] + 7) % 64
+        b2 = L.Batch(ids, *(getattr(batch, f) for f in ("attention_mask", "loss_mask", "content_mask", "harmful", "index")))
+        _, st2 = L.quada_objective(model, b2, cfg, anchor=anchor)
+        assert (abs(st2["kl_base"] - st["kl_base"]) > 1e-6) == moves, row
+    with pytest.raises(UserError):
+        L.quada_objective(model, batch, cfg)                    # the term needs its anchor
+    # a batch without harmless pairs has no KL term
+    _, st3 = L.quada_objective(model, toy_batch(n_pairs=3, n_harmful=3), cfg, anchor=anchor)
+    assert "kl_base" not in st3
+
+
 # -- the clustering gradient ---------------------------------------------------------------------
 def _harmful_cos(model, batch, cfg, seed):
     with torch.no_grad():
@@ -458,6 +502,20 @@ def test_quada_training_stacked_on_init_adapter(tmp_path, stories_dir):
         assert torch.allclose(m1(ids).logits, m2(ids).logits, atol=1e-4)
 
 
+def test_kl_base_anchors_to_the_raw_base_not_the_aligned_start(tmp_path, stories_dir):
+    """Stacked on an init adapter, the reference is the aligned start but the KL anchor is the raw
+    base: the term starts above zero and training pulls it down."""
+    from pmpc.align import train as T
+
+    T.train(_cfg(tmp_path / "safe", stories_dir, max_steps=2))
+    init = str(tmp_path / "safe" / "run" / "adapter")
+    res = T.train(_cfg(tmp_path / "k", stories_dir, init_adapter=init, kl_base=50.0, max_steps=6, lr=5e-3))
+    log = [json.loads(x) for x in (tmp_path / "k" / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[0]["kl_base"] > 1e-3
+    assert log[-1]["kl_base"] < 0.5 * log[0]["kl_base"]
+    assert "kl_base" in res["final"] and res["config"]["kl_base"] == 50.0
+
+
 def test_bad_training_input_is_a_user_error(tmp_path, stories_dir):
     from pmpc.align import train as T
 
@@ -631,3 +689,32 @@ def test_pipeline_quick_run_end_to_end(tmp_path, stories_dir, data_dir, monkeypa
                           n_harmless=8, benign_train=30, gen_tokens=16, gen_batch=8)
     d = pipeline.Runner(again).data()
     assert d["generation"]["generated"] == 10      # the 10 JBB-benign prompts the first run lacked
+
+
+def test_validate_snapshots_and_evaluate_targets_outside_the_pipeline(tmp_path, stories_dir, data_dir, monkeypatch):
+    """`pmpc align validate RUN` chooses among a run's snapshots by the pipeline's rule, and
+    `pmpc align targets` measures the three targets, PPL relative to the base in the same run."""
+    from pmpc.align import pipeline
+    from pmpc.align import train as T
+
+    monkeypatch.setenv("PMPC_DATA", str(data_dir))
+    T.train(_cfg(tmp_path, stories_dir, max_steps=4, keep_epochs=1.0))
+    quick = dict(device="cpu", ppl_window=128, val_windows=2, eval_tokens=8, eval_batch=64)
+    v = pipeline.Runner(pipeline.Plan(model=str(stories_dir), out=str(tmp_path / "val"), **quick)) \
+        .validate_epochs(tmp_path / "run")
+    assert [e["epoch"] for e in v["epochs"]] == [1.0, 2.0]
+    assert all(e["overrefusal_val"]["n"] == 100 and e["asr_val"]["n"] == 39 for e in v["epochs"])
+    want = next((e for e in v["epochs"] if e["meets"]), None) or min(v["epochs"], key=lambda e: (e["violation"], e["epoch"]))
+    assert v["chosen_epoch"] == want["epoch"] and v["adapter"] == want["adapter"]
+    with pytest.raises(UserError):          # a run without snapshots
+        pipeline.Runner(pipeline.Plan(model=str(stories_dir), out=str(tmp_path / "val"), **quick)).validate_epochs(tmp_path)
+
+    kw = dict(base=str(stories_dir), n_test=6, ppl_windows=2, ppl_window=128, eval_tokens=4, eval_batch=64)
+    t = pipeline.evaluate_targets(str(stories_dir), str(tmp_path / "tb"), **kw)
+    assert t["ppl_ratio"] == pytest.approx(1.0) and t["meets"]["ppl"]
+    assert t["asr/harmful-test"]["n"] == 6 and t["overrefusal/xstest-safe"]["n"] == 250
+    assert t["meets"]["asr"] == (t["asr/heldout-all"]["rate"] <= 0.05)
+    ta = pipeline.evaluate_targets(str(stories_dir), str(tmp_path / "ta"), v["adapter"], **kw)
+    assert ta["ppl"] != t["ppl"] and json.loads((tmp_path / "ta" / "targets.json").read_text())["adapter"]
+    with pytest.raises(UserError):          # one output directory per model
+        pipeline.evaluate_targets(str(stories_dir), str(tmp_path / "ta"), None, **kw)

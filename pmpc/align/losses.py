@@ -19,6 +19,13 @@ Minimising L maximises the cosine term, i.e. pulls harmful prompts' layer-1 outp
 
 Plain DPO is the same function with no approximation and lambda = 0.
 
+Optional ``kl`` > 0 adds ``kl x`` the mean per-token KL(anchor || policy) over the HARMLESS pairs'
+chosen sequences (prompt and answer), the anchor being the raw base model (no adapter, clean):
+where nothing should change, the policy's next-token distribution stays the base's. It is the
+KL-to-reference penalty of RLHF (InstructGPT's is per token on the policy's samples; here on the
+base's own helpful answers), and it is what pulls back the utility cost of safety training
+(perplexity, over-refusal) that DPO from an aligned start cannot see: DPO's reference is that start.
+
 Optional ``sft`` > 0 adds ``sft x`` the per-token NLL of the chosen responses (DPO + NLL, as in RPO,
 Pang et al. 2024). Used to build smollm2-safe from a model that never refuses: measured here, pure
 DPO with off-policy refusal templates as "chosen" drove the rejected (the model's own answers) down
@@ -124,14 +131,43 @@ def _approx_ctx(model, approx, layers, seed):
     return simulate.approximate(hf_model(model), approx, layers=layers, seed=seed)
 
 
+def _forward(model, batch: Batch, *, approx=None, layers=None, seed: int = 0, hidden: bool = False):
+    with _approx_ctx(model, approx, layers, seed):
+        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                     output_hidden_states=hidden, use_cache=False)
+
+
 def sequence_logps(model, batch: Batch, *, approx=None, layers=None, seed: int = 0, hidden: bool = False):
     """Summed response log-probs [2B] (and hidden_states[1] if asked) of ``model`` on ``batch``,
     with ``approx`` injected in ``layers`` (None: clean)."""
-    with _approx_ctx(model, approx, layers, seed):
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    output_hidden_states=hidden, use_cache=False)
+    out = _forward(model, batch, approx=approx, layers=layers, seed=seed, hidden=hidden)
     lp = response_logprobs(out.logits, batch.input_ids, batch.loss_mask)
     return lp, (out.hidden_states[1] if hidden else None)
+
+
+def anchor_rows(batch: Batch) -> torch.Tensor:
+    """Row indices of the harmless pairs' chosen sequences: where the KL anchor applies."""
+    return (~batch.harmful).nonzero().flatten()
+
+
+@torch.no_grad()
+def anchor_logits(anchor, batch: Batch) -> torch.Tensor | None:
+    """The anchor model's logits on :func:`anchor_rows` (None when the batch has none)."""
+    rows = anchor_rows(batch)
+    if rows.numel() == 0:
+        return None
+    return anchor(input_ids=batch.input_ids[rows], attention_mask=batch.attention_mask[rows],
+                  use_cache=False).logits
+
+
+def token_kl(anchor_logits: torch.Tensor, logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the real next-token positions of KL(anchor || policy); logits [N, T, V], mask [N, T]
+    (position t predicts token t+1, so it counts where token t+1 is real)."""
+    la = F.log_softmax(anchor_logits[:, :-1].float(), -1)
+    lp = F.log_softmax(logits[:, :-1].float(), -1)
+    kl = (la.exp() * (la - lp)).sum(-1)
+    m = attention_mask[:, 1:].to(kl.dtype)
+    return (kl * m).sum() / m.sum().clamp_min(1)
 
 
 def adapters_disabled(model):
@@ -163,6 +199,7 @@ class QuadAConfig:
     lam: float = 0.0               # weight of the clustering term
     pool: str = "mean"
     sft: float = 0.0               # weight of the chosen responses' per-token NLL (0: pure DPO)
+    kl: float = 0.0                # weight of the per-token KL(base || policy) on harmless chosen sequences
 
     def validate(self, n_layers: int | None = None):
         if self.beta <= 0:
@@ -171,6 +208,8 @@ class QuadAConfig:
             raise UserError("lambda must be >= 0")
         if self.sft < 0:
             raise UserError("the SFT weight must be >= 0")
+        if self.kl < 0:
+            raise UserError("the KL weight must be >= 0")
         if self.pool not in POOLS:
             raise UserError(f"unknown pooling {self.pool!r}; choose from {', '.join(POOLS)}")
         if self.approx is not None and self.tau < 1:
@@ -180,17 +219,19 @@ class QuadAConfig:
 
 
 def quada_objective(model, batch: Batch, cfg: QuadAConfig, *, ref_logps: torch.Tensor | None = None,
-                    seed: int = 0) -> tuple[torch.Tensor, dict]:
+                    seed: int = 0, anchor=None) -> tuple[torch.Tensor, dict]:
     """The QuadA loss on one batch (plain DPO when ``cfg.approx`` is None and ``cfg.lam`` is 0).
 
     ``ref_logps`` [2B]: cached clean reference log-probs; computed here (adapters disabled, no
-    noise) when None."""
+    noise) when None. ``anchor``: the frozen model of the KL term (needed when ``cfg.kl`` > 0)."""
     B = batch.n_pairs
     if ref_logps is None:
         ref_logps = reference_logps(model, batch)
     layers = range(cfg.tau) if cfg.approx is not None else None
     need_h = cfg.lam > 0
-    lp, h1 = sequence_logps(model, batch, approx=cfg.approx, layers=layers, seed=seed, hidden=need_h)
+    out = _forward(model, batch, approx=cfg.approx, layers=layers, seed=seed, hidden=need_h)
+    lp = response_logprobs(out.logits, batch.input_ids, batch.loss_mask)
+    h1 = out.hidden_states[1] if need_h else None
     loss, stats = dpo_loss(lp[:B], lp[B:], ref_logps[:B], ref_logps[B:], cfg.beta)
     stats["dpo_loss"] = loss.item()
     if cfg.sft > 0:
@@ -199,6 +240,14 @@ def quada_objective(model, batch: Batch, cfg: QuadAConfig, *, ref_logps: torch.T
         nll = (-lp[:B] / n_tok).mean()
         loss = loss + cfg.sft * nll
         stats["sft_nll"] = nll.item()
+    if cfg.kl > 0:
+        if anchor is None:
+            raise UserError("the KL term needs its anchor model")
+        rows = anchor_rows(batch)
+        if rows.numel():
+            kl = token_kl(anchor_logits(anchor, batch), out.logits[rows], batch.attention_mask[rows])
+            loss = loss + cfg.kl * kl
+            stats["kl_base"] = kl.item()
     if need_h:
         # prompt tokens precede the response, so under a causal mask their layer-1 states are
         # the prompt's own; the chosen rows (first B) carry each prompt once.

@@ -188,14 +188,18 @@ class Runner:
         s["command"] = command_line(cfg)
         return s
 
-    def validate_epochs(self):
-        """Pick smollm2-safe's epoch on validation data (see the module docstring)."""
+    def validate_epochs(self, run=None):
+        """Pick smollm2-safe's epoch on validation data (see the module docstring); ``run``: the
+        training run whose snapshots (``run/epochs/ep*/adapter``, adapters for the raw base) are
+        the candidates [OUT/runs/safe]."""
         from eval import ppl as PPL
         from eval.prompts import load
 
         p = self.p
-        run = self.out / "runs" / "safe"
+        run = pathlib.Path(run) if run else self.out / "runs" / "safe"
         eps = sorted((run / "epochs").glob("ep*/adapter"), key=lambda d: float(d.parent.name[2:]))
+        if not eps:
+            raise UserError(f"{run}: no snapshots (epochs/ep*/adapter; train with --keep-every)")
         harm = load("harmful-val")
         benign = load("jbb-benign")
         if p.benign_train:  # the part of JBB benign that training did not see
@@ -365,6 +369,34 @@ def fill_grid(results: str, rows: dict[str, str], out: str, device: str = "cpu",
     R.save()
     (R.out / "results.md").write_text(report(R.res))
     return R.res
+
+
+def evaluate_targets(model: str, out: str, adapter: str | None = None, *, base: str = "smollm2",
+                     device: str = "cpu", n_test: int | None = None, ppl_windows: int = 20,
+                     ppl_window: int = 1024, eval_tokens: int = 64, eval_batch: int = 32) -> dict:
+    """Issue 5's three targets for ``model`` (+ ``adapter`` merged) on the held-out sets, the way the
+    pipeline's targets stage measures them: GCG ASR on harmful-test (all, or a seeded ``n_test``),
+    JBB harmful and HarmBench test, pooled; XSTest-safe over-refusal; WikiText-2 PPL of the first
+    ``ppl_windows`` windows beside the base's in the same run. Cached under ``out`` (a rerun resumes;
+    ``out`` belongs to one model: the caches are keyed by set, not by weights); writes
+    ``out/targets.json``."""
+    ident = {"model": model, "adapter": str(pathlib.Path(adapter).resolve()) if adapter else None, "base": base,
+             "n_test": n_test, "eval_tokens": eval_tokens}
+    idp = pathlib.Path(out, "identity.json")
+    if idp.exists() and json.loads(idp.read_text()) != ident:
+        raise UserError(f"{out} holds the evaluation of another model or setting ({idp}); use another --out")
+    idp.parent.mkdir(parents=True, exist_ok=True)
+    idp.write_text(json.dumps(ident, indent=1))
+    common = dict(out=out, device=device, n_test=n_test or 10**9, ppl_windows=ppl_windows, ppl_window=ppl_window,
+                  eval_tokens=eval_tokens, eval_batch=eval_batch)
+    res = Runner(Plan(model=model, **common)).targets("candidate", adapter)
+    base_ppl = Runner(Plan(model=base, **common)).session("base").ppl(None)["ppl"]
+    res.update(ppl_base=base_ppl, ppl_ratio=res["ppl"] / base_ppl, model=model, adapter=adapter, base=base)
+    res["meets"] = {"asr": res["asr/heldout-all"]["rate"] <= TARGET_ASR,
+                    "overrefusal": res["overrefusal/xstest-safe"]["rate"] <= TARGET_OVERREFUSAL,
+                    "ppl": res["ppl_ratio"] <= TARGET_PPL_RATIO}
+    pathlib.Path(out, "targets.json").write_text(json.dumps(res, indent=1, default=str))
+    return res
 
 
 def command_line(cfg) -> str:

@@ -49,6 +49,7 @@ class TrainConfig:
     lam: float | str = 0.0           # clustering weight, or "auto" (see losses.balance_lambda)
     pool: str = "mean"
     sft: float = 0.0                 # + sft x per-token NLL of the chosen responses (0: pure DPO)
+    kl_base: float = 0.0             # + kl_base x per-token KL(raw base || policy) on harmless chosen sequences
     lr: float = 2e-4
     epochs: float = 2.0
     max_steps: int | None = None     # overrides epochs
@@ -93,7 +94,8 @@ class TrainConfig:
                     raise UserError(f"lambda must be a number or 'auto', not {self.lam!r}") from None
             elif self.method != "quada":
                 raise UserError("lambda auto is for quada")
-        QuadAConfig(self.beta, self.approx, self.tau, 0.0 if self.lam == "auto" else self.lam, self.pool, self.sft).validate()
+        QuadAConfig(self.beta, self.approx, self.tau, 0.0 if self.lam == "auto" else self.lam, self.pool, self.sft,
+                    self.kl_base).validate()
         if self.approx:
             from pmpc import simulate
 
@@ -206,6 +208,17 @@ def load_policy(cfg: TrainConfig):
                       target_modules="all-linear", bias="none", task_type="CAUSAL_LM")
     model = get_peft_model(base, lcfg)
     return model.to(cfg.device), tok
+
+
+def load_anchor(cfg: TrainConfig):
+    """The KL term's anchor: the raw ``cfg.model`` (no adapter: with ``init_adapter`` the reference
+    is the aligned start, and the anchor is what it started from), frozen, in eval mode."""
+    from pmpc.models import load_hf
+
+    anchor, _ = load_hf(cfg.model, device=cfg.device)
+    for p in anchor.parameters():
+        p.requires_grad_(False)
+    return anchor
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -340,7 +353,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     if resume and (out / "config.json").exists():
         prev = json.loads((out / "config.json").read_text())["config"]
         mine = cfg.identity()
-        diff = [k for k in mine if prev.get(k) != mine[k]]
+        defaults = TrainConfig(pairs="", out="").identity()
+        # a field added later is absent from an older run's config: it ran at the default
+        diff = [k for k in mine if prev.get(k, defaults[k]) != mine[k]]
         if diff:
             raise UserError(f"--resume with a different configuration ({', '.join(diff)}); use another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -407,7 +422,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         log(f"lambda auto: {lam_info['lam']:.4g} (|g_dpo| {lam_info['grad_norm_dpo']:.3g}, "
             f"|g_cos| {lam_info['grad_norm_cos']:.3g})")
     lam = lam_info["lam"] if lam_info else cfg.lam
-    qcfg = QuadAConfig(cfg.beta, cfg.approx, cfg.tau, lam, cfg.pool, cfg.sft)
+    qcfg = QuadAConfig(cfg.beta, cfg.approx, cfg.tau, lam, cfg.pool, cfg.sft, cfg.kl_base)
+    anchor = load_anchor(cfg) if cfg.kl_base > 0 else None
     model.train()
     bar = tqdm(total=total, initial=step, desc=cfg.method, disable=not cfg.progress, unit="step")
     order_cache: dict = {}
@@ -431,7 +447,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
                 b = collate([examples[i] for i in sub], sub, pad_id).to(cfg.device)
                 r = ref[sub].to(cfg.device)
                 r = torch.cat([r[:, 0], r[:, 1]])
-                loss, st = quada_objective(model, b, qcfg, ref_logps=r, seed=cfg.seed * 1_000_003 + step * 64 + j)
+                loss, st = quada_objective(model, b, qcfg, ref_logps=r, seed=cfg.seed * 1_000_003 + step * 64 + j,
+                                           anchor=anchor)
                 (loss * len(sub) / len(idx)).backward()
                 for kk, v in st.items():
                     agg[kk] = agg.get(kk, 0.0) + v * len(sub) / len(idx)
@@ -474,7 +491,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         "threads": torch.get_num_threads(), **_peak_memory(cfg.device),
         "trainable_params": sum(p.numel() for p in params), "lam": lam, "lam_auto": lam_info,
         "final": {kk: round(sum(h[kk] for h in last if kk in h) / max(1, sum(kk in h for h in last)), 4)
-                  for kk in ("loss", "dpo_loss", "sft_nll", "reward_acc", "margin", "cos") if any(kk in h for h in last)},
+                  for kk in ("loss", "dpo_loss", "sft_nll", "kl_base", "reward_acc", "margin", "cos") if any(kk in h for h in last)},
         "config": cfg.identity(),
     }
     (out / "train.json").write_text(json.dumps(summary, indent=2))
