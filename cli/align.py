@@ -34,20 +34,41 @@ def align():
               help="make the pairs on-policy for this model (e.g. smollm2-safe, to align it further): its own "
                    "answers take the side they fall on (pmpc/align/data.py)")
 @click.option("--policy-gen", default=None, help="the policy's generations JSONL [runs/align/gen-<policy>.jsonl]")
+@click.option("--mine-harmless", default=0, show_default=True, type=click.IntRange(0, None),
+              help="with --policy: screen this many further harmless-train prompts (its first 16 tokens) and "
+                   "add the ones the policy refuses (hard negatives: its over-refusals)")
 def data_cmd(model, gen_path, out_path, n_harmless, max_new_tokens, batch_size, formats, seed, device, no_generate,
-             keep_validation, benign_train, policy, policy_gen):
+             keep_validation, benign_train, policy, policy_gen, mine_harmless):
     """Generate the base model's answers (cached, resumable) and build preference pairs."""
     from eval.judges import GCGJudge
 
     from pmpc.align import data as D
 
+    if mine_harmless and not policy:
+        raise UserError("--mine-harmless screens the policy's refusals: give --policy")
+    judge = GCGJudge()
+    is_refusal = lambda t: bool(judge.one(t).refused)  # noqa: E731
     gen_path = pathlib.Path(gen_path) if gen_path else D.default_gen_path(model)
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
-    ps = D.training_prompts(n_harmless, seed, keep_validation=keep_validation, benign_train=benign_train)
+    ps = D.training_prompts(n_harmless, seed, keep_validation=keep_validation, benign_train=benign_train,
+                            screen=mine_harmless)
+    policy_path = (pathlib.Path(policy_gen) if policy_gen else D.default_gen_path(policy)) if policy else None
+    mined = None
+    if ps.screen:   # hard negatives: the further harmless prompts the policy refuses
+        if not no_generate:
+            from pmpc.models import load_hf
+
+            m, tok = load_hf(policy, device=device)
+            mined = D.generate_answers(m, tok, [(p, "harmless", "harmless_prompts/train") for p in ps.screen],
+                                       policy_path, max_new_tokens=D.SCREEN_TOKENS, batch_size=batch_size,
+                                       model_name=policy, device=device)
+            del m
+        refused = D.refused_prompts(policy_path, ps.screen, is_refusal)
+        mined = dict(mined or {}, screened=len(ps.screen), refused=len(refused))
+        ps.harmless += [(p, "harmless_prompts/train:mined") for p in refused]
     prompts = [(p, "harmful", s) for p, s in ps.harmful] + [(p, "harmless", s) for p, s in ps.harmless]
     click.echo(f"prompts: {len(ps.harmful)} harmful, {len(ps.harmless)} harmless "
                f"(removed: {ps.removed} held-out evaluation, {ps.removed_validation} validation prompts)", err=True)
-    policy_path = (pathlib.Path(policy_gen) if policy_gen else D.default_gen_path(policy)) if policy else None
     stats = {}
     if not no_generate:
         import torch
@@ -71,11 +92,9 @@ def data_cmd(model, gen_path, out_path, n_harmless, max_new_tokens, batch_size, 
         if len(own) < len(rows):
             raise UserError(f"{policy_path}: {len(rows) - len(own)} prompt(s) without {policy}'s answer "
                             "(run without --no-generate)")
-    judge = GCGJudge()
-    pairs, pstats = D.build_pairs(rows, lambda t: bool(judge.one(t).refused), seed=seed, formats=fmts,
-                                  policy_rows=own)
+    pairs, pstats = D.build_pairs(rows, is_refusal, seed=seed, formats=fmts, policy_rows=own)
     D.write_pairs(pairs, out_path)
-    res = {"generation": stats, "pairs": pstats, "missing_generations": len(prompts) - len(rows),
+    res = {"generation": stats, "mined": mined, "pairs": pstats, "missing_generations": len(prompts) - len(rows),
            "gen_file": str(gen_path), "policy_gen_file": str(policy_path) if policy else None,
            "pairs_file": out_path, "pairs_sha256": D.file_sha256(out_path)}
     click.echo(json.dumps(res, indent=2))

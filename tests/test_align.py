@@ -556,6 +556,38 @@ def test_cli_data_on_policy_from_cached_answers(tmp_path, data_dir):
     assert r.returncode == 2 and last.startswith("pmpc: error:") and "1 prompt(s) without smollm2-safe's" in last
 
 
+def test_cli_data_mines_the_harmless_prompts_the_policy_refuses(tmp_path, data_dir):
+    """`--mine-harmless N` screens the N harmless-train prompts after the first --n-harmless (seeded
+    order) with the policy's first 16 tokens; the ones it refuses join as on-policy harmless pairs
+    (base answer chosen, its refusal rejected); the others do not join."""
+    ps = D.training_prompts(4, d=data_dir, screen=6)
+    assert len(ps.screen) == 6 and not set(ps.screen) & {p for p, _ in ps.harmless}
+    assert ps.screen == [p for p, _ in D.training_prompts(10, d=data_dir).harmless][4:]   # the same order, next
+    mined = ps.screen[1::2]
+    row = lambda p, text, n: json.dumps({"prompt": p, "kind": "harmless", "source": "s", "response": text,  # noqa: E731
+                                          "finished": True, "format": "chat", "max_new_tokens": n}) + "\n"
+    base, own = tmp_path / "base.jsonl", tmp_path / "own.jsonl"
+    base.write_text("".join(row(p, "Here is a helpful answer for you", 128) for p in [x for x, _ in ps.harmless] + ps.screen))
+    own.write_text("".join(row(p, "I'm sorry, I can't" if p in mined else "Sure, here it is", 16) for p in ps.screen)
+                   + "".join(row(p, "I'm sorry, but I cannot help with that", 128) for p in mined)
+                   + "".join(row(p, "Happy to help: an answer", 128) for p, _ in ps.harmless))
+    args = [sys.executable, "-m", "cli.main", "align", "data", "--no-generate", "--n-harmless", "4", "--gen", str(base),
+            "--policy", "smollm2-safe", "--policy-gen", str(own), "--mine-harmless", "6",
+            "--out", str(tmp_path / "pairs.jsonl")]
+    r = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env={**__import__("os").environ,
+                                                                          "PMPC_DATA": str(data_dir)})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["mined"] == {"screened": 6, "refused": len(mined)}
+    pairs = {p.prompt: p for p in D.read_pairs(tmp_path / "pairs.jsonl")}
+    assert set(pairs) == {p for p, _ in ps.harmless} | set(mined)
+    assert all(pairs[p].rejected == "I'm sorry, but I cannot help with that" for p in mined)
+    assert all(pairs[p].chosen == "Here is a helpful answer for you" for p in mined)
+    no_policy = [a for k, a in enumerate(args) if a not in ("--policy", "--policy-gen") and args[k - 1] not in
+                 ("--policy", "--policy-gen")]
+    r = subprocess.run(no_policy, capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and r.stderr.strip().startswith("pmpc: error:") and "--policy" in r.stderr
+
+
 # -- committed adapters ---------------------------------------------------------------------------------
 COMMITTED = sorted(p.parent.name for p in (REPO / "pmpc" / "adapters").glob("*/adapter_model.safetensors"))
 

@@ -133,6 +133,7 @@ class PromptSet:
     harmless: list[tuple[str, str]]
     removed: int                      # prompts dropped because an evaluation set holds them
     removed_validation: int = 0       # prompts dropped because the validation set holds them
+    screen: list[str] = dataclasses.field(default_factory=list)  # further harmless prompts to mine (:func:`mine_refused`)
 
 
 def benign_split(n_train: int, seed: int = 0, d: pathlib.Path | None = None) -> tuple[list[str], list[str]]:
@@ -150,11 +151,12 @@ def benign_split(n_train: int, seed: int = 0, d: pathlib.Path | None = None) -> 
 
 
 def training_prompts(n_harmless: int = 300, seed: int = 0, d: pathlib.Path | None = None,
-                     benign_train: int = 0, keep_validation: bool = False) -> PromptSet:
+                     benign_train: int = 0, keep_validation: bool = False, screen: int = 0) -> PromptSet:
     """The training prompts, deduplicated and with every held-out evaluation prompt and every
     validation prompt removed; ``benign_train`` JBB benign prompts (:func:`benign_split`) join the
     harmless ones. ``keep_validation`` rebuilds the pre-session-6 data (validation prompts trained
-    on), which the committed adapters were made with."""
+    on), which the committed adapters were made with. ``screen``: the next that many harmless-train
+    prompts of the same seeded order, as candidates for :func:`mine_refused`."""
     if n_harmless < 0:
         raise UserError("n_harmless must be >= 0")
     d = d or data_dir()
@@ -185,15 +187,33 @@ def training_prompts(n_harmless: int = 300, seed: int = 0, d: pathlib.Path | Non
         return True
 
     harmful = [x for x in harmful if keep(x[0])]
-    harmless = []
+    harmless, screened = [], []
     for i in idx:
-        if len(harmless) >= n_harmless:
+        if len(harmless) >= n_harmless and len(screened) >= screen:
             break
         if keep(pool[i]):
-            harmless.append((pool[i], "harmless_prompts/train"))
+            (harmless if len(harmless) < n_harmless else screened).append(pool[i])
+    harmless = [(x, "harmless_prompts/train") for x in harmless]
     if benign_train:
         harmless += [(x, "jbb-benign/train") for x in benign_split(benign_train, seed, d)[0] if keep(x)]
-    return PromptSet(harmful, harmless, removed, removed_val)
+    return PromptSet(harmful, harmless, removed, removed_val, screened)
+
+
+SCREEN_TOKENS = 16   # a refusal shows in its first words; the GCG rule reads them
+
+
+def refused_prompts(path, prompts: list[str], is_refusal, tokens: int = SCREEN_TOKENS) -> list[str]:
+    """The harmless ``prompts`` that the model whose answers are in ``path`` (``tokens`` greedy
+    tokens each, made by :func:`generate_answers`) refuses: hard negatives for on-policy pairs.
+    A model aligned on a few hundred harmless prompts answers those, so they stop teaching it where
+    the line is; the ordinary prompts it still refuses (a topic word, a dark theme) are the contrast
+    it lacks, found on training data (XSTest, which measures exactly that, stays held out)."""
+    got = answers(path, tokens)
+    missing = [p for p in prompts if ("harmless", p) not in got]
+    if missing:
+        raise UserError(f"{path}: {len(missing)} screened prompt(s) without an answer of {tokens} tokens "
+                        "(run without --no-generate)")
+    return [p for p in prompts if is_refusal(got[("harmless", p)]["response"])]
 
 
 # -- prompt formatting -------------------------------------------------------------------------
