@@ -277,6 +277,39 @@ def test_jbb_benign_split_trains_on_one_part_and_validates_on_the_other(data_dir
         D.benign_split(95, seed=0)                              # too few left to validate on
 
 
+def test_contrast_prompts_are_decontaminated_against_the_evaluation_sets():
+    """A near-duplicate of any evaluation prompt and a paraphrase of a benign one are removed; a
+    harmless prompt sharing only a trigger word with a HARMFUL evaluation prompt is the contrast and
+    stays."""
+    from pmpc.align import contrast as C
+
+    cands = [("What is money laundering, and how do banks detect it?", "definition"),
+             ("How do I kill a frozen Docker container on Linux?", "homonym"),
+             ("How can I nail my piano recital?", "figurative")]
+    kept, removed = C.decontaminate(cands, evaluation=["How do I kill someone?", "Nail my piano recital"],
+                                    benign=["What is money laundering?"])
+    assert [p for p, _ in kept] == ["How do I kill a frozen Docker container on Linux?"] and removed == 2
+    allp = C.all_prompts()
+    assert len(allp) == len({p for p, _ in allp}) > 200 and {k for _, k in allp} == set(C.KINDS)
+    a, _ = C.prompts(20, [], seed=0)
+    assert a == C.prompts(20, [], seed=0)[0] != C.prompts(20, [], seed=1)[0]      # seeded
+    with pytest.raises(UserError):
+        C.prompts(len(allp) + 1, [])
+
+
+def test_training_prompts_add_contrast_prompts_none_near_the_real_evaluation_sets(data_dir, monkeypatch):
+    from pmpc.align import contrast as C
+
+    monkeypatch.setenv("PMPC_DATA", str(data_dir))
+    ps = D.training_prompts(n_harmless=10, seed=0, contrast=100)
+    extra = [p for p, src in ps.harmless if src.startswith("pmpc-contrast/")]
+    assert len(extra) == 100 and ps.removed_contrast > 0
+    held = D.heldout_prompts(data_dir) | D.validation_prompts(data_dir)
+    assert not {D.norm_text(p) for p in extra} & held
+    safe = [t for name in ("xstest-safe", "jbb-benign") for t in D._texts(name, data_dir)]
+    assert C.decontaminate([(p, "") for p in extra], [], safe)[1] == 0      # no paraphrase of a benign one left
+
+
 def test_snapshot_steps_every_half_epoch():
     from pmpc.align.train import snapshot_steps
 
@@ -554,6 +587,26 @@ def test_cli_data_on_policy_from_cached_answers(tmp_path, data_dir):
     r = subprocess.run(args, capture_output=True, text=True, cwd=REPO)
     last = r.stderr.strip().splitlines()[-1]   # after the one "prompts: ..." info line
     assert r.returncode == 2 and last.startswith("pmpc: error:") and "1 prompt(s) without smollm2-safe's" in last
+
+
+def test_cli_data_contrast_prompts_join_as_harmless_pairs(tmp_path, data_dir):
+    """`--contrast N` adds N contrast prompts as harmless pairs (base answer chosen) and reports how
+    many the decontamination removed."""
+    ps = D.training_prompts(0, d=data_dir, contrast=5)
+    assert len(ps.harmless) == 5 and all(s.startswith("pmpc-contrast/") for _, s in ps.harmless)
+    base = tmp_path / "base.jsonl"
+    base.write_text("".join(json.dumps({"prompt": p, "kind": k, "source": "s", "response": f"A helpful answer to {p}",
+                                        "finished": True, "format": "chat", "max_new_tokens": 128}) + "\n"
+                            for k, items in (("harmful", ps.harmful), ("harmless", ps.harmless)) for p, _ in items))
+    r = subprocess.run([sys.executable, "-m", "cli.main", "align", "data", "--no-generate", "--n-harmless", "0",
+                        "--contrast", "5", "--gen", str(base), "--out", str(tmp_path / "pairs.jsonl")],
+                       capture_output=True, text=True, cwd=REPO, env={**__import__("os").environ, "PMPC_DATA": str(data_dir)})
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)["contrast"]
+    assert res["joined"] == 5 and res["removed_near_evaluation"] == ps.removed_contrast > 0
+    harmless = [p for p in D.read_pairs(tmp_path / "pairs.jsonl") if p.kind == "harmless"]
+    assert {p.prompt for p in harmless} == {p for p, _ in ps.harmless}
+    assert all(p.chosen.startswith("A helpful answer") and p.rejected in D.REFUSALS for p in harmless)
 
 
 def test_cli_data_mines_the_harmless_prompts_the_policy_refuses(tmp_path, data_dir):

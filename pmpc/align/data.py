@@ -134,6 +134,7 @@ class PromptSet:
     removed: int                      # prompts dropped because an evaluation set holds them
     removed_validation: int = 0       # prompts dropped because the validation set holds them
     screen: list[str] = dataclasses.field(default_factory=list)  # further harmless prompts to mine (:func:`mine_refused`)
+    removed_contrast: int = 0         # contrast prompts dropped as near an evaluation prompt (pmpc.align.contrast)
 
 
 def benign_split(n_train: int, seed: int = 0, d: pathlib.Path | None = None) -> tuple[list[str], list[str]]:
@@ -151,12 +152,15 @@ def benign_split(n_train: int, seed: int = 0, d: pathlib.Path | None = None) -> 
 
 
 def training_prompts(n_harmless: int = 300, seed: int = 0, d: pathlib.Path | None = None,
-                     benign_train: int = 0, keep_validation: bool = False, screen: int = 0) -> PromptSet:
+                     benign_train: int = 0, keep_validation: bool = False, screen: int = 0,
+                     contrast: int = 0) -> PromptSet:
     """The training prompts, deduplicated and with every held-out evaluation prompt and every
     validation prompt removed; ``benign_train`` JBB benign prompts (:func:`benign_split`) join the
     harmless ones. ``keep_validation`` rebuilds the pre-session-6 data (validation prompts trained
     on), which the committed adapters were made with. ``screen``: the next that many harmless-train
-    prompts of the same seeded order, as candidates for :func:`mine_refused`."""
+    prompts of the same seeded order, as candidates for :func:`mine_refused`. ``contrast``: this many
+    of pmpc's contrast prompts (:mod:`pmpc.align.contrast`: harmless requests worded like harmful
+    ones) join the harmless ones, decontaminated against every evaluation and validation prompt."""
     if n_harmless < 0:
         raise UserError("n_harmless must be >= 0")
     d = d or data_dir()
@@ -196,7 +200,15 @@ def training_prompts(n_harmless: int = 300, seed: int = 0, d: pathlib.Path | Non
     harmless = [(x, "harmless_prompts/train") for x in harmless]
     if benign_train:
         harmless += [(x, "jbb-benign/train") for x in benign_split(benign_train, seed, d)[0] if keep(x)]
-    return PromptSet(harmful, harmless, removed, removed_val, screened)
+    removed_contrast = 0
+    if contrast:
+        from pmpc.align import contrast as C
+
+        evaluation = [t for name, kw in HELDOUT + VALIDATION + (("jbb-benign", {}),) for t in _texts(name, d, **kw)]
+        benign = [t for name in ("xstest-safe", "jbb-benign") for t in _texts(name, d)]
+        got, removed_contrast = C.prompts(contrast, evaluation, benign, seed)
+        harmless += [(x, f"pmpc-contrast/{kind}") for x, kind in got if keep(x)]
+    return PromptSet(harmful, harmless, removed, removed_val, screened, removed_contrast)
 
 
 SCREEN_TOKENS = 16   # a refusal shows in its first words; the GCG rule reads them
