@@ -53,11 +53,13 @@ class Plan:
     gen: str | None = None
     n_harmless: int = 300
     benign_train: int = 0      # JBB benign prompts moved into training (harmless pairs); the rest validate
+    contrast: int = 0          # pmpc contrast prompts (harmless, worded like harmful; pmpc/align/contrast.py) in training
     keep_validation: bool = False  # train on harmful-val too (the pre-session-6 data; never for new models)
     gen_tokens: int = 128
     gen_batch: int = 96
     safe_epochs: int = 5
     safe_sft: float = 1.0      # + this x NLL of the chosen responses for smollm2-safe (DPO+NLL; see losses.py)
+    safe_kl: float = 0.0       # + this x KL(raw base || policy) on harmless chosen sequences for smollm2-safe
     keep_every: float = 1.0    # smollm2-safe snapshot (selection candidate) every this many epochs
     safe_adapter: str | None = None  # reuse a trained smollm2-safe (e.g. pmpc/adapters/smollm2-safe): no safe stage
     cont_epochs: float = 2.0
@@ -152,7 +154,8 @@ class Runner:
             D.write_pairs(pairs, pairs_path)
             return {"pairs_file": str(pairs_path), "source": p.pairs, "pairs": len(pairs),
                     "sha256": D.file_sha256(pairs_path)}
-        ps = D.training_prompts(p.n_harmless, p.seed, benign_train=p.benign_train, keep_validation=p.keep_validation)
+        ps = D.training_prompts(p.n_harmless, p.seed, benign_train=p.benign_train, keep_validation=p.keep_validation,
+                                contrast=p.contrast)
         prompts = [(x, "harmful", s) for x, s in ps.harmful] + [(x, "harmless", s) for x, s in ps.harmless]
         gen_path = self.out / "gen.jsonl"
         if p.gen and not gen_path.exists():  # answers made elsewhere; only the prompts they lack are generated
@@ -171,15 +174,17 @@ class Runner:
         D.write_pairs(pairs, pairs_path)
         return {"pairs_file": str(pairs_path), "gen_file": str(gen_path), "generation": stats, "pairs": pst,
                 "removed_heldout": ps.removed, "removed_validation": ps.removed_validation,
+                "removed_contrast": ps.removed_contrast,
                 "sha256": D.file_sha256(pairs_path)}
 
-    def train(self, name, method, epochs, lr, init=None, approx=None, tau=0, lam=0.0, keep_epochs=0.0, sft=0.0):
+    def train(self, name, method, epochs, lr, init=None, approx=None, tau=0, lam=0.0, keep_epochs=0.0, sft=0.0,
+              kl_base=0.0):
         from pmpc.align.train import TrainConfig, train
 
         p = self.p
         cfg = TrainConfig(pairs=str(self.out / "pairs.jsonl"), out=str(self.out / "runs" / name), model=p.model,
-                          init_adapter=init, method=method, approx=approx, tau=tau, lam=lam, sft=sft, lr=lr, epochs=epochs,
-                          batch_size=p.batch_size, micro_batch=p.micro_batch, lora_r=p.lora_r, lora_alpha=2 * p.lora_r,
+                          init_adapter=init, method=method, approx=approx, tau=tau, lam=lam, sft=sft, kl_base=kl_base, lr=lr,
+                          epochs=epochs, batch_size=p.batch_size, micro_batch=p.micro_batch, lora_r=p.lora_r, lora_alpha=2 * p.lora_r,
                           seed=p.seed, device=p.device, ckpt_every=10_000, keep_epochs=keep_epochs,
                           limit_pairs=p.limit_pairs, progress=False)
         resume = (self.out / "runs" / name / "checkpoint").exists()
@@ -445,7 +450,8 @@ def run(plan: Plan) -> dict:
         R.stage("safe", lambda: {"adapter": str(pathlib.Path(p.safe_adapter).resolve()), "reused": True})
         safe = st["safe"]["adapter"]
     else:
-        R.stage("safe", lambda: R.train("safe", "dpo", p.safe_epochs, p.lr, keep_epochs=p.keep_every, sft=p.safe_sft))
+        R.stage("safe", lambda: R.train("safe", "dpo", p.safe_epochs, p.lr, keep_epochs=p.keep_every, sft=p.safe_sft,
+                                                    kl_base=p.safe_kl))
         R.stage("safe_select_epoch", R.validate_epochs)
         safe = st["safe_select_epoch"]["adapter"]
     R.stage("targets_base", lambda: R.targets("base", None))
@@ -524,6 +530,8 @@ def export(R: Runner, rows: dict):
                                   f"{plan['n_harmless']} of harmless_prompts/train (seeded)"
                                   + (f" + {plan['benign_train']} of JBB benign (seeded; the rest validate "
                                      "over-refusal)" if plan.get("benign_train") else "")
+                                  + (f" + {plan['contrast']} pmpc contrast prompts (decontaminated)"
+                                     if plan.get("contrast") else "")
                                   + "; held-out evaluation prompts removed",
                        "chosen/rejected": "harmful: refusal template / base model's greedy answer; "
                                           "harmless: base model's greedy answer / refusal template"}}
