@@ -26,6 +26,8 @@ import itertools
 import random
 import re
 
+from pmpc.errors import UserError
+
 JACCARD = 0.5   # content-word Jaccard at or above which a contrast prompt is a near-duplicate of an evaluation prompt
 CONTAIN = 0.5   # share of a benign evaluation prompt's content words at or above which it is a paraphrase
 
@@ -186,8 +188,6 @@ def prompts(n: int, evaluation: list[str], benign: list[str] = (), seed: int = 0
     safe, JBB benign). Returns ([(prompt, kind)], removed)."""
     kept, removed = decontaminate(all_prompts(), evaluation, benign)
     if n > len(kept):
-        from pmpc.errors import UserError
-
         raise UserError(f"contrast: {n} asked, {len(kept)} available")
     rng = random.Random(seed + 11)
     rng.shuffle(kept)

@@ -204,9 +204,9 @@ def training_prompts(n_harmless: int = 300, seed: int = 0, d: pathlib.Path | Non
     if contrast:
         from pmpc.align import contrast as C
 
-        evaluation = [t for name, kw in HELDOUT + VALIDATION + (("jbb-benign", {}),) for t in _texts(name, d, **kw)]
-        benign = [t for name in ("xstest-safe", "jbb-benign") for t in _texts(name, d)]
-        got, removed_contrast = C.prompts(contrast, evaluation, benign, seed)
+        jbb_benign = _texts("jbb-benign", d)   # validation (the untrained part) as much as training
+        evaluation = [t for name, kw in HELDOUT + VALIDATION for t in _texts(name, d, **kw)] + jbb_benign
+        got, removed_contrast = C.prompts(contrast, evaluation, _texts("xstest-safe", d) + jbb_benign, seed)
         harmless += [(x, f"pmpc-contrast/{kind}") for x, kind in got if keep(x)]
     return PromptSet(harmful, harmless, removed, removed_val, screened, removed_contrast)
 

@@ -451,7 +451,7 @@ def run(plan: Plan) -> dict:
         safe = st["safe"]["adapter"]
     else:
         R.stage("safe", lambda: R.train("safe", "dpo", p.safe_epochs, p.lr, keep_epochs=p.keep_every, sft=p.safe_sft,
-                                                    kl_base=p.safe_kl))
+                                        kl_base=p.safe_kl))
         R.stage("safe_select_epoch", R.validate_epochs)
         safe = st["safe_select_epoch"]["adapter"]
     R.stage("targets_base", lambda: R.targets("base", None))
