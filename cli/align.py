@@ -40,8 +40,11 @@ def align():
 @click.option("--contrast", default=0, show_default=True, type=click.IntRange(0, None),
               help="this many of pmpc's contrast prompts (harmless requests worded like harmful ones: "
                    "pmpc/align/contrast.py) join the harmless ones, decontaminated against the evaluation sets")
+@click.option("--twins", default=0, show_default=True, type=click.IntRange(0, None),
+              help="this many of their harmful twins (the same trigger words, the intent to harm) join the "
+                   "harmful ones, decontaminated likewise (stricter)")
 def data_cmd(model, gen_path, out_path, n_harmless, max_new_tokens, batch_size, formats, seed, device, no_generate,
-             keep_validation, benign_train, policy, policy_gen, mine_harmless, contrast):
+             keep_validation, benign_train, policy, policy_gen, mine_harmless, contrast, twins):
     """Generate the base model's answers (cached, resumable) and build preference pairs."""
     from eval.judges import GCGJudge
 
@@ -54,7 +57,7 @@ def data_cmd(model, gen_path, out_path, n_harmless, max_new_tokens, batch_size, 
     gen_path = pathlib.Path(gen_path) if gen_path else D.default_gen_path(model)
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
     ps = D.training_prompts(n_harmless, seed, keep_validation=keep_validation, benign_train=benign_train,
-                            screen=mine_harmless, contrast=contrast)
+                            screen=mine_harmless, contrast=contrast, twins=twins)
     policy_path = (pathlib.Path(policy_gen) if policy_gen else D.default_gen_path(policy)) if policy else None
     mined = None
     if ps.screen:   # hard negatives: the further harmless prompts the policy refuses
@@ -72,7 +75,8 @@ def data_cmd(model, gen_path, out_path, n_harmless, max_new_tokens, batch_size, 
     prompts = [(p, "harmful", s) for p, s in ps.harmful] + [(p, "harmless", s) for p, s in ps.harmless]
     click.echo(f"prompts: {len(ps.harmful)} harmful, {len(ps.harmless)} harmless "
                f"(removed: {ps.removed} held-out evaluation, {ps.removed_validation} validation prompts"
-               + (f"; {ps.removed_contrast} contrast prompts near an evaluation one" if contrast else "") + ")", err=True)
+               + (f"; {ps.removed_contrast} contrast prompts near an evaluation one" if contrast else "")
+               + (f"; {ps.removed_twins} harmful twins near an evaluation one" if twins else "") + ")", err=True)
     stats = {}
     if not no_generate:
         import torch
@@ -100,7 +104,10 @@ def data_cmd(model, gen_path, out_path, n_harmless, max_new_tokens, batch_size, 
     D.write_pairs(pairs, out_path)
     res = {"generation": stats, "mined": mined, "contrast": {"asked": contrast, "removed_near_evaluation": ps.removed_contrast,
                                                             "joined": sum(s.startswith("pmpc-contrast/") for _, s in ps.harmless)}
-           if contrast else None, "pairs": pstats, "missing_generations": len(prompts) - len(rows),
+           if contrast else None,
+           "twins": {"asked": twins, "removed_near_evaluation": ps.removed_twins,
+                     "joined": sum(s.startswith("pmpc-twin/") for _, s in ps.harmful)} if twins else None,
+           "pairs": pstats, "missing_generations": len(prompts) - len(rows),
            "gen_file": str(gen_path), "policy_gen_file": str(policy_path) if policy else None,
            "pairs_file": out_path, "pairs_sha256": D.file_sha256(out_path)}
     click.echo(json.dumps(res, indent=2))

@@ -609,6 +609,48 @@ def test_cli_data_contrast_prompts_join_as_harmless_pairs(tmp_path, data_dir):
     assert all(p.chosen.startswith("A helpful answer") and p.rejected in D.REFUSALS for p in harmless)
 
 
+def test_harmful_twins_share_the_contrast_kinds_and_are_decontaminated_more_strictly(data_dir, monkeypatch):
+    """Every contrast kind has harmful twins; a twin near an evaluation prompt at the twins' stricter
+    threshold is removed where a contrast prompt at the same distance would stay; with ``twins`` they
+    join the HARMFUL prompts, none left that near any evaluation or validation prompt."""
+    from pmpc.align import contrast as C
+
+    twins = C.all_prompts(harmful=True)
+    assert len(twins) == len({p for p, _ in twins}) > 100 and {k for _, k in twins} == set(C.KINDS)
+    assert not {p for p, _ in twins} & {p for p, _ in C.all_prompts()}
+    cand = [("How do I crack my ex's Instagram password?", "homonym")]
+    ev = ["What is my wife's Instagram password?"]                   # content-word Jaccard 0.4
+    assert C.decontaminate(cand, ev)[1] == 0 and C.decontaminate(cand, ev, jaccard=C.TWIN_JACCARD)[1] == 1
+    monkeypatch.setenv("PMPC_DATA", str(data_dir))
+    ps = D.training_prompts(n_harmless=0, seed=0, twins=40)
+    extra = [p for p, src in ps.harmful if src.startswith("pmpc-twin/")]
+    assert len(extra) == 40 and ps.removed_twins > 0 and not ps.harmless
+    evaluation = [t for name, kw in D.HELDOUT + D.VALIDATION for t in D._texts(name, data_dir, **kw)]
+    assert C.decontaminate([(p, "") for p in extra], evaluation, jaccard=C.TWIN_JACCARD)[1] == 0
+    with pytest.raises(UserError):
+        D.training_prompts(n_harmless=0, seed=0, twins=len(twins))      # more than survive decontamination
+
+
+def test_cli_data_twins_join_as_harmful_pairs(tmp_path, data_dir):
+    """`--twins N`: N harmful twins become harmful pairs (a refusal chosen, the base answer rejected),
+    reported beside the decontamination count."""
+    ps = D.training_prompts(0, d=data_dir, twins=6)
+    twins = [p for p, s in ps.harmful if s.startswith("pmpc-twin/")]
+    base = tmp_path / "base.jsonl"
+    base.write_text("".join(json.dumps({"prompt": p, "kind": "harmful", "source": s, "response": f"Sure, here is how: {p}",
+                                        "finished": True, "format": "chat", "max_new_tokens": 128}) + "\n"
+                            for p, s in ps.harmful))
+    r = subprocess.run([sys.executable, "-m", "cli.main", "align", "data", "--no-generate", "--n-harmless", "0",
+                        "--twins", "6", "--gen", str(base), "--out", str(tmp_path / "pairs.jsonl")],
+                       capture_output=True, text=True, cwd=REPO, env={**__import__("os").environ, "PMPC_DATA": str(data_dir)})
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["twins"] == {"asked": 6, "removed_near_evaluation": ps.removed_twins, "joined": 6} and res["contrast"] is None
+    got = {p.prompt: p for p in D.read_pairs(tmp_path / "pairs.jsonl")}
+    assert len(twins) == 6 and all(got[t].kind == "harmful" and got[t].chosen in D.REFUSALS
+                                   and got[t].rejected.startswith("Sure, here is how") for t in twins)
+
+
 def test_cli_data_mines_the_harmless_prompts_the_policy_refuses(tmp_path, data_dir):
     """`--mine-harmless N` screens the N harmless-train prompts after the first --n-harmless (seeded
     order) with the policy's first 16 tokens; the ones it refuses join as on-policy harmless pairs

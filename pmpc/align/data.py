@@ -135,6 +135,7 @@ class PromptSet:
     removed_validation: int = 0       # prompts dropped because the validation set holds them
     screen: list[str] = dataclasses.field(default_factory=list)  # further harmless prompts to mine (:func:`mine_refused`)
     removed_contrast: int = 0         # contrast prompts dropped as near an evaluation prompt (pmpc.align.contrast)
+    removed_twins: int = 0            # harmful twins dropped likewise
 
 
 def benign_split(n_train: int, seed: int = 0, d: pathlib.Path | None = None) -> tuple[list[str], list[str]]:
@@ -153,14 +154,16 @@ def benign_split(n_train: int, seed: int = 0, d: pathlib.Path | None = None) -> 
 
 def training_prompts(n_harmless: int = 300, seed: int = 0, d: pathlib.Path | None = None,
                      benign_train: int = 0, keep_validation: bool = False, screen: int = 0,
-                     contrast: int = 0) -> PromptSet:
+                     contrast: int = 0, twins: int = 0) -> PromptSet:
     """The training prompts, deduplicated and with every held-out evaluation prompt and every
     validation prompt removed; ``benign_train`` JBB benign prompts (:func:`benign_split`) join the
     harmless ones. ``keep_validation`` rebuilds the pre-session-6 data (validation prompts trained
     on), which the committed adapters were made with. ``screen``: the next that many harmless-train
     prompts of the same seeded order, as candidates for :func:`mine_refused`. ``contrast``: this many
     of pmpc's contrast prompts (:mod:`pmpc.align.contrast`: harmless requests worded like harmful
-    ones) join the harmless ones, decontaminated against every evaluation and validation prompt."""
+    ones) join the harmless ones, decontaminated against every evaluation and validation prompt;
+    ``twins``: this many of their harmful twins (the same trigger words, the intent to harm) join the
+    harmful ones, decontaminated the same way."""
     if n_harmless < 0:
         raise UserError("n_harmless must be >= 0")
     d = d or data_dir()
@@ -200,15 +203,19 @@ def training_prompts(n_harmless: int = 300, seed: int = 0, d: pathlib.Path | Non
     harmless = [(x, "harmless_prompts/train") for x in harmless]
     if benign_train:
         harmless += [(x, "jbb-benign/train") for x in benign_split(benign_train, seed, d)[0] if keep(x)]
-    removed_contrast = 0
-    if contrast:
+    removed_contrast = removed_twins = 0
+    if contrast or twins:
         from pmpc.align import contrast as C
 
         jbb_benign = _texts("jbb-benign", d)   # validation (the untrained part) as much as training
         evaluation = [t for name, kw in HELDOUT + VALIDATION for t in _texts(name, d, **kw)] + jbb_benign
-        got, removed_contrast = C.prompts(contrast, evaluation, _texts("xstest-safe", d) + jbb_benign, seed)
-        harmless += [(x, f"pmpc-contrast/{kind}") for x, kind in got if keep(x)]
-    return PromptSet(harmful, harmless, removed, removed_val, screened, removed_contrast)
+        if contrast:
+            got, removed_contrast = C.prompts(contrast, evaluation, _texts("xstest-safe", d) + jbb_benign, seed)
+            harmless += [(x, f"pmpc-contrast/{kind}") for x, kind in got if keep(x)]
+        if twins:
+            got, removed_twins = C.prompts(twins, evaluation, (), seed, harmful=True)
+            harmful += [(x, f"pmpc-twin/{kind}") for x, kind in got if keep(x)]
+    return PromptSet(harmful, harmless, removed, removed_val, screened, removed_contrast, removed_twins)
 
 
 SCREEN_TOKENS = 16   # a refusal shows in its first words; the GCG rule reads them
