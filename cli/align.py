@@ -102,15 +102,19 @@ def data_cmd(model, gen_path, out_path, n_harmless, max_new_tokens, batch_size, 
                             "(run without --no-generate)")
     pairs, pstats = D.build_pairs(rows, is_refusal, seed=seed, formats=fmts, policy_rows=own)
     D.write_pairs(pairs, out_path)
-    res = {"generation": stats, "mined": mined, "contrast": {"asked": contrast, "removed_near_evaluation": ps.removed_contrast,
-                                                            "joined": sum(s.startswith("pmpc-contrast/") for _, s in ps.harmless)}
-           if contrast else None,
-           "twins": {"asked": twins, "removed_near_evaluation": ps.removed_twins,
-                     "joined": sum(s.startswith("pmpc-twin/") for _, s in ps.harmful)} if twins else None,
+    res = {"generation": stats, "mined": mined,
+           "contrast": _written(contrast, ps.removed_contrast, ps.harmless, "pmpc-contrast/"),
+           "twins": _written(twins, ps.removed_twins, ps.harmful, "pmpc-twin/"),
            "pairs": pstats, "missing_generations": len(prompts) - len(rows),
            "gen_file": str(gen_path), "policy_gen_file": str(policy_path) if policy else None,
            "pairs_file": out_path, "pairs_sha256": D.file_sha256(out_path)}
     click.echo(json.dumps(res, indent=2))
+
+
+def _written(asked, removed, prompts, prefix):
+    """What became of pmpc's own prompts (contrast or twins; ``prefix`` marks their source), or None."""
+    return {"asked": asked, "removed_near_evaluation": removed,
+            "joined": sum(s.startswith(prefix) for _, s in prompts)} if asked else None
 
 
 def _train_options(f):

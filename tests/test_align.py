@@ -625,7 +625,7 @@ def test_harmful_twins_share_the_contrast_kinds_and_are_decontaminated_more_stri
     ps = D.training_prompts(n_harmless=0, seed=0, twins=40)
     extra = [p for p, src in ps.harmful if src.startswith("pmpc-twin/")]
     assert len(extra) == 40 and ps.removed_twins > 0 and not ps.harmless
-    evaluation = [t for name, kw in D.HELDOUT + D.VALIDATION for t in D._texts(name, data_dir, **kw)]
+    evaluation = D.set_texts(D.HELDOUT + D.VALIDATION, data_dir)
     assert C.decontaminate([(p, "") for p in extra], evaluation, jaccard=C.TWIN_JACCARD)[1] == 0
     with pytest.raises(UserError):
         D.training_prompts(n_harmless=0, seed=0, twins=len(twins))      # more than survive decontamination

@@ -115,16 +115,20 @@ HELDOUT = (("harmful-test", {}), ("jbb-harmful", {}), ("harmbench-test", {"categ
 VALIDATION = (("harmful-val", {}),)
 
 
+def set_texts(sets, d: pathlib.Path | None = None) -> list[str]:
+    """The prompts of named sets ((name, load kwargs), as :data:`HELDOUT`), in order."""
+    d = d or data_dir()
+    return [t for name, kw in sets for t in _texts(name, d, **kw)]
+
+
 def heldout_prompts(d: pathlib.Path | None = None) -> set[str]:
     """Normalised text of every evaluation prompt that training must never see."""
-    d = d or data_dir()
-    return {norm_text(t) for name, kw in HELDOUT for t in _texts(name, d, **kw)}
+    return set(map(norm_text, set_texts(HELDOUT, d)))
 
 
 def validation_prompts(d: pathlib.Path | None = None) -> set[str]:
     """Normalised text of the validation prompts, kept out of training like the held-out ones."""
-    d = d or data_dir()
-    return {norm_text(t) for name, kw in VALIDATION for t in _texts(name, d, **kw)}
+    return set(map(norm_text, set_texts(VALIDATION, d)))
 
 
 @dataclasses.dataclass
@@ -167,8 +171,9 @@ def training_prompts(n_harmless: int = 300, seed: int = 0, d: pathlib.Path | Non
     if n_harmless < 0:
         raise UserError("n_harmless must be >= 0")
     d = d or data_dir()
-    held = heldout_prompts(d)
-    val = set() if keep_validation else validation_prompts(d)
+    heldout, validation = set_texts(HELDOUT, d), set_texts(VALIDATION, d)   # read once: also the decontamination's
+    held = set(map(norm_text, heldout))
+    val = set() if keep_validation else set(map(norm_text, validation))
     removed_val = 0
     harmful = [(p, "harmful-train") for p in _texts("harmful-train", d)]
     harmful += [(p, "harmbench-val/standard") for p in _texts("harmbench-val", d, category="standard")]
@@ -208,7 +213,7 @@ def training_prompts(n_harmless: int = 300, seed: int = 0, d: pathlib.Path | Non
         from pmpc.align import contrast as C
 
         jbb_benign = _texts("jbb-benign", d)   # validation (the untrained part) as much as training
-        evaluation = [t for name, kw in HELDOUT + VALIDATION for t in _texts(name, d, **kw)] + jbb_benign
+        evaluation = heldout + validation + jbb_benign
         if contrast:
             got, removed_contrast = C.prompts(contrast, evaluation, _texts("xstest-safe", d) + jbb_benign, seed)
             harmless += [(x, f"pmpc-contrast/{kind}") for x, kind in got if keep(x)]
