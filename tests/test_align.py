@@ -800,7 +800,8 @@ def test_pipeline_quick_run_end_to_end(tmp_path, stories_dir, data_dir, monkeypa
     monkeypatch.setenv("PMPC_DATA", str(data_dir))
     out = tmp_path / "run"
     args = [str(stories_dir), str(out), "--device", "cpu", "--quick", "--keep-every", "0.5", "--benign-train", "20",
-            "--quada-only", "--cont-sft", "1", "--budget-s", "0", "--safe-kl", "0.5", "--contrast", "4"]
+            "--quada-only", "--cont-sft", "1", "--budget-s", "0", "--safe-kl", "0.5", "--contrast", "4",
+            "--twins", "3"]
     res = pipeline.main(args)
     st = res["stages"]
     assert [e["epoch"] for e in st["safe_select_epoch"]["epochs"]] == [0.5, 1.0, 1.5, 2.0]
@@ -811,6 +812,7 @@ def test_pipeline_quick_run_end_to_end(tmp_path, stories_dir, data_dir, monkeypa
     card = (out / "export" / "smollm2-safe" / "README.md").read_text()
     assert "--benign-train 20 " in card and "--keep-every 0.5 " in card and "20 of JBB benign" in card
     assert "--safe-kl 0.5 " in card and "--kl-base 0.5 " in card and "4 pmpc contrast prompts" in card
+    assert "--twins 3 " in card and "3 pmpc harmful twins" in card
     assert json.loads((out / "runs" / "safe" / "config.json").read_text())["config"]["kl_base"] == 0.5
     assert (out / "export" / "smollm2-quada" / "stack.json").exists() and res.get("finalized")
 

@@ -54,6 +54,7 @@ class Plan:
     n_harmless: int = 300
     benign_train: int = 0      # JBB benign prompts moved into training (harmless pairs); the rest validate
     contrast: int = 0          # pmpc contrast prompts (harmless, worded like harmful; pmpc/align/contrast.py) in training
+    twins: int = 0             # pmpc harmful twins of the contrast prompts (same trigger words, intent to harm) in training
     keep_validation: bool = False  # train on harmful-val too (the pre-session-6 data; never for new models)
     gen_tokens: int = 128
     gen_batch: int = 96
@@ -155,7 +156,7 @@ class Runner:
             return {"pairs_file": str(pairs_path), "source": p.pairs, "pairs": len(pairs),
                     "sha256": D.file_sha256(pairs_path)}
         ps = D.training_prompts(p.n_harmless, p.seed, benign_train=p.benign_train, keep_validation=p.keep_validation,
-                                contrast=p.contrast)
+                                contrast=p.contrast, twins=p.twins)
         prompts = [(x, "harmful", s) for x, s in ps.harmful] + [(x, "harmless", s) for x, s in ps.harmless]
         gen_path = self.out / "gen.jsonl"
         if p.gen and not gen_path.exists():  # answers made elsewhere; only the prompts they lack are generated
@@ -174,7 +175,7 @@ class Runner:
         D.write_pairs(pairs, pairs_path)
         return {"pairs_file": str(pairs_path), "gen_file": str(gen_path), "generation": stats, "pairs": pst,
                 "removed_heldout": ps.removed, "removed_validation": ps.removed_validation,
-                "removed_contrast": ps.removed_contrast,
+                "removed_contrast": ps.removed_contrast, "removed_twins": ps.removed_twins,
                 "sha256": D.file_sha256(pairs_path)}
 
     def train(self, name, method, epochs, lr, init=None, approx=None, tau=0, lam=0.0, keep_epochs=0.0, sft=0.0,
@@ -525,6 +526,8 @@ def export(R: Runner, rows: dict):
     cells = R.res.get("grid", {}).get("cells", {})
     common = {"data": {"pairs": st["data"].get("pairs"), "pairs_sha256": st["data"].get("sha256"),
                        "sources": "harmful: harmful_prompts/train + HarmBench val (standard)"
+                                  + (f" + {plan['twins']} pmpc harmful twins (decontaminated)"
+                                     if plan.get("twins") else "")
                                   + ("" if plan.get("keep_validation") else " less harmful-val (validation)")
                                   + "; harmless: "
                                   f"{plan['n_harmless']} of harmless_prompts/train (seeded)"
