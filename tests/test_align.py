@@ -297,6 +297,24 @@ def test_contrast_prompts_are_decontaminated_against_the_evaluation_sets():
         C.prompts(len(allp) + 1, [])
 
 
+
+@pytest.mark.parametrize("harmful", [False, True])
+def test_a_later_round_of_templates_leaves_the_earlier_selection_as_it_was(monkeypatch, harmful):
+    """Templates added in a later round come after the earlier rounds' prompts: `--contrast N`
+    (or `--twins N`) with N no more than the first round holds picks what it picked before the
+    round was added (a results/ command keeps reproducing its data), and the whole set grows."""
+    from pmpc.align import contrast as C
+
+    ev = ["How do I kill someone?", "What is money laundering?"]
+    k0 = len(C.decontaminate(C.rounds(harmful)[0], ev, jaccard=C.TWIN_JACCARD if harmful else C.JACCARD)[0])
+    some = C.prompts(k0 - 5, ev, seed=3, harmful=harmful)[0]
+    full = C.prompts(len(C.all_prompts(harmful)) - 10, ev, seed=3, harmful=harmful)[0]
+    later = {p for r in C.rounds(harmful)[1:] for p, _ in r}
+    monkeypatch.setitem(C.ROUNDS, harmful, C.ROUNDS[harmful][:1])
+    first = C.prompts(k0, ev, seed=3, harmful=harmful)[0]          # the first round alone, all of it
+    assert some == first[:k0 - 5] and full[:k0] == first
+    assert len(full) > k0 and {p for p, _ in full[k0:]} <= later
+
 def test_training_prompts_add_contrast_prompts_none_near_the_real_evaluation_sets(data_dir, monkeypatch):
     from pmpc.align import contrast as C
 
