@@ -297,7 +297,6 @@ def test_contrast_prompts_are_decontaminated_against_the_evaluation_sets():
         C.prompts(len(allp) + 1, [])
 
 
-
 @pytest.mark.parametrize("harmful", [False, True])
 def test_a_later_round_of_templates_leaves_the_earlier_selection_as_it_was(monkeypatch, harmful):
     """Templates added in a later round come after the earlier rounds' prompts: `--contrast N`
@@ -314,6 +313,7 @@ def test_a_later_round_of_templates_leaves_the_earlier_selection_as_it_was(monke
     first = C.prompts(k0, ev, seed=3, harmful=harmful)[0]          # the first round alone, all of it
     assert some == first[:k0 - 5] and full[:k0] == first
     assert len(full) > k0 and {p for p, _ in full[k0:]} <= later
+
 
 def test_training_prompts_add_contrast_prompts_none_near_the_real_evaluation_sets(data_dir, monkeypatch):
     from pmpc.align import contrast as C

@@ -182,8 +182,6 @@ _T2 = [
             "What is Bruce Wayne's secret identity?"]}),
 ]
 
-KINDS = tuple(dict.fromkeys(k for k, _, _ in _T + _T2))
-
 # Harmful twins: the same trigger words and kinds, the intent now to harm. They join the HARMFUL
 # prompts (chosen = a refusal, rejected = the base model's compliance), so that DPO sees both sides
 # of every trigger word: without them the contrast prompts alone teach "kill/poison/bomb is fine"
@@ -340,6 +338,7 @@ def content_words(s: str) -> frozenset[str]:
 
 
 ROUNDS = {False: (_T, _T2), True: (_H, _H2, _H3)}   # harmful -> the template lists, oldest first
+KINDS = tuple(dict.fromkeys(k for t in ROUNDS[False] for k, _, _ in t))
 
 
 def _expand(templates, seen: set) -> list[tuple[str, str]]:
@@ -391,11 +390,13 @@ def prompts(n: int, evaluation: list[str], benign: list[str] = (), seed: int = 0
     (:func:`decontaminate`) against ``evaluation`` (every held-out and validation prompt) and
     ``benign`` (their harmless ones: XSTest safe, JBB benign), in a seeded order: each round
     shuffled apart, the rounds oldest first. Returns ([(prompt, kind)], removed)."""
-    kept, removed = [], 0
-    for k, r in enumerate(rounds(harmful)):
-        got, rm = decontaminate(r, evaluation, benign, TWIN_JACCARD if harmful else JACCARD)
+    rs = rounds(harmful)
+    ok, removed = decontaminate([x for r in rs for x in r], evaluation, benign, TWIN_JACCARD if harmful else JACCARD)
+    ok, kept = set(ok), []
+    for k, r in enumerate(rs):
+        got = [x for x in r if x in ok]
         random.Random(seed + (13 if harmful else 11) + 1000 * k).shuffle(got)   # k = 0: the first round's order
-        kept, removed = kept + got, removed + rm
+        kept += got
     if n > len(kept):
         raise UserError(f"{'twins' if harmful else 'contrast'}: {n} asked, {len(kept)} available")
     return kept[:n], removed
