@@ -230,7 +230,7 @@ def select_cmd(model, adapter, prompts, point, scales, ppl_bound, window, frac, 
 @click.option("--out", "-o", required=True, help="output directory (cached generations; resumable)")
 def validate_cmd(run_dir, model, benign_train, val_windows, max_new_tokens, batch_size, device, out):
     """Choose among a training run's snapshots (RUN_DIR/epochs/ep*) on validation data only, as the
-    pipeline chooses smollm2-safe's epoch: harmful-val ASR, refusal of the untrained JBB benign
+    pipeline chooses smollm2-safe's epoch: ASR on harmful-val and harmful-test's dev part, refusal of the untrained JBB benign
     prompts, PPL of the last WikiText-2 windows; writes OUT/validate.json."""
     from pmpc.align import pipeline
 
@@ -239,7 +239,8 @@ def validate_cmd(run_dir, model, benign_train, val_windows, max_new_tokens, batc
     res = pipeline.Runner(plan).validate_epochs(run_dir)
     pathlib.Path(out, "validate.json").write_text(json.dumps(res, indent=1, default=str))
     for r in res["epochs"]:
-        click.echo(f"ep{r['epoch']:g}: harmful-val ASR {r['asr_val']['rate']:.3f}, benign refusal "
+        parts = ", ".join(f"{k} {v['k']}/{v['n']}" for k, v in r["asr_val_parts"].items())
+        click.echo(f"ep{r['epoch']:g}: ASR {r['asr_val']['rate']:.3f} ({parts}), benign refusal "
                    f"{r['overrefusal_val']['rate']:.3f}, PPL x{r['ppl_ratio']:.3f}{'  meets' if r['meets'] else ''}")
     click.echo(f"chosen: ep{res['chosen_epoch']:g} ({res['adapter']})")
 
@@ -248,7 +249,7 @@ def validate_cmd(run_dir, model, benign_train, val_windows, max_new_tokens, batc
 @click.option("--model", "-m", default="smollm2-safe", show_default=True)
 @click.option("--adapter", default=None, help="LoRA adapter merged into --model first (a run's adapter/)")
 @click.option("--base", default="smollm2", show_default=True, help="the model whose PPL the target is relative to")
-@click.option("--n-test", default=None, type=int, help="a seeded subset of harmful-test (default: all 536)")
+@click.option("--n-test", default=None, type=int, help="a seeded subset of harmful-test (default: all but its validation dev part, 436 of 536)")
 @click.option("--ppl-windows", default=20, show_default=True, help="first WikiText-2 windows of 1024 tokens")
 @click.option("--max-new-tokens", default=64, show_default=True)
 @click.option("--batch-size", default=32, show_default=True)

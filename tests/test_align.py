@@ -840,6 +840,26 @@ def test_pipeline_quick_run_end_to_end(tmp_path, stories_dir, data_dir, monkeypa
     assert d["generation"]["generated"] == 10      # the 10 JBB-benign prompts the first run lacked
 
 
+def test_harmful_test_dev_part_validates_and_is_never_scored(tmp_path, data_dir, monkeypatch):
+    """harmful-test's seeded order splits in two: the scored part is its first n_test (as before the
+    split, so earlier targets measured the same 200), never reaching the last DEV_N, which validate."""
+    import random
+
+    from eval.prompts import load
+    from pmpc.align import pipeline
+
+    monkeypatch.setenv("PMPC_DATA", str(data_dir))
+    ht = load("harmful-test")
+    random.Random(0).shuffle(ht)
+    for n_test, want in ((200, 200), (10**9, len(ht) - pipeline.DEV_N)):
+        test, dev = pipeline.Runner(pipeline.Plan(model="smollm2", out=str(tmp_path), n_test=n_test)).harmful_test_split()
+        assert [p.text for p in test] == [p.text for p in ht[:want]]
+        assert pipeline.DEV_N - 7 <= len(dev) == len({p.text for p in dev}) <= pipeline.DEV_N   # 7 texts repeat
+        assert not {p.text for p in test} & {p.text for p in dev}
+        assert {p.text for p in dev} <= {p.text for p in ht[-pipeline.DEV_N:]}
+    assert pipeline.Runner(pipeline.Plan(model="smollm2", out=str(tmp_path))).heldout()["harmful-test"] == test[:200]
+
+
 def test_validate_snapshots_and_evaluate_targets_outside_the_pipeline(tmp_path, stories_dir, data_dir, monkeypatch):
     """`pmpc align validate RUN` chooses among a run's snapshots by the pipeline's rule, and
     `pmpc align targets` measures the three targets, PPL relative to the base in the same run."""
@@ -852,7 +872,10 @@ def test_validate_snapshots_and_evaluate_targets_outside_the_pipeline(tmp_path, 
     v = pipeline.Runner(pipeline.Plan(model=str(stories_dir), out=str(tmp_path / "val"), **quick)) \
         .validate_epochs(tmp_path / "run")
     assert [e["epoch"] for e in v["epochs"]] == [1.0, 2.0]
-    assert all(e["overrefusal_val"]["n"] == 100 and e["asr_val"]["n"] == 39 for e in v["epochs"])
+    n_dev = len(pipeline.Runner(pipeline.Plan(model=str(stories_dir), out=str(tmp_path / "val"), **quick)).harmful_test_split()[1])
+    assert all(e["overrefusal_val"]["n"] == 100 and e["asr_val"]["n"] == 39 + n_dev for e in v["epochs"])
+    assert all(sum(x["k"] for x in e["asr_val_parts"].values()) == e["asr_val"]["k"] for e in v["epochs"])
+    assert [x["n"] for x in v["epochs"][0]["asr_val_parts"].values()] == [39, n_dev]
     want = next((e for e in v["epochs"] if e["meets"]), None) or min(v["epochs"], key=lambda e: (e["violation"], e["epoch"]))
     assert v["chosen_epoch"] == want["epoch"] and v["adapter"] == want["adapter"]
     with pytest.raises(UserError):          # a run without snapshots
