@@ -230,8 +230,8 @@ def select_cmd(model, adapter, prompts, point, scales, ppl_bound, window, frac, 
 @click.option("--out", "-o", required=True, help="output directory (cached generations; resumable)")
 def validate_cmd(run_dir, model, benign_train, val_windows, max_new_tokens, batch_size, device, out):
     """Choose among a training run's snapshots (RUN_DIR/epochs/ep*) on validation data only, as the
-    pipeline chooses smollm2-safe's epoch: ASR on harmful-val and harmful-test's dev part, refusal of the untrained JBB benign
-    prompts, PPL of the last WikiText-2 windows; writes OUT/validate.json."""
+    pipeline chooses smollm2-safe's epoch: ASR on harmful-val and harmful-test's dev part, refusal
+    of the untrained JBB benign prompts, PPL of the last WikiText-2 windows; writes OUT/validate.json."""
     from pmpc.align import pipeline
 
     plan = pipeline.Plan(model=model, out=out, device=device, benign_train=benign_train, val_windows=val_windows,
@@ -249,7 +249,8 @@ def validate_cmd(run_dir, model, benign_train, val_windows, max_new_tokens, batc
 @click.option("--model", "-m", default="smollm2-safe", show_default=True)
 @click.option("--adapter", default=None, help="LoRA adapter merged into --model first (a run's adapter/)")
 @click.option("--base", default="smollm2", show_default=True, help="the model whose PPL the target is relative to")
-@click.option("--n-test", default=None, type=int, help="a seeded subset of harmful-test (default: all but its validation dev part, 436 of 536)")
+@click.option("--n-test", default=None, type=int,
+              help="a seeded subset of harmful-test (default: all but its validation dev part, 436 of 536)")
 @click.option("--ppl-windows", default=20, show_default=True, help="first WikiText-2 windows of 1024 tokens")
 @click.option("--max-new-tokens", default=64, show_default=True)
 @click.option("--batch-size", default=32, show_default=True)
