@@ -107,7 +107,7 @@ def test_wikitext_windows_are_the_same_for_every_call(data_dir):
 
 
 def test_fit_prefers_the_true_family():
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(11)
     g = E.fit(rng.normal(0.0, 0.05, 20000))
     lap = E.fit(rng.laplace(0.0, 0.03, 20000))
     assert g["dist"] == "gauss" and g["gauss"]["scale"] == pytest.approx(0.05, rel=0.05)
@@ -144,8 +144,10 @@ def test_errors_on_a_tiny_model_write_loadable_presets(tmp_path, data_dir, monke
 
 
 def test_failed_tokens_are_counted_and_left_out_of_the_fits():
-    rng = np.random.default_rng()
-    diffs = {"up": rng.normal(0, 0.01, (3, 1, 6, 20)), "down": rng.laplace(0, 0.01, (3, 1, 6, 30))}
+    # seeded, and wide enough that the family is never in doubt: with 3x5x30 Laplace draws the
+    # Gaussian won about 1 seed in 300 (a flaky CI failure); with 3x5x200 none of 300 did
+    rng = np.random.default_rng(12)
+    diffs = {"up": rng.normal(0, 0.01, (3, 1, 6, 20)), "down": rng.laplace(0, 0.01, (3, 1, 6, 200))}
     diffs["up"][1, 0, 4, 7] = 2.0 ** 24          # a truncation failure in layer 1, token 4 ...
     diffs["down"][2, 0, 4, :] = 5e3               # ... that spreads through the token's later layers
     row, errs = E.summarize("bolt", diffs, {"up": [1.0] * 3, "down": [1.0] * 3})
