@@ -174,7 +174,8 @@ def dpo_cmd(**kw):
 @click.option("--noise", default=None, help="training approximation (simulate spec, e.g. gauss:0.1@up); 'none' for the no-noise ablation")
 @click.option("--tau", default=0, show_default=True, help="noise in decoder layers [0, tau)")
 @click.option("--lam", default="auto", show_default=True,
-              help="weight of the layer-1 clustering term, or 'auto': |grad cos| x lam = |grad DPO| at the start")
+              help="weight of the layer-1 clustering term, or 'auto[:R]': |grad cos| x lam = R x |grad DPO| "
+                   "at the start (R = 1 for plain 'auto')")
 @click.option("--pool", type=click.Choice(["mean", "last"]), default="mean", show_default=True,
               help="layer-1 pooling: mean over the instruction tokens, or the last one")
 def quada_cmd(noise, tau, lam, pool, **kw):
@@ -189,6 +190,7 @@ def quada_cmd(noise, tau, lam, pool, **kw):
 @click.option("--model", "-m", default="smollm2-safe", show_default=True)
 @click.option("--adapter", default=None, help="LoRA adapter merged into --model first (e.g. a fresh run's adapter/)")
 @click.option("--prompts", default="harmful-val", show_default=True, help="harmful selection set (neither training nor evaluation)")
+@click.option("--with-dev", is_flag=True, help="pool --prompts with harmful-test's dev part (99 prompts never scored)")
 @click.option("--point", default="up", show_default=True, help="where the Gaussian noise goes")
 @click.option("--scales", default="auto", show_default=True, help="'auto' (x activation RMS grid) or comma-separated stds")
 @click.option("--ppl-bound", default=2.0, show_default=True, help="MVA: PPL <= bound x clean PPL")
@@ -201,7 +203,7 @@ def quada_cmd(noise, tau, lam, pool, **kw):
 @click.option("--limit", default=None, type=int)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", "out_dir", default="runs/align/select", show_default=True)
-def select_cmd(model, adapter, prompts, point, scales, ppl_bound, window, frac, judge, max_new_tokens, batch_size,
+def select_cmd(model, adapter, prompts, with_dev, point, scales, ppl_bound, window, frac, judge, max_new_tokens, batch_size,
                max_windows, limit, device, out_dir):
     """Find the MVA (noise_sweep) and tau (layer_sweep) of a model with the evaluation harness."""
     from pmpc.align import select
@@ -213,8 +215,8 @@ def select_cmd(model, adapter, prompts, point, scales, ppl_bound, window, frac, 
             raise UserError(f"--scales: 'auto' or numbers, not {scales!r}") from None
     res = select.run(model=model, adapter=adapter, prompts=prompts, point=point, scales=scales, ppl_bound=ppl_bound,
                      window=window, frac=frac, judge=judge, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                     max_windows=max_windows, limit=limit, device=device, out=out_dir)
-    click.echo(json.dumps({k: res[k] for k in ("mva", "mva_spec", "tau", "sensitive_layers", "asr_clean",
+                     max_windows=max_windows, limit=limit, device=device, out=out_dir, with_dev=with_dev)
+    click.echo(json.dumps({k: res[k] for k in ("mva", "mva_spec", "tau", "n_prompts", "sensitive_layers", "asr_clean",
                                                "asr_mva_all", "ppl_clean", "ppl_mva")}, indent=2, default=str))
 
 
@@ -289,6 +291,33 @@ def fill_grid_cmd(results, rows, columns, device, out):
     if not pathlib.Path(results).is_file():
         raise UserError(f"no results file at {results}")
     res = pipeline.fill_grid(results, pairs, out, device=device, columns=list(columns) or None)
+    click.echo(pipeline.report(res))
+
+
+@align.command("grid")
+@click.option("--row", "rows", multiple=True, required=True,
+              help="ROW=MODEL (a pmpc model, e.g. safe=smollm2-safe-r11) or ROW=MODEL+ADAPTER_DIR (a LoRA merged onto MODEL)")
+@click.option("--mva", required=True, help="the MVA (simulate spec from `pmpc align select`, e.g. gauss:0.025@up)")
+@click.option("--column", "columns", multiple=True,
+              help="columns (default: clean, the MVA, table2:{bolt,iron,bumblebee,nexus}, protocol:{iron,bolt,bumblebee,nexus})")
+@click.option("--n-grid", default=100, show_default=True, help="held-out harmful prompts per cell (the pipeline's seeded mix)")
+@click.option("--max-new-tokens", default=64, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--ppl-windows", default=32, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--out", "-o", required=True, help="output directory (resumable, cell by cell)")
+def grid_cmd(rows, mva, columns, n_grid, max_new_tokens, batch_size, ppl_windows, device, out):
+    """The pipeline's evaluation grid for models trained elsewhere: ASR of each row under each
+    column (held-out), PPL clean and under the MVA, XSTest over-refusal."""
+    from pmpc.align import pipeline
+
+    pairs = dict(r.split("=", 1) for r in rows if "=" in r)
+    if len(pairs) != len(rows):
+        raise UserError("--row takes ROW=MODEL, e.g. safe=smollm2-safe-r11")
+    if columns and (columns[0] != "clean" or columns[1:2] != (mva,)):
+        raise UserError("--column: the first two columns are clean and the MVA")
+    res = pipeline.new_grid(out, pairs, mva, list(columns) or None, device=device, n_grid=n_grid,
+                            eval_tokens=max_new_tokens, eval_batch=batch_size, ppl_windows=ppl_windows)
     click.echo(pipeline.report(res))
 
 

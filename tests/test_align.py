@@ -749,6 +749,53 @@ def test_balance_lambda_matches_gradient_norms():
     assert info["lam"] * gn == pytest.approx(info["grad_norm_dpo"], rel=1e-4)
 
 
+def test_auto_lambda_takes_a_ratio_and_refuses_a_bad_one(tmp_path, stories_dir):
+    """lam "auto:R" balances the clustering gradient at R x the DPO one (written to lambda.json and
+    used); a ratio that is not a positive number is a one-line error before any training."""
+    from pmpc.align import train as T
+
+    assert T.auto_ratio("auto") == 1.0 and T.auto_ratio("auto:0.25") == 0.25 and T.auto_ratio(3.0) is None
+    for bad in ("auto:0", "auto:-1", "auto:x", "automatic"):
+        with pytest.raises(UserError, match="auto:R"):
+            _cfg(tmp_path, stories_dir, method="quada", approx="gauss:0.05@up", tau=1, lam=bad).validate()
+    res = T.train(_cfg(tmp_path / "q", stories_dir, method="quada", approx="gauss:0.05@up", tau=1, lam="auto:0.25",
+                       max_steps=1))
+    info = json.loads((tmp_path / "q" / "run" / "lambda.json").read_text())
+    assert info["ratio"] == 0.25 and res["lam"] == info["lam"]
+    assert info["lam"] == pytest.approx(0.25 * info["grad_norm_dpo"] / info["grad_norm_cos"], rel=1e-9)
+
+
+def test_selection_sweeps_can_pool_the_harmful_dev_part(monkeypatch, data_dir, stories_dir, tmp_path):
+    """``with_dev``: the MVA/tau sweeps see harmful-val AND harmful-test's dev part (the prompts
+    snapshot validation uses, none of them scored), labelled as such."""
+    from eval.analysis import sweeps as S
+    from eval.prompts import load
+
+    from pmpc.align import pipeline, select
+
+    monkeypatch.setenv("PMPC_DATA", str(data_dir))
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_sweep(sess, ps, name, **kw):
+        seen.update(ps=ps, name=name)
+        raise Stop
+
+    monkeypatch.setattr(S, "noise_sweep", fake_sweep)
+    loaded = select.load_model(str(stories_dir))
+    for with_dev in (False, True):
+        with pytest.raises(Stop):
+            select.run(model=str(stories_dir), loaded=loaded, with_dev=with_dev, progress=False, out=str(tmp_path))
+        val = [p.text for p in load("harmful-val")]
+        dev = [p.text for p in pipeline.harmful_test_split(0)[1]]
+        assert [p.text for p in seen["ps"]] == (val + dev if with_dev else val)
+        assert seen["name"] == ("harmful-val+harmful-dev" if with_dev else "harmful-val")
+    test = {p.text for p in pipeline.harmful_test_split(0)[0]}
+    assert len(dev) >= 90 and not test & set(dev)
+
+
 def test_epoch_order_mixes_kinds_in_every_batch():
     from pmpc.align.train import Encoded, epoch_order, lr_at
 
@@ -806,6 +853,28 @@ def test_fill_grid_computes_only_the_missing_cells(tmp_path, stories_dir, monkey
     assert seen == [(str(stories_dir), str(tmp_path / "lora"), "cpu")]
     assert res["filled"]["asr|a2|clean"] == {"device": "cpu", "model": row}
     assert {"overrefusal|a2|clean", "ppl|a2|clean"} <= set(res["grid"]["cells"])
+
+
+def test_grid_alone_evaluates_rows_trained_elsewhere_and_resumes(tmp_path, stories_dir, data_dir, monkeypatch):
+    """`pmpc align grid`: every cell of rows x {clean, MVA} plus utility, written as it goes; a rerun
+    computes nothing; another MVA in the same OUT is refused."""
+    from pmpc.align import pipeline
+
+    monkeypatch.setenv("PMPC_DATA", str(data_dir))
+    out = tmp_path / "grid"
+    kw = dict(quick=True, n_grid=4, eval_tokens=4, eval_batch=4, ppl_windows=1, ppl_window=64)
+    res = pipeline.new_grid(str(out), {"a": str(stories_dir)}, "gauss:0.1@up", ["clean", "gauss:0.1@up"], **kw)
+    cells = res["grid"]["cells"]
+    assert set(cells) == {"asr|a|clean", "asr|a|gauss:0.1@up", "overrefusal|a|clean", "ppl|a|clean",
+                          "ppl|a|gauss:0.1@up"}
+    assert cells["asr|a|clean"]["n"] == 4 and cells["ppl|a|gauss:0.1@up"]["ppl"] != cells["ppl|a|clean"]["ppl"]
+    assert set(res["filled"]) == set(cells) and (out / "results.png").exists()
+    seen = []
+    monkeypatch.setattr(pipeline.Runner, "session", lambda *a, **k: seen.append(a) or pytest.fail("recomputed"))
+    assert pipeline.new_grid(str(out), {"a": str(stories_dir)}, "gauss:0.1@up", ["clean", "gauss:0.1@up"],
+                             **kw)["grid"]["cells"] == cells and not seen
+    with pytest.raises(UserError, match="another plan"):
+        pipeline.new_grid(str(out), {"a": str(stories_dir)}, "gauss:0.2@up", ["clean", "gauss:0.2@up"], **kw)
 
 
 def test_pipeline_quick_run_end_to_end(tmp_path, stories_dir, data_dir, monkeypatch):

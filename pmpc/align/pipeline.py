@@ -14,6 +14,7 @@ run cut short still leaves everything done so far; a rerun with the same OUT ski
  3. targets  base and smollm2-safe on held-out sets: ASR (GCG rule) on harmful-test (a seeded
              subset), jbb-harmful, harmbench-test; over-refusal on xstest-safe; WikiText-2 PPL
  4. select   MVA (noise_sweep at ``up``, PPL bound) and tau (layer_sweep) on smollm2-safe, harmful-val
+             pooled with harmful-test's dev part (138 prompts; never scored, never trained on)
  5. train    from smollm2-safe (merged; reference = it, clean), same data and budget:
              +DPO, QuadA (MVA noise in layers < tau, lambda auto), and the Table-5 ablation
              QuadA with training noise none / MVA (= QuadA) / 1.1 x MVA (``quada_only``: QuadA alone)
@@ -47,6 +48,21 @@ VAL_PPL_RATIO = 1.08   # a margin under the 10% target for the validation window
 # DEV_N prompts of harmful-test's seeded order validate with it; they are never scored as test
 # (the test part is the first n_test, at most len - DEV_N) and never trained on (harmful-test is HELDOUT).
 DEV_N = 100
+
+
+def harmful_test_split(seed: int = 0, n_test: int = 200, quick: bool = False):
+    """harmful-test in its seeded order, split (test, dev): the first ``n_test`` (at most all
+    but the last DEV_N) are scored held out; the last DEV_N, less any text the scored part (or
+    an earlier dev prompt) has, validate (:meth:`Runner.validate_epochs`, and QuadA's selection
+    sweeps with ``select.run(with_dev=True)``)."""
+    from eval.prompts import load
+
+    ht = load("harmful-test")
+    random.Random(seed).shuffle(ht)
+    dev = min(2 if quick else DEV_N, len(ht) - 1)
+    test = ht[:min(n_test, len(ht) - dev)]
+    seen = {x.text for x in test}       # harmful-test repeats 7 texts: none of the scored ones validates
+    return test, [x for x in ht[len(ht) - dev:] if not (x.text in seen or seen.add(x.text))]
 
 
 @dataclasses.dataclass
@@ -258,17 +274,8 @@ class Runner:
                         "else the least violating"}
 
     def harmful_test_split(self):
-        """harmful-test in its seeded order, split (test, dev): the first ``n_test`` (at most all
-        but the last DEV_N) are scored held out; the last DEV_N, less any text the scored part (or
-        an earlier dev prompt) has, validate (:meth:`validate_epochs`)."""
-        from eval.prompts import load
-
-        ht = load("harmful-test")
-        random.Random(self.p.seed).shuffle(ht)
-        dev = min(2 if self.p.quick else DEV_N, len(ht) - 1)
-        test = ht[:min(self.p.n_test, len(ht) - dev)]
-        seen = {x.text for x in test}       # harmful-test repeats 7 texts: none of the scored ones validates
-        return test, [x for x in ht[len(ht) - dev:] if not (x.text in seen or seen.add(x.text))]
+        """:func:`harmful_test_split` with this plan's seed and ``n_test``."""
+        return harmful_test_split(self.p.seed, self.p.n_test, self.p.quick)
 
     def heldout(self):
         """The held-out harmful sets (names, prompts): a seeded subset of harmful-test (never its
@@ -307,7 +314,8 @@ class Runner:
         res = select.run(model=p.model, adapter=adapter, prompts="harmful-val", point="up", ppl_bound=p.ppl_bound,
                          window=p.select_window, max_new_tokens=p.select_tokens, batch_size=p.eval_batch,
                          device=p.device, out=self.out / "select", max_windows=min(8, p.ppl_windows), window_tokens=p.ppl_window,
-                         limit=8 if p.quick else None, seed=p.seed, loaded=self.load(adapter), progress=False)
+                         limit=8 if p.quick else None, seed=p.seed, loaded=self.load(adapter), progress=False,
+                         with_dev=True)
         return res
 
     def grid(self, rows: dict, columns: list[str], mva_spec: str):
@@ -396,6 +404,30 @@ def fill_grid(results: str, rows: dict[str, str], out: str, device: str = "cpu",
     R.save()
     (R.out / "results.md").write_text(report(R.res))
     return R.res
+
+
+def new_grid(out: str, rows: dict[str, str], mva_spec: str, columns: list[str] | None = None,
+             device: str = "cpu", **plan) -> dict:
+    """The pipeline's grid stage alone, for models trained elsewhere (e.g. +DPO and QuadA trained
+    with ``pmpc align dpo|quada`` on a CPU): ``rows`` as for :func:`fill_grid`; columns clean, the
+    MVA, the Table-2 presets and the protocol emulations unless given; ``plan``: Plan fields
+    (n_grid, eval_tokens, eval_batch, ppl_windows, seed, ...). OUT/source.json records the plan
+    (a rerun with the same OUT resumes, cell by cell); results.md and results.png as the pipeline's."""
+    src = pathlib.Path(out, "source.json")
+    cols = columns or ["clean", mva_spec, "table2:bolt", "table2:iron", "table2:bumblebee", "table2:nexus",
+                       *protocol_columns()]
+    want = {"plan": dataclasses.asdict(Plan(model="smollm2", out=out, device=device, **plan)), "stages": {},
+            "mva": {"spec": mva_spec}, "grid_columns": cols, "grid": {"cells": {}}, "skipped": []}
+    if src.exists():
+        have = json.loads(src.read_text())
+        if {k: have.get(k) for k in ("plan", "mva", "grid_columns")} != {k: want[k] for k in ("plan", "mva", "grid_columns")}:
+            raise UserError(f"{out} holds a grid with another plan, MVA or columns ({src}); use another --out")
+    else:
+        src.parent.mkdir(parents=True, exist_ok=True)
+        src.write_text(json.dumps(want, indent=1))
+    res = fill_grid(str(src), rows, out, device=device)
+    plot(res, pathlib.Path(out, "results.png"))
+    return res
 
 
 def evaluate_targets(model: str, out: str, adapter: str | None = None, *, base: str = "smollm2",

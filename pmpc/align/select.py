@@ -11,7 +11,10 @@
    first window (and the result says so).
 
 The selection set must be neither a training set nor an evaluation set: ``harmful-val``
-(harmful_prompts/val.json, 39 prompts) by default.
+(harmful_prompts/val.json, 39 prompts) by default; ``with_dev`` pools it with harmful-test's dev
+part (``pipeline.harmful_test_split``: 99 prompts never scored, never trained on). 39 prompts alone
+cannot rank layer windows: one prompt is 2.6 points, and the committed smollm2-quada's tau = 15
+rested on windows that differed by one or two prompts (results/h200-quada/A1/select.json).
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ def run(model: str = "smollm2-safe", adapter: str | None = None, prompts: str = 
         scales="auto", ppl_bound: float = 2.0, window: int = 3, frac: float = 0.5, max_new_tokens: int = 48,
         batch_size: int = 32, limit: int | None = None, device: str = "cpu", out="runs/align/select",
         max_windows: int = 8, window_tokens: int = 1024, judge: str = "gcg", seed: int = 0, loaded=None,
-        progress: bool = True) -> dict:
+        progress: bool = True, with_dev: bool = False) -> dict:
     """Run both sweeps; returns {mva, mva_spec, tau, ...} and writes ``<out>/select.json``."""
     from eval.analysis import common as C
     from eval.analysis import sweeps as S
@@ -57,6 +60,12 @@ def run(model: str = "smollm2-safe", adapter: str | None = None, prompts: str = 
     out = pathlib.Path(out)
     sess = C.Session(s, out, model=m, codec=Codec(tok, m))
     ps = load(prompts, limit=limit)
+    if with_dev:
+        from pmpc.align.pipeline import harmful_test_split
+
+        dev = harmful_test_split(seed)[1]
+        ps += dev[:limit] if limit else dev
+        prompts += "+harmful-dev"
     noise = S.noise_sweep(sess, ps, prompts, points=(point,), dist="gauss", scales=scales, ppl_bound=ppl_bound)
     # the harness' MVA rule (highest ASR within the PPL bound, ties to the smaller scale), over
     # the NONZERO scales: where noise never raises the ASR, the rule would otherwise return 0

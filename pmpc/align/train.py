@@ -36,6 +36,24 @@ from pmpc.errors import UserError
 METHODS = ("dpo", "quada")
 
 
+def auto_ratio(lam) -> float | None:
+    """R for ``lam`` = "auto" (R = 1) or "auto:R": lambda is set at the start so that the clustering
+    term's gradient norm is R x the DPO term's (losses.balance_lambda); None for a number. R = 1
+    (the committed smollm2-quada) let the clustering term damage the early layers (clean ASR 6% ->
+    19% with no training noise, results/h200-quada/A1); a smaller R keeps it a regularizer."""
+    if not isinstance(lam, str) or not lam.startswith("auto"):
+        return None
+    if lam == "auto":
+        return 1.0
+    try:
+        r = float(lam.split(":", 1)[1]) if lam.startswith("auto:") else -1.0
+    except ValueError:
+        r = -1.0
+    if not r > 0:
+        raise UserError(f"lambda {lam!r}: write auto or auto:R with a ratio R > 0")
+    return r
+
+
 @dataclasses.dataclass
 class TrainConfig:
     pairs: str                       # pairs JSONL (pmpc align data)
@@ -46,7 +64,7 @@ class TrainConfig:
     beta: float = 0.1
     approx: str | None = None        # QuadA training noise (simulate spec), e.g. gauss:0.1@up
     tau: int = 0                     # noise in layers [0, tau)
-    lam: float | str = 0.0           # clustering weight, or "auto" (see losses.balance_lambda)
+    lam: float | str = 0.0           # clustering weight, or "auto" / "auto:R" (see auto_ratio)
     pool: str = "mean"
     sft: float = 0.0                 # + sft x per-token NLL of the chosen responses (0: pure DPO)
     kl_base: float = 0.0             # + kl_base x per-token KL(raw base || policy) on harmless chosen sequences
@@ -87,14 +105,14 @@ class TrainConfig:
         if self.ckpt_every <= 0:
             raise UserError("ckpt-every must be > 0")
         if isinstance(self.lam, str):
-            if self.lam != "auto":
+            if auto_ratio(self.lam) is None:
                 try:
                     self.lam = float(self.lam)
                 except ValueError:
-                    raise UserError(f"lambda must be a number or 'auto', not {self.lam!r}") from None
+                    raise UserError(f"lambda must be a number, 'auto' or 'auto:R' (R > 0), not {self.lam!r}") from None
             elif self.method != "quada":
                 raise UserError("lambda auto is for quada")
-        QuadAConfig(self.beta, self.approx, self.tau, 0.0 if self.lam == "auto" else self.lam, self.pool, self.sft,
+        QuadAConfig(self.beta, self.approx, self.tau, 0.0 if isinstance(self.lam, str) else self.lam, self.pool, self.sft,
                     self.kl_base).validate()
         if self.approx:
             from pmpc import simulate
@@ -373,7 +391,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     t_load = time.perf_counter()
     model, tok = load_policy(cfg)
     n_layers = model.get_base_model().config.num_hidden_layers
-    QuadAConfig(cfg.beta, cfg.approx, cfg.tau, 0.0 if cfg.lam == "auto" else cfg.lam, cfg.pool).validate(n_layers)
+    QuadAConfig(cfg.beta, cfg.approx, cfg.tau, 0.0 if isinstance(cfg.lam, str) else cfg.lam, cfg.pool).validate(n_layers)
     examples, skipped = encode_pairs(tok, pairs, cfg.max_prompt_tokens, cfg.max_response_tokens)
     n_harm = sum(e.harmful for e in examples)
     if cfg.lam != 0 and n_harm < 2:
@@ -405,7 +423,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
         step, history, elapsed = load_checkpoint(ckpt, model, opt)
         log(f"resuming {out} at step {step}/{total}")
     lam_info = None
-    if cfg.lam == "auto":
+    if isinstance(cfg.lam, str):
         lam_path = out / "lambda.json"
         if lam_path.exists() and resume:
             lam_info = json.loads(lam_path.read_text())
@@ -417,7 +435,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
             r = ref[idx].to(cfg.device)
             model.train()
             lam_info = balance_lambda(model, b, QuadAConfig(cfg.beta, cfg.approx, cfg.tau, 1.0, cfg.pool, cfg.sft),
-                                      torch.cat([r[:, 0], r[:, 1]]), seed=cfg.seed)
+                                      torch.cat([r[:, 0], r[:, 1]]), seed=cfg.seed, ratio=auto_ratio(cfg.lam))
             lam_path.write_text(json.dumps(lam_info, indent=2))
         log(f"lambda auto: {lam_info['lam']:.4g} (|g_dpo| {lam_info['grad_norm_dpo']:.3g}, "
             f"|g_cos| {lam_info['grad_norm_cos']:.3g})")
