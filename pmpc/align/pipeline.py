@@ -648,7 +648,8 @@ def _fmt(v):
 
 def report(res: dict) -> str:
     st = res["stages"]
-    lines = [f"# pmpc alignment run ({res.get('device', 'cpu')}, {res.get('elapsed_s')} s)", ""]
+    took = f", {res['elapsed_s']} s" if res.get("elapsed_s") else ""   # a grid alone records time per cell only
+    lines = [f"# pmpc alignment run ({res.get('device', 'cpu')}{took})", ""]
     if "targets_base" in st and "targets_safe" in st:
         lines += ["## smollm2-safe targets (held-out)", "", "| metric | base | safe | target |", "|---|---|---|---|"]
         for k in st["targets_safe"]:
