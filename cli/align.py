@@ -272,6 +272,14 @@ def targets_cmd(model, adapter, base, n_test, ppl_windows, max_new_tokens, batch
     click.echo(json.dumps(res, indent=1, default=str))
 
 
+def _grid_rows(rows) -> dict[str, str]:
+    """--row ROW=MODEL options -> {row: model}."""
+    pairs = dict(r.split("=", 1) for r in rows if "=" in r)
+    if len(pairs) != len(rows):
+        raise UserError("--row takes ROW=MODEL, e.g. safe=smollm2-safe")
+    return pairs
+
+
 @align.command("fill-grid")
 @click.argument("results")
 @click.option("--row", "rows", multiple=True, required=True,
@@ -285,9 +293,7 @@ def fill_grid_cmd(results, rows, columns, device, out):
     the rows whose models exist here; writes OUT/results.json and OUT/results.md."""
     from pmpc.align import pipeline
 
-    pairs = dict(r.split("=", 1) for r in rows if "=" in r)
-    if len(pairs) != len(rows):
-        raise UserError("--row takes ROW=MODEL, e.g. safe=smollm2-safe")
+    pairs = _grid_rows(rows)
     if not pathlib.Path(results).is_file():
         raise UserError(f"no results file at {results}")
     res = pipeline.fill_grid(results, pairs, out, device=device, columns=list(columns) or None)
@@ -311,9 +317,7 @@ def grid_cmd(rows, mva, columns, n_grid, max_new_tokens, batch_size, ppl_windows
     column (held-out), PPL clean and under the MVA, XSTest over-refusal."""
     from pmpc.align import pipeline
 
-    pairs = dict(r.split("=", 1) for r in rows if "=" in r)
-    if len(pairs) != len(rows):
-        raise UserError("--row takes ROW=MODEL, e.g. safe=smollm2-safe-r11")
+    pairs = _grid_rows(rows)
     if columns and (columns[0] != "clean" or columns[1:2] != (mva,)):
         raise UserError("--column: the first two columns are clean and the MVA")
     res = pipeline.new_grid(out, pairs, mva, list(columns) or None, device=device, n_grid=n_grid,

@@ -414,8 +414,7 @@ def new_grid(out: str, rows: dict[str, str], mva_spec: str, columns: list[str] |
     (n_grid, eval_tokens, eval_batch, ppl_windows, seed, ...). OUT/source.json records the plan
     (a rerun with the same OUT resumes, cell by cell); results.md and results.png as the pipeline's."""
     src = pathlib.Path(out, "source.json")
-    cols = columns or ["clean", mva_spec, "table2:bolt", "table2:iron", "table2:bumblebee", "table2:nexus",
-                       *protocol_columns()]
+    cols = columns or grid_columns(mva_spec)
     want = {"plan": dataclasses.asdict(Plan(model="smollm2", out=out, device=device, **plan)), "stages": {},
             "mva": {"spec": mva_spec}, "grid_columns": cols, "grid": {"cells": {}}, "skipped": []}
     if src.exists():
@@ -474,6 +473,11 @@ def command_line(cfg) -> str:
     return " ".join(args)
 
 
+def grid_columns(mva_spec: str) -> list[str]:
+    """The grid's columns, in cell priority order: clean, the MVA, the Table-2 presets, the protocols."""
+    return ["clean", mva_spec, "table2:bolt", "table2:iron", "table2:bumblebee", "table2:nexus", *protocol_columns()]
+
+
 def protocol_columns() -> list[str]:
     """protocol:<name> for the paper's four systems that the registry has (plain TorchOps emulation)."""
     try:
@@ -530,8 +534,8 @@ def run(plan: Plan) -> dict:
     rows = {"base": None, "safe": safe}
     rows.update({row: st[f"train_{row.replace('-', '_')}"]["adapter"]
                  for row in ("dpo", "quada", "quada-noise0", "quada-1.1mva") if f"train_{row.replace('-', '_')}" in st})
-    columns = [None, spec, "table2:bolt", "table2:iron", "table2:bumblebee", "table2:nexus"] + protocol_columns()
-    R.res["grid_columns"] = [c or "clean" for c in columns]
+    R.res["grid_columns"] = grid_columns(spec)
+    columns = [None if c == "clean" else c for c in R.res["grid_columns"]]
     R.res["mva"] = {"spec": spec, "scale": mva, "tau": tau, "spec_1.1": spec11}
     export(R, rows)             # first without grid metrics: a run cut short in the grid keeps its adapters
     R.save()
