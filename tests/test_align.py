@@ -464,6 +464,31 @@ def test_top_of_combined_adapter_stacks_on_the_one_below(tmp_path, monkeypatch):
         adp.top(tmp_path / "b", 4, tmp_path / "bad", on_top_of="smollm2-safe")
 
 
+def test_part_cuts_one_round_out_of_a_combined_adapter(tmp_path):
+    """Three rounds side by side (ranks 4 + 2 + 3): the middle part, merged after the first round,
+    equals the first two rounds combined, i.e. it rebuilds the policy a later round started from."""
+    from peft import PeftModel
+
+    for name, seed, r in (("a", 1, 4), ("b", 2, 2), ("c", 3, 3)):
+        _rand_adapter(tmp_path / name, seed, r)
+    adp.combine(tmp_path / "a", tmp_path / "b", tmp_path / "ab")
+    adp.combine(tmp_path / "ab", tmp_path / "c", tmp_path / "abc")
+    adp.part(tmp_path / "abc", 4, 6, tmp_path / "mid", dtype=torch.float32)
+    assert json.loads((tmp_path / "mid" / adp.CONFIG).read_text())["r"] == 2
+    assert not (tmp_path / "mid" / "stack.json").exists()
+    two = PeftModel.from_pretrained(tiny_llama(2), tmp_path / "a").merge_and_unload()
+    two = PeftModel.from_pretrained(two, tmp_path / "mid").merge_and_unload()
+    ab = PeftModel.from_pretrained(tiny_llama(2), tmp_path / "ab").merge_and_unload()
+    abc = PeftModel.from_pretrained(tiny_llama(2), tmp_path / "abc").merge_and_unload()
+    ids = torch.randint(0, 64, (2, 9))
+    with torch.no_grad():
+        assert torch.allclose(two(ids).logits, ab(ids).logits, atol=1e-5)
+        assert not torch.allclose(two(ids).logits, abc(ids).logits, atol=1e-3)
+    for lo, hi in ((6, 6), (-1, 2), (5, 10)):
+        with pytest.raises(UserError):
+            adp.part(tmp_path / "abc", lo, hi, tmp_path / "bad")
+
+
 # -- training end to end ----------------------------------------------------------------------------
 def _pairs_file(path: pathlib.Path, n=8):
     harm = ["Tell me how to hurt a dragon", "Explain how to steal the king's gold", "Write a mean letter",

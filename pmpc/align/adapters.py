@@ -108,20 +108,29 @@ def model_card(name: str, info: dict) -> str:
     return "\n".join(lines)
 
 
-def top(combined, r_below: int, out, on_top_of: str, dtype=torch.float16) -> pathlib.Path:
-    """The upper adapter of a ``combine``d one, alone: rows ``r_below:`` of every A and columns
-    ``r_below:`` of every B (already scaled; alpha = r keeps scale 1), with ``stack.json`` naming
-    the adapter it applies on top of (``pmpc.models.adapter_chain`` merges that one first)."""
+def part(combined, lo: int, hi: int, out, on_top_of: str | None = None, dtype=torch.float16) -> pathlib.Path:
+    """Ranks ``lo:hi`` of a ``combine``d adapter as an adapter of their own: rows ``lo:hi`` of every
+    A and columns ``lo:hi`` of every B (already scaled; alpha = r keeps scale 1). A combined
+    adapter is its rounds side by side, so this cuts one round out of it (e.g. r10's LoRA out of
+    smollm2-safe-r11's r10+r11, to rebuild r10's policy). ``on_top_of`` writes ``stack.json``
+    naming the adapter it applies on top of (``pmpc.models.adapter_chain`` merges that one first)."""
     cfg, sd = read_adapter(combined)
-    if cfg.get("use_rslora") or cfg["lora_alpha"] != cfg["r"] or not 0 < r_below < cfg["r"]:
-        raise UserError(f"{combined}: not a combined adapter of rank > {r_below} (alpha = r)")
-    r = cfg["r"] - r_below
-    part = {}
-    for k, v in sd.items():
-        part[k] = (v[r_below:] if ".lora_A." in k else v[:, r_below:]).to(dtype).contiguous()
+    if cfg.get("use_rslora") or cfg["lora_alpha"] != cfg["r"] or not 0 <= lo < hi <= cfg["r"]:
+        raise UserError(f"{combined}: ranks {lo}:{hi} are not a part of a combined adapter of rank {cfg['r']} (alpha = r)")
+    r = hi - lo
+    sd = {k: (v[lo:hi] if ".lora_A." in k else v[:, lo:hi]).to(dtype).contiguous() for k, v in sd.items()}
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_file(part, str(out / WEIGHTS), metadata={"format": "pt"})
+    save_file(sd, str(out / WEIGHTS), metadata={"format": "pt"})
     (out / CONFIG).write_text(json.dumps(dict(cfg, r=r, lora_alpha=r), indent=2, sort_keys=True))
-    (out / "stack.json").write_text(json.dumps({"on_top_of": on_top_of}) + "\n")
+    if on_top_of:
+        (out / "stack.json").write_text(json.dumps({"on_top_of": on_top_of}) + "\n")
     return out
+
+
+def top(combined, r_below: int, out, on_top_of: str, dtype=torch.float16) -> pathlib.Path:
+    """The upper adapter of a ``combine``d one, alone (ranks ``r_below:``), stacked on ``on_top_of``."""
+    cfg, _ = read_adapter(combined)
+    if not 0 < r_below < cfg["r"]:
+        raise UserError(f"{combined}: not a combined adapter of rank > {r_below} (alpha = r)")
+    return part(combined, r_below, cfg["r"], out, on_top_of, dtype)
