@@ -108,13 +108,15 @@ def model_card(name: str, info: dict) -> str:
     return "\n".join(lines)
 
 
-def part(combined, lo: int, hi: int, out, on_top_of: str | None = None, dtype=torch.float16) -> pathlib.Path:
+def part(combined, lo: int, hi: int | None, out, on_top_of: str | None = None, dtype=torch.float16) -> pathlib.Path:
     """Ranks ``lo:hi`` of a ``combine``d adapter as an adapter of their own: rows ``lo:hi`` of every
     A and columns ``lo:hi`` of every B (already scaled; alpha = r keeps scale 1). A combined
     adapter is its rounds side by side, so this cuts one round out of it (e.g. r10's LoRA out of
     smollm2-safe-r11's r10+r11, to rebuild r10's policy). ``on_top_of`` writes ``stack.json``
-    naming the adapter it applies on top of (``pmpc.models.adapter_chain`` merges that one first)."""
+    naming the adapter it applies on top of (``pmpc.models.adapter_chain`` merges that one first).
+    ``hi=None`` runs to the adapter's rank."""
     cfg, sd = read_adapter(combined)
+    hi = cfg["r"] if hi is None else hi
     if cfg.get("use_rslora") or cfg["lora_alpha"] != cfg["r"] or not 0 <= lo < hi <= cfg["r"]:
         raise UserError(f"{combined}: ranks {lo}:{hi} are not a part of a combined adapter of rank {cfg['r']} (alpha = r)")
     r = hi - lo
@@ -130,7 +132,6 @@ def part(combined, lo: int, hi: int, out, on_top_of: str | None = None, dtype=to
 
 def top(combined, r_below: int, out, on_top_of: str, dtype=torch.float16) -> pathlib.Path:
     """The upper adapter of a ``combine``d one, alone (ranks ``r_below:``), stacked on ``on_top_of``."""
-    cfg, _ = read_adapter(combined)
-    if not 0 < r_below < cfg["r"]:
-        raise UserError(f"{combined}: not a combined adapter of rank > {r_below} (alpha = r)")
-    return part(combined, r_below, cfg["r"], out, on_top_of, dtype)
+    if r_below <= 0:  # ranks 0: would be the whole adapter, not the one above another
+        raise UserError(f"{combined}: r_below must be positive, got {r_below}")
+    return part(combined, r_below, None, out, on_top_of, dtype)
