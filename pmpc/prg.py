@@ -75,12 +75,12 @@ class PRG:
         """Words first .. first + n - 1 of the stream (word w is half of block w // 2)."""
         b0 = first // 2
         blocks = (first + n + 1) // 2 - b0
-        buf = np.empty(2 * blocks, dtype=np.uint64)
+        buf = np.empty(2 * blocks + 2, dtype=np.uint64)  # + a block: older `cryptography` wants the room
         out = memoryview(buf).cast("B")
         enc = Cipher(self._aes, modes.CTR(b0.to_bytes(16, "big"))).encryptor()
         step = len(_ZEROS)
         for i in range(0, 16 * blocks, step):
-            enc.update_into(_ZEROS[:min(step, 16 * blocks - i)], out[i:i + step])
+            enc.update_into(_ZEROS[:min(step, 16 * blocks - i)], out[i:i + step + 16])
         return buf[first - 2 * b0:first - 2 * b0 + n]
 
     def words(self, n: int) -> np.ndarray:
@@ -104,7 +104,9 @@ class PRG:
         w = self.words(math.prod(size))
         if bits < 64:
             w >>= np.uint64(64 - bits)
-        out = torch.from_numpy(w.view(np.int64)).reshape(size)
+        out = torch.from_numpy(w.view(np.int64))
+        if len(size) != 1:
+            out = out.reshape(size)
         return out if self.device.type == "cpu" else out.to(self.device)
 
     def __repr__(self) -> str:  # never the key
