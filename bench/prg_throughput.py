@@ -5,21 +5,24 @@ words for draws of 4,096 words or more), for small and bulk draws, in 64-bit rin
 second. One thread; the best of ``--repeats`` timed runs per size (a shared machine's noise is
 one-sided).
 
-    python bench/prg_throughput.py [--repeats 5] [--json out.json]
+``--in-run MODEL`` instead times the sampler inside a real 2-party generation (``pmpc run``'s
+job, the prompt "What is the capital of France?", ``-n 2``): every call of
+``pmpc.crypten_compat.ring_random`` in each party is timed, and its share of the party's time is
+printed. It uses only names both the PRG runtime and the one it replaced have, so running it with
+``PYTHONPATH`` at an older checkout measures the replaced sampler the same way.
+
+    PYTHONPATH=. python bench/prg_throughput.py [--repeats 5] [--json out.json]
+    PYTHONPATH=. python bench/prg_throughput.py --in-run smollm2 [--protocol bolt] [--dealer local]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
 import time
 
 import numpy as np
 import torch
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pmpc.prg import PRG  # noqa: E402
 
 SIZES = (1, 8, 64, 512, 4096, 65_536, 1 << 20, 1 << 23)
 
@@ -47,11 +50,64 @@ def rate(fn, size: int, repeats: int, budget_s: float = 0.25) -> float:
     return best
 
 
+def timed_party(cfg, rank, world_size, inp=None):
+    """``pmpc run``'s party job with every ring_random call timed."""
+    from pmpc import crypten_compat as cc
+    from pmpc import secure
+
+    inner, acc = cc.ring_random, {"seconds": 0.0, "words": 0, "calls": 0}
+
+    def ring_random(size, generator=None, bits=64):
+        t0 = time.perf_counter()
+        out = inner(size, generator, bits)
+        acc["seconds"] += time.perf_counter() - t0
+        acc["words"] += out.numel()
+        acc["calls"] += 1
+        return out
+
+    cc.ring_random = ring_random  # CrypTen's samplers and pmpc's draws look it up by this name
+    t0 = time.perf_counter()
+    out = secure.generate_party(cfg, rank, world_size, inp)
+    return {"sampler": acc, "party_seconds": time.perf_counter() - t0,
+            "online_seconds": sum(out["phases"][p]["seconds"] for p in ("prefill", "decode"))}
+
+
+def in_run(model: str, protocol: str, dealer: str) -> dict:
+    import functools
+
+    from cli.run import _inputs
+    from pmpc import parties
+    from pmpc.secure import ClientInput, GenConfig
+
+    cfg = GenConfig(model=model, protocol=protocol, max_new_tokens=2)
+    _, _, ids, attn = _inputs(model, "What is the capital of France?", None, False, False)
+    res = parties.run_local(functools.partial(timed_party, cfg), dealer=dealer, timeout_s=600,
+                            inputs={0: ClientInput(ids, attn)})
+    print("| party | sampler calls | M words | sampler s | party s | sampler share |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for rank, r in enumerate(res):
+        a = r["sampler"]
+        print(f"| {parties.who(rank)} | {a['calls']:,} | {a['words'] / 1e6:.1f} | {a['seconds']:.2f} | "
+              f"{r['party_seconds']:.1f} | {a['seconds'] / r['party_seconds']:.1%} |")
+    return {"model": model, "protocol": protocol, "dealer": dealer, "parties": res}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--in-run", default=None, metavar="MODEL")
+    ap.add_argument("--protocol", default="bolt")
+    ap.add_argument("--dealer", default="local")
     args = ap.parse_args()
+    if args.in_run:
+        out = in_run(args.in_run, args.protocol, args.dealer)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({**out, "load_avg": os.getloadavg()}, f, indent=1)
+        return
+    from pmpc.prg import PRG
+
     torch.set_num_threads(1)
     prg, gen = PRG.from_os(), torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "big") >> 1)
     rows = []

@@ -13,6 +13,11 @@ shims it needs on torch 2.13 and exposes a few helpers for the party processes:
   memory) and retries another way. A lost or silent peer raises ``RuntimeError`` in gloo, so the
   retry hid the failure, waited a second timeout and desynchronised the parties (one retried,
   the other did not). :func:`_A2B` keeps the one-shot path and lets errors through.
+* CrypTen seeds its generators with 64-bit values sent in the clear (the dealer's drawn from
+  torch's global generator, which processes forked from one parent share) and expands them with
+  Mersenne Twister: every process here keys AES-128-CTR streams (:mod:`pmpc.prg`) from the OS and
+  from an authenticated key exchange (:mod:`pmpc.handshake`) instead, and every draw goes
+  through :func:`ring_random`.
 * :class:`solo_dry_run` runs CrypTen ops in one party with no peer (planning a query's tuples).
 * Beaver code asks ``crypten.mpc.get_default_provider()`` for tuples at every call;
   :class:`use_provider` installs another provider there (the offline/online split,

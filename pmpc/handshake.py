@@ -8,7 +8,8 @@ which both draw that party's tuple shares).
 Exchange, per pair (``pair``), over torch.distributed point-to-point messages of fixed size
 (raw uint8 tensors: nothing is parsed, nothing unpickled):
 
-1. each side draws an ephemeral X25519 key from the OS and sends its 32-byte public key;
+1. each side draws an ephemeral X25519 key from the OS (``os.urandom``) and sends its 32-byte
+   public key;
 2. each derives, with HKDF-SHA256 over the X25519 shared secret, salted with the pre-shared key
    and bound to the transcript (a context label, both ranks, both public keys), the pair's
    128-bit seeds and a 256-bit MAC key;
@@ -137,7 +138,7 @@ def _swap(data: bytes, peer: int, group) -> bytes:
 def pair(rank: int, peer: int, group, label: str) -> Link:
     """Run the exchange with ``peer`` (ranks as in the default group) over ``group``."""
     psk = _psk()
-    sk = X25519PrivateKey.generate()
+    sk = X25519PrivateKey.from_private_bytes(os.urandom(32))  # ephemeral, straight from the OS
     pk = sk.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     peer_pk = _swap(pk, peer, group)
     try:
@@ -191,8 +192,8 @@ def agree_digest(digest: bytes, what: str, peer: int | None = None) -> None:
     if theirs != digest:
         from pmpc.parties import who
 
-        raise HandshakeError(f"configurations differ: {who(rank)} and {who(ln.peer)} disagree on {what} "
-                             f"(digest {digest.hex()[:16]} vs {theirs.hex()[:16]})")
+        raise HandshakeError(f"configurations differ: the parties disagree on {what} ({who(rank)} "
+                             f"{digest.hex()[:16]}, {who(ln.peer)} {theirs.hex()[:16]})")
 
 
 def local_seed() -> bytes:
