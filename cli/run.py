@@ -135,10 +135,17 @@ def run(protocol, model, weights, max_new_tokens, temperature, top_p, seed, time
 @click.option("--ids", default=None, help="client only: comma-separated token ids")
 @click.option("--raw", is_flag=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False))
+@click.option("--psk-file", envvar="PMPC_PSK_FILE", default=None,
+              help="pre-shared key (16+ random bytes, the same file at every party) that authenticates the "
+                   "start-up key exchange; make one with `head -c 32 /dev/urandom > psk` [env PMPC_PSK_FILE]")
 def party(protocol, model, weights, max_new_tokens, temperature, top_p, seed, timeout_s, dealer, allow_pickle,
-          preprocess, threads, rank, rendezvous, prompt, ids, raw, json_path):
+          preprocess, threads, rank, rendezvous, prompt, ids, raw, json_path, psk_file):
     """Run ONE party of a secure generation (start one per host with the same options)."""
-    from pmpc import parties, secure
+    from pmpc import handshake, parties, secure
+
+    if psk_file is None:
+        raise UserError(f"no pre-shared key: pass --psk-file FILE ({handshake.MAKE_PSK})")
+    psk = handshake.read_psk(psk_file)
 
     cfg = _config(protocol, model, weights, max_new_tokens, temperature, top_p, seed, allow_pickle, threads,
                   preprocess)
@@ -156,7 +163,7 @@ def party(protocol, model, weights, max_new_tokens, temperature, top_p, seed, ti
     import functools
 
     out = parties.run_party(functools.partial(secure.generate_party, cfg), rank, 2, rendezvous, timeout_s,
-                            dealer, threads, inp, has_input=True)
+                            dealer, threads, inp, has_input=True, psk=psk)
     if rank == 0:
         text = tok.decode(out["tokens"][0], skip_special_tokens=True) if tok is not None else str(out["tokens"][0])
         click.echo(text)

@@ -13,6 +13,11 @@ shims it needs on torch 2.13 and exposes a few helpers for the party processes:
   memory) and retries another way. A lost or silent peer raises ``RuntimeError`` in gloo, so the
   retry hid the failure, waited a second timeout and desynchronised the parties (one retried,
   the other did not). :func:`_A2B` keeps the one-shot path and lets errors through.
+* CrypTen seeds its generators with 64-bit values sent in the clear (the dealer's drawn from
+  torch's global generator, which processes forked from one parent share) and expands them with
+  Mersenne Twister: every process here keys AES-128-CTR streams (:mod:`pmpc.prg`) from the OS and
+  from an authenticated key exchange (:mod:`pmpc.handshake`) instead, and every draw goes
+  through :func:`ring_random`.
 * :class:`solo_dry_run` runs CrypTen ops in one party with no peer (planning a query's tuples).
 * Beaver code asks ``crypten.mpc.get_default_provider()`` for tuples at every call;
   :class:`use_provider` installs another provider there (the offline/online split,
@@ -27,6 +32,8 @@ import os
 import sys
 
 import torch
+
+from pmpc.prg import PRG
 
 
 def _alias_onnx_registration() -> None:
@@ -137,66 +144,47 @@ def _one_collective_per_round() -> None:
 _one_collective_per_round()
 
 
-# -- ring sampling ---------------------------------------------------------------------------------
-_BULK = 4096  # below this, torch's own sampler is cheaper than seeding a numpy generator
-
-
+# -- randomness -------------------------------------------------------------------------------------
 def ring_random(size, generator=None, bits: int = 64) -> torch.Tensor:
-    """Uniform ``bits``-bit words (64: the whole ring Z_2^64) from ``generator`` (default: this
-    party's CPU "local" generator).
+    """Uniform ``bits``-bit words (64: the whole ring Z_2^64) from ``generator``, a
+    :class:`pmpc.prg.PRG` (default: this party's "local" stream).
 
-    Every mask, zero sharing and Beaver tuple is drawn here. CrypTen draws with
-    ``torch.randint(-2^63, 2^63 - 1)``: Mersenne Twister plus a range reduction, ~15 ns a word,
-    measured at 46% of a party's CPU in a SmolLM2 2PC generation. A bulk draw instead takes a
-    128-bit seed from the same torch generator and expands it with numpy's PCG64-DXSM (~4x
-    faster here, and it covers all 2^64 words; CrypTen's range misses one). All state stays in
-    the torch generator, so parties that share a generator still draw the same words, and
-    :class:`solo_dry_run`'s save/restore of generator states still covers everything. Neither
-    generator is cryptographic (CrypTen's was not either; SECURITY.md says so)."""
-    import math
-
-    import numpy as np
-
+    Every mask, zero sharing, Beaver tuple and share of a party is drawn here, from AES-128-CTR
+    streams keyed by OS seeds or by the start-up key exchange (:func:`_setup_prng`,
+    :func:`_ttp_client_generators`, :func:`_ttp_server_generators`). Anything else handed in as
+    a generator (a ``torch.Generator``: Mersenne Twister, 64-bit seed) is refused rather than
+    silently used."""
     if generator is None:
         generator = crypten.generators["local"][torch.device("cpu")]
-    size = (size,) if isinstance(size, int) else tuple(size)
-    n = math.prod(size)
-    if n < _BULK or generator.device.type != "cpu":
-        if bits == 64:
-            return torch.randint(-(2 ** 63), 2 ** 63 - 1, size, generator=generator, dtype=torch.long,
-                                 device=generator.device)
-        return torch.randint(0, 2 ** bits, size, generator=generator, dtype=torch.long, device=generator.device)
-    seed = torch.randint(-(2 ** 63), 2 ** 63 - 1, (2,), generator=generator, dtype=torch.long)
-    words = np.random.PCG64DXSM(seed.numpy().view(np.uint64)).random_raw(n)
-    if bits < 64:
-        words >>= np.uint64(64 - bits)
-    return torch.from_numpy(words.view(np.int64)).reshape(size)
+    if not isinstance(generator, PRG):
+        raise TypeError(f"pmpc draws ring elements only from its AES PRG (pmpc.prg.PRG), not {type(generator).__name__}")
+    return generator.ring(size, bits)
 
 
-def _fast_ring_sampling() -> None:
+def _prg_sampling() -> None:
     """Route CrypTen's two samplers (and the modules that imported them by name) to
-    :func:`ring_random`; CUDA tensors and other ring sizes keep CrypTen's code."""
+    :func:`ring_random`, on every device (a CUDA draw is made on the CPU and moved)."""
     import crypten.common.rng as rng
     import crypten.mpc.primitives.arithmetic as arithmetic
     import crypten.mpc.primitives.binary as binary
     import crypten.mpc.provider.tfp_provider as tfp
     import crypten.mpc.provider.ttp_provider as ttp
+    from crypten.cuda import CUDALongTensor
 
-    ring0, kbit0 = rng.generate_random_ring_element, rng.generate_kbit_random_tensor
+    def draw(size, generator, device, bits):
+        device = torch.device("cpu" if device is None else device)
+        if generator is None:
+            generator = crypten.generators["local"][device]
+        out = ring_random(size, generator, bits)
+        return CUDALongTensor(out) if out.is_cuda else out
 
-    def cpu_only(kwargs) -> bool:
-        dev = kwargs.get("device")
-        return not set(kwargs) - {"device"} and (dev is None or torch.device(dev).type == "cpu")
+    def generate_random_ring_element(size, ring_size=(2 ** 64), generator=None, device=None):
+        if ring_size != 2 ** 64:
+            raise NotImplementedError("pmpc's ring is Z/2^64")
+        return draw(size, generator, device, 64)
 
-    def generate_random_ring_element(size, ring_size=(2 ** 64), generator=None, **kwargs):
-        if ring_size != 2 ** 64 or not cpu_only(kwargs):
-            return ring0(size, ring_size=ring_size, generator=generator, **kwargs)
-        return ring_random(size, generator)
-
-    def generate_kbit_random_tensor(size, bitlength=None, generator=None, **kwargs):
-        if not cpu_only(kwargs):
-            return kbit0(size, bitlength=bitlength, generator=generator, **kwargs)
-        return ring_random(size, generator, bits=bitlength or 64)
+    def generate_kbit_random_tensor(size, bitlength=None, generator=None, device=None):
+        return draw(size, generator, device, bitlength or 64)
 
     for mod in (rng, arithmetic, binary, tfp, ttp):
         if hasattr(mod, "generate_random_ring_element"):
@@ -205,7 +193,75 @@ def _fast_ring_sampling() -> None:
             mod.generate_kbit_random_tensor = generate_kbit_random_tensor
 
 
-_fast_ring_sampling()
+_prg_sampling()
+
+
+def _devices() -> list:
+    """The devices CrypTen keeps generators for: the CPU, and each CUDA device if there is one."""
+    devs = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devs += [torch.device("cuda")] + [torch.device(f"cuda:{i}") for i in range(torch.cuda.device_count())]
+    return devs
+
+
+def _setup_prng() -> None:
+    """Replaces CrypTen's seed set-up (64-bit OS seeds sent in the clear, expanded by Mersenne
+    Twister). Each computing party keys four AES-128-CTR streams per device: "local" from its own
+    OS seed; "next"/"prev" (party 0's next = party 1's prev and vice versa: the pairwise zero
+    sharings) and "global" from the authenticated X25519 exchange with the other party
+    (:mod:`pmpc.handshake`). A CUDA device gets streams of its own (keys derived per device), so
+    no two devices reuse a stream."""
+    from pmpc import handshake
+
+    c = comm.get()
+    rank, ws = c.get_rank(), c.get_world_size()
+    if ws == 1:
+        seeds = {"next": handshake.local_seed(), "global": handshake.local_seed()}
+        seeds["prev"] = seeds["next"]
+    elif ws == 2:
+        peer = 1 - rank
+        ln = handshake.pair(rank, peer, c.main_group, "computing parties")
+        seeds = {"next": ln.seed(f"{rank}->{peer}"), "prev": ln.seed(f"{peer}->{rank}"), "global": ln.seed("global")}
+    else:
+        raise NotImplementedError("pmpc's seed agreement covers 2 computing parties")
+    seeds["local"] = handshake.local_seed()
+    for key, seed in seeds.items():
+        for dev in _devices():
+            crypten.generators[key][dev] = PRG.for_device(seed, dev)
+
+
+def _ttp_client_generators(self) -> None:
+    """A computing party's side of its stream with the dealer: keyed by the exchange with it."""
+    from pmpc import handshake
+
+    c = comm.get()
+    ln = handshake.pair(c.get_rank(), c.get_ttp_rank(), self.ttp_group, "dealer")
+    seed = ln.seed("tuples")
+    self.generator = PRG.for_device(seed, "cpu")
+    self.generator_cuda = PRG.for_device(seed, "cuda") if torch.cuda.is_available() else None
+
+
+def _ttp_server_generators(self) -> None:
+    """The dealer's side: one exchange with each computing party, in rank order (each party runs
+    its exchange with the other party first, then with the dealer: no cycle of waits)."""
+    from pmpc import handshake
+
+    c = comm.get()
+    seeds = [handshake.pair(c.get_ttp_rank(), r, self.ttp_group, "dealer").seed("tuples")
+             for r in range(c.get_world_size())]
+    self.generators = [PRG.for_device(s, "cpu") for s in seeds]
+    self.generators_cuda = [PRG.for_device(s, "cuda") if torch.cuda.is_available() else None for s in seeds]
+
+
+def _install_seed_agreement() -> None:
+    from crypten.mpc.provider.ttp_provider import TTPClient, TTPServer
+
+    crypten._setup_prng = _setup_prng  # crypten.init() calls it by its module-global name
+    TTPClient._TTPClient__TTPClient._setup_generators = _ttp_client_generators  # the name-mangled singleton
+    TTPServer._setup_generators = _ttp_server_generators
+
+
+_install_seed_agreement()
 
 
 def _two_party_zero_sharing() -> None:
@@ -399,11 +455,9 @@ def b2a_bits(xb):
     ra, rb = provider.B2A_rng(xb.size(), device=xb.device)
     m = ((xb.share ^ rb.share) & 1).reshape(-1)
     n = m.numel()
-    if n % 64:  # pad with each party's own random bits, so every opened word is uniform over 2^64;
-        # CrypTen's "local" generator: torch's global one is seeded alike in both parties, and equal
-        # padding cancelled in the XOR (zero high bits in every last word)
-        rng = crypten.generators["local"][m.device]
-        m = torch.cat([m, torch.randint(0, 2, (64 - n % 64,), dtype=torch.long, generator=rng, device=m.device)])
+    if n % 64:  # pad with each party's own random bits (its "local" stream), so every opened word is
+        # uniform over 2^64: equal padding at both parties would cancel in the XOR
+        m = torch.cat([m, ring_random(64 - n % 64, crypten.generators["local"][m.device], bits=1)])
     shifts = torch.arange(64, dtype=torch.long)
     words = (m.view(-1, 64) << shifts).sum(-1)          # disjoint bits: sum = OR (bit 63 wraps)
     z = BinarySharedTensor.from_shares(words).reveal()
@@ -493,17 +547,23 @@ class InitError(RuntimeError):
 
 
 def init_party(rank: int, world_size: int, rendezvous: str, timeout_s: float = 60.0,
-               provider: str = "TFP", verbose_stats: bool = True) -> None:
+               provider: str = "TFP", verbose_stats: bool = True, psk: bytes | None = None) -> None:
     """Join a CrypTen session as ``rank`` of ``world_size`` parties.
 
     ``rendezvous`` is a torch.distributed init URL (``tcp://host:port``, ``file:///path``).
     Every collective (and the start-up itself) raises after ``timeout_s`` if a peer stalls.
     ``provider`` selects the Beaver-triple source: ``TFP`` (party 0 deals: fast, insecure
     against party 0) or ``TTP`` (a separate dealer process of rank ``world_size``).
+    ``psk``: the pre-shared key that authenticates the start-up key exchange (:mod:`pmpc.handshake`).
     Failures to join raise :class:`InitError` with one line that says why.
     """
+    from pmpc import handshake
+
+    handshake.use_psk(psk)
     try:
         _init_party(rank, world_size, rendezvous, timeout_s, provider, verbose_stats)
+    except handshake.HandshakeError as e:  # its own line: a wrong key or a man in the middle
+        raise InitError(str(e)) from e
     except Exception as e:  # torch raises several types (DistStoreError, DistNetworkError, ...)
         raise InitError(_init_reason(e, rendezvous, timeout_s)) from e
 

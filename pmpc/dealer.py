@@ -35,10 +35,11 @@ import collections
 import dataclasses
 import hashlib
 import math
-import os
 import time
 
 import torch
+
+from pmpc.prg import PRG
 
 MODES = ("local", "ttp")
 PROVIDER = {"local": "TFP", "ttp": "TTP"}
@@ -135,7 +136,7 @@ class ShapeOnly:
 
     def __init__(self):
         self.requests: list = []
-        self.gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(7), "big"))
+        self.gen = PRG.from_os()  # its own stream: the junk touches no shared or global state
 
     def _arith(self, size):
         from crypten.mpc.primitives import ArithmeticSharedTensor

@@ -229,6 +229,8 @@ def run_session(lab: Lab, model: str, protocol: str, ids: str, new_tokens: int =
     import random
     import tempfile
 
+    from pmpc import handshake
+
     port = random.randint(20000, 60000)
     rdv = f"tcp://{lab.addr('client')}:{port}"
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "tun0", "TORCH_CPP_LOG_LEVEL": "FATAL", "PYTHONWARNINGS": "ignore"}
@@ -237,6 +239,10 @@ def run_session(lab: Lab, model: str, protocol: str, ids: str, new_tokens: int =
               "--preprocess" if preprocess else "--no-preprocess"]
     with tempfile.TemporaryDirectory(dir=workdir) as d:
         out = os.path.join(d, "client.json")
+        psk = os.path.join(d, "psk")  # one fresh pre-shared key for the session's parties
+        with open(os.open(psk, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+            f.write(handshake.new_psk())
+        common += ["--psk-file", psk]
         roles = [("client", ["--rank", "0", "--ids", ids, "--json", out]), ("server", ["--rank", "1"])]
         if dealer == "ttp":
             roles.append(("dealer", ["--rank", "2"]))

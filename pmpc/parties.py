@@ -6,7 +6,7 @@
   peer raises instead of hanging for torch's default 30 minutes; the parent also enforces an
   overall deadline and reports which party failed.
 * :func:`run_party` runs ONE party in the current process — the entry point for one party per
-  host (``pmpc party --rank R --rendezvous tcp://HOST:PORT``). With ``dealer="ttp"`` rank
+  host (``pmpc party --rank R --rendezvous tcp://HOST:PORT --psk-file FILE``). With ``dealer="ttp"`` rank
   ``world_size`` is the dealer (:func:`pmpc.dealer.serve`).
 
 A job is a picklable callable ``job(rank, world_size) -> picklable`` (plain Python / numpy
@@ -118,18 +118,23 @@ def _blame(rank: int, world_size: int, e: BaseException, timeout_s: float, t0: f
 
 
 def run_party(job, rank: int, world_size: int, rendezvous: str, timeout_s: float = 60.0,
-              dealer: str = "local", threads: int | None = None, inp=None, has_input: bool = False):
+              dealer: str = "local", threads: int | None = None, inp=None, has_input: bool = False,
+              psk: bytes | None = None):
     """Join the session as ``rank`` and run ``job``. ``dealer``: ``local`` (CrypTen's TFP: party 0
     generates the triples — insecure against party 0) or ``ttp`` (a separate dealer process of
-    rank ``world_size``, which only serves triples). Raises :class:`PartyError` (one line naming
-    the party at fault) when joining fails or a peer is lost."""
+    rank ``world_size``, which only serves triples). ``psk``: the pre-shared key every party of
+    the session holds (:mod:`pmpc.handshake`); a party without one refuses to start. Raises
+    :class:`PartyError` (one line naming the party at fault) when joining fails or a peer is lost."""
     from pmpc import crypten_compat as cc
     from pmpc import dealer as dealer_mod
+    from pmpc import handshake
 
     if dealer not in dealer_mod.MODES:
         raise UserError(f"unknown dealer {dealer!r} (one of {', '.join(dealer_mod.MODES)})")
     if rank == world_size and dealer != "ttp":
         raise UserError(f"rank {rank} is the dealer: pass --dealer ttp at every party")
+    if psk is None:
+        raise UserError(f"{who(rank)}: no pre-shared key: pass --psk-file FILE ({handshake.MAKE_PSK})")
     if threads:
         import torch
 
@@ -137,7 +142,7 @@ def run_party(job, rank: int, world_size: int, rendezvous: str, timeout_s: float
     t0 = time.monotonic()
     fault_point(rank, "join")
     try:
-        cc.init_party(rank, world_size, rendezvous, timeout_s, dealer_mod.PROVIDER[dealer])
+        cc.init_party(rank, world_size, rendezvous, timeout_s, dealer_mod.PROVIDER[dealer], psk=psk)
     except cc.InitError as e:
         raise PartyError(f"{who(rank)}: {e}") from None
     try:
@@ -183,7 +188,8 @@ def _exit_with_launcher(launcher: int) -> None:
     threading.Thread(target=watch, name="pmpc-launcher-watch", daemon=True).start()
 
 
-def _entry(job, rank, world_size, rendezvous, timeout_s, dealer, threads, q, has_input, inp, env, launcher=None):
+def _entry(job, rank, world_size, rendezvous, timeout_s, dealer, threads, q, has_input, inp, env, launcher=None,
+           psk=None):
     if launcher:
         _exit_with_launcher(launcher)
     os.environ.update(env or {})
@@ -196,7 +202,7 @@ def _entry(job, rank, world_size, rendezvous, timeout_s, dealer, threads, q, has
 
         faulthandler.register(signal.SIGTERM, chain=True)
     try:
-        out = run_party(job, rank, world_size, rendezvous, timeout_s, dealer, threads, inp, has_input)
+        out = run_party(job, rank, world_size, rendezvous, timeout_s, dealer, threads, inp, has_input, psk)
         q.put((rank, "ok", out))
     except BaseException as e:  # report to the parent, then exit non-zero
         msg = str(e).strip().splitlines()
@@ -225,7 +231,8 @@ def run_local(job, world_size: int = 2, timeout_s: float = 60.0, deadline_s: flo
     """Run ``job`` in ``world_size`` local party processes; returns the per-rank results.
 
     ``timeout_s`` bounds each communication wait inside the parties; ``deadline_s`` (default:
-    none) bounds the whole job. ``env`` is set in every party process (e.g. ``PMPC_FAULT``).
+    none) bounds the whole job. Each run draws a fresh pre-shared key for the parties' start-up
+    key exchange (:mod:`pmpc.handshake`) and hands it to them in their start arguments. ``env`` is set in every party process (e.g. ``PMPC_FAULT``).
     Raises :class:`PartyError` naming the party that failed first (died or went silent), with
     what the others saw; the error carries ``culprit`` (rank or None), ``exit_codes`` and
     ``exit_times`` (``time.time()`` each process was seen gone). The surviving parties are given
@@ -237,12 +244,15 @@ def run_local(job, world_size: int = 2, timeout_s: float = 60.0, deadline_s: flo
         raise PartyError(f"pmpc runs 2-party computation; got --parties {world_size}")
     if dealer not in dealer_mod.MODES:
         raise UserError(f"unknown dealer {dealer!r} (one of {', '.join(dealer_mod.MODES)})")
+    from pmpc import handshake
+
     ctx = _ctx()
     q = ctx.Queue()
     rendezvous = f"tcp://{host}:{free_port()}"
     n = world_size + (1 if dealer == "ttp" else 0)
+    psk = handshake.new_psk()  # fresh per run, handed to each party in its start arguments
     procs = [ctx.Process(target=_entry, args=(job, r, world_size, rendezvous, timeout_s, dealer, threads, q,
-                                              inputs is not None, (inputs or {}).get(r), env, os.getpid()),
+                                              inputs is not None, (inputs or {}).get(r), env, os.getpid(), psk),
                          name=f"pmpc-{role(r)}", daemon=True) for r in range(n)]
     for p in procs:
         p.start()

@@ -6,7 +6,8 @@ What each party holds:
   * server (rank 1): the weights. It learns the public facts only — batch size, prompt lengths
     (padding mask), number of steps — which the client announces at start-up.
 At start-up the parties compare a digest of their configuration (model, protocol, weight mode,
-shapes, steps): a mismatch stops both with a clear error instead of computing garbage.
+shapes, steps), authenticated by the key exchange of :mod:`pmpc.handshake`: a mismatch stops both
+with a clear error instead of computing garbage.
 """
 from __future__ import annotations
 
@@ -40,14 +41,19 @@ class GenConfig:
     preprocess: bool = False         # deal the query's tuples before it runs (offline/online split;
                                      # holds all of them in memory: GBs for a 30-layer model)
 
-    def digest(self, spec: models.ModelSpec) -> str:
+    def digest_bytes(self, spec: models.ModelSpec) -> bytes:
+        """SHA-256 of the public configuration (what both computing parties must share)."""
         from pmpc.crypten_compat import truncation_mode
 
         pub = dataclasses.asdict(self)
         pub.pop("temperature"), pub.pop("top_p"), pub.pop("seed"), pub.pop("threads")  # client-only
         pub["shapes"] = sorted((k, list(v)) for k, v in spec.shapes().items())
         pub["truncation"] = truncation_mode()  # exact vs local: different rounds
-        return hashlib.sha256(json.dumps(pub, sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(pub, sort_keys=True).encode()).digest()
+
+    def digest(self, spec: models.ModelSpec) -> str:
+        """The digest's first 16 hex digits (a short name, e.g. for caches)."""
+        return self.digest_bytes(spec).hex()[:16]
 
 
 @dataclasses.dataclass
@@ -197,7 +203,7 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
     demand during the query (CrypTen's behaviour; with ``ttp`` the dealer traffic is then part
     of the query's rounds)."""
     from pmpc import dealer as D
-    from pmpc import parties
+    from pmpc import handshake, parties
     from pmpc.crypten_compat import comm, crypten, solo_dry_run, use_provider
     from pmpc.ops import CrypTenOps
 
@@ -209,7 +215,8 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
         spec = _load_spec(cfg, rank)  # loading a large model can take a while: the dealer waits
     if rank == CLIENT:
         check_input(cfg, spec, inp)
-    _agree(cfg.digest(spec), "the configuration (model, protocol, weights, shapes, steps)")
+    # under the MAC key of the start-up key exchange: a forged digest is not an honest mismatch
+    handshake.agree_digest(cfg.digest_bytes(spec), "the configuration (model, protocol, weights, shapes, steps)")
     public = _announce(None if inp is None else {"attn": inp.attn.tolist()}, rank)
     attn = torch.tensor(public["attn"], dtype=torch.long)
     ids = inp.ids if rank == CLIENT else torch.zeros_like(attn)  # the server never sees ids

@@ -9,6 +9,23 @@ STORIES = pathlib.Path(os.environ.get("PMPC_STORIES", REPO.parent / "shared" / "
 os.environ.setdefault("PMPC_STORIES", str(STORIES))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def psk_file(tmp_path_factory):
+    """Every `pmpc party` a test starts (in-process or as a subprocess) reads this pre-shared key
+    (PMPC_PSK_FILE); `pmpc run` and run_local draw their own."""
+    from pmpc import handshake
+
+    path = tmp_path_factory.mktemp("psk") / "psk"
+    path.write_bytes(handshake.new_psk())
+    old = os.environ.get("PMPC_PSK_FILE")
+    os.environ["PMPC_PSK_FILE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("PMPC_PSK_FILE", None)
+    else:
+        os.environ["PMPC_PSK_FILE"] = old
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models run fastest on one thread, and a shared CPU punishes oversubscription."""
