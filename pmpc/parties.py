@@ -6,8 +6,8 @@
   peer raises instead of hanging for torch's default 30 minutes; the parent also enforces an
   overall deadline and reports which party failed.
 * :func:`run_party` runs ONE party in the current process — the entry point for one party per
-  host (``pmpc party --rank R --rendezvous tcp://HOST:PORT --psk-file FILE``). With ``dealer="ttp"`` rank
-  ``world_size`` is the dealer (:func:`pmpc.dealer.serve`).
+  host (``pmpc party --rank R --rendezvous tcp://HOST:PORT --psk-file FILE``). With
+  ``dealer="ttp"`` rank ``world_size`` is the dealer (:func:`pmpc.dealer.serve`).
 
 A job is a picklable callable ``job(rank, world_size) -> picklable`` (plain Python / numpy
 values: returning torch tensors through a queue can crash the parent). With ``inputs``, each
@@ -231,8 +231,9 @@ def run_local(job, world_size: int = 2, timeout_s: float = 60.0, deadline_s: flo
     """Run ``job`` in ``world_size`` local party processes; returns the per-rank results.
 
     ``timeout_s`` bounds each communication wait inside the parties; ``deadline_s`` (default:
-    none) bounds the whole job. Each run draws a fresh pre-shared key for the parties' start-up
-    key exchange (:mod:`pmpc.handshake`) and hands it to them in their start arguments. ``env`` is set in every party process (e.g. ``PMPC_FAULT``).
+    none) bounds the whole job. ``env`` is set in every party process (e.g. ``PMPC_FAULT``). Each
+    run draws a fresh pre-shared key for the parties' start-up key exchange
+    (:mod:`pmpc.handshake`) and hands it to them in their start arguments.
     Raises :class:`PartyError` naming the party that failed first (died or went silent), with
     what the others saw; the error carries ``culprit`` (rank or None), ``exit_codes`` and
     ``exit_times`` (``time.time()`` each process was seen gone). The surviving parties are given

@@ -81,6 +81,7 @@ def test_ring_random_refuses_a_torch_generator():
 
 
 # -- a curious client, started the way `pmpc run` starts it --------------------------------------
+@pytest.mark.slow  # the first local launch of a session starts the forkserver (~10-20 s)
 @pytest.mark.parametrize("dealer", ["ttp", "local"])
 def test_curious_client_cannot_predict_server_or_dealer_streams(dealer):
     client, server = parties.run_local(rj.streams_and_predictions, dealer=dealer, timeout_s=60, deadline_s=180)
@@ -163,6 +164,7 @@ def _party(rank, port, psk_file, extra=()):
                             stderr=subprocess.PIPE, text=True, env={**env, "PYTHONWARNINGS": "ignore"})
 
 
+@pytest.mark.slow  # two `pmpc party` processes start (~10 s each on a 2-core machine)
 def test_wrong_psk_stops_both_parties_with_one_line(tmp_path):
     """Two `pmpc party` processes (as on two hosts) whose key files differ: each exits 2 with one
     line naming the other as not authenticated, before any stream is used."""
