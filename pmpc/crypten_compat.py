@@ -137,6 +137,35 @@ def _one_collective_per_round() -> None:
 _one_collective_per_round()
 
 
+def _free_integral_products() -> None:
+    """A public factor with integral values (``x * 2.0``, a 0/1 mask tensor) multiplies the shares
+    directly. CrypTen encodes every public float factor at 2^16 and truncates the product again:
+    under pmpc's exact 2-party truncation that is a communication round for a product that is
+    exact and local. Python ints already took the local path; integral floats and tensors now do."""
+    from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+
+    orig = ArithmeticSharedTensor.mul
+
+    def mul(self, y):
+        if isinstance(y, float) and y.is_integer() and abs(y) < 2 ** 62:
+            y = int(y)
+        elif torch.is_tensor(y) and y.is_floating_point() and not y.is_cuda and bool(y.frac().eq(0).all()) \
+                and bool(y.abs().lt(2 ** 62).all()):
+            y = y.long()
+        if isinstance(y, int) or (torch.is_tensor(y) and not y.is_floating_point() and y.dtype != torch.bool):
+            result = self.clone()
+            result.share = self.share * y
+            return result
+        return orig(self, y)
+
+    ArithmeticSharedTensor.mul = mul
+    ArithmeticSharedTensor.__mul__ = mul
+    ArithmeticSharedTensor.__rmul__ = mul
+
+
+_free_integral_products()
+
+
 # -- ring sampling ---------------------------------------------------------------------------------
 _BULK = 4096  # below this, torch's own sampler is cheaper than seeding a numpy generator
 

@@ -8,6 +8,8 @@ the norms in the scale-robust way every protocol shares:
   * softmax subtracts the row max (unless the protocol opts out), applies a 0/1 public mask AFTER
     exp (an additive -1e4 mask overflows fixed-point exp), and multiplies by the reciprocal of the
     row sum;
+  * public factors ride on the truncation of the product next to them (``ops.mul_scaled``,
+    ``ops.combine``): under MPC a truncation costs a round, a public factor alone should not;
   * norms feed ``rsqrt`` the SUM of squares (plus n*eps) and rescale by sqrt(n) afterwards: the sum
     is n times larger than the mean, so tiny real activations (mean square ~1e-4) keep their
     precision on the 16-bit fixed-point grid; ``ops.sum_squares`` also keeps LLMs' massive
@@ -94,14 +96,14 @@ class Protocol:
     def rms_norm(self, x, w, eps: float, ops: Ops, offset: float = 0.0):
         n = x.shape[-1]
         s = ops.sum_squares(x) + n * eps
-        y = ops.mul(x, self.rsqrt(s, ops, scale=math.sqrt(n) * 2.0 ** NORM_SHIFT)) * 2.0 ** -NORM_SHIFT
+        y = ops.mul_scaled(x, self.rsqrt(s, ops, scale=math.sqrt(n) * 2.0 ** NORM_SHIFT), 2.0 ** -NORM_SHIFT)
         return y * (w + offset) if w is not None else y
 
     def layer_norm(self, x, w, b, eps: float, ops: Ops):
         n = x.shape[-1]
         c = x - x.mean(-1, keepdim=True)
         s = ops.sum_squares(c) + n * eps
-        y = ops.mul(c, self.rsqrt(s, ops, scale=math.sqrt(n) * 2.0 ** NORM_SHIFT)) * 2.0 ** -NORM_SHIFT
+        y = ops.mul_scaled(c, self.rsqrt(s, ops, scale=math.sqrt(n) * 2.0 ** NORM_SHIFT), 2.0 ** -NORM_SHIFT)
         if w is not None:
             y = y * w
         if b is not None:

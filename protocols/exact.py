@@ -55,17 +55,18 @@ def product(xs: list, ops: Ops):
 
 
 def newton_reciprocal(m, y, iters: int, ops: Ops):
+    """y <- 2y - y (m y): m y, then the product and the affine part under one truncation."""
     for _ in range(iters):
-        y = ops.mul(y, 2 - ops.mul(m, y))
+        y = ops.mul_scaled(y, ops.mul(m, y), -1.0, add=[(2.0, y)])
     return y
 
 
 def newton_rsqrt(m, y, iters: int, ops: Ops):
-    """y <- 1.5 y - 0.5 (y^2)(m y): y^2 and m y in one batched product, then their product —
-    two rounds a step instead of three."""
+    """y <- 1.5 y - 0.5 (y^2)(m y): y^2 and m y in one batched product, then their product with
+    the step's public 1.5 and -0.5 under its one truncation — two product rounds a step."""
     for _ in range(iters):
         p = ops.mul(ops.stack([y, m]), ops.stack([y, y]))
-        y = 1.5 * y - 0.5 * ops.mul(p[0], p[1])
+        y = ops.mul_scaled(p[0], p[1], -0.5, add=[(1.5, y)])
     return y
 
 
@@ -95,29 +96,27 @@ class Exact(Protocol):
         # decompose as two's complement. A bias of 4 units keeps y >= 0; e^bias is folded back.
         bias = 4 * 2.0 ** -fb
         y = bias - x
-        b = ops.bits(y, list(range(fb + INT_BITS)))
-        frac = b[0] * 2.0 ** -fb
-        for i in range(1, fb):
-            frac = frac + b[i] * 2.0 ** (i - fb)
-        factors = [ops.poly(frac, [c * math.exp(bias) for c in EXP_FRAC])]
+        b = ops.bits(y, list(range(fb + INT_BITS)), lift=False)  # ring-integer bits: weights are free
+        frac = ops.int_combine([(2.0 ** (i - fb), b[i]) for i in range(fb)])
+        factors = [ops.poly(frac, [c * math.exp(bias) for c in EXP_FRAC], bound=4.0)]
         for i in range(INT_BITS):
             v = math.exp(-(2.0 ** i))
-            factors.append(1 + b[fb + i] * (v - 1) if v > 2.0 ** -(fb + 1) else 1 - b[fb + i])
+            factors.append(ops.int_combine([(v - 1 if v > 2.0 ** -(fb + 1) else -1.0, b[fb + i])], 1.0))
         return product(factors, ops)
 
     def reciprocal(self, x, ops: Ops, lo: int = -12, hi: int = 13):
         m, f = ops.normalize(x, base_log2=1, lo=lo, hi=hi)
-        y = RECIP_INIT[0] + m * RECIP_INIT[1]
+        y = ops.combine([], [(RECIP_INIT[1], m)], RECIP_INIT[0], bound=4.0)
         return ops.mul(newton_reciprocal(m, y, 3, ops), f)
 
     def rsqrt(self, x, ops: Ops, scale: float = 1.0):
-        m, f = ops.normalize(x, base_log2=2, lo=-6, hi=14)
-        y = RSQRT_INIT[0] + m * RSQRT_INIT[1]
-        return ops.mul(newton_rsqrt(m, y, 3, ops), f * scale)
+        m, f = ops.normalize(x, base_log2=2, lo=-6, hi=14, scale=scale)
+        y = ops.combine([], [(RSQRT_INIT[1], m)], RSQRT_INIT[0], bound=4.0)
+        return ops.mul(newton_rsqrt(m, y, 3, ops), f)
 
     # -- activations ---------------------------------------------------------------------
     def sigmoid(self, x, ops: Ops, bound: float | None = ACT_BOUND):
-        neg = ops.ltz(x, bound)
+        neg = ops.ltz_int(x, bound)                         # ring-integer sign: products need no truncation
         a = ops.mul(x, 1 - 2 * neg)                         # |x|
         p = self.reciprocal(1 + self.exp(-a, ops), ops, lo=0, hi=1)  # sigmoid(|x|), denominator in [1, 2]
         return ops.select(neg, 1 - p, p)
@@ -130,9 +129,9 @@ class Exact(Protocol):
         return ops.mul(x, self.sigmoid(u, ops, bound=None))  # u ~ x^3: the whole ring
 
     def gelu(self, x, ops: Ops):
-        neg = ops.ltz(x, ACT_BOUND)
-        z = ops.mul(x, 1 - 2 * neg) * (1 / math.sqrt(2))      # |x| / sqrt 2
-        t = self.reciprocal(1 + z * AS_P, ops, lo=0, hi=6)
-        q = ops.mul(ops.poly(t, AS_A), self.exp(-ops.square(z), ops))  # erfc(z)
+        neg = ops.ltz_int(x, ACT_BOUND)
+        z = ops.mul_scaled(x, 1 - 2 * neg, 1 / math.sqrt(2))  # |x| / sqrt 2
+        t = self.reciprocal(ops.combine([], [(AS_P, z)], 1.0), ops, lo=0, hi=6)
+        q = ops.mul(ops.poly(t, AS_A, bound=2.0), self.exp(-ops.square(z), ops))  # erfc(z)
         phi = ops.select(neg, 0.5 * q, 1 - 0.5 * q)
         return ops.mul(x, phi)

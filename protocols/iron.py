@@ -43,7 +43,7 @@ class Iron(Exact):
                       method="SIRNN-style: A2B bits of -x, 1-bit lookups per integer bit, product tree"),
         "reciprocal": FnSpec((2.0 ** -12, 2.0 ** 14), max_rel_err=1e-9, comparisons=25, multiplications=8,
                              method="SIRNN div: msb normalisation, linear start, 3 Newton steps"),
-        "rsqrt": FnSpec((2.0 ** -12, 2.0 ** 30), max_rel_err=5e-7, comparisons=20, multiplications=12,
+        "rsqrt": FnSpec((2.0 ** -12, 2.0 ** 30), max_rel_err=5e-7, comparisons=20, multiplications=11,
                         method="SIRNN rsqrt: msb normalisation to [1,4), linear start, 3 Newton steps"),
         "tanh": FnSpec((-12.0, 12.0), max_abs_err=1.2e-5, comparisons=3, multiplications=30,
                        method="2 sigmoid(2u) - 1, sigmoid = 1/(1+e^-|u|) on precise exp/reciprocal"),

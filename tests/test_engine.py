@@ -107,3 +107,15 @@ def test_server_never_receives_the_prompt_in_the_clear(stories_dir):
     # In public-weight mode the client shares its embeddings (never the ids): none of their
     # fixed-point encodings may appear among the ~1e5 ring elements the server received.
     assert not np.isin(emb, got).any(), "an encoded embedding value of the prompt reached the server"
+
+
+@pytest.mark.parametrize("protocol", ["bolt", "exact"])
+def test_cost_scopes_add_up_to_the_total(protocol):
+    """Every communication round and byte of a forward is charged to some function scope (RoPE
+    included), so the per-function tables account for the whole run."""
+    res = parties.run_local(functools.partial(engine_jobs.scopes_and_total, protocol), timeout_s=120)
+    for rank_res in res:
+        for phase, r in rank_res.items():
+            assert r["comm"][0] > 0, phase
+            assert r["scopes"] == r["comm"], (phase, r)
+            assert "rope" in r["names"], r["names"]
