@@ -136,11 +136,11 @@ class Ops:
         Integer coefficients and no products: no truncation, no round."""
         raise NotImplementedError
 
-    def coef_bits(self, coefs, has_products: bool, bound: float) -> int:
+    def coef_bits(self, coefs, has_products: bool, bound: float, max_k: int | None = None) -> int:
         """The k of :meth:`combine`: fewest fraction bits that represent every coefficient
         exactly, capped by the ring room that ``bound`` leaves (and at 24 bits of precision)."""
         scale = 2 * self.fxp_bits if has_products else self.fxp_bits
-        cap = min(24, 61 - scale - max(0, math.ceil(math.log2(max(bound, 1.0)))))
+        cap = min(24 if max_k is None else max_k, 61 - scale - max(0, math.ceil(math.log2(max(bound, 1.0)))))
         if cap < 0:
             raise ValueError(f"combine: a result bounded by {bound:g} does not fit the ring at this scale")
         for k in range(cap + 1):
@@ -153,10 +153,20 @@ class Ops:
         ride on its truncation (see :meth:`combine`)."""
         return self.combine([(scale, x, y)], add, const, bound)
 
-    def mul_many(self, pairs, scales=None, bound: float = ACT_BOUND) -> list:
-        """``[s_i a_i b_i]`` for (a_i, b_i) in ``pairs`` (same shapes after broadcasting): ONE
-        Beaver round and ONE truncation for all, the public ``scales`` (default 1) riding on it."""
+    def mul_many(self, pairs, scales=None, bound: float = ACT_BOUND, max_k: int | None = None) -> list:
+        """``[s_i a_i b_i]`` for (a_i, b_i) in ``pairs`` (any shapes: each pair broadcasts on its
+        own): ONE Beaver round and ONE truncation for all, the public ``scales`` (default 1)
+        riding on it. ``max_k`` caps the scales' fraction bits where an operand sits on a larger
+        scale than the standard one (its product leaves less room in the ring). ``bound``: on
+        every |result|, or a list, one per pair."""
         raise NotImplementedError
+
+    def _slots(self, pairs, scales, bound, max_k):
+        """Per pair of :meth:`mul_many`: its scale, its bound and its coefficient bits."""
+        n = len(pairs)
+        scales = [1.0] * n if scales is None else list(scales)
+        bounds = list(bound) if isinstance(bound, (list, tuple)) else [bound] * n
+        return scales, bounds, [self.coef_bits([c], True, b, max_k) for c, b in zip(scales, bounds)]
 
     def int_combine(self, terms, const=0.0):
         """``sum_i c_i b_i + const`` for ring-integer b_i (``ltz_int``, ``bits(..., lift=False)``)
@@ -269,7 +279,8 @@ class Ops:
             x = self.mul(factors[0], g).sum(-1)
         return x
 
-    def normalize(self, x, base_log2: int = 2, lo: int = -8, hi: int = 15, scale: float = 1.0):
+    def normalize(self, x, base_log2: int = 2, lo: int = -8, hi: int = 15, scale: float = 1.0, start=None,
+                  times=None, times_bound: float = ACT_BOUND):
         """Range reduction by the most significant bit, for x > 0 (SIRNN's msnzb step).
 
         With g = ``base_log2`` and bins [2^(g k), 2^(g (k+1))) for k in [lo, hi], one batched
@@ -283,7 +294,11 @@ class Ops:
         The one-hot is a set of exact ring integers, so any public function of the bin is a local
         integer combination, read as fixed point at a scale of our choosing: f^g = 2^(-g k) on the
         scale 2^(g hi) (every bin an exact integer, however small f^g is) gives m in ONE product,
-        and ``scale * f`` on the standard scale rides along with no truncation."""
+        and ``scale * f`` on the standard scale rides along with no truncation.
+
+        With ``start=(a, b)`` and/or ``times=t`` (|t scale f| < ``times_bound``), returns
+        (m, a + b m, t scale f) instead, all three from ONE product round: the Newton start and
+        the factor the caller multiplies the result into need no rounds of their own."""
         ks = list(range(lo + 1, hi + 1))
         below = self.ltz_int(self.stack([x - float(2.0 ** (base_log2 * k)) for k in ks]))  # x < 2^(g k)
 
@@ -297,8 +312,19 @@ class Ops:
         fb, g = self.fxp_bits, base_log2
         fg = self.from_int(onehot_sum(lambda k: 2 ** (g * (hi - k))), g * hi)
         f = self.from_int(onehot_sum(lambda k: self.fixed(scale * 2.0 ** -k, fb)), fb)
-        m = self.mul_scaled(x, fg, 1.0, bound=2.0 ** g)
-        return m, f
+        if start is None and times is None:
+            return self.mul_scaled(x, fg, 1.0, bound=2.0 ** g), f
+        # the caller's next steps, in the same product round: a linear start a + b m on [1, 2^g)
+        # and ``times`` * scale f (the value the result will multiply, brought into range now)
+        pairs, scales, bounds = [(x, fg)], [1.0], [2.0 ** g]
+        if start is not None:
+            pairs.append((x, fg)), scales.append(start[1]), bounds.append(2.0 ** g)
+        if times is not None:
+            pairs.append((times, f)), scales.append(1.0), bounds.append(times_bound)
+        out = self.mul_many(pairs, scales, bounds, max_k=61 - fb - g * hi - g)
+        m = out[0]
+        y0 = out[1] + start[0] if start is not None else None
+        return m, y0, out[-1] if times is not None else f
 
     def sum(self, x, dim=-1, keepdim=True):
         return x.sum(dim, keepdim=keepdim)
@@ -405,11 +431,10 @@ class TorchOps(Ops):
         # without fixed-point emulation: the ideal arithmetic, coefficients exact
         return super().fixed(c, bits) if self.round_bits is not None else c * 2.0 ** bits
 
-    def mul_many(self, pairs, scales=None, bound: float = ACT_BOUND) -> list:
-        scales = [1.0] * len(pairs) if scales is None else list(scales)
+    def mul_many(self, pairs, scales=None, bound=ACT_BOUND, max_k: int | None = None) -> list:
+        scales, _, ks = self._slots(pairs, scales, bound, max_k)
         if self.round_bits is not None:
-            k = self.coef_bits(scales, True, bound)
-            scales = [_round_coef(c, k) * 2.0 ** -k for c in scales]
+            scales = [_round_coef(c, k) * 2.0 ** -k for c, k in zip(scales, ks)]
         return [self._q(a * b * c) for (a, b), c in zip(pairs, scales)]
 
     def bits(self, x, positions, lift: bool = True, scale: float = 1.0, offset: float = 0.0):
@@ -486,31 +511,51 @@ class CrypTenOps(Ops):
     def lift(self, b):
         return self._lift(b)
 
-    def mul_many(self, pairs, scales=None, bound: float = ACT_BOUND) -> list:
+    def mul_many(self, pairs, scales=None, bound=ACT_BOUND, max_k: int | None = None) -> list:
         from crypten.mpc.primitives import beaver
         from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
 
         from pmpc.crypten_compat import MPCTensor
 
         fb, n = self.fxp_bits, len(pairs)
-        scales = [1.0] * n if scales is None else list(scales)
-        k = self.coef_bits(scales, True, bound)
-        shape = torch.broadcast_shapes(*[torch.broadcast_shapes(a.shape, b.shape) for a, b in pairs])
-        sa = max(_log2_scale(a) for a, _ in pairs)
-        sb = max(_log2_scale(b) for _, b in pairs)
-        A = torch.stack([_raw(a, shape, sa) for a, _ in pairs])
-        B = torch.stack([_raw(b, shape, sb) for _, b in pairs])
+        scales, bounds, ks = self._slots(pairs, scales, bound, max_k)
+        shapes = [torch.broadcast_shapes(a.shape, b.shape) for a, b in pairs]
+        stacked = all(sh == shapes[0] for sh in shapes)
+        if stacked:  # one stacked tensor, each side on one scale
+            sa = max(_log2_scale(a) for a, _ in pairs)
+            sb = max(_log2_scale(b) for _, b in pairs)
+            A = torch.stack([_raw(a, shapes[0], sa) for a, _ in pairs])
+            B = torch.stack([_raw(b, shapes[0], sb) for _, b in pairs])
+            raw = [sa + sb] * n
+        else:  # flattened and concatenated: every pair keeps its own scales
+            A = torch.cat([_raw(a, sh, _log2_scale(a)).reshape(-1) for (a, _), sh in zip(pairs, shapes)])
+            B = torch.cat([_raw(b, sh, _log2_scale(b)).reshape(-1) for (_, b), sh in zip(pairs, shapes)])
+            raw = [_log2_scale(a) + _log2_scale(b) for a, b in pairs]
         prod = beaver.mul(ArithmeticSharedTensor.from_shares(A, precision=0),
                           ArithmeticSharedTensor.from_shares(B, precision=0)).share
-        top = max(fb, sa + sb)
-        coef = torch.tensor([_round_coef(c, k) for c in scales], dtype=torch.long).reshape(n, *[1] * len(shape))
-        out = ArithmeticSharedTensor.from_shares(prod * coef * (1 << (top - sa - sb)), precision=0)
-        _check_room(top + k, bound)
-        d = 2 ** (top + k - fb)
-        if d > 1:
-            out.div_(d)
+        tops = [max(fb, r) for r in raw]
+        for t, k, b in zip(tops, ks, bounds):
+            _check_room(t + k, b)
+        coef = [_round_coef(c, k) * (1 << (t - r)) for c, k, t, r in zip(scales, ks, tops, raw)]
+        divs = [2 ** (t + k - fb) for t, k in zip(tops, ks)]
+        if stacked:
+            per = lambda v: torch.tensor(v, dtype=torch.long).reshape(n, *[1] * len(shapes[0]))  # noqa: E731
+        else:
+            sizes = torch.tensor([math.prod(sh) for sh in shapes])
+            per = lambda v: torch.repeat_interleave(torch.tensor(v, dtype=torch.long), sizes)  # noqa: E731
+        out = ArithmeticSharedTensor.from_shares(prod * per(coef), precision=0)
+        d = divs[0] if len(set(divs)) == 1 else per(divs).expand(prod.shape)
+        if torch.is_tensor(d) or d > 1:
+            out.div_(d)  # ONE truncation for all (per-element divisors where the scales differ)
         res = MPCTensor.from_shares(out.share, precision=fb)
-        return [res[i] for i in range(n)]
+        if stacked:
+            return [res[i] for i in range(n)]
+        outs, o = [], 0
+        for sh in shapes:
+            m = math.prod(sh)
+            outs.append(res[o:o + m].reshape(sh))
+            o += m
+        return outs
 
     def combine(self, products=(), terms=(), const=0.0, bound: float = ACT_BOUND):
         from crypten.mpc.primitives import beaver

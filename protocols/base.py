@@ -75,6 +75,15 @@ class Protocol:
         and divide the normalised output by 2^8 instead."""
         raise NotImplementedError
 
+    def reciprocal_times(self, x, times, ops: Ops):
+        """``times / x``: a protocol whose reciprocal ends in a product may take ``times`` in early
+        and save the final product's round (see :meth:`protocols.exact.Exact.reciprocal_times`)."""
+        return ops.mul(times, self.reciprocal(x, ops))
+
+    def rsqrt_times(self, x, times, ops: Ops, scale: float = 1.0, out: float = 1.0):
+        """``out * times * scale / sqrt(x)``, the norms' use of :meth:`rsqrt` (same idea)."""
+        return ops.mul_scaled(times, self.rsqrt(x, ops, scale=scale), out)
+
     def act(self, name: str, x, ops: Ops):
         fn = {"silu": self.silu, "gelu": self.gelu, "gelu_tanh": self.gelu_tanh}.get(name)
         if fn is None:
@@ -91,19 +100,19 @@ class Protocol:
         e = self.exp(x, ops)
         if mask is not None:
             e = e * mask
-        return ops.mul(e, self.reciprocal(e.sum(-1, keepdim=True), ops))
+        return self.reciprocal_times(e.sum(-1, keepdim=True), e, ops)
 
     def rms_norm(self, x, w, eps: float, ops: Ops, offset: float = 0.0):
         n = x.shape[-1]
         s = ops.sum_squares(x) + n * eps
-        y = ops.mul_scaled(x, self.rsqrt(s, ops, scale=math.sqrt(n) * 2.0 ** NORM_SHIFT), 2.0 ** -NORM_SHIFT)
+        y = self.rsqrt_times(s, x, ops, scale=math.sqrt(n) * 2.0 ** NORM_SHIFT, out=2.0 ** -NORM_SHIFT)
         return y * (w + offset) if w is not None else y
 
     def layer_norm(self, x, w, b, eps: float, ops: Ops):
         n = x.shape[-1]
         c = x - x.mean(-1, keepdim=True)
         s = ops.sum_squares(c) + n * eps
-        y = ops.mul_scaled(c, self.rsqrt(s, ops, scale=math.sqrt(n) * 2.0 ** NORM_SHIFT), 2.0 ** -NORM_SHIFT)
+        y = self.rsqrt_times(s, c, ops, scale=math.sqrt(n) * 2.0 ** NORM_SHIFT, out=2.0 ** -NORM_SHIFT)
         if w is not None:
             y = y * w
         if b is not None:

@@ -105,14 +105,24 @@ class Exact(Protocol):
         return product(factors, ops)
 
     def reciprocal(self, x, ops: Ops, lo: int = -12, hi: int = 13):
-        m, f = ops.normalize(x, base_log2=1, lo=lo, hi=hi)
-        y = ops.combine([], [(RECIP_INIT[1], m)], RECIP_INIT[0], bound=4.0)
+        m, y, f = ops.normalize(x, base_log2=1, lo=lo, hi=hi, start=RECIP_INIT)
         return ops.mul(newton_reciprocal(m, y, 3, ops), f)
 
+    def reciprocal_times(self, x, times, ops: Ops, lo: int = -12, hi: int = 13, times_bound: float = 4.0):
+        # times f comes out of the normalisation's product round: the last product is y (times f)
+        m, y, tf = ops.normalize(x, base_log2=1, lo=lo, hi=hi, start=RECIP_INIT, times=times,
+                                 times_bound=times_bound)
+        return ops.mul(newton_reciprocal(m, y, 3, ops), tf)
+
     def rsqrt(self, x, ops: Ops, scale: float = 1.0):
-        m, f = ops.normalize(x, base_log2=2, lo=-6, hi=14, scale=scale)
-        y = ops.combine([], [(RSQRT_INIT[1], m)], RSQRT_INIT[0], bound=4.0)
+        m, y, f = ops.normalize(x, base_log2=2, lo=-6, hi=14, scale=scale, start=RSQRT_INIT)
         return ops.mul(newton_rsqrt(m, y, 3, ops), f)
+
+    def rsqrt_times(self, x, times, ops: Ops, scale: float = 1.0, out: float = 1.0):
+        # |times scale f| <= 2 scale for a norm's row (|x_i| <= sqrt(sum x^2), f <= 2 / sqrt(sum))
+        m, y, tf = ops.normalize(x, base_log2=2, lo=-6, hi=14, scale=scale, start=RSQRT_INIT, times=times,
+                                 times_bound=4 * scale)
+        return ops.mul_scaled(tf, newton_rsqrt(m, y, 3, ops), out)
 
     # -- activations ---------------------------------------------------------------------
     def sigmoid(self, x, ops: Ops, bound: float | None = ACT_BOUND):
@@ -122,7 +132,12 @@ class Exact(Protocol):
         return ops.select(neg, 1 - p, p)
 
     def silu(self, x, ops: Ops):
-        return ops.mul(x, self.sigmoid(x, ops))
+        # x sigmoid(|x|) = x / (1 + e^-|x|) with x taken into the reciprocal; x sigmoid(x) is that
+        # for x >= 0 and x - that below (sigmoid(-y) = 1 - sigmoid(y)): one ring-integer select
+        neg = ops.ltz_int(x, ACT_BOUND)
+        a = ops.mul(x, 1 - 2 * neg)
+        xp = self.reciprocal_times(1 + self.exp(-a, ops), x, ops, lo=0, hi=1, times_bound=ACT_BOUND)
+        return ops.select(neg, x - xp, xp)
 
     def gelu_tanh(self, x, ops: Ops):
         u = (x + ops.mul(ops.square(x), x) * 0.044715) * (2 * math.sqrt(2 / math.pi))
