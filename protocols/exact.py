@@ -10,7 +10,8 @@ bit-level protocols. This module keeps that structure on CrypTen's building bloc
   is a 1-bit "lookup" 1 + b (e^(-2^i) - 1); the factors multiply in a tree. Error: a few 2^-16
   (relative), for every y < 2^15.
 * reciprocal, rsqrt: normalise by the most significant bit (one batched comparison, exact powers of
-  two), linear start on [1, 2) resp. [1, 4), three Newton steps: relative error ~ 2^-16.
+  two), linear start on [1, 2) resp. [1, 4), three Newton steps (the reciprocal's in Goldschmidt's
+  form: the same iterates, one product round a step): relative error ~ 2^-16.
 * sigmoid(x) = 1/(1+e^-|x|) (mirrored for x < 0) — SIRNN's sigmoid; SiLU = x sigmoid(x);
   GELU = x Phi(x) with Phi from erfc (A&S 7.1.26: 1.5e-7) on the precise exp and reciprocal;
   tanh-GELU = x sigmoid(2u) since (1 + tanh u)/2 = sigmoid(2u).
@@ -54,6 +55,21 @@ def product(xs: list, ops: Ops):
     return xs[0]
 
 
+def goldschmidt_reciprocal(m, y, iters: int, ops: Ops, times=None):
+    """``times / m`` from a start y ~ 1/m (``times`` default 1), as Newton's y <- y (2 - m y)
+    computes it but in one product round a step instead of two: with e = 1 - m y,
+    y_k (1 + e_k) and e_k^2 are independent, and y_k = (1 - e^(2^k)) / m exactly as after k
+    Newton steps. ``times`` rides along from the second round on: z = times y."""
+    e, z = (lambda p: (1 - p[0], p[1]))(ops.mul_many([(m, y), (times, y)])) if times is not None \
+        else (ops.combine([(-1.0, m, y)], const=1.0, bound=4.0), y)
+    for i in range(iters):
+        if i + 1 < iters:
+            z, e = ops.mul_many([(z, 1 + e), (e, e)])
+        else:
+            z = ops.mul(z, 1 + e)
+    return z
+
+
 def newton_reciprocal(m, y, iters: int, ops: Ops):
     """y <- 2y - y (m y): m y, then the product and the affine part under one truncation."""
     for _ in range(iters):
@@ -78,7 +94,7 @@ class Exact(Protocol):
         "exp": FnSpec((-2.0 ** 14, 0.0), max_abs_err=2e-4, comparisons=1, multiplications=20,
                       method="A2B bits of -x; e^-frac deg-6 fit; 1-bit lookups for integer bits; product tree"),
         "reciprocal": FnSpec((2.0 ** -12, 2.0 ** 14), max_rel_err=2e-3, comparisons=30, multiplications=7,
-                             method="msb normalisation to [1,2), linear start, 3 Newton steps"),
+                             method="msb normalisation to [1,2), linear start, 3 Newton steps (Goldschmidt form)"),
         "rsqrt": FnSpec((2.0 ** -12, 2.0 ** 30), max_rel_err=2e-3, comparisons=23, multiplications=11,
                         method="msb normalisation to [1,4), linear start, 3 Newton steps"),
         "silu": FnSpec((-60.0, 60.0), max_abs_err=5e-3, comparisons=32, multiplications=30,
@@ -106,13 +122,13 @@ class Exact(Protocol):
 
     def reciprocal(self, x, ops: Ops, lo: int = -12, hi: int = 13):
         m, y, f = ops.normalize(x, base_log2=1, lo=lo, hi=hi, start=RECIP_INIT)
-        return ops.mul(newton_reciprocal(m, y, 3, ops), f)
+        return goldschmidt_reciprocal(m, y, 3, ops, times=f)
 
     def reciprocal_times(self, x, times, ops: Ops, lo: int = -12, hi: int = 13, times_bound: float = 4.0):
-        # times f comes out of the normalisation's product round: the last product is y (times f)
+        # times f comes out of the normalisation's product round and rides through the iteration
         m, y, tf = ops.normalize(x, base_log2=1, lo=lo, hi=hi, start=RECIP_INIT, times=times,
                                  times_bound=times_bound)
-        return ops.mul(newton_reciprocal(m, y, 3, ops), tf)
+        return goldschmidt_reciprocal(m, y, 3, ops, times=tf)
 
     def rsqrt(self, x, ops: Ops, scale: float = 1.0):
         m, y, f = ops.normalize(x, base_log2=2, lo=-6, hi=14, scale=scale, start=RSQRT_INIT)
