@@ -88,40 +88,53 @@ def spu_neg_exp(x, ops: Ops, iters: int = 5, cut: float = -14.0):
 GOLDSCHMIDT_W0 = (2.9142, -2.0)  # w0 = 2.9142 - 2c for c in [0.5, 1)
 
 
-def spu_reciprocal(x, ops: Ops, lo: int = -2, hi: int = 14, iters: int = 2):
-    """1/x for x > 0 in [2^lo, 2^(hi+1)): msb normalisation + Goldschmidt (SPU ``div``).
-    With c = m/2: r = 2.9142 - m and e = 1 - m r / 2 need no truncation of their own."""
-    m, f = ops.normalize(x, base_log2=1, lo=lo, hi=hi, scale=0.5)  # x = m 2^k, m in [1, 2); f = 2^-k / 2
+def spu_reciprocal(x, ops: Ops, lo: int = -2, hi: int = 14, iters: int = 2, times=None, times_bound: float = 4.0):
+    """``times``/x (``times`` default 1) for x > 0 in [2^lo, 2^(hi+1)): msb normalisation +
+    Goldschmidt (SPU ``div``). With c = m/2: r = 2.9142 - m is local and e = 1 - m r / 2 is one
+    product; ``times`` (scaled by f in the normalisation's round) rides along with r from the
+    round of e on, so the result needs no product of its own."""
+    if times is None:  # x = m 2^k, m in [1, 2); tf = times 2^-k / 2
+        m, tf = ops.normalize(x, base_log2=1, lo=lo, hi=hi, scale=0.5)
+    else:
+        m, _, tf = ops.normalize(x, base_log2=1, lo=lo, hi=hi, scale=0.5, times=times, times_bound=times_bound)
     r = GOLDSCHMIDT_W0[0] + m * (GOLDSCHMIDT_W0[1] / 2)        # an integer factor: local
-    e = ops.mul_scaled(m, r, -0.5, const=1.0, bound=4.0)
+    mr, z = ops.mul_many([(m, r), (tf, r)], [-0.5, 1.0], bound=[4.0, times_bound])
+    e = mr + 1.0
     for i in range(iters):
-        if i + 1 < iters:  # r(1+e) and e^2 in one batched product
-            both = ops.mul(ops.stack([r, e]), ops.stack([1 + e, e]))
-            r, e = both[0], both[1]
+        if i + 1 < iters:  # z(1+e) and e^2 in one product round
+            z, e = ops.mul_many([(z, 1 + e), (e, e)], bound=[times_bound, 4.0])
         else:
-            r = ops.mul(r, 1 + e)
-    return ops.mul(r, f)  # 1/x = f/m = (f/2)/c
+            z = ops.mul(z, 1 + e)
+    return z  # times/x = tf/m = (tf/2)/c
 
 
 SPU_RSQRT = (4.14285016, -15.47994394, 38.4714796, -49.86605845, 26.02942339)  # on [0.25, 0.5)
 
 
-def spu_rsqrt(x, ops: Ops, lo: int = -12, hi: int = 30, scale: float = 1.0):
+def spu_rsqrt(x, ops: Ops, lo: int = -12, hi: int = 30, scale: float = 1.0, times=None, out: float = 1.0):
     """SPU ``f_rsqrt``: x in [2^k, 2^(k+1)) -> u = x 2^-(k+2) in [0.25, 0.5),
     rsqrt(x) = p(u) 2^(-(k+2)/2). Both factors are public functions of the one-hot msb bin,
     assembled as integer combinations on a scale that holds every bin exactly (see
     :func:`msb_bins`): 2^-(k+2) on 2^(hi+2), so u costs ONE product; the compensation
     scale 2^(-(k+2)/2) (SPU's parity factor and power of two together) on the largest scale the
-    result leaves room for, applied last in one product."""
+    result leaves room for. With ``times`` (a norm's row, |times_i| <= sqrt(x)), returns
+    ``out * times * scale / sqrt(x)``: times meets the compensation in u's product round."""
     top = scale * 2.0 ** (-(lo + 2) / 2)                     # the largest compensation
     s2 = 61 - 2 * ops.fxp_bits - max(0, math.ceil(math.log2(4 * top)))  # room: result < 2 top
+    if times is not None:  # |times comp| <= 2 scale sqrt(x) 2^(-(k+2)/2) <= 2 scale: on the standard scale
+        s2 = 0
     down, comp = msb_bins(x, lo, hi, [lambda k: 2.0 ** -(k + 2), lambda k: scale * 2.0 ** (-(k + 2) / 2)], ops,
                           frac_bits=[hi + 2, ops.fxp_bits + s2])
-    u = ops.mul_scaled(x, down, 1.0, bound=1.0)
+    if times is None:
+        u = ops.mul_scaled(x, down, 1.0, bound=1.0)
+    else:
+        u, comp = ops.mul_many([(x, down), (times, comp)], bound=[1.0, 4 * scale])
     u2 = ops.square(u)
     c = SPU_RSQRT
     p = ops.combine([(c[3], u2, u), (c[4], u2, u2)], [(c[1], u), (c[2], u2)], c[0], bound=8.0)
-    return ops.mul_scaled(p, comp, 1.0, bound=4 * top)
+    if times is None:
+        return ops.mul_scaled(p, comp, out, bound=4 * top)
+    return ops.mul_scaled(comp, p, out, bound=4 * scale)
 
 
 # -- PUMA -------------------------------------------------------------------------------------
@@ -168,7 +181,7 @@ class Puma(Protocol):
                              method="msb normalisation to [0.5,1), w0 = 2.9142 - 2c, 2 Goldschmidt iterations"),
         "rsqrt": FnSpec((2.0 ** -12, 2.0 ** 30), max_rel_err=1.07e-4, comparisons=42, multiplications=5,
                         method="SPU f_rsqrt: msb normalisation to [0.25,0.5), deg-4 poly, 2^(-(k+2)/2)"),
-        "softmax": FnSpec((-12.0, 12.0), max_abs_err=0.037, comparisons=5.56, multiplications=14.5,
+        "softmax": FnSpec((-12.0, 12.0), max_abs_err=0.037, comparisons=5.56, multiplications=17.31,
                           method="x - max (tree), masked (1+x/32)^32, Goldschmidt reciprocal of the sum; rows of 16"),
     }
 
@@ -184,5 +197,11 @@ class Puma(Protocol):
     def reciprocal(self, x, ops: Ops):
         return spu_reciprocal(x, ops)
 
+    def reciprocal_times(self, x, times, ops: Ops):
+        return spu_reciprocal(x, ops, times=times)
+
     def rsqrt(self, x, ops: Ops, scale: float = 1.0):
         return spu_rsqrt(x, ops, scale=scale)
+
+    def rsqrt_times(self, x, times, ops: Ops, scale: float = 1.0, out: float = 1.0):
+        return spu_rsqrt(x, ops, scale=scale, times=times, out=out)
