@@ -280,7 +280,7 @@ class Ops:
         return x
 
     def normalize(self, x, base_log2: int = 2, lo: int = -8, hi: int = 15, scale: float = 1.0, start=None,
-                  times=None, times_bound: float = ACT_BOUND):
+                  times=None, times_bound: float = ACT_BOUND, power: float = 1.0, bound: float | None = None):
         """Range reduction by the most significant bit, for x > 0 (SIRNN's msnzb step).
 
         With g = ``base_log2`` and bins [2^(g k), 2^(g (k+1))) for k in [lo, hi], one batched
@@ -296,11 +296,15 @@ class Ops:
         scale 2^(g hi) (every bin an exact integer, however small f^g is) gives m in ONE product,
         and ``scale * f`` on the standard scale rides along with no truncation.
 
+        ``power`` p returns scale f^p instead (any public function of the bin is free: p = 1/2
+        with g = 1 gives rsqrt(x) = f^(1/2) rsqrt(m) on m in [1, 2), SPU's parity trick).
+
         With ``start=(a, b)`` and/or ``times=t`` (|t scale f| < ``times_bound``), returns
         (m, a + b m, t scale f) instead, all three from ONE product round: the Newton start and
         the factor the caller multiplies the result into need no rounds of their own."""
         ks = list(range(lo + 1, hi + 1))
-        below = self.ltz_int(self.stack([x - float(2.0 ** (base_log2 * k)) for k in ks]))  # x < 2^(g k)
+        # x < 2^(g k); ``bound`` (on |x - 2^(g k)|) lets the comparison read a lane (:meth:`lane`)
+        below = self.ltz_int(self.stack([x - float(2.0 ** (base_log2 * k)) for k in ks]), bound)
 
         def onehot_sum(w):  # sum_k onehot_k w(k), integer weights: bin lo = below_{lo+1};
             acc = below[0] * w(lo)  # bin k = below_{k+1} - below_k; bin hi = 1 - below_hi
@@ -311,7 +315,7 @@ class Ops:
 
         fb, g = self.fxp_bits, base_log2
         fg = self.from_int(onehot_sum(lambda k: 2 ** (g * (hi - k))), g * hi)
-        f = self.from_int(onehot_sum(lambda k: self.fixed(scale * 2.0 ** -k, fb)), fb)
+        f = self.from_int(onehot_sum(lambda k: self.fixed(scale * 2.0 ** (-power * k), fb)), fb)
         if start is None and times is None:
             return self.mul_scaled(x, fg, 1.0, bound=2.0 ** g), f
         # the caller's next steps, in the same product round: a linear start a + b m on [1, 2^g)
