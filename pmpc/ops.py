@@ -29,6 +29,8 @@ from pmpc import cost
 # lane holds EXACTLY at 16 fraction bits (``Ops.lane``). Real LLMs stay orders of magnitude below;
 # sums of squares, softmax denominators and residual streams do not, and keep the whole ring.
 ACT_BOUND = 2.0 ** 14
+# extra fraction bits of a public weight matrix under MPC (``CrypTenOps.matmul``)
+WEIGHT_EXTRA_BITS = 8
 # fraction bits of a public factor folded into a bit extraction (``Ops.bits(scale=...)``)
 BITS_SCALE_FRAC = 16
 
@@ -514,6 +516,24 @@ class CrypTenOps(Ops):
 
     def lift(self, b):
         return self._lift(b)
+
+    def matmul(self, x, y):
+        """A secret x times a PUBLIC matrix y (a linear layer's weights): y is encoded with
+        ``WEIGHT_EXTRA_BITS`` more fraction bits than the values (CrypTen's encoding truncates it
+        to 2^-16 toward zero: a weight of 0.01 loses 0.3% of itself, and folding a norm's weight
+        or 1/sqrt(d) into it shrinks it further), and the product is truncated once, as before.
+        Room: |x y| < 2^(61 - 2f - extra) = 2^21, far above any linear layer's output here."""
+        if torch.is_tensor(y) and self.is_secret(x) and not self.is_secret(y) and y.is_floating_point():
+            from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+
+            from pmpc.crypten_compat import MPCTensor
+
+            s = self.fxp_bits + WEIGHT_EXTRA_BITS
+            raw = x._tensor.share.matmul(torch.round(y.double() * 2.0 ** s).long()) * (1 << (self.fxp_bits - _log2_scale(x)))
+            out = ArithmeticSharedTensor.from_shares(raw, precision=0)
+            out.div_(2 ** s)
+            return MPCTensor.from_shares(out.share, precision=self.fxp_bits)
+        return x.matmul(y)
 
     def mul_many(self, pairs, scales=None, bound=ACT_BOUND, max_k: int | None = None) -> list:
         from crypten.mpc.primitives import beaver
