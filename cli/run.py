@@ -100,7 +100,8 @@ def _inputs(model, prompt, ids, raw, allow_pickle):
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write everything here")
 def run(protocol, model, weights, max_new_tokens, temperature, top_p, seed, timeout_s, dealer, allow_pickle,
         preprocess, threads, parties, prompt, ids, raw, json_path):
-    """Generate under 2-party MPC and compare with plaintext."""
+    """Generate under 2-party MPC and compare with plaintext. The answer is printed token by
+    token as the client decodes it (prefill progress by layer on stderr), then the cost summary."""
     from pmpc import cost, secure
 
     if parties != 2:
