@@ -29,8 +29,10 @@ Qi-Pang/EzPC branch ``bert`` @8aaaf32d — ``SCI/src/FloatingPoint/fp-math.cpp``
 Fixed point: BOLT runs a 37-bit ring with 12 fraction bits; CrypTen has 64 bits with 16. BOLT's
 Motzkin-preprocessed evaluation forms (constants up to 36 with cancellation) are tuned for its
 ring; on the 2^-16 grid they would amplify the rounding of public constants, so the SAME
-polynomials are evaluated in monomial form in a scaled variable t = |x|/cut (coefficients
-c_k cut^k), which needs the same number of product rounds.
+polynomials are evaluated in monomial form, in |x| for GELU and SiLU: their coefficients ride on
+one truncation with 24 fraction bits (``Ops.combine``; values outside the segment are masked, so
+only in-range values need room in the ring), and tanh in a scaled variable t = |x|/cut
+(coefficients c_k cut^k), which needs the same number of product rounds.
 """
 from __future__ import annotations
 
@@ -103,13 +105,6 @@ class Bolt(Protocol):
         c = GELU_P  # P(a) - relu + 0.5 x = P(a) - 0.5 a
         d = ops.combine([(c[3], a, x2), (c[4], x2, x2)], [(c[1] - 0.5, a), (c[2], x2)], c[0], bound=4.0)
         return inside_or(x, a, inside, d, ops)
-
-    def _abs_tanh_pows(self, t, t2, ops: Ops):
-        """Powers t^3..t^6 in two rounds (t, t^2 given)."""
-        p34 = ops.mul(ops.stack([t, t2]), ops.stack([t2, t2]))
-        t3, t4 = p34[0], p34[1]
-        p56 = ops.mul(ops.stack([t2, t3]), ops.stack([t3, t3]))
-        return {1: t, 2: t2, 3: t3, 4: t4, 5: p56[0], 6: p56[1]}
 
     def tanh(self, x, ops: Ops):
         neg, inside, a, x2 = sign_abs_inside(x, TANH_CUT, ops)

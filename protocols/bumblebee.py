@@ -19,15 +19,16 @@ The SPU building blocks are shared with :mod:`protocols.puma`.
 Differences from the original, stated: BumbleBee casts shares to a 32-bit ring with 12 fraction
 bits for the activations and uses an approximate (low-bits-dropped) millionaire comparison;
 CrypTen has one 64-bit ring (16 fraction bits) and an exact comparison, so the comparisons here
-cost what CrypTen's cost. The polynomials are evaluated in t = |x|/3 (GELU) and t = |x|/8 (SiLU)
-so no coefficient falls near the 2^-16 grid (the code handles S's x^4 term at >= 21 fraction
-bits for the same reason).
+cost what CrypTen's cost. The polynomials are evaluated in |x| with their coefficients on one
+truncation at 24 fraction bits (``Ops.combine``), so no coefficient falls near the 2^-16 grid
+(S's x^4 term is 2.5e-4); values outside the segment are masked by their ring-integer flag, so
+only in-range values need room in the ring.
 """
 from __future__ import annotations
 
 from pmpc.ops import ACT_BOUND, Ops
 from protocols.base import FnSpec, Protocol
-from protocols.puma import poly_from_powers, rescale, spu_neg_exp, spu_reciprocal, spu_rsqrt
+from protocols.puma import spu_neg_exp, spu_reciprocal, spu_rsqrt
 
 GELU_P = (0.001620808531841547, -0.03798164612714154, 0.5410550166368381, -0.18352506127082727,
           0.020848611754127593)  # P(|x|), |x| < 3 (the same P as BOLT)
