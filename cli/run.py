@@ -100,7 +100,8 @@ def _inputs(model, prompt, ids, raw, allow_pickle):
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write everything here")
 def run(protocol, model, weights, max_new_tokens, temperature, top_p, seed, timeout_s, dealer, allow_pickle,
         preprocess, threads, parties, prompt, ids, raw, json_path):
-    """Generate under 2-party MPC and compare with plaintext."""
+    """Generate under 2-party MPC and compare with plaintext. The answer is printed token by
+    token as the client decodes it (prefill progress by layer on stderr), then the cost summary."""
     from pmpc import cost, secure
 
     if parties != 2:
@@ -112,14 +113,15 @@ def run(protocol, model, weights, max_new_tokens, temperature, top_p, seed, time
     click.echo(f"[pmpc] {model} ({spec.n_layers} layers, {spec.n_params() / 1e6:.1f}M params), protocol {protocol}, "
                f"weights {weights}, dealer {dealer}: prompt {ids_t.shape[1]} tokens, {max_new_tokens} new", err=True)
     t0 = time.perf_counter()
-    res = secure.run_generation(cfg, secure.ClientInput(ids_t, attn), timeout_s=timeout_s, dealer=dealer)
+    # the client process prints each token as it is chosen (stdout), the prefill's layers on stderr
+    res = secure.run_generation(cfg, secure.ClientInput(ids_t, attn, watch=secure.Watch(tok)), timeout_s=timeout_s,
+                                dealer=dealer)
     wall = time.perf_counter() - t0
     client, server = res
     fid = secure.fidelity(spec, ids_t, attn, client["tokens"], client["logits"])
     text = tok.decode(client["tokens"][0], skip_special_tokens=True) if tok is not None else str(client["tokens"][0])
     report = secure.summary(cfg, spec, dealer, client, server, fid, wall)
-    click.echo(text)
-    click.echo("")
+    click.echo("\n")
     click.echo(secure.format_summary(report))
     if json_path:
         report["text"] = text
@@ -156,7 +158,7 @@ def party(protocol, model, weights, max_new_tokens, temperature, top_p, seed, ti
         if not (prompt or ids):
             raise UserError("the client (rank 0) needs --prompt or --ids")
         spec, tok, ids_t, attn = _inputs(model, prompt or "", ids, raw, allow_pickle)
-        inp = secure.ClientInput(ids_t, attn)
+        inp = secure.ClientInput(ids_t, attn, watch=secure.Watch(tok))
         secure.check_input(cfg, spec, inp)  # before joining: the peers are not kept waiting
     elif prompt or ids:
         raise UserError("only the client (rank 0) takes a prompt")
@@ -164,9 +166,9 @@ def party(protocol, model, weights, max_new_tokens, temperature, top_p, seed, ti
 
     out = parties.run_party(functools.partial(secure.generate_party, cfg), rank, 2, rendezvous, timeout_s,
                             dealer, threads, inp, has_input=True, psk=psk)
-    if rank == 0:
+    if rank == 0:  # the text went out token by token
         text = tok.decode(out["tokens"][0], skip_special_tokens=True) if tok is not None else str(out["tokens"][0])
-        click.echo(text)
+        click.echo("")
         out = {k: v for k, v in out.items() if k != "logits"}
         out["text"] = text
     elif out is not None:

@@ -199,6 +199,7 @@ class BenchJob:
         eng = Engine(spec, self.protocol, ops, weights=self.weights)
         setup = {"seconds": time.perf_counter() - t0, **ops.tracker.total().as_dict()}
         ops.tracker.reset()
+        cost.PRIMITIVES.reset()
         if rank != CLIENT:
             ids = torch.zeros(self.shape, dtype=torch.long)  # the server never sees the tokens
         t1 = time.perf_counter()
@@ -207,7 +208,8 @@ class BenchJob:
             out = ops.reveal(out, dst=CLIENT)
         wall = time.perf_counter() - t1
         res = {"rank": rank, "wall_s": wall, "setup": setup, "scopes": ops.tracker.snapshot(),
-               "total": ops.tracker.total().as_dict(),
+               "total": ops.tracker.total().as_dict(), "primitives": cost.PRIMITIVES.snapshot(),
+               "n_layers": spec.n_layers,
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         if rank == CLIENT:
             res["output"] = out.double().numpy()
@@ -258,6 +260,8 @@ def make_row(model: str, protocol: str, parts: list, ref: np.ndarray, is_lm: boo
         "wall_s": {"client": client["wall_s"], "server": server["wall_s"]},
         "modelled_s": _modelled(total, wall, links),
         "scopes": client["scopes"],
+        "n_layers": client.get("n_layers"),
+        "primitives": client.get("primitives", {}),
         "server_scopes_seconds": {k: v["seconds"] for k, v in server["scopes"].items()},
         "setup": {"client": client["setup"], "server": server["setup"]},
         "peak_rss_mb": {"client": client["peak_rss_mb"], "server": server["peak_rss_mb"]},
@@ -383,10 +387,39 @@ def markdown(data: dict) -> str:
                 c = r["scopes"].get(s)
                 cells.append("—" if c is None else f"{c['bytes'] / 1e6:.2f} / {c['rounds']}")
             lines.append(f"| {s} | " + " | ".join(cells) + " |")
+        lines += budget_tables(model, rows)
         pt = data["plaintext"].get(model)
         if pt:
             lines.append(f"\nplaintext engine (float64, 1 process): {pt['seconds']:.2f} s")
     return "\n".join(lines) + "\n"
+
+
+def budget_tables(model: str, rows: list) -> list[str]:
+    """The round budget of one layer by function (a scope's rounds over the number of layers;
+    the norm row carries the final norm's share too) and the primitives each protocol ran."""
+    rows = [r for r in rows if r.get("n_layers")]
+    if not rows:
+        return []
+    scopes = list(dict.fromkeys(s for r in rows for s in r["scopes"] if s not in ("embed", "lm_head", "reveal")))
+    out = ["", f"## {model}: rounds per layer by function (client, prefill)", "",
+           "| function | " + " | ".join(r["protocol"] for r in rows) + " |", "|---" * (1 + len(rows)) + "|"]
+    for s in scopes:
+        out.append(f"| {s} | " + " | ".join(
+            _fmt(r["scopes"][s]["rounds"] / r["n_layers"], ".1f") if s in r["scopes"] else "—" for r in rows) + " |")
+    out.append("| **layer** | " + " | ".join(
+        _fmt(sum(r["scopes"][s]["rounds"] for s in scopes if s in r["scopes"]) / r["n_layers"], ".1f")
+        for r in rows) + " |")
+    kinds = sorted({k for r in rows for k in r.get("primitives", {})})
+    if kinds:
+        out += ["", f"## {model}: primitives of the whole prefill (client; elements, tuple bytes in MB)", "",
+                "| primitive | " + " | ".join(r["protocol"] for r in rows) + " |", "|---" * (1 + len(rows)) + "|"]
+        for k in kinds:
+            cells = []
+            for r in rows:
+                v = r.get("primitives", {}).get(k)
+                cells.append("—" if v is None else (f"{v / 1e6:.1f}" if k == "tuple_bytes" else f"{v:,}"))
+            out.append(f"| {k} | " + " | ".join(cells) + " |")
+    return out
 
 
 def plot(data: dict, path: pathlib.Path) -> None:

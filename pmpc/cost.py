@@ -119,6 +119,31 @@ class Tracker:
         self.scopes.clear()
 
 
+class Primitives:
+    """Counts of the 2-party primitives a party runs (elements, not calls), by kind:
+    ``products`` (Beaver multiplications, matmul outputs included), ``truncations``,
+    ``comparisons.<bits>`` (a sign read on a ring slice of that many bits; 64 = the whole ring,
+    CrypTen's A2B), ``b2a_bits``, ``and_words`` (64-bit Beaver ANDs of the adder circuits) and
+    ``tuple_bytes`` (the correlated randomness the triples' provider hands this party: 8 bytes
+    a ring word). Filled by :mod:`pmpc.crypten_compat`'s instrumentation; one instance per
+    process (a party), reset and read around the span of interest."""
+
+    def __init__(self):
+        self.counts: dict[str, int] = {}
+
+    def add(self, kind: str, n: int) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + int(n)
+
+    def reset(self) -> None:
+        self.counts.clear()
+
+    def snapshot(self) -> dict:
+        return dict(sorted(self.counts.items()))
+
+
+PRIMITIVES = Primitives()
+
+
 def crypten_stats() -> tuple[int, int, float]:
     from pmpc.crypten_compat import comm
 

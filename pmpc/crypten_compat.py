@@ -144,6 +144,35 @@ def _one_collective_per_round() -> None:
 _one_collective_per_round()
 
 
+def _free_integral_products() -> None:
+    """A public factor with integral values (``x * 2.0``, a 0/1 mask tensor) multiplies the shares
+    directly. CrypTen encodes every public float factor at 2^16 and truncates the product again:
+    under pmpc's exact 2-party truncation that is a communication round for a product that is
+    exact and local. Python ints already took the local path; integral floats and tensors now do."""
+    from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+
+    orig = ArithmeticSharedTensor.mul
+
+    def mul(self, y):
+        if isinstance(y, float) and y.is_integer() and abs(y) < 2 ** 62:
+            y = int(y)
+        elif torch.is_tensor(y) and y.is_floating_point() and not y.is_cuda and bool(y.frac().eq(0).all()) \
+                and bool(y.abs().lt(2 ** 62).all()):
+            y = y.long()
+        if isinstance(y, int) or (torch.is_tensor(y) and not y.is_floating_point() and y.dtype != torch.bool):
+            result = self.clone()
+            result.share = self.share * y
+            return result
+        return orig(self, y)
+
+    ArithmeticSharedTensor.mul = mul
+    ArithmeticSharedTensor.__mul__ = mul
+    ArithmeticSharedTensor.__rmul__ = mul
+
+
+_free_integral_products()
+
+
 # -- randomness -------------------------------------------------------------------------------------
 def ring_random(size, generator=None, bits: int = 64) -> torch.Tensor:
     """Uniform ``bits``-bit words (64: the whole ring Z_2^64) from ``generator``, a
@@ -625,12 +654,79 @@ _orig_get_default_provider = crypten.mpc.get_default_provider
 
 
 def _get_default_provider():
-    return _provider_override[-1] if _provider_override else _orig_get_default_provider()
+    return _Counted(_provider_override[-1] if _provider_override else _orig_get_default_provider())
+
+
+class _Counted:
+    """A provider seen through :data:`pmpc.cost.PRIMITIVES`: every tuple it hands out is
+    counted as ``tuple_bytes`` (8 bytes a ring word)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        fn = getattr(self._inner, name)
+        if not name.startswith(("generate_", "B2A_rng", "wrap_rng")) or not callable(fn):
+            return fn
+
+        def counted(*a, **k):
+            out = fn(*a, **k)
+            from pmpc.cost import PRIMITIVES
+
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                sh = getattr(t, "share", t)
+                if torch.is_tensor(sh):
+                    PRIMITIVES.add("tuple_bytes", 8 * sh.numel())
+            return out
+
+        return counted
+
+
+def _count_primitives() -> None:
+    """Counts for ``pmpc bench``: products, truncations, comparisons by bit width, B2A bits, AND
+    words (:class:`pmpc.cost.Primitives`). Wraps the call sites; the arithmetic is untouched."""
+    import crypten.mpc.primitives.beaver as beaver
+    import crypten.mpc.primitives.converters as converters
+    from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+
+    from pmpc.cost import PRIMITIVES
+
+    def wrap(mod, name, kind, size):
+        fn = getattr(mod, name)
+
+        @functools.wraps(fn)
+        def counted(*a, **k):
+            out = fn(*a, **k)
+            PRIMITIVES.add(kind(*a) if callable(kind) else kind, size(out, *a))
+            return out
+
+        setattr(mod, name, counted)
+        return counted
+
+    numel_out = lambda out, *a: getattr(out, "share", out).numel()  # noqa: E731
+    for name in ("mul", "matmul", "square"):
+        wrap(beaver, name, "products", numel_out)
+    wrap(beaver, "AND", "and_words", numel_out)
+    converters._A2B = wrap(converters, "_A2B", "comparisons.64", lambda out, x: x.share.numel())
+    g = globals()
+    g["b2a_bits"] = wrap(sys.modules[__name__], "b2a_bits", "b2a_bits", lambda out, x: x.share.numel())
+    g["lane_ltz"] = wrap(sys.modules[__name__], "lane_ltz", lambda x, lane, drop: f"comparisons.{lane}",
+                         lambda out, x, *a: x._tensor.share.numel())
+    div = ArithmeticSharedTensor.div_
+
+    def div_(self, y):
+        PRIMITIVES.add("truncations", self.share.numel())
+        return div(self, y)
+
+    ArithmeticSharedTensor.div_ = div_
 
 
 # crypten's Beaver code looks the provider up at every call (crypten.mpc.get_default_provider()),
 # so installing a provider here reaches every multiplication, comparison and conversion.
 crypten.mpc.get_default_provider = _get_default_provider
+
+
+_count_primitives()
 
 
 class use_provider:

@@ -37,12 +37,16 @@ class Engine:
         self.p = _protocols.get(protocol)
         self.dtype = getattr(ops, "dtype", dtype)
         self.tap = tap  # tap(point, layer, value): measurement hook (reveals to the client!)
+        # with a tap the norms' outputs are measured as the model defines them: nothing folded
+        self.folded = tap is None and not spec.post_norm
+        Wp = fold_weights(spec) if self.folded else spec.weights
         with ops.scope("setup.weights"):
             if weights == "public":
-                self.W = {k: v.to(self.dtype) for k, v in spec.weights.items()}
-            else:
-                self.W = {k: ops.share(v, src=SERVER) for k, v in spec.weights.items()}
+                self.W = {k: v.to(self.dtype) for k, v in Wp.items()}
+            else:  # the server folds its own weights before sharing them (the client folds zeros)
+                self.W = {k: ops.share(v, src=SERVER) for k, v in Wp.items()}
         self.cache = None
+        self.on_layer = None  # on_layer(i, n_layers) after each block: progress for a watching user
 
     # -- helpers -----------------------------------------------------------------------------
     def _lin(self, x, name):
@@ -58,9 +62,11 @@ class Engine:
             return self.p.layer_norm(x, w, b, self.spec.norm_eps, self.ops)
 
     def _rope(self, x, cos, sin):
+        """Rotary embedding: both public factors under ONE truncation (a round under MPC)."""
         h = x.shape[-1] // 2
         rot = self.ops.cat([-x[..., h:], x[..., :h]], dim=-1)
-        return x * cos + rot * sin
+        with self.ops.scope("rope"):
+            return self.ops.combine([], [(cos, x), (sin, rot)])
 
     def _rope_tables(self, positions):
         s = self.spec
@@ -98,11 +104,17 @@ class Engine:
         B, T = x.shape[0], x.shape[1]
         nh, nkv, hd = s.n_heads, s.n_kv_heads, s.head_dim
         with ops.scope("linear"):
-            q = self._lin(x, f"layers.{i}.q").reshape(B, T, nh, hd).transpose(1, 2)
-            k = self._lin(x, f"layers.{i}.k").reshape(B, T, nkv, hd).transpose(1, 2)
-            v = self._lin(x, f"layers.{i}.v").reshape(B, T, nkv, hd).transpose(1, 2)
-        if rope is not None:
-            q, k = self._rope(q, *rope), self._rope(k, *rope)
+            if f"layers.{i}.qkv.w" in self.W:  # q|k|v in one product: one truncation
+                qkv = self._lin(x, f"layers.{i}.qkv")
+                q, k, v = qkv[..., :nh * hd], qkv[..., nh * hd:(nh + nkv) * hd], qkv[..., (nh + nkv) * hd:]
+            else:
+                q, k, v = (self._lin(x, f"layers.{i}.{n}") for n in "qkv")
+            q = q.reshape(B, T, nh, hd).transpose(1, 2)
+            k = k.reshape(B, T, nkv, hd).transpose(1, 2)
+            v = v.reshape(B, T, nkv, hd).transpose(1, 2)
+        if rope is not None:  # q and k rotated together: one truncation
+            qk = self._rope(ops.cat([q, k], dim=1), *rope)
+            q, k = qk[:, :nh], qk[:, nh:]
         if cache_i is not None:
             if cache_i[0] is not None:
                 k = ops.cat([cache_i[0], k], dim=2)
@@ -112,7 +124,7 @@ class Engine:
             idx = torch.arange(nh) // (nh // nkv)
             k, v = k[:, idx], v[:, idx]
         with ops.scope("attention.matmul"):
-            scores = ops.matmul(q * (1.0 / math.sqrt(hd)), k.transpose(-1, -2))
+            scores = ops.matmul(q if self.folded else q * (1.0 / math.sqrt(hd)), k.transpose(-1, -2))
         with ops.scope("attention.softmax"):
             probs = p.softmax(scores, ops, mask=mask)
         with ops.scope("attention.matmul"):
@@ -127,8 +139,12 @@ class Engine:
         if self.tap:
             self.tap("up_in", i, x)
         with ops.scope("linear"):
-            up = self._lin(x, pre + "up")
-            gate = self._lin(x, pre + "gate") if s.gated else None
+            if pre + "gateup.w" in self.W:  # gate|up in one product: one truncation
+                gu = self._lin(x, pre + "gateup")
+                gate, up = gu[..., :s.intermediate], gu[..., s.intermediate:]
+            else:
+                up = self._lin(x, pre + "up")
+                gate = self._lin(x, pre + "gate") if s.gated else None
         with ops.scope("activation"):
             if s.gated:
                 h = ops.mul(p.act(s.act, gate, ops), up)
@@ -154,11 +170,13 @@ class Engine:
             else:
                 x = x + self._attention(self._norm(x, pre + "attn_norm"), i, rope, mask, cache_i)
                 x = x + self._mlp(self._norm(x, pre + "mlp_norm"), i)
-        if "final_norm.w" in self.W:
+            if self.on_layer is not None:
+                self.on_layer(i, s.n_layers)
+        if "final_norm.w" in self.spec.weights:
             x = self._norm(x, "final_norm")
         if "lm_head.w" in self.W:
             with self.ops.scope("lm_head"):
-                x = self.ops.matmul(x, self.W["lm_head.w"])
+                x = self._lin(x, "lm_head")
         return x
 
     # -- prefill / decode ---------------------------------------------------------------------
@@ -193,3 +211,54 @@ class Engine:
         mask = None if self._attn.all() else self._attn[:, None, None, :].to(self.dtype)
         x = self.embed(ids, positions)
         return self.forward(x, positions, mask, use_cache=True)
+
+
+def fold_weights(spec: ModelSpec) -> dict:
+    """The weights with every public factor that sits next to a linear layer moved into it, and
+    the linear layers that read the same input fused, so that none of them costs a truncation
+    (a communication round under MPC) of its own. Exact in real arithmetic:
+      * a pre-norm's weight w (and LayerNorm's bias b) feeds linear layers only:
+        (y w + b) W + c = y (diag(w) W) + (b W + c);
+      * the attention scale 1/sqrt(head_dim) goes into W_q (RoPE is linear: it commutes);
+      * q|k|v and gate|up read the same normalised input: one matrix each.
+    The norms then run without their weight. Post-norm models (BERT) keep theirs: their norm
+    output feeds the residual stream, not a linear layer alone."""
+    s = spec
+    W = dict(s.weights)
+    if s.post_norm:
+        return W
+
+    def fold(norm: str, linears: list[str]) -> None:
+        w, b = W.pop(norm + ".w", None), W.pop(norm + ".b", None)
+        for name in linears:
+            M = W[name + ".w"]
+            if b is not None:
+                W[name + ".b"] = W.get(name + ".b", torch.zeros(M.shape[1], dtype=M.dtype)) + b @ M
+            if w is not None:
+                M = w[:, None] * M
+            W[name + ".w"] = M
+
+    def fuse(names: list[str], into: str) -> None:
+        ws = [W.pop(n + ".w") for n in names]
+        bs = [W.pop(n + ".b", None) for n in names]
+        W[into + ".w"] = torch.cat([w for w in ws], dim=1)
+        if any(b is not None for b in bs):
+            W[into + ".b"] = torch.cat([(b if b is not None else torch.zeros(w.shape[1], dtype=w.dtype))
+                                        for b, w in zip(bs, ws)])
+
+    for i in range(s.n_layers):
+        p = f"layers.{i}."
+        if p + "q.w" in W:
+            fold(p + "attn_norm", [p + "q", p + "k", p + "v"])
+            r = 1.0 / math.sqrt(s.head_dim)
+            W[p + "q.w"] = W[p + "q.w"] * r
+            if p + "q.b" in W:
+                W[p + "q.b"] = W[p + "q.b"] * r
+            fuse([p + "q", p + "k", p + "v"], p + "qkv")
+        if p + "up.w" in W:
+            fold(p + "mlp_norm", [p + "gate", p + "up"] if s.gated else [p + "up"])
+            if s.gated:
+                fuse([p + "gate", p + "up"], p + "gateup")
+    if "lm_head.w" in W and ("final_norm.w" in W or "final_norm.b" in W):
+        fold("final_norm", ["lm_head"])
+    return W

@@ -29,6 +29,10 @@ from pmpc import cost
 # lane holds EXACTLY at 16 fraction bits (``Ops.lane``). Real LLMs stay orders of magnitude below;
 # sums of squares, softmax denominators and residual streams do not, and keep the whole ring.
 ACT_BOUND = 2.0 ** 14
+# extra fraction bits of a public weight matrix under MPC (``CrypTenOps.matmul``)
+WEIGHT_EXTRA_BITS = 8
+# fraction bits of a public factor folded into a bit extraction (``Ops.bits(scale=...)``)
+BITS_SCALE_FRAC = 16
 
 
 class Ops:
@@ -119,18 +123,83 @@ class Ops:
     def matmul(self, x, y):
         return x.matmul(y)
 
+    def combine(self, products=(), terms=(), const=0.0, bound: float = ACT_BOUND):
+        """``sum_i c_i a_i b_i + sum_j d_j v_j + const`` for public coefficients (scalars or
+        tensors) and secret a, b, v: the products in ONE batched Beaver round and the whole sum
+        truncated ONCE. ``products``: (c, a, b) triples; ``terms``: (d, v) pairs.
+
+        Why: under 2-party MPC a truncation costs a round (the exact truncation's wrap bit), and
+        CrypTen truncates after every product AND after every multiplication by a public float.
+        Here the public coefficients stay ring integers ``round(c 2^k)`` on the products' raw
+        2^(2f) scale (the values' 2^f without products) and one truncation by 2^(f+k) (2^k)
+        removes every scale at once. k is the fewest bits that hold every coefficient exactly
+        (1.5 needs 1), at most what ``bound`` (on |result|) leaves of the ring below the exact
+        truncation's 2^62 limit; only the final sum must fit, intermediate terms may wrap.
+        Integer coefficients and no products: no truncation, no round."""
+        raise NotImplementedError
+
+    def coef_bits(self, coefs, has_products: bool, bound: float, max_k: int | None = None) -> int:
+        """The k of :meth:`combine`: fewest fraction bits that represent every coefficient
+        exactly, capped by the ring room that ``bound`` leaves (and at 24 bits of precision)."""
+        scale = 2 * self.fxp_bits if has_products else self.fxp_bits
+        cap = min(24 if max_k is None else max_k, 61 - scale - max(0, math.ceil(math.log2(max(bound, 1.0)))))
+        if cap < 0:
+            raise ValueError(f"combine: a result bounded by {bound:g} does not fit the ring at this scale")
+        for k in range(cap + 1):
+            if all(_integral(c * 2.0 ** k) for c in coefs):
+                return k
+        return cap
+
+    def mul_scaled(self, x, y, scale: float, add=(), const=0.0, bound: float = ACT_BOUND):
+        """``scale x y + sum d v + const``: one product, the public factor and the affine terms
+        ride on its truncation (see :meth:`combine`)."""
+        return self.combine([(scale, x, y)], add, const, bound)
+
+    def mul_many(self, pairs, scales=None, bound: float = ACT_BOUND, max_k: int | None = None) -> list:
+        """``[s_i a_i b_i]`` for (a_i, b_i) in ``pairs`` (any shapes: each pair broadcasts on its
+        own): ONE Beaver round and ONE truncation for all, the public ``scales`` (default 1)
+        riding on it. ``max_k`` caps the scales' fraction bits where an operand sits on a larger
+        scale than the standard one (its product leaves less room in the ring). ``bound``: on
+        every |result|, or a list, one per pair."""
+        raise NotImplementedError
+
+    def _slots(self, pairs, scales, bound, max_k):
+        """Per pair of :meth:`mul_many`: its scale, its bound and its coefficient bits."""
+        n = len(pairs)
+        scales = [1.0] * n if scales is None else list(scales)
+        bounds = list(bound) if isinstance(bound, (list, tuple)) else [bound] * n
+        return scales, bounds, [self.coef_bits([c], True, b, max_k) for c, b in zip(scales, bounds)]
+
+    def int_combine(self, terms, const=0.0):
+        """``sum_i c_i b_i + const`` for ring-integer b_i (``ltz_int``, ``bits(..., lift=False)``)
+        and public c_i: the coefficients as integers round(c 2^f), so the fixed-point result
+        needs no truncation: local, exact up to the coefficients' rounding to 2^-f."""
+        fb = self.fxp_bits
+        acc = None
+        for c, b in terms:
+            t = b * self.fixed(c, fb)
+            acc = t if acc is None else acc + t
+        return self.from_int(acc + self.fixed(const, fb), fb)
+
+    def fixed(self, c, bits: int):
+        """A public coefficient on the 2^-bits grid, as the ring integer round(c 2^bits)."""
+        return _round_coef(c, bits)
+
     # -- composites: one definition for both backends ----------------------------------------
-    def lt(self, x, thresholds: float | Sequence[float], bound: float | None = None, ulp: float | None = None):
+    def lt(self, x, thresholds: float | Sequence[float], bound: float | None = None, ulp: float | None = None,
+           integer: bool = False):
         """``x < c`` as 0/1 values. Several thresholds are compared in ONE batched call and
-        returned as a list, in the order given. ``bound`` bounds |x - c| (see :meth:`lane`)."""
+        returned as a list, in the order given. ``bound`` bounds |x - c| (see :meth:`lane`).
+        ``integer``: as ring integers (:meth:`ltz_int`): a product with one needs no truncation."""
+        ltz = self.ltz_int if integer else self.ltz
         if isinstance(thresholds, (int, float)):
-            return self.ltz(x - float(thresholds), bound, ulp)
+            return ltz(x - float(thresholds), bound, ulp)
         diffs = self.stack([x - float(c) for c in thresholds])
-        flags = self.ltz(diffs, bound, ulp)
+        flags = ltz(diffs, bound, ulp)
         return [flags[i] for i in range(len(thresholds))]
 
-    def ge(self, x, thresholds, bound: float | None = None, ulp: float | None = None):
-        r = self.lt(x, thresholds, bound, ulp)
+    def ge(self, x, thresholds, bound: float | None = None, ulp: float | None = None, integer: bool = False):
+        r = self.lt(x, thresholds, bound, ulp, integer)
         return [1 - f for f in r] if isinstance(r, list) else 1 - r
 
     def select(self, b, x, y):
@@ -157,17 +226,28 @@ class Ops:
             terms.extend(batch[i] for i in range(k))
         return terms[:n]
 
-    def poly(self, x, coeffs: Sequence[float]):
-        """sum_i coeffs[i] * x**i (coefficients low to high); powers by :meth:`powers`."""
+    def poly(self, x, coeffs: Sequence[float], bound: float = ACT_BOUND):
+        """sum_i coeffs[i] * x**i (coefficients low to high). The powers below the last level come
+        from :meth:`powers`; the last level's products and every coefficient go into ONE
+        :meth:`combine`: ceil(log2 deg) product rounds plus one truncation, however many terms.
+        ``bound``: on |result| (a tighter bound keeps more bits of the coefficients)."""
         coeffs = [float(c) for c in coeffs]
         deg = len(coeffs) - 1
-        out = x * 0.0 + coeffs[0]
         if deg == 0:
-            return out
-        for c, p in zip(coeffs[1:], self.powers(x, deg)):
-            if c != 0.0:
-                out = out + p * c
-        return out
+            return x * 0.0 + coeffs[0]
+        known = [x]
+        while 2 * len(known) < deg:
+            known = known + self._next_level(known)
+        m = len(known)
+        prods = [(coeffs[m + 1 + j], known[j], known[-1]) for j in range(deg - m) if coeffs[m + 1 + j] != 0.0]
+        lin = [(coeffs[i + 1], known[i]) for i in range(m) if coeffs[i + 1] != 0.0]
+        return self.combine(prods, lin, coeffs[0], bound=bound)
+
+    def _next_level(self, known: list) -> list:
+        """x^(m+1) .. x^(2m) from [x .. x^m] in one batched product."""
+        top = known[-1]
+        batch = self.mul(self.stack(known), self.stack([top] * len(known)))
+        return [batch[i] for i in range(len(known))]
 
     def max(self, x, dim: int = -1, fan_in: int = 8):
         """Maximum along ``dim`` (keepdim), by a tournament of groups of ``fan_in``.
@@ -201,31 +281,56 @@ class Ops:
             x = self.mul(factors[0], g).sum(-1)
         return x
 
-    def normalize(self, x, base_log2: int = 2, lo: int = -8, hi: int = 15):
+    def normalize(self, x, base_log2: int = 2, lo: int = -8, hi: int = 15, scale: float = 1.0, start=None,
+                  times=None, times_bound: float = ACT_BOUND, power: float = 1.0, bound: float | None = None):
         """Range reduction by the most significant bit, for x > 0 (SIRNN's msnzb step).
 
         With g = ``base_log2`` and bins [2^(g k), 2^(g (k+1))) for k in [lo, hi], one batched
         comparison gives the one-hot bin of x, hence the secret power of two ``f = 2^-k`` (a public
         linear combination of the one-hot), and ``m = x * f^g`` in [1, 2^g). So
-        ``1/x = f / m`` (g = 1) and ``rsqrt(x) = f * rsqrt(m)`` (g = 2). Powers of two are exact in
-        fixed point: the reduction loses no precision. Inputs below bin lo (above bin hi) are
-        treated as in bin lo (hi): that is the supported range, 2^(g lo) .. 2^(g (hi+1))."""
+        ``1/x = f / m`` (g = 1) and ``rsqrt(x) = f * rsqrt(m)`` (g = 2). Returns (m, scale * f).
+        Powers of two are exact in fixed point: the reduction loses no precision. Inputs below bin
+        lo (above bin hi) are treated as in bin lo (hi): that is the supported range,
+        2^(g lo) .. 2^(g (hi+1)).
+
+        The one-hot is a set of exact ring integers, so any public function of the bin is a local
+        integer combination, read as fixed point at a scale of our choosing: f^g = 2^(-g k) on the
+        scale 2^(g hi) (every bin an exact integer, however small f^g is) gives m in ONE product,
+        and ``scale * f`` on the standard scale rides along with no truncation.
+
+        ``power`` p returns scale f^p instead (any public function of the bin is free: p = 1/2
+        with g = 1 gives rsqrt(x) = f^(1/2) rsqrt(m) on m in [1, 2), SPU's parity trick).
+
+        With ``start=(a, b)`` and/or ``times=t`` (|t scale f| < ``times_bound``), returns
+        (m, a + b m, t scale f) instead, all three from ONE product round: the Newton start and
+        the factor the caller multiplies the result into need no rounds of their own."""
         ks = list(range(lo + 1, hi + 1))
-        below = self.ltz_int(self.stack([x - float(2.0 ** (base_log2 * k)) for k in ks]))  # x < 2^(g k)
-        # one-hot of the bin as exact integers: bin lo = below_{lo+1}; bin k = below_{k+1} - below_k;
-        # bin hi = 1 - below_hi. f = sum onehot_k 2^-k is assembled with INTEGER weights 2^(fxp-k) and
-        # read as fixed point: no truncation, so f is an exact power of two (a public-float multiply
-        # would truncate each term and leave f off by a unit, 25% at f = 2^-14).
-        fb = self.fxp_bits
-        f_int = below[0] * int(2 ** (fb - lo))
-        for i, k in enumerate(ks):
-            nxt = below[i + 1] if i + 1 < len(ks) else 1
-            f_int = f_int + (nxt - below[i]) * int(2 ** (fb - k))
-        f = self.from_int(f_int, fb)
-        m = x
-        for _ in range(base_log2):
-            m = self.mul(m, f)
-        return m, f
+        # x < 2^(g k); ``bound`` (on |x - 2^(g k)|) lets the comparison read a lane (:meth:`lane`)
+        below = self.ltz_int(self.stack([x - float(2.0 ** (base_log2 * k)) for k in ks]), bound)
+
+        def onehot_sum(w):  # sum_k onehot_k w(k), integer weights: bin lo = below_{lo+1};
+            acc = below[0] * w(lo)  # bin k = below_{k+1} - below_k; bin hi = 1 - below_hi
+            for i, k in enumerate(ks):
+                nxt = below[i + 1] if i + 1 < len(ks) else 1
+                acc = acc + (nxt - below[i]) * w(k)
+            return acc
+
+        fb, g = self.fxp_bits, base_log2
+        fg = self.from_int(onehot_sum(lambda k: 2 ** (g * (hi - k))), g * hi)
+        f = self.from_int(onehot_sum(lambda k: self.fixed(scale * 2.0 ** (-power * k), fb)), fb)
+        if start is None and times is None:
+            return self.mul_scaled(x, fg, 1.0, bound=2.0 ** g), f
+        # the caller's next steps, in the same product round: a linear start a + b m on [1, 2^g)
+        # and ``times`` * scale f (the value the result will multiply, brought into range now)
+        pairs, scales, bounds = [(x, fg)], [1.0], [2.0 ** g]
+        if start is not None:
+            pairs.append((x, fg)), scales.append(start[1]), bounds.append(2.0 ** g)
+        if times is not None:
+            pairs.append((times, f)), scales.append(1.0), bounds.append(times_bound)
+        out = self.mul_many(pairs, scales, bounds, max_k=61 - fb - g * hi - g)
+        m = out[0]
+        y0 = out[1] + start[0] if start is not None else None
+        return m, y0, out[-1] if times is not None else f
 
     def sum(self, x, dim=-1, keepdim=True):
         return x.sum(dim, keepdim=keepdim)
@@ -308,12 +413,45 @@ class TorchOps(Ops):
     def mul(self, x, y):
         return self._q(x * y)
 
+    def combine(self, products=(), terms=(), const=0.0, bound: float = ACT_BOUND):
+        # fixed-point emulation: the coefficients on MPC's 2^-k grid, one rounding of the sum;
+        # float64 (no rounding emulation): the ideal arithmetic, coefficients exact
+        coef = (lambda c: c)
+        if self.round_bits is not None:
+            k = self.coef_bits([c for c, *_ in products] + [c for c, _ in terms], bool(products), bound)
+            coef = (lambda c: _round_coef(c, k).to(self.dtype) * 2.0 ** -k if torch.is_tensor(c)
+                    else _round_coef(c, k) * 2.0 ** -k)
+        out = None
+        for c, a, b in products:
+            out = _acc(out, self._product(a, b) * coef(c))
+        for d, v in terms:
+            out = _acc(out, v * coef(d))
+        if out is None:
+            raise ValueError("combine needs at least one secret product or term")
+        return self._q(out + const)
+
+    def _product(self, a, b):
+        return a * b
+
+    def fixed(self, c, bits):
+        # without fixed-point emulation: the ideal arithmetic, coefficients exact
+        return super().fixed(c, bits) if self.round_bits is not None else c * 2.0 ** bits
+
+    def mul_many(self, pairs, scales=None, bound=ACT_BOUND, max_k: int | None = None) -> list:
+        scales, _, ks = self._slots(pairs, scales, bound, max_k)
+        if self.round_bits is not None:
+            scales = [_round_coef(c, k) * 2.0 ** -k for c, k in zip(scales, ks)]
+        return [self._q(a * b * c) for (a, b), c in zip(pairs, scales)]
+
+    def bits(self, x, positions, lift: bool = True, scale: float = 1.0, offset: float = 0.0):
+        if scale != 1.0:
+            scale = self.fixed(scale, BITS_SCALE_FRAC) * 2.0 ** -BITS_SCALE_FRAC
+        enc = torch.floor((x * scale + offset) * 2.0 ** self.fxp_bits).to(torch.int64)
+        return torch.stack([((enc >> p) & 1).to(x.dtype) for p in positions])
+
     def from_int(self, v, frac_bits):
         return v * 2.0 ** -frac_bits if frac_bits else v
 
-    def bits(self, x, positions):
-        enc = torch.floor(x * 2.0 ** self.fxp_bits).to(torch.int64)
-        return torch.stack([((enc >> p) & 1).to(x.dtype) for p in positions])
 
     def cat(self, xs, dim=0):
         return torch.cat(xs, dim)
@@ -379,6 +517,109 @@ class CrypTenOps(Ops):
     def lift(self, b):
         return self._lift(b)
 
+    def matmul(self, x, y):
+        """A secret x times a PUBLIC matrix y (a linear layer's weights): y is encoded with
+        ``WEIGHT_EXTRA_BITS`` more fraction bits than the values (CrypTen's encoding truncates it
+        to 2^-16 toward zero: a weight of 0.01 loses 0.3% of itself, and folding a norm's weight
+        or 1/sqrt(d) into it shrinks it further), and the product is truncated once, as before.
+        Room: |x y| < 2^(61 - 2f - extra) = 2^21, far above any linear layer's output here."""
+        if torch.is_tensor(y) and self.is_secret(x) and not self.is_secret(y) and y.is_floating_point():
+            from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+
+            from pmpc.crypten_compat import MPCTensor
+
+            s = self.fxp_bits + WEIGHT_EXTRA_BITS
+            raw = x._tensor.share.matmul(torch.round(y.double() * 2.0 ** s).long()) * (1 << (self.fxp_bits - _log2_scale(x)))
+            out = ArithmeticSharedTensor.from_shares(raw, precision=0)
+            out.div_(2 ** s)
+            return MPCTensor.from_shares(out.share, precision=self.fxp_bits)
+        return x.matmul(y)
+
+    def mul_many(self, pairs, scales=None, bound=ACT_BOUND, max_k: int | None = None) -> list:
+        from crypten.mpc.primitives import beaver
+        from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+
+        from pmpc.crypten_compat import MPCTensor
+
+        fb, n = self.fxp_bits, len(pairs)
+        scales, bounds, ks = self._slots(pairs, scales, bound, max_k)
+        shapes = [torch.broadcast_shapes(a.shape, b.shape) for a, b in pairs]
+        stacked = all(sh == shapes[0] for sh in shapes)
+        if stacked:  # one stacked tensor, each side on one scale
+            sa = max(_log2_scale(a) for a, _ in pairs)
+            sb = max(_log2_scale(b) for _, b in pairs)
+            A = torch.stack([_raw(a, shapes[0], sa) for a, _ in pairs])
+            B = torch.stack([_raw(b, shapes[0], sb) for _, b in pairs])
+            raw = [sa + sb] * n
+        else:  # flattened and concatenated: every pair keeps its own scales
+            A = torch.cat([_raw(a, sh, _log2_scale(a)).reshape(-1) for (a, _), sh in zip(pairs, shapes)])
+            B = torch.cat([_raw(b, sh, _log2_scale(b)).reshape(-1) for (_, b), sh in zip(pairs, shapes)])
+            raw = [_log2_scale(a) + _log2_scale(b) for a, b in pairs]
+        prod = beaver.mul(ArithmeticSharedTensor.from_shares(A, precision=0),
+                          ArithmeticSharedTensor.from_shares(B, precision=0)).share
+        tops = [max(fb, r) for r in raw]
+        for t, k, b in zip(tops, ks, bounds):
+            _check_room(t + k, b)
+        coef = [_round_coef(c, k) * (1 << (t - r)) for c, k, t, r in zip(scales, ks, tops, raw)]
+        divs = [2 ** (t + k - fb) for t, k in zip(tops, ks)]
+        if stacked:
+            per = lambda v: torch.tensor(v, dtype=torch.long).reshape(n, *[1] * len(shapes[0]))  # noqa: E731
+        else:
+            sizes = torch.tensor([math.prod(sh) for sh in shapes])
+            per = lambda v: torch.repeat_interleave(torch.tensor(v, dtype=torch.long), sizes)  # noqa: E731
+        out = ArithmeticSharedTensor.from_shares(prod * per(coef), precision=0)
+        d = divs[0] if len(set(divs)) == 1 else per(divs).expand(prod.shape)
+        if torch.is_tensor(d) or d > 1:
+            out.div_(d)  # ONE truncation for all (per-element divisors where the scales differ)
+        res = MPCTensor.from_shares(out.share, precision=fb)
+        if stacked:
+            return [res[i] for i in range(n)]
+        outs, o = [], 0
+        for sh in shapes:
+            m = math.prod(sh)
+            outs.append(res[o:o + m].reshape(sh))
+            o += m
+        return outs
+
+    def combine(self, products=(), terms=(), const=0.0, bound: float = ACT_BOUND):
+        from crypten.mpc.primitives import beaver
+        from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+
+        from pmpc.crypten_compat import MPCTensor
+
+        fb = self.fxp_bits
+        k = self.coef_bits([c for c, *_ in products] + [c for c, _ in terms], bool(products), bound)
+        parts = []  # (raw share, its scale bits, public integer coefficient)
+        if len(products) == 1:
+            c, a, b = products[0]
+            parts.append((beaver.mul(a._tensor, b._tensor).share, _log2_scale(a) + _log2_scale(b), c))
+        elif products:  # one Beaver round for all pairs, each side on one common scale
+            shape = torch.broadcast_shapes(*[torch.broadcast_shapes(a.shape, b.shape) for _, a, b in products])
+            sa = max(_log2_scale(a) for _, a, _ in products)
+            sb = max(_log2_scale(b) for _, _, b in products)
+            A = torch.stack([_raw(a, shape, sa) for _, a, _ in products])
+            B = torch.stack([_raw(b, shape, sb) for _, _, b in products])
+            prod = beaver.mul(ArithmeticSharedTensor.from_shares(A, precision=0),
+                              ArithmeticSharedTensor.from_shares(B, precision=0)).share
+            parts += [(prod[i], sa + sb, c) for i, (c, _, _) in enumerate(products)]
+        parts += [(v._tensor.share, _log2_scale(v), d) for d, v in terms]
+        if not parts:
+            raise ValueError("combine needs at least one secret product or term")
+        top = max(fb, max(sc for _, sc, _ in parts))  # every part on 2^top (coefficients on 2^k)
+        share = None
+        for raw, sc, c in parts:  # int64 products wrap: everything is modulo 2^64
+            t = raw * _round_coef(c, k) * (1 << (top - sc))
+            share = t if share is None else share + t
+        out = ArithmeticSharedTensor.from_shares(share, precision=0)
+        if not (isinstance(const, (int, float)) and const == 0):
+            out = out + (torch.round(torch.as_tensor(const, dtype=torch.float64) * 2.0 ** (top + k)).long()
+                         if torch.is_tensor(const) else int(round(float(const) * 2.0 ** (top + k))))
+        _check_room(top + k, bound)
+        d = 2 ** (top + k - fb)
+        if d > 1:
+            out.div_(d)  # the one truncation (crypten_compat's exact 2-party division)
+        return MPCTensor.from_shares(out.share, precision=fb)
+
     def from_int(self, v, frac_bits):
         from crypten.encoder import FixedPointEncoder
 
@@ -386,12 +627,28 @@ class CrypTenOps(Ops):
         v._tensor.encoder = FixedPointEncoder(frac_bits)
         return v
 
-    def bits(self, x, positions, lift: bool = True):
-        """Bits ``positions`` of x's ring encoding as arithmetic 0/1 shares: one A2B conversion
-        (adder circuit) and one batched single-bit B2A for all positions (bits packed 64 to a word).
-        ``lift=False``: as ring integers (scale 1)."""
+    def bits(self, x, positions, lift: bool = True, scale: float = 1.0, offset: float = 0.0):
+        """Bits ``positions`` of the ring encoding of ``scale * x + offset`` as arithmetic 0/1
+        shares: one A2B conversion (adder circuit) and one batched single-bit B2A for all positions
+        (bits packed 64 to a word). ``lift=False``: as ring integers (scale 1).
+
+        A public ``scale`` costs no truncation: the shares are multiplied by round(scale 2^K)
+        (K = ``BITS_SCALE_FRAC``) and the positions read K bits higher, since
+        floor(v 2^K / 2^K) = floor(v): the bits are those of the truncated product, exactly.
+        Position 63 stays the sign bit."""
         from pmpc.crypten_compat import MPCTensor, Ptype, b2a_bits
 
+        if scale != 1.0:
+            K = BITS_SCALE_FRAC
+            v = x.clone()
+            v._tensor.share = x._tensor.share * self.fixed(scale, K)
+            v._tensor.encoder = type(x.encoder)(0)
+            if offset:
+                v._tensor = v._tensor + int(round(offset * 2.0 ** (self.fxp_bits + K)))
+            positions = [p if p == 63 else p + K for p in positions]
+            x = v
+        elif offset:
+            x = x + offset
         b = x._to_ptype(Ptype.binary)
         b.share = torch.stack([(b.share >> p) & 1 for p in positions])
         a = MPCTensor.from_shares(b2a_bits(b._tensor).share, precision=0)
@@ -412,3 +669,40 @@ def nullscope():
 
 def is_power_of_two(x: float) -> bool:
     return x > 0 and math.log2(x).is_integer()
+
+
+def _integral(c) -> bool:
+    if torch.is_tensor(c):
+        return bool(c.frac().eq(0).all())
+    return float(c).is_integer()
+
+
+def _round_coef(c, k: int):
+    """A public coefficient on the 2^-k grid, as the ring integer round(c 2^k)."""
+    if torch.is_tensor(c):
+        return torch.round(c.double() * 2.0 ** k).long()
+    return int(round(float(c) * 2.0 ** k))
+
+
+def _acc(acc, v):
+    return v if acc is None else acc + v
+
+
+def _log2_scale(x) -> int:
+    """The fixed-point scale of a CrypTensor as a power of two (1 for ring integers)."""
+    return int(x.encoder.scale).bit_length() - 1
+
+
+def _raw(x, shape, scale_bits: int):
+    """The share of a CrypTensor broadcast to ``shape`` and moved up to the scale 2^scale_bits
+    (local: a share times a power of two)."""
+    sh = x._tensor.share.expand(shape)
+    up = scale_bits - _log2_scale(x)
+    return sh * (1 << up) if up else sh
+
+
+def _check_room(scale_bits: int, bound: float) -> None:
+    """The exact truncation needs |value| 2^scale_bits < 2^62: operands on a larger scale than
+    the standard one leave less room for the result."""
+    if scale_bits + math.ceil(math.log2(max(bound, 1.0))) > 61:
+        raise ValueError(f"a result bounded by {bound:g} at scale 2^{scale_bits} overflows the ring")

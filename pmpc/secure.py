@@ -60,6 +60,37 @@ class GenConfig:
 class ClientInput:
     ids: torch.Tensor                # [B, T], left-padded
     attn: torch.Tensor               # [B, T] 0/1
+    watch: object | None = None      # client-side progress: .layer(phase, i, n), .token(step, ids [B])
+
+
+class Watch:
+    """What a user watching a generation sees (the client's process only): prefill progress by
+    layer on stderr, then each token as soon as it is chosen, decoded on stdout. Holds the
+    tokenizer (picklable), so it travels to the client process with its input."""
+
+    def __init__(self, tokenizer=None):
+        self.tok, self.ids, self.shown = tokenizer, [], ""
+
+    def layer(self, phase: str, i: int, n: int) -> None:
+        import sys
+
+        end = "\n" if i + 1 == n else ""
+        sys.stderr.write(f"\r[pmpc] {phase}: layer {i + 1}/{n}{end}")
+        sys.stderr.flush()
+
+    def token(self, step: int, ids) -> None:
+        import sys
+
+        self.ids.append(int(ids[0]))  # the first sequence of the batch
+        if self.tok is None:
+            sys.stdout.write(("" if step == 0 else ",") + str(self.ids[-1]))
+        else:  # decode the whole answer and print what is new: multi-byte pieces come out whole
+            text = self.tok.decode(self.ids, skip_special_tokens=True)
+            if not text.startswith(self.shown) or text.endswith("\ufffd"):
+                return
+            sys.stdout.write(text[len(self.shown):])
+            self.shown = text
+        sys.stdout.flush()
 
 
 def check_input(cfg: GenConfig, spec: models.ModelSpec, inp: ClientInput) -> None:
@@ -154,10 +185,11 @@ def _since(c0: dict) -> dict:
 _PLANS: dict = {}  # public facts -> Plan (the plan depends on nothing secret)
 
 
-def _query(engine, ops, ids, attn, cfg, rank, gen, phases=None, marks=None, plan_of=None):
+def _query(engine, ops, ids, attn, cfg, rank, gen, phases=None, marks=None, plan_of=None, watch=None):
     """Prefill, then ``max_new_tokens - 1`` decode steps. With ``phases``: the online run (records
     cost per phase, chooses tokens); without: a dry run (tokens are zeros, logits dropped), and
-    ``marks``/``plan_of`` record where in the tuple stream each phase starts."""
+    ``marks``/``plan_of`` record where in the tuple stream each phase starts. ``watch``
+    (:class:`Watch`, client only) sees the prefill's layers and each token as it is chosen."""
     steps, tokens = [], []
 
     def step(fn, *a):
@@ -170,6 +202,8 @@ def _query(engine, ops, ids, attn, cfg, rank, gen, phases=None, marks=None, plan
         steps.append(lg)
         nxt = _choose(lg, cfg, gen)
         tokens.append(nxt)
+        if watch is not None:
+            watch.token(len(tokens) - 1, nxt)
         return nxt[:, None]
 
     n_dec = max(cfg.max_new_tokens - 1, 0)
@@ -177,7 +211,12 @@ def _query(engine, ops, ids, attn, cfg, rank, gen, phases=None, marks=None, plan
     if marks is not None:
         marks["prefill"] = len(plan_of())
     t0 = time.perf_counter()
-    nxt = step(engine.prefill, ids, attn)
+    if watch is not None:
+        engine.on_layer = lambda i, n: watch.layer("prefill", i, n)
+    try:
+        nxt = step(engine.prefill, ids, attn)
+    finally:
+        engine.on_layer = None
     if phases is not None:
         phases["prefill"] = {"seconds": time.perf_counter() - t0, **ops.tracker.total().as_dict(),
                              "scopes": ops.tracker.snapshot()}
@@ -279,7 +318,8 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
 
     def online():
         with use_provider(provider) if provider is not None else contextlib.nullcontext():
-            return _query(engine, ops, ids, attn, cfg, rank, gen, phases=phases)
+            return _query(engine, ops, ids, attn, cfg, rank, gen, phases=phases,
+                          watch=getattr(inp, "watch", None) if rank == CLIENT else None)
 
     engine_prefill, engine_decode = engine.prefill, engine.decode
 

@@ -8,6 +8,8 @@ the norms in the scale-robust way every protocol shares:
   * softmax subtracts the row max (unless the protocol opts out), applies a 0/1 public mask AFTER
     exp (an additive -1e4 mask overflows fixed-point exp), and multiplies by the reciprocal of the
     row sum;
+  * public factors ride on the truncation of the product next to them (``ops.mul_scaled``,
+    ``ops.combine``): under MPC a truncation costs a round, a public factor alone should not;
   * norms feed ``rsqrt`` the SUM of squares (plus n*eps) and rescale by sqrt(n) afterwards: the sum
     is n times larger than the mean, so tiny real activations (mean square ~1e-4) keep their
     precision on the 16-bit fixed-point grid; ``ops.sum_squares`` also keeps LLMs' massive
@@ -73,6 +75,15 @@ class Protocol:
         and divide the normalised output by 2^8 instead."""
         raise NotImplementedError
 
+    def reciprocal_times(self, x, times, ops: Ops):
+        """``times / x``: a protocol whose reciprocal ends in a product may take ``times`` in early
+        and save the final product's round (see :meth:`protocols.exact.Exact.reciprocal_times`)."""
+        return ops.mul(times, self.reciprocal(x, ops))
+
+    def rsqrt_times(self, x, times, ops: Ops, scale: float = 1.0, out: float = 1.0):
+        """``out * times * scale / sqrt(x)``, the norms' use of :meth:`rsqrt` (same idea)."""
+        return ops.mul_scaled(times, self.rsqrt(x, ops, scale=scale), out)
+
     def act(self, name: str, x, ops: Ops):
         fn = {"silu": self.silu, "gelu": self.gelu, "gelu_tanh": self.gelu_tanh}.get(name)
         if fn is None:
@@ -89,19 +100,19 @@ class Protocol:
         e = self.exp(x, ops)
         if mask is not None:
             e = e * mask
-        return ops.mul(e, self.reciprocal(e.sum(-1, keepdim=True), ops))
+        return self.reciprocal_times(e.sum(-1, keepdim=True), e, ops)
 
     def rms_norm(self, x, w, eps: float, ops: Ops, offset: float = 0.0):
         n = x.shape[-1]
         s = ops.sum_squares(x) + n * eps
-        y = ops.mul(x, self.rsqrt(s, ops, scale=math.sqrt(n) * 2.0 ** NORM_SHIFT)) * 2.0 ** -NORM_SHIFT
+        y = self.rsqrt_times(s, x, ops, scale=math.sqrt(n) * 2.0 ** NORM_SHIFT, out=2.0 ** -NORM_SHIFT)
         return y * (w + offset) if w is not None else y
 
     def layer_norm(self, x, w, b, eps: float, ops: Ops):
         n = x.shape[-1]
         c = x - x.mean(-1, keepdim=True)
         s = ops.sum_squares(c) + n * eps
-        y = ops.mul(c, self.rsqrt(s, ops, scale=math.sqrt(n) * 2.0 ** NORM_SHIFT)) * 2.0 ** -NORM_SHIFT
+        y = self.rsqrt_times(s, c, ops, scale=math.sqrt(n) * 2.0 ** NORM_SHIFT, out=2.0 ** -NORM_SHIFT)
         if w is not None:
             y = y * w
         if b is not None:

@@ -29,8 +29,10 @@ Qi-Pang/EzPC branch ``bert`` @8aaaf32d — ``SCI/src/FloatingPoint/fp-math.cpp``
 Fixed point: BOLT runs a 37-bit ring with 12 fraction bits; CrypTen has 64 bits with 16. BOLT's
 Motzkin-preprocessed evaluation forms (constants up to 36 with cancellation) are tuned for its
 ring; on the 2^-16 grid they would amplify the rounding of public constants, so the SAME
-polynomials are evaluated in monomial form in a scaled variable t = |x|/cut (coefficients
-c_k cut^k), which needs the same number of product rounds.
+polynomials are evaluated in monomial form, in |x| for GELU and SiLU: their coefficients ride on
+one truncation with 24 fraction bits (``Ops.combine``; values outside the segment are masked, so
+only in-range values need room in the ring), and tanh in a scaled variable t = |x|/cut
+(coefficients c_k cut^k), which needs the same number of product rounds.
 """
 from __future__ import annotations
 
@@ -59,11 +61,17 @@ def _scaled(coeffs, r):
 
 
 def sign_abs_inside(x, cut: float, ops: Ops):
-    """MSB(x) and [|x| < cut] in ONE batched comparison (x against -cut, 0, cut on 32-bit lanes),
-    then |x| and x^2 in one product. Returns (neg, inside, |x|, x^2)."""
-    below, neg, under = ops.lt(x, [-cut, 0.0, cut], bound=2 * ACT_BOUND)
-    ax_x2 = ops.mul(ops.stack([x, x]), ops.stack([1 - 2 * neg, x]))
-    return neg, under - below, ax_x2[0], ax_x2[1]
+    """MSB(x) and [|x| < cut] in ONE batched comparison (x against -cut, 0, cut on 32-bit lanes,
+    as ring integers), then |x| and x^2 in one product round. Returns (neg, inside, |x|, x^2)."""
+    below, neg, under = ops.lt(x, [-cut, 0.0, cut], bound=2 * ACT_BOUND, integer=True)
+    a, x2 = ops.mul_many([(x, 1 - 2 * neg), (x, x)])
+    return neg, under - below, a, x2
+
+
+def inside_or(x, a, inside, d, ops: Ops):
+    """0.5 x + 0.5 |x| + inside * d: the ReLU outside, the polynomial (given as its difference d
+    from the ReLU) inside — one product with the ring-integer flag, no truncation but the 0.5s'."""
+    return ops.combine([(1.0, inside, d)], [(0.5, x), (0.5, a)])
 
 
 class Bolt(Protocol):
@@ -80,32 +88,27 @@ class Bolt(Protocol):
                        method="sign(x) T5(|x|) on |x|<=2.855, sign(x) outside"),
         "exp": FnSpec((-16.0, 0.0), max_abs_err=0.003, comparisons=1, multiplications=6,
                       method="I-BERT: 2^-l (0.3585(p+1.353)^2+0.344), l from one A2B, shift clipped at 13"),
-        "reciprocal": FnSpec((2.0 ** -12, 2.0 ** 14), max_rel_err=1e-9, comparisons=25, multiplications=8,
-                             method="SIRNN div (exact baseline): msb normalisation, linear start, 3 Newton steps"),
-        "rsqrt": FnSpec((2.0 ** -12, 2.0 ** 30), max_rel_err=5e-7, comparisons=20, multiplications=12,
-                        method="SIRNN rsqrt (exact baseline): msb normalisation to [1,4), 3 Newton steps"),
-        "softmax": FnSpec((-12.0, 12.0), max_abs_err=0.0018, comparisons=6.12, multiplications=14.62,
+        "reciprocal": FnSpec((2.0 ** -12, 2.0 ** 14), max_rel_err=1e-9, comparisons=25, multiplications=9,
+                             method="SIRNN div (exact baseline): msb normalisation, linear start, 3 Newton steps (Goldschmidt form)"),
+        "rsqrt": FnSpec((2.0 ** -12, 2.0 ** 30), max_rel_err=2e-6, comparisons=41, multiplications=9,
+                        method="SIRNN rsqrt (exact baseline): msb normalisation to [1,2), 2 Newton steps"),
+        "softmax": FnSpec((-12.0, 12.0), max_abs_err=0.0018, comparisons=6.12, multiplications=18.44,
                           method="x - max (tree), I-BERT exp, SIRNN reciprocal of the sum; rows of 16"),
     }
 
     def gelu(self, x, ops: Ops):
+        # Elements outside |x| < 2.7 get garbage from the polynomial and are masked by the
+        # ring-integer flag (a product with 0 is exactly 0), so the polynomial's combination only
+        # needs room for in-range values: its coefficients keep 24 bits, and P is evaluated in
+        # |x| directly (no scaled variable, no truncation for one).
         neg, inside, a, x2 = sign_abs_inside(x, GELU_CUT, ops)
-        t, t2 = a * (1 / GELU_CUT), x2 * (1 / GELU_CUT ** 2)
-        p34 = ops.mul(ops.stack([t, t2]), ops.stack([t2, t2]))
-        c = _scaled(GELU_P, GELU_CUT)
-        inner = 0.5 * x + c[0] + t * c[1] + t2 * c[2] + p34[0] * c[3] + p34[1] * c[4]
-        relu = 0.5 * (x + a)
-        return relu + ops.mul(inside, inner - relu)
-
-    def _abs_tanh_pows(self, t, t2, ops: Ops):
-        """Powers t^3..t^6 in two rounds (t, t^2 given)."""
-        p34 = ops.mul(ops.stack([t, t2]), ops.stack([t2, t2]))
-        t3, t4 = p34[0], p34[1]
-        p56 = ops.mul(ops.stack([t2, t3]), ops.stack([t3, t3]))
-        return {1: t, 2: t2, 3: t3, 4: t4, 5: p56[0], 6: p56[1]}
+        c = GELU_P  # P(a) - relu + 0.5 x = P(a) - 0.5 a
+        d = ops.combine([(c[3], a, x2), (c[4], x2, x2)], [(c[1] - 0.5, a), (c[2], x2)], c[0], bound=4.0)
+        return inside_or(x, a, inside, d, ops)
 
     def tanh(self, x, ops: Ops):
         neg, inside, a, x2 = sign_abs_inside(x, TANH_CUT, ops)
+        neg, inside = ops.lift(neg), ops.lift(inside)
         t, t2 = a * (1 / TANH_CUT), x2 * (1 / TANH_CUT ** 2)
         p34 = ops.mul(ops.stack([t, t2, neg]), ops.stack([t2, t2, inside]))
         t3, t4, neg_in = p34[0], p34[1], p34[2]
@@ -116,38 +119,43 @@ class Bolt(Protocol):
         return (1 - 2 * neg) + ops.mul(inside - 2 * neg_in, T - 1)
 
     def silu(self, x, ops: Ops):
-        cut = 2 * TANH_CUT  # tanh(|x|/2) uses the polynomial while |x|/2 <= 2.855
+        # |x| tanh(|x|/2) = sum_k T_k 2^-k |x|^(k+1) (degree 6 in a = |x|) inside |x| < 5.71;
+        # outside, garbage masked by the flag as in gelu
+        cut = 2 * TANH_CUT
         neg, inside, a, x2 = sign_abs_inside(x, cut, ops)
-        t, t2 = a * (1 / cut), x2 * (1 / cut ** 2)  # t = (|x|/2) / 2.855
-        pw = self._abs_tanh_pows(t, t2, ops)
-        # |x| T(|x|/2) = cut t sum_k tau_k t^k, tau_k = T_k 2.855^k: powers t^1..t^6
-        tau = _scaled(TANH_T, TANH_CUT)
-        a_tanh = pw[1] * (cut * tau[0])
-        for k in range(1, len(tau)):
-            a_tanh = a_tanh + pw[k + 1] * (cut * tau[k])
-        return 0.5 * x + 0.5 * (a + ops.mul(inside, a_tanh - a))
+        c = [t * 2.0 ** -k for k, t in enumerate(TANH_T)]  # on a^(k+1)
+        p34 = ops.mul_many([(a, x2), (x2, x2)])             # a^3, a^4
+        a3, a4 = p34
+        d = ops.combine([(c[4], a, a4), (c[5], x2, a4)],
+                        [(c[0] - 1.0, a), (c[1], x2), (c[2], a3), (c[3], a4)], bound=8.0)
+        return ops.combine([(0.5, inside, d)], [(0.5, x), (0.5, a)])  # 0.5 x + 0.5 (a + inside d)
 
     def exp(self, x, ops: Ops):
         fb = ops.fxp_bits
-        z = x * (-1.0 / LN2) - (EXP_CLIP + 1)
+        # z = -x/ln2 - 14: the factor rides on the bit extraction (no truncation)
         pos = list(range(fb - EXP_FRAC_BITS, fb + 4)) + [63]
-        b = ops.bits(z, pos)
-        frac = b[0] * 2.0 ** -EXP_FRAC_BITS
-        for j in range(1, EXP_FRAC_BITS):
-            frac = frac + b[j] * 2.0 ** (j - EXP_FRAC_BITS)
+        b = ops.bits(x, pos, lift=False, scale=-1.0 / LN2, offset=-(EXP_CLIP + 1))
         ib = [b[EXP_FRAC_BITS + i] for i in range(4)]      # integer bits of z: l + 2 when not clipped
         keep = b[EXP_FRAC_BITS + 4]                        # sign of z: 1 <=> l < 14 (no clip)
-        f = [1 + ib[i] * (2.0 ** -(2 ** i) - 1) for i in range(4)]
-        q_in = frac * (-LN2) + EXP_Q[1]
-        lvl1 = ops.mul(ops.stack([q_in, f[0], f[2]]), ops.stack([q_in, f[1], f[3]]))
-        ep = lvl1[0] * EXP_Q[0] + EXP_Q[2]                # e^p
-        lvl2 = ops.mul(ops.stack([lvl1[1], keep]), ops.stack([lvl1[2], ep]))
-        shift, kept = lvl2[0], lvl2[1]                    # 2^-(l+2), keep e^p
+        # e^p ~ q0 (p + q1)^2 + q2 with p = -ln2 frac: sqrt(q0) (p + q1) from the bits, locally
+        r = math.sqrt(EXP_Q[0])
+        q_in = ops.int_combine([(-LN2 * r * 2.0 ** (j - EXP_FRAC_BITS), b[j]) for j in range(EXP_FRAC_BITS)],
+                               r * EXP_Q[1])
+        f = [ops.int_combine([(2.0 ** -(2 ** i) - 1, ib[i])], 1.0) for i in range(4)]
+        sq, f01, f23 = ops.mul_many([(q_in, q_in), (f[0], f[1]), (f[2], f[3])])
+        ep = sq + EXP_Q[2]                                 # e^p
+        shift, kept = ops.mul_many([(f01, f23), (keep, ep)])  # 2^-(l+2), keep e^p
         # kept: e^p 2^-l = 4 e^p 2^-(l+2); clipped: e^p 2^-13
-        return ops.mul(kept, shift) * 4 + (ep - kept) * 2.0 ** -EXP_CLIP
+        return ops.combine([(4.0, kept, shift)], [(2.0 ** -EXP_CLIP, ep), (-2.0 ** -EXP_CLIP, kept)], bound=8.0)
 
     def reciprocal(self, x, ops: Ops):
         return _EXACT.reciprocal(x, ops)
 
+    def reciprocal_times(self, x, times, ops: Ops):
+        return _EXACT.reciprocal_times(x, times, ops)
+
     def rsqrt(self, x, ops: Ops, scale: float = 1.0):
         return _EXACT.rsqrt(x, ops, scale=scale)
+
+    def rsqrt_times(self, x, times, ops: Ops, scale: float = 1.0, out: float = 1.0):
+        return _EXACT.rsqrt_times(x, times, ops, scale=scale, out=out)

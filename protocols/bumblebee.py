@@ -19,15 +19,16 @@ The SPU building blocks are shared with :mod:`protocols.puma`.
 Differences from the original, stated: BumbleBee casts shares to a 32-bit ring with 12 fraction
 bits for the activations and uses an approximate (low-bits-dropped) millionaire comparison;
 CrypTen has one 64-bit ring (16 fraction bits) and an exact comparison, so the comparisons here
-cost what CrypTen's cost. The polynomials are evaluated in t = |x|/3 (GELU) and t = |x|/8 (SiLU)
-so no coefficient falls near the 2^-16 grid (the code handles S's x^4 term at >= 21 fraction
-bits for the same reason).
+cost what CrypTen's cost. The polynomials are evaluated in |x| with their coefficients on one
+truncation at 24 fraction bits (``Ops.combine``), so no coefficient falls near the 2^-16 grid
+(S's x^4 term is 2.5e-4); values outside the segment are masked by their ring-integer flag, so
+only in-range values need room in the ring.
 """
 from __future__ import annotations
 
 from pmpc.ops import ACT_BOUND, Ops
 from protocols.base import FnSpec, Protocol
-from protocols.puma import poly_from_powers, rescale, spu_neg_exp, spu_reciprocal, spu_rsqrt
+from protocols.puma import spu_neg_exp, spu_reciprocal, spu_rsqrt
 
 GELU_P = (0.001620808531841547, -0.03798164612714154, 0.5410550166368381, -0.18352506127082727,
           0.020848611754127593)  # P(|x|), |x| < 3 (the same P as BOLT)
@@ -36,18 +37,16 @@ SILU_S = (0.49352908920523014, 0.3028510171823098, -0.06808619212463336, 0.00674
 
 
 def even_segments(x, cut: float, inner_fn, ops: Ops):
-    """x >= cut -> x; |x| < cut -> inner_fn(|x|, x^2, t-powers); x < -cut -> 0.
+    """x >= cut -> x; |x| < cut -> inner_fn(x, |x|, x^2); x < -cut -> 0.
 
-    One batched comparison (-cut, 0, cut); |x| and x^2 in one product; t^3, t^4 of t = |x|/cut in
-    one; the two selections in one."""
-    b_lo, b_neg, b_hi = ops.lt(x, [-cut, 0.0, cut], bound=2 * ACT_BOUND)
-    ax_x2 = ops.mul(ops.stack([x, x]), ops.stack([1 - 2 * b_neg, x]))
-    a, x2 = ax_x2[0], ax_x2[1]
-    t, t2 = a * (1.0 / cut), x2 * (1.0 / cut ** 2)
-    p34 = ops.mul(ops.stack([t, t2]), ops.stack([t2, t2]))
-    inner = inner_fn(x, a, {1: t, 2: t2, 3: p34[0], 4: p34[1]})
-    parts = ops.mul(ops.stack([1 - b_hi, b_hi - b_lo]), ops.stack([x, inner]))
-    return parts[0] + parts[1]
+    One batched comparison (-cut, 0, cut) as ring integers; |x| and x^2 in one product round;
+    the two selections in one product round with no truncation (ring-integer flags). Elements
+    outside |x| < cut get garbage from ``inner_fn`` and are masked by their flag (a product
+    with 0 is exactly 0), so the polynomial only needs room for in-range values."""
+    b_lo, b_neg, b_hi = ops.lt(x, [-cut, 0.0, cut], bound=2 * ACT_BOUND, integer=True)
+    a, x2 = ops.mul_many([(x, 1 - 2 * b_neg), (x, x)])
+    inner = inner_fn(x, a, x2)
+    return ops.combine([(1.0, 1 - b_hi, x), (1.0, b_hi - b_lo, inner)])
 
 
 class BumbleBee(Protocol):
@@ -64,21 +63,24 @@ class BumbleBee(Protocol):
                       method="(1+x/32)^32 times [x >= -14]"),
         "reciprocal": FnSpec((0.25, 2.0 ** 14), max_rel_err=7.1e-5, comparisons=16, multiplications=6,
                              method="msb normalisation to [0.5,1), w0 = 2.9142 - 2c, 2 Goldschmidt iterations"),
-        "rsqrt": FnSpec((2.0 ** -12, 2.0 ** 30), max_rel_err=1.07e-4, comparisons=42, multiplications=7,
+        "rsqrt": FnSpec((2.0 ** -12, 2.0 ** 30), max_rel_err=1.07e-4, comparisons=42, multiplications=5,
                         method="SPU f_rsqrt: msb normalisation to [0.25,0.5), deg-4 poly, no Newton step"),
-        "softmax": FnSpec((-12.0, 12.0), max_abs_err=0.037, comparisons=5.56, multiplications=14.5,
+        "softmax": FnSpec((-12.0, 12.0), max_abs_err=0.037, comparisons=5.56, multiplications=17.31,
                           method="x - max (tree), (1+x/32)^32 cut at -14, Goldschmidt reciprocal; rows of 16"),
     }
 
     def gelu(self, x, ops: Ops):
-        p = rescale(GELU_P, 3.0)
-        return even_segments(x, 3.0, lambda x, a, pw: 0.5 * x + poly_from_powers(pw, p), ops)
+        c = GELU_P  # 0.5 x + P(|x|), P in |x| directly: coefficients keep 24 bits in the combination
+        return even_segments(x, 3.0, lambda x, a, x2: ops.combine(
+            [(c[3], a, x2), (c[4], x2, x2)], [(0.5, x), (c[1], a), (c[2], x2)], c[0], bound=8.0), ops)
 
     def silu(self, x, ops: Ops):
-        s = rescale(SILU_S, 8.0)
+        c = SILU_S  # 0.5 x + |x| (S(|x|) - 1/2) = 0.5 x + sum_k c'_k |x|^(k+1)
 
-        def inner(x, a, pw):
-            return 0.5 * x + ops.mul(a, poly_from_powers(pw, s) - 0.5)
+        def inner(x, a, x2):
+            a3, a4 = ops.mul_many([(a, x2), (x2, x2)])
+            return ops.combine([(c[4], a, a4)], [(0.5, x), (c[0] - 0.5, a), (c[1], x2), (c[2], a3), (c[3], a4)],
+                               bound=16.0)
 
         return even_segments(x, 8.0, inner, ops)
 
@@ -88,5 +90,11 @@ class BumbleBee(Protocol):
     def reciprocal(self, x, ops: Ops):
         return spu_reciprocal(x, ops)
 
+    def reciprocal_times(self, x, times, ops: Ops):
+        return spu_reciprocal(x, ops, times=times)
+
     def rsqrt(self, x, ops: Ops, scale: float = 1.0):
         return spu_rsqrt(x, ops, scale=scale)
+
+    def rsqrt_times(self, x, times, ops: Ops, scale: float = 1.0, out: float = 1.0):
+        return spu_rsqrt(x, ops, scale=scale, times=times, out=out)

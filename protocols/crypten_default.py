@@ -17,13 +17,17 @@ import math
 
 from pmpc.ops import Ops
 from protocols.base import FnSpec, Protocol
+from protocols.exact import newton_rsqrt
 
 
-def exp_limit(x, n: int, ops: Ops):
-    """(1 + x/2^n)^(2^n): n squarings."""
-    y = 1 + x * (1.0 / 2 ** n)
-    for _ in range(n):
-        y = ops.square(y)
+def exp_limit(x, n: int, ops: Ops, scale: float = 1.0, add=(), const: float = 0.0):
+    """``scale (1 + x/2^n)^(2^n) + sum d v + const``: n squarings. The first takes the 2^-2n of
+    (2^n + x)^2 on its own truncation, the last the public scale and affine terms."""
+    y = x + float(2 ** n)
+    for i in range(n):
+        first, last = i == 0, i == n - 1
+        y = ops.mul_scaled(y, y, (2.0 ** (-2 * n) if first else 1.0) * (scale if last else 1.0),
+                           add=add if last else (), const=const if last else 0.0, bound=16.0)
     return y
 
 
@@ -47,25 +51,29 @@ class CrypTenDefault(Protocol):
         return exp_limit(x, 8, ops)
 
     def reciprocal(self, x, ops: Ops):
-        y = 3 * exp_limit(1 - 2 * x, 8, ops) + 0.003
+        y = exp_limit(1 - 2 * x, 8, ops, scale=3.0, const=0.003)
         for _ in range(10):
-            y = 2 * y - ops.mul(x, ops.square(y))
+            y = ops.mul_scaled(x, ops.square(y), -1.0, add=[(2.0, y)])
         return y
 
     def rsqrt(self, x, ops: Ops, scale: float = 1.0):
-        m, f = ops.normalize(x, base_log2=2, lo=-6, hi=14)
-        y = 2.2 * exp_limit(-(m * 0.5 + 0.2), 8, ops) + 0.2 - m * (1 / 1024)
-        for _ in range(3):
-            y = ops.mul(y, 3 - ops.mul(m, ops.square(y))) * 0.5
-        return ops.mul(y, f * scale)
+        m, f = ops.normalize(x, base_log2=2, lo=-6, hi=14, scale=scale)
+        # 2.2 e^-(m/2 + 0.2) + 0.2 - m/1024; the exponent's 1/2 folds into exp_limit's first 2^-2n
+        y = _crypten_rsqrt_start(m, ops)
+        return ops.mul(newton_rsqrt(m, y, 3, ops), f)
+
+    def rsqrt_times(self, x, times, ops: Ops, scale: float = 1.0, out: float = 1.0):
+        # times scale f from the normalisation's product round: |times scale f| <= 2 scale
+        m, _, tf = ops.normalize(x, base_log2=2, lo=-6, hi=14, scale=scale, times=times, times_bound=4 * scale)
+        return ops.mul_scaled(tf, newton_rsqrt(m, _crypten_rsqrt_start(m, ops), 3, ops), out)
 
     def sigmoid(self, x, ops: Ops):
-        neg = ops.ltz(x)
+        neg = ops.ltz_int(x)
         a = ops.mul(x, 1 - 2 * neg)
-        d = 1 + exp_limit(-a, 8, ops)
-        y = d * 0 + 0.75
-        for _ in range(3):
-            y = 2 * y - ops.mul(d, ops.square(y))
+        d = exp_limit(-a, 8, ops, const=1.0)
+        y = ops.combine([], [(-0.5625, d)], 1.5)  # the first NR step from the public 0.75: 2 y0 - d y0^2
+        for _ in range(2):
+            y = ops.mul_scaled(d, ops.square(y), -1.0, add=[(2.0, y)])
         return ops.select(neg, 1 - y, y)
 
     def silu(self, x, ops: Ops):
@@ -74,3 +82,16 @@ class CrypTenDefault(Protocol):
     def gelu(self, x, ops: Ops):
         u = (x + ops.mul(ops.square(x), x) * 0.044715) * (2 * math.sqrt(2 / math.pi))
         return ops.mul(x, self.sigmoid(u, ops))
+
+
+def _crypten_rsqrt_start(m, ops: Ops):
+    """CrypTen's start 2.2 e^-(m/2 + 0.2) + 0.2 - m/1024, as (1 + z/256)^256 with z = -(m/2 + 0.2):
+    (256 + z) = (511.6 - m)/2, so the first squaring takes (511.6 - m)^2 2^-18 and no 1/2 of
+    its own; the last takes the 2.2 and the affine rest."""
+    u = 511.6 - m
+    y = ops.mul_scaled(u, u, 2.0 ** -18, bound=16.0)
+    for i in range(7):
+        last = i == 6
+        y = ops.mul_scaled(y, y, 2.2 if last else 1.0, add=[(-1 / 1024, m)] if last else (),
+                           const=0.2 if last else 0.0, bound=16.0)
+    return y

@@ -10,7 +10,8 @@ bit-level protocols. This module keeps that structure on CrypTen's building bloc
   is a 1-bit "lookup" 1 + b (e^(-2^i) - 1); the factors multiply in a tree. Error: a few 2^-16
   (relative), for every y < 2^15.
 * reciprocal, rsqrt: normalise by the most significant bit (one batched comparison, exact powers of
-  two), linear start on [1, 2) resp. [1, 4), three Newton steps: relative error ~ 2^-16.
+  two), linear start on [1, 2) resp. [1, 4), three Newton steps (the reciprocal's in Goldschmidt's
+  form: the same iterates, one product round a step): relative error ~ 2^-16.
 * sigmoid(x) = 1/(1+e^-|x|) (mirrored for x < 0) — SIRNN's sigmoid; SiLU = x sigmoid(x);
   GELU = x Phi(x) with Phi from erfc (A&S 7.1.26: 1.5e-7) on the precise exp and reciprocal;
   tanh-GELU = x sigmoid(2u) since (1 + tanh u)/2 = sigmoid(2u).
@@ -37,7 +38,7 @@ def _fit(fn, lo, hi, deg, rel=False):
 
 EXP_FRAC = _fit(lambda f: np.exp(-f), 0.0, 1.0, 6)          # e^-f on [0, 1)
 RECIP_INIT = _fit(lambda m: 1 / m, 1.0, 2.0, 1, rel=True)   # 1/m on [1, 2)
-RSQRT_INIT = _fit(lambda m: m ** -0.5, 1.0, 4.0, 1, rel=True)  # m^-1/2 on [1, 4)
+RSQRT_INIT = _fit(lambda m: m ** -0.5, 1.0, 2.0, 1, rel=True)  # m^-1/2 on [1, 2): 2.5% from the start
 # Abramowitz & Stegun 7.1.26: erfc(z) = t (a1 + t (a2 + ...)) e^{-z^2}, t = 1/(1 + p z), |err| < 1.5e-7
 AS_P = 0.3275911
 AS_A = [0.0, 0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429]
@@ -54,18 +55,34 @@ def product(xs: list, ops: Ops):
     return xs[0]
 
 
+def goldschmidt_reciprocal(m, y, iters: int, ops: Ops, times=None):
+    """``times / m`` from a start y ~ 1/m (``times`` default 1), as Newton's y <- y (2 - m y)
+    computes it but in one product round a step instead of two: with e = 1 - m y,
+    y_k (1 + e_k) and e_k^2 are independent, and y_k = (1 - e^(2^k)) / m exactly as after k
+    Newton steps. ``times`` rides along from the second round on: z = times y."""
+    e, z = (lambda p: (1 - p[0], p[1]))(ops.mul_many([(m, y), (times, y)])) if times is not None \
+        else (ops.combine([(-1.0, m, y)], const=1.0, bound=4.0), y)
+    for i in range(iters):
+        if i + 1 < iters:
+            z, e = ops.mul_many([(z, 1 + e), (e, e)])
+        else:
+            z = ops.mul(z, 1 + e)
+    return z
+
+
 def newton_reciprocal(m, y, iters: int, ops: Ops):
+    """y <- 2y - y (m y): m y, then the product and the affine part under one truncation."""
     for _ in range(iters):
-        y = ops.mul(y, 2 - ops.mul(m, y))
+        y = ops.mul_scaled(y, ops.mul(m, y), -1.0, add=[(2.0, y)])
     return y
 
 
 def newton_rsqrt(m, y, iters: int, ops: Ops):
-    """y <- 1.5 y - 0.5 (y^2)(m y): y^2 and m y in one batched product, then their product —
-    two rounds a step instead of three."""
+    """y <- 1.5 y - 0.5 (y^2)(m y): y^2 and m y in one batched product, then their product with
+    the step's public 1.5 and -0.5 under its one truncation — two product rounds a step."""
     for _ in range(iters):
         p = ops.mul(ops.stack([y, m]), ops.stack([y, y]))
-        y = 1.5 * y - 0.5 * ops.mul(p[0], p[1])
+        y = ops.mul_scaled(p[0], p[1], -0.5, add=[(1.5, y)])
     return y
 
 
@@ -77,9 +94,9 @@ class Exact(Protocol):
         "exp": FnSpec((-2.0 ** 14, 0.0), max_abs_err=2e-4, comparisons=1, multiplications=20,
                       method="A2B bits of -x; e^-frac deg-6 fit; 1-bit lookups for integer bits; product tree"),
         "reciprocal": FnSpec((2.0 ** -12, 2.0 ** 14), max_rel_err=2e-3, comparisons=30, multiplications=7,
-                             method="msb normalisation to [1,2), linear start, 3 Newton steps"),
-        "rsqrt": FnSpec((2.0 ** -12, 2.0 ** 30), max_rel_err=2e-3, comparisons=23, multiplications=11,
-                        method="msb normalisation to [1,4), linear start, 3 Newton steps"),
+                             method="msb normalisation to [1,2), linear start, 3 Newton steps (Goldschmidt form)"),
+        "rsqrt": FnSpec((2.0 ** -12, 2.0 ** 30), max_rel_err=2e-3, comparisons=41, multiplications=9,
+                        method="msb normalisation to [1,2), linear start, 2 Newton steps"),
         "silu": FnSpec((-60.0, 60.0), max_abs_err=5e-3, comparisons=32, multiplications=30,
                        method="x / (1 + e^-|x|), mirrored"),
         "gelu": FnSpec((-60.0, 60.0), max_abs_err=5e-3, comparisons=6, multiplications=40,
@@ -95,44 +112,61 @@ class Exact(Protocol):
         # decompose as two's complement. A bias of 4 units keeps y >= 0; e^bias is folded back.
         bias = 4 * 2.0 ** -fb
         y = bias - x
-        b = ops.bits(y, list(range(fb + INT_BITS)))
-        frac = b[0] * 2.0 ** -fb
-        for i in range(1, fb):
-            frac = frac + b[i] * 2.0 ** (i - fb)
-        factors = [ops.poly(frac, [c * math.exp(bias) for c in EXP_FRAC])]
+        b = ops.bits(y, list(range(fb + INT_BITS)), lift=False)  # ring-integer bits: weights are free
+        frac = ops.int_combine([(2.0 ** (i - fb), b[i]) for i in range(fb)])
+        factors = [ops.poly(frac, [c * math.exp(bias) for c in EXP_FRAC], bound=4.0)]
         for i in range(INT_BITS):
             v = math.exp(-(2.0 ** i))
-            factors.append(1 + b[fb + i] * (v - 1) if v > 2.0 ** -(fb + 1) else 1 - b[fb + i])
+            factors.append(ops.int_combine([(v - 1 if v > 2.0 ** -(fb + 1) else -1.0, b[fb + i])], 1.0))
         return product(factors, ops)
 
+    # the reciprocal's domain ends at 2^14: its bin comparisons read a 32-bit lane
     def reciprocal(self, x, ops: Ops, lo: int = -12, hi: int = 13):
-        m, f = ops.normalize(x, base_log2=1, lo=lo, hi=hi)
-        y = RECIP_INIT[0] + m * RECIP_INIT[1]
-        return ops.mul(newton_reciprocal(m, y, 3, ops), f)
+        m, y, f = ops.normalize(x, base_log2=1, lo=lo, hi=hi, start=RECIP_INIT, bound=2.0 ** 15)
+        return goldschmidt_reciprocal(m, y, 3, ops, times=f)
 
+    def reciprocal_times(self, x, times, ops: Ops, lo: int = -12, hi: int = 13, times_bound: float = 4.0):
+        # times f comes out of the normalisation's product round and rides through the iteration
+        m, y, tf = ops.normalize(x, base_log2=1, lo=lo, hi=hi, start=RECIP_INIT, times=times,
+                                 times_bound=times_bound, bound=2.0 ** 15)
+        return goldschmidt_reciprocal(m, y, 3, ops, times=tf)
+
+    # rsqrt: normalised to m in [1, 2) (x = m 2^k, rsqrt(x) = 2^(-k/2) rsqrt(m), the half power a
+    # public function of the bin like any other), where a linear start is within 2.5%: two Newton
+    # steps reach 1.4e-6 (on [1, 4) the start is 11% off and needs three)
     def rsqrt(self, x, ops: Ops, scale: float = 1.0):
-        m, f = ops.normalize(x, base_log2=2, lo=-6, hi=14)
-        y = RSQRT_INIT[0] + m * RSQRT_INIT[1]
-        return ops.mul(newton_rsqrt(m, y, 3, ops), f * scale)
+        m, y, f = ops.normalize(x, base_log2=1, lo=-12, hi=29, scale=scale, start=RSQRT_INIT, power=0.5)
+        return ops.mul(newton_rsqrt(m, y, 2, ops), f)
+
+    def rsqrt_times(self, x, times, ops: Ops, scale: float = 1.0, out: float = 1.0):
+        # |times scale f| <= 2 scale for a norm's row (|x_i| <= sqrt(sum x^2), f <= 2 / sqrt(sum))
+        m, y, tf = ops.normalize(x, base_log2=1, lo=-12, hi=29, scale=scale, start=RSQRT_INIT, times=times,
+                                 times_bound=4 * scale, power=0.5)
+        return ops.mul_scaled(tf, newton_rsqrt(m, y, 2, ops), out)
 
     # -- activations ---------------------------------------------------------------------
     def sigmoid(self, x, ops: Ops, bound: float | None = ACT_BOUND):
-        neg = ops.ltz(x, bound)
+        neg = ops.ltz_int(x, bound)                         # ring-integer sign: products need no truncation
         a = ops.mul(x, 1 - 2 * neg)                         # |x|
         p = self.reciprocal(1 + self.exp(-a, ops), ops, lo=0, hi=1)  # sigmoid(|x|), denominator in [1, 2]
         return ops.select(neg, 1 - p, p)
 
     def silu(self, x, ops: Ops):
-        return ops.mul(x, self.sigmoid(x, ops))
+        # x sigmoid(|x|) = x / (1 + e^-|x|) with x taken into the reciprocal; x sigmoid(x) is that
+        # for x >= 0 and x - that below (sigmoid(-y) = 1 - sigmoid(y)): one ring-integer select
+        neg = ops.ltz_int(x, ACT_BOUND)
+        a = ops.mul(x, 1 - 2 * neg)
+        xp = self.reciprocal_times(1 + self.exp(-a, ops), x, ops, lo=0, hi=1, times_bound=ACT_BOUND)
+        return ops.select(neg, x - xp, xp)
 
     def gelu_tanh(self, x, ops: Ops):
         u = (x + ops.mul(ops.square(x), x) * 0.044715) * (2 * math.sqrt(2 / math.pi))
         return ops.mul(x, self.sigmoid(u, ops, bound=None))  # u ~ x^3: the whole ring
 
     def gelu(self, x, ops: Ops):
-        neg = ops.ltz(x, ACT_BOUND)
-        z = ops.mul(x, 1 - 2 * neg) * (1 / math.sqrt(2))      # |x| / sqrt 2
-        t = self.reciprocal(1 + z * AS_P, ops, lo=0, hi=6)
-        q = ops.mul(ops.poly(t, AS_A), self.exp(-ops.square(z), ops))  # erfc(z)
+        neg = ops.ltz_int(x, ACT_BOUND)
+        z = ops.mul_scaled(x, 1 - 2 * neg, 1 / math.sqrt(2))  # |x| / sqrt 2
+        t = self.reciprocal(ops.combine([], [(AS_P, z)], 1.0), ops, lo=0, hi=6)
+        q = ops.mul(ops.poly(t, AS_A, bound=2.0), self.exp(-ops.square(z), ops))  # erfc(z)
         phi = ops.select(neg, 0.5 * q, 1 - 0.5 * q)
         return ops.mul(x, phi)

@@ -28,6 +28,8 @@ coefficient is tiny and no power is huge on the segment where it is used.
 """
 from __future__ import annotations
 
+import math
+
 from pmpc.ops import ACT_BOUND, Ops
 from protocols.base import FnSpec, Protocol
 
@@ -48,33 +50,37 @@ def poly_from_powers(pows: dict, coeffs, const=None):
     return out
 
 
-def msb_bins(x, lo: int, hi: int, weights, ops: Ops) -> list:
+def msb_bins(x, lo: int, hi: int, weights, ops: Ops, frac_bits=None) -> list:
     """One batched comparison against 2^k (k = lo+1..hi) gives the one-hot bin of x in
     [2^k, 2^(k+1)); returns, for each ``w`` in ``weights`` (a function of k), the public linear
     combination sum_k onehot_k w(k). Below bin lo counts as lo, above hi as hi.
 
     The comparison bits are exact ring integers (``ltz_int``) weighted by the INTEGERS
-    round(w(k) 2^fxp) and read back as fixed point (``from_int``): no truncation, so a weight of a
-    few units (2^-16 for k = 30) comes out exact instead of off by a unit per term."""
+    round(w(k) 2^b) and read back as fixed point with b fraction bits (``from_int``; b from
+    ``frac_bits``, default the standard 16): no truncation, so a weight of a few units comes out
+    exact instead of off by a unit per term."""
     ks = list(range(lo + 1, hi + 1))
     below = ops.ltz_int(ops.stack([x - 2.0 ** k for k in ks]))  # x < 2^k
-    fb = ops.fxp_bits
+    frac_bits = frac_bits or [ops.fxp_bits] * len(weights)
     outs = []
-    for w in weights:
-        acc = below[0] * int(round(w(lo) * 2 ** fb))
+    for w, fb in zip(weights, frac_bits):
+        acc = below[0] * ops.fixed(w(lo), fb)
         for i, k in enumerate(ks):
             nxt = below[i + 1] if i + 1 < len(ks) else 1
-            acc = acc + (nxt - below[i]) * int(round(w(k) * 2 ** fb))
+            acc = acc + (nxt - below[i]) * ops.fixed(w(k), fb)
         outs.append(ops.from_int(acc, fb))
     return outs
 
 
 # -- SPU building blocks ---------------------------------------------------------------------
 def spu_neg_exp(x, ops: Ops, iters: int = 5, cut: float = -14.0):
-    """(1 + x/2^n)^(2^n), zeroed below ``cut``. The comparison runs first, the squarings after."""
-    keep = ops.ge(x, cut, bound=2 * ACT_BOUND)
-    y = 1 + x * (1.0 / 2 ** iters)
-    for _ in range(iters):
+    """(1 + x/2^n)^(2^n), zeroed below ``cut``. The comparison runs first (a ring-integer flag:
+    the mask is one product with no truncation), the squarings after; the first squaring takes
+    the 2^-2n of (2^n + x)^2 on its truncation."""
+    keep = ops.ge(x, cut, bound=2 * ACT_BOUND, integer=True)
+    u = x + float(2 ** iters)
+    y = ops.mul_scaled(u, u, 2.0 ** (-2 * iters), bound=4.0)
+    for _ in range(iters - 1):
         y = ops.square(y)
     return ops.mul(y, keep)
 
@@ -82,40 +88,53 @@ def spu_neg_exp(x, ops: Ops, iters: int = 5, cut: float = -14.0):
 GOLDSCHMIDT_W0 = (2.9142, -2.0)  # w0 = 2.9142 - 2c for c in [0.5, 1)
 
 
-def spu_reciprocal(x, ops: Ops, lo: int = -2, hi: int = 14, iters: int = 2):
-    """1/x for x > 0 in [2^lo, 2^(hi+1)): msb normalisation + Goldschmidt (SPU ``div``)."""
-    m, f = ops.normalize(x, base_log2=1, lo=lo, hi=hi)  # x = m 2^k, m in [1, 2), f = 2^-k
-    c = m * 0.5
-    r = GOLDSCHMIDT_W0[0] + c * GOLDSCHMIDT_W0[1]
-    e = 1 - ops.mul(c, r)
+def spu_reciprocal(x, ops: Ops, lo: int = -2, hi: int = 14, iters: int = 2, times=None, times_bound: float = 4.0):
+    """``times``/x (``times`` default 1) for x > 0 in [2^lo, 2^(hi+1)): msb normalisation +
+    Goldschmidt (SPU ``div``). With c = m/2: r = 2.9142 - m is local and e = 1 - m r / 2 is one
+    product; ``times`` (scaled by f in the normalisation's round) rides along with r from the
+    round of e on, so the result needs no product of its own."""
+    if times is None:  # x = m 2^k, m in [1, 2); tf = times 2^-k / 2
+        m, tf = ops.normalize(x, base_log2=1, lo=lo, hi=hi, scale=0.5)
+    else:
+        m, _, tf = ops.normalize(x, base_log2=1, lo=lo, hi=hi, scale=0.5, times=times, times_bound=times_bound)
+    r = GOLDSCHMIDT_W0[0] + m * (GOLDSCHMIDT_W0[1] / 2)        # an integer factor: local
+    mr, z = ops.mul_many([(m, r), (tf, r)], [-0.5, 1.0], bound=[4.0, times_bound])
+    e = mr + 1.0
     for i in range(iters):
-        if i + 1 < iters:  # r(1+e) and e^2 in one batched product
-            both = ops.mul(ops.stack([r, e]), ops.stack([1 + e, e]))
-            r, e = both[0], both[1]
+        if i + 1 < iters:  # z(1+e) and e^2 in one product round
+            z, e = ops.mul_many([(z, 1 + e), (e, e)], bound=[times_bound, 4.0])
         else:
-            r = ops.mul(r, 1 + e)
-    return ops.mul(r, f) * 0.5  # 1/x = f/m = f/(2c)
+            z = ops.mul(z, 1 + e)
+    return z  # times/x = tf/m = (tf/2)/c
 
 
 SPU_RSQRT = (4.14285016, -15.47994394, 38.4714796, -49.86605845, 26.02942339)  # on [0.25, 0.5)
 
 
-def spu_rsqrt(x, ops: Ops, lo: int = -12, hi: int = 30, scale: float = 1.0):
+def spu_rsqrt(x, ops: Ops, lo: int = -12, hi: int = 30, scale: float = 1.0, times=None, out: float = 1.0):
     """SPU ``f_rsqrt``: x in [2^k, 2^(k+1)) -> u = x 2^-(k+2) in [0.25, 0.5),
-    rsqrt(x) = p(u) 2^(-(k+2)/2). All factors are public combinations of the one-hot msb bin
-    (exact, see :func:`msb_bins`): the down-scaling 2^-(k+2) as two powers of two (each >= 2^-16
-    for k up to 30), the compensation as scale * (1 or 2^-1/2) — SPU's parity factor — times a
-    power of two, applied last. The public ``scale`` rides on the parity factor, so a tiny result
-    keeps its digits."""
-    a1, a2, par, pw2 = msb_bins(x, lo, hi, [lambda k: 2.0 ** -((k + 3) // 2),
-                                            lambda k: 2.0 ** -((k + 2) // 2),
-                                            lambda k: scale * 2.0 ** (((k + 2) // 2) - (k + 2) / 2),
-                                            lambda k: 2.0 ** -((k + 2) // 2)], ops)
-    u = ops.mul(ops.mul(x, a1), a2)
+    rsqrt(x) = p(u) 2^(-(k+2)/2). Both factors are public functions of the one-hot msb bin,
+    assembled as integer combinations on a scale that holds every bin exactly (see
+    :func:`msb_bins`): 2^-(k+2) on 2^(hi+2), so u costs ONE product; the compensation
+    scale 2^(-(k+2)/2) (SPU's parity factor and power of two together) on the largest scale the
+    result leaves room for. With ``times`` (a norm's row, |times_i| <= sqrt(x)), returns
+    ``out * times * scale / sqrt(x)``: times meets the compensation in u's product round."""
+    top = scale * 2.0 ** (-(lo + 2) / 2)                     # the largest compensation
+    s2 = 61 - 2 * ops.fxp_bits - max(0, math.ceil(math.log2(4 * top)))  # room: result < 2 top
+    if times is not None:  # |times comp| <= 2 scale sqrt(x) 2^(-(k+2)/2) <= 2 scale: on the standard scale
+        s2 = 0
+    down, comp = msb_bins(x, lo, hi, [lambda k: 2.0 ** -(k + 2), lambda k: scale * 2.0 ** (-(k + 2) / 2)], ops,
+                          frac_bits=[hi + 2, ops.fxp_bits + s2])
+    if times is None:
+        u = ops.mul_scaled(x, down, 1.0, bound=1.0)
+    else:
+        u, comp = ops.mul_many([(x, down), (times, comp)], bound=[1.0, 4 * scale])
     u2 = ops.square(u)
-    hi_p = ops.mul(ops.stack([u2, u2]), ops.stack([u, u2]))  # u^3, u^4
-    p = poly_from_powers({1: u, 2: u2, 3: hi_p[0], 4: hi_p[1]}, SPU_RSQRT)
-    return ops.mul(ops.mul(p, par), pw2)
+    c = SPU_RSQRT
+    p = ops.combine([(c[3], u2, u), (c[4], u2, u2)], [(c[1], u), (c[2], u2)], c[0], bound=8.0)
+    if times is None:
+        return ops.mul_scaled(p, comp, out, bound=4 * top)
+    return ops.mul_scaled(comp, p, out, bound=4 * scale)
 
 
 # -- PUMA -------------------------------------------------------------------------------------
@@ -160,9 +179,9 @@ class Puma(Protocol):
                       method="(1+x/32)^32 (SPU exp_taylor, 5 iters) times [x >= -14]"),
         "reciprocal": FnSpec((0.25, 2.0 ** 14), max_rel_err=7.1e-5, comparisons=16, multiplications=6,
                              method="msb normalisation to [0.5,1), w0 = 2.9142 - 2c, 2 Goldschmidt iterations"),
-        "rsqrt": FnSpec((2.0 ** -12, 2.0 ** 30), max_rel_err=1.07e-4, comparisons=42, multiplications=7,
+        "rsqrt": FnSpec((2.0 ** -12, 2.0 ** 30), max_rel_err=1.07e-4, comparisons=42, multiplications=5,
                         method="SPU f_rsqrt: msb normalisation to [0.25,0.5), deg-4 poly, 2^(-(k+2)/2)"),
-        "softmax": FnSpec((-12.0, 12.0), max_abs_err=0.037, comparisons=5.56, multiplications=14.5,
+        "softmax": FnSpec((-12.0, 12.0), max_abs_err=0.037, comparisons=5.56, multiplications=17.31,
                           method="x - max (tree), masked (1+x/32)^32, Goldschmidt reciprocal of the sum; rows of 16"),
     }
 
@@ -178,5 +197,11 @@ class Puma(Protocol):
     def reciprocal(self, x, ops: Ops):
         return spu_reciprocal(x, ops)
 
+    def reciprocal_times(self, x, times, ops: Ops):
+        return spu_reciprocal(x, ops, times=times)
+
     def rsqrt(self, x, ops: Ops, scale: float = 1.0):
         return spu_rsqrt(x, ops, scale=scale)
+
+    def rsqrt_times(self, x, times, ops: Ops, scale: float = 1.0, out: float = 1.0):
+        return spu_rsqrt(x, ops, scale=scale, times=times, out=out)

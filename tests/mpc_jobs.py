@@ -74,13 +74,23 @@ class CountingOps(TorchOps):
         self.comparisons += x.numel()
         return super().ltz_int(x, *a, **k)
 
-    def bits(self, x, positions):
+    def bits(self, x, positions, **kw):
         self.comparisons += x.numel()  # one A2B conversion per element, whatever the bits
-        return super().bits(x, positions)
+        return super().bits(x, positions, **kw)
 
     def mul(self, x, y):
         out = super().mul(x, y)
         self.multiplications += out.numel()
+        return out
+
+    def mul_many(self, pairs, *a, **k):
+        out = super().mul_many(pairs, *a, **k)
+        self.multiplications += sum(o.numel() for o in out)
+        return out
+
+    def combine(self, products=(), terms=(), *a, **k):
+        out = super().combine(products, terms, *a, **k)
+        self.multiplications += len(products) * out.numel()
         return out
 
 

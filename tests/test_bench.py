@@ -57,10 +57,15 @@ def test_bench_json_schema(tiny_run):
         assert f["top1"] >= 0.75, (name, f)  # a real forward: it tracks the plaintext model
         sp = r["speedup_vs_exact"]
         assert set(sp) >= {"bytes", "rounds", "lan", "wan", "400:20"}
+        prim = r["primitives"]  # what ran, counted where it runs
+        assert prim["products"] > 0 and prim["truncations"] > 0 and prim["tuple_bytes"] > 0
+        assert any(k.startswith("comparisons.") and v > 0 for k, v in prim.items())
+        assert r["n_layers"] == 2
     assert rows["exact"]["speedup_vs_exact"]["bytes"] == 1.0
     assert rows["bolt"]["speedup_vs_exact"]["bytes"] == pytest.approx(rows["exact"]["bytes"] / rows["bolt"]["bytes"])
     md = (out / "bench.md").read_text()
     assert "| tiny-random-llama | bolt |" in md and "x wan" in md
+    assert "rounds per layer by function" in md and "| comparisons.32 |" in md
     assert (out / "bench.png").stat().st_size > 1000
 
 

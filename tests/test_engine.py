@@ -63,7 +63,7 @@ def test_secure_forward_matches_plaintext(weights):
         assert err < SECURE_BOUND, (arch, err)
 
 
-def test_secure_greedy_generation_equals_plaintext(stories_dir):
+def test_secure_greedy_generation_equals_plaintext(stories_dir, tmp_path):
     """stories260K: 16 greedy tokens under MPC with `exact` == HF greedy decoding, token for token
     (exercises prefill + secret KV-cache decode end to end)."""
     from pmpc import secure
@@ -74,8 +74,14 @@ def test_secure_greedy_generation_equals_plaintext(stories_dir):
     with torch.no_grad():
         ref = model.generate(ids, max_new_tokens=n, do_sample=False, min_new_tokens=n)[0, ids.shape[1]:]
     cfg = secure.GenConfig(model=str(stories_dir), protocol="exact", max_new_tokens=n)
-    client, _ = secure.run_generation(cfg, secure.ClientInput(ids, torch.ones_like(ids)), timeout_s=120)
+    log = tmp_path / "watch.log"
+    client, _ = secure.run_generation(cfg, secure.ClientInput(ids, torch.ones_like(ids), watch=engine_jobs.FileWatch(log)),
+                                      timeout_s=120)
     assert client["tokens"][0] == ref.tolist()
+    # the client's watcher saw every layer of the prefill, then each token as it was chosen
+    events = log.read_text().split()
+    spec_layers = models.spec_from_hf(model).n_layers
+    assert events == [f"layer{i}" for i in range(spec_layers)] + [f"token{t}" for t in ref.tolist()]
     spec = models.spec_from_hf(model)
     fid = secure.fidelity(spec, ids, torch.ones_like(ids), client["tokens"], client["logits"])
     assert fid["top1_agreement"] == 1.0 and fid["mean_kl"] < 1e-4
@@ -107,3 +113,35 @@ def test_server_never_receives_the_prompt_in_the_clear(stories_dir):
     # In public-weight mode the client shares its embeddings (never the ids): none of their
     # fixed-point encodings may appear among the ~1e5 ring elements the server received.
     assert not np.isin(emb, got).any(), "an encoded embedding value of the prompt reached the server"
+
+
+@pytest.mark.parametrize("protocol", ["bolt", "exact"])
+def test_cost_scopes_add_up_to_the_total(protocol):
+    """Every communication round and byte of a forward is charged to some function scope (RoPE
+    included), so the per-function tables account for the whole run."""
+    res = parties.run_local(functools.partial(engine_jobs.scopes_and_total, protocol), timeout_s=120)
+    for rank_res in res:
+        for phase, r in rank_res.items():
+            assert r["comm"][0] > 0, phase
+            assert r["scopes"] == r["comm"], (phase, r)
+            assert "rope" in r["names"], r["names"]
+
+
+def test_watch_prints_tokens_as_they_come(capsys):
+    """What `pmpc run` shows: prefill layers on stderr, the answer's text growing on stdout, a
+    multi-byte character only once it is whole."""
+    from pmpc import secure
+
+    class Tok:  # ids are characters; 0 alone is half of a character
+        def decode(self, ids, skip_special_tokens=True):
+            text = "".join({1: "Hi", 2: " there", 0: "\ufffd"}.get(i, "") for i in ids)
+            return text.replace("\ufffd\ufffd", "é")
+
+    w = secure.Watch(Tok())
+    w.layer("prefill", 0, 2), w.layer("prefill", 1, 2)
+    for step, i in enumerate([1, 2, 0]):
+        w.token(step, torch.tensor([i]))
+    out = capsys.readouterr()
+    assert out.out == "Hi there" and "layer 2/2" in out.err
+    w.token(3, torch.tensor([0]))
+    assert capsys.readouterr().out == "é"
