@@ -225,21 +225,21 @@ def check_safetensors(f: pathlib.Path) -> None:
     with open(f, "rb") as fh:
         head = fh.read(8)
         if len(head) < 8:
-            raise ModelError(f"{f}: truncated safetensors file ({size} bytes, no header)")
+            raise ModelError(f"cannot load {f}: truncated safetensors file ({size} bytes, no header)")
         n = int.from_bytes(head, "little")
         if n > MAX_SAFETENSORS_HEADER or n > size - 8:
-            raise ModelError(f"{f}: corrupt safetensors header (announces {n} bytes; the file has {size - 8} after "
+            raise ModelError(f"cannot load {f}: corrupt safetensors header (announces {n} bytes; the file has {size - 8} after "
                              "the length)")
         try:
             meta = json.loads(fh.read(n).decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
-            raise ModelError(f"{f}: corrupt safetensors header (not UTF-8 JSON)") from None
+            raise ModelError(f"cannot load {f}: corrupt safetensors header (not UTF-8 JSON)") from None
     if not isinstance(meta, dict):
-        raise ModelError(f"{f}: corrupt safetensors header (not a JSON object)")
+        raise ModelError(f"cannot load {f}: corrupt safetensors header (not a JSON object)")
     end = max((v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__" and isinstance(v, dict)
                and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2), default=0)
     if not isinstance(end, int) or 8 + n + end > size:
-        raise ModelError(f"{f}: truncated safetensors file (tensors end at byte {8 + n + end}; the file has {size})")
+        raise ModelError(f"cannot load {f}: truncated safetensors file (tensors end at byte {8 + n + end}; the file has {size})")
 
 
 def load_hf(name: str, allow_pickle: bool = False, dtype=torch.float32, device: str = "cpu"):
@@ -317,21 +317,27 @@ def load(name: str, allow_pickle: bool = False) -> tuple[ModelSpec, object]:
     return spec_from_hf(model, name), tok
 
 
+def load_config(name: str):
+    """The transformers config of ``name``, read without its weights."""
+    import transformers as tf
+
+    path, _ = resolve(name, weights=False)
+    if path.startswith("tiny-random-"):
+        return tiny_config(path[len("tiny-random-"):])
+    p = pathlib.Path(path)
+    try:
+        return (tf.AutoConfig.from_pretrained(p.parent, gguf_file=p.name) if p.suffix == ".gguf"
+                else tf.AutoConfig.from_pretrained(p))
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"cannot read the config of {name}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+
+
 def load_shapes(name: str, allow_pickle: bool = False) -> ModelSpec:
     """The spec of ``name`` with zero weights, built from its config alone (the weight file is
     never read): what the client holds when the server's weights are private."""
     import transformers as tf
 
-    path, _ = resolve(name, weights=False)
-    if path.startswith("tiny-random-"):
-        cfg = tiny_config(path[len("tiny-random-"):])
-    else:
-        p = pathlib.Path(path)
-        try:
-            cfg = (tf.AutoConfig.from_pretrained(p.parent, gguf_file=p.name) if p.suffix == ".gguf"
-                   else tf.AutoConfig.from_pretrained(p))
-        except (OSError, ValueError, KeyError) as e:
-            raise ModelError(f"cannot read the config of {name}: {str(e).splitlines()[0]}") from None
+    cfg = load_config(name)
     with torch.device("meta"):
         if cfg.model_type == "bert":
             model = tf.BertModel(cfg, add_pooling_layer=False)

@@ -265,8 +265,9 @@ def _join_watchdog(rank: int, rendezvous: str, timeout_s: float, on_stuck=None):
     def watch():
         if done.wait(limit):
             return
-        line = (f"{who(rank)}: no session at {rendezvous} within {limit:.0f} s: the peer at that address "
-                "accepted the connection but does not answer (stopped or not a pmpc party)")
+        line = (f"{who(rank)}: no session at {rendezvous} within {limit:.0f} s: the peer there accepted the "
+                "connection but does not answer (it stopped, is not a pmpc party, or uses another --dealer or "
+                "number of parties)")
         if on_stuck is not None:
             on_stuck(line)
         import sys

@@ -354,14 +354,25 @@ def crypten_timeout() -> float:
     return _TIMEOUT[0].total_seconds()
 
 
+def check_dealer(cfg: GenConfig, dealer: str, cost_only: bool = False) -> None:
+    """Private weights need the ``ttp`` dealer: with ``local`` the client deals every triple and
+    so learns each weight W from the opened W - B. Allowed only for a cost-only run."""
+    if dealer == "local" and cfg.weights == "private" and not cost_only:
+        raise UserError("private weights with the local dealer protect nothing (the client deals every triple "
+                        "and so learns the weights): use the ttp dealer, or ask for a cost-only run")
+
+
 def run_generation(cfg: GenConfig, client: ClientInput, timeout_s: float = 120.0,
-                   dealer: str = "local", env: dict | None = None, deadline_s: float | None = None) -> list[dict]:
+                   dealer: str = "ttp", env: dict | None = None, deadline_s: float | None = None,
+                   cost_only: bool = False) -> list[dict]:
     """Run the two parties (and, with ``dealer="ttp"``, the dealer) locally; the prompt goes to
-    the client process only. ``env``: set in every party process (e.g. ``PMPC_FAULT``)."""
+    the client process only. ``env``: set in every party process (e.g. ``PMPC_FAULT``).
+    ``dealer="local"`` is for online-phase measurements (insecure against the client)."""
     import functools
 
     from pmpc import parties
 
+    check_dealer(cfg, dealer, cost_only)
     check_input(cfg, models.load_shapes(cfg.model, allow_pickle=cfg.allow_pickle), client)
     job = functools.partial(generate_party, cfg)
     return parties.run_local(job, timeout_s=timeout_s, dealer=dealer, threads=cfg.threads,
@@ -475,7 +486,7 @@ def _cost_record(client: dict) -> dict:
     return out
 
 
-def run_prompts(cfg: GenConfig, prompts, out_path, dealer: str = "local", timeout_s: float = 120.0,
+def run_prompts(cfg: GenConfig, prompts, out_path, dealer: str = "ttp", timeout_s: float = 120.0,
                 retries: int = 0, env: dict | None = None, on_record=None) -> list[dict]:
     """Generate securely for each prompt (a list of token ids), one secure session per prompt,
     appending one JSON line per finished prompt to ``out_path`` as soon as it is done.
@@ -540,7 +551,7 @@ def run_prompts(cfg: GenConfig, prompts, out_path, dealer: str = "local", timeou
     return records
 
 
-def make_generate_fn(cfg: GenConfig, codec, system: str = "default", dealer: str = "local",
+def make_generate_fn(cfg: GenConfig, codec, system: str = "default", dealer: str = "ttp",
                      timeout_s: float = 120.0, retries: int = 0, cost_path=None):
     """``generate_fn(prompts, seed) -> outputs`` for ``eval``'s streaming runner (``pmpc eval asr
     --secure``): each BATCH of prompts is rendered with ``codec`` (an :class:`eval.generate.Codec`),

@@ -166,8 +166,8 @@ def _pair(client_args, server_args, timeout="20"):
 def test_mismatched_configurations_are_detected_at_start():
     """Different protocol at each party: both stop at start with one line, no garbage computed."""
     t0 = time.monotonic()
-    res = _pair(["-m", "tiny-random-llama", "-p", "exact", "-n", "1"],
-                ["-m", "tiny-random-llama", "-p", "crypten", "-n", "1"])
+    res = _pair(["-m", "tiny-random-llama", "-p", "exact", "-n", "1", "--dealer", "local"],
+                ["-m", "tiny-random-llama", "-p", "crypten", "-n", "1", "--dealer", "local"])
     for code, lines in res:
         assert code == 2 and len(lines) == 1, (code, lines)
     client, server = res[0][1][0], res[1][1][0]
