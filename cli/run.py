@@ -129,7 +129,7 @@ def _inputs(model, prompt, ids, raw, allow_pickle, weights_file: bool = True):
 @click.option("--prompt", default="What is the capital of France?", show_default=True)
 @click.option("--ids", default=None, help="comma-separated token ids instead of --prompt")
 @click.option("--raw", is_flag=True, help="do not apply the chat template")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write everything here")
+@click.option("--json", "json_path", help="write everything here (checked before the run)")
 def run(protocol, model, weights, max_new_tokens, temperature, top_p, seed, timeout_s, dealer, cost_only,
         max_prompt_tokens, max_batch, allow_pickle, preprocess, threads, parties, prompt, ids, raw, json_path):
     """Generate under 2-party MPC and compare with plaintext (this launcher plays both hosts: it
@@ -177,7 +177,7 @@ def run(protocol, model, weights, max_new_tokens, temperature, top_p, seed, time
 @click.option("--prompt", default=None, help="client only: the prompt")
 @click.option("--ids", default=None, help="client only: comma-separated token ids")
 @click.option("--raw", is_flag=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False))
+@click.option("--json", "json_path", help="write the result here (checked before the run)")
 def party(protocol, model, weights, max_new_tokens, temperature, top_p, seed, timeout_s, dealer, cost_only,
           max_prompt_tokens, max_batch, allow_pickle, preprocess, threads, rank, rendezvous, prompt, ids, raw, json_path):
     """Run ONE party of a secure generation (start one per host with the same options). With

@@ -118,16 +118,25 @@ def _blame(rank: int, world_size: int, e: BaseException, timeout_s: float, t0: f
     what = ("closed the connection (it died or left)" if kind == "closed"
             else f"did not answer within {timeout_s:.0f} s (stalled or unreachable)")
     seen = f"seen by {who(rank)} {time.monotonic() - t0:.1f} s after start"
-    report = peer_report(peer, wait_s=2.0)
-    if report is not None and report.get("culprit") not in (None, peer, rank):
-        err = PartyError(f"{who(report['culprit'])} {report['what']} (reported by {who(peer)}); {seen}")
-        err.lost_peer = report["culprit"]
-        return err
-    if report is not None:
-        what += f": it stopped with \"{report['line'][:200]}\""
     err = PartyError(f"{who(peer)} {what}; {seen}")
-    err.lost_peer = peer
+    err.lost_peer, err.what, err.seen = peer, what, seen
     return err
+
+
+def _with_peer_report(err: PartyError, wait_s: float = 3.0) -> PartyError:
+    """``err`` (a lost peer) told better by the peer's own failure report, if it left one."""
+    peer = err.lost_peer
+    report = peer_report(peer, wait_s)
+    if report is None:
+        return err
+    if report["culprit"] not in (None, peer):
+        out = PartyError(f"{who(report['culprit'])} {report['what']} (reported by {who(peer)}); {err.seen}")
+        out.lost_peer = report["culprit"]
+    else:
+        out = PartyError(f"{who(peer)} {err.what}: it stopped with \"{report['line'][:200]}\"; {err.seen}")
+        out.lost_peer = peer
+    out.what, out.seen = report["what"], err.seen
+    return out
 
 
 # -- failure reports through the rendezvous store ---------------------------------------------------
@@ -152,6 +161,13 @@ def _report_check(m):
     wire.is_str(m["what"], 200, "what")
     if m["culprit"] is not None:
         wire.is_int(m["culprit"], 0, 2, "culprit")
+
+
+def _report(rank: int, err: BaseException) -> None:
+    culprit = getattr(err, "lost_peer", rank)
+    line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    what = getattr(err, "what", None) or f"failed: {line}"
+    report_failure(rank, line, culprit, what)
 
 
 def report_failure(rank: int, line: str, culprit: int | None, what: str) -> None:
@@ -237,13 +253,13 @@ def run_party(job, rank: int, world_size: int, rendezvous: str, timeout_s: float
         return job(rank, world_size, inp) if has_input else job(rank, world_size)
     except Exception as e:
         blamed = _blame(rank, world_size, e, timeout_s, t0)
-        err = blamed or e
-        culprit = getattr(blamed, "lost_peer", rank)
-        line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        what = (line.split(";")[0][len(who(culprit)) + 1:] if line.startswith(who(culprit))
-                else f"failed: {line}")
-        report_failure(rank, line, culprit, what)
-        if rank == 0 and culprit not in (0, 1):
+        _report(rank, blamed or e)  # at once: the other computing party may be waiting to read it
+        if blamed is not None:
+            told = _with_peer_report(blamed)
+            if told is not blamed:
+                blamed = told
+                _report(rank, blamed)
+        if rank == 0 and getattr(blamed, "lost_peer", 0) not in (0, 1):
             _wait_until_read(rank, min(timeout_s, 10.0))  # party 1 cannot see the dealer's fault itself
         if blamed is not None:
             raise blamed from e
