@@ -89,10 +89,12 @@ CASES = [  # (hostile role, message kind[:op or reply key], receiver, dealer, pr
 
 def _session(hostile: str, what: str, receiver: str, dealer: str, preprocess: bool, marker, payload="pickle",
              wrap_server=False):
-    """Start the hostile party and the real ``pmpc party`` processes; wait for the receiver."""
+    """Start the hostile party and the real ``pmpc party`` processes; wait for the receiver. The
+    timeout is generous because three processes start at once on a loaded machine; the receiver
+    refuses as soon as the hostile message arrives, and the others are killed then."""
     port = parties.free_port()
     rdv = f"tcp://127.0.0.1:{port}"
-    common = ["-m", "tiny-random-llama", "-p", "exact", "-n", "2", "--dealer", dealer, "--timeout", "12",
+    common = ["-m", "tiny-random-llama", "-p", "exact", "-n", "2", "--dealer", dealer, "--timeout", "30",
               "--rendezvous", rdv] + (["--preprocess"] if preprocess else [])
     roles = ["client", "server"] + (["dealer"] if dealer == "ttp" else [])
     procs = {}

@@ -108,7 +108,7 @@ def main(argv):
     import functools
 
     try:
-        parties.run_party(functools.partial(secure.generate_party, cfg), rank, 2, rendezvous, 12.0, dealer,
+        parties.run_party(functools.partial(secure.generate_party, cfg), rank, 2, rendezvous, 30.0, dealer,
                           1, inp, has_input=True)
     except Exception as e:  # the peer refused us: expected
         print(f"hostile {role}: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
