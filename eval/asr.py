@@ -54,12 +54,16 @@ def load_codec(name: str) -> Codec:
 
     from pmpc import models
 
+    import pathlib
+
     path, _ = models.resolve(name, weights=False)
     cfg = models.load_config(name)
-    try:
-        gc = tf.GenerationConfig.from_pretrained(path)
-    except (OSError, ValueError):
-        gc = tf.GenerationConfig.from_model_config(cfg)
+    gc = tf.GenerationConfig.from_model_config(cfg)
+    if (pathlib.Path(path) / "generation_config.json").is_file():
+        try:
+            gc = tf.GenerationConfig.from_pretrained(path)
+        except (OSError, ValueError):
+            pass
     return Codec(models.load_tokenizer(name), types.SimpleNamespace(config=cfg, generation_config=gc))
 
 

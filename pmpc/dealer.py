@@ -307,7 +307,8 @@ def _check_request(r) -> int:
     if fn not in TTP_FUNCTIONS:
         raise ValueError(f"unknown tuple function {str(fn)[:40]!r}")
     wire.is_list(args, 8, "args")
-    wire.is_dict(kw, set(), "kwargs", optional=set(kw) if isinstance(kw, dict) else set())
+    if type(kw) is not dict:
+        raise TypeError(f"kwargs must be an object, got {type(kw).__name__}")
     n_sizes = {"additive": 2, "binary": 2}.get(fn, 1)
     if len(args) < n_sizes or (fn != "additive" and len(args) != n_sizes):
         raise ValueError(f"{fn} takes {n_sizes} shape(s)")

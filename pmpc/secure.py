@@ -501,8 +501,9 @@ def run_prompts(cfg: GenConfig, prompts, out_path, dealer: str = "ttp", timeout_
     from pmpc import parties
 
     out_path = pathlib.Path(out_path)
-    conf = hashlib.sha256(json.dumps({**dataclasses.asdict(cfg), "dealer": dealer},
-                                     sort_keys=True).encode()).hexdigest()[:12]
+    limits = ("max_prompt_tokens", "max_batch")  # the server's limits do not change a result
+    conf = hashlib.sha256(json.dumps({**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in limits},
+                                      "dealer": dealer}, sort_keys=True).encode()).hexdigest()[:12]
     done: dict = {}
     if out_path.exists():
         lines = out_path.read_text(encoding="utf-8").splitlines()

@@ -36,7 +36,6 @@ CAPS = {
     "dealer request": 16 * MiB,
     "dealer reply": 16 * MiB,
     "failure report": 4 * KiB,
-    "test": 4 * KiB,
 }
 
 
