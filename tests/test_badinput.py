@@ -225,9 +225,11 @@ def test_prompt_that_is_not_utf8(stories_dir):
 
 
 def test_a_directory_as_prompt_file(tmp_path):
-    res = run("eval", "asr", "-m", "tiny-random-llama", "--prompts", str(tmp_path), "--no-progress", "-o",
+    d = tmp_path / "prompts.csv"  # named like a prompt file
+    d.mkdir()
+    res = run("eval", "asr", "-m", "tiny-random-llama", "--prompts", str(d), "--no-progress", "-o",
               str(tmp_path / "out"), "--judge", "gcg", "--max-new-tokens", "1")
-    one_line_error(res, "is a directory", str(tmp_path))
+    one_line_error(res, "is a directory", str(d))
 
 
 def test_unwritable_json_path_is_refused_before_the_run(tmp_path):
