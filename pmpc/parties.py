@@ -104,9 +104,7 @@ def talking_to(rank: int):
 
 
 def _blame(rank: int, world_size: int, e: BaseException, timeout_s: float, t0: float) -> PartyError | None:
-    """A communication failure as one line naming the party at fault. A computing party that
-    waited on its peer while that peer waited on the dealer learns from the peer's failure report
-    (:func:`report_failure`) that the dealer is at fault, and names it."""
+    """A communication failure as one line naming the peer this party lost (None: not one)."""
     from pmpc.crypten_compat import comm_failure
 
     if isinstance(e, UserError):
@@ -124,7 +122,9 @@ def _blame(rank: int, world_size: int, e: BaseException, timeout_s: float, t0: f
 
 
 def _with_peer_report(err: PartyError, wait_s: float = 3.0) -> PartyError:
-    """``err`` (a lost peer) told better by the peer's own failure report, if it left one."""
+    """``err`` (a lost peer) told better by the peer's own failure report, if it left one: a
+    computing party that waited on its peer while that peer waited on the dealer learns that the
+    dealer is at fault, and names it."""
     peer = err.lost_peer
     report = peer_report(peer, wait_s)
     if report is None:
