@@ -276,14 +276,14 @@ def _join_watchdog(rank: int, rendezvous: str, timeout_s: float, on_stuck=None):
     import threading
 
     done = threading.Event()
-    limit = timeout_s + max(5.0, timeout_s / 2)
+    limit = timeout_s + max(10.0, timeout_s / 2)  # after torch's own join timeout, never before
 
     def watch():
         if done.wait(limit):
             return
-        line = (f"{who(rank)}: no session at {rendezvous} within {limit:.0f} s: the peer there accepted the "
-                "connection but does not answer (it stopped, is not a pmpc party, or uses another --dealer or "
-                "number of parties)")
+        line = (f"{who(rank)}: no session at {rendezvous} within {timeout_s:.0f} s (gave up after {limit:.0f} s): "
+                "the peer there does not answer (it stopped after it began listening, is not a pmpc party, or "
+                "uses another --dealer or number of parties)")
         if on_stuck is not None:
             on_stuck(line)
         import sys
