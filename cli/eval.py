@@ -73,8 +73,10 @@ def _run_sets(kw, sets, approx, out, json_path, what, secure: dict | None = None
     from eval import prompts as P
 
     s = settings(kw)
+    from cli.paths import check_writable
     from pmpc import simulate
 
+    check_writable(json_path)
     a = simulate.parse(approx)
     if secure and a.kind != "none":
         raise UserError("--approx applies to plaintext generation; the secure backend runs its protocol")
@@ -84,15 +86,16 @@ def _run_sets(kw, sets, approx, out, json_path, what, secure: dict | None = None
     judges = [J.get(s.judge, data=s.data, device=s.device, template=s.judge_template)]
     if s.judge != "gcg":
         judges.append(J.get("gcg", data=s.data))
-    model, codec = A.load_model(s.model, s.device, s.dtype)
     generate_fn, cost_paths = None, {}
     if secure:
         from pmpc import secure as S
 
-        model = None  # the parties load their own copy; this process keeps the tokenizer
+        model, codec = None, A.load_codec(s.model)  # the client's view: tokenizer and config, never the weights
         gcfg = S.GenConfig(model=s.model, protocol=secure["protocol"], max_new_tokens=s.gen.max_new_tokens,
                            temperature=s.gen.temperature if s.gen.do_sample else 0.0, top_p=s.gen.top_p,
                            threads=secure["threads"])
+    else:
+        model, codec = A.load_model(s.model, s.device, s.dtype)
     calib = A.default_calibration(codec, device=s.device) if a.needs_calibration else None
     results = {}
     for spec, prompts in loaded:
@@ -128,6 +131,7 @@ def _run_sets(kw, sets, approx, out, json_path, what, secure: dict | None = None
                        f"{c['prefill']['bytes'] / 1e6:.0f} MB, decode {c['decode']['rounds']} rounds / "
                        f"{c['decode']['bytes'] / 1e6:.0f} MB, {c['wall_seconds']:.0f} s")
     if json_path:
+        pathlib.Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(json_path).write_text(json.dumps(results, indent=1))
     return results
 
@@ -161,7 +165,9 @@ def _safe(s):
 @click.option("--secure", is_flag=True, help="generate under real 2-party MPC (see --protocol) instead of plaintext")
 @click.option("--protocol", default="bolt", show_default=True, help="with --secure: the non-linearities' protocol")
 @click.option("--parties", default=2, show_default=True, type=int, help="with --secure: 2 (pmpc runs 2PC)")
-@click.option("--dealer", default="local", show_default=True, help="with --secure: local | ttp (see SECURITY.md)")
+@click.option("--dealer", type=click.Choice(["ttp", "local"]), default="ttp", show_default=True,
+              help="with --secure: ttp (a separate dealer) | local (the client deals the triples: insecure against "
+                   "the client, for online-phase measurements; see SECURITY.md)")
 @click.option("--party-timeout", default=300.0, show_default=True, help="with --secure: seconds a party waits for the other")
 @click.option("--threads", default=1, show_default=True, type=int, help="with --secure: torch threads per party")
 def asr_cmd(sets, approx, out, json_path, secure, protocol, parties, dealer, party_timeout, threads, **kw):

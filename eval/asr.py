@@ -45,6 +45,28 @@ def load_model(name: str, device: str = "cpu", dtype: str = "float32"):
     return model, Codec(tok, model)
 
 
+def load_codec(name: str) -> Codec:
+    """The Codec of ``name`` from its tokenizer and config alone (the weight file is never read):
+    what the client of an encrypted evaluation holds."""
+    import types
+
+    import transformers as tf
+
+    from pmpc import models
+
+    import pathlib
+
+    path, _ = models.resolve(name, weights=False)
+    cfg = models.load_config(name)
+    gc = tf.GenerationConfig.from_model_config(cfg)
+    if (pathlib.Path(path) / "generation_config.json").is_file():
+        try:
+            gc = tf.GenerationConfig.from_pretrained(path)
+        except (OSError, ValueError):
+            pass
+    return Codec(models.load_tokenizer(name), types.SimpleNamespace(config=cfg, generation_config=gc))
+
+
 def ensure_verdicts(records: list[dict], judges) -> None:
     """Judge records that lack a verdict of some judge (e.g. a resumed file judged otherwise)."""
     for j in judges:

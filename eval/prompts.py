@@ -130,6 +130,8 @@ def load(spec: str, data: str | None = None, fmt: str | None = None, category: s
         path = pathlib.Path(spec)
         if not path.exists():
             raise UserError(f"prompt set {spec!r} is neither a file nor a known set ({', '.join(NAMED)})")
+        if not path.is_file():
+            raise UserError(f"prompt set {spec!r} is a directory, not a prompt file")
         out = load_file(path, fmt, category=category, label=label)
     if not out:
         raise UserError(f"prompt set {spec!r} has no prompts after filtering (category={category}, label={label})")

@@ -171,5 +171,8 @@ def table(scopes: dict, links=("lan", "wan"), title: str | None = None) -> str:
 
 
 def dump(path: str, obj: dict) -> None:
+    import pathlib
+
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         json.dump(obj, f, indent=2, default=str)

@@ -9,6 +9,10 @@ shims it needs on torch 2.13 and exposes a few helpers for the party processes:
   :func:`init_party` wraps ``init_process_group``/``new_group`` so a stalled peer raises after
   ``timeout_s`` instead of hanging.
 * ``crypten.load`` needs ``weights_only=False``; pmpc never uses it (checkpoints are safetensors).
+* No pickle on the wire: CrypTen's ``send_obj``/``recv_obj``/``broadcast_obj`` pickle their
+  payload (and ``torch.distributed``'s ``*_object*`` collectives unpickle whatever a peer sends).
+  :func:`_no_pickle_on_the_wire` makes them raise, so any path still reaching one fails loudly;
+  pmpc's control messages are JSON frames (:mod:`pmpc.wire`).
 * CrypTen's arithmetic-to-binary conversion catches *every* ``RuntimeError`` (meant: out of
   memory) and retries another way. A lost or silent peer raises ``RuntimeError`` in gloo, so the
   retry hid the failure, waited a second timeout and desynchronised the parties (one retried,
@@ -170,6 +174,41 @@ def _free_integral_products() -> None:
     ArithmeticSharedTensor.__rmul__ = mul
 
 
+
+class PickleOnTheWire(RuntimeError):
+    """A pickling communication call: refused (a peer's pickle could run code in this party)."""
+
+
+def _refuse(name: str):
+    def refused(*args, **kwargs):
+        raise PickleOnTheWire(f"{name} sends or receives pickles, which can run a peer's code; pmpc sends "
+                              "control messages with pmpc.wire")
+
+    refused._pmpc_refused = True
+    return refused
+
+
+def _no_pickle_on_the_wire() -> None:
+    """CrypTen's object messages (its TTP requests and replies, size broadcasts, shutdown) are
+    replaced by :mod:`pmpc.wire` frames; the pickling methods themselves now raise."""
+    from crypten.communicator.distributed_communicator import DistributedCommunicator
+
+    for name in ("send_obj", "recv_obj", "broadcast_obj", "all_gather_object"):
+        setattr(DistributedCommunicator, name, _refuse(f"CrypTen's {name}"))
+    crypten.load = crypten.load_from_party = _refuse("crypten.load")
+
+
+def no_pickle_collectives() -> None:
+    """In a party process: torch.distributed's object collectives unpickle what the peer sends."""
+    import torch.distributed as dist
+
+    for name in ("all_gather_object", "broadcast_object_list", "gather_object", "recv_object_list",
+                 "scatter_object_list", "send_object_list"):
+        if hasattr(dist, name):
+            setattr(dist, name, _refuse(f"torch.distributed.{name}"))
+
+
+_no_pickle_on_the_wire()
 _free_integral_products()
 
 
@@ -620,6 +659,7 @@ def _init_party(rank, world_size, rendezvous, timeout_s, provider, verbose_stats
         dist.init_process_group = _with_timeout(dist.init_process_group)
         dist.new_group = _with_timeout(dist.new_group)
     _TRUNCATION[0] = truncation_mode()
+    no_pickle_collectives()
     crypten.cfg.mpc.provider = provider
     crypten.cfg.communicator.verbose = verbose_stats
     crypten.init()
@@ -809,11 +849,7 @@ class _SoloComm(comm.Communicator):
     def barrier(self):
         return None
 
-    def send_obj(self, obj, dst, group=None):
-        return None
-
-    def broadcast_obj(self, obj, src, group=None):
-        return obj
+    send_obj = recv_obj = broadcast_obj = staticmethod(_refuse("send_obj/recv_obj/broadcast_obj"))
 
 
 class solo_dry_run:

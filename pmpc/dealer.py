@@ -39,6 +39,7 @@ import time
 
 import torch
 
+from pmpc import wire
 from pmpc.prg import PRG
 
 MODES = ("local", "ttp")
@@ -56,9 +57,6 @@ SHORT = {"generate_additive_triple": "triple", "square": "square", "generate_bin
          "wrap_rng": "wrap", "B2A_rng": "b2a"}
 TTP_FN = {"generate_additive_triple": "additive", "square": "square", "generate_binary_triple": "binary",
           "wrap_rng": "wraps", "B2A_rng": "B2A"}
-RELEASE = "pmpc-release"       # party 0 -> dealer: the offline phase is over, leave the session
-KEEPALIVE = "pmpc-keepalive"   # party 0 -> dealer: still planning, keep waiting
-BATCH = "pmpc-batch"           # party 0 -> dealer: produce these tuples in order
 
 
 class PlanMismatch(RuntimeError):
@@ -251,9 +249,10 @@ def _deal_ttp_batch(base, keys) -> list:
     c = comm.get()
     client = TTPClient.get()
     ttp = c.get_ttp_rank()
-    reqs = [(TTP_FN[k[0]], k[1], k[2]) for k in keys]
-    c.send_obj((BATCH, reqs), ttp, client.ttp_group)
-    sizes = c.recv_obj(ttp, client.ttp_group)
+    reqs = [[TTP_FN[k[0]], _jsonable(k[1]), {n: _jsonable(v) for n, v in k[2]}] for k in keys]
+    sizes = [answer_shape(*r) for r in reqs]
+    wire.send("dealer request", {"op": "batch", "requests": reqs}, ttp, client.ttp_group)
+    wire.recv("dealer reply", ttp, client.ttp_group, check=lambda m: _check_reply(m, sizes))
     flat = torch.empty(sum(math.prod(s) for s in sizes), dtype=torch.long)
     c.broadcast(flat, ttp, client.comm_group)
     parts = collections.deque(t.reshape(s) for t, s in zip(flat.split([math.prod(s) for s in sizes]), sizes))
@@ -271,36 +270,139 @@ def _deal_ttp_batch(base, keys) -> list:
     return out
 
 
-def blame_dealer_in_requests() -> None:
-    """In live ``ttp`` mode CrypTen's client asks the dealer for each tuple in the middle of the
-    query: a failure there is the dealer's, not the other computing party's (idempotent)."""
-    from crypten.mpc.provider.ttp_provider import TTPClient
+# -- the dealer's wire protocol (party 0 <-> dealer; JSON frames of pmpc.wire) -------------------
+# party 0 -> dealer: {"op": "batch", "requests": [[fn, args, kwargs], ...]} | {"op": "tuple",
+#   "function": fn, "args": [...], "kwargs": {...}} | {"op": "keepalive"} | {"op": "release"} |
+#   {"op": "terminate"};   dealer -> party 0: {"shapes": [shape, ...]} | {"shape": shape},
+#   then the tuple data itself as one int64 tensor (a broadcast in the dealer-party 0 group).
+OPS = ("mul", "matmul", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d")  # torch ops a triple may use
+MAX_ELEMENTS = 1 << 28  # ring elements in one request or batch (2 GiB of int64): the dealer's allocation bound
 
+
+def _jsonable(v):
+    if isinstance(v, (torch.Size, tuple, list)):
+        return [_jsonable(x) for x in v]
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    raise TypeError(f"a tuple request cannot carry {type(v).__name__}")
+
+
+def answer_shape(fn: str, args: list, kw: dict) -> list:
+    """The shape of the dealer's answer to one request (what party 0 expects back)."""
+    if fn == "additive":
+        return list(_out_size(args[2], tuple(args[0]), tuple(args[1]), tuple(kw.items())))
+    if fn == "binary":
+        return list(torch.broadcast_shapes(tuple(args[0]), tuple(args[1])))
+    return list(args[0])
+
+
+def _check_request(r) -> int:
+    """One tuple request [fn, args, kwargs] as the dealer accepts it; returns its answer's size."""
+    from crypten.mpc.provider.ttp_provider import TTP_FUNCTIONS
+
+    wire.is_list(r, 3, "request")
+    if len(r) != 3:
+        raise ValueError("a request is [function, args, kwargs]")
+    fn, args, kw = r
+    if fn not in TTP_FUNCTIONS:
+        raise ValueError(f"unknown tuple function {str(fn)[:40]!r}")
+    wire.is_list(args, 8, "args")
+    if type(kw) is not dict:
+        raise TypeError(f"kwargs must be an object, got {type(kw).__name__}")
+    n_sizes = {"additive": 2, "binary": 2}.get(fn, 1)
+    if len(args) < n_sizes or (fn != "additive" and len(args) != n_sizes):
+        raise ValueError(f"{fn} takes {n_sizes} shape(s)")
+    for a in args[:n_sizes]:
+        wire.is_shape(a, MAX_ELEMENTS)
+    if fn == "additive":
+        if len(args) < 3 or args[2] not in OPS:
+            raise ValueError(f"additive triples are for {', '.join(OPS)}")
+        for v in list(args[3:]) + list(kw.values()):
+            if type(v) is list:
+                for x in wire.is_list(v, 8, "an op argument"):
+                    wire.is_int(x, 0, 1 << 16, "an op argument")
+            else:
+                wire.is_int(v, 0, 1 << 16, "an op argument")
+        for k in kw:
+            wire.is_str(k, 32, "an op keyword")
+    try:
+        shape = answer_shape(fn, args, kw)
+    except (RuntimeError, TypeError, ValueError, IndexError) as e:
+        raise ValueError(f"{fn} on shapes {args[:n_sizes]}: {str(e).splitlines()[0][:80]}") from None
+    n = math.prod(shape)
+    if n > MAX_ELEMENTS:
+        raise ValueError(f"{fn} answer of {n} elements (at most {MAX_ELEMENTS})")
+    return n
+
+
+def _check_message(m) -> None:
+    wire.is_dict(m, {"op"}, "dealer request", optional={"requests", "function", "args", "kwargs"})
+    op = m["op"]
+    if op in ("keepalive", "release", "terminate"):
+        wire.is_dict(m, {"op"}, op)
+    elif op == "batch":
+        wire.is_dict(m, {"op", "requests"}, op)
+        total = sum(_check_request(r) for r in wire.is_list(m["requests"], 1 << 20, "requests"))
+        if total > MAX_ELEMENTS:
+            raise ValueError(f"a batch of {total} elements (at most {MAX_ELEMENTS})")
+    elif op == "tuple":
+        wire.is_dict(m, {"op", "function", "args", "kwargs"}, op)
+        _check_request([m["function"], m["args"], m["kwargs"]])
+    else:
+        raise ValueError(f"unknown op {str(op)[:40]!r}")
+
+
+def _check_reply(m, sizes: list) -> None:
+    wire.is_dict(m, {"shapes"}, "dealer reply")
+    if m["shapes"] != sizes:
+        raise ValueError(f"answer shapes differ from the {len(sizes)} requested")
+
+
+def _ttp_request(self, func_name, device, *args, **kwargs):
+    """Party 0 asks the dealer for ONE tuple (live ``ttp`` mode, no preprocessing): CrypTen's
+    ``TTPClient.ttp_request`` with a JSON frame instead of a pickle. A failure here is the
+    dealer's, not the other computing party's."""
     from pmpc import parties
     from pmpc.crypten_compat import comm
 
-    inner = TTPClient._TTPClient__TTPClient  # CrypTen's name-mangled singleton class
-    if getattr(inner.ttp_request, "_pmpc", False):
-        return
-    orig = inner.ttp_request
+    c = comm.get()
+    ttp = c.get_ttp_rank()
+    args, kw = _jsonable(args), {k: _jsonable(v) for k, v in kwargs.items()}
+    shape = answer_shape(func_name, args, kw)
+    with parties.talking_to(ttp):
+        wire.send("dealer request", {"op": "tuple", "function": func_name, "args": args, "kwargs": kw},
+                  ttp, self.ttp_group)
 
-    def ttp_request(self, *args, **kwargs):
-        with parties.talking_to(comm.get().get_ttp_rank()):
-            return orig(self, *args, **kwargs)
+        def check(m):
+            wire.is_dict(m, {"shape"}, "dealer reply")
+            if m["shape"] != shape:
+                raise ValueError(f"answer shape {str(m['shape'])[:60]} differs from the requested {shape}")
 
-    ttp_request._pmpc = True
-    inner.ttp_request = ttp_request
+        wire.recv("dealer reply", ttp, self.ttp_group, check=check)
+        result = torch.empty(shape, dtype=torch.long)
+        c.broadcast(result, ttp, self.comm_group)
+    return result
+
+
+def install() -> None:
+    """Route CrypTen's TTP client through :func:`_ttp_request` (its own pickles its messages)."""
+    from crypten.mpc.provider.ttp_provider import TTPClient
+
+    TTPClient._TTPClient__TTPClient.ttp_request = _ttp_request  # CrypTen's name-mangled singleton class
+
+
+def _send(c, op: str) -> None:
+    from crypten.mpc.provider.ttp_provider import TTPClient
+
+    wire.send("dealer request", {"op": op}, c.get_ttp_rank(), TTPClient.get().ttp_group)
 
 
 def keepalive(c=None) -> None:
     """Party 0 tells the dealer it is still busy (the dealer's waits are bounded). ``c``: the
     real communicator (during a solo dry run ``comm.get()`` is a stand-in that sends nothing)."""
-    from crypten.mpc.provider.ttp_provider import TTPClient
-
     from pmpc.crypten_compat import comm
 
-    c = c or comm.get()
-    c.send_obj(KEEPALIVE, c.get_ttp_rank(), TTPClient.get().ttp_group)
+    _send(c or comm.get(), "keepalive")
 
 
 class keepalive_while:
@@ -330,22 +432,36 @@ class keepalive_while:
 
 def release() -> None:
     """Party 0 tells the dealer the offline phase is over; the dealer leaves, and party 0 does
-    not send it CrypTen's ``terminate`` at shutdown."""
-    from crypten.mpc.provider.ttp_provider import TTPClient
-
+    not send it a ``terminate`` at shutdown."""
     from pmpc.crypten_compat import comm
 
     c = comm.get()
-    c.send_obj(RELEASE, c.get_ttp_rank(), TTPClient.get().ttp_group)
+    _send(c, "release")
     c.ttp_initialized = False
+
+
+def terminate() -> None:
+    """Party 0 ends the dealer's session at shutdown (CrypTen's own shutdown would pickle it);
+    best effort: the dealer may be gone already."""
+    from pmpc.crypten_compat import comm
+
+    c = comm.get()
+    if c is None or not getattr(c, "ttp_initialized", False) or c.get_rank() != 0:
+        return
+    c.ttp_initialized = False
+    try:
+        _send(c, "terminate")
+    except Exception:  # a lost dealer: nothing to end
+        pass
 
 
 # -- the dealer process --------------------------------------------------------------------------
 def serve(fault=None) -> dict:
     """The dealer (rank ``world_size``): answer party 0's requests until it releases or terminates
     the session. CrypTen's ``TTPServer`` draws the tuples; its own loop is not used because it
-    ends quietly when a party fails — here a lost or silent party 0 is an error naming it."""
-    from crypten.mpc.provider.ttp_provider import TTP_FUNCTIONS, TTPServer
+    ends quietly when a party fails (and unpickles its requests) — here a lost or silent party 0
+    is an error naming it, and a malformed request is refused before anything is allocated."""
+    from crypten.mpc.provider.ttp_provider import TTPServer
 
     from pmpc.crypten_compat import comm
 
@@ -361,52 +477,32 @@ def serve(fault=None) -> dict:
     ttp = c.get_ttp_rank()
     stats = {"requests": 0, "batches": 0, "elements_sent": 0, "seconds_busy": 0.0}
     while True:
-        msg = c.recv_obj(0, d.ttp_group)
-        if msg == "terminate" or msg == RELEASE:
-            stats["ended_by"] = "release" if msg == RELEASE else "terminate"
+        msg = wire.recv("dealer request", 0, d.ttp_group, check=_check_message)
+        op = msg["op"]
+        if op in ("terminate", "release"):
+            stats["ended_by"] = op
             return stats
-        if msg == KEEPALIVE:
+        if op == "keepalive":
             continue
         t0 = time.perf_counter()
-        if isinstance(msg, tuple) and msg and msg[0] == BATCH:
+        if op == "batch":
             results = []
-            for fn, args, kw in msg[1]:
-                if fn not in TTP_FUNCTIONS:
-                    raise ValueError(f"dealer: unknown request {fn!r}")
-                results.append(getattr(d, fn)(*args, **dict(kw)).reshape(-1))
+            for fn, args, kw in msg["requests"]:
+                results.append(getattr(d, fn)(*args, **kw).reshape(-1))
                 if fault:
                     fault("offline")
-            c.send_obj(_shapes(msg[1], results), 0, d.ttp_group)
+            wire.send("dealer reply", {"shapes": [answer_shape(*r) for r in msg["requests"]]}, 0, d.ttp_group)
             flat = torch.cat(results) if results else torch.empty(0, dtype=torch.long)
             c.broadcast(flat, ttp, d.comm_group)
             stats["batches"] += 1
             stats["requests"] += len(results)
             stats["elements_sent"] += flat.numel()
-        else:  # CrypTen's one-tuple request (live TTP mode, no preprocessing)
-            fn = msg["function"]
-            if fn not in TTP_FUNCTIONS:
-                raise ValueError(f"dealer: unknown request {fn!r}")
-            d.device = msg["device"]
-            result = getattr(d, fn)(*msg["args"], **msg["kwargs"])
-            c.send_obj(result.size(), 0, d.ttp_group)
+        else:  # one tuple (live TTP mode, no preprocessing)
+            result = getattr(d, msg["function"])(*msg["args"], **msg["kwargs"])
+            wire.send("dealer reply", {"shape": list(result.shape)}, 0, d.ttp_group)
             c.broadcast(result, ttp, d.comm_group)
             stats["requests"] += 1
             stats["elements_sent"] += result.numel()
             if fault:
                 fault("offline")
         stats["seconds_busy"] += time.perf_counter() - t0
-
-
-def _shapes(reqs, flat_results):
-    """The shape of each answer, as the client expects it (the dealer flattened them)."""
-    out = []
-    for (fn, args, kw), r in zip(reqs, flat_results):
-        if fn == "additive":
-            out.append(_out_size(args[2], args[0], args[1], kw))
-        elif fn == "binary":
-            out.append(tuple(torch.broadcast_shapes(args[0], args[1])))
-        else:
-            out.append(tuple(args[0]))
-        if math.prod(out[-1]) != r.numel():
-            raise PlanMismatch(f"dealer: answer of {r.numel()} elements for shape {out[-1]}")
-    return out

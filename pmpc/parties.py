@@ -104,27 +104,130 @@ def talking_to(rank: int):
 
 
 def _blame(rank: int, world_size: int, e: BaseException, timeout_s: float, t0: float) -> PartyError | None:
+    """A communication failure as one line naming the peer this party lost (None: not one)."""
     from pmpc.crypten_compat import comm_failure
 
+    if isinstance(e, UserError):
+        return None
     kind = comm_failure(e)
     if kind is None:
         return None
     peer = getattr(e, "pmpc_peer", _PEER[-1] if _PEER else (0 if rank != 0 else 1))
     what = ("closed the connection (it died or left)" if kind == "closed"
             else f"did not answer within {timeout_s:.0f} s (stalled or unreachable)")
-    err = PartyError(f"{who(peer)} {what}; seen by {who(rank)} {time.monotonic() - t0:.1f} s after start")
-    err.lost_peer = peer
+    seen = f"seen by {who(rank)} {time.monotonic() - t0:.1f} s after start"
+    err = PartyError(f"{who(peer)} {what}; {seen}")
+    err.lost_peer, err.what, err.seen = peer, what, seen
     return err
+
+
+def _with_peer_report(err: PartyError, wait_s: float = 3.0) -> PartyError:
+    """``err`` (a lost peer) told better by the peer's own failure report, if it left one: a
+    computing party that waited on its peer while that peer waited on the dealer learns that the
+    dealer is at fault, and names it."""
+    peer = err.lost_peer
+    report = peer_report(peer, wait_s)
+    if report is None:
+        return err
+    if report["culprit"] not in (None, peer):
+        out = PartyError(f"{who(report['culprit'])} {report['what']} (reported by {who(peer)}); {err.seen}")
+        out.lost_peer = report["culprit"]
+    else:
+        out = PartyError(f"{who(peer)} {err.what}: it stopped with \"{report['line'][:200]}\"; {err.seen}")
+        out.lost_peer = peer
+    out.what, out.seen = report["what"], err.seen
+    return out
+
+
+# -- failure reports through the rendezvous store ---------------------------------------------------
+# A party that fails leaves one line in the rendezvous store (a wire frame, never a pickle) before
+# it exits, so a peer that only saw a closed connection or a timeout can say why. The store lives
+# in party 0's process: party 0 waits (bounded) for the other computing party to read a report
+# that blames a third party, which that party cannot see for itself.
+def _store():
+    import torch.distributed.distributed_c10d as c10d
+
+    try:
+        return c10d._get_default_store()
+    except Exception:  # not joined, or already torn down
+        return None
+
+
+def _report_check(m):
+    from pmpc import wire
+
+    wire.is_dict(m, {"line", "culprit", "what"}, "failure report")
+    wire.is_str(m["line"], 400, "line")
+    wire.is_str(m["what"], 200, "what")
+    if m["culprit"] is not None:
+        wire.is_int(m["culprit"], 0, 2, "culprit")
+
+
+def _report(rank: int, err: BaseException) -> None:
+    culprit = getattr(err, "lost_peer", rank)
+    line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    what = getattr(err, "what", None) or f"failed: {line}"
+    report_failure(rank, line, culprit, what)
+
+
+def report_failure(rank: int, line: str, culprit: int | None, what: str) -> None:
+    from pmpc import wire
+
+    store = _store()
+    if store is None:
+        return
+    try:
+        store.set(f"pmpc/failure/{rank}", wire.encode("failure report",
+                                                        {"line": line[:400], "culprit": culprit, "what": what[:200]}))
+    except Exception:
+        pass
+
+
+def peer_report(peer: int, wait_s: float) -> dict | None:
+    import datetime
+
+    from pmpc import wire
+
+    store = _store()
+    if store is None:
+        return None
+    key = f"pmpc/failure/{peer}"
+    try:
+        store.wait([key], datetime.timedelta(seconds=wait_s))
+        data = store.get(key)
+        store.set(f"pmpc/seen/{peer}", b"1")
+    except Exception:  # no report (the peer died without one) or the store is gone with party 0
+        return None
+    try:
+        return wire.decode("failure report", data, peer, _report_check)
+    except UserError:
+        return None
+
+
+def _wait_until_read(rank: int, wait_s: float) -> None:
+    import datetime
+
+    store = _store()
+    if store is None:
+        return
+    try:
+        store.wait([f"pmpc/seen/{rank}"], datetime.timedelta(seconds=wait_s))
+    except Exception:
+        pass
 
 
 def run_party(job, rank: int, world_size: int, rendezvous: str, timeout_s: float = 60.0,
               dealer: str = "local", threads: int | None = None, inp=None, has_input: bool = False,
-              psk: bytes | None = None):
+              psk: bytes | None = None, on_stuck=None):
     """Join the session as ``rank`` and run ``job``. ``dealer``: ``local`` (CrypTen's TFP: party 0
     generates the triples — insecure against party 0) or ``ttp`` (a separate dealer process of
     rank ``world_size``, which only serves triples). ``psk``: the pre-shared key every party of
     the session holds (:mod:`pmpc.handshake`); a party without one refuses to start. Raises
-    :class:`PartyError` (one line naming the party at fault) when joining fails or a peer is lost."""
+    :class:`PartyError` (one line naming the party at fault) when joining fails or a peer is lost.
+
+    Joining is bounded too: a peer that accepted the connection and then went silent leaves
+    torch's join blocked in a socket read that no timeout reaches, so a watchdog ends this
+    process after the timeout: ``on_stuck(line)`` (default: print ``pmpc: error: line`` and exit 2)."""
     from pmpc import crypten_compat as cc
     from pmpc import dealer as dealer_mod
     from pmpc import handshake
@@ -141,24 +244,63 @@ def run_party(job, rank: int, world_size: int, rendezvous: str, timeout_s: float
         torch.set_num_threads(threads)
     t0 = time.monotonic()
     fault_point(rank, "join")
-    try:
-        cc.init_party(rank, world_size, rendezvous, timeout_s, dealer_mod.PROVIDER[dealer], psk=psk)
-    except cc.InitError as e:
-        raise PartyError(f"{who(rank)}: {e}") from None
+    with _join_watchdog(rank, rendezvous, timeout_s, on_stuck):
+        try:
+            cc.init_party(rank, world_size, rendezvous, timeout_s, dealer_mod.PROVIDER[dealer], psk=psk)
+        except cc.InitError as e:
+            raise PartyError(f"{who(rank)}: {e}") from None
+    dealer_mod.install()
     try:
         fault_point(rank, "startup")
         if rank == world_size:
             return dealer_mod.serve(fault=lambda point: fault_point(rank, point))
-        if dealer == "ttp" and rank == 0:
-            dealer_mod.blame_dealer_in_requests()
         return job(rank, world_size, inp) if has_input else job(rank, world_size)
     except Exception as e:
         blamed = _blame(rank, world_size, e, timeout_s, t0)
+        _report(rank, blamed or e)  # at once: the other computing party may be waiting to read it
+        if blamed is not None:
+            told = _with_peer_report(blamed)
+            if told is not blamed:
+                blamed = told
+                _report(rank, blamed)
+        if rank == 0 and getattr(blamed, "lost_peer", 0) not in (0, 1):
+            _wait_until_read(rank, min(timeout_s, 10.0))  # party 1 cannot see the dealer's fault itself
         if blamed is not None:
             raise blamed from e
         raise
     finally:
+        if dealer == "ttp" and rank == 0:
+            dealer_mod.terminate()
         cc.shutdown_party()
+
+
+@contextlib.contextmanager
+def _join_watchdog(rank: int, rendezvous: str, timeout_s: float, on_stuck=None):
+    """End the process if joining takes longer than the timeout (plus slack for the start-up)."""
+    import threading
+
+    done = threading.Event()
+    limit = timeout_s + max(10.0, timeout_s / 2)  # after torch's own join timeout, never before
+
+    def watch():
+        if done.wait(limit):
+            return
+        line = (f"{who(rank)}: no session at {rendezvous} within {timeout_s:.0f} s (gave up after {limit:.0f} s): "
+                "the peer there does not answer (it stopped after it began listening, is not a pmpc party, or "
+                "uses another --dealer or number of parties)")
+        if on_stuck is not None:
+            on_stuck(line)
+        import sys
+
+        sys.stderr.write(f"pmpc: error: {line}\n")
+        sys.stderr.flush()
+        os._exit(2)
+
+    threading.Thread(target=watch, name="pmpc-join-watchdog", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 def _ctx():
@@ -201,8 +343,14 @@ def _entry(job, rank, world_size, rendezvous, timeout_s, dealer, threads, q, has
         import faulthandler
 
         faulthandler.register(signal.SIGTERM, chain=True)
+    def stuck(line):  # the join hangs: report like any failure, then leave
+        q.put((rank, "error", line, "", "failed"))
+        q.close()
+        q.join_thread()
+        os._exit(1)
+
     try:
-        out = run_party(job, rank, world_size, rendezvous, timeout_s, dealer, threads, inp, has_input, psk)
+        out = run_party(job, rank, world_size, rendezvous, timeout_s, dealer, threads, inp, has_input, psk, stuck)
         q.put((rank, "ok", out))
     except BaseException as e:  # report to the parent, then exit non-zero
         msg = str(e).strip().splitlines()

@@ -4,10 +4,14 @@ What each party holds:
   * client (rank 0): the token ids of its prompts (``ClientInput``); it alone sees logits and
     chooses the next token (greedy or sampled with its own RNG);
   * server (rank 1): the weights. It learns the public facts only — batch size, prompt lengths
-    (padding mask), number of steps — which the client announces at start-up.
-At start-up the parties compare a digest of their configuration (model, protocol, weight mode,
-shapes, steps), authenticated by the key exchange of :mod:`pmpc.handshake`: a mismatch stops both
-with a clear error instead of computing garbage.
+    (padding mask), number of steps — which the client announces at start-up, and which the
+    server checks against its limits (the model's context, ``max_prompt_tokens``, ``max_batch``)
+    before it allocates anything for them.
+At start-up the parties compare a digest of their configuration (architecture, shapes, protocol,
+weight mode, steps; in public-weight mode also the weights' content — never a path): a mismatch
+stops both with a clear error instead of computing garbage; the check is authenticated by the
+key exchange of :mod:`pmpc.handshake`. Every control message is a
+fixed-format JSON frame (:mod:`pmpc.wire`), never a pickle.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import time
 
 import torch
 
-from pmpc import cost, models
+from pmpc import cost, models, wire
 from pmpc.dealer import TRUST as DEALER_TRUST  # noqa: F401  (re-exported: one definition)
 from pmpc.engine import CLIENT, Engine
 from pmpc.errors import UserError
@@ -40,16 +44,24 @@ class GenConfig:
     threads: int | None = 1
     preprocess: bool = False         # deal the query's tuples before it runs (offline/online split;
                                      # holds all of them in memory: GBs for a 30-layer model)
+    max_prompt_tokens: int = 2048    # the server's limits on what a client may announce (the work
+    max_batch: int = 64              # and memory of a query grow with batch x tokens^2)
 
     def digest_bytes(self, spec: models.ModelSpec) -> bytes:
-        """SHA-256 of the public configuration (what both computing parties must share)."""
+        """SHA-256 of what both parties must agree on. Not paths (the hosts need not share a
+        layout), not the client's sampling nor either party's local limits. In private-weight mode
+        the client has only the shapes; in public mode both hold the weights, so their content is
+        compared."""
         from pmpc.crypten_compat import truncation_mode
 
-        pub = dataclasses.asdict(self)
-        pub.pop("temperature"), pub.pop("top_p"), pub.pop("seed"), pub.pop("threads")  # client-only
+        pub = {k: v for k, v in dataclasses.asdict(self).items()
+               if k in ("protocol", "weights", "max_new_tokens", "preprocess")}
+        pub["model"] = {k: v for k, v in spec.config_dict().items() if k not in ("name", "n_params")}
         pub["shapes"] = sorted((k, list(v)) for k, v in spec.shapes().items())
+        if self.weights == "public":
+            pub["weights_sha256"] = spec.content_digest()
         pub["truncation"] = truncation_mode()  # exact vs local: different rounds
-        return hashlib.sha256(json.dumps(pub, sort_keys=True).encode()).digest()
+        return hashlib.sha256(json.dumps(pub, sort_keys=True, default=str).encode()).digest()
 
     def digest(self, spec: models.ModelSpec) -> str:
         """The digest's first 16 hex digits (a short name, e.g. for caches)."""
@@ -94,8 +106,9 @@ class Watch:
 
 
 def check_input(cfg: GenConfig, spec: models.ModelSpec, inp: ClientInput) -> None:
-    """The client's prompt must be non-empty, in the vocabulary, and fit the context with the new
-    tokens; a :class:`UserError` (one line) otherwise — before any party process starts."""
+    """The client's prompt must be non-empty, in the vocabulary, left-padded with a 0/1 mask, and
+    fit the context with the new tokens and the configured limits; a :class:`UserError` (one
+    line) otherwise — before any party process starts."""
     ids, attn = inp.ids, inp.attn
     if ids.dim() != 2 or ids.shape != attn.shape:
         raise UserError(f"prompt ids must be [batch, tokens] with a matching mask, got {tuple(ids.shape)}")
@@ -103,10 +116,25 @@ def check_input(cfg: GenConfig, spec: models.ModelSpec, inp: ClientInput) -> Non
         raise UserError("empty prompt")
     if int(ids.min()) < 0 or int(ids.max()) >= spec.vocab:
         raise UserError(f"token id out of range [0, {spec.vocab})")
-    need = ids.shape[1] + cfg.max_new_tokens
-    if spec.max_positions and need > spec.max_positions:
-        raise UserError(f"prompt of {ids.shape[1]} tokens + {cfg.max_new_tokens} new tokens exceeds the model's "
+    if not torch.equal(attn.long(), mask_of(ids.shape[1], attn.long().sum(-1).tolist())):
+        raise UserError("the attention mask must be 0/1 and left-padded (zeros, then ones)")
+    _check_shape(cfg, spec, ids.shape[0], ids.shape[1])
+
+
+def _check_shape(cfg: GenConfig, spec: models.ModelSpec, batch: int, tokens: int) -> None:
+    """The public shape of a query within the model's context and the configured limits."""
+    if batch > cfg.max_batch:
+        raise UserError(f"batch of {batch} prompts exceeds the limit of {cfg.max_batch}")
+    if tokens > cfg.max_prompt_tokens:
+        raise UserError(f"prompt of {tokens} tokens exceeds the limit of {cfg.max_prompt_tokens} (--max-prompt-tokens)")
+    if spec.max_positions and tokens + cfg.max_new_tokens > spec.max_positions:
+        raise UserError(f"prompt of {tokens} tokens + {cfg.max_new_tokens} new tokens exceeds the model's "
                         f"context of {spec.max_positions}")
+
+
+def mask_of(tokens: int, lengths: list) -> torch.Tensor:
+    """The left-padded 0/1 attention mask of prompts of these lengths in ``tokens`` columns."""
+    return (torch.arange(tokens)[None, :] >= tokens - torch.tensor(lengths, dtype=torch.long)[:, None]).long()
 
 
 def _load_spec(cfg: GenConfig, rank: int) -> models.ModelSpec:
@@ -117,24 +145,46 @@ def _load_spec(cfg: GenConfig, rank: int) -> models.ModelSpec:
     return models.load(cfg.model, allow_pickle=cfg.allow_pickle)[0]
 
 
-def _agree(value, what: str):
-    """All-gather a public value among the computing parties; raise if they differ."""
-    import torch.distributed as dist
+def _digest_check(v):
+    wire.is_str(v, 64, "digest")
 
+
+def _agree(value: str, what: str, kind: str = "configuration"):
+    """Swap a public digest between the computing parties; raise if they differ."""
     from pmpc.crypten_compat import comm
 
-    got = [None, None]
-    dist.all_gather_object(got, value, group=comm.get().main_group)
+    c = comm.get()
+    got = wire.exchange(kind, value, c.get_rank(), c.main_group, check=_digest_check)
     if got[0] != got[1]:
         raise UserError(f"parties disagree on {what}: client {got[0]!r} vs server {got[1]!r}")
     return got[0]
 
 
-def _announce(public, rank: int):
-    """The client tells the server the public shape facts (batch, lengths)."""
+def _announce(cfg: GenConfig, spec: models.ModelSpec, inp: ClientInput | None, rank: int) -> torch.Tensor:
+    """The client tells the server the public shape of its query (tokens per row, each row's
+    length: the left-padded mask follows); the server refuses what exceeds its limits before it
+    allocates anything. Returns the attention mask."""
     from pmpc.crypten_compat import comm
 
-    return comm.get().broadcast_obj(public if rank == CLIENT else None, CLIENT)
+    def check(msg):
+        wire.is_dict(msg, {"tokens", "lengths"}, "announcement")
+        tokens = wire.is_int(msg["tokens"], 1, None, "tokens")
+        wire.is_list(msg["lengths"], cfg.max_batch, "lengths (one per prompt)")
+        if not msg["lengths"]:
+            raise ValueError("no prompts")
+        for n in msg["lengths"]:
+            wire.is_int(n, 1, tokens, "prompt length")
+        try:
+            _check_shape(cfg, spec, len(msg["lengths"]), tokens)
+        except UserError as e:
+            raise ValueError(str(e)) from None
+
+    mine = None
+    if rank == CLIENT:
+        mine = {"tokens": int(inp.attn.shape[1]), "lengths": [int(n) for n in inp.attn.long().sum(-1)]}
+    c = comm.get()
+    msg = wire.broadcast("announcement", mine, CLIENT, rank, c.main_group, check=check)
+    return mask_of(msg["tokens"], msg["lengths"])
 
 
 def _choose(logits: torch.Tensor, cfg: GenConfig, gen: torch.Generator) -> torch.Tensor:
@@ -148,14 +198,16 @@ def _choose(logits: torch.Tensor, cfg: GenConfig, gen: torch.Generator) -> torch
     return torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, generator=gen)[:, 0]
 
 
-def _gather(value) -> list:
-    import torch.distributed as dist
+def _bool_check(v):
+    if type(v) is not bool:
+        raise TypeError(f"expected true or false, got {type(v).__name__}")
 
+
+def _gather(value: bool) -> list:
     from pmpc.crypten_compat import comm
 
-    got = [None, None]
-    dist.all_gather_object(got, value, group=comm.get().main_group)
-    return got
+    c = comm.get()
+    return wire.exchange("plan", value, c.get_rank(), c.main_group, check=_bool_check)
 
 
 class _Tracker(cost.Tracker):
@@ -256,8 +308,7 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
         check_input(cfg, spec, inp)
     # under the MAC key of the start-up key exchange: a forged digest is not an honest mismatch
     handshake.agree_digest(cfg.digest_bytes(spec), "the configuration (model, protocol, weights, shapes, steps)")
-    public = _announce(None if inp is None else {"attn": inp.attn.tolist()}, rank)
-    attn = torch.tensor(public["attn"], dtype=torch.long)
+    attn = _announce(cfg, spec, inp, rank)
     ids = inp.ids if rank == CLIENT else torch.zeros_like(attn)  # the server never sees ids
     real = comm.get()
     tracker = _Tracker(cost.crypten_stats, timeout_s / 4,
@@ -271,7 +322,7 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
 
     provider = None
     if cfg.preprocess:
-        key = (cfg.digest(spec), tuple(map(tuple, public["attn"])))
+        key = (cfg.digest(spec), tuple(map(tuple, attn.tolist())))
         if all(_gather(key in _PLANS)):
             plan = _PLANS[key]
             phases["plan"] = {"cached": True, "seconds": 0.0, "rounds": 0, "bytes": 0, "comm_seconds": 0.0}
@@ -290,7 +341,7 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
             _PLANS[key] = plan
             phases["plan"] = {"cached": False, **_since(c0)}
             del dry
-        _agree(plan.digest(), "the tuple plan of the query")
+        _agree(plan.digest(), "the tuple plan of the query", kind="plan")
         tracker.hook = None
         offline, tuples = {}, []
         for phase in ("prefill", "decode"):
@@ -350,14 +401,25 @@ def crypten_timeout() -> float:
     return _TIMEOUT[0].total_seconds()
 
 
+def check_dealer(cfg: GenConfig, dealer: str, cost_only: bool = False) -> None:
+    """Private weights need the ``ttp`` dealer: with ``local`` the client deals every triple and
+    so learns each weight W from the opened W - B. Allowed only for a cost-only run."""
+    if dealer == "local" and cfg.weights == "private" and not cost_only:
+        raise UserError("private weights with the local dealer protect nothing (the client deals every triple "
+                        "and so learns the weights): use the ttp dealer, or ask for a cost-only run")
+
+
 def run_generation(cfg: GenConfig, client: ClientInput, timeout_s: float = 120.0,
-                   dealer: str = "local", env: dict | None = None, deadline_s: float | None = None) -> list[dict]:
+                   dealer: str = "ttp", env: dict | None = None, deadline_s: float | None = None,
+                   cost_only: bool = False) -> list[dict]:
     """Run the two parties (and, with ``dealer="ttp"``, the dealer) locally; the prompt goes to
-    the client process only. ``env``: set in every party process (e.g. ``PMPC_FAULT``)."""
+    the client process only. ``env``: set in every party process (e.g. ``PMPC_FAULT``).
+    ``dealer="local"`` is for online-phase measurements (insecure against the client)."""
     import functools
 
     from pmpc import parties
 
+    check_dealer(cfg, dealer, cost_only)
     check_input(cfg, models.load_shapes(cfg.model, allow_pickle=cfg.allow_pickle), client)
     job = functools.partial(generate_party, cfg)
     return parties.run_local(job, timeout_s=timeout_s, dealer=dealer, threads=cfg.threads,
@@ -471,7 +533,7 @@ def _cost_record(client: dict) -> dict:
     return out
 
 
-def run_prompts(cfg: GenConfig, prompts, out_path, dealer: str = "local", timeout_s: float = 120.0,
+def run_prompts(cfg: GenConfig, prompts, out_path, dealer: str = "ttp", timeout_s: float = 120.0,
                 retries: int = 0, env: dict | None = None, on_record=None) -> list[dict]:
     """Generate securely for each prompt (a list of token ids), one secure session per prompt,
     appending one JSON line per finished prompt to ``out_path`` as soon as it is done.
@@ -486,8 +548,9 @@ def run_prompts(cfg: GenConfig, prompts, out_path, dealer: str = "local", timeou
     from pmpc import parties
 
     out_path = pathlib.Path(out_path)
-    conf = hashlib.sha256(json.dumps({**dataclasses.asdict(cfg), "dealer": dealer},
-                                     sort_keys=True).encode()).hexdigest()[:12]
+    limits = ("max_prompt_tokens", "max_batch")  # the server's limits do not change a result
+    conf = hashlib.sha256(json.dumps({**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in limits},
+                                      "dealer": dealer}, sort_keys=True).encode()).hexdigest()[:12]
     done: dict = {}
     if out_path.exists():
         lines = out_path.read_text(encoding="utf-8").splitlines()
@@ -536,7 +599,7 @@ def run_prompts(cfg: GenConfig, prompts, out_path, dealer: str = "local", timeou
     return records
 
 
-def make_generate_fn(cfg: GenConfig, codec, system: str = "default", dealer: str = "local",
+def make_generate_fn(cfg: GenConfig, codec, system: str = "default", dealer: str = "ttp",
                      timeout_s: float = 120.0, retries: int = 0, cost_path=None):
     """``generate_fn(prompts, seed) -> outputs`` for ``eval``'s streaming runner (``pmpc eval asr
     --secure``): each BATCH of prompts is rendered with ``codec`` (an :class:`eval.generate.Codec`),

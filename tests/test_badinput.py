@@ -166,8 +166,8 @@ def _pair(client_args, server_args, timeout="20"):
 def test_mismatched_configurations_are_detected_at_start():
     """Different protocol at each party: both stop at start with one line, no garbage computed."""
     t0 = time.monotonic()
-    res = _pair(["-m", "tiny-random-llama", "-p", "exact", "-n", "1"],
-                ["-m", "tiny-random-llama", "-p", "crypten", "-n", "1"])
+    res = _pair(["-m", "tiny-random-llama", "-p", "exact", "-n", "1", "--dealer", "local"],
+                ["-m", "tiny-random-llama", "-p", "crypten", "-n", "1", "--dealer", "local"])
     for code, lines in res:
         assert code == 2 and len(lines) == 1, (code, lines)
     client, server = res[0][1][0], res[1][1][0]
@@ -196,3 +196,102 @@ def test_mismatched_dealer_modes_time_out_with_a_hint():
     for code, lines in res:
         assert code == 2 and len(lines) == 1, (code, lines)
         assert "--dealer" in lines[0] or "did not answer" in lines[0] or "closed the connection" in lines[0], lines
+
+
+def test_truncated_and_oversized_safetensors_headers(tmp_path, stories_dir):
+    cfg = (pathlib.Path(stories_dir) / "config.json").read_text()
+    real = (pathlib.Path(stories_dir) / "model.safetensors").read_bytes()
+    cases = {
+        "no-header": b"\x01\x02\x03",                                            # shorter than the length field
+        "oversized": (1 << 40).to_bytes(8, "little") + b"{}",                     # announces a terabyte of header
+        "cut-header": real[:8] + real[8:40],                                     # the JSON header cut short
+        "cut-data": real[: len(real) // 2],                                      # tensors end past the file
+    }
+    for name, data in cases.items():
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(cfg)
+        (d / "model.safetensors").write_bytes(data)
+        line = one_line_error(run("run", "-m", str(d), "-p", "exact", "--ids", "1,2"), "cannot load", "safetensors")
+        assert str(d) in line
+
+
+def test_prompt_that_is_not_utf8(stories_dir):
+    """A byte string that is not UTF-8 on the command line (the shell passes it through)."""
+    p = _pmpc("run", "-m", str(stories_dir), "-p", "exact", "-n", "1", "--dealer", "local", "--prompt", "caf\udce9",
+              timeout=120)
+    assert p.returncode == 2 and len(p.lines) == 1, p.stderr
+    assert p.lines[0] == "pmpc: error: --prompt is not valid UTF-8 text", p.lines
+
+
+def test_a_directory_as_prompt_file(tmp_path):
+    d = tmp_path / "prompts.csv"  # named like a prompt file
+    d.mkdir()
+    res = run("eval", "asr", "-m", "tiny-random-llama", "--prompts", str(d), "--no-progress", "-o",
+              str(tmp_path / "out"), "--judge", "gcg", "--max-new-tokens", "1")
+    one_line_error(res, "is a directory", str(d))
+
+
+def test_unwritable_json_path_is_refused_before_the_run(tmp_path):
+    """Checked before any party starts (it was found after the run, and the report lost)."""
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    for bad, why in ((tmp_path, "is a directory"), (afile / "out.json", "not a directory")):
+        t0 = time.monotonic()
+        res = run("run", *TINY, "--ids", "1,2", "--json", str(bad))
+        one_line_error(res, "--json", why)
+        assert "fidelity" not in res.output and time.monotonic() - t0 < 30
+        res = run("eval", "asr", "-m", "tiny-random-llama", "--prompts", "builtin-harmful", "--limit", "1",
+                  "--no-progress", "-o", str(tmp_path / "o"), "--judge", "gcg", "--json", str(bad))
+        one_line_error(res, "--json", why)
+    assert not (tmp_path / "o").exists(), "the evaluation started before its output path was checked"
+
+
+def test_private_weights_with_the_local_dealer_need_cost_only():
+    line = one_line_error(run("run", *TINY, "--ids", "1,2", "--weights", "private", "--dealer", "local"),
+                          "--weights private with --dealer local protects nothing", "--cost-only")
+    assert "learns the weights" in line
+    from pmpc import secure
+    from pmpc.errors import UserError
+
+    cfg = secure.GenConfig(model="tiny-random-llama", protocol="exact", weights="private")
+    with pytest.raises(UserError, match="protect nothing"):
+        secure.check_dealer(cfg, "local")
+    secure.check_dealer(cfg, "local", cost_only=True)
+    secure.check_dealer(cfg, "ttp")
+
+
+def test_secure_commands_default_to_the_ttp_dealer():
+    from cli.run import party as party_cmd
+    from cli.run import run as run_cmd
+
+    for cmd in (run_cmd, party_cmd, cli.commands["eval"].commands["asr"]):
+        opt = next(p for p in cmd.params if p.name == "dealer")
+        assert opt.default == "ttp", cmd.name
+        assert "INSECURE against the client" in opt.help or "insecure against the client" in opt.help
+
+
+def test_a_client_announcing_beyond_the_limits_is_refused_by_the_server():
+    """The server's check of an announcement (the wire test sends it from a hostile client)."""
+    import torch
+
+    from pmpc import secure
+
+    cfg = secure.GenConfig(model="tiny-random-llama", protocol="exact", max_new_tokens=2, max_prompt_tokens=16,
+                           max_batch=2)
+    spec = models.load_shapes("tiny-random-llama")
+    ok = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    secure.check_input(cfg, spec, secure.ClientInput(ok, ok))
+    from pmpc.errors import UserError
+
+    for ids, match in ((torch.ones(3, 4, dtype=torch.long), "batch of 3"), (torch.ones(1, 17, dtype=torch.long),
+                                                                          "limit of 16"),
+                       (torch.ones(1, 63, dtype=torch.long), "context of 64")):
+        with pytest.raises(UserError, match=match):
+            secure.check_input(secure.GenConfig(model="tiny-random-llama", protocol="exact", max_new_tokens=2,
+                                                max_batch=2, max_prompt_tokens=16 if "16" in match else 2048),
+                               spec, secure.ClientInput(ids, ids))
+    right_padded = torch.tensor([[1, 1, 0]])
+    with pytest.raises(UserError, match="left-padded"):
+        secure.check_input(cfg, spec, secure.ClientInput(right_padded, right_padded))
+    assert secure.mask_of(3, [1, 3]).tolist() == [[0, 0, 1], [1, 1, 1]]

@@ -316,16 +316,17 @@ def test_analyses_and_report_on_tiny(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_cli_eval_asr_secure_matches_plaintext_generation(stories, tmp_path):
-    """`eval asr --secure`: batched generation under real 2PC (exact protocol), judged and costed;
-    its greedy tokens equal plaintext greedy generation of the same prompts."""
+    """`eval asr --secure`: batched generation under real 2PC (exact protocol, the default ttp
+    dealer: three processes per session, so one session of three prompts), judged and costed; its
+    greedy tokens equal plaintext greedy generation of the same prompts."""
     m, codec = stories
     r = _cli(["eval", "asr", "--secure", "--protocol", "exact", "-m", STORIES, "-p", "builtin-harmful", "--limit",
-              "3", "--batch-size", "2", "--max-new-tokens", "3", "--judge", "gcg", "-o", str(tmp_path),
+              "3", "--batch-size", "3", "--max-new-tokens", "3", "--judge", "gcg", "-o", str(tmp_path),
               "--json", str(tmp_path / "s.json"), "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "secure exact" in r.output and "sessions" in r.output
     s = json.loads((tmp_path / "s.json").read_text())["builtin-harmful"]
-    assert s["n"] == 3 and s["secure_cost"]["batches"] == 2 and s["secure_cost"]["prompts"] == 3
+    assert s["n"] == 3 and s["secure_cost"]["batches"] == 1 and s["secure_cost"]["prompts"] == 3
     assert s["secure_cost"]["prefill"]["rounds"] > 0 and s["secure_cost"]["decode"]["bytes"] > 0
     recs = G.read_records(tmp_path / "builtin-harmful" / "generations-secure-exact.jsonl")
     plain = G.generate_texts(m, codec, [x["prompt"] for x in recs], G.GenConfig(max_new_tokens=3))

@@ -58,6 +58,7 @@ CASES = [  # (role, point, mode, dealer); "ttp-live": no offline phase, the deal
     ("dealer", "offline", "kill", "ttp"),
     ("dealer", "offline", "stall", "ttp"),
     ("dealer", "offline", "kill", "ttp-live"),
+    ("dealer", "offline", "stall", "ttp-live"),
 ]
 TABLE: list = []
 
@@ -86,8 +87,11 @@ def test_fault_ends_every_party_in_time(role, point, mode, dealer, tmp_path):
         if r == 2 and point in ("prefill", "decode"):
             assert err.exit_codes[r] == 0  # the dealer had left after the offline phase: nothing to fail
             continue
-        if bad == 2:  # the dealer talks to the client only: the client must name it
+        if bad == 2:  # the dealer talks to the client only: the client must name it, and so must the
+            # server, which waited on the client while the client waited on the dealer
             assert f"seen by {parties.who(0)}" in msg and f"{parties.who(0)}: {parties.who(2)}" in msg, msg
+            if mode == "stall":
+                assert f"{parties.who(1)}: {parties.who(2)}" in msg and f"reported by {parties.who(0)}" in msg, msg
         # exited by itself, non-zero (1), not killed by the parent
         assert err.exit_codes[r] == 1, (r, err.exit_codes, msg)
         assert err.exit_times[r] - struck < TIMEOUT + SLACK, (r, err.exit_times[r] - struck)
@@ -124,14 +128,15 @@ def test_long_run_keeps_finished_prompts_and_resumes(tmp_path):
     out = tmp_path / "secure.jsonl"
     prompts = [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
     cfg = secure.GenConfig(model="tiny-random-llama", protocol="exact", max_new_tokens=1)
-    first = secure.run_prompts(cfg, prompts[:1], out, timeout_s=TIMEOUT)
+    first = secure.run_prompts(cfg, prompts[:1], out, timeout_s=TIMEOUT, dealer="local")
     with pytest.raises(parties.PartyError, match=r"party 1 \(server\) died"):
-        secure.run_prompts(cfg, prompts, out, timeout_s=TIMEOUT, env={"PMPC_FAULT": "server:prefill:kill"})
+        secure.run_prompts(cfg, prompts, out, timeout_s=TIMEOUT, dealer="local",
+                           env={"PMPC_FAULT": "server:prefill:kill"})
     kept = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["i"] for r in kept] == [0] and kept[0] == first[0]
     with open(out, "a") as f:
         f.write('{"i": 1, "ids": [4, 5')  # a torn line, as if killed mid-write
-    done = secure.run_prompts(cfg, prompts, out, timeout_s=TIMEOUT)
+    done = secure.run_prompts(cfg, prompts, out, timeout_s=TIMEOUT, dealer="local")
     assert [r["i"] for r in done] == [0, 1, 2]
     assert done[0] == first[0]  # kept, not recomputed
     lines = [json.loads(line) for line in out.read_text().splitlines()]
@@ -143,7 +148,7 @@ def test_party_without_peer_times_out_with_one_line(tmp_path):
     port = parties.free_port()
     t0 = time.monotonic()
     p = subprocess.run([sys.executable, "-m", "cli.main", "party", "--rank", "1", "-m", "tiny-random-llama",
-                        "-p", "exact", "--timeout", "4", "--rendezvous", f"tcp://127.0.0.1:{port}"],
+                        "-p", "exact", "--dealer", "local", "--timeout", "4", "--rendezvous", f"tcp://127.0.0.1:{port}"],
                        capture_output=True, text=True, timeout=120, cwd=pathlib.Path(__file__).parents[1],
                        env={**os.environ, "PYTHONWARNINGS": "ignore"})
     took = time.monotonic() - t0
@@ -192,3 +197,43 @@ def _alive(pid: int) -> bool:
         return pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_joining_a_peer_that_stopped_after_it_began_listening_ends_in_time():
+    """Party 0 hosts the rendezvous; it is stopped (SIGSTOP) once it listens. Party 1's join then
+    blocks in a socket read that torch's own timeout never reaches: it must still end, with one
+    line, within its timeout plus the join's slack."""
+    import signal
+
+    port = parties.free_port()
+    rdv = ["--dealer", "local", "--timeout", "4", "--rendezvous", f"tcp://127.0.0.1:{port}"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cwd = pathlib.Path(__file__).parents[1]
+    host = subprocess.Popen([sys.executable, "-m", "cli.main", "party", "--rank", "0", "-m", "tiny-random-llama", "-p",
+                             "exact", "--ids", "1,2", "--timeout", "600", *rdv[:2], *rdv[4:]],
+                            cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not _listening(port):
+            assert time.monotonic() < deadline and host.poll() is None, "party 0 never listened"
+            time.sleep(0.1)
+        os.kill(host.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        p = subprocess.run([sys.executable, "-m", "cli.main", "party", "--rank", "1", "-m", "tiny-random-llama",
+                            "-p", "exact", *rdv], capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+        took = time.monotonic() - t0
+    finally:
+        host.kill()
+        host.wait()
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2, p.stderr
+    assert len(lines) == 1 and lines[0].startswith("pmpc: error: party 1 (server): no session at"), p.stderr
+    # 4 s timeout + 10 s join slack, after the process's own start-up (imports: ~10-30 s under load)
+    assert took < 60, took

@@ -125,3 +125,57 @@ def test_private_weights_never_reach_the_client():
     table = encode(spec.weights["embed.tok"].numpy()).reshape(-1)
     assert np.isin(table, client["control_weight"]["opened"]).all()
     assert len(client["outputs"][0]["tokens"][0]) == 1
+
+
+def test_the_private_weight_client_never_needs_the_weight_file(tmp_path, stories_dir):
+    """`pmpc party --weights private`: the client's host holds the config and the tokenizer only,
+    at another path than the server's; the session runs (ttp dealer) and generates what the model
+    generates in the clear. The client's process cannot have read the weights: there are none."""
+    import pathlib
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.test_badinput import error_lines
+
+    client_dir = tmp_path / "client-host-model"
+    client_dir.mkdir()
+    for f in pathlib.Path(stories_dir).iterdir():
+        if f.is_file() and f.suffix not in (".safetensors", ".bin", ".pt", ".pth", ".gguf"):
+            shutil.copy(f, client_dir / f.name)
+    assert not list(client_dir.glob("*.safetensors"))
+    rdv = ["--rendezvous", f"tcp://127.0.0.1:{parties.free_port()}", "--timeout", "30"]
+    common = ["-p", "exact", "-n", "2", "--weights", "private", "--dealer", "ttp", *rdv]
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    cmds = [["-m", str(client_dir), "--rank", "0", "--ids", "1,2,3"], ["-m", str(stories_dir), "--rank", "1"],
+            ["-m", str(stories_dir), "--rank", "2"]]
+    procs = [subprocess.Popen([sys.executable, "-m", "cli.main", "party", *c, *common], cwd=repo, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c in cmds]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, (p.args, error_lines(err))
+    model, _ = models.load_hf(str(stories_dir))
+    with torch.no_grad():
+        ref = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=2, do_sample=False, min_new_tokens=2)[0, 3:]
+    text = outs[0][0].strip()
+    from pmpc import models as M
+
+    assert text == M.load_tokenizer(str(client_dir)).decode(ref.tolist(), skip_special_tokens=True).strip()
+
+
+def test_client_side_loaders_read_no_weights(tmp_path, stories_dir):
+    """The shapes, tokenizer and codec the client uses come from a directory without weights."""
+    import shutil
+
+    from eval import asr
+
+    d = tmp_path / "m"
+    shutil.copytree(stories_dir, d, ignore=shutil.ignore_patterns("*.safetensors"))
+    full, _ = models.load(str(stories_dir))
+    shapes = models.load_shapes(str(d))
+    assert shapes.shapes() == full.shapes()
+    assert all(float(w.abs().sum()) == 0 for w in shapes.weights.values())
+    codec = asr.load_codec(str(d))
+    assert codec.tok is not None and codec.eos_ids
+    with pytest.raises(models.ModelError, match="no weights"):
+        models.load(str(d))

@@ -1,0 +1,210 @@
+"""Control messages between parties: JSON in a fixed frame, never pickle.
+
+Everything a party tells another besides the shares themselves (the configuration check, the
+client's announcement of the public prompt shape, the dealer's requests and replies, keep-alives)
+travels as one frame:
+
+    header   one int64 tensor: the payload's length in bytes
+    payload  uint8 tensor: UTF-8 JSON (no NaN/Infinity, no object hooks)
+
+The receiver checks the announced length against the message kind's cap BEFORE it allocates the
+payload buffer, decodes strictly (UTF-8, plain ``json.loads``), then checks the message's shape
+with the kind's checker. Anything malformed raises :class:`WireError`: one line naming the peer
+and the message. A peer can therefore make a party stop, but not run code in it (a pickle is not
+UTF-8 JSON and is never unpickled) nor make it allocate more than a cap.
+
+Sizes are counted in the communicator's statistics (one round per frame, header included), as
+CrypTen counted its pickled messages.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+
+from pmpc.errors import UserError
+
+KiB, MiB = 1 << 10, 1 << 20
+
+# kind -> the largest payload a party accepts (bytes). Requests for a chunk of tuples are the
+# only large messages: a chunk holds up to thousands of small tuple descriptions.
+CAPS = {
+    "configuration": 4 * KiB,
+    "announcement": 64 * KiB,
+    "plan": 4 * KiB,
+    "dealer request": 16 * MiB,
+    "dealer reply": 16 * MiB,
+    "failure report": 4 * KiB,
+}
+
+
+class WireError(UserError):
+    """A malformed, oversized or unexpected control message (one line, naming the peer)."""
+
+
+def _who(rank: int) -> str:
+    from pmpc.parties import who
+
+    return who(rank)
+
+
+def encode(kind: str, obj) -> bytes:
+    if kind not in CAPS:
+        raise ValueError(f"unknown message kind {kind!r}")
+    data = json.dumps(obj, separators=(",", ":"), allow_nan=False, ensure_ascii=True).encode("utf-8")
+    if len(data) > CAPS[kind]:
+        raise ValueError(f"{kind} message of {len(data)} bytes exceeds its cap of {CAPS[kind]}")
+    return data
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode(kind: str, data: bytes, peer: int, check=None):
+    """Bytes from ``peer`` -> the message, or :class:`WireError`. ``check(msg)`` raises
+    ``ValueError``/``TypeError`` with a reason when the message has the wrong shape."""
+    try:
+        text = data.decode("utf-8")
+        msg = json.loads(text, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        reason = "not UTF-8" if isinstance(e, UnicodeDecodeError) else "not JSON"
+        raise WireError(f"malformed {kind} from {_who(peer)}: {reason} ({len(data)} bytes starting "
+                        f"{data[:8].hex()}); refused") from None
+    if check is not None:
+        try:
+            check(msg)
+        except (ValueError, TypeError, KeyError) as e:
+            raise WireError(f"malformed {kind} from {_who(peer)}: {str(e)[:200]}; refused") from None
+    return msg
+
+
+def _length(header: torch.Tensor, kind: str, peer: int) -> int:
+    n = int(header.item())
+    if not 0 < n <= CAPS[kind]:
+        raise WireError(f"{kind} from {_who(peer)} announces {n} bytes (allowed 1..{CAPS[kind]}); refused "
+                        "before allocating")
+    return n
+
+
+def _frame(data: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.tensor([len(data)], dtype=torch.int64),
+            torch.frombuffer(bytearray(data), dtype=torch.uint8))
+
+
+def _count(nbytes: int, seconds: float) -> None:
+    """One round and the frame's bytes in the communicator's statistics (when it counts)."""
+    from pmpc.crypten_compat import comm, crypten
+
+    c = comm.get()
+    if c is not None and crypten.cfg.communicator.verbose and hasattr(c, "comm_rounds"):
+        c.comm_rounds += 1
+        c.comm_bytes += nbytes + 8
+        c.comm_time += seconds
+
+
+def send(kind: str, obj, dst: int, group=None) -> None:
+    import torch.distributed as dist
+
+    data = encode(kind, obj)
+    head, body = _frame(data)
+    t0 = time.perf_counter()
+    dist.send(head, dst=dst, group=group)
+    dist.send(body, dst=dst, group=group)
+    _count(len(data), time.perf_counter() - t0)
+
+
+def recv(kind: str, src: int, group=None, check=None):
+    import torch.distributed as dist
+
+    head = torch.zeros(1, dtype=torch.int64)
+    t0 = time.perf_counter()
+    dist.recv(head, src=src, group=group)
+    body = torch.empty(_length(head, kind, src), dtype=torch.uint8)
+    dist.recv(body, src=src, group=group)
+    _count(body.numel(), time.perf_counter() - t0)
+    return decode(kind, body.numpy().tobytes(), src, check)
+
+
+def broadcast(kind: str, obj, src: int, rank: int, group=None, check=None):
+    """``src`` sends ``obj`` to every party of ``group``; each other party receives and checks it."""
+    import torch.distributed as dist
+
+    t0 = time.perf_counter()
+    if rank == src:
+        data = encode(kind, obj)
+        head, body = _frame(data)
+        dist.broadcast(head, src=src, group=group)
+        dist.broadcast(body, src=src, group=group)
+        _count(len(data), time.perf_counter() - t0)
+        return obj
+    head = torch.zeros(1, dtype=torch.int64)
+    dist.broadcast(head, src=src, group=group)
+    body = torch.empty(_length(head, kind, src), dtype=torch.uint8)
+    dist.broadcast(body, src=src, group=group)
+    _count(body.numel(), time.perf_counter() - t0)
+    return decode(kind, body.numpy().tobytes(), src, check)
+
+
+def exchange(kind: str, obj, rank: int, group=None, check=None) -> list:
+    """Two parties swap one message each: ``[party 0's, party 1's]`` at both (each checked)."""
+    import torch.distributed as dist
+
+    t0 = time.perf_counter()
+    data = encode(kind, obj)
+    heads = [torch.zeros(1, dtype=torch.int64) for _ in range(2)]
+    dist.all_gather(heads, torch.tensor([len(data)], dtype=torch.int64), group=group)
+    peer = 1 - rank
+    n = max(len(data), _length(heads[peer], kind, peer))
+    mine = torch.zeros(n, dtype=torch.uint8)
+    mine[:len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    bodies = [torch.empty(n, dtype=torch.uint8) for _ in range(2)]
+    dist.all_gather(bodies, mine, group=group)
+    _count(n, time.perf_counter() - t0)
+    theirs = decode(kind, bodies[peer][:int(heads[peer].item())].numpy().tobytes(), peer, check)
+    return [obj, theirs] if rank == 0 else [theirs, obj]
+
+
+# -- checkers for the shapes of messages ----------------------------------------------------------
+def is_int(v, lo: int | None = None, hi: int | None = None, what: str = "value") -> int:
+    if type(v) is not int:
+        raise TypeError(f"{what} must be an integer, got {type(v).__name__}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ValueError(f"{what} {v} outside [{lo}, {hi}]")
+    return v
+
+
+def is_str(v, max_len: int = 256, what: str = "value") -> str:
+    if type(v) is not str:
+        raise TypeError(f"{what} must be a string, got {type(v).__name__}")
+    if len(v) > max_len:
+        raise ValueError(f"{what} longer than {max_len} characters")
+    return v
+
+
+def is_list(v, max_len: int, what: str = "value") -> list:
+    if type(v) is not list:
+        raise TypeError(f"{what} must be a list, got {type(v).__name__}")
+    if len(v) > max_len:
+        raise ValueError(f"{what} has {len(v)} entries (at most {max_len})")
+    return v
+
+
+def is_dict(v, keys: set, what: str = "message", optional: set = frozenset()) -> dict:
+    if type(v) is not dict:
+        raise TypeError(f"{what} must be an object, got {type(v).__name__}")
+    missing, extra = keys - set(v), set(v) - keys - set(optional)
+    if missing or extra:
+        raise ValueError(f"{what} has keys {sorted(v)}, expected {sorted(keys)}")
+    return v
+
+
+def is_shape(v, max_elements: int, what: str = "shape") -> list:
+    is_list(v, 8, what)
+    n = 1
+    for d in v:
+        n *= is_int(d, 0, max_elements, f"{what} dimension")
+    if n > max_elements:
+        raise ValueError(f"{what} {v} has {n} elements (at most {max_elements})")
+    return v
