@@ -129,7 +129,7 @@ def _inputs(model, prompt, ids, raw, allow_pickle, weights_file: bool = True):
 @click.option("--prompt", default="What is the capital of France?", show_default=True)
 @click.option("--ids", default=None, help="comma-separated token ids instead of --prompt")
 @click.option("--raw", is_flag=True, help="do not apply the chat template")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write everything here (checked before the run)")
+@click.option("--json", "json_path", help="write everything here (checked before the run)")
 def run(protocol, model, weights, max_new_tokens, temperature, top_p, seed, timeout_s, dealer, cost_only,
         max_prompt_tokens, max_batch, allow_pickle, preprocess, threads, parties, prompt, ids, raw, json_path):
     """Generate under 2-party MPC and compare with plaintext. The answer is printed token by
@@ -179,7 +179,7 @@ def run(protocol, model, weights, max_new_tokens, temperature, top_p, seed, time
 @click.option("--prompt", default=None, help="client only: the prompt")
 @click.option("--ids", default=None, help="client only: comma-separated token ids")
 @click.option("--raw", is_flag=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the result here (checked before the run)")
+@click.option("--json", "json_path", help="write the result here (checked before the run)")
 @click.option("--psk-file", envvar="PMPC_PSK_FILE", default=None,
               help="pre-shared key (16+ random bytes, the same file at every party) that authenticates the "
                    "start-up key exchange; make one with `head -c 32 /dev/urandom > psk` [env PMPC_PSK_FILE]")

@@ -159,7 +159,7 @@ def test_differing_configurations_are_named_as_such():
 def _party(rank, port, psk_file, extra=()):
     env = {k: v for k, v in os.environ.items() if k != "PMPC_PSK_FILE"}
     return subprocess.Popen([sys.executable, "-m", "cli.main", "party", "--rank", str(rank), "-m", "tiny-random-llama",
-                             "-p", "exact", "-n", "1", "--timeout", "30", "--rendezvous", f"tcp://127.0.0.1:{port}",
+                             "-p", "exact", "-n", "1", "--timeout", "30", "--dealer", "local", "--rendezvous", f"tcp://127.0.0.1:{port}",
                              "--psk-file", str(psk_file), *extra], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**env, "PYTHONWARNINGS": "ignore"})
 

@@ -22,7 +22,9 @@ from pmpc import parties, wire
 from tests.test_badinput import error_lines
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+def _env() -> dict:  # read at call time: the session fixture sets PMPC_PSK_FILE after import
+    return {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+
 WHO = {"client": parties.who(0), "server": parties.who(1), "dealer": parties.who(2)}
 
 
@@ -73,9 +75,10 @@ def test_crypten_and_torch_pickle_paths_refuse_in_a_party():
 
 
 # -- a malicious peer against real parties -----------------------------------------------------------
+# The configuration check is not among them: it is a fixed 64-byte exchange (digest and HMAC tag
+# under the key exchange's MAC key, pmpc.handshake.agree_digest) that nothing parses;
+# tests/test_randomness.py alters it on the wire and the receiver reports "not authenticated".
 CASES = [  # (hostile role, message kind[:op or reply key], receiver, dealer, preprocess)
-    ("client", "configuration", "server", "local", False),
-    ("server", "configuration", "client", "local", False),
     ("client", "announcement", "server", "local", False),
     ("client", "plan", "server", "local", True),
     ("server", "plan", "client", "local", True),
@@ -109,7 +112,7 @@ def _session(hostile: str, what: str, receiver: str, dealer: str, preprocess: bo
                 cmd = [sys.executable, "-c", "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
                        "print('peak_kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
                        "sys.exit(r.returncode)", *cmd]
-        procs[role] = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        procs[role] = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        text=True)
     out = {}
     t0 = time.monotonic()

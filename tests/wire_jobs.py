@@ -96,7 +96,7 @@ def main(argv):
     role, what, rendezvous, marker = argv[:4]
     kind, _, op = what.partition(":")
     dealer = "ttp" if "--ttp" in argv else "local"
-    from pmpc import parties, secure
+    from pmpc import handshake, parties, secure
 
     rank = {"client": 0, "server": 1, "dealer": 2}[role]
     cfg = secure.GenConfig(model="tiny-random-llama", protocol="exact", max_new_tokens=2,
@@ -108,8 +108,9 @@ def main(argv):
     import functools
 
     try:
+        # an authenticated but malicious peer: it holds the session's pre-shared key
         parties.run_party(functools.partial(secure.generate_party, cfg), rank, 2, rendezvous, 30.0, dealer,
-                          1, inp, has_input=True)
+                          1, inp, has_input=True, psk=handshake.read_psk(os.environ["PMPC_PSK_FILE"]))
     except Exception as e:  # the peer refused us: expected
         print(f"hostile {role}: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
 
