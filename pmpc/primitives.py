@@ -4,7 +4,10 @@ per function scope — and what that costs in another technology.
 Counting. :func:`counting` wraps the primitive methods of the ``Ops`` classes (both backends, so
 the plaintext emulation counts exactly what the MPC run does) and charges each call to the
 innermost cost scope of the op's tracker. Only the outermost primitive of a nested call is
-counted (``ltz`` -> ``_ltz_ring`` -> ``bits`` is one comparison). Under MPC it also counts every
+counted (``ltz`` -> ``_ltz_ring`` -> ``bits`` is one comparison). Comparisons and bit extractions
+are counted identically on both backends; products and matmuls are split into secret x secret and
+secret x public by the operands' kind, which only the MPC backend knows (in the emulation every
+float tensor, weights included, reads as secret). Under MPC it also counts every
 truncation CrypTen performs (``ArithmeticSharedTensor.div_`` by the fixed-point scale or a public
 integer), which includes the truncations after products with public constants that the Ops layer
 cannot see; the emulation reports ``truncation`` only for what the Ops layer does (products,
@@ -41,11 +44,19 @@ class Counts:
     ``.mac`` multiply-accumulates), ``truncation`` (elements), ``lookup/<k>`` (k-bit tables)."""
 
     by_scope: dict = dataclasses.field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
-    calls: dict = dataclasses.field(default_factory=lambda: defaultdict(int))
+    calls_by_scope: dict = dataclasses.field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
 
     def add(self, scope: str, key: str, n: int) -> None:
         self.by_scope[scope][key] += int(n)
-        self.calls[key] += 1
+        self.calls_by_scope[scope][key] += 1
+
+    @property
+    def calls(self) -> dict:
+        out = defaultdict(int)
+        for s in self.calls_by_scope.values():
+            for k, v in s.items():
+                out[k] += v
+        return dict(out)
 
     def total(self) -> dict:
         out = defaultdict(int)
@@ -56,7 +67,7 @@ class Counts:
 
     def as_dict(self) -> dict:
         return {"by_scope": {s: dict(v) for s, v in self.by_scope.items()}, "total": self.total(),
-                "calls": dict(self.calls)}
+                "calls": self.calls, "calls_by_scope": {s: dict(v) for s, v in self.calls_by_scope.items()}}
 
 
 _local = threading.local()
@@ -252,15 +263,77 @@ class OTModel:
             return self.matmul_ss(1)
         return 0.0, 0  # local: matmul.sp, output counts, mpc_truncation (a cross-check)
 
-    def price_run(self, counts: dict) -> dict:
-        """A run's ``Counts.as_dict()`` (``total`` elements and ``calls`` per primitive key) ->
+    def price_run(self, counts: dict, scopes=None) -> dict:
+        """A run's ``Counts.as_dict()`` (``total`` elements and ``calls`` per primitive key; or only
+        the cost scopes named in ``scopes``, from ``by_scope`` / ``calls_by_scope``) ->
         modelled {"bytes", "rounds"}: bytes = sum of elements x per-element cost; rounds = sum of
         calls x per-call rounds (the protocols issue their calls in sequence). CrypTen's own
         truncation count, when the run was under MPC, replaces the Ops-level one (it also sees
         the truncations after products with public constants)."""
-        tot, calls = dict(counts["total"]), dict(counts["calls"])
+        if scopes is not None:
+            tot, calls = defaultdict(int), defaultdict(int)
+            for sc in scopes:
+                for k, v in counts["by_scope"].get(sc, {}).items():
+                    tot[k] += v
+                for k, v in counts["calls_by_scope"].get(sc, {}).items():
+                    calls[k] += v
+            tot, calls = dict(tot), dict(calls)
+        else:
+            tot, calls = dict(counts["total"]), dict(counts["calls"])
         if "mpc_truncation" in tot:
             tot["truncation"], calls["truncation"] = tot.pop("mpc_truncation"), calls.pop("mpc_truncation")
         bits = sum(n * self._unit(k)[0] for k, n in tot.items())
         rounds = sum(c * self._unit(k)[1] for k, c in calls.items())
         return {"bytes": bits / 8, "rounds": rounds}
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasuredOT(OTModel):
+    """Unit costs MEASURED on SPU CHEETAH on this machine (``spu_run.py micro``: marginal bytes
+    per element and send actions per call of a comparison, a product, a truncation and a secret
+    matmul, on the 64- and 32-bit fields), used as the prices of the same counts. Comparisons
+    narrower than 32 bits scale the 32-bit cost by width (the millionaires' protocol is linear in
+    the bits), at the 32-bit round count; a B2A of an extracted bit is priced like a truncation
+    (one COT each); table lookups keep the silent-OT formula (SPU has no LUT protocol to time)."""
+
+    name: str = "spu-cheetah-units"
+    cmp: tuple = ()          # ((bits, bytes, rounds), ...) ascending
+    mul: tuple = (0.0, 0)    # (bytes, rounds) on the 64-bit field
+    trunc: tuple = (0.0, 0)
+    mac: tuple = (0.0, 0)    # per multiply-accumulate of a secret x secret matmul
+
+    @classmethod
+    def from_micro(cls, micro: dict) -> "MeasuredOT":
+        """``micro``: {"FM64": spu_run micro output, "FM32": ...}."""
+        m64 = micro["FM64"]
+        cmp = tuple(sorted((int(f[2:]), m["comparison"]["bytes_per_element"], m["comparison"]["rounds"])
+                           for f, m in micro.items() if "comparison" in m))
+        return cls(ot_bits=1.0, kkot_bits=4.0, faithful_truncation=False, cmp=cmp,
+                   mul=(m64["product"]["bytes_per_element"], m64["product"]["rounds"]),
+                   trunc=(m64["truncation"]["bytes_per_element"], m64["truncation"]["rounds"]),
+                   mac=(m64["matmul"]["bytes_per_mac"], m64["matmul"]["rounds"]) if "matmul" in m64 else (0.0, 0))
+
+    def comparison(self, l: int) -> tuple[float, int]:
+        below = [c for c in self.cmp if c[0] <= l]
+        above = [c for c in self.cmp if c[0] >= l]
+        if not below:  # narrower than every measured width: scale the narrowest by width
+            b, by, r = above[0]
+            return by * 8 * l / b, r
+        lo, hi = below[-1], (above[0] if above else below[-1])
+        if hi[0] == lo[0]:
+            return lo[1] * 8 * (l / lo[0] if not above else 1.0), lo[2]
+        t = (l - lo[0]) / (hi[0] - lo[0])
+        return 8 * (lo[1] + t * (hi[1] - lo[1])), round(lo[2] + t * (hi[2] - lo[2]))
+
+    def product(self) -> tuple[float, int]:
+        return self.mul[0] * 8, self.mul[1]
+
+    def truncation(self) -> tuple[float, int]:
+        return self.trunc[0] * 8, self.trunc[1]
+
+    def bit_decomposition(self, k: int) -> tuple[float, int]:
+        c = self.comparison(self.ring)
+        return c[0] + k * self.trunc[0] * 8, c[1] + self.trunc[1]
+
+    def matmul_ss(self, macs: int) -> tuple[float, int]:
+        return macs * self.mac[0] * 8, self.mac[1]

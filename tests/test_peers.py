@@ -103,3 +103,34 @@ def test_ot_pricing_of_a_toy_count():
     # MPC truncations, when counted, replace the Ops-level count
     mpc = {"total": {"truncation": 5, "mpc_truncation": 7}, "calls": {"truncation": 1, "mpc_truncation": 3}}
     assert m.price_run(mpc) == {"bytes": 7 * 2584 / 8, "rounds": 3 * 5}
+
+
+@pytest.mark.slow  # two 2-party sessions of a tiny model: ~10-20 s on a loaded 2-core machine
+def test_mpc_run_counts_what_the_emulation_counts(data_dir):
+    """A real 2-party row (the code path of ``pmpc bench``) reports its primitives; its comparisons
+    and bit extractions are exactly the plaintext emulation's (products with public weights are
+    told apart only under MPC, where weights are not CrypTensors); CrypTen's truncations are
+    counted too, at least one per product; CrypTen as shipped compares on the whole ring only."""
+    from pmpc import bench as B
+    from pmpc.engine import Engine
+    from pmpc.ops import TorchOps
+    from pmpc.parties import run_local
+
+    spec, tok = B.load_model("tiny-random-llama")
+    ids = B.windows(tok, spec.vocab, 1, 4, B.wikitext_path(str(data_dir)))
+    client, _ = run_local(P.PeerJob("tiny-random-llama", "bolt", tuple(ids.shape)), timeout_s=120, inputs={0: ids})
+    mpc = client["primitives"]["total"]
+    with primitives.counting() as c:
+        Engine(spec, "bolt", TorchOps()).prefill(ids, use_cache=False)
+    emu = c.total()
+
+    def cmp(d):
+        return {k: v for k, v in d.items() if k.startswith(("comparison/", "bit_decomposition/"))}
+
+    assert cmp(mpc) and cmp(mpc) == cmp(emu)
+    assert mpc["matmul.sp"] > 0 and mpc["mpc_truncation"] >= mpc["product"] > 0
+    assert "attention.softmax" in client["primitives"]["by_scope"]
+    shipped, _ = run_local(P.PeerJob("tiny-random-llama", "crypten", tuple(ids.shape), shipped=True),
+                           timeout_s=120, inputs={0: ids})
+    widths = {k for k in shipped["primitives"]["total"] if k.startswith("comparison/")}
+    assert widths == {"comparison/64"}
