@@ -305,8 +305,16 @@ def markdown(data: dict) -> str:
         L.append(f"| {r['system']} | {r['protocol']} | {r['dealer']} | {r.get('mode', 'full')} | {r['wall_s']:.1f} | "
                  f"{r['bytes'] / 1e6:.1f} | {r['rounds']} | {r['modelled_s']['lan']:.1f} | {r['modelled_s']['wan']:.1f} | "
                  f"{r['peak_rss_mb']:.0f} | {top1} | {err} | {x('wall_s')} | {x('bytes')} | {x('rounds')} | {xw} |")
-    notes = [f"- {r['system']} {r['protocol']}: {r['rss_note']}; {r['counters']}" for r in rows
+    notes = [f"- {r['system']}: peak RSS {r['rss_note']}; {r['counters']}; field {r.get('field')}" for r in rows
              if r["system"] == "spu"][:1]
+    notes += [f"- pmpc / crypten-shipped: peak RSS {r['rss_note']}; {r['counters']}" for r in rows
+              if r["system"] != "spu"][:1]
+    notes += [f"- {r['system']} {r['protocol']}: {r['mode']}" for r in rows if r.get("mode", "full") != "full"]
+    jc = data.get("jax_check")
+    if jc:
+        notes.append(f"- the peer forward in plaintext: jax.numpy (float32, what SPU compiles) vs numpy (float64, "
+                     f"checked against HF in the tests): max |logit difference| {jc['jax_float32_vs_numpy_float64_max_abs']:.2g}, "
+                     f"top-1 agreement {jc['top1_agree']:.3f}")
     L += ["", *notes]
     nat = data.get("native") or {}
     if nat:
@@ -379,6 +387,8 @@ class Results:
                     raise UserError(f"{self.path} was made with {k} {old['config'].get(k)}, not {getattr(cfg, k)}; "
                                     "use another --out or --fresh")
             self.data.update(rows=old["rows"], micro=old.get("micro", {}))
+            if "jax_check" in old:
+                self.data["jax_check"] = old["jax_check"]
         self.data.update(command=command, commit=_commit(), measured_at=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                          machine=_machine())
 
@@ -458,6 +468,11 @@ def run(cfg: PeersConfig, out, command: str = "", fresh: bool = False, progress=
         py = peer_python(cfg.venv)
         npz = export(spec, pathlib.Path(os.environ.get("PMPC_PEERS_CACHE", "")) / f"{cfg.model}.npz"
                      if os.environ.get("PMPC_PEERS_CACHE") else _cache() / f"{cfg.model}.npz")
+        if "jax_check" not in res.data:
+            ids_f = out / "ids.json"
+            ids_f.write_text(json.dumps([int(i) for i in ids[0]]))
+            progress("peers: the peer forward under jax.numpy vs numpy (plaintext) ...")
+            res.data["jax_check"] = spu(py, ["check", "--npz", str(npz), "--ids", str(ids_f)], cfg.timeout_s)
         for prot in cfg.spu:
             layers = cfg.cheetah_layers if prot == "CHEETAH" else cfg.semi2k_layers
             dealer = "party 0 (TrustedFirstParty)" if prot == "SEMI2K" else "none (silent OT + RLWE)"

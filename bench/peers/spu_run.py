@@ -4,6 +4,7 @@ Prints one JSON object on stdout.
 
     spu_run.py forward --npz W.npz --ids IDS.json --protocol SEMI2K|CHEETAH [--layers K] --out LOGITS.npy
     spu_run.py micro --protocol CHEETAH --field FM64 [--n 4096]
+    spu_run.py check --npz W.npz --ids IDS.json    (jax.numpy path vs numpy path, plaintext)
 
 Counters are SPU's own, from party 0's profile ("Link details: total send bytes, recv bytes, send
 actions"): bytes = sent + received by party 0 (= all traffic of the 2-party link), rounds = party
@@ -171,6 +172,20 @@ def cmd_forward(a) -> dict:
     return out
 
 
+def cmd_check(a) -> dict:
+    """The jax.numpy path (what SPU compiles) against the numpy float64 path (what the tests check
+    against HF) on the same weights and tokens, in plaintext."""
+    import jax.numpy as jnp
+
+    w, cfg_m = llama_xp.load_npz(a.npz)
+    ids = np.asarray(json.loads(open(a.ids).read()), dtype=np.int64)
+    x = w["embed.tok"][ids]
+    ref = llama_xp.forward(x.astype(np.float64), {k: v.astype(np.float64) for k, v in w.items()}, cfg_m, np)
+    got = np.asarray(llama_xp.forward(jnp.asarray(x), {k: jnp.asarray(v) for k, v in w.items()}, cfg_m, jnp))
+    return {"jax_float32_vs_numpy_float64_max_abs": float(np.abs(got - ref).max()),
+            "top1_agree": float((got.argmax(-1) == ref.argmax(-1)).mean()), "logit_abs_max": float(np.abs(ref).max())}
+
+
 def cmd_micro(a) -> dict:
     """Marginal cost of one comparison, product and truncation per element, from runs with 1 and 2
     sequential applications on n elements (the difference removes set-up such as CHEETAH's OT
@@ -230,6 +245,9 @@ def main(argv=None) -> None:
     f.add_argument("--field", default="FM64")
     f.add_argument("--layers", type=int, default=None)
     f.add_argument("--out", required=True)
+    c = sub.add_parser("check")
+    c.add_argument("--npz", required=True)
+    c.add_argument("--ids", required=True)
     m = sub.add_parser("micro")
     m.add_argument("--protocol", choices=["SEMI2K", "CHEETAH"], default="CHEETAH")
     m.add_argument("--field", default="FM64")
@@ -238,7 +256,7 @@ def main(argv=None) -> None:
     m.add_argument("--tokens", type=int, default=16)
     m.add_argument("--head-dim", type=int, default=64)
     a = p.parse_args(argv)
-    res = cmd_forward(a) if a.cmd == "forward" else cmd_micro(a)
+    res = {"forward": cmd_forward, "check": cmd_check, "micro": cmd_micro}[a.cmd](a)
     print(json.dumps(res))
 
 
