@@ -71,6 +71,22 @@ class PeersConfig:
     data: str = ""
     venv: str = ""
 
+    def validate(self) -> None:
+        import protocols as Pr
+
+        if self.tokens < 1:
+            raise UserError("--tokens must be >= 1")
+        for p in [*self.protocols, *self.ttp_protocols]:
+            Pr.get(p)
+            if p == "plain":
+                raise UserError("plain is the plaintext reference every row is compared with, not an MPC protocol")
+        bad = [s for s in self.spu if s not in ("SEMI2K", "CHEETAH")]
+        if bad:
+            raise UserError(f"unknown SPU protocol {bad[0]!r} (SEMI2K or CHEETAH: the 2-party ones)")
+        for k in ("cheetah_layers", "semi2k_layers"):
+            if getattr(self, k) is not None and getattr(self, k) < 1:
+                raise UserError(f"--{k.replace('_', '-')} must be >= 1")
+
 
 # -- CrypTen as shipped ---------------------------------------------------------------------------
 def _shipped_ops_class():
@@ -432,8 +448,7 @@ def run(cfg: PeersConfig, out, command: str = "", fresh: bool = False, progress=
     out = pathlib.Path(out)
     if fresh and (out / "peers.json").exists():
         (out / "peers.json").unlink()
-    if cfg.tokens < 1:
-        raise UserError("--tokens must be >= 1")
+    cfg.validate()
     res = Results(out, cfg, command)
     spec, tok = B.load_model(cfg.model)
     if spec.arch != "llama":

@@ -134,3 +134,17 @@ def test_mpc_run_counts_what_the_emulation_counts(data_dir):
                            timeout_s=120, inputs={0: ids})
     widths = {k for k in shipped["primitives"]["total"] if k.startswith("comparison/")}
     assert widths == {"comparison/64"}
+
+
+def test_peers_rejects_bad_input(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    for args, msg in [(["-t", "0"], "tokens"), (["--spu", "ABY3"], "unknown SPU protocol"),
+                      (["-p", "nope"], "unknown protocol"), (["--cheetah-layers", "0"], "cheetah-layers")]:
+        res = CliRunner().invoke(cli, ["bench", "peers", "-m", "tiny-random-llama", *args, "-o", str(tmp_path)])
+        assert res.exit_code != 0 and msg in res.output, res.output
+    res = CliRunner().invoke(cli, ["bench", "peers", "-m", "tiny-random-gpt2", "--spu", "", "-p", "bolt",
+                                   "--ttp-protocols", "", "--no-shipped", "-o", str(tmp_path / "g")])
+    assert res.exit_code != 0 and "Llama architecture" in res.output
