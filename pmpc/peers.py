@@ -274,17 +274,19 @@ def _scoped(scopes: dict, names) -> dict:
 
 
 GAPS = {
-    "iron": "pmpc's iron runs the same SIRNN-like building blocks as `exact` (same comparisons and "
-            "truncations), so it costs the same; Iron's 9.6x comes from its own packed matmuls and "
-            "its GELU/softmax/LayerNorm vs SIRNN's generic math, which pmpc's exact already shares.",
-    "bolt": "in the dealer model a comparison is ~10 products, in OT 2PC it is ~100x a truncation: "
-            "polynomials that replace tables and normalisations win more there; BOLT's 24.6x also "
-            "counts its packed HE matmuls, which are public-weight local products here.",
-    "bumblebee": "same as bolt; BumbleBee's own gain over BOLT is mostly RLWE matmuls (80-90% less "
-                 "matmul traffic), absent here with public weights, and its approximate 32-bit "
-                 "comparisons, which pmpc's lanes already take.",
-    "puma": "PUMA is 3PC (ABY3 replicated sharing); here its approximations run in 2PC, where its "
-            "piecewise polynomials cost like BumbleBee's; the paper's Table 1 has no PUMA row.",
+    "iron": "SmolLM2 has SiLU, RMSNorm and softmax, and Iron's own protocols (GELU, LayerNorm) are built on "
+            "SIRNN's blocks, which pmpc's `exact` already is: iron costs what exact costs in both technologies; "
+            "the paper's 9.6x over SIRNN must come from what this forward does not exercise (BERT's GELU/LayerNorm "
+            "against SIRNN's generic math, Iron's HE matmul packing; weights here are public).",
+    "bolt": "the gain is the SiLU: exact's precise exp (bit decomposition, a product per bit) and Newton "
+            "reciprocal become one polynomial and 3 lane comparisons, in either technology about the same "
+            "share of the cost; BOLT's 24.6x is over SIRNN's LUT math at 37 bits plus its packed HE matmuls "
+            "(word elimination), neither of which this public-weight run has.",
+    "bumblebee": "as bolt, slightly more (fewer multiplications in its softmax exp); BumbleBee's own gains over "
+                 "BOLT are RLWE matmuls with 80-90% less traffic (no secret-weight matmuls here) and approximate "
+                 "32-bit comparisons, which pmpc's lanes give every protocol, `exact` included.",
+    "puma": "PUMA is 3PC (ABY3); run in 2PC here its piecewise SiLU and Taylor exp cost what BumbleBee's do "
+            "(the same counts); Table 1 has no PUMA row, and PUMA claims only ~2x over MPCFormer.",
 }
 
 

@@ -7,8 +7,8 @@ Standalone on purpose: the peer venv has numpy < 2, jax and spu but neither torc
 this file imports nothing beyond its array module. Weights use pmpc's canonical names
 (:class:`pmpc.models.ModelSpec`: matrices stored [in, out]) and travel as one .npz.
 
-Non-linearities are the array module's own (``exp``, ``sqrt``, ``max``; jax: ``jax.nn.silu``,
-``jax.nn.softmax``, ``jax.lax.rsqrt``): under SPU that means SPU's default approximations (Taylor
+Non-linearities are the array module's own (``exp``, ``sqrt``, ``max``, division; jax:
+``jax.nn.silu``, ``jax.lax.rsqrt``): under SPU that means SPU's default approximations (Taylor
 exp, Goldschmidt reciprocal, polynomial rsqrt after normalisation, its sigmoid), which is the point
 of a peer row. The embedding lookup is done by the caller (a public one-hot product is what an
 MPC system would do with secret ids; here the ids are the client's and the comparison is of the
@@ -22,18 +22,26 @@ CONFIG_KEYS = ("hidden", "n_layers", "n_heads", "n_kv_heads", "head_dim", "norm_
 
 
 def functions(xp):
-    """(silu, rsqrt, softmax) of the array module: jax's own where it is jax (so SPU lowers its own
-    logistic / rsqrt / softmax), the textbook formulas in float64 for numpy."""
+    """(silu, rsqrt) of the array module: jax's own where it is jax (so SPU lowers its own logistic
+    and rsqrt), the textbook formulas in float64 for numpy."""
     if xp.__name__.startswith("jax"):
         import jax
 
-        return jax.nn.silu, jax.lax.rsqrt, lambda s: jax.nn.softmax(s, axis=-1)
+        return jax.nn.silu, jax.lax.rsqrt
+    return (lambda v: v / (1.0 + xp.exp(-v))), (lambda v: 1.0 / xp.sqrt(v))
 
-    def softmax(s):
-        e = xp.exp(s - s.max(-1, keepdims=True))
-        return e / e.sum(-1, keepdims=True)
 
-    return (lambda v: v / (1.0 + xp.exp(-v))), (lambda v: 1.0 / xp.sqrt(v)), softmax
+def masked_softmax(s, mask, xp):
+    """softmax over the last axis of the entries where the public 0/1 ``mask`` holds.
+
+    Written so that no fixed-point engine sees an out-of-range exponent: masked entries enter the
+    max as -1e4 (the diagonal is always kept, so they never win) and the exp as 0, and are then
+    zeroed by the public mask. (A -1e4 additive mask under exp, the float idiom, sends SPU's
+    Taylor exp (1 + x/2^n)^(2^n) far outside its range: every row with a masked entry was garbage.)
+    exp and the division are the array module's own (SPU: its default exp and reciprocal)."""
+    m = xp.where(mask, s, -1e4).max(-1, keepdims=True)
+    e = xp.exp(xp.where(mask, s - m, 0.0)) * mask
+    return e / e.sum(-1, keepdims=True)
 
 
 def rope_tables(inv_freq, tokens: int, scaling: float, xp):
@@ -55,7 +63,7 @@ def layer_names(i: int) -> list[str]:
 
 def layer(x, w: dict, i: int, cfg: dict, cos, sin, mask, xp):
     """One decoder layer on hidden states x [T, hidden]; ``w`` holds the layer's weights."""
-    silu, rsqrt, softmax = functions(xp)
+    silu, rsqrt = functions(xp)
     p = f"layers.{i}."
     T = x.shape[0]
     nh, nkv, hd = cfg["n_heads"], cfg["n_kv_heads"], cfg["head_dim"]
@@ -77,21 +85,20 @@ def layer(x, w: dict, i: int, cfg: dict, cos, sin, mask, xp):
     rep = nh // nkv  # grouped-query attention: each K/V head serves `rep` query heads
     k, v = xp.repeat(k, rep, axis=0), xp.repeat(v, rep, axis=0)
     s = (q @ k.transpose(0, 2, 1)) * (1.0 / math.sqrt(hd))
-    s = xp.where(mask, s, -1e4)  # public causal mask; -1e4 stays inside every fixed-point range
-    o = (softmax(s) @ v).transpose(1, 0, 2).reshape(T, nh * hd)
+    o = (masked_softmax(s, mask, xp) @ v).transpose(1, 0, 2).reshape(T, nh * hd)
     x = x + proj(o, "o")
     h = norm(x, w[p + "mlp_norm.w"])
     return x + proj(silu(proj(h, "gate")) * proj(h, "up"), "down")
 
 
 def head(x, w: dict, cfg: dict, xp):
-    _, rsqrt, _ = functions(xp)
+    _, rsqrt = functions(xp)
     x = x * rsqrt((x * x).mean(-1, keepdims=True) + cfg["norm_eps"]) * w["final_norm.w"]
     return x @ w["lm_head.w"]
 
 
 def causal_mask(tokens: int, xp):
-    return xp.tril(xp.ones((tokens, tokens), dtype=bool))
+    return xp.tril(xp.ones((tokens, tokens)))
 
 
 def forward(x, w: dict, cfg: dict, xp, layers=None, with_head: bool = True):
