@@ -65,6 +65,9 @@ class PeersConfig:
     spu: list = dataclasses.field(default_factory=lambda: ["SEMI2K", "CHEETAH"])
     cheetah_layers: int | None = None   # None: full run
     semi2k_layers: int | None = None
+    # an extra SEMI2K row whose RMSNorm takes rsqrt(mean / 4^k) 2^-k (the same function): SPU's
+    # default FM64 rsqrt returns 0 from ~3e5 on, below SmolLM2's massive-activation mean squares
+    spu_norm_prescale: int = 12
     micro_n: int = 4096
     threads: int = 1
     timeout_s: float = 1800.0
@@ -199,15 +202,17 @@ def pmpc_row(model: str, proto: str, dealer: str, ids, ref, cfg: PeersConfig, sh
 
 
 def spu_row(py: str, npz: pathlib.Path, ids, ref, protocol: str, layers: int | None, out: pathlib.Path,
-            timeout_s: float) -> dict:
+            timeout_s: float, prescale: int = 0) -> dict:
     ids_f = out / "ids.json"
     ids_f.write_text(json.dumps([int(i) for i in ids[0]]))
-    logits_f = out / f"spu-{protocol.lower()}-{'full' if layers is None else f'l{layers}'}.npy"
-    args = ["forward", "--npz", str(npz), "--ids", str(ids_f), "--protocol", protocol, "--out", str(logits_f)]
+    logits_f = out / f"spu-{protocol.lower()}-{'full' if layers is None else f'l{layers}'}-p{prescale}.npy"
+    args = ["forward", "--npz", str(npz), "--ids", str(ids_f), "--protocol", protocol, "--out", str(logits_f),
+            "--norm-prescale", str(prescale)]
     if layers is not None:
         args += ["--layers", str(layers)]
     r = spu(py, args, timeout_s)
-    row = {"system": "spu", "protocol": protocol, "dealer": "party 0 (TrustedFirstParty)" if protocol == "SEMI2K"
+    name = protocol if not prescale else f"{protocol} (norm rsqrt prescaled by 4^-{prescale})"
+    row = {"system": "spu", "protocol": name, "dealer": "party 0 (TrustedFirstParty)" if protocol == "SEMI2K"
            else "none (silent OT + RLWE)", "weights": "public", "peak_rss_mb": r["peak_rss_mb"],
            "rss_note": "both parties in one process", "field": r["field"],
            "counters": "SPU profiler: party 0 send actions (rounds), bytes sent + received"}
@@ -303,15 +308,16 @@ def markdown(data: dict) -> str:
     cfg, rows = data["config"], data["rows"]
     ref = _ref_row(rows)
     L = [f"# Peers side by side: {cfg['model']}, {cfg['tokens']} WikiText-2 tokens, prefill", "",
-         f"Measured {data.get('measured_at', '?')} on {data.get('machine', '?')}; every row back to back in one "
-         f"invocation (`{data.get('command', '')}`); pmpc commit {data.get('commit', '?')}. Weights public "
+         f"Measured on this machine ({data.get('machine', '?')}) by `{data.get('command', '')}` (last run "
+         f"{data.get('measured_at', '?')}, pmpc commit {data.get('commit', '?')}): the rows run back to back; a rerun "
+         "resumes, so each row's time and load are in its last column. Weights public "
          "(an open-weight model) in every row; tokens secret; logits revealed to the client.",
          "Wall s: prefill on loopback, both parties on this machine (load stated above: wall times are "
          "load-dependent, bytes and rounds are not). Rounds: CrypTen communication calls / SPU party-0 send "
          "actions. MB: sent + received by one party. LAN/WAN: modelled as wall + rounds x RTT + MB x 8 / 2 / "
          "bandwidth (1 Gbit/s, 0.5 ms; 100 Mbit/s, 40 ms). x = the row's cost / pmpc bolt's (local).", "",
          "| system | protocol | dealer | mode | wall s | MB | rounds | LAN s | WAN s | peak RSS MB | top-1 | "
-         "max abs logit err | x wall | x MB | x rounds | x WAN |", "|---" * 16 + "|"]
+         "max abs logit err | x wall | x MB | x rounds | x WAN | measured (1-min load) |", "|---" * 17 + "|"]
     for r in rows:
         f = r["fidelity"]
         x = (lambda k: _fmt(r[k] / ref[k], ".2f")) if ref else (lambda k: "—")
@@ -322,7 +328,8 @@ def markdown(data: dict) -> str:
             err = f"(hidden after layers run: {f['hidden_max_abs_err_after_layers_run']:.3g})"
         L.append(f"| {r['system']} | {r['protocol']} | {r['dealer']} | {r.get('mode', 'full')} | {r['wall_s']:.1f} | "
                  f"{r['bytes'] / 1e6:.1f} | {r['rounds']} | {r['modelled_s']['lan']:.1f} | {r['modelled_s']['wan']:.1f} | "
-                 f"{r['peak_rss_mb']:.0f} | {top1} | {err} | {x('wall_s')} | {x('bytes')} | {x('rounds')} | {xw} |")
+                 f"{r['peak_rss_mb']:.0f} | {top1} | {err} | {x('wall_s')} | {x('bytes')} | {x('rounds')} | {xw} | "
+                 f"{r.get('measured_at', '?')} ({r.get('load_avg_1m', '?')}) |")
     notes = [f"- {r['system']}: peak RSS {r['rss_note']}; {r['counters']}; field {r.get('field')}" for r in rows
              if r["system"] == "spu"][:1]
     notes += [f"- pmpc / crypten-shipped: peak RSS {r['rss_note']}; {r['counters']}" for r in rows
@@ -468,7 +475,10 @@ def run(cfg: PeersConfig, out, command: str = "", fresh: bool = False, progress=
         progress(f"peers: {key} ...")
         t0 = time.perf_counter()
         try:
-            res.add(fn())
+            row = fn()
+            row["measured_at"] = time.strftime("%H:%M UTC", time.gmtime())
+            row["load_avg_1m"] = round(os.getloadavg()[0], 1)
+            res.add(row)
         except (PartyError, UserError) as e:
             failed.append(f"{key}: {e}")
             progress(f"peers: {key} failed: {e}")
@@ -495,6 +505,10 @@ def run(cfg: PeersConfig, out, command: str = "", fresh: bool = False, progress=
             dealer = "party 0 (TrustedFirstParty)" if prot == "SEMI2K" else "none (silent OT + RLWE)"
             attempt(f"spu/{prot}/{dealer}", lambda prot=prot, layers=layers:
                     spu_row(py, npz, ids, ref, prot, layers, out, cfg.timeout_s))
+            if prot == "SEMI2K" and cfg.spu_norm_prescale:
+                k = cfg.spu_norm_prescale
+                attempt(f"spu/{prot} (norm rsqrt prescaled by 4^-{k})/{dealer}", lambda prot=prot, layers=layers:
+                        spu_row(py, npz, ids, ref, prot, layers, out, cfg.timeout_s, prescale=k))
         for field in ("FM64", "FM32"):
             if field not in res.data["micro"]:
                 progress(f"peers: SPU CHEETAH microbenchmark {field} ...")

@@ -69,7 +69,7 @@ def layer(x, w: dict, i: int, cfg: dict, cos, sin, mask, xp):
     nh, nkv, hd = cfg["n_heads"], cfg["n_kv_heads"], cfg["head_dim"]
 
     def norm(v, g):
-        return v * rsqrt((v * v).mean(-1, keepdims=True) + cfg["norm_eps"]) * g
+        return rms_norm(v, g, cfg, rsqrt)
 
     def proj(v, n):
         out = v @ w[p + n + ".w"]
@@ -91,10 +91,21 @@ def layer(x, w: dict, i: int, cfg: dict, cos, sin, mask, xp):
     return x + proj(silu(proj(h, "gate")) * proj(h, "up"), "down")
 
 
+def rms_norm(v, g, cfg: dict, rsqrt):
+    """v / sqrt(mean(v^2) + eps) * g. ``cfg["norm_prescale_log2"]`` = k > 0 takes the rsqrt of
+    mean / 4^k and multiplies by 2^-k (the same function): an engine whose rsqrt has a bounded
+    input range (SPU's FM64 default returns 0 from ~3e5 on) then serves LLM "massive activations"
+    (SmolLM2: |x| ~ 24,000 on the first token, mean square ~1e6)."""
+    k = cfg.get("norm_prescale_log2", 0)
+    ms = (v * v).mean(-1, keepdims=True)
+    if k:
+        return v * (rsqrt(ms * 4.0 ** -k + cfg["norm_eps"] * 4.0 ** -k) * 2.0 ** -k) * g
+    return v * rsqrt(ms + cfg["norm_eps"]) * g
+
+
 def head(x, w: dict, cfg: dict, xp):
     _, rsqrt = functions(xp)
-    x = x * rsqrt((x * x).mean(-1, keepdims=True) + cfg["norm_eps"]) * w["final_norm.w"]
-    return x @ w["lm_head.w"]
+    return rms_norm(x, w["final_norm.w"], cfg, rsqrt) @ w["lm_head.w"]
 
 
 def causal_mask(tokens: int, xp):
