@@ -249,7 +249,7 @@ def native(rows: list, micro: dict | None) -> dict:
         return {**v, **{ln: l.time(v["rounds"], v["bytes"], 0.0) for ln, l in links.items()}}
 
     out = {}
-    for p, r in pm.items():
+    for p, r in sorted(pm.items(), key=lambda kv: _order(kv[1])):
         out[p] = {"dealer_measured": {"bytes": r["bytes"], "rounds": r["rounds"], **r["modelled_s"]},
                   "dealer_nonlinear": timed(_scoped(r["scopes"], NONLINEAR)),
                   "modelled": {n: timed(m.price_run(r["primitives"])) for n, m in models.items()},
@@ -298,6 +298,18 @@ GAPS = {
 # -- output ---------------------------------------------------------------------------------------
 def _key(r: dict) -> str:
     return f"{r['system']}/{r['protocol']}/{r['dealer']}"
+
+
+PROTOCOL_ORDER = ("exact", "iron", "bolt", "bumblebee", "puma", "crypten", "SEMI2K", "SEMI2K (", "CHEETAH")
+
+
+def _order(r: dict):
+    """pmpc local, pmpc ttp, CrypTen as shipped, SPU; protocols in PROTOCOL_ORDER."""
+    sysk = {"pmpc": 0, "crypten-shipped": 2, "spu": 3}.get(r["system"], 4) + (r["dealer"] == "ttp")
+    p = r["protocol"]
+    rank = max((i for i, q in enumerate(PROTOCOL_ORDER) if p == q or (q.endswith("(") and p.startswith(q))),
+               default=len(PROTOCOL_ORDER))
+    return sysk, rank, p
 
 
 def _ref_row(rows):
@@ -421,7 +433,8 @@ class Results:
         return any(_key(r) == key for r in self.data["rows"])
 
     def add(self, row: dict) -> None:
-        self.data["rows"] = [r for r in self.data["rows"] if _key(r) != _key(row)] + [row]
+        rows = [r for r in self.data["rows"] if _key(r) != _key(row)] + [row]
+        self.data["rows"] = sorted(rows, key=_order)
         self.write()
 
     def write(self) -> None:
