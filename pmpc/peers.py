@@ -65,9 +65,9 @@ class PeersConfig:
     spu: list = dataclasses.field(default_factory=lambda: ["SEMI2K", "CHEETAH"])
     cheetah_layers: int | None = None   # None: full run
     semi2k_layers: int | None = None
-    # an extra SEMI2K row whose RMSNorm takes rsqrt(mean / 4^k) 2^-k (the same function): SPU's
-    # default FM64 rsqrt returns 0 from ~3e5 on, below SmolLM2's massive-activation mean squares
-    spu_norm_prescale: int = 12
+    # an extra SEMI2K row on SPU's 128-bit field: on the default FM64 (18 fraction bits) the square
+    # of SmolLM2's massive activations (|x| ~ 24,000: 2^65 before truncation) wraps the ring
+    spu_fm128: bool = True
     micro_n: int = 4096
     threads: int = 1
     timeout_s: float = 1800.0
@@ -202,16 +202,16 @@ def pmpc_row(model: str, proto: str, dealer: str, ids, ref, cfg: PeersConfig, sh
 
 
 def spu_row(py: str, npz: pathlib.Path, ids, ref, protocol: str, layers: int | None, out: pathlib.Path,
-            timeout_s: float, prescale: int = 0) -> dict:
+            timeout_s: float, field: str = "FM64") -> dict:
     ids_f = out / "ids.json"
     ids_f.write_text(json.dumps([int(i) for i in ids[0]]))
-    logits_f = out / f"spu-{protocol.lower()}-{'full' if layers is None else f'l{layers}'}-p{prescale}.npy"
+    logits_f = out / f"spu-{protocol.lower()}-{'full' if layers is None else f'l{layers}'}-{field.lower()}.npy"
     args = ["forward", "--npz", str(npz), "--ids", str(ids_f), "--protocol", protocol, "--out", str(logits_f),
-            "--norm-prescale", str(prescale)]
+            "--field", field]
     if layers is not None:
         args += ["--layers", str(layers)]
     r = spu(py, args, timeout_s)
-    name = protocol if not prescale else f"{protocol} (norm rsqrt prescaled by 4^-{prescale})"
+    name = protocol if field == "FM64" else f"{protocol} {field}"
     row = {"system": "spu", "protocol": name, "dealer": "party 0 (TrustedFirstParty)" if protocol == "SEMI2K"
            else "none (silent OT + RLWE)", "weights": "public", "peak_rss_mb": r["peak_rss_mb"],
            "rss_note": "both parties in one process", "field": r["field"],
@@ -300,15 +300,14 @@ def _key(r: dict) -> str:
     return f"{r['system']}/{r['protocol']}/{r['dealer']}"
 
 
-PROTOCOL_ORDER = ("exact", "iron", "bolt", "bumblebee", "puma", "crypten", "SEMI2K", "SEMI2K (", "CHEETAH")
+PROTOCOL_ORDER = ("exact", "iron", "bolt", "bumblebee", "puma", "crypten", "SEMI2K", "SEMI2K FM128", "CHEETAH")
 
 
 def _order(r: dict):
     """pmpc local, pmpc ttp, CrypTen as shipped, SPU; protocols in PROTOCOL_ORDER."""
     sysk = {"pmpc": 0, "crypten-shipped": 2, "spu": 3}.get(r["system"], 4) + (r["dealer"] == "ttp")
     p = r["protocol"]
-    rank = max((i for i, q in enumerate(PROTOCOL_ORDER) if p == q or (q.endswith("(") and p.startswith(q))),
-               default=len(PROTOCOL_ORDER))
+    rank = PROTOCOL_ORDER.index(p) if p in PROTOCOL_ORDER else len(PROTOCOL_ORDER)
     return sysk, rank, p
 
 
@@ -518,10 +517,9 @@ def run(cfg: PeersConfig, out, command: str = "", fresh: bool = False, progress=
             dealer = "party 0 (TrustedFirstParty)" if prot == "SEMI2K" else "none (silent OT + RLWE)"
             attempt(f"spu/{prot}/{dealer}", lambda prot=prot, layers=layers:
                     spu_row(py, npz, ids, ref, prot, layers, out, cfg.timeout_s))
-            if prot == "SEMI2K" and cfg.spu_norm_prescale:
-                k = cfg.spu_norm_prescale
-                attempt(f"spu/{prot} (norm rsqrt prescaled by 4^-{k})/{dealer}", lambda prot=prot, layers=layers:
-                        spu_row(py, npz, ids, ref, prot, layers, out, cfg.timeout_s, prescale=k))
+            if prot == "SEMI2K" and cfg.spu_fm128:
+                attempt(f"spu/{prot} FM128/{dealer}", lambda prot=prot, layers=layers:
+                        spu_row(py, npz, ids, ref, prot, layers, out, cfg.timeout_s, field="FM128"))
         for field in ("FM64", "FM32"):
             if field not in res.data["micro"]:
                 progress(f"peers: SPU CHEETAH microbenchmark {field} ...")

@@ -132,12 +132,11 @@ def cmd_forward(a) -> dict:
     import jax.numpy as jnp
 
     w, cfg_m = llama_xp.load_npz(a.npz)
-    cfg_m["norm_prescale_log2"] = a.norm_prescale
     ids = np.asarray(json.loads(open(a.ids).read()), dtype=np.int64)
     x = w["embed.tok"][ids].astype(np.float32)
     cfg = config(a.protocol, a.field)
     out = {"protocol": a.protocol, "field": a.field, "tokens": int(len(ids)), "weights": "public",
-           "n_layers": cfg_m["n_layers"], "norm_prescale_log2": a.norm_prescale}
+           "n_layers": cfg_m["n_layers"]}
     if a.layers is None:
         names = [n for i in range(cfg_m["n_layers"]) for n in llama_xp.layer_names(i)] + ["final_norm.w", "lm_head.w"]
         pub = [w[n].astype(np.float32) for n in names] + [w["inv_freq"].astype(np.float32)]
@@ -245,8 +244,6 @@ def main(argv=None) -> None:
     f.add_argument("--protocol", choices=["SEMI2K", "CHEETAH"], required=True)
     f.add_argument("--field", default="FM64")
     f.add_argument("--layers", type=int, default=None)
-    f.add_argument("--norm-prescale", type=int, default=0,
-                   help="k: RMSNorm takes rsqrt(mean / 4^k) 2^-k (same function; keeps SPU's rsqrt in range)")
     f.add_argument("--out", required=True)
     c = sub.add_parser("check")
     c.add_argument("--npz", required=True)
