@@ -505,8 +505,7 @@ def run(cfg: PeersConfig, out, command: str = "", fresh: bool = False, progress=
                 lambda: pmpc_row(cfg.model, "crypten", "local", ids, ref, cfg, shipped=True))
     if cfg.spu:
         py = peer_python(cfg.venv)
-        npz = export(spec, pathlib.Path(os.environ.get("PMPC_PEERS_CACHE", "")) / f"{cfg.model}.npz"
-                     if os.environ.get("PMPC_PEERS_CACHE") else _cache() / f"{cfg.model}.npz")
+        npz = export(spec, _cache() / f"{cfg.model}.npz")
         if "jax_check" not in res.data:
             ids_f = out / "ids.json"
             ids_f.write_text(json.dumps([int(i) for i in ids[0]]))
@@ -536,6 +535,7 @@ def run(cfg: PeersConfig, out, command: str = "", fresh: bool = False, progress=
 
 
 def _cache() -> pathlib.Path:
+    """Where the weight exports live: $PMPC_PEERS_CACHE, or peers/ in pmpc's cache dir."""
     from pmpc.models import cache_dir
 
-    return cache_dir() / "peers"
+    return pathlib.Path(os.environ.get("PMPC_PEERS_CACHE") or cache_dir() / "peers")
