@@ -89,14 +89,12 @@ def errors(model, protos, tokens, windows, offset, threads, timeout_s, data, out
               help="pmpc protocols with the local dealer")
 @click.option("--ttp-protocols", default="exact,bolt,bumblebee", show_default=True,
               help="pmpc protocols also run with the ttp dealer ('' for none)")
-@click.option("--spu", "spu_protocols", default="SEMI2K,CHEETAH", show_default=True,
-              help="SPU protocols ('' for none)")
+@click.option("--spu", "spu_protocols", default="SEMI2K,SEMI2K:FM128,CHEETAH", show_default=True,
+              help="SPU rows as PROTOCOL[:FIELD] (default field FM64; '' for none)")
+@click.option("--no-micro", is_flag=True, help="skip the SPU CHEETAH per-primitive microbenchmarks")
 @click.option("--cheetah-layers", type=int, default=None,
               help="run K layers (+ the head) under CHEETAH and scale to the model's depth (labelled)")
 @click.option("--semi2k-layers", type=int, default=None, help="the same for SEMI2K")
-@click.option("--no-fm128", is_flag=True,
-              help="leave out the extra SEMI2K row on SPU's 128-bit field (the default FM64 wraps on the squares "
-                   "of SmolLM2's massive activations)")
 @click.option("--no-shipped", is_flag=True, help="leave out CrypTen as shipped")
 @click.option("--threads", default=1, show_default=True, type=int, help="torch threads per pmpc party")
 @click.option("--timeout", "timeout_s", default=1800.0, show_default=True, help="seconds per row")
@@ -104,8 +102,8 @@ def errors(model, protos, tokens, windows, offset, threads, timeout_s, data, out
 @click.option("--venv", default="", help="the SPU venv (default $PMPC_PEERS_VENV or ~/.cache/pmpc/peers-venv)")
 @click.option("--out", "-o", default="runs/peers", show_default=True, help="output directory (resumable)")
 @click.option("--fresh", is_flag=True, help="discard rows already in OUT/peers.json")
-def peers(model, tokens, offset, protos, ttp_protocols, spu_protocols, cheetah_layers, semi2k_layers,
-          no_fm128, no_shipped, threads, timeout_s, data, venv, out, fresh):
+def peers(model, tokens, offset, protos, ttp_protocols, spu_protocols, no_micro, cheetah_layers, semi2k_layers,
+          no_shipped, threads, timeout_s, data, venv, out, fresh):
     """The same Llama prefill in pmpc (local and ttp dealer), CrypTen as shipped, and SecretFlow SPU
     (SEMI2K, CHEETAH; its own venv, built on first use by bench/peers/venv.sh), back to back:
     wall time, bytes and rounds from each system's own counters, peak RSS, fidelity against
@@ -120,7 +118,7 @@ def peers(model, tokens, offset, protos, ttp_protocols, spu_protocols, cheetah_l
     cfg = P.PeersConfig(model=model, tokens=tokens, offset=offset, protocols=_csv(protos),
                         ttp_protocols=_csv(ttp_protocols), dealers=["local", "ttp"] if _csv(ttp_protocols) else ["local"],
                         shipped=not no_shipped, spu=_csv(spu_protocols), cheetah_layers=cheetah_layers,
-                        semi2k_layers=semi2k_layers, spu_fm128=not no_fm128, threads=threads, timeout_s=timeout_s, data=data or "", venv=venv)
+                        semi2k_layers=semi2k_layers, micro=not no_micro, threads=threads, timeout_s=timeout_s, data=data or "", venv=venv)
     command = "pmpc bench peers " + " ".join(shlex.quote(a) for a in sys.argv[3:])
     res = P.run(cfg, out, command=command, fresh=fresh, progress=lambda m: click.echo(m, err=True))
     click.echo(P.markdown(res))

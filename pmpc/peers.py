@@ -62,12 +62,13 @@ class PeersConfig:
     dealers: list = dataclasses.field(default_factory=lambda: ["local", "ttp"])
     ttp_protocols: list = dataclasses.field(default_factory=lambda: ["exact", "bolt", "bumblebee"])
     shipped: bool = True
-    spu: list = dataclasses.field(default_factory=lambda: ["SEMI2K", "CHEETAH"])
+    # SPU rows as PROTOCOL[:FIELD] (default field FM64). SEMI2K:FM128 because on FM64 (18 fraction
+    # bits) the square of SmolLM2's massive activations (|x| ~ 24,000: 2^65 before truncation)
+    # wraps the ring: SPU's defaults garble this model, its 128-bit field does not
+    spu: list = dataclasses.field(default_factory=lambda: ["SEMI2K", "SEMI2K:FM128", "CHEETAH"])
+    micro: bool = True
     cheetah_layers: int | None = None   # None: full run
     semi2k_layers: int | None = None
-    # an extra SEMI2K row on SPU's 128-bit field: on the default FM64 (18 fraction bits) the square
-    # of SmolLM2's massive activations (|x| ~ 24,000: 2^65 before truncation) wraps the ring
-    spu_fm128: bool = True
     micro_n: int = 4096
     threads: int = 1
     timeout_s: float = 1800.0
@@ -83,9 +84,12 @@ class PeersConfig:
             Pr.get(p)
             if p == "plain":
                 raise UserError("plain is the plaintext reference every row is compared with, not an MPC protocol")
-        bad = [s for s in self.spu if s not in ("SEMI2K", "CHEETAH")]
-        if bad:
-            raise UserError(f"unknown SPU protocol {bad[0]!r} (SEMI2K or CHEETAH: the 2-party ones)")
+        for spec in self.spu:
+            prot, _, field = spec.partition(":")
+            if prot not in ("SEMI2K", "CHEETAH"):
+                raise UserError(f"unknown SPU protocol {prot!r} (SEMI2K or CHEETAH: the 2-party ones)")
+            if field not in ("", "FM32", "FM64", "FM128"):
+                raise UserError(f"unknown SPU field {field!r} (FM32, FM64 or FM128)")
         for k in ("cheetah_layers", "semi2k_layers"):
             if getattr(self, k) is not None and getattr(self, k) < 1:
                 raise UserError(f"--{k.replace('_', '-')} must be >= 1")
@@ -505,21 +509,21 @@ def run(cfg: PeersConfig, out, command: str = "", fresh: bool = False, progress=
                 lambda: pmpc_row(cfg.model, "crypten", "local", ids, ref, cfg, shipped=True))
     if cfg.spu:
         py = peer_python(cfg.venv)
-        npz = export(spec, _cache() / f"{cfg.model}.npz")
+        npz = export(spec, _cache() / f"{pathlib.Path(cfg.model).name}.npz")
         if "jax_check" not in res.data:
             ids_f = out / "ids.json"
             ids_f.write_text(json.dumps([int(i) for i in ids[0]]))
             progress("peers: the peer forward under jax.numpy vs numpy (plaintext) ...")
             res.data["jax_check"] = spu(py, ["check", "--npz", str(npz), "--ids", str(ids_f)], cfg.timeout_s)
-        for prot in cfg.spu:
+        for spec in cfg.spu:
+            prot, _, field = spec.partition(":")
+            field = field or "FM64"
             layers = cfg.cheetah_layers if prot == "CHEETAH" else cfg.semi2k_layers
             dealer = "party 0 (TrustedFirstParty)" if prot == "SEMI2K" else "none (silent OT + RLWE)"
-            attempt(f"spu/{prot}/{dealer}", lambda prot=prot, layers=layers:
-                    spu_row(py, npz, ids, ref, prot, layers, out, cfg.timeout_s))
-            if prot == "SEMI2K" and cfg.spu_fm128:
-                attempt(f"spu/{prot} FM128/{dealer}", lambda prot=prot, layers=layers:
-                        spu_row(py, npz, ids, ref, prot, layers, out, cfg.timeout_s, field="FM128"))
-        for field in ("FM64", "FM32"):
+            name = prot if field == "FM64" else f"{prot} {field}"
+            attempt(f"spu/{name}/{dealer}", lambda prot=prot, layers=layers, field=field:
+                    spu_row(py, npz, ids, ref, prot, layers, out, cfg.timeout_s, field=field))
+        for field in ("FM64", "FM32") if cfg.micro else ():
             if field not in res.data["micro"]:
                 progress(f"peers: SPU CHEETAH microbenchmark {field} ...")
                 try:

@@ -142,6 +142,7 @@ def test_peers_rejects_bad_input(tmp_path):
     from cli.main import cli
 
     for args, msg in [(["-t", "0"], "tokens"), (["--spu", "ABY3"], "unknown SPU protocol"),
+                      (["--spu", "SEMI2K:FM7"], "unknown SPU field"),
                       (["-p", "nope"], "unknown protocol"), (["--cheetah-layers", "0"], "cheetah-layers")]:
         res = CliRunner().invoke(cli, ["bench", "peers", "-m", "tiny-random-llama", *args, "-o", str(tmp_path)])
         assert res.exit_code != 0 and msg in res.output, res.output
