@@ -345,8 +345,8 @@ def markdown(data: dict) -> str:
                  f"{r['bytes'] / 1e6:.1f} | {r['rounds']} | {r['modelled_s']['lan']:.1f} | {r['modelled_s']['wan']:.1f} | "
                  f"{r['peak_rss_mb']:.0f} | {top1} | {err} | {x('wall_s')} | {x('bytes')} | {x('rounds')} | {xw} | "
                  f"{r.get('measured_at', '?')} ({r.get('load_avg_1m', '?')}) |")
-    notes = [f"- {r['system']}: peak RSS {r['rss_note']}; {r['counters']}; field {r.get('field')}" for r in rows
-             if r["system"] == "spu"][:1]
+    notes = [f"- {r['system']}: peak RSS {r['rss_note']}; {r['counters']}; field FM64 unless the protocol names "
+             "another" for r in rows if r["system"] == "spu"][:1]
     notes += [f"- pmpc / crypten-shipped: peak RSS {r['rss_note']}; {r['counters']}" for r in rows
               if r["system"] != "spu"][:1]
     notes += [f"- {r['system']} {r['protocol']}: {r['mode']}" for r in rows if r.get("mode", "full") != "full"]
