@@ -331,8 +331,8 @@ def markdown(data: dict) -> str:
          "load-dependent, bytes and rounds are not). Rounds: CrypTen communication calls / SPU party-0 send "
          "actions. MB: sent + received by one party. LAN/WAN: modelled as wall + rounds x RTT + MB x 8 / 2 / "
          "bandwidth (1 Gbit/s, 0.5 ms; 100 Mbit/s, 40 ms). x = the row's cost / pmpc bolt's (local).", "",
-         "| system | protocol | dealer | mode | wall s | MB | rounds | LAN s | WAN s | peak RSS MB | top-1 | "
-         "max abs logit err | x wall | x MB | x rounds | x WAN | measured (1-min load) |", "|---" * 17 + "|"]
+         "| system | protocol | dealer | mode | wall s | MB | rounds | LAN s (modelled) | WAN s (modelled) | peak RSS MB | top-1 | "
+         "max abs logit err | x wall | x MB | x rounds | x WAN (modelled) | measured (1-min load) |", "|---" * 17 + "|"]
     for r in rows:
         f = r["fidelity"]
         x = (lambda k: _fmt(r[k] / ref[k], ".2f")) if ref else (lambda k: "—")
