@@ -1,9 +1,9 @@
 """What a forward pass is made of — comparisons by bit width, products, truncations, table lookups,
 per function scope — and what that costs in another technology.
 
-Counting. :func:`counting` wraps the primitive methods of the ``Ops`` classes (both backends, so
-the plaintext emulation counts exactly what the MPC run does) and charges each call to the
-innermost cost scope of the op's tracker. Only the outermost primitive of a nested call is
+Counting. :func:`counting` wraps the primitive methods of the ``Ops`` classes (both backends: the
+plaintext emulation runs the same calls as the MPC run) and charges each call to the innermost
+cost scope of the op's tracker ("(unscoped)" outside every scope: RoPE today). Only the outermost primitive of a nested call is
 counted (``ltz`` -> ``_ltz_ring`` -> ``bits`` is one comparison). Comparisons and bit extractions
 are counted identically on both backends; products and matmuls are split into secret x secret and
 secret x public by the operands' kind, which only the MPC backend knows (in the emulation every
