@@ -475,6 +475,7 @@ def run(cfg: PeersConfig, out, command: str = "", fresh: bool = False, progress=
         (out / "peers.json").unlink()
     cfg.validate()
     res = Results(out, cfg, command)
+    out.mkdir(parents=True, exist_ok=True)
     spec, tok = B.load_model(cfg.model)
     if spec.arch != "llama":
         raise UserError(f"{cfg.model}: the peer forward is the Llama architecture; this is {spec.arch}")
