@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.pmpc-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench peers clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,12 @@ setup: $(STAMP)
 
 demo: setup
 	$(BIN)/pmpc run --protocol bolt --parties 2 --model smollm2 --prompt "What is the capital of France?" --max-new-tokens 4
+
+# pmpc beside SecretFlow SPU (SEMI2K, CHEETAH) and CrypTen as shipped; SPU gets its own venv
+# (bench/peers/venv.sh: it pins numpy < 2 and its own jax), built here on first use.
+peers: setup
+	bash bench/peers/venv.sh
+	$(BIN)/pmpc bench peers -m smollm2 -t 16 --cheetah-layers 1 -o runs/peers-t16
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests

@@ -81,4 +81,48 @@ def errors(model, protos, tokens, windows, offset, threads, timeout_s, data, out
     click.echo(f"wrote {out}/errors.json, errors.md, errors_<protocol>.png and presets {res['presets_path']}")
 
 
+@bench.command("peers")
+@click.option("--model", "-m", default="smollm2", show_default=True, help="a Llama-family model pmpc loads")
+@click.option("--tokens", "-t", default=16, show_default=True, type=int, help="tokens of the WikiText-2 window")
+@click.option("--offset", default=0, show_default=True, type=int, help="first token of the window")
+@click.option("--protocols", "-p", "protos", default="exact,bolt,bumblebee,iron,puma", show_default=True,
+              help="pmpc protocols with the local dealer")
+@click.option("--ttp-protocols", default="exact,bolt,bumblebee", show_default=True,
+              help="pmpc protocols also run with the ttp dealer ('' for none)")
+@click.option("--spu", "spu_protocols", default="SEMI2K,SEMI2K:FM128,CHEETAH", show_default=True,
+              help="SPU rows as PROTOCOL[:FIELD] (default field FM64; '' for none)")
+@click.option("--no-micro", is_flag=True, help="skip the SPU CHEETAH per-primitive microbenchmarks")
+@click.option("--cheetah-layers", type=int, default=None,
+              help="run K layers (+ the head) under CHEETAH and scale to the model's depth (labelled)")
+@click.option("--semi2k-layers", type=int, default=None, help="the same for SEMI2K")
+@click.option("--no-shipped", is_flag=True, help="leave out CrypTen as shipped")
+@click.option("--threads", default=1, show_default=True, type=int, help="torch threads per pmpc party")
+@click.option("--timeout", "timeout_s", default=1800.0, show_default=True, help="seconds per row")
+@click.option("--data", default=None, help="data dir (or the wiki.test.raw file)")
+@click.option("--venv", default="", help="the SPU venv (default $PMPC_PEERS_VENV or ~/.cache/pmpc/peers-venv)")
+@click.option("--out", "-o", default="runs/peers", show_default=True, help="output directory (resumable)")
+@click.option("--fresh", is_flag=True, help="discard rows already in OUT/peers.json")
+def peers(model, tokens, offset, protos, ttp_protocols, spu_protocols, no_micro, cheetah_layers, semi2k_layers,
+          no_shipped, threads, timeout_s, data, venv, out, fresh):
+    """The same Llama prefill in pmpc (local and ttp dealer), CrypTen as shipped, and SecretFlow SPU
+    (SEMI2K, CHEETAH; its own venv, built on first use by bench/peers/venv.sh), back to back:
+    wall time, bytes and rounds from each system's own counters, peak RSS, fidelity against
+    plaintext, ratios to pmpc bolt; then each protocol over `exact` measured in the dealer model
+    and MODELLED in OT-based 2PC (SIRNN, Cheetah), beside the seed paper's Table 1. Writes
+    OUT/peers.json and OUT/peers.md after every row; reruns resume."""
+    import shlex
+    import sys
+
+    from pmpc import peers as P
+
+    cfg = P.PeersConfig(model=model, tokens=tokens, offset=offset, protocols=_csv(protos),
+                        ttp_protocols=_csv(ttp_protocols), dealers=["local", "ttp"] if _csv(ttp_protocols) else ["local"],
+                        shipped=not no_shipped, spu=_csv(spu_protocols), cheetah_layers=cheetah_layers,
+                        semi2k_layers=semi2k_layers, micro=not no_micro, threads=threads, timeout_s=timeout_s, data=data or "", venv=venv)
+    command = "pmpc bench peers " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+    res = P.run(cfg, out, command=command, fresh=fresh, progress=lambda m: click.echo(m, err=True))
+    click.echo(P.markdown(res))
+    click.echo(f"wrote {out}/peers.json, peers.md")
+
+
 COMMANDS = [bench]

@@ -187,15 +187,20 @@ class BenchJob:
     weights: str = "public"
     seed: int = 0
 
+    def make_ops(self):
+        """The secure backend the row runs on (a subclass may measure another engine's)."""
+        from pmpc.ops import CrypTenOps
+
+        return CrypTenOps(cost.Tracker(cost.crypten_stats))
+
     def __call__(self, rank, world_size, ids=None):
         import resource
 
         from pmpc.engine import CLIENT, Engine
-        from pmpc.ops import CrypTenOps
 
         t0 = time.perf_counter()
         spec, _ = load_model(self.model, self.seed)
-        ops = CrypTenOps(cost.Tracker(cost.crypten_stats))
+        ops = self.make_ops()
         eng = Engine(spec, self.protocol, ops, weights=self.weights)
         setup = {"seconds": time.perf_counter() - t0, **ops.tracker.total().as_dict()}
         ops.tracker.reset()
