@@ -43,17 +43,18 @@ def align():
 @click.option("--twins", default=0, show_default=True, type=click.IntRange(0, None),
               help="this many of their harmful twins (the same trigger words, the intent to harm) join the "
                    "harmful ones, decontaminated likewise (stricter)")
+@click.option("--judge", "judge_name", default="minilm", show_default=True,
+              help="the judge that tells refusals when pairs are built (eval/judges.py; gcg: the keyword rule)")
 def data_cmd(model, gen_path, out_path, n_harmless, max_new_tokens, batch_size, formats, seed, device, no_generate,
-             keep_validation, benign_train, policy, policy_gen, mine_harmless, contrast, twins):
+             keep_validation, benign_train, policy, policy_gen, mine_harmless, contrast, twins, judge_name):
     """Generate the base model's answers (cached, resumable) and build preference pairs."""
-    from eval.judges import GCGJudge
+    from eval import judges as J
 
     from pmpc.align import data as D
 
     if mine_harmless and not policy:
         raise UserError("--mine-harmless screens the policy's refusals: give --policy")
-    judge = GCGJudge()
-    is_refusal = lambda t: bool(judge.one(t).refused)  # noqa: E731
+    judge = J.get(judge_name)
     gen_path = pathlib.Path(gen_path) if gen_path else D.default_gen_path(model)
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
     ps = D.training_prompts(n_harmless, seed, keep_validation=keep_validation, benign_train=benign_train,
@@ -69,7 +70,10 @@ def data_cmd(model, gen_path, out_path, n_harmless, max_new_tokens, batch_size, 
                                        policy_path, max_new_tokens=D.SCREEN_TOKENS, batch_size=batch_size,
                                        model_name=policy, device=device)
             del m
-        refused = D.refused_prompts(policy_path, ps.screen, is_refusal)
+        got = D.answers(policy_path, D.SCREEN_TOKENS)
+        seen = [got[("harmless", x)] for x in ps.screen if ("harmless", x) in got]
+        refused = D.refused_prompts(policy_path, ps.screen, J.refusal_fn(judge, [r["prompt"] for r in seen],
+                                                                          [r["response"] for r in seen]))
         mined = dict(mined or {}, screened=len(ps.screen), refused=len(refused))
         ps.harmless += [(p, "harmless_prompts/train:mined") for p in refused]
     prompts = [(p, "harmful", s) for p, s in ps.harmful] + [(p, "harmless", s) for p, s in ps.harmless]
@@ -100,12 +104,14 @@ def data_cmd(model, gen_path, out_path, n_harmless, max_new_tokens, batch_size, 
         if len(own) < len(rows):
             raise UserError(f"{policy_path}: {len(rows) - len(own)} prompt(s) without {policy}'s answer "
                             "(run without --no-generate)")
+    judged = rows + list((own or {}).values())
+    is_refusal = J.refusal_fn(judge, [r["prompt"] for r in judged], [r["response"] for r in judged])
     pairs, pstats = D.build_pairs(rows, is_refusal, seed=seed, formats=fmts, policy_rows=own)
     D.write_pairs(pairs, out_path)
     res = {"generation": stats, "mined": mined,
            "contrast": _written(contrast, ps.removed_contrast, ps.harmless, "pmpc-contrast/"),
            "twins": _written(twins, ps.removed_twins, ps.harmful, "pmpc-twin/"),
-           "pairs": pstats, "missing_generations": len(prompts) - len(rows),
+           "pairs": pstats, "judge": judge.describe(), "missing_generations": len(prompts) - len(rows),
            "gen_file": str(gen_path), "policy_gen_file": str(policy_path) if policy else None,
            "pairs_file": out_path, "pairs_sha256": D.file_sha256(out_path)}
     click.echo(json.dumps(res, indent=2))
