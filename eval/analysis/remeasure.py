@@ -10,6 +10,9 @@ such a file back into the table, so every number re-derives with one command:
 
     python -m eval.analysis.remeasure derive results/remeasure/encrypted.jsonl
 
+A manifest (TSV: cell, kind, generations file[, old value as JSON]) re-judges many cells in one
+process: ``python -m eval.analysis.remeasure manifest results/remeasure/encrypted.tsv``.
+
 Rates: the keyword ASR (``gcg``, the paper's comparison metric, and ``paper``), the harmful-
 compliance rate of the validated judge (``minilm``), over-refusal (``minilm`` full refusals on safe
 prompts), each k/n with a 95% Wilson interval over distinct prompts; and the share of the
@@ -18,6 +21,7 @@ keyword-"jailbroken" answers that ``minilm`` reads as incoherent or off-topic.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import pathlib
@@ -33,10 +37,20 @@ def sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+@functools.lru_cache(maxsize=4)
+def _selection(seed: int) -> splits.Index:
+    return splits.Index([p.text for p in splits.selection_prompts(seed)])
+
+
+@functools.lru_cache(maxsize=None)
+def _judge(name: str):
+    return J.get(name)
+
+
 def leak_free(records: list[dict], kind: str = "harmful", seed: int = 0) -> tuple[list[dict], dict]:
     """``records`` less repeated prompts (normalised) and, for harmful sets, less harmful-test's
     dev part (selection prompts are never scored). Returns (kept, counts)."""
-    dev = splits.Index([p.text for p in splits.selection_prompts(seed)]) if kind == "harmful" else splits.Index()
+    dev = _selection(seed) if kind == "harmful" else splits.Index()
     seen, kept, n_dup, n_dev = set(), [], 0, 0
     for r in records:
         k = splits.normalise(r["prompt"])
@@ -57,7 +71,7 @@ def rejudge(cell: str, records: list[dict], out, kind: str = "harmful", old: dic
     an earlier copy of the cell. Returns the cell's row (:func:`row`)."""
     kept, counts = leak_free(records, kind)
     ps, os_ = [r["prompt"] for r in kept], [r["output"] for r in kept]
-    vs = {n: J.get(n).judge(ps, os_) for n in judges}
+    vs = {n: _judge(n).judge(ps, os_) for n in judges}
     out = pathlib.Path(out)
     lines = []
     if out.exists():
@@ -150,6 +164,14 @@ def read_generations(path) -> list[dict]:
     return read_records(pathlib.Path(path))
 
 
+def _old_of(recs: list[dict], kind: str) -> dict | None:
+    """The value the file's own GCG verdicts gave (all its records, as first reported)."""
+    if not recs or "gcg" not in recs[0].get("verdicts", {}):
+        return None
+    key = "refused" if kind == "safe" else "jailbroken"
+    return {"k": sum(bool(r["verdicts"]["gcg"][key]) for r in recs), "n": len(recs), "judge": "gcg"}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m eval.analysis.remeasure")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -161,16 +183,40 @@ def main(argv=None):
     j.add_argument("--cell", required=True)
     j.add_argument("--out", required=True)
     j.add_argument("--kind", default="harmful", choices=["harmful", "safe"])
-    j.add_argument("--old", default=None, help='the earlier value as JSON, e.g. \'{"k": 4, "n": 100, "judge": "gcg"}\'')
+    j.add_argument("--old", default=None, help='the earlier value as JSON, e.g. \'{"k": 4, "n": 100, "judge": "gcg"}\' '
+                   "[the file's own gcg verdicts, all records]")
+    m = sub.add_parser("manifest", help="re-judge every cell of a TSV manifest (cell, kind, file[, old JSON]) "
+                       "into <manifest>.jsonl and print the table")
+    m.add_argument("manifest")
     a = ap.parse_args(argv)
+    if a.cmd == "manifest":
+        man = pathlib.Path(a.manifest)
+        out = man.with_suffix(".jsonl")
+        out.unlink(missing_ok=True)
+        for n, line in enumerate(man.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            parts = line.split("\t")
+            if len(parts) not in (3, 4):
+                raise SystemExit(f"error: {man}:{n}: expected cell, kind, file[, old JSON] separated by tabs")
+            recs = read_generations(parts[2])
+            old = json.loads(parts[3]) if len(parts) == 4 else _old_of(recs, parts[1])
+            rejudge(parts[0], recs, out, parts[1], old, meta={"generations": parts[2]})
+        rows = derive(out)
+        out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+        md = to_markdown(rows)
+        out.with_suffix(".md").write_text(md)
+        print(md)
+        return
     if a.cmd == "derive":
         rows = derive(a.verdicts)
         print(to_markdown(rows))
         if a.json:
             pathlib.Path(a.json).write_text(json.dumps(rows, indent=1))
     else:
-        r = rejudge(a.cell, read_generations(a.generations), a.out, a.kind, json.loads(a.old) if a.old else None,
-                    meta={"generations": a.generations})
+        recs = read_generations(a.generations)
+        old = json.loads(a.old) if a.old else _old_of(recs, a.kind)
+        r = rejudge(a.cell, recs, a.out, a.kind, old, meta={"generations": a.generations})
         print(to_markdown([r]))
 
 
