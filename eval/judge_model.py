@@ -35,7 +35,7 @@ from eval.labelset import PATH as LABELS_FILE
 from pmpc.errors import UserError
 
 PARAMS = pathlib.Path(__file__).parent / "data" / "judge" / "minilm-judge.json"
-L2_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+L2_GRID = (1e-3, 1e-2, 1e-1)
 
 
 @functools.lru_cache(maxsize=1)
@@ -76,7 +76,7 @@ def design(prompts: list[str], outputs: list[str]) -> torch.Tensor:
     return torch.cat([eo, cos, f], dim=1)
 
 
-def fit(X: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, balanced: bool = False, steps: int = 200):
+def fit(X: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, balanced: bool = False, steps: int = 100):
     """Multinomial logistic regression (L2 on the weights, not the bias) by L-BFGS; ``balanced``
     weighs each class by n / (classes x its count), so that a rare label is not drowned by the
     refusals. Returns (W, b)."""
