@@ -8,6 +8,6 @@ cd "$(dirname "$0")/../.."
 PY=${PY:-python}
 $PY -m eval.analysis.judge_validation --split test --out results/judge-validation
 $PY -m eval.analysis.judge_validation --split dev --out results/judge-validation
-for m in encrypted label-gen grid; do
+for m in encrypted label-gen grid targets; do
   $PY -m eval.analysis.remeasure manifest results/remeasure/$m.tsv
 done
