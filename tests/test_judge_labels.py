@@ -73,3 +73,12 @@ def test_check_rejects_bad_records(recs, tmp_path):
     p.write_text("{not json\n")
     with pytest.raises(UserError, match=":1: not JSON"):
         labelset.load(p)
+
+
+def test_rederives_from_the_committed_files(recs):
+    """bench/labelset.py rebuilds pool and set from results/**/generations*.jsonl and the readings:
+    the committed labels.jsonl is exactly what it derives (no hand-edited record)."""
+    from bench import labelset as build
+    pool = build.pool()
+    assert [r["id"] for r in pool] == [json.loads(t)["id"] for t in build.POOL.read_text().splitlines()]
+    assert build.build() == recs
