@@ -25,7 +25,7 @@ from eval.prompts import kind_of
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DIR = ROOT / "eval" / "data" / "judge"
 POOL, READINGS = DIR / "pool.jsonl", DIR / "readings.txt"
-SEED, TARGET = 0, 480
+SEED, TARGET = 0, 800
 
 # the family a duplicate is kept under, first wins: the rarer conditions first
 KEEP_ORDER = ("secure", "protocol", "table2", "noise", "clean")
