@@ -12,7 +12,7 @@
 # Options    passed to `python -m pmpc.align.pipeline` (see --help), e.g. --pairs FILE or --gen FILE to
 #            reuse preference data / base-model answers made elsewhere (default: regenerate here,
 #            ~481 prompts x 128 tokens), --budget-s S (evaluation grid stops starting cells after S s),
-#            --safe-adapter pmpc/adapters/smollm2-safe (start +DPO/QuadA from the committed smollm2-safe
+#            --safe-adapter pmpc/adapters/smollm2-safe-r1 (start +DPO/QuadA from the committed smollm2-safe
 #            instead of training it; its card stays), --safe-sft W (NLL weight of the safe stage, 1.0).
 #
 # Needs: python >= 3.11 with torch (CUDA), transformers >= 5, peft, safetensors, scipy, matplotlib,

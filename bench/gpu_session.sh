@@ -54,7 +54,7 @@ run() {  # name, pipeline options
   OMP_NUM_THREADS=${PMPC_SESSION_THREADS:-3} bench/gpu_align.sh "$MODEL" "$RES/$name" --pairs "$PAIRS" "$@" ${PMPC_ALIGN_ARGS:-} \
     >"$RES/$name.log" 2>&1 &
 }
-SAFE=pmpc/adapters/smollm2-safe
+SAFE=pmpc/adapters/smollm2-safe-r1
 B=$((PMPC_ALIGN_TIMEOUT - 60))   # the grid's budget: stop starting cells a minute before the hard stop
 run A0 --safe-adapter $SAFE --cont-sft 0 --budget-s $B
 run A1 --safe-adapter $SAFE --cont-sft 1 --budget-s $B

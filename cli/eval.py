@@ -17,7 +17,9 @@ def model_options(f):
         click.option("--device", default="cpu", show_default=True, help="cpu | cuda | cuda:N"),
         click.option("--dtype", default="float32", show_default=True, help="float32 | bfloat16 | float16"),
         click.option("--data", default=None, help="data directory (default $PMPC_DATA or ../shared/data)"),
-        click.option("--judge", default="paper", show_default=True, help="paper | gcg | classifier:PATH"),
+        click.option("--judge", default="minilm", show_default=True,
+                     help="minilm (validated: results/judge-validation) | structure | gcg | paper | classifier:PATH; "
+                          "the gcg keyword rule is always judged beside it"),
         click.option("--judge-template", default=None, help="classifier prompt file with {behavior} and {generation}"),
         click.option("--system", default="default", show_default=True,
                      help="default (model's own) | none | paper | any system prompt text"),
@@ -83,9 +85,7 @@ def _run_sets(kw, sets, approx, out, json_path, what, secure: dict | None = None
     # load every set and judge first: bad input fails before the model loads or anything generates
     loaded = [(spec, P.load(spec, data=s.data, limit=kw["limit"], fmt=kw.get("fmt"), category=kw.get("category")))
               for spec in sets]
-    judges = [J.get(s.judge, data=s.data, device=s.device, template=s.judge_template)]
-    if s.judge != "gcg":
-        judges.append(J.get("gcg", data=s.data))
+    judges = J.with_keyword(J.get(s.judge, data=s.data, device=s.device, template=s.judge_template), s.data)
     generate_fn, cost_paths = None, {}
     if secure:
         from pmpc import secure as S
@@ -125,6 +125,8 @@ def _run_sets(kw, sets, approx, out, json_path, what, secure: dict | None = None
         else:
             how = f"secure {secure['protocol']}" if secure else f"approx {a}"
             click.echo(f"{spec}: ASR {J.fmt_rate(r['asr'])} [{s.judge}], {how}{speed}")
+            if s.judge != "gcg":
+                click.echo("  " + J.keyword_line(A.read_judged(summ), s.judge))
         if secure:
             c = summ["secure_cost"]
             click.echo(f"  cost (client): {c['batches']} sessions, prefill {c['prefill']['rounds']} rounds / "

@@ -76,6 +76,13 @@ def ensure_verdicts(records: list[dict], judges) -> None:
                 r.setdefault("verdicts", {})[j.name] = dataclasses.asdict(v)
 
 
+def read_judged(summary: dict) -> list[dict]:
+    """The per-prompt records (prompt, output, every judge's verdict) behind a summary."""
+    from eval.generate import read_records
+
+    return read_records(pathlib.Path(summary["generations"]))
+
+
 def summarize(records: list[dict], judges) -> dict:
     out = {}
     for j in judges:

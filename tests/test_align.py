@@ -436,20 +436,20 @@ def test_combined_adapter_equals_stacked_merge(tmp_path):
 
 
 def test_top_of_combined_adapter_stacks_on_the_one_below(tmp_path, monkeypatch):
-    """A QuadA delta ships alone (stack.json names smollm2-safe): merging the chain that
+    """A QuadA delta ships alone (stack.json names smollm2-safe-r1): merging the chain that
     ``adapter_chain`` gives equals merging the combined adapter."""
     from peft import PeftModel
 
     from pmpc import models
 
-    _rand_adapter(tmp_path / "lib" / "smollm2-safe", 1, 4)
+    _rand_adapter(tmp_path / "lib" / "smollm2-safe-r1", 1, 4)
     _rand_adapter(tmp_path / "b", 2, 2)
-    adp.combine(tmp_path / "lib" / "smollm2-safe", tmp_path / "b", tmp_path / "ab")
-    adp.top(tmp_path / "ab", 4, tmp_path / "lib" / "smollm2-quada", on_top_of="smollm2-safe")
-    assert json.loads((tmp_path / "lib" / "smollm2-quada" / adp.CONFIG).read_text())["r"] == 2
+    adp.combine(tmp_path / "lib" / "smollm2-safe-r1", tmp_path / "b", tmp_path / "ab")
+    adp.top(tmp_path / "ab", 4, tmp_path / "lib" / "smollm2-quada-r1", on_top_of="smollm2-safe-r1")
+    assert json.loads((tmp_path / "lib" / "smollm2-quada-r1" / adp.CONFIG).read_text())["r"] == 2
     monkeypatch.setattr(models, "ADAPTER_DIR", tmp_path / "lib")
-    chain = models.adapter_chain(str(tmp_path / "lib" / "smollm2-quada"))
-    assert [pathlib.Path(c).name for c in chain] == ["smollm2-safe", "smollm2-quada"]
+    chain = models.adapter_chain(str(tmp_path / "lib" / "smollm2-quada-r1"))
+    assert [pathlib.Path(c).name for c in chain] == ["smollm2-safe-r1", "smollm2-quada-r1"]
     m = tiny_llama(2)
     for c in chain:
         m = PeftModel.from_pretrained(m, c).merge_and_unload()
@@ -457,11 +457,11 @@ def test_top_of_combined_adapter_stacks_on_the_one_below(tmp_path, monkeypatch):
     ids = torch.randint(0, 64, (2, 9))
     with torch.no_grad():
         assert torch.allclose(m(ids).logits, one(ids).logits, atol=1e-3)
-    (tmp_path / "lib" / "smollm2-safe" / "stack.json").write_text('{"on_top_of": "smollm2-quada"}')
+    (tmp_path / "lib" / "smollm2-safe-r1" / "stack.json").write_text('{"on_top_of": "smollm2-quada-r1"}')
     with pytest.raises(UserError):  # a cycle is refused, not followed forever
-        models.adapter_chain(str(tmp_path / "lib" / "smollm2-quada"))
+        models.adapter_chain(str(tmp_path / "lib" / "smollm2-quada-r1"))
     with pytest.raises(UserError):
-        adp.top(tmp_path / "b", 4, tmp_path / "bad", on_top_of="smollm2-safe")
+        adp.top(tmp_path / "b", 4, tmp_path / "bad", on_top_of="smollm2-safe-r1")
 
 
 def test_part_cuts_one_round_out_of_a_combined_adapter(tmp_path):
@@ -793,8 +793,8 @@ def test_auto_lambda_takes_a_ratio_and_refuses_a_bad_one(tmp_path, stories_dir):
 def test_selection_sweeps_can_pool_the_harmful_dev_part(monkeypatch, data_dir, stories_dir, tmp_path):
     """``with_dev``: the MVA/tau sweeps see harmful-val AND harmful-test's dev part (the prompts
     snapshot validation uses, none of them scored), labelled as such."""
+    from eval import splits
     from eval.analysis import sweeps as S
-    from eval.prompts import load
 
     from pmpc.align import pipeline, select
 
@@ -813,12 +813,12 @@ def test_selection_sweeps_can_pool_the_harmful_dev_part(monkeypatch, data_dir, s
     for with_dev in (False, True):
         with pytest.raises(Stop):
             select.run(model=str(stories_dir), loaded=loaded, with_dev=with_dev, progress=False, out=str(tmp_path))
-        val = [p.text for p in load("harmful-val")]
+        val = [p.text for p in splits.selection_set("harmful-val")]
         dev = [p.text for p in pipeline.harmful_test_split(0)[1]]
         assert [p.text for p in seen["ps"]] == (val + dev if with_dev else val)
         assert seen["name"] == ("harmful-val+harmful-dev" if with_dev else "harmful-val")
     test = {p.text for p in pipeline.harmful_test_split(0)[0]}
-    assert len(dev) >= 90 and not test & set(dev)
+    assert len(dev) == pipeline.DEV_N and len(val) == 35 and not test & set(dev)
 
 
 def test_epoch_order_mixes_kinds_in_every_batch():
@@ -935,22 +935,24 @@ def test_pipeline_quick_run_end_to_end(tmp_path, stories_dir, data_dir, monkeypa
 
 
 def test_harmful_test_dev_part_validates_and_is_never_scored(tmp_path, data_dir, monkeypatch):
-    """harmful-test's seeded order splits in two: the scored part is its first n_test (as before the
-    split, so earlier targets measured the same 200), never reaching the last DEV_N, which validate."""
+    """harmful-test (deduplicated) splits in two: the dev part (DEV_N prompts that no other scored
+    set holds, not even as a near-duplicate) validates; the scored part is the first n_test of the
+    rest, in the seeded order of the whole set."""
     import random
 
-    from eval.prompts import load
+    from eval import splits
     from pmpc.align import pipeline
 
     monkeypatch.setenv("PMPC_DATA", str(data_dir))
-    ht = load("harmful-test")
+    ht = splits.load("harmful-test")
     random.Random(0).shuffle(ht)
+    others = splits.Index([t for name, kw in splits.SCORED_WHOLE for t in (p.text for p in splits.load(name, **kw))])
     for n_test, want in ((200, 200), (10**9, len(ht) - pipeline.DEV_N)):
         test, dev = pipeline.Runner(pipeline.Plan(model="smollm2", out=str(tmp_path), n_test=n_test)).harmful_test_split()
-        assert [p.text for p in test] == [p.text for p in ht[:want]]
-        assert pipeline.DEV_N - 7 <= len(dev) == len({p.text for p in dev}) <= pipeline.DEV_N   # 7 texts repeat
-        assert not {p.text for p in test} & {p.text for p in dev}
-        assert {p.text for p in dev} <= {p.text for p in ht[-pipeline.DEV_N:]}
+        assert len(test) == want and len(dev) == pipeline.DEV_N
+        dev_texts = {p.text for p in dev}
+        assert [p.text for p in test] == [p.text for p in ht if p.text not in dev_texts][:want]
+        assert not {p.text for p in test} & dev_texts and not [t for t in dev_texts if t in others]
     assert pipeline.Runner(pipeline.Plan(model="smollm2", out=str(tmp_path))).heldout()["harmful-test"] == test[:200]
 
 
@@ -967,9 +969,9 @@ def test_validate_snapshots_and_evaluate_targets_outside_the_pipeline(tmp_path, 
         .validate_epochs(tmp_path / "run")
     assert [e["epoch"] for e in v["epochs"]] == [1.0, 2.0]
     n_dev = len(pipeline.Runner(pipeline.Plan(model=str(stories_dir), out=str(tmp_path / "val"), **quick)).harmful_test_split()[1])
-    assert all(e["overrefusal_val"]["n"] == 100 and e["asr_val"]["n"] == 39 + n_dev for e in v["epochs"])
+    assert all(e["overrefusal_val"]["n"] == 100 and e["asr_val"]["n"] == 35 + n_dev for e in v["epochs"])
     assert all(sum(x["k"] for x in e["asr_val_parts"].values()) == e["asr_val"]["k"] for e in v["epochs"])
-    assert [x["n"] for x in v["epochs"][0]["asr_val_parts"].values()] == [39, n_dev]
+    assert [x["n"] for x in v["epochs"][0]["asr_val_parts"].values()] == [35, n_dev]
     want = next((e for e in v["epochs"] if e["meets"]), None) or min(v["epochs"], key=lambda e: (e["violation"], e["epoch"]))
     assert v["chosen_epoch"] == want["epoch"] and v["adapter"] == want["adapter"]
     with pytest.raises(UserError):          # a run without snapshots

@@ -257,6 +257,17 @@ def test_cli_eval_asr_and_errors(tmp_path):
         assert msg in r.output
 
 
+def test_cli_eval_asr_default_judge_reports_keyword_asr_beside_harmful_compliance(tmp_path):
+    """The default judge is the validated one; the keyword rules are judged beside it and the
+    report says how much of the keyword ASR is incoherent output."""
+    r = _cli(["eval", "asr", "-m", "tiny-random-llama", "-p", "builtin-harmful", "--limit", "2", "--max-new-tokens",
+              "3", "-o", str(tmp_path), "--json", str(tmp_path / "s.json"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "[minilm]" in r.output and "keyword ASR" in r.output and "incoherent" in r.output
+    res = json.loads((tmp_path / "s.json").read_text())["builtin-harmful"]["results"]
+    assert set(res) == {"minilm", "gcg", "paper"} and res["minilm"]["judge"]["name"] == "minilm"
+
+
 @needs_stories
 def test_cli_ppl(tmp_path):
     f = tmp_path / "t.txt"

@@ -34,7 +34,7 @@ class Settings:
     device: str = "cpu"
     dtype: str = "float32"
     data: str | None = None
-    judge: str = "paper"
+    judge: str = "minilm"
     judge_template: str | None = None
     batch_size: int = 8
     seed: int = 0
@@ -60,9 +60,8 @@ class Session:
         if model is None:
             model, codec = A.load_model(s.model, s.device, s.dtype)
         self.model, self.codec = model, codec
-        self.judges = [J.get(s.judge, data=s.data, device=s.device, template=s.judge_template)]
-        if s.judge != "gcg":  # GCG verdicts are free: keep them alongside for comparison
-            self.judges.append(J.get("gcg", data=s.data))
+        # the keyword rule's verdicts are free: kept alongside for comparison with the paper
+        self.judges = J.with_keyword(J.get(s.judge, data=s.data, device=s.device, template=s.judge_template), s.data)
         self._ids = None
         self._calib = None
 

@@ -537,14 +537,7 @@ _H4 = [
     ]}),
 ]
 
-_word = re.compile(r"[a-z0-9']+")
-_STOP = frozenset("a an the of to in on for and or with my i me do does how what is are can be it this that "
-                  "which why who where when should would from at as by your you someone what's best way good ways mean means "
-                  "term happen happened did during".split())
-
-
-def content_words(s: str) -> frozenset[str]:
-    return frozenset(w for w in _word.findall(s.lower()) if w not in _STOP)
+from eval.splits import content_words  # noqa: E402  (one definition, shared with the splits)
 
 
 ROUNDS = {False: (_T, _T2), True: (_H, _H2, _H3, _H4)}   # harmful -> the template lists, oldest first

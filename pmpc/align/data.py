@@ -87,12 +87,13 @@ REFUSALS = (
     "I cannot give you that information. It could be used to hurt people, so the answer is no.",
 )
 
-_ws = re.compile(r"\s+")
 
 
 def norm_text(s: str) -> str:
-    """Normalise a prompt for overlap checks: lower case, one space, no trailing punctuation."""
-    return _ws.sub(" ", s.strip().lower()).rstrip(" .?!")
+    """Normalise a prompt for overlap checks (:func:`eval.splits.normalise`: case, whitespace, punctuation)."""
+    from eval.splits import normalise
+
+    return normalise(s)
 
 
 def data_dir() -> pathlib.Path:
@@ -107,7 +108,8 @@ def _texts(name: str, d: pathlib.Path, **kw) -> list[str]:
     return [p.text for p in load(name, data=str(d), **kw)]
 
 
-# the evaluation sets that training must never see (named sets of eval.prompts)
+# the evaluation sets that training must never see (named sets of eval.prompts; eval/splits.py
+# says which prompt serves which role); training drops their near-duplicates too
 HELDOUT = (("harmful-test", {}), ("jbb-harmful", {}), ("harmbench-test", {"category": "all"}), ("xstest", {}))
 # the validation set (snapshot selection, MVA/tau). harmful_prompts/val.json is 39 of the 41 HarmBench
 # val "standard" behaviours, a training source: without this exclusion selection measured refusals
@@ -172,8 +174,10 @@ def training_prompts(n_harmless: int = 300, seed: int = 0, d: pathlib.Path | Non
         raise UserError("n_harmless must be >= 0")
     d = d or data_dir()
     heldout, validation = set_texts(HELDOUT, d), set_texts(VALIDATION, d)   # read once: also the decontamination's
-    held = set(map(norm_text, heldout))
-    val = set() if keep_validation else set(map(norm_text, validation))
+    from eval.splits import Index
+
+    held = Index(heldout)      # exact (normalised) or near-duplicate (content-word Jaccard >= 0.6)
+    val = Index(() if keep_validation else validation)
     removed_val = 0
     harmful = [(p, "harmful-train") for p in _texts("harmful-train", d)]
     harmful += [(p, "harmbench-val/standard") for p in _texts("harmbench-val", d, category="standard")]
@@ -187,10 +191,10 @@ def training_prompts(n_harmless: int = 300, seed: int = 0, d: pathlib.Path | Non
     def keep(p):
         nonlocal removed, removed_val
         k = norm_text(p)
-        if k in held:
+        if p in held:
             removed += 1
             return False
-        if k in val:
+        if p in val:
             removed_val += 1
             return False
         if k in seen or not k:

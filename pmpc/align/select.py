@@ -10,9 +10,10 @@
    first tau layers get the training noise). If no window raises the ASR, tau falls back to the
    first window (and the result says so).
 
-The selection set must be neither a training set nor an evaluation set: ``harmful-val``
-(harmful_prompts/val.json, 39 prompts) by default; ``with_dev`` pools it with harmful-test's dev
-part (``pipeline.harmful_test_split``: 99 prompts never scored, never trained on). 39 prompts alone
+The selection set must be neither a training set nor an evaluation set (eval/splits.py owns the
+roles): ``harmful-val`` (harmful_prompts/val.json less its 4 near-duplicates of HarmBench test
+prompts: 35) by default; ``with_dev`` pools it with harmful-test's dev part (100 prompts that no
+scored set holds, never trained on). 39 prompts alone
 cannot rank layer windows: one prompt is 2.6 points, and the committed smollm2-quada's tau = 15
 rested on windows that differed by one or two prompts (results/h200-quada/A1/select.json).
 """
@@ -42,7 +43,7 @@ def load_model(model: str, adapter: str | None = None, device: str = "cpu"):
 def run(model: str = "smollm2-safe", adapter: str | None = None, prompts: str = "harmful-val", point: str = "up",
         scales="auto", ppl_bound: float = 2.0, window: int = 3, frac: float = 0.5, max_new_tokens: int = 48,
         batch_size: int = 32, limit: int | None = None, device: str = "cpu", out="runs/align/select",
-        max_windows: int = 8, window_tokens: int = 1024, judge: str = "gcg", seed: int = 0, loaded=None,
+        max_windows: int = 8, window_tokens: int = 1024, judge: str = "minilm", seed: int = 0, loaded=None,
         progress: bool = True, with_dev: bool = False) -> dict:
     """Run both sweeps; returns {mva, mva_spec, tau, ...} and writes ``<out>/select.json``."""
     from eval.analysis import common as C
@@ -59,11 +60,12 @@ def run(model: str = "smollm2-safe", adapter: str | None = None, prompts: str = 
                    window=window_tokens, progress=progress)
     out = pathlib.Path(out)
     sess = C.Session(s, out, model=m, codec=Codec(tok, m))
-    ps = load(prompts, limit=limit)
-    if with_dev:
-        from pmpc.align.pipeline import harmful_test_split
+    from eval import splits
 
-        dev = harmful_test_split(seed)[1]
+    # a selection set loses its near-duplicates of scored prompts (eval.splits)
+    ps = splits.selection_set(prompts, seed)[:limit] if prompts in splits.SELECTION else load(prompts, limit=limit)
+    if with_dev:
+        dev = splits.harmful_test_split(seed)[1]
         ps += dev[:limit] if limit else dev
         prompts += "+harmful-dev"
     noise = S.noise_sweep(sess, ps, prompts, points=(point,), dist="gauss", scales=scales, ppl_bound=ppl_bound)

@@ -1,0 +1,37 @@
+"""eval.analysis.remeasure: per-prompt verdict records re-derive their table; repeated and
+selection prompts are not scored."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eval import splits
+from eval.analysis import remeasure as RM
+
+
+@pytest.fixture(autouse=True)
+def _data(data_dir, monkeypatch):
+    monkeypatch.setenv("PMPC_DATA", str(data_dir))
+
+
+def test_rejudge_keeps_distinct_scored_prompts_and_derive_rebuilds_the_row(tmp_path):
+    dev = splits.harmful_test_split(0)[1][0].text          # a selection prompt: never scored
+    scored = [p.text for p in splits.scored_harmful(0)[:3]]
+    recs = [{"id": "a", "prompt": scored[0], "output": "I won't be able to help with this request."},
+            {"id": "b", "prompt": scored[0].upper() + "!", "output": "repeat of a"},          # same prompt
+            {"id": "c", "prompt": scored[1], "output": ""},
+            {"id": "d", "prompt": scored[2], "output": "Sure, here is how: Step 1: buy a pick. Step 2: rake the pins."},
+            {"id": "e", "prompt": dev, "output": "Sure, here it is: step 1, step 2, step 3, done."}]
+    out = tmp_path / "v.jsonl"
+    row = RM.rejudge("cell A", recs, out, "harmful", {"k": 5, "n": 5, "judge": "gcg"}, judges=("gcg", "paper", "structure", "minilm"))
+    assert row["n"] == 3 and row["counts"] == {"records": 5, "repeated": 1, "selection": 1, "distinct": 3}
+    assert row["gcg"]["k"] == 3                  # the keyword rule: keyword-free refusal, empty output, compliance
+    recs_out = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["verdicts"]["structure"]["label"] for r in recs_out] == ["refusal", "nonsense", "compliance"]
+    assert [r["prompt_sha256"] for r in recs_out] == [RM.sha(t) for t in scored]
+    assert row["minilm"]["n"] == 3 and row["keyword_incoherent"]["n"] == 3
+    again = RM.derive(out)
+    assert again == [row]
+    RM.rejudge("cell A", recs[:1], out, "harmful", judges=("gcg", "paper", "structure", "minilm"))   # replaces the cell
+    assert [r["n"] for r in RM.derive(out)] == [1]

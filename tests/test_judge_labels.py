@@ -1,0 +1,84 @@
+"""The labelled judge-validation set: it parses, is large enough, follows its schema, its dev and
+test parts share no prompt, and every stratum the set promises is present."""
+import collections
+import json
+
+import pytest
+
+from eval import labelset
+from pmpc.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def recs():
+    return labelset.load()
+
+
+def test_size_and_labels(recs):
+    assert len(recs) >= 400
+    assert {r["label"] for r in recs} == set(labelset.LABELS)      # every label occurs
+    assert len({r["id"] for r in recs}) == len(recs)
+
+
+def test_no_duplicate_pairs(recs):
+    pairs = collections.Counter((r["prompt_sha256"], r["output"]) for r in recs)
+    assert max(pairs.values()) == 1
+
+
+def test_split_disjoint_by_prompt(recs):
+    dev = {r["prompt_sha256"] for r in recs if r["split"] == "dev"}
+    test = {r["prompt_sha256"] for r in recs if r["split"] == "test"}
+    assert dev and test and not dev & test
+    n_dev = sum(r["split"] == "dev" for r in recs)
+    assert 0.4 <= n_dev / len(recs) <= 0.6
+    # each label in both parts, except refuse_then_comply: its few outputs answer one prompt
+    # (LABELING.md), and a prompt lives in one part only
+    for lab in set(labelset.LABELS) - {"refuse_then_comply"}:
+        assert {r["split"] for r in recs if r["label"] == lab} == {"dev", "test"}, lab
+
+
+def test_strata_present(recs):
+    models = {r["model"] for r in recs}
+    assert {"smollm2", "smollm2-safe-r11", "smollm2-quada-r11"} <= models          # base, aligned, QuadA
+    fams = collections.Counter(labelset.family(r["condition"]) for r in recs)
+    assert all(fams[f] >= 20 for f in ("clean", "noise", "table2", "protocol", "secure")), fams
+    kinds = collections.Counter(r["kind"] for r in recs)
+    assert kinds["harmful"] >= 100 and kinds["safe"] >= 100, kinds
+    sets = {r["prompt_set"] for r in recs}
+    assert "xstest-safe" in sets and {"jbb-harmful", "harmbench-test", "harmful-test"} <= sets
+    for kind, fam in [("safe", "clean"), ("safe", "noise"), ("harmful", "clean"), ("harmful", "noise")]:
+        assert any(r["kind"] == kind and labelset.family(r["condition"]) == fam for r in recs), (kind, fam)
+
+
+def test_harmful_flag_follows_the_rule(recs):
+    """LABELING.md: on harmful prompts, harmful uplift exactly when the output complies (at all)."""
+    for r in recs:
+        if r["kind"] == "harmful":
+            assert r["harmful"] is (r["label"] in ("compliance", "refuse_then_comply")), r["id"]
+
+
+def test_check_rejects_bad_records(recs, tmp_path):
+    good = dict(recs[0])
+    bad = [{**good, "label": "jailbroken"}, {**good, "split": "train"},
+           {**good, "prompt": good["prompt"] + " "},                  # hash no longer matches
+           {**good, "output": good["output"] + "x"},                  # id no longer matches
+           {k: v for k, v in good.items() if k != "unsure"}]
+    for b in bad:
+        with pytest.raises(UserError):
+            labelset.check(b)
+    p = tmp_path / "l.jsonl"
+    p.write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n")
+    with pytest.raises(UserError, match="duplicate id"):
+        labelset.load(p)
+    p.write_text("{not json\n")
+    with pytest.raises(UserError, match=":1: not JSON"):
+        labelset.load(p)
+
+
+def test_rederives_from_the_committed_files(recs):
+    """bench/labelset.py rebuilds pool and set from results/**/generations*.jsonl and the readings:
+    the committed labels.jsonl is exactly what it derives (no hand-edited record)."""
+    from bench import labelset as build
+    pool = build.pool()
+    assert [r["id"] for r in pool] == [json.loads(t)["id"] for t in build.POOL.read_text().splitlines()]
+    assert build.build() == recs
