@@ -382,7 +382,7 @@ def _exact_decode() -> None:
     ``scale``: a negative value within |k| units above an integer k (x = k 2^16 + d, 0 < d < |k|)
     decodes as k - 1 + d 2^-16, wrong by exactly -1.0. Measured on SmolLM2's 16-token prefill: 6 of
     786,432 revealed logits, each off by 1.00 (the "~1.0 max |logit diff|" every protocol showed
-    since session 1, exact included). Decode as floor(x / 2^f) + (x mod 2^f) 2^-f, which is exact."""
+    with CrypTen's decode, exact included). Decode as floor(x / 2^f) + (x mod 2^f) 2^-f, which is exact."""
     from crypten.encoder import FixedPointEncoder
 
     orig = FixedPointEncoder.decode
