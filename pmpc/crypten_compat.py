@@ -58,7 +58,7 @@ import crypten.communicator as comm  # noqa: E402
 from crypten.mpc import MPCTensor  # noqa: E402
 from crypten.mpc.ptype import ptype as Ptype  # noqa: E402
 
-__all__ = ["crypten", "comm", "MPCTensor", "Ptype", "init_party", "shutdown_party", "is_crypten",
+__all__ = ["crypten", "comm", "MPCTensor", "Ptype", "init_party", "shutdown_party",
            "use_provider", "crypten_provider", "comm_failure", "InitError", "solo_dry_run"]
 
 
@@ -593,10 +593,6 @@ def lane_ltz(x: "MPCTensor", lane: int, drop: int) -> "MPCTensor":
     return res
 
 
-def is_crypten(x) -> bool:
-    return isinstance(x, crypten.CrypTensor)
-
-
 _TIMEOUT = [datetime.timedelta(seconds=1800)]
 
 
@@ -884,8 +880,3 @@ def comm_failure(e: BaseException) -> str | None:
         if needle in low:
             return "closed"
     return None
-
-
-def torch_threads(n: int | None) -> None:
-    if n:
-        torch.set_num_threads(n)
