@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.pmpc-installed
 
-.PHONY: setup demo test bench peers clean
+.PHONY: setup demo test peers clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)

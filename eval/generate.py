@@ -34,7 +34,6 @@ from pmpc.errors import UserError
 
 PAPER_SYSTEM = ("Below is an instruction that describes a task. Write a response that appropriately "
                 "completes the request.")
-SYSTEM_PRESETS = ("default", "none", "paper")
 
 
 class ByteTokenizer:

@@ -86,13 +86,6 @@ def load_model(name: str, seed: int = 0):
     return models.spec_from_hf(hf, name), tok
 
 
-def model_names_help() -> str:
-    from pmpc.models import ALIASES, TINY_ARCHS
-
-    return ", ".join([f"tiny-random-{a}" for a in TINY_ARCHS] + list(ALIASES[:1]) + ["stories260K", *RANDOM_SHAPES]
-                     + ["an HF dir", "a .gguf"])
-
-
 # -- inputs ------------------------------------------------------------------------------------
 def windows(tok, vocab: int, n_windows: int, tokens: int, path: pathlib.Path, offset: int = 0) -> torch.Tensor:
     """``n_windows`` consecutive non-overlapping windows of ``tokens`` ids from WikiText-2.

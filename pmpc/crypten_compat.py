@@ -58,7 +58,7 @@ import crypten.communicator as comm  # noqa: E402
 from crypten.mpc import MPCTensor  # noqa: E402
 from crypten.mpc.ptype import ptype as Ptype  # noqa: E402
 
-__all__ = ["crypten", "comm", "MPCTensor", "Ptype", "init_party", "shutdown_party", "is_crypten",
+__all__ = ["crypten", "comm", "MPCTensor", "Ptype", "init_party", "shutdown_party",
            "use_provider", "crypten_provider", "comm_failure", "InitError", "solo_dry_run"]
 
 
@@ -382,7 +382,7 @@ def _exact_decode() -> None:
     ``scale``: a negative value within |k| units above an integer k (x = k 2^16 + d, 0 < d < |k|)
     decodes as k - 1 + d 2^-16, wrong by exactly -1.0. Measured on SmolLM2's 16-token prefill: 6 of
     786,432 revealed logits, each off by 1.00 (the "~1.0 max |logit diff|" every protocol showed
-    since session 1, exact included). Decode as floor(x / 2^f) + (x mod 2^f) 2^-f, which is exact."""
+    with CrypTen's decode, exact included). Decode as floor(x / 2^f) + (x mod 2^f) 2^-f, which is exact."""
     from crypten.encoder import FixedPointEncoder
 
     orig = FixedPointEncoder.decode
@@ -591,10 +591,6 @@ def lane_ltz(x: "MPCTensor", lane: int, drop: int) -> "MPCTensor":
     res = MPCTensor.from_shares(out.share, precision=0)
     res.encoder._scale = 1
     return res
-
-
-def is_crypten(x) -> bool:
-    return isinstance(x, crypten.CrypTensor)
 
 
 _TIMEOUT = [datetime.timedelta(seconds=1800)]
@@ -884,8 +880,3 @@ def comm_failure(e: BaseException) -> str | None:
         if needle in low:
             return "closed"
     return None
-
-
-def torch_threads(n: int | None) -> None:
-    if n:
-        torch.set_num_threads(n)

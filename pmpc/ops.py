@@ -16,7 +16,6 @@ that needs several thresholds or several products issues them as ONE batched cal
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Sequence
 
@@ -660,15 +659,6 @@ class CrypTenOps(Ops):
 
     def stack(self, xs, dim=0):
         return self.crypten.stack(xs, dim=dim)
-
-
-@contextlib.contextmanager
-def nullscope():
-    yield
-
-
-def is_power_of_two(x: float) -> bool:
-    return x > 0 and math.log2(x).is_integer()
 
 
 def _integral(c) -> bool:

@@ -36,7 +36,6 @@ import traceback
 from pmpc.errors import UserError
 
 ROLE = {0: "client", 1: "server", 2: "dealer"}
-_ROLE_RANK = {v: k for k, v in ROLE.items()}
 
 
 class PartyError(UserError):

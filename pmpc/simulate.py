@@ -665,7 +665,7 @@ def _register_attention():
 
 
 # -- calibration -----------------------------------------------------------------------------------
-def calibrate(model, approx: "Approx | str", calib, layers=None, max_samples: int = 65536) -> Approx:
+def calibrate(model, approx: "Approx | str", calib, layers=None) -> Approx:
     """Run ``calib`` through the model (no approximation) and fill per-site statistics that TEAL,
     SmoothQuant and OmniQuant use instead of per-call estimates. ``calib``: a LongTensor of token
     ids [B, T], a list of such tensors, or a list of dicts of model inputs. Returns a copy of

@@ -31,7 +31,6 @@ from protocols.base import FnSpec
 from protocols.crypten_default import CrypTenDefault
 
 QUAD = (0.5, 0.25, 0.125)          # 0.125 x^2 + 0.25 x + 0.5 (training code)
-QUAD_BENCHMARK = (0.25, 0.5, 0.125)  # activation_quad in src/benchmark/utils.py (not used)
 TWO_QUAD_C = 5.0
 
 

@@ -98,7 +98,7 @@ def test_mean_pairwise_cosine_and_pool():
 
 # -- noise placement -----------------------------------------------------------------------------
 def test_noise_reaches_only_policy_layers_below_tau_never_reference():
-    pytest.importorskip("pmpc.simulate", reason="pmpc.simulate (issue 4) not present")
+    pytest.importorskip("pmpc.simulate", reason="pmpc.simulate not present")
     tau, n_layers = 2, 4
     model = lora(tiny_llama(n_layers))
     base = model.get_base_model()
@@ -201,7 +201,7 @@ def _harmful_cos(model, batch, cfg, seed):
 
 @pytest.mark.parametrize("lam", [0.0, 5.0])
 def test_cosine_term_moves_harmful_layer1_outputs_together(lam):
-    pytest.importorskip("pmpc.simulate", reason="pmpc.simulate (issue 4) not present")
+    pytest.importorskip("pmpc.simulate", reason="pmpc.simulate not present")
     batch = toy_batch(n_pairs=6, n_harmful=4, seed=1)
     cfg = L.QuadAConfig(beta=0.1, approx="gauss:0.05@up", tau=1, lam=lam)
     model = lora(tiny_llama(2, seed=2))
@@ -556,7 +556,7 @@ def test_training_runs_and_resume_reproduces_uninterrupted(tmp_path, stories_dir
 
 
 def test_quada_training_stacked_on_init_adapter(tmp_path, stories_dir):
-    pytest.importorskip("pmpc.simulate", reason="pmpc.simulate (issue 4) not present")
+    pytest.importorskip("pmpc.simulate", reason="pmpc.simulate not present")
     from peft import PeftModel
 
     from pmpc.align import train as T
@@ -753,7 +753,7 @@ def test_committed_adapters_load_and_generate(name):
 
 
 def test_balance_lambda_matches_gradient_norms():
-    pytest.importorskip("pmpc.simulate", reason="pmpc.simulate (issue 4) not present")
+    pytest.importorskip("pmpc.simulate", reason="pmpc.simulate not present")
     model = lora(tiny_llama(2, seed=3))
     with torch.no_grad():  # a nonzero LoRA so that the DPO gradient is not degenerate
         for n, p in model.named_parameters():

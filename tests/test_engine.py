@@ -85,7 +85,7 @@ def test_secure_greedy_generation_equals_plaintext(stories_dir, tmp_path):
     spec = models.spec_from_hf(model)
     fid = secure.fidelity(spec, ids, torch.ones_like(ids), client["tokens"], client["logits"])
     assert fid["top1_agreement"] == 1.0 and fid["mean_kl"] < 1e-4
-    # Fixed-point precision everywhere. The isolated ~1.0 logit errors seen until session 5 were
+    # Fixed-point precision everywhere. The isolated ~1.0 logit errors seen before the exact decode were
     # CrypTen's decode of negative values near an integer (crypten_compat._exact_decode).
     assert fid["max_abs_logit_diff"] < 0.05, fid
 

@@ -107,7 +107,7 @@ def test_fault_ends_every_party_in_time(role, point, mode, dealer, tmp_path):
 def test_fault_table_report():
     """Prints the measured table (failure point -> time until every other party has exited)."""
     if not TABLE:
-        pytest.skip("no fault case ran in this session (run the whole module to get the table)")
+        pytest.skip("no fault case ran in this pytest run (run the whole module to get the table)")
     print("\n| failed party | point | mode | dealer | others exited after | whole run |")
     print("|---|---|---|---|---|---|")
     for role, point, mode, dealer, dt, total in TABLE:

@@ -130,7 +130,7 @@ def test_two_party_zero_sharing_is_one_shared_draw():
 def test_two_party_truncation_never_wraps(mode):
     """CrypTen truncates 2-party products locally (SecureML): wrong by 2^32 (2^48 units) when the
     shares wrap, probability |x| 2^16 / 2^64 per element, ~15 of these 16 M products (it garbled
-    1 of 50 encrypted generations in session 3). pmpc's exact truncation (the default) never is;
+    1 of 50 encrypted generations in results/cpu-secure-asr). pmpc's exact truncation (the default) never is;
     ``PMPC_TRUNCATION=local`` brings CrypTen's back, which this test must see fail."""
     bad, errs = run_local(mj.truncation_job, timeout_s=120, deadline_s=300, env={"PMPC_TRUNCATION": mode})[0]
     if mode == "exact":

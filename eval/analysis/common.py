@@ -112,10 +112,6 @@ class Session:
         return res
 
 
-def load_set(spec: str, data, limit):
-    return P.load(spec, data=data, limit=limit)
-
-
 def activation_scale(model, codec, points, device="cpu", n: int = 16) -> dict:
     """Per point: RMS and a robust std (1.4826 x median |x|) of the activation, layers pooled, on
     built-in harmless prompts. The robust std is the unit of the noise grid: models such as

@@ -113,7 +113,7 @@ def _texts(name: str, d: pathlib.Path, **kw) -> list[str]:
 HELDOUT = (("harmful-test", {}), ("jbb-harmful", {}), ("harmbench-test", {"category": "all"}), ("xstest", {}))
 # the validation set (snapshot selection, MVA/tau). harmful_prompts/val.json is 39 of the 41 HarmBench
 # val "standard" behaviours, a training source: without this exclusion selection measured refusals
-# of prompts the model was trained to refuse (sessions 3-6 did; see results/h200-safe-sweep).
+# of prompts the model was trained to refuse (as the selections in results/h200-safe-sweep did).
 VALIDATION = (("harmful-val", {}),)
 
 
@@ -163,8 +163,8 @@ def training_prompts(n_harmless: int = 300, seed: int = 0, d: pathlib.Path | Non
                      contrast: int = 0, twins: int = 0) -> PromptSet:
     """The training prompts, deduplicated and with every held-out evaluation prompt and every
     validation prompt removed; ``benign_train`` JBB benign prompts (:func:`benign_split`) join the
-    harmless ones. ``keep_validation`` rebuilds the pre-session-6 data (validation prompts trained
-    on), which the committed adapters were made with. ``screen``: the next that many harmless-train
+    harmless ones. ``keep_validation`` rebuilds the data with the validation prompts trained
+    on, which the committed adapters were made with. ``screen``: the next that many harmless-train
     prompts of the same seeded order, as candidates for :func:`mine_refused`. ``contrast``: this many
     of pmpc's contrast prompts (:mod:`pmpc.align.contrast`: harmless requests worded like harmful
     ones) join the harmless ones, decontaminated against every evaluation and validation prompt;

@@ -71,7 +71,7 @@ class Plan:
     benign_train: int = 0      # JBB benign prompts moved into training (harmless pairs); the rest validate
     contrast: int = 0          # pmpc contrast prompts (harmless, worded like harmful; pmpc/align/contrast.py) in training
     twins: int = 0             # pmpc harmful twins of the contrast prompts (same trigger words, intent to harm) in training
-    keep_validation: bool = False  # train on harmful-val too (the pre-session-6 data; never for new models)
+    keep_validation: bool = False  # train on harmful-val too (the committed adapters' data; never for new models)
     gen_tokens: int = 128
     gen_batch: int = 96
     safe_epochs: int = 5
