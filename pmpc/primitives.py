@@ -130,6 +130,14 @@ def _wrap(cls, name: str, counts: Counts):
     return wrapped
 
 
+def _family(cls) -> list:
+    """``cls`` and every subclass, at any depth (a backend may subclass another one)."""
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out += [c for c in _family(sub) if c not in out]
+    return out
+
+
 @contextlib.contextmanager
 def counting(mpc_truncations: bool = True, scope_of=None):
     """Count primitives of every Ops instance while the block runs; yields a :class:`Counts`.
@@ -142,7 +150,7 @@ def counting(mpc_truncations: bool = True, scope_of=None):
 
     counts = Counts()
     patched = []
-    for cls in (ops_mod.Ops, ops_mod.TorchOps, ops_mod.CrypTenOps, *ops_mod.Ops.__subclasses__()):
+    for cls in _family(ops_mod.Ops):
         for name in _PRIMS:
             if name in cls.__dict__ and (cls, name) not in [(c, n) for c, n, _ in patched]:
                 patched.append((cls, name, cls.__dict__[name]))

@@ -384,7 +384,7 @@ def fill_grid(results: str, rows: dict[str, str], out: str, device: str = "cpu",
 
     src = json.loads(pathlib.Path(results).read_text())
     # a run planned before the judge option was judged by the GCG rule: its missing cells are too
-    plan = Plan(**dict({"judge": "gcg"}, **src["plan"], out=out, device=device, budget_s=float("inf")))
+    plan = Plan(**{"judge": "gcg", **src["plan"], "out": out, "device": device, "budget_s": float("inf")})
     R = Runner(plan)
     if "grid" not in R.res:  # first call: start from the run's results
         R.res = dict(src, plan=R.res["plan"])
