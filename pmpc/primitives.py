@@ -50,20 +50,20 @@ class Counts:
         self.by_scope[scope][key] += int(n)
         self.calls_by_scope[scope][key] += 1
 
-    @property
-    def calls(self) -> dict:
+    @staticmethod
+    def _over_scopes(per_scope: dict) -> dict:
         out = defaultdict(int)
-        for s in self.calls_by_scope.values():
+        for s in per_scope.values():
             for k, v in s.items():
                 out[k] += v
         return dict(out)
 
+    @property
+    def calls(self) -> dict:
+        return self._over_scopes(self.calls_by_scope)
+
     def total(self) -> dict:
-        out = defaultdict(int)
-        for s in self.by_scope.values():
-            for k, v in s.items():
-                out[k] += v
-        return dict(out)
+        return self._over_scopes(self.by_scope)
 
     def as_dict(self) -> dict:
         return {"by_scope": {s: dict(v) for s, v in self.by_scope.items()}, "total": self.total(),
@@ -152,7 +152,7 @@ def counting(mpc_truncations: bool = True, scope_of=None):
     patched = []
     for cls in _family(ops_mod.Ops):
         for name in _PRIMS:
-            if name in cls.__dict__ and (cls, name) not in [(c, n) for c, n, _ in patched]:
+            if name in cls.__dict__:  # each class once (_family lists no class twice)
                 patched.append((cls, name, cls.__dict__[name]))
                 setattr(cls, name, _wrap(cls, name, counts))
     ast = None

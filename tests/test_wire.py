@@ -146,6 +146,11 @@ def test_a_pickle_in_any_control_message_runs_nothing(hostile, what, receiver, d
     assert lines[0].startswith(f"pmpc: error: malformed {kind} from {WHO[hostile]}: not UTF-8"), lines[0]
 
 
+def _server_peak_mb(err: str) -> float:
+    """The server's peak RSS, as its wrapper (``wrap_server``) reports it on stderr."""
+    return int(next(ln for ln in err.splitlines() if ln.startswith("peak_kb")).split()[1]) / 1024
+
+
 @pytest.mark.slow
 def test_an_oversized_announcement_is_refused_before_allocation(tmp_path):
     """12,000 tokens announced for a 64-token model: refused at once, memory flat (it grew by GBs)."""
@@ -157,7 +162,7 @@ def test_an_oversized_announcement_is_refused_before_allocation(tmp_path):
     assert lines[0].startswith("pmpc: error: malformed announcement from party 0 (client): prompt of 12000 "
                                "tokens"), lines[0]
     assert "context of 64" in lines[0] or "limit" in lines[0], lines[0]
-    peak_mb = int(next(ln for ln in err.splitlines() if ln.startswith("peak_kb")).split()[1]) / 1024
+    peak_mb = _server_peak_mb(err)
     assert peak_mb < 1000, f"the server grew to {peak_mb:.0f} MB on a refused announcement"
 
 
@@ -170,5 +175,5 @@ def test_a_frame_announcing_a_terabyte_is_refused_before_allocation(tmp_path):
     assert code == 2 and len(lines) == 1, err
     assert lines[0] == (f"pmpc: error: announcement from party 0 (client) announces {1 << 40} bytes (allowed "
                         f"1..{wire.CAPS['announcement']}); refused before allocating"), lines[0]
-    peak_mb = int(next(ln for ln in err.splitlines() if ln.startswith("peak_kb")).split()[1]) / 1024
+    peak_mb = _server_peak_mb(err)
     assert peak_mb < 1000, peak_mb
