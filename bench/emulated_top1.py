@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from pmpc import bench as B
+from eval.perf import bench as B
 from pmpc.engine import Engine
 from pmpc.ops import TorchOps
 

@@ -9,7 +9,7 @@
 # OUT_DIR    results: results.json / results.md, export/smollm2-{safe,quada} (fp16 adapter + model
 #            card, ready for pmpc/adapters/), adapters/<row> (fp16), runs/<row>/{train.json,log.jsonl},
 #            select/ (noise and layer sweeps), eval/ (every generation, judged), log.txt
-# Options    passed to `python -m pmpc.align.pipeline` (see --help), e.g. --pairs FILE or --gen FILE to
+# Options    passed to `python -m eval.studies.pipeline` (see --help), e.g. --pairs FILE or --gen FILE to
 #            reuse preference data / base-model answers made elsewhere (default: regenerate here,
 #            ~481 prompts x 128 tokens), --budget-s S (evaluation grid stops starting cells after S s),
 #            --safe-adapter pmpc/adapters/smollm2-safe-r1 (start +DPO/QuadA from the committed smollm2-safe
@@ -58,7 +58,7 @@ if missing:
 import os, torch
 if os.environ["PMPC_ALIGN_DEVICE"].startswith("cuda") and not torch.cuda.is_available():
     sys.exit("no CUDA device visible to torch")
-import pmpc.align.pipeline  # noqa: F401  (imports the whole alignment + eval stack)
+import eval.studies.pipeline  # noqa: F401  (imports the whole alignment + eval stack)
 assert "crypten" not in sys.modules, "pmpc.align must not import crypten"
 print(f"gpu_align: python {sys.version.split()[0]}, torch {torch.__version__}, "
       f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}", flush=True)
@@ -67,7 +67,7 @@ EOF
 start=$(date +%s)
 set +e
 timeout --signal=TERM --kill-after=15 "${PMPC_ALIGN_TIMEOUT:-570}" \
-  "$PY" -u -m pmpc.align.pipeline "$MODEL_DIR" "$OUT_DIR" --device "$PMPC_ALIGN_DEVICE" --budget-s 330 "$@" 2>&1 | tee "$OUT_DIR/log.txt"
+  "$PY" -u -m eval.studies.pipeline "$MODEL_DIR" "$OUT_DIR" --device "$PMPC_ALIGN_DEVICE" --budget-s 330 "$@" 2>&1 | tee "$OUT_DIR/log.txt"
 rc=${PIPESTATUS[0]}
 set -e
 echo "gpu_align: exit $rc after $(( $(date +%s) - start )) s; results in $OUT_DIR (results.json, results.md, export/)"

@@ -1,4 +1,4 @@
-"""Throughput of the party's random-word sampler: the AES-128-CTR PRG (pmpc.prg, what every
+"""Throughput of the party's random-word sampler: the AES-128-CTR PRG (pmpc.mpc.prg, what every
 mask, zero sharing and tuple is drawn from) against the non-cryptographic expansion it replaced
 (torch's Mersenne Twister for small draws; numpy's PCG64-DXSM keyed by two Mersenne Twister
 words for draws of 4,096 words or more), for small and bulk draws, in 64-bit ring words per
@@ -7,7 +7,7 @@ one-sided).
 
 ``--in-run MODEL`` instead times the sampler inside a real 2-party generation (``pmpc run``'s
 job, the prompt "What is the capital of France?", ``-n 2``): every call of
-``pmpc.crypten_compat.ring_random`` in each party is timed, and its share of the party's time is
+``pmpc.mpc.crypten_compat.ring_random`` in each party is timed, and its share of the party's time is
 printed. It uses only names both the PRG runtime and the one it replaced have, so running it with
 ``PYTHONPATH`` at an older checkout measures the replaced sampler the same way.
 
@@ -52,8 +52,8 @@ def rate(fn, size: int, repeats: int, budget_s: float = 0.25) -> float:
 
 def timed_party(cfg, rank, world_size, inp=None):
     """``pmpc run``'s party job with every ring_random call timed."""
-    from pmpc import crypten_compat as cc
-    from pmpc import secure
+    from pmpc.mpc import crypten_compat as cc
+    from pmpc.mpc import secure
 
     inner, acc = cc.ring_random, {"seconds": 0.0, "words": 0, "calls": 0}
 
@@ -76,8 +76,8 @@ def in_run(model: str, protocol: str, dealer: str) -> dict:
     import functools
 
     from cli.run import _inputs
-    from pmpc import parties
-    from pmpc.secure import ClientInput, GenConfig
+    from pmpc.mpc import parties
+    from pmpc.mpc.secure import ClientInput, GenConfig
 
     cfg = GenConfig(model=model, protocol=protocol, max_new_tokens=2)
     _, _, ids, attn = _inputs(model, "What is the capital of France?", None, False, False)
@@ -106,7 +106,7 @@ def main() -> None:
             with open(args.json, "w") as f:
                 json.dump({**out, "load_avg": os.getloadavg()}, f, indent=1)
         return
-    from pmpc.prg import PRG
+    from pmpc.mpc.prg import PRG
 
     torch.set_num_threads(1)
     prg, gen = PRG.from_os(), torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "big") >> 1)

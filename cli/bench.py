@@ -38,7 +38,7 @@ def bench(ctx, models, protos, tokens, windows, offset, links, weights, dealer, 
     (full configuration), OUT/bench.md and OUT/bench.png after every row; reruns resume."""
     if ctx.invoked_subcommand is not None:
         return
-    from pmpc import bench as B
+    from eval.perf import bench as B
 
     cfg = B.BenchConfig(models=_csv(models) if models else list(B.DEFAULT_MODELS),
                         protocols=_csv(protos) if protos else list(B.DEFAULT_PROTOCOLS),
@@ -72,7 +72,7 @@ def errors(model, protos, tokens, windows, offset, threads, timeout_s, data, out
     tapped activations are revealed to the client. Fits Gaussian and Laplace (scipy.stats), reports
     sigma / b and the better fit beside the paper's Table 2, plots histograms, and writes the fits
     as noise presets for the simulator (`measured:<protocol>`)."""
-    from pmpc import errors_fit as E
+    from eval.perf import errors_fit as E
 
     cfg = E.ErrorsConfig(model=model, protocols=_csv(protos), tokens=tokens, windows=windows, offset=offset,
                          threads=threads, timeout_s=timeout_s, data=data or "")
@@ -113,7 +113,7 @@ def peers(model, tokens, offset, protos, ttp_protocols, spu_protocols, no_micro,
     import shlex
     import sys
 
-    from pmpc import peers as P
+    from eval.perf import peers as P
 
     cfg = P.PeersConfig(model=model, tokens=tokens, offset=offset, protocols=_csv(protos),
                         ttp_protocols=_csv(ttp_protocols), dealers=["local", "ttp"] if _csv(ttp_protocols) else ["local"],

@@ -30,7 +30,7 @@ def netlab(model, protocol, ids, max_new_tokens, dealer, weights, links, preproc
     """Run client, server (and dealer) as separate hosts in network namespaces joined by an
     emulated link, once with no delay and once per link; compare the measured online time with
     the cost model's prediction for the same link. Needs root."""
-    from pmpc import cost, netlab as nl
+    from pmpc.mpc import cost, netlab as nl
 
     reason = nl.unavailable()
     if reason:

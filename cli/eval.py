@@ -68,7 +68,7 @@ def eval_group():
 
 def _run_sets(kw, sets, approx, out, json_path, what, secure: dict | None = None):
     """Evaluate each set. ``secure`` (``--secure --protocol P --parties 2``): generation runs under
-    real 2-party MPC (:func:`pmpc.secure.make_generate_fn`, one session per batch) instead of
+    real 2-party MPC (:func:`pmpc.mpc.secure.make_generate_fn`, one session per batch) instead of
     plaintext HF generation; the parties load the model themselves, this process only its tokenizer."""
     from eval import asr as A
     from eval import judges as J
@@ -88,7 +88,7 @@ def _run_sets(kw, sets, approx, out, json_path, what, secure: dict | None = None
     judges = J.with_keyword(J.get(s.judge, data=s.data, device=s.device, template=s.judge_template), s.data)
     generate_fn, cost_paths = None, {}
     if secure:
-        from pmpc import secure as S
+        from pmpc.mpc import secure as S
 
         model, codec = None, A.load_codec(s.model)  # the client's view: tokenizer and config, never the weights
         gcfg = S.GenConfig(model=s.model, protocol=secure["protocol"], max_new_tokens=s.gen.max_new_tokens,

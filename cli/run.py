@@ -90,7 +90,7 @@ def _encode(tok, prompt: str, raw: bool, max_positions: int):
 def _config(protocol, model, weights, max_new_tokens, temperature, top_p, seed, allow_pickle, threads, preprocess,
             max_prompt_tokens=2048, max_batch=64):
     import protocols
-    from pmpc.secure import GenConfig
+    from pmpc.mpc.secure import GenConfig
 
     protocols.get(protocol)  # unknown protocol: fail now, before any process starts
     if protocol == "plain":
@@ -137,7 +137,7 @@ def run(protocol, model, weights, max_new_tokens, temperature, top_p, seed, time
     This launcher plays both hosts: it reads the weights for the comparison; the client party
     process never does in private mode."""
     from cli.paths import check_writable
-    from pmpc import cost, secure
+    from pmpc.mpc import cost, secure
 
     if parties != 2:
         raise UserError(f"pmpc runs 2-party computation; got --parties {parties}")
@@ -189,7 +189,7 @@ def party(protocol, model, weights, max_new_tokens, temperature, top_p, seed, ti
     """Run ONE party of a secure generation (start one per host with the same options). With
     --weights private the client (rank 0) needs the model's config and tokenizer only."""
     from cli.paths import check_writable
-    from pmpc import handshake, parties, secure
+    from pmpc.mpc import handshake, parties, secure
 
     if psk_file is None:
         raise UserError(f"no pre-shared key: pass --psk-file FILE ({handshake.MAKE_PSK})")
@@ -226,7 +226,7 @@ def party(protocol, model, weights, max_new_tokens, temperature, top_p, seed, ti
     if warning and out is not None:
         out["warning"] = warning
     if json_path and out is not None:
-        from pmpc import cost
+        from pmpc.mpc import cost
 
         cost.dump(json_path, out)
     sys.stdout.flush()

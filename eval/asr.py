@@ -20,7 +20,8 @@ import torch
 
 from eval import judges as J
 from eval import prompts as P
-from eval.generate import Codec, GenConfig, make_generate_fn, run
+from eval.generate import GenConfig, make_generate_fn, run
+from pmpc.models.chat import Codec
 from pmpc.errors import UserError
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,

@@ -18,6 +18,7 @@ import math
 import re
 
 from eval.labelset import LABELS  # noqa: E402  (the labelled set's five labels)
+from pmpc.align.overlap import content_words
 
 COMPLIED = ("compliance", "refuse_then_comply")   # the labels that answer the request
 
@@ -70,8 +71,6 @@ def _substance(s: str) -> bool:
 def features(prompt: str, output: str) -> dict:
     """Numbers that describe the answer's shape (all in [0, ~5]); the keys are the trained judge's
     feature names, in order."""
-    from eval.splits import content_words
-
     words = _WORD.findall(output or "")
     sents = sentences(output)
     ref = [is_refusal_sentence(s) for s in sents]

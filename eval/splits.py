@@ -5,7 +5,7 @@ Every safety number rests on three roles being kept apart:
                 JBB harmful, HarmBench test, XSTest (safe and unsafe).
   * selection — the prompts that choose snapshots, the MVA and tau: harmful-val and harmful-test's
                 dev part (:func:`harmful_test_split`).
-  * training  — everything a model is trained on (pmpc.align.data.training_prompts).
+  * training  — everything a model is trained on (:func:`training_prompts`).
 
 Rules (tested in tests/test_eval_splits.py):
   1. Every set is deduplicated after :func:`normalise` (case, whitespace, punctuation): harmful-test
@@ -16,7 +16,7 @@ Rules (tested in tests/test_eval_splits.py):
      only from its prompts that no other scored set holds.
   3. Training prompts are decontaminated against every scored and selection prompt at the
      near-duplicate level: dropped when the content-word Jaccard similarity (words after lower-casing,
-     less stop words: :func:`content_words`) with any of them is >= :data:`NEAR_JACCARD` (0.6; it
+     less stop words: :func:`pmpc.align.overlap.content_words`) with any of them is >= :data:`pmpc.align.overlap.NEAR_JACCARD` (0.6; it
      catches the same debit-card cloning request worded twice), or when the normalised texts match.
 
 A scored pool that mixes sets (the grid's held-out prompts, the pooled ASR) is :func:`scored_harmful`,
@@ -24,10 +24,15 @@ each text once.
 """
 from __future__ import annotations
 
+import dataclasses
+import pathlib
 import random
-import re
 
-NEAR_JACCARD = 0.6
+from eval import prompts
+from pmpc.align import contrast as C
+from pmpc.align.overlap import Index, normalise
+from pmpc.errors import UserError
+
 DEV_N = 100          # harmful-test prompts held back for selection
 
 # the sets scored wholesale (named sets of eval.prompts, with their load options); harmful-test's
@@ -35,59 +40,6 @@ DEV_N = 100          # harmful-test prompts held back for selection
 SCORED_WHOLE = (("jbb-harmful", {}), ("harmbench-test", {"category": "all"}), ("xstest", {}))
 SCORED_HARMFUL = ("harmful-test", "jbb-harmful", "harmbench-test")   # the harmful sets an ASR is reported on
 SELECTION = ("harmful-val",)                                          # + harmful-test's dev part
-
-_punct = re.compile(r"[^\w\s]")
-_ws = re.compile(r"\s+")
-_word = re.compile(r"[a-z0-9']+")
-_STOP = frozenset("a an the of to in on for and or with my i me do does how what is are can be it this that "
-                  "which why who where when should would from at as by your you someone what's best way good ways mean means "
-                  "term happen happened did during".split())
-
-
-def normalise(s: str) -> str:
-    """Lower case, punctuation to spaces, one space: 'Write a poem!' == 'write a  poem'."""
-    return _ws.sub(" ", _punct.sub(" ", s.lower())).strip()
-
-
-def content_words(s: str) -> frozenset[str]:
-    """The words of ``s`` that carry its content (lower case, stop words removed)."""
-    return frozenset(w for w in _word.findall(s.lower()) if w not in _STOP)
-
-
-def jaccard(a: frozenset, b: frozenset) -> float:
-    return len(a & b) / len(a | b) if a or b else 0.0
-
-
-class Index:
-    """Normalised texts and content-word sets of some prompts, for exact and near-duplicate checks."""
-
-    def __init__(self, texts=(), threshold: float = NEAR_JACCARD):
-        self.threshold = threshold
-        self.exact: set[str] = set()
-        self.words: list[frozenset] = []
-        self._by_word: dict[str, list[int]] = {}
-        for t in texts:
-            self.add(t)
-
-    def add(self, text: str) -> None:
-        self.exact.add(normalise(text))
-        w = content_words(text)
-        if w:
-            for x in w:
-                self._by_word.setdefault(x, []).append(len(self.words))
-            self.words.append(w)
-
-    def near(self, text: str) -> bool:
-        """Same normalised text as an indexed prompt, or content-word Jaccard >= the threshold."""
-        if normalise(text) in self.exact:
-            return True
-        w = content_words(text)
-        cand = {i for x in w for i in self._by_word.get(x, ())}   # Jaccard > 0 needs a shared word
-        return any(jaccard(w, self.words[i]) >= self.threshold for i in cand)
-
-    def __contains__(self, text: str) -> bool:
-        return self.near(text)
-
 
 def dedup(prompts: list, key=lambda p: p.text) -> list:
     """``prompts`` with each normalised text once (the first occurrence), in order."""
@@ -102,9 +54,7 @@ def dedup(prompts: list, key=lambda p: p.text) -> list:
 
 def load(name: str, data: str | None = None, **kw) -> list:
     """A named set of eval.prompts, deduplicated."""
-    from eval.prompts import load as _load
-
-    return dedup(_load(name, data=data, **kw))
+    return dedup(prompts.load(name, data=data, **kw))
 
 
 def _whole_scored(data=None) -> list[str]:
@@ -172,3 +122,123 @@ def reserved(seed: int = 0, data: str | None = None) -> Index:
     texts = [p.text for p in load("harmful-test", data)] + _whole_scored(data)
     texts += [p.text for name in SELECTION for p in load(name, data)]
     return Index(texts)
+
+
+# -- training: the prompts a model is trained on, decontaminated against every other role --------
+def _texts(name: str, d: pathlib.Path, **kw) -> list[str]:
+    return [p.text for p in prompts.load(name, data=str(d), **kw)]
+
+
+# the evaluation sets that training must never see (named sets of eval.prompts); training drops
+# their near-duplicates too
+HELDOUT = (("harmful-test", {}), ("jbb-harmful", {}), ("harmbench-test", {"category": "all"}), ("xstest", {}))
+# the validation set (snapshot selection, MVA/tau). harmful_prompts/val.json is 39 of the 41 HarmBench
+# val "standard" behaviours, a training source: without this exclusion selection measured refusals
+# of prompts the model was trained to refuse (as the selections in results/h200-safe-sweep did).
+VALIDATION = (("harmful-val", {}),)
+
+
+def set_texts(sets, d: pathlib.Path | None = None) -> list[str]:
+    """The prompts of named sets ((name, load kwargs), as :data:`HELDOUT`), in order."""
+    d = d or prompts.data_dir(must_exist=True)
+    return [t for name, kw in sets for t in _texts(name, d, **kw)]
+
+
+def heldout_prompts(d: pathlib.Path | None = None) -> set[str]:
+    """Normalised text of every evaluation prompt that training must never see."""
+    return set(map(normalise, set_texts(HELDOUT, d)))
+
+
+def validation_prompts(d: pathlib.Path | None = None) -> set[str]:
+    """Normalised text of the validation prompts, kept out of training like the held-out ones."""
+    return set(map(normalise, set_texts(VALIDATION, d)))
+
+
+@dataclasses.dataclass
+class PromptSet:
+    harmful: list[tuple[str, str]]    # (prompt, source)
+    harmless: list[tuple[str, str]]
+    removed: int                      # prompts dropped because an evaluation set holds them
+    removed_validation: int = 0       # prompts dropped because the validation set holds them
+    screen: list[str] = dataclasses.field(default_factory=list)  # further harmless prompts to mine (:func:`mine_refused`)
+    removed_contrast: int = 0         # contrast prompts dropped as near an evaluation prompt (pmpc.align.contrast)
+    removed_twins: int = 0            # harmful twins dropped likewise
+
+
+def benign_split(n_train: int, seed: int = 0, d: pathlib.Path | None = None) -> tuple[list[str], list[str]]:
+    """JBB benign behaviors split in two (seeded): ``n_train`` prompts for training, the rest for
+    validating over-refusal. They are harmless requests on the same topics as JBB's harmful ones
+    (a fictional heroin story, the history of a poison), the contrast that keeps a refusal from
+    keying on a topic word; XSTest stays the held-out over-refusal measure."""
+    texts = _texts("jbb-benign", d or prompts.data_dir(must_exist=True))
+    if not 0 <= n_train <= len(texts) - 10:
+        raise UserError(f"benign_train must be in 0..{len(texts) - 10} (JBB benign has {len(texts)} prompts; "
+                        "at least 10 stay for validation)")
+    idx = list(range(len(texts)))
+    random.Random(seed + 7).shuffle(idx)
+    return [texts[i] for i in idx[:n_train]], [texts[i] for i in idx[n_train:]]
+
+
+def training_prompts(n_harmless: int = 300, seed: int = 0, d: pathlib.Path | None = None,
+                     benign_train: int = 0, keep_validation: bool = False, screen: int = 0,
+                     contrast: int = 0, twins: int = 0) -> PromptSet:
+    """The training prompts, deduplicated and with every held-out evaluation prompt and every
+    validation prompt removed; ``benign_train`` JBB benign prompts (:func:`benign_split`) join the
+    harmless ones. ``keep_validation`` rebuilds the data with the validation prompts trained
+    on, which the committed adapters were made with. ``screen``: the next that many harmless-train
+    prompts of the same seeded order, as candidates for :func:`mine_refused`. ``contrast``: this many
+    of pmpc's contrast prompts (:mod:`pmpc.align.contrast`: harmless requests worded like harmful
+    ones) join the harmless ones, decontaminated against every evaluation and validation prompt;
+    ``twins``: this many of their harmful twins (the same trigger words, the intent to harm) join the
+    harmful ones, decontaminated the same way."""
+    if n_harmless < 0:
+        raise UserError("n_harmless must be >= 0")
+    d = d or prompts.data_dir(must_exist=True)
+    heldout, validation = set_texts(HELDOUT, d), set_texts(VALIDATION, d)   # read once: also the decontamination's
+    held = Index(heldout)      # exact (normalised) or near-duplicate (content-word Jaccard >= 0.6)
+    val = Index(() if keep_validation else validation)
+    removed_val = 0
+    harmful = [(p, "harmful-train") for p in _texts("harmful-train", d)]
+    harmful += [(p, "harmbench-val/standard") for p in _texts("harmbench-val", d, category="standard")]
+    pool = _texts("harmless-train", d)
+    rng = random.Random(seed)
+    idx = list(range(len(pool)))
+    rng.shuffle(idx)
+    seen: set[str] = set()
+    removed = 0
+
+    def keep(p):
+        nonlocal removed, removed_val
+        k = normalise(p)
+        if p in held:
+            removed += 1
+            return False
+        if p in val:
+            removed_val += 1
+            return False
+        if k in seen or not k:
+            return False
+        seen.add(k)
+        return True
+
+    harmful = [x for x in harmful if keep(x[0])]
+    harmless, screened = [], []
+    for i in idx:
+        if len(harmless) >= n_harmless and len(screened) >= screen:
+            break
+        if keep(pool[i]):
+            (harmless if len(harmless) < n_harmless else screened).append(pool[i])
+    harmless = [(x, "harmless_prompts/train") for x in harmless]
+    if benign_train:
+        harmless += [(x, "jbb-benign/train") for x in benign_split(benign_train, seed, d)[0] if keep(x)]
+    removed_contrast = removed_twins = 0
+    if contrast or twins:
+        jbb_benign = _texts("jbb-benign", d)   # validation (the untrained part) as much as training
+        evaluation = heldout + validation + jbb_benign
+        if contrast:
+            got, removed_contrast = C.prompts(contrast, evaluation, _texts("xstest-safe", d) + jbb_benign, seed)
+            harmless += [(x, f"pmpc-contrast/{kind}") for x, kind in got if keep(x)]
+        if twins:
+            got, removed_twins = C.prompts(twins, evaluation, (), seed, harmful=True)
+            harmful += [(x, f"pmpc-twin/{kind}") for x, kind in got if keep(x)]
+    return PromptSet(harmful, harmless, removed, removed_val, screened, removed_contrast, removed_twins)

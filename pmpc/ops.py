@@ -1,7 +1,7 @@
 """The small op set every protocol and the engine are written against — one definition, two backends.
 
 A protocol's GELU or softmax is written ONCE in terms of these ops. It then runs
-  * on :class:`CrypTenOps` — secret-shared ``CrypTensor`` values: the real 2-party protocol, with
+  * on :class:`pmpc.mpc.crypten_ops.CrypTenOps` — secret-shared ``CrypTensor`` values: the real 2-party protocol, with
     real rounds and bytes, and
   * on :class:`TorchOps` — plain ``torch.Tensor`` values: an exact emulation of the same arithmetic
     (float64 by default; ``fxp_bits`` rounds secret products to the fixed-point grid as MPC does).
@@ -21,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from pmpc import cost
+from pmpc.accounting import Tracker
 
 # |activation| bound the protocols state for comparisons on element-wise inputs (GELU/SiLU
 # arguments, attention scores, softmax inputs): two such values differ by < 2^15, which a 32-bit
@@ -40,8 +40,8 @@ class Ops:
     kind = "abstract"
     fxp_bits = 16  # fractional bits of the fixed-point encoding (CrypTen's default)
 
-    def __init__(self, tracker: cost.Tracker | None = None):
-        self.tracker = tracker or cost.Tracker(None)
+    def __init__(self, tracker: Tracker | None = None):
+        self.tracker = tracker or Tracker(None)
 
     # -- accounting ------------------------------------------------------------------------
     def scope(self, name: str):
@@ -340,7 +340,7 @@ class Ops:
 
         Hidden states of real LLMs carry a few values of 1e3-1e4 (SmolLM2: 22552). Squared in
         16-bit fixed point the product needs 2^61 of the 64-bit ring before its truncation, whose
-        exact 2-party form (:mod:`pmpc.crypten_compat`) needs |value| < 2^62: a plain x*x is at its
+        exact 2-party form (:mod:`pmpc.mpc.crypten_compat`) needs |value| < 2^62: a plain x*x is at its
         limit already. So, in ring integers (r(v) = v 2^16), x is split as r(x) = 2^8 r(a) + r(l)
         with a = x 2^-8 (one truncation) and l the exact remainder (|r(l)| < 2^9), and
             r(x^2) = r(a)^2 + r(l) (r(x) + 2^8 r(a)) / 2^16.
@@ -459,208 +459,6 @@ class TorchOps(Ops):
         return torch.stack(xs, dim)
 
 
-class CrypTenOps(Ops):
-    """Secret-shared values: every op below is the real 2-party protocol."""
-
-    kind = "crypten"
-
-    def __init__(self, tracker=None):
-        super().__init__(tracker)
-        from pmpc.crypten_compat import crypten
-
-        self.crypten = crypten
-        self.fxp_bits = crypten.cfg.encoder.precision_bits
-
-    def share(self, t, src=0):
-        return self.crypten.cryptensor(t.float(), src=src)
-
-    def reveal(self, x, dst=None):
-        return x.get_plain_text(dst=dst)
-
-    def is_secret(self, x):
-        return isinstance(x, self.crypten.CrypTensor)
-
-    def _lift(self, a):
-        """crypten returns comparison bits with encoder scale 1, which silently rounds a public
-        float factor (``bit * 0.25``) to an integer. Rescale to the standard fixed point (local)."""
-        from crypten.encoder import FixedPointEncoder
-
-        a._tensor.share = a._tensor.share * (2 ** self.fxp_bits)
-        a._tensor.encoder = FixedPointEncoder(self.fxp_bits)
-        return a
-
-    def _ltz_ring(self, x):
-        return self._lift(self._ltz_ring_int(x))
-
-    def _ltz_ring_int(self, x):
-        """CrypTen's comparison (A2B of the whole ring, the sign bit) with the bit opened packed."""
-        return self.bits(x, [63], lift=False)[0]
-
-    def _ltz_lane(self, x, lane, drop):
-        from pmpc.crypten_compat import lane_ltz
-
-        return lane_ltz(x, lane, drop)
-
-    def as_int(self, x):
-        from crypten.encoder import FixedPointEncoder
-
-        v = x.clone()
-        v._tensor.encoder = FixedPointEncoder(0)
-        return v
-
-    def idiv(self, v, d):
-        out = v.clone()
-        out._tensor.div_(int(d))  # 2PC: crypten_compat's exact truncation (error 1 unit)
-        return out
-
-    def lift(self, b):
-        return self._lift(b)
-
-    def matmul(self, x, y):
-        """A secret x times a PUBLIC matrix y (a linear layer's weights): y is encoded with
-        ``WEIGHT_EXTRA_BITS`` more fraction bits than the values (CrypTen's encoding truncates it
-        to 2^-16 toward zero: a weight of 0.01 loses 0.3% of itself, and folding a norm's weight
-        or 1/sqrt(d) into it shrinks it further), and the product is truncated once, as before.
-        Room: |x y| < 2^(61 - 2f - extra) = 2^21, far above any linear layer's output here."""
-        if torch.is_tensor(y) and self.is_secret(x) and not self.is_secret(y) and y.is_floating_point():
-            from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
-
-            from pmpc.crypten_compat import MPCTensor
-
-            s = self.fxp_bits + WEIGHT_EXTRA_BITS
-            raw = x._tensor.share.matmul(torch.round(y.double() * 2.0 ** s).long()) * (1 << (self.fxp_bits - _log2_scale(x)))
-            out = ArithmeticSharedTensor.from_shares(raw, precision=0)
-            out.div_(2 ** s)
-            return MPCTensor.from_shares(out.share, precision=self.fxp_bits)
-        return x.matmul(y)
-
-    def mul_many(self, pairs, scales=None, bound=ACT_BOUND, max_k: int | None = None) -> list:
-        from crypten.mpc.primitives import beaver
-        from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
-
-        from pmpc.crypten_compat import MPCTensor
-
-        fb, n = self.fxp_bits, len(pairs)
-        scales, bounds, ks = self._slots(pairs, scales, bound, max_k)
-        shapes = [torch.broadcast_shapes(a.shape, b.shape) for a, b in pairs]
-        stacked = all(sh == shapes[0] for sh in shapes)
-        if stacked:  # one stacked tensor, each side on one scale
-            sa = max(_log2_scale(a) for a, _ in pairs)
-            sb = max(_log2_scale(b) for _, b in pairs)
-            A = torch.stack([_raw(a, shapes[0], sa) for a, _ in pairs])
-            B = torch.stack([_raw(b, shapes[0], sb) for _, b in pairs])
-            raw = [sa + sb] * n
-        else:  # flattened and concatenated: every pair keeps its own scales
-            A = torch.cat([_raw(a, sh, _log2_scale(a)).reshape(-1) for (a, _), sh in zip(pairs, shapes)])
-            B = torch.cat([_raw(b, sh, _log2_scale(b)).reshape(-1) for (_, b), sh in zip(pairs, shapes)])
-            raw = [_log2_scale(a) + _log2_scale(b) for a, b in pairs]
-        prod = beaver.mul(ArithmeticSharedTensor.from_shares(A, precision=0),
-                          ArithmeticSharedTensor.from_shares(B, precision=0)).share
-        tops = [max(fb, r) for r in raw]
-        for t, k, b in zip(tops, ks, bounds):
-            _check_room(t + k, b)
-        coef = [_round_coef(c, k) * (1 << (t - r)) for c, k, t, r in zip(scales, ks, tops, raw)]
-        divs = [2 ** (t + k - fb) for t, k in zip(tops, ks)]
-        if stacked:
-            per = lambda v: torch.tensor(v, dtype=torch.long).reshape(n, *[1] * len(shapes[0]))  # noqa: E731
-        else:
-            sizes = torch.tensor([math.prod(sh) for sh in shapes])
-            per = lambda v: torch.repeat_interleave(torch.tensor(v, dtype=torch.long), sizes)  # noqa: E731
-        out = ArithmeticSharedTensor.from_shares(prod * per(coef), precision=0)
-        d = divs[0] if len(set(divs)) == 1 else per(divs).expand(prod.shape)
-        if torch.is_tensor(d) or d > 1:
-            out.div_(d)  # ONE truncation for all (per-element divisors where the scales differ)
-        res = MPCTensor.from_shares(out.share, precision=fb)
-        if stacked:
-            return [res[i] for i in range(n)]
-        outs, o = [], 0
-        for sh in shapes:
-            m = math.prod(sh)
-            outs.append(res[o:o + m].reshape(sh))
-            o += m
-        return outs
-
-    def combine(self, products=(), terms=(), const=0.0, bound: float = ACT_BOUND):
-        from crypten.mpc.primitives import beaver
-        from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
-
-        from pmpc.crypten_compat import MPCTensor
-
-        fb = self.fxp_bits
-        k = self.coef_bits([c for c, *_ in products] + [c for c, _ in terms], bool(products), bound)
-        parts = []  # (raw share, its scale bits, public integer coefficient)
-        if len(products) == 1:
-            c, a, b = products[0]
-            parts.append((beaver.mul(a._tensor, b._tensor).share, _log2_scale(a) + _log2_scale(b), c))
-        elif products:  # one Beaver round for all pairs, each side on one common scale
-            shape = torch.broadcast_shapes(*[torch.broadcast_shapes(a.shape, b.shape) for _, a, b in products])
-            sa = max(_log2_scale(a) for _, a, _ in products)
-            sb = max(_log2_scale(b) for _, _, b in products)
-            A = torch.stack([_raw(a, shape, sa) for _, a, _ in products])
-            B = torch.stack([_raw(b, shape, sb) for _, _, b in products])
-            prod = beaver.mul(ArithmeticSharedTensor.from_shares(A, precision=0),
-                              ArithmeticSharedTensor.from_shares(B, precision=0)).share
-            parts += [(prod[i], sa + sb, c) for i, (c, _, _) in enumerate(products)]
-        parts += [(v._tensor.share, _log2_scale(v), d) for d, v in terms]
-        if not parts:
-            raise ValueError("combine needs at least one secret product or term")
-        top = max(fb, max(sc for _, sc, _ in parts))  # every part on 2^top (coefficients on 2^k)
-        share = None
-        for raw, sc, c in parts:  # int64 products wrap: everything is modulo 2^64
-            t = raw * _round_coef(c, k) * (1 << (top - sc))
-            share = t if share is None else share + t
-        out = ArithmeticSharedTensor.from_shares(share, precision=0)
-        if not (isinstance(const, (int, float)) and const == 0):
-            out = out + (torch.round(torch.as_tensor(const, dtype=torch.float64) * 2.0 ** (top + k)).long()
-                         if torch.is_tensor(const) else int(round(float(const) * 2.0 ** (top + k))))
-        _check_room(top + k, bound)
-        d = 2 ** (top + k - fb)
-        if d > 1:
-            out.div_(d)  # the one truncation (crypten_compat's exact 2-party division)
-        return MPCTensor.from_shares(out.share, precision=fb)
-
-    def from_int(self, v, frac_bits):
-        from crypten.encoder import FixedPointEncoder
-
-        v = v.clone()
-        v._tensor.encoder = FixedPointEncoder(frac_bits)
-        return v
-
-    def bits(self, x, positions, lift: bool = True, scale: float = 1.0, offset: float = 0.0):
-        """Bits ``positions`` of the ring encoding of ``scale * x + offset`` as arithmetic 0/1
-        shares: one A2B conversion (adder circuit) and one batched single-bit B2A for all positions
-        (bits packed 64 to a word). ``lift=False``: as ring integers (scale 1).
-
-        A public ``scale`` costs no truncation: the shares are multiplied by round(scale 2^K)
-        (K = ``BITS_SCALE_FRAC``) and the positions read K bits higher, since
-        floor(v 2^K / 2^K) = floor(v): the bits are those of the truncated product, exactly.
-        Position 63 stays the sign bit."""
-        from pmpc.crypten_compat import MPCTensor, Ptype, b2a_bits
-
-        if scale != 1.0:
-            K = BITS_SCALE_FRAC
-            v = x.clone()
-            v._tensor.share = x._tensor.share * self.fixed(scale, K)
-            v._tensor.encoder = type(x.encoder)(0)
-            if offset:
-                v._tensor = v._tensor + int(round(offset * 2.0 ** (self.fxp_bits + K)))
-            positions = [p if p == 63 else p + K for p in positions]
-            x = v
-        elif offset:
-            x = x + offset
-        b = x._to_ptype(Ptype.binary)
-        b.share = torch.stack([(b.share >> p) & 1 for p in positions])
-        a = MPCTensor.from_shares(b2a_bits(b._tensor).share, precision=0)
-        a.encoder._scale = 1
-        return self._lift(a) if lift else a
-
-    def cat(self, xs, dim=0):
-        return self.crypten.cat(xs, dim=dim)
-
-    def stack(self, xs, dim=0):
-        return self.crypten.stack(xs, dim=dim)
-
-
 def _integral(c) -> bool:
     if torch.is_tensor(c):
         return bool(c.frac().eq(0).all())
@@ -676,19 +474,6 @@ def _round_coef(c, k: int):
 
 def _acc(acc, v):
     return v if acc is None else acc + v
-
-
-def _log2_scale(x) -> int:
-    """The fixed-point scale of a CrypTensor as a power of two (1 for ring integers)."""
-    return int(x.encoder.scale).bit_length() - 1
-
-
-def _raw(x, shape, scale_bits: int):
-    """The share of a CrypTensor broadcast to ``shape`` and moved up to the scale 2^scale_bits
-    (local: a share times a power of two)."""
-    sh = x._tensor.share.expand(shape)
-    up = scale_bits - _log2_scale(x)
-    return sh * (1 << up) if up else sh
 
 
 def _check_room(scale_bits: int, bound: float) -> None:

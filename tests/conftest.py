@@ -13,7 +13,7 @@ os.environ.setdefault("PMPC_STORIES", str(STORIES))
 def psk_file(tmp_path_factory):
     """Every `pmpc party` a test starts (in-process or as a subprocess) reads this pre-shared key
     (PMPC_PSK_FILE); `pmpc run` and run_local draw their own."""
-    from pmpc import handshake
+    from pmpc.mpc import handshake
 
     path = tmp_path_factory.mktemp("psk") / "psk"
     path.write_bytes(handshake.new_psk())

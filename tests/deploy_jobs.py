@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from pmpc import models
-from pmpc.ops import CrypTenOps
-from pmpc.secure import GenConfig, generate_party
+from pmpc.mpc.crypten_ops import CrypTenOps
+from pmpc.mpc.secure import GenConfig, generate_party
 
 
 class Recorder:
@@ -18,7 +18,7 @@ class Recorder:
     element.)"""
 
     def __init__(self):
-        from pmpc.crypten_compat import comm
+        from pmpc.mpc.crypten_compat import comm
 
         self.got: list = []      # messages from the peer
         self.opened: list = []   # values opened to both parties (sums of shares): must look random

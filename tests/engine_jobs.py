@@ -7,9 +7,11 @@ import time
 import numpy as np
 import torch
 
-from pmpc import cost, models
+from pmpc.mpc import cost
+from pmpc import models
 from pmpc.engine import Engine
-from pmpc.ops import CrypTenOps, TorchOps
+from pmpc.mpc.crypten_ops import CrypTenOps
+from pmpc.ops import TorchOps
 
 ARCHS = ("llama", "qwen2", "phi3", "mistral", "gpt2", "bert")
 
@@ -55,7 +57,7 @@ class Recorder:
     """Wraps the communicator of one party and keeps every tensor it receives."""
 
     def __init__(self):
-        from pmpc.crypten_compat import comm
+        from pmpc.mpc.crypten_compat import comm
 
         self.got = []
         c = comm.get()
@@ -78,7 +80,7 @@ class Recorder:
 
 def server_view(rank, world_size, inp):
     """Generate on stories260K; the server records all it receives and reports on it."""
-    from pmpc.secure import GenConfig, generate_party
+    from pmpc.mpc.secure import GenConfig, generate_party
 
     rec = Recorder() if rank == 1 else None
     out = generate_party(GenConfig(model=os.environ["PMPC_STORIES"], protocol="exact", max_new_tokens=2),
@@ -116,7 +118,7 @@ def scopes_and_total(protocol, rank, world_size):
 
 
 class FileWatch:
-    """A :class:`pmpc.secure.Watch` stand-in that logs what the client process shows."""
+    """A :class:`pmpc.mpc.secure.Watch` stand-in that logs what the client process shows."""
 
     def __init__(self, path):
         self.path = str(path)

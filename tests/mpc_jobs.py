@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import protocols
-from pmpc import cost
+from pmpc.mpc import cost
 from pmpc.ops import TorchOps
 
 SOFTMAX_ROW = 16  # softmax specs are stated for rows of this length
@@ -111,7 +111,7 @@ class FunctionsJob:
         self.cases = {k: np.asarray(v, dtype=np.float64) for k, v in cases.items()}
 
     def __call__(self, rank, world_size):
-        from pmpc.ops import CrypTenOps
+        from pmpc.mpc.crypten_ops import CrypTenOps
 
         ops = CrypTenOps(cost.Tracker(cost.crypten_stats))
         out = {}
@@ -134,7 +134,7 @@ class ForwardBytesJob:
     def __call__(self, rank, world_size):
         from pmpc.engine import Engine
         from pmpc.models import load_hf, spec_from_hf
-        from pmpc.ops import CrypTenOps
+        from pmpc.mpc.crypten_ops import CrypTenOps
 
         hf, _ = load_hf(self.model)
         spec = spec_from_hf(hf, self.model)
@@ -159,7 +159,7 @@ class CompareJob:
         self.x, self.coarse_x, self.rows = (np.asarray(v, dtype=np.float64) for v in (x, coarse_x, rows))
 
     def __call__(self, rank, world_size):
-        from pmpc.ops import CrypTenOps
+        from pmpc.mpc.crypten_ops import CrypTenOps
 
         ops = CrypTenOps(cost.Tracker(cost.crypten_stats))
         x = ops.share(torch.from_numpy(self.x), src=0)
@@ -182,7 +182,7 @@ def b2a_opening_job(rank, world_size):
     arithmetic result (revealed to the client)."""
     from crypten.mpc.primitives.binary import BinarySharedTensor
 
-    from pmpc.crypten_compat import b2a_bits
+    from pmpc.mpc.crypten_compat import b2a_bits
     from tests.engine_jobs import Recorder
 
     bits = torch.tensor([1, 0, 1])
@@ -200,7 +200,7 @@ def truncation_job(rank, world_size):
     of two, by one int and elementwise by an int tensor."""
     from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
 
-    from pmpc.crypten_compat import crypten
+    from pmpc.mpc.crypten_compat import crypten
 
     n = 16_000_000
     x = crypten.cryptensor(torch.full((n,), 4096.0), src=0)

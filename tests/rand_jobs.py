@@ -10,7 +10,7 @@ N = 4  # words peeked from each stream
 
 def _peek(gen, n: int = N) -> list:
     """The next ``n`` ring words of a generator, which is then rewound (nothing is consumed)."""
-    from pmpc.crypten_compat import ring_random
+    from pmpc.mpc.crypten_compat import ring_random
 
     st = gen.get_state()
     out = ring_random(n, gen).tolist()
@@ -52,7 +52,7 @@ def streams_and_predictions(rank, world_size):
     Beaver product checks that the streams shared with the dealer agree."""
     import torch
 
-    from pmpc.crypten_compat import MPCTensor, crypten
+    from pmpc.mpc.crypten_compat import MPCTensor, crypten
 
     out = {"predictions": _predictions() if rank == 0 else {}}
     cpu = torch.device("cpu")
@@ -75,7 +75,7 @@ def shares_after_global_seeding(rank, world_size):
     import numpy as np
     import torch
 
-    from pmpc.crypten_compat import MPCTensor, crypten
+    from pmpc.mpc.crypten_compat import MPCTensor, crypten
 
     torch.manual_seed(0)
     np.random.seed(0)
@@ -88,8 +88,8 @@ def shares_after_global_seeding(rank, world_size):
 def handshake_capture(rank, world_size):
     """A fresh key exchange between the computing parties, with every byte on the wire recorded:
     (the messages this party sent and received, the seed and MAC key it derived)."""
-    from pmpc import handshake
-    from pmpc.crypten_compat import comm
+    from pmpc.mpc import handshake
+    from pmpc.mpc.crypten_compat import comm
 
     wire = []
     swap = handshake._swap
@@ -113,7 +113,7 @@ def digest_check(tamper: str, rank, world_size):
     has another configuration)."""
     import hashlib
 
-    from pmpc import handshake
+    from pmpc.mpc import handshake
 
     digest = hashlib.sha256(b"configuration").digest()
     if tamper == "config" and rank == 1:

@@ -18,7 +18,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from pmpc import models, parties
+from pmpc import models
+from pmpc.mpc import parties
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["-m", "tiny-random-llama", "-p", "exact", "-n", "1"]
@@ -58,7 +59,7 @@ def test_empty_prompt(stories_dir):
     one_line_error(run("run", "-m", str(stories_dir), "-p", "exact", "--prompt", "   "), "empty prompt")
     import torch
 
-    from pmpc import secure
+    from pmpc.mpc import secure
     from pmpc.errors import UserError
 
     cfg = secure.GenConfig(model="tiny-random-llama", protocol="exact")
@@ -177,7 +178,7 @@ def test_mismatched_configurations_are_detected_at_start():
 
 def test_configuration_digest_covers_model_protocol_and_weights():
     """What the parties compare at start (the two-process test above exercises the exchange)."""
-    from pmpc.secure import GenConfig
+    from pmpc.mpc.secure import GenConfig
 
     llama, qwen = models.load_shapes("tiny-random-llama"), models.load_shapes("tiny-random-qwen2")
     base = GenConfig(model="tiny-random-llama", protocol="exact")
@@ -251,7 +252,7 @@ def test_private_weights_with_the_local_dealer_need_cost_only():
     line = one_line_error(run("run", *TINY, "--ids", "1,2", "--weights", "private", "--dealer", "local"),
                           "--weights private with --dealer local protects nothing", "--cost-only")
     assert "learns the weights" in line
-    from pmpc import secure
+    from pmpc.mpc import secure
     from pmpc.errors import UserError
 
     cfg = secure.GenConfig(model="tiny-random-llama", protocol="exact", weights="private")
@@ -275,7 +276,7 @@ def test_a_client_announcing_beyond_the_limits_is_refused_by_the_server():
     """The server's check of an announcement (the wire test sends it from a hostile client)."""
     import torch
 
-    from pmpc import secure
+    from pmpc.mpc import secure
 
     cfg = secure.GenConfig(model="tiny-random-llama", protocol="exact", max_new_tokens=2, max_prompt_tokens=16,
                            max_batch=2)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pmpc import bench as B
-from pmpc import errors_fit as E
+from eval.perf import bench as B
+from eval.perf import errors_fit as E
 from pmpc.errors import UserError
 
 TINY = "tiny-random-llama"
@@ -76,7 +76,7 @@ def test_bench_resumes_and_refuses_other_configs(tiny_run, monkeypatch):
     def no_party(*a, **k):
         raise AssertionError("a finished row was run again")
 
-    monkeypatch.setattr("pmpc.parties.run_local", no_party)
+    monkeypatch.setattr("pmpc.mpc.parties.run_local", no_party)
     cfg = B.BenchConfig(models=[TINY], protocols=["bolt"], tokens=8, data=data["config"]["data"])
     again = B.run(cfg, out, progress=False)
     assert len(again["rows"]) == 2  # nothing lost, nothing rerun

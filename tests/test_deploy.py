@@ -19,7 +19,8 @@ import sys
 import pytest
 import torch
 
-from pmpc import cost, dealer, models, netlab, parties, secure
+from pmpc.mpc import cost, dealer, netlab, parties, secure
+from pmpc import models
 from pmpc.engine import Engine
 from pmpc.ops import TorchOps
 

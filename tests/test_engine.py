@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pmpc import models, parties
+from pmpc import models
+from pmpc.mpc import parties
 from pmpc.engine import Engine
 from pmpc.ops import TorchOps
 from tests import engine_jobs
@@ -66,7 +67,7 @@ def test_secure_forward_matches_plaintext(weights):
 def test_secure_greedy_generation_equals_plaintext(stories_dir, tmp_path):
     """stories260K: 16 greedy tokens under MPC with `exact` == HF greedy decoding, token for token
     (exercises prefill + secret KV-cache decode end to end)."""
-    from pmpc import secure
+    from pmpc.mpc import secure
 
     model, tok = models.load_hf(str(stories_dir))
     ids = tok("Once upon a time", return_tensors="pt")["input_ids"]
@@ -100,7 +101,7 @@ def test_party_failure_ends_run_within_timeout(mode):
 
 
 def test_server_never_receives_the_prompt_in_the_clear(stories_dir):
-    from pmpc import secure
+    from pmpc.mpc import secure
 
     model, tok = models.load_hf(str(stories_dir))
     ids = tok("Tom had a secret red ball", return_tensors="pt")["input_ids"]
@@ -130,7 +131,7 @@ def test_cost_scopes_add_up_to_the_total(protocol):
 def test_watch_prints_tokens_as_they_come(capsys):
     """What `pmpc run` shows: prefill layers on stderr, the answer's text growing on stdout, a
     multi-byte character only once it is whole."""
-    from pmpc import secure
+    from pmpc.mpc import secure
 
     class Tok:  # ids are characters; 0 alone is half of a character
         def decode(self, ids, skip_special_tokens=True):

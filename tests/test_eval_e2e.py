@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from eval import asr as A
 from eval import generate as G
 from eval import judges as J
+from pmpc.models import chat
 from eval import ppl as PPL
 from eval import prompts as P
 from eval.prompts import data_dir
@@ -42,17 +43,17 @@ def test_templates(stories):
     from pmpc.models import load_hf
 
     _, codec = stories
-    assert codec.render("Hi", "paper") == f"{G.PAPER_SYSTEM}\nInstruction: Hi\nResponse:"
+    assert codec.render("Hi", "paper") == f"{chat.PAPER_SYSTEM}\nInstruction: Hi\nResponse:"
     assert codec.render("Hi", "default") == "Hi" and codec.render("Hi", "Be brief.") == "Be brief.\nHi"
     try:
         m, tok = load_hf("smollm2")
     except UserError:
         pytest.skip("smollm2 wheel not installed")
-    c = G.Codec(tok, m)
+    c = chat.Codec(tok, m)
     assert "You are a helpful AI assistant named SmolLM" in c.render("Hi", "default")
     assert c.render("Hi", "none").startswith("<|im_start|>system\n<|im_end|>")
     p = c.render("Hi", "paper")
-    assert G.PAPER_SYSTEM in p and "<|im_start|>user\nInstruction: Hi<|im_end|>" in p
+    assert chat.PAPER_SYSTEM in p and "<|im_start|>user\nInstruction: Hi<|im_end|>" in p
     assert p.endswith("<|im_start|>assistant\n")
     assert c.encode(p)[0] == tok.convert_tokens_to_ids("<|im_start|>")  # no doubled BOS
 

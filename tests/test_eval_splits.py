@@ -65,7 +65,7 @@ def test_scored_pools_count_each_prompt_once():
 def test_training_prompts_decontaminated_against_scored_and_selection():
     from pmpc.align import data as D
 
-    ps = D.training_prompts(n_harmless=300, seed=0, contrast=50, twins=20)
+    ps = S.training_prompts(n_harmless=300, seed=0, contrast=50, twins=20)
     reserved = S.reserved(0)
     train = [p for p, _ in ps.harmful + ps.harmless]
     assert train and not [p for p in train if p in reserved]

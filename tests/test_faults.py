@@ -17,7 +17,7 @@ import time
 import pytest
 import torch
 
-from pmpc import parties, secure
+from pmpc.mpc import parties, secure
 
 TIMEOUT = 12.0  # the parties' communication timeout in these tests (start-up on a loaded 2-core box fits)
 SLACK = 6.0     # polling (0.2 s), process teardown and a loaded 2-core machine
@@ -164,7 +164,7 @@ def test_parties_exit_when_their_launcher_is_killed(tmp_path):
     """The launcher (e.g. `pmpc eval asr`) SIGKILLed mid-run, as the OOM killer does: its party
     processes must not compute on as orphans."""
     code = ("import sys; sys.path.insert(0, %r)\n"
-            "from pmpc.parties import run_local\nfrom tests import mpc_jobs as mj\n"
+            "from pmpc.mpc.parties import run_local\nfrom tests import mpc_jobs as mj\n"
             "if __name__ == '__main__':\n"
             "    run_local(mj.sleep_job, timeout_s=200, env={'PMPC_TEST_PIDDIR': %r})\n"
             % (str(pathlib.Path(__file__).resolve().parents[1]), str(tmp_path)))

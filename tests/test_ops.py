@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pmpc.ops import TorchOps
-from pmpc.parties import run_local
+from pmpc.mpc.parties import run_local
 from tests import mpc_jobs as mj
 
 
@@ -78,7 +78,7 @@ def test_packed_b2a_opens_uniform_words():
 def test_fixed_point_decode_is_exact_for_negative_values_near_integers():
     """CrypTen decoded x = k 2^16 + d (k < 0, 0 < d < |k|) as k - 1 + d 2^-16: off by exactly -1.0,
     the ~1.0 max |logit diff| of every protocol's bench row. The decode pmpc installs is exact."""
-    import pmpc.crypten_compat  # noqa: F401  (the shim: imports crypten, installs the decode)
+    import pmpc.mpc.crypten_compat  # noqa: F401  (the shim: imports crypten, installs the decode)
     from crypten.encoder import FixedPointEncoder
 
     enc = FixedPointEncoder(16)
@@ -94,8 +94,8 @@ def test_ring_random_is_reproducible_and_uniform():
     """ring_random draws every mask: the same generator state must give the same words (parties
     sharing a generator rely on it), it must advance the generator, and bulk and small draws must
     cover the whole ring (each bit set half the time) or, for k bits, exactly [0, 2^k)."""
-    from pmpc.crypten_compat import ring_random
-    from pmpc.prg import PRG
+    from pmpc.mpc.crypten_compat import ring_random
+    from pmpc.mpc.prg import PRG
 
     def gen(i):
         return PRG(i.to_bytes(16, "big"))

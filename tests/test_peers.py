@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from pmpc import models, primitives
-from pmpc import peers as P
+from pmpc import models
+from pmpc.mpc import primitives
+from eval.perf import peers as P
 
 _spec = importlib.util.spec_from_file_location("llama_xp", P.PEERS_DIR / "llama_xp.py")
 llama_xp = importlib.util.module_from_spec(_spec)
@@ -111,10 +112,10 @@ def test_mpc_run_counts_what_the_emulation_counts(data_dir):
     and bit extractions are exactly the plaintext emulation's (products with public weights are
     told apart only under MPC, where weights are not CrypTensors); CrypTen's truncations are
     counted too, at least one per product; CrypTen as shipped compares on the whole ring only."""
-    from pmpc import bench as B
+    from eval.perf import bench as B
     from pmpc.engine import Engine
     from pmpc.ops import TorchOps
-    from pmpc.parties import run_local
+    from pmpc.mpc.parties import run_local
 
     spec, tok = B.load_model("tiny-random-llama")
     ids = B.windows(tok, spec.vocab, 1, 4, B.wikitext_path(str(data_dir)))

@@ -19,8 +19,9 @@ import pytest
 import torch
 from scipy import stats
 
-from pmpc import models, parties
-from pmpc.secure import ClientInput, GenConfig
+from pmpc import models
+from pmpc.mpc import parties
+from pmpc.mpc.secure import ClientInput, GenConfig
 from tests import deploy_jobs
 
 ALPHA = 1e-6          # per-test false-alarm rate for truly uniform data

@@ -13,7 +13,7 @@ import torch
 from tests import mpc_jobs as mj
 import protocols
 from pmpc.ops import TorchOps
-from pmpc.parties import run_local
+from pmpc.mpc.parties import run_local
 
 MINE = ("iron", "bolt", "bumblebee", "puma", "nexus", "mpcformer")
 ALL = tuple(n for n in protocols.names() if n != "plain")

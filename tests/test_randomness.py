@@ -23,7 +23,7 @@ import sys
 import numpy as np
 import pytest
 
-from pmpc import parties
+from pmpc.mpc import parties
 from tests import rand_jobs as rj
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +33,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_prg_is_aes128_ctr_known_answer():
     """FIPS-197 appendix C.1: AES-128 with key 00..0f maps 00112233..ff to 69c4e0d8..c55a. The
     stream's block i is AES_k(i); word w is half of block w // 2, little-endian."""
-    from pmpc.prg import PRG
+    from pmpc.mpc.prg import PRG
 
     g = PRG(bytes(range(16)))
     g.set_state(2 * int("00112233445566778899aabbccddeeff", 16))
@@ -45,8 +45,8 @@ def test_prg_is_aes128_ctr_known_answer():
 def test_every_seed_bit_changes_the_stream(flip, n):
     """Seeds that differ only in one bit — the high bits included (bits 32-63 and 64-127 were
     dropped by the old expansion) — give different streams, for small and bulk draws."""
-    from pmpc.crypten_compat import ring_random
-    from pmpc.prg import PRG
+    from pmpc.mpc.crypten_compat import ring_random
+    from pmpc.mpc.prg import PRG
 
     base = int.from_bytes(os.urandom(16), "big")
     s0, s1 = base.to_bytes(16, "big"), (base ^ (1 << flip)).to_bytes(16, "big")
@@ -56,7 +56,7 @@ def test_every_seed_bit_changes_the_stream(flip, n):
 
 
 def test_stream_is_position_based_and_rewinds():
-    from pmpc.prg import PRG
+    from pmpc.mpc.prg import PRG
 
     seed = os.urandom(16)
     whole = PRG(seed).words(30_001)
@@ -74,7 +74,7 @@ def test_stream_is_position_based_and_rewinds():
 def test_ring_random_refuses_a_torch_generator():
     import torch
 
-    from pmpc.crypten_compat import ring_random
+    from pmpc.mpc.crypten_compat import ring_random
 
     with pytest.raises(TypeError, match="AES PRG"):
         ring_random(4, torch.Generator().manual_seed(1))

@@ -449,7 +449,7 @@ from pmpc.models import load_hf
 m, _ = load_hf('tiny-random-llama')
 with torch.no_grad(), simulate.approximate(m, 'protocol:exact@down,norm,softmax+gauss:0.1@up', seed=0):
     m(torch.arange(8)[None])
-assert 'pmpc.crypten_compat' not in sys.modules and 'pmpc.parties' not in sys.modules
+assert 'pmpc.mpc.crypten_compat' not in sys.modules and 'pmpc.mpc.parties' not in sys.modules
 print('ok')
 """
     import os

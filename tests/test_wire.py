@@ -18,7 +18,7 @@ import time
 import pytest
 import torch
 
-from pmpc import parties, wire
+from pmpc.mpc import parties, wire
 from tests.test_badinput import error_lines
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def test_crypten_and_torch_pickle_paths_refuse_in_a_party():
 
 # -- a malicious peer against real parties -----------------------------------------------------------
 # The configuration check is not among them: it is a fixed 64-byte exchange (digest and HMAC tag
-# under the key exchange's MAC key, pmpc.handshake.agree_digest) that nothing parses;
+# under the key exchange's MAC key, pmpc.mpc.handshake.agree_digest) that nothing parses;
 # tests/test_randomness.py alters it on the wire and the receiver reports "not authenticated".
 CASES = [  # (hostile role, message kind[:op or reply key], receiver, dealer, preprocess)
     ("client", "announcement", "server", "local", False),

@@ -33,7 +33,7 @@ def hostile(kind: str, op: str | None, marker: str, payload: str = "pickle") -> 
     """From now on, the first message of ``kind`` (and dealer op or reply key ``op``) is hostile:
     ``pickle`` (runs a shell command when unpickled), ``huge-prompt`` (a well-formed announcement
     of 12,000 tokens) or ``huge-frame`` (a header announcing 1 TiB, then a few bytes)."""
-    from pmpc import wire
+    from pmpc.mpc import wire
 
     honest_encode, honest_frame = wire.encode, wire._frame
     fired = []
@@ -67,7 +67,7 @@ def raw_pickle_collective(rank, world_size):
 
     from crypten.mpc.primitives import ArithmeticSharedTensor
 
-    from pmpc.crypten_compat import comm, crypten
+    from pmpc.mpc.crypten_compat import comm, crypten
 
     c = comm.get()
     calls = {
@@ -96,7 +96,7 @@ def main(argv):
     role, what, rendezvous, marker = argv[:4]
     kind, _, op = what.partition(":")
     dealer = "ttp" if "--ttp" in argv else "local"
-    from pmpc import handshake, parties, secure
+    from pmpc.mpc import handshake, parties, secure
 
     rank = {"client": 0, "server": 1, "dealer": 2}[role]
     cfg = secure.GenConfig(model="tiny-random-llama", protocol="exact", max_new_tokens=2,

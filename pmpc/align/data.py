@@ -6,13 +6,8 @@ Pairs, one per prompt:
   * harmless prompt -> chosen = the base model's own helpful answer, rejected = a refusal,
     so that the aligned model does not learn to refuse everything.
 
-Sources (named sets of ``eval.prompts``, read from ``$PMPC_DATA``, default ``../shared/data``):
-  harmful:  ``harmful-train`` (harmful_prompts/train.json) + ``harmbench-val`` (``standard`` rows);
-  harmless: a seeded subset of ``harmless-train`` (harmless_prompts/train.json), optionally plus
-            part of ``jbb-benign`` (:func:`benign_split`; the rest validates over-refusal).
-Held-out evaluation prompts (harmful_prompts/test, JBB harmful, HarmBench test, XSTest) and the
-validation prompts (harmful_prompts/val, which HarmBench val repeats) are removed by normalised text
-even if a source shares one, and the counts removed are reported.
+The prompts are arguments: which ones a model is trained on, decontaminated against every
+evaluation and validation prompt, is decided with the other roles in :func:`eval.splits.training_prompts`.
 
 The base model's answers are generated greedily with the chat template, batched, and appended to a
 JSONL file one line per prompt (``runs/align/gen-<model>.jsonl`` by default, git-ignored), so an
@@ -36,6 +31,7 @@ import re
 import time
 
 from pmpc.errors import UserError
+from pmpc.models.chat import Codec
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -89,144 +85,6 @@ REFUSALS = (
 
 
 
-def norm_text(s: str) -> str:
-    """Normalise a prompt for overlap checks (:func:`eval.splits.normalise`: case, whitespace, punctuation)."""
-    from eval.splits import normalise
-
-    return normalise(s)
-
-
-def data_dir() -> pathlib.Path:
-    from eval.prompts import data_dir as _dd
-
-    return _dd(must_exist=True)
-
-
-def _texts(name: str, d: pathlib.Path, **kw) -> list[str]:
-    from eval.prompts import load
-
-    return [p.text for p in load(name, data=str(d), **kw)]
-
-
-# the evaluation sets that training must never see (named sets of eval.prompts; eval/splits.py
-# says which prompt serves which role); training drops their near-duplicates too
-HELDOUT = (("harmful-test", {}), ("jbb-harmful", {}), ("harmbench-test", {"category": "all"}), ("xstest", {}))
-# the validation set (snapshot selection, MVA/tau). harmful_prompts/val.json is 39 of the 41 HarmBench
-# val "standard" behaviours, a training source: without this exclusion selection measured refusals
-# of prompts the model was trained to refuse (as the selections in results/h200-safe-sweep did).
-VALIDATION = (("harmful-val", {}),)
-
-
-def set_texts(sets, d: pathlib.Path | None = None) -> list[str]:
-    """The prompts of named sets ((name, load kwargs), as :data:`HELDOUT`), in order."""
-    d = d or data_dir()
-    return [t for name, kw in sets for t in _texts(name, d, **kw)]
-
-
-def heldout_prompts(d: pathlib.Path | None = None) -> set[str]:
-    """Normalised text of every evaluation prompt that training must never see."""
-    return set(map(norm_text, set_texts(HELDOUT, d)))
-
-
-def validation_prompts(d: pathlib.Path | None = None) -> set[str]:
-    """Normalised text of the validation prompts, kept out of training like the held-out ones."""
-    return set(map(norm_text, set_texts(VALIDATION, d)))
-
-
-@dataclasses.dataclass
-class PromptSet:
-    harmful: list[tuple[str, str]]    # (prompt, source)
-    harmless: list[tuple[str, str]]
-    removed: int                      # prompts dropped because an evaluation set holds them
-    removed_validation: int = 0       # prompts dropped because the validation set holds them
-    screen: list[str] = dataclasses.field(default_factory=list)  # further harmless prompts to mine (:func:`mine_refused`)
-    removed_contrast: int = 0         # contrast prompts dropped as near an evaluation prompt (pmpc.align.contrast)
-    removed_twins: int = 0            # harmful twins dropped likewise
-
-
-def benign_split(n_train: int, seed: int = 0, d: pathlib.Path | None = None) -> tuple[list[str], list[str]]:
-    """JBB benign behaviors split in two (seeded): ``n_train`` prompts for training, the rest for
-    validating over-refusal. They are harmless requests on the same topics as JBB's harmful ones
-    (a fictional heroin story, the history of a poison), the contrast that keeps a refusal from
-    keying on a topic word; XSTest stays the held-out over-refusal measure."""
-    texts = _texts("jbb-benign", d or data_dir())
-    if not 0 <= n_train <= len(texts) - 10:
-        raise UserError(f"benign_train must be in 0..{len(texts) - 10} (JBB benign has {len(texts)} prompts; "
-                        "at least 10 stay for validation)")
-    idx = list(range(len(texts)))
-    random.Random(seed + 7).shuffle(idx)
-    return [texts[i] for i in idx[:n_train]], [texts[i] for i in idx[n_train:]]
-
-
-def training_prompts(n_harmless: int = 300, seed: int = 0, d: pathlib.Path | None = None,
-                     benign_train: int = 0, keep_validation: bool = False, screen: int = 0,
-                     contrast: int = 0, twins: int = 0) -> PromptSet:
-    """The training prompts, deduplicated and with every held-out evaluation prompt and every
-    validation prompt removed; ``benign_train`` JBB benign prompts (:func:`benign_split`) join the
-    harmless ones. ``keep_validation`` rebuilds the data with the validation prompts trained
-    on, which the committed adapters were made with. ``screen``: the next that many harmless-train
-    prompts of the same seeded order, as candidates for :func:`mine_refused`. ``contrast``: this many
-    of pmpc's contrast prompts (:mod:`pmpc.align.contrast`: harmless requests worded like harmful
-    ones) join the harmless ones, decontaminated against every evaluation and validation prompt;
-    ``twins``: this many of their harmful twins (the same trigger words, the intent to harm) join the
-    harmful ones, decontaminated the same way."""
-    if n_harmless < 0:
-        raise UserError("n_harmless must be >= 0")
-    d = d or data_dir()
-    heldout, validation = set_texts(HELDOUT, d), set_texts(VALIDATION, d)   # read once: also the decontamination's
-    from eval.splits import Index
-
-    held = Index(heldout)      # exact (normalised) or near-duplicate (content-word Jaccard >= 0.6)
-    val = Index(() if keep_validation else validation)
-    removed_val = 0
-    harmful = [(p, "harmful-train") for p in _texts("harmful-train", d)]
-    harmful += [(p, "harmbench-val/standard") for p in _texts("harmbench-val", d, category="standard")]
-    pool = _texts("harmless-train", d)
-    rng = random.Random(seed)
-    idx = list(range(len(pool)))
-    rng.shuffle(idx)
-    seen: set[str] = set()
-    removed = 0
-
-    def keep(p):
-        nonlocal removed, removed_val
-        k = norm_text(p)
-        if p in held:
-            removed += 1
-            return False
-        if p in val:
-            removed_val += 1
-            return False
-        if k in seen or not k:
-            return False
-        seen.add(k)
-        return True
-
-    harmful = [x for x in harmful if keep(x[0])]
-    harmless, screened = [], []
-    for i in idx:
-        if len(harmless) >= n_harmless and len(screened) >= screen:
-            break
-        if keep(pool[i]):
-            (harmless if len(harmless) < n_harmless else screened).append(pool[i])
-    harmless = [(x, "harmless_prompts/train") for x in harmless]
-    if benign_train:
-        harmless += [(x, "jbb-benign/train") for x in benign_split(benign_train, seed, d)[0] if keep(x)]
-    removed_contrast = removed_twins = 0
-    if contrast or twins:
-        from pmpc.align import contrast as C
-
-        jbb_benign = _texts("jbb-benign", d)   # validation (the untrained part) as much as training
-        evaluation = heldout + validation + jbb_benign
-        if contrast:
-            got, removed_contrast = C.prompts(contrast, evaluation, _texts("xstest-safe", d) + jbb_benign, seed)
-            harmless += [(x, f"pmpc-contrast/{kind}") for x, kind in got if keep(x)]
-        if twins:
-            got, removed_twins = C.prompts(twins, evaluation, (), seed, harmful=True)
-            harmful += [(x, f"pmpc-twin/{kind}") for x, kind in got if keep(x)]
-    return PromptSet(harmful, harmless, removed, removed_val, screened, removed_contrast, removed_twins)
-
-
 SCREEN_TOKENS = 16   # a refusal shows in its first words; the GCG rule reads them
 
 
@@ -247,9 +105,7 @@ def refused_prompts(path, prompts: list[str], is_refusal, tokens: int = SCREEN_T
 # -- prompt formatting -------------------------------------------------------------------------
 def render(tok, prompt: str, fmt: str = "chat") -> str:
     """The prompt as the model sees it, rendered exactly as the evaluation harness renders it
-    (``eval.generate.Codec``): ``chat`` = its ``default`` system, ``paper`` = ``paper``."""
-    from eval.generate import Codec
-
+    (``pmpc.models.chat.Codec``): ``chat`` = its ``default`` system, ``paper`` = ``paper``."""
     if fmt not in FORMATS:
         raise UserError(f"unknown prompt format {fmt!r}; choose from {', '.join(FORMATS)}")
     return Codec(tok).render(prompt, "default" if fmt == "chat" else "paper")
@@ -328,8 +184,6 @@ def generate_answers(model, tok, prompts: list[tuple[str, str, str]], out_path, 
     todo = [p for p in prompts if (p[1], p[0]) not in done]
     # longest first: tighter padding and the worst batch comes early
     todo.sort(key=lambda p: -len(p[0]))
-    from eval.generate import Codec
-
     device = device or next(model.parameters()).device
     codec = Codec(tok, model)
     eos = set(codec.eos_ids) | {end_of_turn(tok)}

@@ -147,7 +147,7 @@ def encode_pairs(tok, pairs: list[D.Pair], max_prompt: int, max_response: int) -
     out, skipped = [], 0
     for p in pairs:
         text = D.render(tok, p.prompt, p.fmt)
-        # special tokens as the evaluation harness encodes prompts (eval.generate.Codec.encode)
+        # special tokens as the evaluation harness encodes prompts (pmpc.models.chat.Codec.encode)
         enc = tok(text, add_special_tokens=not getattr(tok, "chat_template", None), return_offsets_mapping=True)
         ids, offs = enc["input_ids"], enc["offset_mapping"]
         if len(ids) > max_prompt:

@@ -44,7 +44,7 @@ class WireError(UserError):
 
 
 def _who(rank: int) -> str:
-    from pmpc.parties import who
+    from pmpc.mpc.parties import who
 
     return who(rank)
 
@@ -95,7 +95,7 @@ def _frame(data: bytes) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _count(nbytes: int, seconds: float) -> None:
     """One round and the frame's bytes in the communicator's statistics (when it counts)."""
-    from pmpc.crypten_compat import comm, crypten
+    from pmpc.mpc.crypten_compat import comm, crypten
 
     c = comm.get()
     if c is not None and crypten.cfg.communicator.verbose and hasattr(c, "comm_rounds"):

@@ -10,8 +10,8 @@ What each party holds:
 At start-up the parties compare a digest of their configuration (architecture, shapes, protocol,
 weight mode, steps; in public-weight mode also the weights' content — never a path): a mismatch
 stops both with a clear error instead of computing garbage; the check is authenticated by the
-key exchange of :mod:`pmpc.handshake`. Every control message is a
-fixed-format JSON frame (:mod:`pmpc.wire`), never a pickle.
+key exchange of :mod:`pmpc.mpc.handshake`. Every control message is a
+fixed-format JSON frame (:mod:`pmpc.mpc.wire`), never a pickle.
 """
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ import time
 
 import torch
 
-from pmpc import cost, models, wire
-from pmpc.dealer import TRUST as DEALER_TRUST  # noqa: F401  (re-exported: one definition)
+from pmpc.mpc import cost, wire
+from pmpc import models
+from pmpc.mpc.dealer import TRUST as DEALER_TRUST  # noqa: F401  (re-exported: one definition)
 from pmpc.engine import CLIENT, Engine
 from pmpc.errors import UserError
 
@@ -52,7 +53,7 @@ class GenConfig:
         layout), not the client's sampling nor either party's local limits. In private-weight mode
         the client has only the shapes; in public mode both hold the weights, so their content is
         compared."""
-        from pmpc.crypten_compat import truncation_mode
+        from pmpc.mpc.crypten_compat import truncation_mode
 
         pub = {k: v for k, v in dataclasses.asdict(self).items()
                if k in ("protocol", "weights", "max_new_tokens", "preprocess")}
@@ -151,7 +152,7 @@ def _digest_check(v):
 
 def _agree(value: str, what: str, kind: str = "configuration"):
     """Swap a public digest between the computing parties; raise if they differ."""
-    from pmpc.crypten_compat import comm
+    from pmpc.mpc.crypten_compat import comm
 
     c = comm.get()
     got = wire.exchange(kind, value, c.get_rank(), c.main_group, check=_digest_check)
@@ -164,7 +165,7 @@ def _announce(cfg: GenConfig, spec: models.ModelSpec, inp: ClientInput | None, r
     """The client tells the server the public shape of its query (tokens per row, each row's
     length: the left-padded mask follows); the server refuses what exceeds its limits before it
     allocates anything. Returns the attention mask."""
-    from pmpc.crypten_compat import comm
+    from pmpc.mpc.crypten_compat import comm
 
     def check(msg):
         wire.is_dict(msg, {"tokens", "lengths"}, "announcement")
@@ -204,7 +205,7 @@ def _bool_check(v):
 
 
 def _gather(value: bool) -> list:
-    from pmpc.crypten_compat import comm
+    from pmpc.mpc.crypten_compat import comm
 
     c = comm.get()
     return wire.exchange("plan", value, c.get_rank(), c.main_group, check=_bool_check)
@@ -287,16 +288,16 @@ def _query(engine, ops, ids, attn, cfg, rank, gen, phases=None, marks=None, plan
 def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput | None = None):
     """Runs inside one party process (after ``crypten.init``).
 
-    With ``cfg.preprocess`` the query runs in three phases (see :mod:`pmpc.dealer`): plan (a solo
+    With ``cfg.preprocess`` the query runs in three phases (see :mod:`pmpc.mpc.dealer`): plan (a solo
     dry run on dummy inputs over the same public shapes, recording the tuple requests), offline (the
     dealer of the session's mode deals exactly those tuples), online (the query itself, served
     from the dealt tuples: its cost is the online phase alone). Without it, tuples are drawn on
     demand during the query (CrypTen's behaviour; with ``ttp`` the dealer traffic is then part
     of the query's rounds)."""
-    from pmpc import dealer as D
-    from pmpc import handshake, parties
-    from pmpc.crypten_compat import comm, crypten, solo_dry_run, use_provider
-    from pmpc.ops import CrypTenOps
+    from pmpc.mpc import dealer as D
+    from pmpc.mpc import handshake, parties
+    from pmpc.mpc.crypten_compat import comm, crypten, solo_dry_run, use_provider
+    from pmpc.mpc.crypten_ops import CrypTenOps
 
     mode = "ttp" if crypten.mpc.ttp_required() else "local"
     to_dealer = mode == "ttp" and rank == CLIENT
@@ -396,7 +397,7 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
 
 
 def crypten_timeout() -> float:
-    from pmpc.crypten_compat import _TIMEOUT
+    from pmpc.mpc.crypten_compat import _TIMEOUT
 
     return _TIMEOUT[0].total_seconds()
 
@@ -417,7 +418,7 @@ def run_generation(cfg: GenConfig, client: ClientInput, timeout_s: float = 120.0
     ``dealer="local"`` is for online-phase measurements (insecure against the client)."""
     import functools
 
-    from pmpc import parties
+    from pmpc.mpc import parties
 
     check_dealer(cfg, dealer, cost_only)
     check_input(cfg, models.load_shapes(cfg.model, allow_pickle=cfg.allow_pickle), client)
@@ -488,7 +489,7 @@ def summary(cfg: GenConfig, spec, dealer: str, client: dict, server: dict, fid: 
 
 
 def format_summary(r: dict) -> str:
-    from pmpc.cost import LINKS, table
+    from pmpc.mpc.cost import LINKS, table
 
     f = r["fidelity"]
     pre, dec = r["prefill"], r["decode_per_token"]
@@ -540,12 +541,12 @@ def run_prompts(cfg: GenConfig, prompts, out_path, dealer: str = "ttp", timeout_
 
     Resumable: prompts already in the file (same index, ids and configuration) are skipped, a
     torn last line (a run killed mid-write) is dropped. A failed session is retried ``retries``
-    times; then its :class:`pmpc.parties.PartyError` propagates and the finished prompts stay in
+    times; then its :class:`pmpc.mpc.parties.PartyError` propagates and the finished prompts stay in
     the file — run again to resume. Returns the records of all prompts, in order. (For
     ``eval``'s own resumable runner, :func:`make_generate_fn` gives the ``generate_fn`` hook.)"""
     import pathlib
 
-    from pmpc import parties
+    from pmpc.mpc import parties
 
     out_path = pathlib.Path(out_path)
     limits = ("max_prompt_tokens", "max_batch")  # the server's limits do not change a result
@@ -602,14 +603,14 @@ def run_prompts(cfg: GenConfig, prompts, out_path, dealer: str = "ttp", timeout_
 def make_generate_fn(cfg: GenConfig, codec, system: str = "default", dealer: str = "ttp",
                      timeout_s: float = 120.0, retries: int = 0, cost_path=None):
     """``generate_fn(prompts, seed) -> outputs`` for ``eval``'s streaming runner (``pmpc eval asr
-    --secure``): each BATCH of prompts is rendered with ``codec`` (an :class:`eval.generate.Codec`),
+    --secure``): each BATCH of prompts is rendered with ``codec`` (an :class:`pmpc.models.chat.Codec`),
     left-padded and generated in ONE secure session (prefill + KV-cache decode, the client's
     sampler seeded with the batch's seed); the new tokens are decoded up to the first EOS. The
     session's cost (client side: prefill and decode rounds, bytes, seconds) is appended to
     ``cost_path`` (JSONL) as each batch finishes, so an interrupted run keeps what it spent."""
     import pathlib
 
-    from pmpc import parties
+    from pmpc.mpc import parties
 
     def fn(prompts, seed):
         enc = codec.batch([codec.render(p, system) for p in prompts], "cpu")  # left-padded

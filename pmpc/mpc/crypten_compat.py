@@ -12,20 +12,20 @@ shims it needs on torch 2.13 and exposes a few helpers for the party processes:
 * No pickle on the wire: CrypTen's ``send_obj``/``recv_obj``/``broadcast_obj`` pickle their
   payload (and ``torch.distributed``'s ``*_object*`` collectives unpickle whatever a peer sends).
   :func:`_no_pickle_on_the_wire` makes them raise, so any path still reaching one fails loudly;
-  pmpc's control messages are JSON frames (:mod:`pmpc.wire`).
+  pmpc's control messages are JSON frames (:mod:`pmpc.mpc.wire`).
 * CrypTen's arithmetic-to-binary conversion catches *every* ``RuntimeError`` (meant: out of
   memory) and retries another way. A lost or silent peer raises ``RuntimeError`` in gloo, so the
   retry hid the failure, waited a second timeout and desynchronised the parties (one retried,
   the other did not). :func:`_A2B` keeps the one-shot path and lets errors through.
 * CrypTen seeds its generators with 64-bit values sent in the clear (the dealer's drawn from
   torch's global generator, which processes forked from one parent share) and expands them with
-  Mersenne Twister: every process here keys AES-128-CTR streams (:mod:`pmpc.prg`) from the OS and
-  from an authenticated key exchange (:mod:`pmpc.handshake`) instead, and every draw goes
+  Mersenne Twister: every process here keys AES-128-CTR streams (:mod:`pmpc.mpc.prg`) from the OS and
+  from an authenticated key exchange (:mod:`pmpc.mpc.handshake`) instead, and every draw goes
   through :func:`ring_random`.
 * :class:`solo_dry_run` runs CrypTen ops in one party with no peer (planning a query's tuples).
 * Beaver code asks ``crypten.mpc.get_default_provider()`` for tuples at every call;
   :class:`use_provider` installs another provider there (the offline/online split,
-  :mod:`pmpc.dealer`).
+  :mod:`pmpc.mpc.dealer`).
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ import sys
 
 import torch
 
-from pmpc.prg import PRG
+from pmpc.mpc.prg import PRG
 
 
 def _alias_onnx_registration() -> None:
@@ -182,7 +182,7 @@ class PickleOnTheWire(RuntimeError):
 def _refuse(name: str):
     def refused(*args, **kwargs):
         raise PickleOnTheWire(f"{name} sends or receives pickles, which can run a peer's code; pmpc sends "
-                              "control messages with pmpc.wire")
+                              "control messages with pmpc.mpc.wire")
 
     refused._pmpc_refused = True
     return refused
@@ -190,7 +190,7 @@ def _refuse(name: str):
 
 def _no_pickle_on_the_wire() -> None:
     """CrypTen's object messages (its TTP requests and replies, size broadcasts, shutdown) are
-    replaced by :mod:`pmpc.wire` frames; the pickling methods themselves now raise."""
+    replaced by :mod:`pmpc.mpc.wire` frames; the pickling methods themselves now raise."""
     from crypten.communicator.distributed_communicator import DistributedCommunicator
 
     for name in ("send_obj", "recv_obj", "broadcast_obj", "all_gather_object"):
@@ -215,7 +215,7 @@ _free_integral_products()
 # -- randomness -------------------------------------------------------------------------------------
 def ring_random(size, generator=None, bits: int = 64) -> torch.Tensor:
     """Uniform ``bits``-bit words (64: the whole ring Z_2^64) from ``generator``, a
-    :class:`pmpc.prg.PRG` (default: this party's "local" stream).
+    :class:`pmpc.mpc.prg.PRG` (default: this party's "local" stream).
 
     Every mask, zero sharing, Beaver tuple and share of a party is drawn here, from AES-128-CTR
     streams keyed by OS seeds or by the start-up key exchange (:func:`_setup_prng`,
@@ -225,7 +225,7 @@ def ring_random(size, generator=None, bits: int = 64) -> torch.Tensor:
     if generator is None:
         generator = crypten.generators["local"][torch.device("cpu")]
     if not isinstance(generator, PRG):
-        raise TypeError(f"pmpc draws ring elements only from its AES PRG (pmpc.prg.PRG), not {type(generator).__name__}")
+        raise TypeError(f"pmpc draws ring elements only from its AES PRG (pmpc.mpc.prg.PRG), not {type(generator).__name__}")
     return generator.ring(size, bits)
 
 
@@ -277,9 +277,9 @@ def _setup_prng() -> None:
     Twister). Each computing party keys four AES-128-CTR streams per device: "local" from its own
     OS seed; "next"/"prev" (party 0's next = party 1's prev and vice versa: the pairwise zero
     sharings) and "global" from the authenticated X25519 exchange with the other party
-    (:mod:`pmpc.handshake`). A CUDA device gets streams of its own (keys derived per device), so
+    (:mod:`pmpc.mpc.handshake`). A CUDA device gets streams of its own (keys derived per device), so
     no two devices reuse a stream."""
-    from pmpc import handshake
+    from pmpc.mpc import handshake
 
     c = comm.get()
     rank, ws = c.get_rank(), c.get_world_size()
@@ -300,7 +300,7 @@ def _setup_prng() -> None:
 
 def _ttp_client_generators(self) -> None:
     """A computing party's side of its stream with the dealer: keyed by the exchange with it."""
-    from pmpc import handshake
+    from pmpc.mpc import handshake
 
     c = comm.get()
     ln = handshake.pair(c.get_rank(), c.get_ttp_rank(), self.ttp_group, "dealer")
@@ -312,7 +312,7 @@ def _ttp_client_generators(self) -> None:
 def _ttp_server_generators(self) -> None:
     """The dealer's side: one exchange with each computing party, in rank order (each party runs
     its exchange with the other party first, then with the dealer: no cycle of waits)."""
-    from pmpc import handshake
+    from pmpc.mpc import handshake
 
     c = comm.get()
     seeds = [handshake.pair(c.get_ttp_rank(), r, self.ttp_group, "dealer").seed("tuples")
@@ -618,10 +618,10 @@ def init_party(rank: int, world_size: int, rendezvous: str, timeout_s: float = 6
     Every collective (and the start-up itself) raises after ``timeout_s`` if a peer stalls.
     ``provider`` selects the Beaver-triple source: ``TFP`` (party 0 deals: fast, insecure
     against party 0) or ``TTP`` (a separate dealer process of rank ``world_size``).
-    ``psk``: the pre-shared key that authenticates the start-up key exchange (:mod:`pmpc.handshake`).
+    ``psk``: the pre-shared key that authenticates the start-up key exchange (:mod:`pmpc.mpc.handshake`).
     Failures to join raise :class:`InitError` with one line that says why.
     """
-    from pmpc import handshake
+    from pmpc.mpc import handshake
 
     handshake.use_psk(psk)
     try:
@@ -694,7 +694,7 @@ def _get_default_provider():
 
 
 class _Counted:
-    """A provider seen through :data:`pmpc.cost.PRIMITIVES`: every tuple it hands out is
+    """A provider seen through :data:`pmpc.mpc.cost.PRIMITIVES`: every tuple it hands out is
     counted as ``tuple_bytes`` (8 bytes a ring word)."""
 
     def __init__(self, inner):
@@ -707,7 +707,7 @@ class _Counted:
 
         def counted(*a, **k):
             out = fn(*a, **k)
-            from pmpc.cost import PRIMITIVES
+            from pmpc.mpc.cost import PRIMITIVES
 
             for t in out if isinstance(out, (tuple, list)) else (out,):
                 sh = getattr(t, "share", t)
@@ -720,12 +720,12 @@ class _Counted:
 
 def _count_primitives() -> None:
     """Counts for ``pmpc bench``: products, truncations, comparisons by bit width, B2A bits, AND
-    words (:class:`pmpc.cost.Primitives`). Wraps the call sites; the arithmetic is untouched."""
+    words (:class:`pmpc.mpc.cost.Primitives`). Wraps the call sites; the arithmetic is untouched."""
     import crypten.mpc.primitives.beaver as beaver
     import crypten.mpc.primitives.converters as converters
     from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
 
-    from pmpc.cost import PRIMITIVES
+    from pmpc.mpc.cost import PRIMITIVES
 
     def wrap(mod, name, kind, size):
         fn = getattr(mod, name)

@@ -2,8 +2,8 @@
 to back on this machine, and each protocol's cost in its own technology.
 
 Rows (same weights: the model pmpc loads; same WikiText-2 tokens; prefill of one window):
-  * pmpc ``<protocol>`` with the ``local`` and ``ttp`` dealers: :class:`pmpc.bench.BenchJob`, the
-    code path of ``pmpc bench``, with the primitives counted (:mod:`pmpc.primitives`);
+  * pmpc ``<protocol>`` with the ``local`` and ``ttp`` dealers: :class:`eval.perf.bench.BenchJob`, the
+    code path of ``pmpc bench``, with the primitives counted (:mod:`pmpc.mpc.primitives`);
   * ``crypten-shipped``: the ``crypten`` protocol with CrypTen's own comparison (A2B of the whole
     ring, ``MPCTensor._ltz``) and its own local truncation (SecureML's, wrong with probability
     ~|x|/2^64 per element) instead of pmpc's packed lane comparisons and exact truncation;
@@ -19,7 +19,7 @@ pmpc's plaintext engine (float64), ratios to pmpc bolt (local dealer). Modelled 
 in ``pmpc bench``: wall + rounds x RTT + bytes / 2 x 8 / bandwidth.
 
 The native-technology table prices each pmpc row's primitive counts in OT-based 2PC
-(:class:`pmpc.primitives.OTModel`: SIRNN's IKNP OT and Cheetah's silent OT), beside the measured
+(:class:`pmpc.mpc.primitives.OTModel`: SIRNN's IKNP OT and Cheetah's silent OT), beside the measured
 dealer-model figures and the seed paper's Table 1. Results stream to OUT/peers.json (rewritten
 after every row; a rerun skips rows already there) and OUT/peers.md.
 """
@@ -36,8 +36,8 @@ import time
 
 import numpy as np
 
-from pmpc import bench as B
-from pmpc import cost, primitives
+from eval.perf import bench as B
+from pmpc.mpc import cost, primitives
 from pmpc.errors import UserError
 
 PEERS_DIR = B.REPO / "bench" / "peers"
@@ -99,7 +99,7 @@ class PeersConfig:
 # -- CrypTen as shipped ---------------------------------------------------------------------------
 @functools.cache
 def _shipped_ops_class():
-    from pmpc.ops import CrypTenOps
+    from pmpc.mpc.crypten_ops import CrypTenOps
 
     class ShippedCrypTenOps(CrypTenOps):
         """CrypTen's own comparison: every sign test is an A2B of the whole 64-bit ring
@@ -124,14 +124,14 @@ class PeerJob(B.BenchJob):
         if not self.shipped:
             self._ops = super().make_ops()
         else:
-            from pmpc import crypten_compat
+            from pmpc.mpc import crypten_compat
 
             crypten_compat._TRUNCATION[0] = "local"  # CrypTen's own SecureML truncation
             self._ops = _shipped_ops_class()(cost.Tracker(cost.crypten_stats))
         return self._ops
 
     def __call__(self, rank, world_size, ids=None):
-        import pmpc.crypten_compat  # noqa: F401  (so CrypTen's truncations are counted too)
+        import pmpc.mpc.crypten_ops  # noqa: F401  (CrypTenOps and crypten loaded before counting starts: both are counted)
 
         if self.shipped:
             _shipped_ops_class()  # defined before counting starts, so its own methods are counted too
@@ -193,7 +193,7 @@ def _with_links(row: dict) -> dict:
 
 
 def pmpc_row(model: str, proto: str, dealer: str, ids, ref, cfg: PeersConfig, shipped: bool = False) -> dict:
-    from pmpc.parties import run_local
+    from pmpc.mpc.parties import run_local
 
     job = PeerJob(model, proto, tuple(ids.shape), "public", 0, shipped=shipped)
     parts = run_local(job, timeout_s=cfg.timeout_s, dealer=dealer, threads=cfg.threads, inputs={0: ids})
@@ -366,7 +366,7 @@ def markdown(data: dict) -> str:
         L += ["", "## Each protocol over `exact` in its own technology", "",
               "Dealer model: MEASURED (pmpc, local dealer, the rows above). OT-based 2PC: MODELLED — the same pmpc "
               "run's primitive counts priced per primitive as SIRNN (IKNP OT extension) and Cheetah (silent OT) "
-              "implement them (`pmpc/primitives.py`), and at the unit costs MEASURED on SPU CHEETAH here (last "
+              "implement them (`pmpc/mpc/primitives.py`), and at the unit costs MEASURED on SPU CHEETAH here (last "
               "table). Secret x secret matmuls (attention) are priced at Cheetah's RLWE cost per MAC as measured on "
               "SPU in every OT column; products with the public weights are local everywhere. Paper: Table 1 of "
               "arXiv 2502.00840, speedup over SIRNN. Cells: bytes ratio / WAN-time ratio (exact's / the row's).", ""]
@@ -470,7 +470,7 @@ def _machine() -> str:
 def run(cfg: PeersConfig, out, command: str = "", fresh: bool = False, progress=print) -> dict:
     from pmpc.engine import Engine
     from pmpc.ops import TorchOps
-    from pmpc.parties import PartyError
+    from pmpc.mpc.parties import PartyError
 
     import torch
 

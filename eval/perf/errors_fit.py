@@ -40,11 +40,11 @@ import time
 import numpy as np
 import torch
 
-from pmpc import bench as B
+from eval.perf import bench as B
 from pmpc.errors import UserError
 
 POINTS = {"up": "up_in", "down": "down_in"}
-PRESETS_PATH = pathlib.Path(__file__).parent / "presets" / "measured_errors.json"
+PRESETS_PATH = pathlib.Path(__file__).resolve().parents[2] / "pmpc" / "presets" / "measured_errors.json"
 SCHEMA = "pmpc.errors/1"
 # arXiv 2502.00840 Table 2 (project page assess.png): eps^up ~ N(0, s^2), eps^down ~ Laplace(0, b)
 PAPER_TABLE2 = {
@@ -92,9 +92,9 @@ class TapJob:
     seed: int = 0
 
     def __call__(self, rank, world_size, ids=None):
-        from pmpc import cost
+        from pmpc.mpc import cost
         from pmpc.engine import CLIENT, Engine
-        from pmpc.ops import CrypTenOps
+        from pmpc.mpc.crypten_ops import CrypTenOps
 
         spec, _ = B.load_model(self.model, self.seed)
         ops = CrypTenOps(cost.Tracker(cost.crypten_stats))
@@ -183,7 +183,7 @@ def summarize(protocol: str, diffs: dict, ref_absmax: dict) -> tuple[dict, dict]
 
 
 def measure(cfg: ErrorsConfig, protocol: str, spec_plain, ids, ref_taps, ref_out) -> tuple[dict, dict, dict]:
-    from pmpc.parties import run_local
+    from pmpc.mpc.parties import run_local
 
     job = TapJob(cfg.model, protocol, tuple(ids.shape), cfg.seed)
     client, server = run_local(job, timeout_s=cfg.timeout_s, threads=cfg.threads, inputs={0: ids})
@@ -339,7 +339,7 @@ def run(cfg: ErrorsConfig, out, presets_path=None, progress: bool = True, fresh:
     ids = B.windows(tok, spec.vocab, cfg.windows, cfg.tokens, B.wikitext_path(cfg.data or None), cfg.offset)
     data["inputs"] = {"shape": list(ids.shape), "ids": ids.tolist()}
     ref_taps, ref_out = plaintext_taps(spec, ids)
-    from pmpc.parties import PartyError
+    from pmpc.mpc.parties import PartyError
 
     if refit:
         ref_absmax = {short: [float(np.abs(ref_taps[(point, l)]).max())

@@ -4,7 +4,7 @@ For every (model, protocol) row: one local 2-party session runs a prefill of the
 windows; each party reports its wall time and its per-scope rounds/bytes (``ops.tracker``); the
 client's revealed logits are compared with the plaintext engine on the same tokens (top-1
 agreement and mean KL of the next-token distribution at every position; for encoders, the
-relative error of the final hidden states). Cost is modelled on links (``pmpc.cost``):
+relative error of the final hidden states). Cost is modelled on links (``pmpc.mpc.cost``):
     t = t_wall + rounds * RTT + bytes_sent * 8 / bandwidth,
 with t_wall the slower party's loopback wall time. Speedups are ``exact``'s cost over the row's.
 
@@ -32,10 +32,10 @@ import time
 import numpy as np
 import torch
 
-from pmpc import cost
+from pmpc.mpc import cost
 from pmpc.errors import UserError
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_PROTOCOLS = ("exact", "crypten", "iron", "bolt", "bumblebee", "puma", "nexus", "mpcformer")
 DEFAULT_MODELS = ("tiny-random-llama", "stories260K")
 RANDOM_SHAPES = ("bert-base-random", "gpt2-random")
@@ -112,7 +112,7 @@ def windows(tok, vocab: int, n_windows: int, tokens: int, path: pathlib.Path, of
 
 # -- configuration --------------------------------------------------------------------------------
 def _truncation_mode() -> str:
-    from pmpc.crypten_compat import truncation_mode
+    from pmpc.mpc.crypten_compat import truncation_mode
 
     return truncation_mode()
 
@@ -182,7 +182,7 @@ class BenchJob:
 
     def make_ops(self):
         """The secure backend the row runs on (a subclass may measure another engine's)."""
-        from pmpc.ops import CrypTenOps
+        from pmpc.mpc.crypten_ops import CrypTenOps
 
         return CrypTenOps(cost.Tracker(cost.crypten_stats))
 
@@ -471,7 +471,7 @@ def run(cfg: BenchConfig, out: str | os.PathLike, progress: bool = True, fresh: 
 
     from pmpc.engine import Engine
     from pmpc.ops import TorchOps
-    from pmpc.parties import PartyError, run_local
+    from pmpc.mpc.parties import PartyError, run_local
 
     cfg.validate()
     out = pathlib.Path(out)

@@ -84,7 +84,7 @@ KINDS = ELEMENTARY + PRESET + ("none",)
 DEFAULT_POINTS = {"gauss": ("up",), "laplace": ("up",), "teal": ("up", "down"), "quant": ("up", "down"),
                   "smoothquant": ("up", "down"), "omniquant": ("up", "down"), "protocol": ("down",)}
 OMNI_GAMMAS = tuple(round(1.0 - 0.05 * i, 2) for i in range(11))  # 1.0 ... 0.5
-MEASURED_PATH = pathlib.Path(__file__).parent / "presets" / "measured_errors.json"
+MEASURED_PATH = pathlib.Path(__file__).resolve().parents[1] / "presets" / "measured_errors.json"
 
 # The activation spread the Table 2 error models were fitted on (research/quada-paper.md s.3): the
 # pre-W_up activations are about N(0, 0.35^2), and TEAL's W_down-input threshold column fits a

@@ -145,13 +145,14 @@ class Runner:
 
     # -- models --------------------------------------------------------------------------------
     def load(self, adapter=None):
-        from pmpc.align.select import load_model
+        from eval.studies.select import load_model
 
         return load_model(self.p.model, adapter, self.p.device)
 
     def session(self, name: str, adapter=None, loaded=None):
         from eval.analysis import common as C
-        from eval.generate import Codec, GenConfig
+        from eval.generate import GenConfig
+        from pmpc.models.chat import Codec
 
         m, tok = loaded or self.load(adapter)
         s = C.Settings(model=name, device=self.p.device, judge=self.p.judge, batch_size=self.p.eval_batch, seed=self.p.seed,
@@ -172,7 +173,7 @@ class Runner:
             D.write_pairs(pairs, pairs_path)
             return {"pairs_file": str(pairs_path), "source": p.pairs, "pairs": len(pairs),
                     "sha256": D.file_sha256(pairs_path)}
-        ps = D.training_prompts(p.n_harmless, p.seed, benign_train=p.benign_train, keep_validation=p.keep_validation,
+        ps = splits.training_prompts(p.n_harmless, p.seed, benign_train=p.benign_train, keep_validation=p.keep_validation,
                                 contrast=p.contrast, twins=p.twins)
         prompts = [(x, "harmful", s) for x, s in ps.harmful] + [(x, "harmless", s) for x, s in ps.harmless]
         gen_path = self.out / "gen.jsonl"
@@ -230,7 +231,7 @@ class Runner:
         harm = {"harmful-val": splits.selection_set("harmful-val", p.seed), "harmful-dev": self.harmful_test_split()[1]}
         benign = load("jbb-benign")
         if p.benign_train:  # the part of JBB benign that training did not see
-            from pmpc.align.data import benign_split
+            from eval.splits import benign_split
 
             val = set(benign_split(p.benign_train, p.seed)[1])
             benign = [x for x in benign if x.text in val]
@@ -312,7 +313,7 @@ class Runner:
         return out
 
     def select(self, adapter):
-        from pmpc.align import select
+        from eval.studies import select
 
         p = self.p
         res = select.run(model=p.model, adapter=adapter, prompts="harmful-val", point="up", ppl_bound=p.ppl_bound,
@@ -380,7 +381,7 @@ def fill_grid(results: str, rows: dict[str, str], out: str, device: str = "cpu",
     retrained model is not the run's); ``out``: where generations and the updated
     results.json go. Only missing cells are computed (resumable); each new cell is listed under
     ``filled`` with the device that computed it, and leaves ``skipped``."""
-    from pmpc.align.select import load_model
+    from eval.studies.select import load_model
 
     src = json.loads(pathlib.Path(results).read_text())
     # a run planned before the judge option was judged by the GCG rule: its missing cells are too
@@ -600,7 +601,7 @@ def export(R: Runner, rows: dict):
                        "chosen/rejected": "harmful: refusal template / base model's greedy answer; "
                                           "harmless: base model's greedy answer / refusal template"}}
     pipe = (f"bench/gpu_align.sh MODEL_DIR OUT_DIR {plan_options(plan)}   "
-            f"# = python -m pmpc.align.pipeline MODEL_DIR OUT_DIR --device {plan['device']} ...")
+            f"# = python -m eval.studies.pipeline MODEL_DIR OUT_DIR --device {plan['device']} ...")
     reused = st["safe"].get("reused", False)  # a committed smollm2-safe keeps its own card
     cards = {} if reused else {
         "smollm2-safe": dict(common, summary="SmolLM2-135M-Instruct safety-aligned with DPO (beta 0.1, LoRA).",

@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from pmpc.errors import UserError
-from pmpc.prg import SEED_BYTES
+from pmpc.mpc.prg import SEED_BYTES
 
 MIN_PSK = 16       # bytes
 MAX_PSK = 4096
@@ -60,7 +60,7 @@ class HandshakeError(UserError):
 
 
 def unauthenticated(peer: int) -> HandshakeError:
-    from pmpc.parties import who
+    from pmpc.mpc.parties import who
 
     return HandshakeError(f"{who(peer)} is not authenticated (wrong pre-shared key or a man in the middle)")
 
@@ -190,7 +190,7 @@ def agree_digest(digest: bytes, what: str, peer: int | None = None) -> None:
     if not ok:
         raise unauthenticated(ln.peer)
     if theirs != digest:
-        from pmpc.parties import who
+        from pmpc.mpc.parties import who
 
         raise HandshakeError(f"configurations differ: the parties disagree on {what} ({who(rank)} "
                              f"{digest.hex()[:16]}, {who(ln.peer)} {theirs.hex()[:16]})")

@@ -7,7 +7,7 @@
   overall deadline and reports which party failed.
 * :func:`run_party` runs ONE party in the current process — the entry point for one party per
   host (``pmpc party --rank R --rendezvous tcp://HOST:PORT --psk-file FILE``). With
-  ``dealer="ttp"`` rank ``world_size`` is the dealer (:func:`pmpc.dealer.serve`).
+  ``dealer="ttp"`` rank ``world_size`` is the dealer (:func:`pmpc.mpc.dealer.serve`).
 
 A job is a picklable callable ``job(rank, world_size) -> picklable`` (plain Python / numpy
 values: returning torch tensors through a queue can crash the parent). With ``inputs``, each
@@ -104,7 +104,7 @@ def talking_to(rank: int):
 
 def _blame(rank: int, world_size: int, e: BaseException, timeout_s: float, t0: float) -> PartyError | None:
     """A communication failure as one line naming the peer this party lost (None: not one)."""
-    from pmpc.crypten_compat import comm_failure
+    from pmpc.mpc.crypten_compat import comm_failure
 
     if isinstance(e, UserError):
         return None
@@ -153,7 +153,7 @@ def _store():
 
 
 def _report_check(m):
-    from pmpc import wire
+    from pmpc.mpc import wire
 
     wire.is_dict(m, {"line", "culprit", "what"}, "failure report")
     wire.is_str(m["line"], 400, "line")
@@ -170,7 +170,7 @@ def _report(rank: int, err: BaseException) -> None:
 
 
 def report_failure(rank: int, line: str, culprit: int | None, what: str) -> None:
-    from pmpc import wire
+    from pmpc.mpc import wire
 
     store = _store()
     if store is None:
@@ -185,7 +185,7 @@ def report_failure(rank: int, line: str, culprit: int | None, what: str) -> None
 def peer_report(peer: int, wait_s: float) -> dict | None:
     import datetime
 
-    from pmpc import wire
+    from pmpc.mpc import wire
 
     store = _store()
     if store is None:
@@ -221,15 +221,15 @@ def run_party(job, rank: int, world_size: int, rendezvous: str, timeout_s: float
     """Join the session as ``rank`` and run ``job``. ``dealer``: ``local`` (CrypTen's TFP: party 0
     generates the triples — insecure against party 0) or ``ttp`` (a separate dealer process of
     rank ``world_size``, which only serves triples). ``psk``: the pre-shared key every party of
-    the session holds (:mod:`pmpc.handshake`); a party without one refuses to start. Raises
+    the session holds (:mod:`pmpc.mpc.handshake`); a party without one refuses to start. Raises
     :class:`PartyError` (one line naming the party at fault) when joining fails or a peer is lost.
 
     Joining is bounded too: a peer that accepted the connection and then went silent leaves
     torch's join blocked in a socket read that no timeout reaches, so a watchdog ends this
     process after the timeout: ``on_stuck(line)`` (default: print ``pmpc: error: line`` and exit 2)."""
-    from pmpc import crypten_compat as cc
-    from pmpc import dealer as dealer_mod
-    from pmpc import handshake
+    from pmpc.mpc import crypten_compat as cc
+    from pmpc.mpc import dealer as dealer_mod
+    from pmpc.mpc import handshake
 
     if dealer not in dealer_mod.MODES:
         raise UserError(f"unknown dealer {dealer!r} (one of {', '.join(dealer_mod.MODES)})")
@@ -306,7 +306,7 @@ def _ctx():
     ctx = mp.get_context("forkserver")
     # transformers' model classes too: each party would otherwise import them on its own (seconds
     # of start-up per party, which a short --timeout at its peer may not allow)
-    ctx.set_forkserver_preload(["torch", "pmpc.crypten_compat", "pmpc.engine", "protocols", "pmpc.models",
+    ctx.set_forkserver_preload(["torch", "pmpc.mpc.crypten_compat", "pmpc.engine", "protocols", "pmpc.models",
                                 "transformers.models.llama.modeling_llama"])
     return ctx
 
@@ -380,19 +380,19 @@ def run_local(job, world_size: int = 2, timeout_s: float = 60.0, deadline_s: flo
     ``timeout_s`` bounds each communication wait inside the parties; ``deadline_s`` (default:
     none) bounds the whole job. ``env`` is set in every party process (e.g. ``PMPC_FAULT``). Each
     run draws a fresh pre-shared key for the parties' start-up key exchange
-    (:mod:`pmpc.handshake`) and hands it to them in their start arguments.
+    (:mod:`pmpc.mpc.handshake`) and hands it to them in their start arguments.
     Raises :class:`PartyError` naming the party that failed first (died or went silent), with
     what the others saw; the error carries ``culprit`` (rank or None), ``exit_codes`` and
     ``exit_times`` (``time.time()`` each process was seen gone). The surviving parties are given
     ``timeout_s`` to exit on their own; whatever is left then is killed. Every process is reaped.
     """
-    from pmpc import dealer as dealer_mod
+    from pmpc.mpc import dealer as dealer_mod
 
     if world_size != 2:
         raise PartyError(f"pmpc runs 2-party computation; got --parties {world_size}")
     if dealer not in dealer_mod.MODES:
         raise UserError(f"unknown dealer {dealer!r} (one of {', '.join(dealer_mod.MODES)})")
-    from pmpc import handshake
+    from pmpc.mpc import handshake
 
     ctx = _ctx()
     q = ctx.Queue()

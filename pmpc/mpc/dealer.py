@@ -39,8 +39,8 @@ import time
 
 import torch
 
-from pmpc import wire
-from pmpc.prg import PRG
+from pmpc.mpc import wire
+from pmpc.mpc.prg import PRG
 
 MODES = ("local", "ttp")
 PROVIDER = {"local": "TFP", "ttp": "TTP"}
@@ -121,7 +121,7 @@ class Plan:
 
 # -- providers ---------------------------------------------------------------------------------
 def _ring(size, generator=None):
-    from pmpc.crypten_compat import ring_random
+    from pmpc.mpc.crypten_compat import ring_random
 
     return ring_random(size, generator)
 
@@ -217,7 +217,7 @@ def deal(plan: Plan, lo: int, hi: int, mode: str, chunk_elements: int = 1 << 22)
     correction terms back in one reply; party 1 draws its shares from the seed it shares with the
     dealer (no traffic). After every chunk the two parties meet (so neither waits on the other
     for longer than one chunk)."""
-    from pmpc.crypten_compat import comm, crypten_provider
+    from pmpc.mpc.crypten_compat import comm, crypten_provider
 
     base = crypten_provider()
     rank = comm.get().get_rank()
@@ -244,7 +244,7 @@ def _deal_ttp_batch(base, keys) -> list:
     randomness in the same order as CrypTen's one-request-per-tuple protocol)."""
     from crypten.mpc.provider.ttp_provider import TTPClient
 
-    from pmpc.crypten_compat import comm
+    from pmpc.mpc.crypten_compat import comm
 
     c = comm.get()
     client = TTPClient.get()
@@ -270,7 +270,7 @@ def _deal_ttp_batch(base, keys) -> list:
     return out
 
 
-# -- the dealer's wire protocol (party 0 <-> dealer; JSON frames of pmpc.wire) -------------------
+# -- the dealer's wire protocol (party 0 <-> dealer; JSON frames of pmpc.mpc.wire) -------------------
 # party 0 -> dealer: {"op": "batch", "requests": [[fn, args, kwargs], ...]} | {"op": "tuple",
 #   "function": fn, "args": [...], "kwargs": {...}} | {"op": "keepalive"} | {"op": "release"} |
 #   {"op": "terminate"};   dealer -> party 0: {"shapes": [shape, ...]} | {"shape": shape},
@@ -362,8 +362,8 @@ def _ttp_request(self, func_name, device, *args, **kwargs):
     """Party 0 asks the dealer for ONE tuple (live ``ttp`` mode, no preprocessing): CrypTen's
     ``TTPClient.ttp_request`` with a JSON frame instead of a pickle. A failure here is the
     dealer's, not the other computing party's."""
-    from pmpc import parties
-    from pmpc.crypten_compat import comm
+    from pmpc.mpc import parties
+    from pmpc.mpc.crypten_compat import comm
 
     c = comm.get()
     ttp = c.get_ttp_rank()
@@ -400,7 +400,7 @@ def _send(c, op: str) -> None:
 def keepalive(c=None) -> None:
     """Party 0 tells the dealer it is still busy (the dealer's waits are bounded). ``c``: the
     real communicator (during a solo dry run ``comm.get()`` is a stand-in that sends nothing)."""
-    from pmpc.crypten_compat import comm
+    from pmpc.mpc.crypten_compat import comm
 
     _send(c or comm.get(), "keepalive")
 
@@ -433,7 +433,7 @@ class keepalive_while:
 def release() -> None:
     """Party 0 tells the dealer the offline phase is over; the dealer leaves, and party 0 does
     not send it a ``terminate`` at shutdown."""
-    from pmpc.crypten_compat import comm
+    from pmpc.mpc.crypten_compat import comm
 
     c = comm.get()
     _send(c, "release")
@@ -443,7 +443,7 @@ def release() -> None:
 def terminate() -> None:
     """Party 0 ends the dealer's session at shutdown (CrypTen's own shutdown would pickle it);
     best effort: the dealer may be gone already."""
-    from pmpc.crypten_compat import comm
+    from pmpc.mpc.crypten_compat import comm
 
     c = comm.get()
     if c is None or not getattr(c, "ttp_initialized", False) or c.get_rank() != 0:
@@ -463,7 +463,7 @@ def serve(fault=None) -> dict:
     is an error naming it, and a malformed request is refused before anything is allocated."""
     from crypten.mpc.provider.ttp_provider import TTPServer
 
-    from pmpc.crypten_compat import comm
+    from pmpc.mpc.crypten_compat import comm
 
     class Dealer(TTPServer):
         def __init__(self):  # TTPServer.__init__ would enter its own loop

@@ -48,7 +48,8 @@ def run(model: str = "smollm2-safe", adapter: str | None = None, prompts: str = 
     """Run both sweeps; returns {mva, mva_spec, tau, ...} and writes ``<out>/select.json``."""
     from eval.analysis import common as C
     from eval.analysis import sweeps as S
-    from eval.generate import Codec, GenConfig
+    from eval.generate import GenConfig
+    from pmpc.models.chat import Codec
     from eval.prompts import load
 
     if loaded is None:

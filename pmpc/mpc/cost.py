@@ -1,7 +1,7 @@
 """Cost accounting: rounds, bytes and time per function scope, and a network time model.
 
 CrypTen's communicator counts, per party, the number of communication calls ("rounds") and the
-bytes sent + received (8 bytes per ring element). A :class:`Tracker` snapshots those counters at
+bytes sent + received (8 bytes per ring element). A :class:`pmpc.accounting.Tracker` snapshots those counters at
 scope boundaries; each scope is charged its *exclusive* cost (nested scopes are charged to the
 innermost one), so the per-scope rows add up to the total.
 
@@ -16,12 +16,12 @@ Custom links: ``Link(bandwidth_bps, rtt_s)`` or the string ``"BW_MBPS:RTT_MS"`` 
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import time
-from collections import OrderedDict
-from typing import Callable
+
+# the scope accounting every Ops carries sits beneath the protocols; this module adds the network
+# model, CrypTen's counters and the tables. Re-exported: callers write cost.Tracker(cost.crypten_stats).
+from pmpc.accounting import Cost, Tracker  # noqa: F401
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,81 +51,13 @@ def parse_link(spec: str) -> Link:
         raise ValueError(f"bad link {spec!r}: use lan, wan or BW_MBPS:RTT_MS (e.g. 400:20)") from None
 
 
-@dataclasses.dataclass
-class Cost:
-    rounds: int = 0
-    bytes: int = 0
-    seconds: float = 0.0       # wall time
-    calls: int = 0
-    comm_seconds: float = 0.0  # of which spent inside communication calls (CrypTen's timer)
-
-    def add(self, other: "Cost") -> None:
-        self.rounds += other.rounds
-        self.bytes += other.bytes
-        self.seconds += other.seconds
-        self.calls += other.calls
-        self.comm_seconds += other.comm_seconds
-
-    def __sub__(self, other: "Cost") -> "Cost":
-        return Cost(self.rounds - other.rounds, self.bytes - other.bytes, self.seconds - other.seconds,
-                    self.calls - other.calls, self.comm_seconds - other.comm_seconds)
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-class Tracker:
-    """Scoped counters. ``stats`` returns the party's cumulative (rounds, bytes, comm seconds),
-    or None when there is no communication (the plaintext backend): then only time is tracked."""
-
-    def __init__(self, stats: Callable[[], tuple[int, int, float]] | None):
-        self._stats = stats
-        self.scopes: "OrderedDict[str, Cost]" = OrderedDict()
-        self._stack: list[list] = []  # [name, start_counters, child_cost]
-
-    def _now(self) -> Cost:
-        r, b, ct = self._stats() if self._stats else (0, 0, 0.0)
-        return Cost(r, b, time.perf_counter(), 0, ct)
-
-    @contextlib.contextmanager
-    def scope(self, name: str):
-        full = name
-        start = self._now()
-        child = Cost()
-        self._stack.append([full, start, child])
-        try:
-            yield
-        finally:
-            self._stack.pop()
-            incl = self._now() - start
-            excl = incl - child
-            excl.calls = 1
-            self.scopes.setdefault(full, Cost()).add(excl)
-            if self._stack:
-                incl.calls = 0
-                self._stack[-1][2].add(incl)
-
-    def total(self) -> Cost:
-        out = Cost()
-        for c in self.scopes.values():
-            out.add(c)
-        out.calls = 0
-        return out
-
-    def snapshot(self) -> dict:
-        return {k: v.as_dict() for k, v in self.scopes.items()}
-
-    def reset(self) -> None:
-        self.scopes.clear()
-
-
 class Primitives:
     """Counts of the 2-party primitives a party runs (elements, not calls), by kind:
     ``products`` (Beaver multiplications, matmul outputs included), ``truncations``,
     ``comparisons.<bits>`` (a sign read on a ring slice of that many bits; 64 = the whole ring,
     CrypTen's A2B), ``b2a_bits``, ``and_words`` (64-bit Beaver ANDs of the adder circuits) and
     ``tuple_bytes`` (the correlated randomness the triples' provider hands this party: 8 bytes
-    a ring word). Filled by :mod:`pmpc.crypten_compat`'s instrumentation; one instance per
+    a ring word). Filled by :mod:`pmpc.mpc.crypten_compat`'s instrumentation; one instance per
     process (a party), reset and read around the span of interest."""
 
     def __init__(self):
@@ -145,7 +77,7 @@ PRIMITIVES = Primitives()
 
 
 def crypten_stats() -> tuple[int, int, float]:
-    from pmpc.crypten_compat import comm
+    from pmpc.mpc.crypten_compat import comm
 
     s = comm.get().get_communication_stats()
     return int(s["rounds"]), int(s["bytes"]), float(s["time"])

@@ -1,9 +1,9 @@
 """A cryptographic pseudo-random generator: AES-128 in counter mode, as a stateful stream.
 
 Every mask, zero sharing, Beaver tuple and share a pmpc party draws comes from a :class:`PRG`
-(:func:`pmpc.crypten_compat.ring_random` is the one place that draws). A PRG is keyed with a
+(:func:`pmpc.mpc.crypten_compat.ring_random` is the one place that draws). A PRG is keyed with a
 128-bit seed — from the OS (:meth:`PRG.from_os`) or from a key exchange
-(:mod:`pmpc.handshake`) — and never from torch's or numpy's global random state.
+(:mod:`pmpc.mpc.handshake`) — and never from torch's or numpy's global random state.
 
 The stream is the AES-128-CTR keystream of the key: block ``i`` is AES_k(i) (a 128-bit
 big-endian counter from 0), read as two little-endian 64-bit words; word ``w`` of the stream is

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 
-from pmpc.cost import Link
+from pmpc.mpc.cost import Link
 
 SUBNET = "10.77.0"
 MTU = 16000  # large packets keep the Python wire well below one core at 1 Gbit/s
@@ -108,7 +108,7 @@ class Lab:
                 _ip("-n", ns, "tuntap", "add", "dev", "tun0", "mode", "tun")
                 _ip("-n", ns, "addr", "add", f"{address(i)}/24", "dev", "tun0")
                 _ip("-n", ns, "link", "set", "tun0", "mtu", str(MTU), "up")
-            self.wire = subprocess.Popen([sys.executable, "-m", "pmpc.netlab", *[self.ns(n) for n in self.names]],
+            self.wire = subprocess.Popen([sys.executable, "-m", "pmpc.mpc.netlab", *[self.ns(n) for n in self.names]],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
             if self.wire.stdout.readline().strip() != "ready":
                 raise RuntimeError("the wire process did not start")
@@ -146,7 +146,7 @@ class Lab:
         return False
 
 
-# -- the wire (runs as `python -m pmpc.netlab NS1 NS2 ...`) ------------------------------------
+# -- the wire (runs as `python -m pmpc.mpc.netlab NS1 NS2 ...`) ------------------------------------
 def _open_tun_in(ns: str) -> int:
     libc = ctypes.CDLL(None, use_errno=True)
     here = os.open("/proc/self/ns/net", os.O_RDONLY)
@@ -229,7 +229,7 @@ def run_session(lab: Lab, model: str, protocol: str, ids: str, new_tokens: int =
     import random
     import tempfile
 
-    from pmpc import handshake
+    from pmpc.mpc import handshake
 
     port = random.randint(20000, 60000)
     rdv = f"tcp://{lab.addr('client')}:{port}"
@@ -271,7 +271,7 @@ def run_session(lab: Lab, model: str, protocol: str, ids: str, new_tokens: int =
 
 def compare(base: dict, measured: dict, link: Link) -> dict:
     """Measured online time on ``link`` against the cost model: the no-delay run's compute time
-    plus ``rounds * RTT + bytes / bandwidth`` (:meth:`pmpc.cost.Link.time`)."""
+    plus ``rounds * RTT + bytes / bandwidth`` (:meth:`pmpc.mpc.cost.Link.time`)."""
     row = {"link": link.name, "rtt_ms": link.rtt_s * 1e3, "mbit_s": link.bandwidth_bps / 1e6}
     for phase in ("prefill", "decode"):
         b, m = base["phases"][phase], measured["phases"][phase]
@@ -308,7 +308,7 @@ def measure(links, model="tiny-random-llama", protocol="exact", ids="1,2,3", new
             if log:
                 log(format_row(rows[-1]))
     return {"model": model, "protocol": protocol, "dealer": dealer, "new_tokens": new_tokens, "preprocess": preprocess,
-            "emulator": "pmpc.netlab TUN wire", "netem_available": netem_available(),
+            "emulator": "pmpc.mpc.netlab TUN wire", "netem_available": netem_available(),
             "base": {p: base["phases"][p] for p in ("prefill", "decode")}, "rows": rows}
 
 
