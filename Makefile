@@ -33,7 +33,9 @@ peers: setup
 	bash bench/peers/venv.sh
 	$(BIN)/pmpc bench peers -m smollm2 -t 16 --cheetah-layers 1 -o runs/peers-t16
 
+# the layer contract first ([tool.importlinter] in pyproject.toml): no import runs upward
 test: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 clean:
