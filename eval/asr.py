@@ -20,9 +20,11 @@ import torch
 
 from eval import judges as J
 from eval import prompts as P
-from eval.generate import GenConfig, make_generate_fn, run
-from pmpc.models.chat import Codec
+from eval.generate import GenConfig, make_generate_fn, read_records, run
+from pmpc import models, simulate
 from pmpc.errors import UserError
+from pmpc.models import load_hf
+from pmpc.models.chat import Codec
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -36,8 +38,6 @@ def resolve_device(device: str) -> str:
 
 def load_model(name: str, device: str = "cpu", dtype: str = "float32"):
     """(model, Codec) on ``device``; models without a tokenizer get the byte stand-in."""
-    from pmpc.models import load_hf
-
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
     model, tok = load_hf(name, dtype=DTYPES[dtype], device=resolve_device(device))
@@ -52,8 +52,6 @@ def load_codec(name: str) -> Codec:
     import types
 
     import transformers as tf
-
-    from pmpc import models
 
     import pathlib
 
@@ -79,8 +77,6 @@ def ensure_verdicts(records: list[dict], judges) -> None:
 
 def read_judged(summary: dict) -> list[dict]:
     """The per-prompt records (prompt, output, every judge's verdict) behind a summary."""
-    from eval.generate import read_records
-
     return read_records(pathlib.Path(summary["generations"]))
 
 
@@ -104,8 +100,6 @@ def evaluate(model, codec: Codec | None, prompts: list, judges, out_dir, approx=
     ``model`` may be None when ``generate_fn`` is given (a backend that owns its model).
     ``approx``: a spec or :class:`pmpc.simulate.Approx`; TEAL/SmoothQuant/OmniQuant statistics
     are calibrated once on ``calib`` (token ids) when given."""
-    from pmpc import simulate
-
     gen = gen or GenConfig()
     a = simulate.parse(approx)
     if generate_fn is None:

@@ -23,6 +23,7 @@ import torch
 
 from pmpc.errors import UserError
 from pmpc.models.chat import Codec
+from pmpc.simulate import approximate
 
 
 @dataclasses.dataclass
@@ -61,8 +62,6 @@ def generate_texts(model, codec: Codec, prompts: Sequence[str], cfg: GenConfig, 
 def make_generate_fn(model, codec: Codec, cfg: GenConfig, approx=None) -> Callable[[list[str], int], list[str]]:
     """``generate_fn(prompts, seed)`` for :func:`run`: each batch runs inside its own
     ``approximate(model, approx, seed=seed)`` so a batch's noise depends only on its seed."""
-    from pmpc.simulate import approximate
-
     def fn(prompts, seed):
         with approximate(model, approx, seed=seed):
             return generate_texts(model, codec, prompts, cfg, seed)

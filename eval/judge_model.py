@@ -32,6 +32,7 @@ import torch
 
 from eval import refusal as R
 from eval.labelset import PATH as LABELS_FILE
+from eval.labelset import load
 from pmpc.errors import UserError
 
 PARAMS = pathlib.Path(__file__).parent / "data" / "judge" / "minilm-judge.json"
@@ -112,8 +113,6 @@ def kappa(a: list, b: list) -> float:
 # -- the labelled set ----------------------------------------------------------------------------
 def read_labels(path=LABELS_FILE) -> list[dict]:
     """The labelled outputs, checked (:func:`eval.labelset.load`)."""
-    from eval.labelset import load
-
     return load(path)
 
 

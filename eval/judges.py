@@ -38,7 +38,11 @@ import dataclasses
 import pathlib
 import warnings
 
+from eval import judge_model as M
+from eval import refusal as R
+from eval.prompts import data_dir
 from pmpc.errors import UserError
+from pmpc.models import load_hf
 
 # Used only when the data directory (with gcg_test_prefixes.txt) is absent. Our own short list of
 # refusal openers; NOT the GCG list, so numbers judged with it are not comparable to GCG's.
@@ -90,8 +94,6 @@ def _read_prefixes(path: pathlib.Path) -> list[str]:
 
 def refusal_list(data: str | None = None) -> tuple[list[str], str]:
     """(prefixes, source): the GCG list from the data dir, else the fallback (with a warning)."""
-    from eval.prompts import data_dir
-
     d = data_dir(data)
     if d is not None and (d / "gcg_test_prefixes.txt").exists():
         p = d / "gcg_test_prefixes.txt"
@@ -171,8 +173,6 @@ class ClassifierJudge(Judge):
                  max_length: int = 2048):
         import torch
 
-        from pmpc.models import load_hf
-
         self.path = path
         self.model, self.tok = load_hf(path, device=device)
         if self.tok is None:
@@ -217,8 +217,6 @@ class StructureJudge(Judge):
     name = "structure"
 
     def judge(self, prompts, outputs):
-        from eval import refusal as R
-
         out = []
         for p, o in zip(prompts, outputs):
             lab, _ = R.classify(p, o)
@@ -240,13 +238,9 @@ class MiniLMJudge(Judge):
     name = "minilm"
 
     def __init__(self, params: str | None = None):
-        from eval import judge_model as M
-
         self.model = M.Model(params or M.PARAMS)
 
     def judge(self, prompts, outputs):
-        from eval import refusal as R
-
         out = []
         for p, o, (lab, pj, jb) in zip(prompts, outputs, self.model.predict(list(prompts), list(outputs))):
             # the labelled set holds no refuse-then-comply answer, so the heads cannot learn that

@@ -16,20 +16,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from pmpc import simulate
 from pmpc.errors import UserError
-
-WIKI_REL = "wikitext-2-raw/wiki.test.raw"
-
-
-def wikitext_path(data: str | None = None) -> pathlib.Path:
-    from eval.prompts import data_dir
-
-    d = data_dir(data)
-    if d is None or not (d / WIKI_REL).exists():
-        where = f"{d / WIKI_REL} does not exist" if d else "no data directory"
-        raise UserError(f"WikiText-2 not found ({where}); set --data / PMPC_DATA or pass --text FILE")
-    return d / WIKI_REL
-
+from pmpc.paths import wikitext_path
 
 def wikitext_text(path: pathlib.Path) -> str:
     raw = path.read_text(encoding="utf-8")
@@ -47,8 +36,6 @@ def perplexity(model, ids: torch.Tensor, window: int = 1024, max_windows: int | 
                seed: int = 0, batch_size: int = 1, progress: bool = False, calib=None) -> dict:
     """Perplexity of token ids over non-overlapping windows, optionally under ``approx``."""
     from tqdm.auto import tqdm
-
-    from pmpc import simulate
 
     maxpos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     if maxpos and window > maxpos:

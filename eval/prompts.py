@@ -26,10 +26,11 @@ import csv
 import dataclasses
 import io
 import json
-import os
 import pathlib
 
+from pmpc import paths
 from pmpc.errors import UserError
+from pmpc.paths import data_dir  # noqa: F401  (the prompt sets' directory)
 
 PKG_DATA = pathlib.Path(__file__).parent / "data"
 BUILTIN = PKG_DATA / "builtin_prompts.jsonl"
@@ -79,20 +80,6 @@ NAMED = {
 }
 
 
-def repo_root() -> pathlib.Path:
-    return pathlib.Path(__file__).resolve().parents[1]
-
-
-def data_dir(override: str | os.PathLike | None = None, must_exist: bool = False) -> pathlib.Path | None:
-    """The shared data directory (override, $PMPC_DATA, ../shared/data), or None if absent."""
-    p = pathlib.Path(override or os.environ.get("PMPC_DATA") or repo_root().parent / "shared" / "data")
-    if p.is_dir():
-        return p
-    if must_exist or override:
-        raise UserError(f"data directory not found: {p} (set --data or PMPC_DATA)")
-    return None
-
-
 def kind_of(spec: str) -> str:
     """What a set measures: harmful | benign | mixed | unknown (for files)."""
     return NAMED[spec][3] if spec in NAMED else "unknown"
@@ -114,7 +101,7 @@ def load(spec: str, data: str | None = None, fmt: str | None = None, category: s
         else:
             d = data_dir(data)
             if d is None:
-                raise UserError(f"prompt set {spec!r} needs the data directory ({repo_root().parent / 'shared' / 'data'} "
+                raise UserError(f"prompt set {spec!r} needs the data directory ({paths.SHARED / 'data'} "
                                 "not found; set --data or PMPC_DATA), or use builtin-harmful / builtin-harmless")
             path = d / rel
             if not path.exists():

@@ -28,6 +28,7 @@ import pathlib
 
 from eval import judges as J
 from eval import splits
+from eval.generate import read_records
 
 JUDGES = ("gcg", "paper", "structure", "minilm")
 HEADLINE = "minilm"
@@ -159,8 +160,6 @@ def to_markdown(rows: list[dict]) -> str:
 
 
 def read_generations(path) -> list[dict]:
-    from eval.generate import read_records
-
     return read_records(pathlib.Path(path))
 
 

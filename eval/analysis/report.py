@@ -15,6 +15,7 @@ import re
 import shutil
 
 from eval.analysis.common import md_table, pct, ci
+from eval.prompts import kind_of
 from pmpc.errors import UserError
 
 ORDER = {"noise_sweep": 0, "layer_sweep": 1, "mds": 2, "table2": 3}
@@ -53,8 +54,6 @@ def build(dirs, out) -> dict:
         raise UserError(f"report: no results found under {', '.join(map(str, dirs))}")
     parts = ["# pmpc safety report\n"]
     if evals:
-        from eval.prompts import kind_of
-
         rows = []
         for p, s in evals:
             c = s["config"]

@@ -21,6 +21,9 @@ fidelity figures are against the same random model in plaintext.
 """
 from __future__ import annotations
 
+# crypten (through pmpc.mpc.crypten_compat / crypten_ops) is imported inside the functions that run
+# in a party: the launcher, the CLI and a machine without crypten import this module without it.
+
 import dataclasses
 import hashlib
 import json
@@ -32,41 +35,24 @@ import time
 import numpy as np
 import torch
 
-from pmpc.mpc import cost
+from pmpc import models
+from pmpc.engine import CLIENT, Engine
 from pmpc.errors import UserError
+from pmpc.paths import stories_dir, wikitext_path
+from pmpc.mpc import cost
+from pmpc.mpc.parties import PartyError, run_local
+from pmpc.ops import TorchOps
+import protocols as P
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_PROTOCOLS = ("exact", "crypten", "iron", "bolt", "bumblebee", "puma", "nexus", "mpcformer")
 DEFAULT_MODELS = ("tiny-random-llama", "stories260K")
 RANDOM_SHAPES = ("bert-base-random", "gpt2-random")
 SCHEMA = "pmpc.bench/1"
 
 
-# -- paths --------------------------------------------------------------------------------------
-def data_dir(data: str | None = None) -> pathlib.Path:
-    return pathlib.Path(data or os.environ.get("PMPC_DATA") or REPO.parent / "shared" / "data")
-
-
-def wikitext_path(data: str | None = None) -> pathlib.Path:
-    """``--data`` may name the file itself or a directory holding wikitext-2-raw/wiki.test.raw."""
-    p = data_dir(data)
-    if p.is_file():
-        return p
-    f = p / "wikitext-2-raw" / "wiki.test.raw"
-    if not f.exists():
-        raise UserError(f"WikiText-2 not found at {f} (set PMPC_DATA or --data to the data directory or the file)")
-    return f
-
-
-def stories_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("PMPC_STORIES") or REPO.parent / "shared" / "models" / "stories260K")
-
-
 # -- models ---------------------------------------------------------------------------------------
 def load_model(name: str, seed: int = 0):
     """(ModelSpec, tokenizer or None). Deterministic: both parties build identical weights."""
-    from pmpc import models
-
     if name in RANDOM_SHAPES:
         import transformers as tf
 
@@ -137,8 +123,6 @@ class BenchConfig:
     KEY = ("tokens", "windows", "offset", "weights", "dealer", "seed", "threads", "truncation")
 
     def validate(self) -> None:
-        import protocols as P
-
         if not self.models:
             raise UserError("no models given")
         if not self.protocols:
@@ -188,8 +172,6 @@ class BenchJob:
 
     def __call__(self, rank, world_size, ids=None):
         import resource
-
-        from pmpc.engine import CLIENT, Engine
 
         t0 = time.perf_counter()
         spec, _ = load_model(self.model, self.seed)
@@ -468,10 +450,6 @@ def run(cfg: BenchConfig, out: str | os.PathLike, progress: bool = True, fresh: 
     """Run every (model, protocol) row not yet in ``out/bench.json`` (``redo``: protocols to run
     again for the given models, e.g. after a probabilistic-truncation failure); returns the result dict."""
     from tqdm import tqdm
-
-    from pmpc.engine import Engine
-    from pmpc.ops import TorchOps
-    from pmpc.mpc.parties import PartyError, run_local
 
     cfg.validate()
     out = pathlib.Path(out)

@@ -32,6 +32,9 @@ fitted mean (the simulator injects zero-mean noise).
 """
 from __future__ import annotations
 
+# crypten (through pmpc.mpc.crypten_compat / crypten_ops) is imported inside the functions that run
+# in a party: the launcher, the CLI and a machine without crypten import this module without it.
+
 import dataclasses
 import json
 import pathlib
@@ -41,10 +44,15 @@ import numpy as np
 import torch
 
 from eval.perf import bench as B
+from pmpc.engine import CLIENT, Engine
+from pmpc import paths
 from pmpc.errors import UserError
+from pmpc.mpc import cost
+from pmpc.mpc.parties import PartyError, run_local
+from pmpc.ops import TorchOps
+import protocols as P
 
 POINTS = {"up": "up_in", "down": "down_in"}
-PRESETS_PATH = pathlib.Path(__file__).resolve().parents[2] / "pmpc" / "presets" / "measured_errors.json"
 SCHEMA = "pmpc.errors/1"
 # arXiv 2502.00840 Table 2 (project page assess.png): eps^up ~ N(0, s^2), eps^down ~ Laplace(0, b)
 PAPER_TABLE2 = {
@@ -70,8 +78,6 @@ class ErrorsConfig:
     KEY = ("model", "tokens", "windows", "offset", "seed")
 
     def validate(self):
-        import protocols as P
-
         if not self.protocols:
             raise UserError("no protocols given")
         for p in self.protocols:
@@ -92,8 +98,6 @@ class TapJob:
     seed: int = 0
 
     def __call__(self, rank, world_size, ids=None):
-        from pmpc.mpc import cost
-        from pmpc.engine import CLIENT, Engine
         from pmpc.mpc.crypten_ops import CrypTenOps
 
         spec, _ = B.load_model(self.model, self.seed)
@@ -117,9 +121,6 @@ class TapJob:
 
 
 def plaintext_taps(spec, ids):
-    from pmpc.engine import Engine
-    from pmpc.ops import TorchOps
-
     taps = {}
 
     def tap(point, layer, value):
@@ -183,8 +184,6 @@ def summarize(protocol: str, diffs: dict, ref_absmax: dict) -> tuple[dict, dict]
 
 
 def measure(cfg: ErrorsConfig, protocol: str, spec_plain, ids, ref_taps, ref_out) -> tuple[dict, dict, dict]:
-    from pmpc.mpc.parties import run_local
-
     job = TapJob(cfg.model, protocol, tuple(ids.shape), cfg.seed)
     client, server = run_local(job, timeout_s=cfg.timeout_s, threads=cfg.threads, inputs={0: ids})
     diffs, ref_absmax = {}, {}
@@ -322,7 +321,7 @@ def run(cfg: ErrorsConfig, out, presets_path=None, progress: bool = True, fresh:
     cfg.validate()
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    presets_path = pathlib.Path(presets_path) if presets_path else PRESETS_PATH
+    presets_path = pathlib.Path(presets_path) if presets_path else paths.MEASURED
     jpath = out / "errors.json"
     data = {"schema": SCHEMA, "config": dataclasses.asdict(cfg), "rows": {}, "presets_path": str(presets_path)}
     if jpath.exists() and not fresh:
@@ -339,7 +338,6 @@ def run(cfg: ErrorsConfig, out, presets_path=None, progress: bool = True, fresh:
     ids = B.windows(tok, spec.vocab, cfg.windows, cfg.tokens, B.wikitext_path(cfg.data or None), cfg.offset)
     data["inputs"] = {"shape": list(ids.shape), "ids": ids.tolist()}
     ref_taps, ref_out = plaintext_taps(spec, ids)
-    from pmpc.mpc.parties import PartyError
 
     if refit:
         ref_absmax = {short: [float(np.abs(ref_taps[(point, l)]).max())

@@ -25,6 +25,9 @@ after every row; a rerun skips rows already there) and OUT/peers.md.
 """
 from __future__ import annotations
 
+# crypten (through pmpc.mpc.crypten_compat / crypten_ops) is imported inside the functions that run
+# in a party: the launcher, the CLI and a machine without crypten import this module without it.
+
 import dataclasses
 import functools
 import json
@@ -37,10 +40,16 @@ import time
 import numpy as np
 
 from eval.perf import bench as B
-from pmpc.mpc import cost, primitives
+from pmpc.engine import Engine
+from pmpc import paths
 from pmpc.errors import UserError
+from pmpc.models import cache_dir
+from pmpc.mpc import cost, primitives
+from pmpc.mpc.parties import PartyError, run_local
+from pmpc.ops import TorchOps
+import protocols as Pr
 
-PEERS_DIR = B.REPO / "bench" / "peers"
+PEERS_DIR = paths.REPO / "bench" / "peers"
 SCHEMA = "pmpc.peers/1"
 REFERENCE = "pmpc bolt (local)"
 # the seed paper's Table 1 (arXiv 2502.00840): speedup of each system's non-linear protocols over
@@ -77,8 +86,6 @@ class PeersConfig:
     venv: str = ""
 
     def validate(self) -> None:
-        import protocols as Pr
-
         if self.tokens < 1:
             raise UserError("--tokens must be >= 1")
         for p in [*self.protocols, *self.ttp_protocols]:
@@ -193,8 +200,6 @@ def _with_links(row: dict) -> dict:
 
 
 def pmpc_row(model: str, proto: str, dealer: str, ids, ref, cfg: PeersConfig, shipped: bool = False) -> dict:
-    from pmpc.mpc.parties import run_local
-
     job = PeerJob(model, proto, tuple(ids.shape), "public", 0, shipped=shipped)
     parts = run_local(job, timeout_s=cfg.timeout_s, dealer=dealer, threads=cfg.threads, inputs={0: ids})
     client, server = parts
@@ -455,7 +460,7 @@ class Results:
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "-C", str(B.REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+        return subprocess.run(["git", "-C", str(paths.REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -468,10 +473,6 @@ def _machine() -> str:
 
 # -- the driver -----------------------------------------------------------------------------------
 def run(cfg: PeersConfig, out, command: str = "", fresh: bool = False, progress=print) -> dict:
-    from pmpc.engine import Engine
-    from pmpc.ops import TorchOps
-    from pmpc.mpc.parties import PartyError
-
     import torch
 
     out = pathlib.Path(out)
@@ -545,6 +546,4 @@ def run(cfg: PeersConfig, out, command: str = "", fresh: bool = False, progress=
 
 def _cache() -> pathlib.Path:
     """Where the weight exports live: $PMPC_PEERS_CACHE, or peers/ in pmpc's cache dir."""
-    from pmpc.models import cache_dir
-
     return pathlib.Path(os.environ.get("PMPC_PEERS_CACHE") or cache_dir() / "peers")

@@ -22,18 +22,22 @@ from __future__ import annotations
 import json
 import pathlib
 
+from eval import splits
+from eval.analysis import common as C
+from eval.analysis import sweeps as S
+from eval.generate import GenConfig
+from eval.prompts import load
+from pmpc.align.adapters import read_adapter
 from pmpc.errors import UserError
+from pmpc.models import load_hf
+from pmpc.models.chat import Codec
 
 
 def load_model(model: str, adapter: str | None = None, device: str = "cpu"):
     """(model, tokenizer): ``model`` with ``adapter`` (a PEFT LoRA dir) merged, on ``device``."""
-    from pmpc.models import load_hf
-
     m, tok = load_hf(model, device="cpu")
     if adapter:
         from peft import PeftModel
-
-        from pmpc.align.adapters import read_adapter
 
         read_adapter(adapter)
         m = PeftModel.from_pretrained(m, adapter).merge_and_unload()
@@ -46,12 +50,6 @@ def run(model: str = "smollm2-safe", adapter: str | None = None, prompts: str = 
         max_windows: int = 8, window_tokens: int = 1024, judge: str = "minilm", seed: int = 0, loaded=None,
         progress: bool = True, with_dev: bool = False) -> dict:
     """Run both sweeps; returns {mva, mva_spec, tau, ...} and writes ``<out>/select.json``."""
-    from eval.analysis import common as C
-    from eval.analysis import sweeps as S
-    from eval.generate import GenConfig
-    from pmpc.models.chat import Codec
-    from eval.prompts import load
-
     if loaded is None:
         m, tok = load_model(model, adapter, device)
     else:
@@ -61,7 +59,6 @@ def run(model: str = "smollm2-safe", adapter: str | None = None, prompts: str = 
                    window=window_tokens, progress=progress)
     out = pathlib.Path(out)
     sess = C.Session(s, out, model=m, codec=Codec(tok, m))
-    from eval import splits
 
     # a selection set loses its near-duplicates of scored prompts (eval.splits)
     ps = splits.selection_set(prompts, seed)[:limit] if prompts in splits.SELECTION else load(prompts, limit=limit)

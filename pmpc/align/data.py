@@ -30,10 +30,9 @@ import random
 import re
 import time
 
+from pmpc import paths
 from pmpc.errors import UserError
 from pmpc.models.chat import Codec
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 FORMATS = ("chat", "paper")
 
@@ -129,7 +128,7 @@ def pick_refusal(prompt: str, seed: int = 0) -> str:
 # -- generation cache --------------------------------------------------------------------------
 def default_gen_path(model: str) -> pathlib.Path:
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", pathlib.Path(model).name or model)
-    return REPO_ROOT / "runs" / "align" / f"gen-{safe}.jsonl"
+    return paths.REPO / "runs" / "align" / f"gen-{safe}.jsonl"
 
 
 def read_jsonl(path) -> list[dict]:

@@ -41,6 +41,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from pmpc import simulate
 from pmpc.errors import UserError
 
 POOLS = ("mean", "last")
@@ -126,7 +127,6 @@ def hf_model(model):
 def _approx_ctx(model, approx, layers, seed):
     if approx is None:
         return contextlib.nullcontext()
-    from pmpc import simulate  # pmpc.simulate is imported lazily: plain DPO does not need it
 
     return simulate.approximate(hf_model(model), approx, layers=layers, seed=seed)
 

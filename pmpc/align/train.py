@@ -28,10 +28,12 @@ import time
 
 import torch
 
+from pmpc import simulate
 from pmpc.align import adapters as adp
 from pmpc.align import data as D
 from pmpc.align.losses import Batch, QuadAConfig, balance_lambda, quada_objective, reference_logps
 from pmpc.errors import UserError
+from pmpc.models import load_hf
 
 METHODS = ("dpo", "quada")
 
@@ -115,8 +117,6 @@ class TrainConfig:
         QuadAConfig(self.beta, self.approx, self.tau, 0.0 if isinstance(self.lam, str) else self.lam, self.pool, self.sft,
                     self.kl_base).validate()
         if self.approx:
-            from pmpc import simulate
-
             if simulate.parse(self.approx).kind == "none":
                 self.approx = None
 
@@ -213,8 +213,6 @@ def load_policy(cfg: TrainConfig):
     with ``cfg.init_adapter`` merged in."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    from pmpc.models import load_hf
-
     base, tok = load_hf(cfg.model, device="cpu")
     if tok is None:
         raise UserError(f"{cfg.model}: alignment needs a model with a tokenizer")
@@ -231,8 +229,6 @@ def load_policy(cfg: TrainConfig):
 def load_anchor(cfg: TrainConfig):
     """The KL term's anchor: the raw ``cfg.model`` (no adapter: with ``init_adapter`` the reference
     is the aligned start, and the anchor is what it started from), frozen, in eval mode."""
-    from pmpc.models import load_hf
-
     anchor, _ = load_hf(cfg.model, device=cfg.device)
     for p in anchor.parameters():
         p.requires_grad_(False)

@@ -16,6 +16,9 @@ Custom links: ``Link(bandwidth_bps, rtt_s)`` or the string ``"BW_MBPS:RTT_MS"`` 
 """
 from __future__ import annotations
 
+# crypten (through pmpc.mpc.crypten_compat / crypten_ops) is imported inside the functions that run
+# in a party: the launcher, the CLI and a machine without crypten import this module without it.
+
 import dataclasses
 import json
 

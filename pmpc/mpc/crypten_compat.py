@@ -74,6 +74,8 @@ def _A2B(arithmetic_tensor):
 
 
 import crypten.mpc.primitives.converters as _converters  # noqa: E402
+from pmpc.mpc import handshake
+from pmpc.mpc.cost import PRIMITIVES
 
 _converters._A2B = _A2B
 
@@ -172,7 +174,6 @@ def _free_integral_products() -> None:
     ArithmeticSharedTensor.mul = mul
     ArithmeticSharedTensor.__mul__ = mul
     ArithmeticSharedTensor.__rmul__ = mul
-
 
 
 class PickleOnTheWire(RuntimeError):
@@ -279,8 +280,6 @@ def _setup_prng() -> None:
     sharings) and "global" from the authenticated X25519 exchange with the other party
     (:mod:`pmpc.mpc.handshake`). A CUDA device gets streams of its own (keys derived per device), so
     no two devices reuse a stream."""
-    from pmpc.mpc import handshake
-
     c = comm.get()
     rank, ws = c.get_rank(), c.get_world_size()
     if ws == 1:
@@ -300,8 +299,6 @@ def _setup_prng() -> None:
 
 def _ttp_client_generators(self) -> None:
     """A computing party's side of its stream with the dealer: keyed by the exchange with it."""
-    from pmpc.mpc import handshake
-
     c = comm.get()
     ln = handshake.pair(c.get_rank(), c.get_ttp_rank(), self.ttp_group, "dealer")
     seed = ln.seed("tuples")
@@ -312,8 +309,6 @@ def _ttp_client_generators(self) -> None:
 def _ttp_server_generators(self) -> None:
     """The dealer's side: one exchange with each computing party, in rank order (each party runs
     its exchange with the other party first, then with the dealer: no cycle of waits)."""
-    from pmpc.mpc import handshake
-
     c = comm.get()
     seeds = [handshake.pair(c.get_ttp_rank(), r, self.ttp_group, "dealer").seed("tuples")
              for r in range(c.get_world_size())]
@@ -621,8 +616,6 @@ def init_party(rank: int, world_size: int, rendezvous: str, timeout_s: float = 6
     ``psk``: the pre-shared key that authenticates the start-up key exchange (:mod:`pmpc.mpc.handshake`).
     Failures to join raise :class:`InitError` with one line that says why.
     """
-    from pmpc.mpc import handshake
-
     handshake.use_psk(psk)
     try:
         _init_party(rank, world_size, rendezvous, timeout_s, provider, verbose_stats)
@@ -707,7 +700,6 @@ class _Counted:
 
         def counted(*a, **k):
             out = fn(*a, **k)
-            from pmpc.mpc.cost import PRIMITIVES
 
             for t in out if isinstance(out, (tuple, list)) else (out,):
                 sh = getattr(t, "share", t)
@@ -724,8 +716,6 @@ def _count_primitives() -> None:
     import crypten.mpc.primitives.beaver as beaver
     import crypten.mpc.primitives.converters as converters
     from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
-
-    from pmpc.mpc.cost import PRIMITIVES
 
     def wrap(mod, name, kind, size):
         fn = getattr(mod, name)

@@ -31,6 +31,9 @@ The offline/online split (``preprocess``):
 """
 from __future__ import annotations
 
+# crypten (through pmpc.mpc.crypten_compat / crypten_ops) is imported inside the functions that run
+# in a party: the launcher, the CLI and a machine without crypten import this module without it.
+
 import collections
 import dataclasses
 import hashlib
@@ -41,6 +44,7 @@ import torch
 
 from pmpc.mpc import wire
 from pmpc.mpc.prg import PRG
+from pmpc.mpc.roles import talking_to
 
 MODES = ("local", "ttp")
 PROVIDER = {"local": "TFP", "ttp": "TTP"}
@@ -362,14 +366,13 @@ def _ttp_request(self, func_name, device, *args, **kwargs):
     """Party 0 asks the dealer for ONE tuple (live ``ttp`` mode, no preprocessing): CrypTen's
     ``TTPClient.ttp_request`` with a JSON frame instead of a pickle. A failure here is the
     dealer's, not the other computing party's."""
-    from pmpc.mpc import parties
     from pmpc.mpc.crypten_compat import comm
 
     c = comm.get()
     ttp = c.get_ttp_rank()
     args, kw = _jsonable(args), {k: _jsonable(v) for k, v in kwargs.items()}
     shape = answer_shape(func_name, args, kw)
-    with parties.talking_to(ttp):
+    with talking_to(ttp):
         wire.send("dealer request", {"op": "tuple", "function": func_name, "args": args, "kwargs": kw},
                   ttp, self.ttp_group)
 

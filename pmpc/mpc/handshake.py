@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from pmpc.errors import UserError
 from pmpc.mpc.prg import SEED_BYTES
+from pmpc.mpc.roles import who
 
 MIN_PSK = 16       # bytes
 MAX_PSK = 4096
@@ -60,8 +61,6 @@ class HandshakeError(UserError):
 
 
 def unauthenticated(peer: int) -> HandshakeError:
-    from pmpc.mpc.parties import who
-
     return HandshakeError(f"{who(peer)} is not authenticated (wrong pre-shared key or a man in the middle)")
 
 
@@ -190,9 +189,7 @@ def agree_digest(digest: bytes, what: str, peer: int | None = None) -> None:
     if not ok:
         raise unauthenticated(ln.peer)
     if theirs != digest:
-        from pmpc.mpc.parties import who
-
-        raise HandshakeError(f"configurations differ: the parties disagree on {what} ({who(rank)} "
+            raise HandshakeError(f"configurations differ: the parties disagree on {what} ({who(rank)} "
                              f"{digest.hex()[:16]}, {who(ln.peer)} {theirs.hex()[:16]})")
 
 

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 
+from pmpc.mpc import handshake
 from pmpc.mpc.cost import Link
 
 SUBNET = "10.77.0"
@@ -228,8 +229,6 @@ def run_session(lab: Lab, model: str, protocol: str, ids: str, new_tokens: int =
     import json
     import random
     import tempfile
-
-    from pmpc.mpc import handshake
 
     port = random.randint(20000, 60000)
     rdv = f"tcp://{lab.addr('client')}:{port}"

@@ -24,6 +24,9 @@ the time each fault struck.
 """
 from __future__ import annotations
 
+# crypten (through pmpc.mpc.crypten_compat / crypten_ops) is imported inside the functions that run
+# in a party: the launcher, the CLI and a machine without crypten import this module without it.
+
 import contextlib
 import multiprocessing as mp
 import os
@@ -34,8 +37,9 @@ import time
 import traceback
 
 from pmpc.errors import UserError
-
-ROLE = {0: "client", 1: "server", 2: "dealer"}
+from pmpc.mpc import dealer as dealer_mod
+from pmpc.mpc import handshake, wire
+from pmpc.mpc.roles import ROLE, current_peer, role, talking_to, who  # noqa: F401  (a party's names)
 
 
 class PartyError(UserError):
@@ -46,14 +50,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def role(rank: int) -> str:
-    return ROLE.get(rank, f"party{rank}")
-
-
-def who(rank: int) -> str:
-    return f"party {rank} ({role(rank)})"
 
 
 # -- fault injection -----------------------------------------------------------------------------
@@ -84,24 +80,6 @@ def fault_point(rank: int, point: str) -> None:
             raise UserError(f"PMPC_FAULT: unknown mode {mode!r} (kill | stall)")
 
 
-# -- whom a party is talking to ------------------------------------------------------------------
-_PEER: list = []
-
-
-@contextlib.contextmanager
-def talking_to(rank: int):
-    """Inside, a communication failure is blamed on ``rank`` (e.g. party 0 and the dealer)."""
-    _PEER.append(rank)
-    try:
-        yield
-    except BaseException as e:
-        if not hasattr(e, "pmpc_peer"):
-            e.pmpc_peer = rank  # remembered: the blame is laid after this block has exited
-        raise
-    finally:
-        _PEER.pop()
-
-
 def _blame(rank: int, world_size: int, e: BaseException, timeout_s: float, t0: float) -> PartyError | None:
     """A communication failure as one line naming the peer this party lost (None: not one)."""
     from pmpc.mpc.crypten_compat import comm_failure
@@ -111,7 +89,7 @@ def _blame(rank: int, world_size: int, e: BaseException, timeout_s: float, t0: f
     kind = comm_failure(e)
     if kind is None:
         return None
-    peer = getattr(e, "pmpc_peer", _PEER[-1] if _PEER else (0 if rank != 0 else 1))
+    peer = getattr(e, "pmpc_peer", current_peer(0 if rank != 0 else 1))
     what = ("closed the connection (it died or left)" if kind == "closed"
             else f"did not answer within {timeout_s:.0f} s (stalled or unreachable)")
     seen = f"seen by {who(rank)} {time.monotonic() - t0:.1f} s after start"
@@ -153,8 +131,6 @@ def _store():
 
 
 def _report_check(m):
-    from pmpc.mpc import wire
-
     wire.is_dict(m, {"line", "culprit", "what"}, "failure report")
     wire.is_str(m["line"], 400, "line")
     wire.is_str(m["what"], 200, "what")
@@ -170,8 +146,6 @@ def _report(rank: int, err: BaseException) -> None:
 
 
 def report_failure(rank: int, line: str, culprit: int | None, what: str) -> None:
-    from pmpc.mpc import wire
-
     store = _store()
     if store is None:
         return
@@ -184,8 +158,6 @@ def report_failure(rank: int, line: str, culprit: int | None, what: str) -> None
 
 def peer_report(peer: int, wait_s: float) -> dict | None:
     import datetime
-
-    from pmpc.mpc import wire
 
     store = _store()
     if store is None:
@@ -228,8 +200,6 @@ def run_party(job, rank: int, world_size: int, rendezvous: str, timeout_s: float
     torch's join blocked in a socket read that no timeout reaches, so a watchdog ends this
     process after the timeout: ``on_stuck(line)`` (default: print ``pmpc: error: line`` and exit 2)."""
     from pmpc.mpc import crypten_compat as cc
-    from pmpc.mpc import dealer as dealer_mod
-    from pmpc.mpc import handshake
 
     if dealer not in dealer_mod.MODES:
         raise UserError(f"unknown dealer {dealer!r} (one of {', '.join(dealer_mod.MODES)})")
@@ -386,13 +356,10 @@ def run_local(job, world_size: int = 2, timeout_s: float = 60.0, deadline_s: flo
     ``exit_times`` (``time.time()`` each process was seen gone). The surviving parties are given
     ``timeout_s`` to exit on their own; whatever is left then is killed. Every process is reaped.
     """
-    from pmpc.mpc import dealer as dealer_mod
-
     if world_size != 2:
         raise PartyError(f"pmpc runs 2-party computation; got --parties {world_size}")
     if dealer not in dealer_mod.MODES:
         raise UserError(f"unknown dealer {dealer!r} (one of {', '.join(dealer_mod.MODES)})")
-    from pmpc.mpc import handshake
 
     ctx = _ctx()
     q = ctx.Queue()

@@ -26,6 +26,7 @@ import dataclasses
 import math
 import threading
 from collections import defaultdict
+from pmpc import ops as ops_mod
 
 # Ops methods that are primitives, and what each is: (kind, how the width is read)
 _PRIMS = {
@@ -145,8 +146,6 @@ def counting(mpc_truncations: bool = True, scope_of=None):
     is already imported in this process (never imports it), charged to ``scope_of()`` (a
     callable naming the current scope; default "(mpc)")."""
     import sys
-
-    from pmpc import ops as ops_mod
 
     counts = Counts()
     patched = []

@@ -15,6 +15,9 @@ fixed-format JSON frame (:mod:`pmpc.mpc.wire`), never a pickle.
 """
 from __future__ import annotations
 
+# crypten (through pmpc.mpc.crypten_compat / crypten_ops) is imported inside the functions that run
+# in a party: the launcher, the CLI and a machine without crypten import this module without it.
+
 import contextlib
 import dataclasses
 import hashlib
@@ -25,11 +28,15 @@ import time
 
 import torch
 
-from pmpc.mpc import cost, wire
 from pmpc import models
-from pmpc.mpc.dealer import TRUST as DEALER_TRUST  # noqa: F401  (re-exported: one definition)
 from pmpc.engine import CLIENT, Engine
 from pmpc.errors import UserError
+from pmpc.mpc import cost, wire
+from pmpc.mpc import dealer as D
+from pmpc.mpc import handshake, parties
+from pmpc.mpc.cost import LINKS, table
+from pmpc.mpc.dealer import TRUST as DEALER_TRUST  # noqa: F401  (re-exported: one definition)
+from pmpc.ops import TorchOps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,8 +301,6 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
     from the dealt tuples: its cost is the online phase alone). Without it, tuples are drawn on
     demand during the query (CrypTen's behaviour; with ``ttp`` the dealer traffic is then part
     of the query's rounds)."""
-    from pmpc.mpc import dealer as D
-    from pmpc.mpc import handshake, parties
     from pmpc.mpc.crypten_compat import comm, crypten, solo_dry_run, use_provider
     from pmpc.mpc.crypten_ops import CrypTenOps
 
@@ -418,8 +423,6 @@ def run_generation(cfg: GenConfig, client: ClientInput, timeout_s: float = 120.0
     ``dealer="local"`` is for online-phase measurements (insecure against the client)."""
     import functools
 
-    from pmpc.mpc import parties
-
     check_dealer(cfg, dealer, cost_only)
     check_input(cfg, models.load_shapes(cfg.model, allow_pickle=cfg.allow_pickle), client)
     job = functools.partial(generate_party, cfg)
@@ -430,8 +433,6 @@ def run_generation(cfg: GenConfig, client: ClientInput, timeout_s: float = 120.0
 def fidelity(spec: models.ModelSpec, ids: torch.Tensor, attn: torch.Tensor, tokens, logits) -> dict:
     """Compare the client's secure logits with the plaintext model on the same token sequence
     (teacher-forced with the tokens the secure run chose)."""
-    from pmpc.ops import TorchOps
-
     tokens = torch.tensor(tokens)
     secure_lg = torch.as_tensor(logits).float()                 # [B, S, V]
     S = secure_lg.shape[1]
@@ -489,8 +490,6 @@ def summary(cfg: GenConfig, spec, dealer: str, client: dict, server: dict, fid: 
 
 
 def format_summary(r: dict) -> str:
-    from pmpc.mpc.cost import LINKS, table
-
     f = r["fidelity"]
     pre, dec = r["prefill"], r["decode_per_token"]
     lines = [
@@ -545,8 +544,6 @@ def run_prompts(cfg: GenConfig, prompts, out_path, dealer: str = "ttp", timeout_
     the file — run again to resume. Returns the records of all prompts, in order. (For
     ``eval``'s own resumable runner, :func:`make_generate_fn` gives the ``generate_fn`` hook.)"""
     import pathlib
-
-    from pmpc.mpc import parties
 
     out_path = pathlib.Path(out_path)
     limits = ("max_prompt_tokens", "max_batch")  # the server's limits do not change a result
@@ -609,8 +606,6 @@ def make_generate_fn(cfg: GenConfig, codec, system: str = "default", dealer: str
     session's cost (client side: prefill and decode rounds, bytes, seconds) is appended to
     ``cost_path`` (JSONL) as each batch finishes, so an interrupted run keeps what it spent."""
     import pathlib
-
-    from pmpc.mpc import parties
 
     def fn(prompts, seed):
         enc = codec.batch([codec.render(p, system) for p in prompts], "cpu")  # left-padded

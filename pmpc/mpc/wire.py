@@ -18,12 +18,16 @@ CrypTen counted its pickled messages.
 """
 from __future__ import annotations
 
+# crypten (through pmpc.mpc.crypten_compat / crypten_ops) is imported inside the functions that run
+# in a party: the launcher, the CLI and a machine without crypten import this module without it.
+
 import json
 import time
 
 import torch
 
 from pmpc.errors import UserError
+from pmpc.mpc.roles import who
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -41,12 +45,6 @@ CAPS = {
 
 class WireError(UserError):
     """A malformed, oversized or unexpected control message (one line, naming the peer)."""
-
-
-def _who(rank: int) -> str:
-    from pmpc.mpc.parties import who
-
-    return who(rank)
 
 
 def encode(kind: str, obj) -> bytes:
@@ -70,20 +68,20 @@ def decode(kind: str, data: bytes, peer: int, check=None):
         msg = json.loads(text, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         reason = "not UTF-8" if isinstance(e, UnicodeDecodeError) else "not JSON"
-        raise WireError(f"malformed {kind} from {_who(peer)}: {reason} ({len(data)} bytes starting "
+        raise WireError(f"malformed {kind} from {who(peer)}: {reason} ({len(data)} bytes starting "
                         f"{data[:8].hex()}); refused") from None
     if check is not None:
         try:
             check(msg)
         except (ValueError, TypeError, KeyError) as e:
-            raise WireError(f"malformed {kind} from {_who(peer)}: {str(e)[:200]}; refused") from None
+            raise WireError(f"malformed {kind} from {who(peer)}: {str(e)[:200]}; refused") from None
     return msg
 
 
 def _length(header: torch.Tensor, kind: str, peer: int) -> int:
     n = int(header.item())
     if not 0 < n <= CAPS[kind]:
-        raise WireError(f"{kind} from {_who(peer)} announces {n} bytes (allowed 1..{CAPS[kind]}); refused "
+        raise WireError(f"{kind} from {who(peer)} announces {n} bytes (allowed 1..{CAPS[kind]}); refused "
                         "before allocating")
     return n
 

@@ -67,13 +67,15 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import pathlib
 from typing import Callable, Iterable
 
 import torch
 
+from pmpc import paths
 from pmpc.errors import UserError
+from pmpc.ops import TorchOps
+import protocols
 
 POINTS = ("up", "down", "act", "attn", "o", "norm", "softmax")
 NOISE = ("gauss", "laplace")
@@ -84,7 +86,6 @@ KINDS = ELEMENTARY + PRESET + ("none",)
 DEFAULT_POINTS = {"gauss": ("up",), "laplace": ("up",), "teal": ("up", "down"), "quant": ("up", "down"),
                   "smoothquant": ("up", "down"), "omniquant": ("up", "down"), "protocol": ("down",)}
 OMNI_GAMMAS = tuple(round(1.0 - 0.05 * i, 2) for i in range(11))  # 1.0 ... 0.5
-MEASURED_PATH = pathlib.Path(__file__).resolve().parents[1] / "presets" / "measured_errors.json"
 
 # The activation spread the Table 2 error models were fitted on (research/quada-paper.md s.3): the
 # pre-W_up activations are about N(0, 0.35^2), and TEAL's W_down-input threshold column fits a
@@ -368,7 +369,7 @@ def _table2_parts(name, layers, factors=None) -> list[Approx]:
 
 
 def measured_path() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("PMPC_MEASURED") or MEASURED_PATH)
+    return paths.measured_presets()
 
 
 def load_measured() -> dict:
@@ -548,9 +549,6 @@ class _Component:
         self.a, self.arch, self.gen = a, arch, gen
         self.stats = a.stats
         if a.kind == "protocol":
-            import protocols  # lazy: the registry imports no crypten
-            from pmpc.ops import TorchOps
-
             self.proto = protocols.get(a.name)
             self.ops = TorchOps(dtype=torch.float64, fxp_bits=a.params.get("fxp"))
 
