@@ -12,12 +12,13 @@ import sys
 import torch
 
 from eval.perf import bench as B
+from pmpc import models
 from pmpc.engine import Engine
 from pmpc.ops import TorchOps
 
 
 def main(model: str, n_windows: int, tokens: int, protos: list[str]) -> dict:
-    spec, tok = B.load_model(model)
+    spec, tok = models.load(model)
     ids = B.windows(tok, spec.vocab, n_windows, tokens, B.wikitext_path())
     with torch.no_grad():
         ref = Engine(spec, "plain", TorchOps(torch.float64)).prefill(ids, use_cache=False)

@@ -28,6 +28,12 @@ from pmpc.ops import Ops
 NORM_SHIFT = 8
 
 
+def rescale(coeffs, r: float) -> list[float]:
+    """Coefficients of p(r t) in t, from those of p(x) (low to high): a polynomial fitted on [-1, 1]
+    evaluated on [-r, r] without a division in MPC."""
+    return [float(c) * r ** k for k, c in enumerate(coeffs)]
+
+
 @dataclasses.dataclass(frozen=True)
 class FnSpec:
     """What a protocol function promises, for ``pmpc protocols`` and the tests."""

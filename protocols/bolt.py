@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 
 from pmpc.ops import ACT_BOUND, Ops
-from protocols.base import FnSpec, Protocol
+from protocols.base import FnSpec, Protocol, rescale
 from protocols.exact import Exact
 
 GELU_P = (0.001620808531841547, -0.03798164612714154, 0.5410550166368381, -0.18352506127082727,
@@ -54,10 +54,6 @@ EXP_CLIP = 13
 EXP_FRAC_BITS = 12  # BOLT's NL_SCALE: fraction bits of -x/ln2 that p is built from
 
 _EXACT = Exact()
-
-
-def _scaled(coeffs, r):
-    return [float(c) * r ** k for k, c in enumerate(coeffs)]
 
 
 def sign_abs_inside(x, cut: float, ops: Ops):
@@ -113,7 +109,7 @@ class Bolt(Protocol):
         p34 = ops.mul(ops.stack([t, t2, neg]), ops.stack([t2, t2, inside]))
         t3, t4, neg_in = p34[0], p34[1], p34[2]
         t5 = ops.mul(t2, t3)
-        c = _scaled(TANH_T, TANH_CUT)
+        c = rescale(TANH_T, TANH_CUT)
         T = c[0] + t * c[1] + t2 * c[2] + t3 * c[3] + t4 * c[4] + t5 * c[5]
         # sign(x) (1 + inside (T - 1)) = (1 - 2 neg) + (inside - 2 neg inside)(T - 1)
         return (1 - 2 * neg) + ops.mul(inside - 2 * neg_in, T - 1)

@@ -31,12 +31,7 @@ from __future__ import annotations
 import math
 
 from pmpc.ops import ACT_BOUND, Ops
-from protocols.base import FnSpec, Protocol
-
-
-def rescale(coeffs, r: float) -> list[float]:
-    """Coefficients of p(r t) in t, from those of p(x) (low to high)."""
-    return [float(c) * r ** k for k, c in enumerate(coeffs)]
+from protocols.base import FnSpec, Protocol, rescale
 
 
 def poly_from_powers(pows: dict, coeffs, const=None):

@@ -328,7 +328,7 @@ def test_training_prompts_add_contrast_prompts_none_near_the_real_evaluation_set
     assert len(extra) == 100 and ps.removed_contrast > 0
     held = splits.heldout_prompts(data_dir) | splits.validation_prompts(data_dir)
     assert not {splits.normalise(p) for p in extra} & held
-    safe = [t for name in ("xstest-safe", "jbb-benign") for t in D._texts(name, data_dir)]
+    safe = [t for name in ("xstest-safe", "jbb-benign") for t in splits._texts(name, data_dir)]
     assert C.decontaminate([(p, "") for p in extra], [], safe)[1] == 0      # no paraphrase of a benign one left
 
 

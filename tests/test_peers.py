@@ -117,7 +117,7 @@ def test_mpc_run_counts_what_the_emulation_counts(data_dir):
     from pmpc.ops import TorchOps
     from pmpc.mpc.parties import run_local
 
-    spec, tok = B.load_model("tiny-random-llama")
+    spec, tok = models.load("tiny-random-llama")
     ids = B.windows(tok, spec.vocab, 1, 4, B.wikitext_path(str(data_dir)))
     client, _ = run_local(P.PeerJob("tiny-random-llama", "bolt", tuple(ids.shape)), timeout_s=120, inputs={0: ids})
     mpc = client["primitives"]["total"]

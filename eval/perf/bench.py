@@ -38,7 +38,7 @@ import torch
 from pmpc import models
 from pmpc.engine import CLIENT, Engine
 from pmpc.errors import UserError
-from pmpc.paths import stories_dir, wikitext_path
+from pmpc.paths import wikitext_path  # noqa: F401  (B.wikitext_path: the windows' file)
 from pmpc.mpc import cost
 from pmpc.mpc.parties import PartyError, run_local
 from pmpc.ops import TorchOps
@@ -46,30 +46,7 @@ import protocols as P
 
 DEFAULT_PROTOCOLS = ("exact", "crypten", "iron", "bolt", "bumblebee", "puma", "nexus", "mpcformer")
 DEFAULT_MODELS = ("tiny-random-llama", "stories260K")
-RANDOM_SHAPES = ("bert-base-random", "gpt2-random")
 SCHEMA = "pmpc.bench/1"
-
-
-# -- models ---------------------------------------------------------------------------------------
-def load_model(name: str, seed: int = 0):
-    """(ModelSpec, tokenizer or None). Deterministic: both parties build identical weights."""
-    if name in RANDOM_SHAPES:
-        import transformers as tf
-
-        torch.manual_seed(seed)
-        if name == "bert-base-random":
-            hf = tf.BertModel(tf.BertConfig(), add_pooling_layer=False)
-        else:
-            hf = tf.GPT2LMHeadModel(tf.GPT2Config())
-        return models.spec_from_hf(hf.eval(), name), None
-    if name == "stories260K":
-        d = stories_dir()
-        if not d.exists():
-            raise UserError(f"stories260K not found at {d} (set PMPC_STORIES)")
-        hf, tok = models.load_hf(str(d))
-    else:
-        hf, tok = models.load_hf(name)
-    return models.spec_from_hf(hf, name), tok
 
 
 # -- inputs ------------------------------------------------------------------------------------
@@ -174,7 +151,7 @@ class BenchJob:
         import resource
 
         t0 = time.perf_counter()
-        spec, _ = load_model(self.model, self.seed)
+        spec, _ = models.load(self.model, seed=self.seed)
         ops = self.make_ops()
         eng = Engine(spec, self.protocol, ops, weights=self.weights)
         setup = {"seconds": time.perf_counter() - t0, **ops.tracker.total().as_dict()}
@@ -466,7 +443,7 @@ def run(cfg: BenchConfig, out: str | os.PathLike, progress: bool = True, fresh: 
         if not protos:
             continue
         bar.set_postfix_str(f"{model}: loading")
-        spec, tok = load_model(model, cfg.seed)
+        spec, tok = models.load(model, seed=cfg.seed)
         ids = windows(tok, spec.vocab, cfg.windows, cfg.tokens, text, cfg.offset)
         if cfg.tokens > spec.max_positions:
             raise UserError(f"{model}: --tokens {cfg.tokens} exceeds its context ({spec.max_positions})")

@@ -45,7 +45,7 @@ import torch
 
 from eval.perf import bench as B
 from pmpc.engine import CLIENT, Engine
-from pmpc import paths
+from pmpc import models, paths
 from pmpc.errors import UserError
 from pmpc.mpc import cost
 from pmpc.mpc.parties import PartyError, run_local
@@ -100,7 +100,7 @@ class TapJob:
     def __call__(self, rank, world_size, ids=None):
         from pmpc.mpc.crypten_ops import CrypTenOps
 
-        spec, _ = B.load_model(self.model, self.seed)
+        spec, _ = models.load(self.model, seed=self.seed)
         ops = CrypTenOps(cost.Tracker(cost.crypten_stats))
         taps = {}
 
@@ -332,7 +332,7 @@ def run(cfg: ErrorsConfig, out, presets_path=None, progress: bool = True, fresh:
                             "use another --out or --fresh")
         data["rows"] = {k: v for k, v in old.get("rows", {}).items() if k not in redo}
     todo = [p for p in cfg.protocols if p not in data["rows"]]
-    spec, tok = B.load_model(cfg.model, cfg.seed)
+    spec, tok = models.load(cfg.model, seed=cfg.seed)
     if "layers.0.up.w" not in spec.weights:
         raise UserError(f"{cfg.model}: no MLP to tap")
     ids = B.windows(tok, spec.vocab, cfg.windows, cfg.tokens, B.wikitext_path(cfg.data or None), cfg.offset)

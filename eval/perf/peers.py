@@ -41,7 +41,7 @@ import numpy as np
 
 from eval.perf import bench as B
 from pmpc.engine import Engine
-from pmpc import paths
+from pmpc import models, paths
 from pmpc.errors import UserError
 from pmpc.models import cache_dir
 from pmpc.mpc import cost, primitives
@@ -481,7 +481,7 @@ def run(cfg: PeersConfig, out, command: str = "", fresh: bool = False, progress=
     cfg.validate()
     res = Results(out, cfg, command)
     out.mkdir(parents=True, exist_ok=True)
-    spec, tok = B.load_model(cfg.model)
+    spec, tok = models.load(cfg.model)
     if spec.arch != "llama":
         raise UserError(f"{cfg.model}: the peer forward is the Llama architecture; this is {spec.arch}")
     ids = B.windows(tok, spec.vocab, 1, cfg.tokens, B.wikitext_path(cfg.data or None), cfg.offset)

