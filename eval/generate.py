@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from pmpc import jsonl
 from pmpc.errors import UserError
 from pmpc.models.chat import Codec
 from pmpc.simulate import approximate
@@ -73,21 +74,8 @@ def config_hash(config: dict) -> str:
 
 
 def read_records(path: pathlib.Path) -> list[dict]:
-    """Records of a generations file. A torn last line (killed mid-write) is dropped."""
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    out = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if n == len(lines):
-                break
-            raise UserError(f"{path}:{n}: not a JSON record (corrupt generations file)") from None
-    return out
+    """Records of a generations file (a torn last line, killed mid-write, is dropped)."""
+    return jsonl.read(path)
 
 
 def run(prompts, generate_fn, out_path, judges=(), batch_size: int = 8, seed: int = 0, config: dict | None = None,
@@ -108,9 +96,7 @@ def run(prompts, generate_fn, out_path, judges=(), batch_size: int = 8, seed: in
     if old and any(r.get("config") != h for r in old):
         raise UserError(f"{out_path} holds generations of a different configuration; "
                         "choose another output directory or delete the file")
-    # rewrite the file without a torn tail, then append
-    if old and len(old) != sum(1 for ln in out_path.read_text(encoding="utf-8").splitlines() if ln.strip()):
-        out_path.write_text("".join(json.dumps(r) + "\n" for r in old), encoding="utf-8")
+    jsonl.repair(out_path)   # without a torn tail, then append
     done = {(r["i"], r["prompt"]) for r in old}
     todo = [(i, p) for i, p in enumerate(prompts) if (i, p.text) not in done]
     spent = 0.0

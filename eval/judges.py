@@ -290,6 +290,9 @@ def get(spec: str, data: str | None = None, device: str = "cpu", template: str |
 
 
 KEYWORD = ("gcg", "paper")   # the keyword rules, judged beside any other judge for comparison
+# every registered judge that needs no argument, as the analyses report them: keyword rules first,
+# the default last
+STANDARD = KEYWORD + ("structure", DEFAULT)
 
 
 def with_keyword(judge: Judge, data: str | None = None) -> list[Judge]:

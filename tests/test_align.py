@@ -13,6 +13,7 @@ import torch
 import transformers as tf
 
 from eval import splits
+from pmpc import jsonl
 from pmpc.align import adapters as adp
 from pmpc.align import data as D
 from pmpc.align import losses as L
@@ -398,12 +399,12 @@ def test_refusal_templates_are_refusals_by_the_gcg_rule(data_dir):
 def test_read_jsonl_tolerates_only_a_torn_last_line(tmp_path):
     p = tmp_path / "g.jsonl"
     p.write_text('{"a": 1}\n{"a": 2}\n{"a": ')
-    assert D.read_jsonl(p) == [{"a": 1}, {"a": 2}]
-    D.repair_jsonl(p)
+    assert jsonl.read(p) == [{"a": 1}, {"a": 2}]
+    jsonl.repair(p)
     assert p.read_text() == '{"a": 1}\n{"a": 2}\n'
     p.write_text('{"a": 1}\nnot json\n{"a": 2}\n')
     with pytest.raises(UserError):
-        D.read_jsonl(p)
+        jsonl.read(p)
 
 
 # -- adapters ----------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import random
 from eval import judge_model as M
 from eval import judges as J
 
-JUDGES = ("gcg", "paper", "structure", "minilm")
+JUDGES = J.STANDARD
 
 
 def verdicts(rows: list[dict], judges=JUDGES) -> dict[str, list]:

@@ -30,7 +30,7 @@ from eval import judges as J
 from eval import splits
 from eval.generate import read_records
 
-JUDGES = ("gcg", "paper", "structure", "minilm")
+JUDGES = J.STANDARD
 HEADLINE = "minilm"
 
 

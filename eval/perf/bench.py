@@ -44,7 +44,7 @@ from pmpc.mpc.parties import PartyError, run_local
 from pmpc.ops import TorchOps
 import protocols as P
 
-DEFAULT_PROTOCOLS = ("exact", "crypten", "iron", "bolt", "bumblebee", "puma", "nexus", "mpcformer")
+DEFAULT_PROTOCOLS = tuple(n for n in P.names() if n != "plain")   # every MPC protocol, registry order
 DEFAULT_MODELS = ("tiny-random-llama", "stories260K")
 SCHEMA = "pmpc.bench/1"
 

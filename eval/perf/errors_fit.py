@@ -45,7 +45,7 @@ import torch
 
 from eval.perf import bench as B
 from pmpc.engine import CLIENT, Engine
-from pmpc import models, paths
+from pmpc import models, paths, simulate
 from pmpc.errors import UserError
 from pmpc.mpc import cost
 from pmpc.mpc.parties import PartyError, run_local
@@ -54,15 +54,6 @@ import protocols as P
 
 POINTS = {"up": "up_in", "down": "down_in"}
 SCHEMA = "pmpc.errors/1"
-# arXiv 2502.00840 Table 2 (project page assess.png): eps^up ~ N(0, s^2), eps^down ~ Laplace(0, b)
-PAPER_TABLE2 = {
-    "iron": {"up": ("gauss", 0.064), "down": ("laplace", 0.049)},
-    "bolt": {"up": ("gauss", 0.042), "down": ("laplace", 0.036)},
-    "bumblebee": {"up": ("gauss", 0.026), "down": ("laplace", 0.018)},
-    "nexus": {"up": ("gauss", 0.031), "down": ("laplace", 0.014)},
-}
-
-
 @dataclasses.dataclass
 class ErrorsConfig:
     model: str = "smollm2"
@@ -178,8 +169,8 @@ def summarize(protocol: str, diffs: dict, ref_absmax: dict) -> tuple[dict, dict]
         row[short] = ({**fit(errs[short]), "per_layer_std": [float(v) for v in kept.std(axis=(1, 2))]}
                       if keep.any() else None)
         row[short + "_ref_absmax"] = [float(v) for v in ref_absmax[short]]
-    paper = PAPER_TABLE2.get(protocol)
-    row["paper"] = {k: {"dist": d, "scale": s} for k, (d, s) in paper.items()} if paper else None
+    paper = simulate.TABLE2.get(protocol)   # the paper's Table 2 fit of this system, if it has one
+    row["paper"] = {k: {"dist": paper[k][0], "scale": paper[k][1]} for k in ("up", "down")} if paper else None
     return row, errs
 
 

@@ -30,7 +30,7 @@ import random
 import re
 import time
 
-from pmpc import paths
+from pmpc import jsonl, paths
 from pmpc.errors import UserError
 from pmpc.models.chat import Codec
 
@@ -131,38 +131,10 @@ def default_gen_path(model: str) -> pathlib.Path:
     return paths.REPO / "runs" / "align" / f"gen-{safe}.jsonl"
 
 
-def read_jsonl(path) -> list[dict]:
-    """Rows of a JSONL file; a last line cut short by a crash mid-write is ignored."""
-    path = pathlib.Path(path)
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    rows = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if n < len(lines):
-                raise UserError(f"{path}:{n}: not JSON") from None
-    return rows
-
-
-def repair_jsonl(path) -> None:
-    """Drop a partial last line (no newline) so that appended rows start on a fresh line."""
-    path = pathlib.Path(path)
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if not data.endswith(b"\n"):
-        path.write_bytes(data[:data.rfind(b"\n") + 1])
-
-
 def answers(path, max_new_tokens: int, fmt: str = "chat") -> dict[tuple[str, str], dict]:
     """The answers in a generations JSONL made with these settings, by (kind, prompt), in file order:
     what :func:`generate_answers` skips and what pairs are built from."""
-    return {(r["kind"], r["prompt"]): r for r in read_jsonl(path)
+    return {(r["kind"], r["prompt"]): r for r in jsonl.read(path)
             if r.get("max_new_tokens") == max_new_tokens and r.get("format") == fmt}
 
 
@@ -178,7 +150,7 @@ def generate_answers(model, tok, prompts: list[tuple[str, str, str]], out_path, 
         raise UserError("generation needs a model with a tokenizer")
     out_path = pathlib.Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    repair_jsonl(out_path)
+    jsonl.repair(out_path)
     done = answers(out_path, max_new_tokens, fmt)
     todo = [p for p in prompts if (p[1], p[0]) not in done]
     # longest first: tighter padding and the worst batch comes early
@@ -293,7 +265,7 @@ def read_pairs(path) -> list[Pair]:
     if not path.exists():
         raise UserError(f"pairs file not found: {path} (make it with `pmpc align data`)")
     try:
-        pairs = [Pair(**r) for r in read_jsonl(path)]
+        pairs = [Pair(**r) for r in jsonl.read(path)]
     except TypeError as e:
         raise UserError(f"{path}: not a pairs file ({e})") from None
     if not pairs:

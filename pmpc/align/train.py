@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from pmpc import simulate
+from pmpc import jsonl, simulate
 from pmpc.align import adapters as adp
 from pmpc.align import data as D
 from pmpc.align.losses import Batch, QuadAConfig, balance_lambda, quada_objective, reference_logps
@@ -442,7 +442,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
     bar = tqdm(total=total, initial=step, desc=cfg.method, disable=not cfg.progress, unit="step")
     order_cache: dict = {}
     if step:  # resumed: keep the log up to the checkpoint's step (later lines are redone)
-        kept = [r for r in D.read_jsonl(out / "log.jsonl") if r.get("step", 0) <= step]
+        kept = [r for r in jsonl.read(out / "log.jsonl") if r.get("step", 0) <= step]
         (out / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
     with open(out / "log.jsonl", "a" if step else "w") as logf:   # a fresh start drops an old log
         while step < total:

@@ -23,12 +23,13 @@ import dataclasses
 import hashlib
 import json
 import os
+import pathlib
 import resource
 import time
 
 import torch
 
-from pmpc import models
+from pmpc import jsonl, models
 from pmpc.engine import CLIENT, Engine
 from pmpc.errors import UserError
 from pmpc.mpc import cost, wire
@@ -543,31 +544,17 @@ def run_prompts(cfg: GenConfig, prompts, out_path, dealer: str = "ttp", timeout_
     times; then its :class:`pmpc.mpc.parties.PartyError` propagates and the finished prompts stay in
     the file — run again to resume. Returns the records of all prompts, in order. (For
     ``eval``'s own resumable runner, :func:`make_generate_fn` gives the ``generate_fn`` hook.)"""
-    import pathlib
-
     out_path = pathlib.Path(out_path)
     limits = ("max_prompt_tokens", "max_batch")  # the server's limits do not change a result
     conf = hashlib.sha256(json.dumps({**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in limits},
                                       "dealer": dealer}, sort_keys=True).encode()).hexdigest()[:12]
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     done: dict = {}
-    if out_path.exists():
-        lines = out_path.read_text(encoding="utf-8").splitlines()
-        good = []
-        for n, line in enumerate(lines, 1):
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                if n == len(lines):  # torn tail
-                    break
-                raise UserError(f"{out_path}:{n}: not a JSON record") from None
-            if r.get("config") != conf:
-                raise UserError(f"{out_path} holds results of another configuration; use another file")
-            done[(r["i"], tuple(r["ids"]))] = r
-            good.append(line)
-        if len(good) != len(lines):
-            out_path.write_text("".join(g + "\n" for g in good), encoding="utf-8")
-    else:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
+    for r in jsonl.read(out_path):
+        if r.get("config") != conf:
+            raise UserError(f"{out_path} holds results of another configuration; use another file")
+        done[(r["i"], tuple(r["ids"]))] = r
+    jsonl.repair(out_path)   # without a torn tail, then append
     records = []
     with open(out_path, "a", encoding="utf-8") as f:
         for i, ids in enumerate(prompts):
