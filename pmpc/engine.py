@@ -262,3 +262,17 @@ def fold_weights(spec: ModelSpec) -> dict:
     if "lm_head.w" in W and ("final_norm.w" in W or "final_norm.b" in W):
         fold("final_norm", ["lm_head"])
     return W
+
+
+def compare_logits(ref, got) -> dict:
+    """How far logits ``got`` are from ``ref`` (both [..., V], compared in float64): top-1 agreement
+    (a position with a non-finite logit disagrees), mean KL(ref || got) of the next-token
+    distributions, the largest absolute difference, and the number of positions."""
+    ref = torch.as_tensor(ref, dtype=torch.float64)
+    got = torch.as_tensor(got, dtype=torch.float64)
+    finite = torch.isfinite(got).all(-1)
+    lp, lq = torch.log_softmax(ref, -1), torch.log_softmax(got, -1)
+    kl = (lp.exp() * (lp - lq)).sum(-1)
+    return {"top1": float(((ref.argmax(-1) == got.argmax(-1)) & finite).double().mean()),
+            "mean_kl": float(kl.mean()), "max_abs": float((got - ref).abs().max()),
+            "positions": int(ref[..., 0].numel())}

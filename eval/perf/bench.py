@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from pmpc import models
-from pmpc.engine import CLIENT, Engine
+from pmpc.engine import CLIENT, Engine, compare_logits
 from pmpc.errors import UserError
 from pmpc.paths import wikitext_path  # noqa: F401  (B.wikitext_path: the windows' file)
 from pmpc.mpc import cost
@@ -179,11 +179,8 @@ def fidelity(ref: np.ndarray, got: np.ndarray, is_lm: bool) -> dict:
     rel = float((got_t - ref_t).norm() / ref_t.norm())
     out = {"rel_err": rel, "max_abs_err": float((got_t - ref_t).abs().max()), "positions": int(ref_t[..., 0].numel())}
     if is_lm:
-        finite = torch.isfinite(got_t).all(-1)  # a position with a non-finite logit disagrees
-        lp, lq = torch.log_softmax(ref_t, -1), torch.log_softmax(got_t, -1)
-        kl = (lp.exp() * (lp - lq)).sum(-1)
-        out["top1"] = float(((ref_t.argmax(-1) == got_t.argmax(-1)) & finite).double().mean())
-        out["mean_kl"] = float(kl.mean())
+        c = compare_logits(ref_t, got_t)
+        out["top1"], out["mean_kl"] = c["top1"], c["mean_kl"]
     else:
         out["top1"] = out["mean_kl"] = None
         cos = torch.nn.functional.cosine_similarity(ref_t, got_t, dim=-1)

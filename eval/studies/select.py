@@ -34,14 +34,10 @@ from pmpc.models.chat import Codec
 
 
 def load_model(model: str, adapter: str | None = None, device: str = "cpu"):
-    """(model, tokenizer): ``model`` with ``adapter`` (a PEFT LoRA dir) merged, on ``device``."""
-    m, tok = load_hf(model, device="cpu")
+    """(model, tokenizer): ``model`` with ``adapter`` (a PEFT LoRA dir, checked first) merged, on ``device``."""
     if adapter:
-        from peft import PeftModel
-
         read_adapter(adapter)
-        m = PeftModel.from_pretrained(m, adapter).merge_and_unload()
-    return m.to(device).eval(), tok
+    return load_hf(model, device=device, adapter=adapter)
 
 
 def run(model: str = "smollm2-safe", adapter: str | None = None, prompts: str = "harmful-val", point: str = "up",

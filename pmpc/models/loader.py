@@ -200,17 +200,20 @@ def check_safetensors(f: pathlib.Path) -> None:
         raise ModelError(f"cannot load {f}: truncated safetensors file (tensors end at byte {8 + n + end}; the file has {size})")
 
 
-def load_hf(name: str, allow_pickle: bool = False, dtype=torch.float32, device: str = "cpu"):
-    """Load ``name`` as a transformers model (eval mode) and its tokenizer (None for tiny models)."""
+def load_hf(name: str, allow_pickle: bool = False, dtype=torch.float32, device: str = "cpu", adapter: str | None = None):
+    """Load ``name`` as a transformers model (eval mode) and its tokenizer (None for tiny models).
+    ``adapter``: a PEFT LoRA directory merged on top (after the adapters ``name`` itself names)."""
     import transformers as tf
     from safetensors import SafetensorError
 
-    path, adapter = resolve(name)
-    if path.startswith("tiny-random-"):
+    path, own = resolve(name)
+    if path.startswith("tiny-random-") and not adapter:
         return tiny_model(path[len("tiny-random-"):]).to(device), None
     p = pathlib.Path(path)
     try:
-        if p.suffix == ".gguf":
+        if path.startswith("tiny-random-"):
+            model, tok = tiny_model(path[len("tiny-random-"):]), None
+        elif p.suffix == ".gguf":
             tok = tf.AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
             model = tf.AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name, dtype=dtype)
         else:
@@ -226,10 +229,11 @@ def load_hf(name: str, allow_pickle: bool = False, dtype=torch.float32, device: 
         if isinstance(e, ModelError):
             raise
         raise ModelError(f"cannot load {name}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
-    if adapter:
-        from peft import PeftModel
+    chain = (adapter_chain(own) if own else []) + ([adapter] if adapter else [])
+    if chain:
+        from peft import PeftModel  # peft only where an adapter is merged
 
-        for a in adapter_chain(adapter):
+        for a in chain:
             model = PeftModel.from_pretrained(model, a).merge_and_unload()
     return model.to(device).eval(), tok
 
@@ -263,7 +267,9 @@ def load_tokenizer(name: str):
         return None
     p = pathlib.Path(path)
     try:
-        if p.suffix == ".gguf":
+        if path.startswith("tiny-random-"):
+            model, tok = tiny_model(path[len("tiny-random-"):]), None
+        elif p.suffix == ".gguf":
             return tf.AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
         return tf.AutoTokenizer.from_pretrained(p)
     except (OSError, ValueError, KeyError, TypeError) as e:

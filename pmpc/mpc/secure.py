@@ -30,7 +30,7 @@ import time
 import torch
 
 from pmpc import jsonl, models
-from pmpc.engine import CLIENT, Engine
+from pmpc.engine import CLIENT, Engine, compare_logits
 from pmpc.errors import UserError
 from pmpc.mpc import cost, wire
 from pmpc.mpc import dealer as D
@@ -442,12 +442,9 @@ def fidelity(spec: models.ModelSpec, ids: torch.Tensor, attn: torch.Tensor, toke
     with torch.no_grad():
         plain = Engine(spec, "plain", TorchOps(torch.float32)).prefill(full, full_attn, use_cache=False)
     plain = plain[:, ids.shape[1] - 1:].float()                 # positions that predicted each new token
-    agree = (plain.argmax(-1) == secure_lg.argmax(-1)).float()
-    lp, lq = torch.log_softmax(plain.double(), -1), torch.log_softmax(secure_lg.double(), -1)
-    kl = (lp.exp() * (lp - lq)).sum(-1)
-    return {"top1_agreement": agree.mean().item(), "positions": int(agree.numel()),
-            "max_abs_logit_diff": (plain - secure_lg).abs().max().item(),
-            "mean_kl": kl.mean().item()}
+    c = compare_logits(plain, secure_lg)
+    return {"top1_agreement": c["top1"], "positions": c["positions"], "max_abs_logit_diff": c["max_abs"],
+            "mean_kl": c["mean_kl"]}
 
 
 _KEYS = ("seconds", "rounds", "bytes", "comm_seconds")
