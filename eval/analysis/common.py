@@ -19,6 +19,7 @@ from eval import judges as J
 from eval import ppl as PPL
 from eval import prompts as P
 from eval.generate import GenConfig, config_hash
+from pmpc import markdown as md
 from pmpc import simulate
 
 
@@ -168,9 +169,7 @@ def ci(r: dict | None) -> str:
 
 
 def md_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
+    return "\n".join(md.table(header, rows))
 
 
 def plt():

@@ -35,11 +35,12 @@ import time
 import numpy as np
 import torch
 
+from pmpc import markdown as md
 from pmpc import models
 from pmpc.engine import CLIENT, Engine, compare_logits
 from pmpc.errors import UserError
 from pmpc.paths import wikitext_path  # noqa: F401  (B.wikitext_path: the windows' file)
-from pmpc.mpc import cost
+from pmpc.mpc import cost, primitives
 from pmpc.mpc.parties import PartyError, run_local
 from pmpc.ops import TorchOps
 import protocols as P
@@ -156,7 +157,7 @@ class BenchJob:
         eng = Engine(spec, self.protocol, ops, weights=self.weights)
         setup = {"seconds": time.perf_counter() - t0, **ops.tracker.total().as_dict()}
         ops.tracker.reset()
-        cost.PRIMITIVES.reset()
+        primitives.PRIMITIVES.reset()
         if rank != CLIENT:
             ids = torch.zeros(self.shape, dtype=torch.long)  # the server never sees the tokens
         t1 = time.perf_counter()
@@ -165,7 +166,7 @@ class BenchJob:
             out = ops.reveal(out, dst=CLIENT)
         wall = time.perf_counter() - t1
         res = {"rank": rank, "wall_s": wall, "setup": setup, "scopes": ops.tracker.snapshot(),
-               "total": ops.tracker.total().as_dict(), "primitives": cost.PRIMITIVES.snapshot(),
+               "total": ops.tracker.total().as_dict(), "primitives": primitives.PRIMITIVES.snapshot(),
                "n_layers": spec.n_layers,
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         if rank == CLIENT:
@@ -315,32 +316,27 @@ def markdown(data: dict) -> str:
         "Speedup = exact's cost / the row's cost (same model, same inputs). Fidelity: against the plaintext "
         "engine on the same tokens (top-1 agreement and mean KL of next-token distributions at every position; "
         "encoders: relative error of the output).", "",
-        "| model | protocol | MB | rounds | wall s (client/server) | " + " | ".join(f"{l} s" for l in links)
-        + " | x bytes | x rounds | " + " | ".join(f"x {l}" for l in links) + " | top-1 | mean KL | rel err |",
-        "|---" * (10 + 2 * len(links)) + "|",
     ]
+    head = (["model", "protocol", "MB", "rounds", "wall s (client/server)", *(f"{l} s" for l in links), "x bytes",
+             "x rounds", *(f"x {l}" for l in links), "top-1", "mean KL", "rel err"])
+    body = []
     for r in data["rows"]:
         sp = r.get("speedup_vs_exact") or {}
         f = r["fidelity"]
-        lines.append(
-            f"| {r['model']} | {r['protocol']} | {r['bytes'] / 1e6:.1f} | {r['rounds']} | "
-            f"{r['wall_s']['client']:.2f}/{r['wall_s']['server']:.2f} | "
-            + " | ".join(f"{r['modelled_s'].get(l, float('nan')):.2f}" for l in links)
-            + f" | {_fmt(sp.get('bytes'), '.2f')} | {_fmt(sp.get('rounds'), '.2f')} | "
-            + " | ".join(_fmt(sp.get(l), ".2f") for l in links)
-            + f" | {_fmt(f['top1'], '.3f')} | {_fmt(f['mean_kl'], '.2e')} | {_fmt(f['rel_err'], '.2e')} |")
+        body.append([r["model"], r["protocol"], f"{r['bytes'] / 1e6:.1f}", r["rounds"],
+                     f"{r['wall_s']['client']:.2f}/{r['wall_s']['server']:.2f}",
+                     *(f"{r['modelled_s'].get(l, float('nan')):.2f}" for l in links),
+                     _fmt(sp.get("bytes"), ".2f"), _fmt(sp.get("rounds"), ".2f"), *(_fmt(sp.get(l), ".2f") for l in links),
+                     _fmt(f["top1"], ".3f"), _fmt(f["mean_kl"], ".2e"), _fmt(f["rel_err"], ".2e")])
+    lines += md.table(head, body)
     # per-function breakdown, one table per model
     for model in dict.fromkeys(r["model"] for r in data["rows"]):
         rows = [r for r in data["rows"] if r["model"] == model]
         scopes = list(dict.fromkeys(s for r in rows for s in r["scopes"]))
-        lines += ["", f"## {model}: MB / rounds by function (client)", "",
-                  "| scope | " + " | ".join(r["protocol"] for r in rows) + " |", "|---" * (1 + len(rows)) + "|"]
-        for s in scopes:
-            cells = []
-            for r in rows:
-                c = r["scopes"].get(s)
-                cells.append("—" if c is None else f"{c['bytes'] / 1e6:.2f} / {c['rounds']}")
-            lines.append(f"| {s} | " + " | ".join(cells) + " |")
+        cell = lambda c: "—" if c is None else f"{c['bytes'] / 1e6:.2f} / {c['rounds']}"  # noqa: E731
+        lines += ["", f"## {model}: MB / rounds by function (client)", ""]
+        lines += md.table(["scope", *(r["protocol"] for r in rows)],
+                          [[s, *(cell(r["scopes"].get(s)) for r in rows)] for s in scopes])
         lines += budget_tables(model, rows)
         pt = data["plaintext"].get(model)
         if pt:
@@ -355,24 +351,20 @@ def budget_tables(model: str, rows: list) -> list[str]:
     if not rows:
         return []
     scopes = list(dict.fromkeys(s for r in rows for s in r["scopes"] if s not in ("embed", "lm_head", "reveal")))
-    out = ["", f"## {model}: rounds per layer by function (client, prefill)", "",
-           "| function | " + " | ".join(r["protocol"] for r in rows) + " |", "|---" * (1 + len(rows)) + "|"]
-    for s in scopes:
-        out.append(f"| {s} | " + " | ".join(
-            _fmt(r["scopes"][s]["rounds"] / r["n_layers"], ".1f") if s in r["scopes"] else "—" for r in rows) + " |")
-    out.append("| **layer** | " + " | ".join(
-        _fmt(sum(r["scopes"][s]["rounds"] for s in scopes if s in r["scopes"]) / r["n_layers"], ".1f")
-        for r in rows) + " |")
+    per_layer = [[s, *(_fmt(r["scopes"][s]["rounds"] / r["n_layers"], ".1f") if s in r["scopes"] else "—" for r in rows)]
+                 for s in scopes]
+    per_layer.append(["**layer**", *(_fmt(sum(r["scopes"][s]["rounds"] for s in scopes if s in r["scopes"]) / r["n_layers"],
+                                          ".1f") for r in rows)])
+    out = ["", f"## {model}: rounds per layer by function (client, prefill)", ""]
+    out += md.table(["function", *(r["protocol"] for r in rows)], per_layer)
     kinds = sorted({k for r in rows for k in r.get("primitives", {})})
     if kinds:
-        out += ["", f"## {model}: primitives of the whole prefill (client; elements, tuple bytes in MB)", "",
-                "| primitive | " + " | ".join(r["protocol"] for r in rows) + " |", "|---" * (1 + len(rows)) + "|"]
-        for k in kinds:
-            cells = []
-            for r in rows:
-                v = r.get("primitives", {}).get(k)
-                cells.append("—" if v is None else (f"{v / 1e6:.1f}" if k == "tuple_bytes" else f"{v:,}"))
-            out.append(f"| {k} | " + " | ".join(cells) + " |")
+        def cell(k, v):
+            return "—" if v is None else (f"{v / 1e6:.1f}" if k == "tuple_bytes" else f"{v:,}")
+
+        out += ["", f"## {model}: primitives of the whole prefill (client; elements, tuple bytes in MB)", ""]
+        out += md.table(["primitive", *(r["protocol"] for r in rows)],
+                        [[k, *(cell(k, r.get("primitives", {}).get(k)) for r in rows)] for k in kinds])
     return out
 
 

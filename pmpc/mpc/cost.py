@@ -24,6 +24,7 @@ import json
 
 # the scope accounting every Ops carries sits beneath the protocols; this module adds the network
 # model, CrypTen's counters and the tables. Re-exported: callers write cost.Tracker(cost.crypten_stats).
+from pmpc import markdown as md
 from pmpc.accounting import Cost, Tracker  # noqa: F401
 
 
@@ -54,31 +55,6 @@ def parse_link(spec: str) -> Link:
         raise ValueError(f"bad link {spec!r}: use lan, wan or BW_MBPS:RTT_MS (e.g. 400:20)") from None
 
 
-class Primitives:
-    """Counts of the 2-party primitives a party runs (elements, not calls), by kind:
-    ``products`` (Beaver multiplications, matmul outputs included), ``truncations``,
-    ``comparisons.<bits>`` (a sign read on a ring slice of that many bits; 64 = the whole ring,
-    CrypTen's A2B), ``b2a_bits``, ``and_words`` (64-bit Beaver ANDs of the adder circuits) and
-    ``tuple_bytes`` (the correlated randomness the triples' provider hands this party: 8 bytes
-    a ring word). Filled by :mod:`pmpc.mpc.crypten_compat`'s instrumentation; one instance per
-    process (a party), reset and read around the span of interest."""
-
-    def __init__(self):
-        self.counts: dict[str, int] = {}
-
-    def add(self, kind: str, n: int) -> None:
-        self.counts[kind] = self.counts.get(kind, 0) + int(n)
-
-    def reset(self) -> None:
-        self.counts.clear()
-
-    def snapshot(self) -> dict:
-        return dict(sorted(self.counts.items()))
-
-
-PRIMITIVES = Primitives()
-
-
 def crypten_stats() -> tuple[int, int, float]:
     from pmpc.mpc.crypten_compat import comm
 
@@ -95,13 +71,10 @@ def table(scopes: dict, links=("lan", "wan"), title: str | None = None) -> str:
         tot.add(c)
         rows.append((name, c))
     rows.append(("total", tot))
-    head = "| scope | rounds | MB | wall s | " + " | ".join(f"{l} s" for l in links) + " |"
-    sep = "|---" * (4 + len(links)) + "|"
     out = [f"**{title}**", ""] if title else []
-    out += [head, sep]
-    for name, c in rows:
-        link_t = [f"{LINKS[l].time(c.rounds, c.bytes, c.seconds):.2f}" for l in links]
-        out.append(f"| {name} | {c.rounds} | {c.bytes / 1e6:.2f} | {c.seconds:.2f} | " + " | ".join(link_t) + " |")
+    out += md.table(["scope", "rounds", "MB", "wall s", *(f"{l} s" for l in links)],
+                    [[name, c.rounds, f"{c.bytes / 1e6:.2f}", f"{c.seconds:.2f}",
+                      *(f"{LINKS[l].time(c.rounds, c.bytes, c.seconds):.2f}" for l in links)] for name, c in rows])
     return "\n".join(out)
 
 

@@ -75,7 +75,7 @@ def _A2B(arithmetic_tensor):
 
 import crypten.mpc.primitives.converters as _converters  # noqa: E402
 from pmpc.mpc import handshake
-from pmpc.mpc.cost import PRIMITIVES
+from pmpc.mpc.primitives import PRIMITIVES
 
 _converters._A2B = _A2B
 
@@ -687,7 +687,7 @@ def _get_default_provider():
 
 
 class _Counted:
-    """A provider seen through :data:`pmpc.mpc.cost.PRIMITIVES`: every tuple it hands out is
+    """A provider seen through :data:`pmpc.mpc.primitives.PRIMITIVES`: every tuple it hands out is
     counted as ``tuple_bytes`` (8 bytes a ring word)."""
 
     def __init__(self, inner):
@@ -712,7 +712,7 @@ class _Counted:
 
 def _count_primitives() -> None:
     """Counts for ``pmpc bench``: products, truncations, comparisons by bit width, B2A bits, AND
-    words (:class:`pmpc.mpc.cost.Primitives`). Wraps the call sites; the arithmetic is untouched."""
+    words (:class:`pmpc.mpc.primitives.Primitives`). Wraps the call sites; the arithmetic is untouched."""
     import crypten.mpc.primitives.beaver as beaver
     import crypten.mpc.primitives.converters as converters
     from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor

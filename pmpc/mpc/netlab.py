@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 
+from pmpc import markdown as md
 from pmpc.mpc import handshake
 from pmpc.mpc.cost import Link
 
@@ -322,13 +323,9 @@ def format_row(r: dict) -> str:
 
 
 def table(res: dict) -> str:
-    out = ["| link | RTT ms | Mbit/s | phase | rounds | MB | no-delay s | measured s | modelled s | measured/modelled |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in res["rows"]:
-        for phase in ("prefill", "decode"):
-            if phase in r:
-                p = r[phase]
-                out.append(f"| {r['link']} | {r['rtt_ms']:.1f} | {r['mbit_s']:.0f} | {phase}{' /token' if phase == 'decode' else ''}"
-                           f" | {p['rounds']:.0f} | {p['mb']:.2f} | {p['base_s']:.2f} | {p['measured_s']:.2f} | "
-                           f"{p['modelled_s']:.2f} | {p['ratio']:.2f} |")
-    return "\n".join(out)
+    rows = [[r["link"], f"{r['rtt_ms']:.1f}", f"{r['mbit_s']:.0f}", phase + (" /token" if phase == "decode" else ""),
+             f"{r[phase]['rounds']:.0f}", f"{r[phase]['mb']:.2f}", f"{r[phase]['base_s']:.2f}",
+             f"{r[phase]['measured_s']:.2f}", f"{r[phase]['modelled_s']:.2f}", f"{r[phase]['ratio']:.2f}"]
+            for r in res["rows"] for phase in ("prefill", "decode") if phase in r]
+    return "\n".join(md.table(["link", "RTT ms", "Mbit/s", "phase", "rounds", "MB", "no-delay s", "measured s",
+                                "modelled s", "measured/modelled"], rows))

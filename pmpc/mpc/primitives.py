@@ -1,6 +1,11 @@
 """What a forward pass is made of — comparisons by bit width, products, truncations, table lookups,
 per function scope — and what that costs in another technology.
 
+Two tallies, at two levels: :class:`Counts` (:func:`counting`) counts the Ops layer's primitive
+calls per scope on either backend; :data:`PRIMITIVES` counts what CrypTen itself runs under MPC
+(Beaver products, truncations, comparisons by lane width, AND words, the tuples' bytes), filled by
+:mod:`pmpc.mpc.crypten_compat`'s instrumentation and reported per ``pmpc bench`` row.
+
 Counting. :func:`counting` wraps the primitive methods of the ``Ops`` classes (both backends: the
 plaintext emulation runs the same calls as the MPC run) and charges each call to the innermost
 cost scope of the op's tracker ("(unscoped)" outside every scope: RoPE today). Only the outermost primitive of a nested call is
@@ -26,6 +31,7 @@ import dataclasses
 import math
 import threading
 from collections import defaultdict
+
 from pmpc import ops as ops_mod
 
 # Ops methods that are primitives, and what each is: (kind, how the width is read)
@@ -71,6 +77,33 @@ class Counts:
                 "calls": self.calls, "calls_by_scope": {s: dict(v) for s, v in self.calls_by_scope.items()}}
 
 
+# -- the CrypTen-level tally (MPC runs only; what ``pmpc bench`` reports per row) -----------------
+class Primitives:
+    """Counts of the 2-party primitives a party runs (elements, not calls), by kind:
+    ``products`` (Beaver multiplications, matmul outputs included), ``truncations``,
+    ``comparisons.<bits>`` (a sign read on a ring slice of that many bits; 64 = the whole ring,
+    CrypTen's A2B), ``b2a_bits``, ``and_words`` (64-bit Beaver ANDs of the adder circuits) and
+    ``tuple_bytes`` (the correlated randomness the triples' provider hands this party: 8 bytes
+    a ring word). Filled by :mod:`pmpc.mpc.crypten_compat`'s instrumentation; one instance per
+    process (a party), reset and read around the span of interest."""
+
+    def __init__(self):
+        self.counts: dict[str, int] = {}
+
+    def add(self, kind: str, n: int) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + int(n)
+
+    def reset(self) -> None:
+        self.counts.clear()
+
+    def snapshot(self) -> dict:
+        return dict(sorted(self.counts.items()))
+
+
+PRIMITIVES = Primitives()
+
+
+# -- the Ops-level count (either backend, per scope; :func:`counting`) --------------------------------
 _local = threading.local()
 
 

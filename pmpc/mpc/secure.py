@@ -531,6 +531,17 @@ def _cost_record(client: dict) -> dict:
     return out
 
 
+def with_retries(session, retries: int):
+    """``session()``, run again up to ``retries`` times when a party fails (:class:`PartyError`);
+    the last failure propagates."""
+    for attempt in range(retries + 1):
+        try:
+            return session()
+        except parties.PartyError:
+            if attempt == retries:
+                raise
+
+
 def run_prompts(cfg: GenConfig, prompts, out_path, dealer: str = "ttp", timeout_s: float = 120.0,
                 retries: int = 0, env: dict | None = None, on_record=None) -> list[dict]:
     """Generate securely for each prompt (a list of token ids), one secure session per prompt,
@@ -562,15 +573,15 @@ def run_prompts(cfg: GenConfig, prompts, out_path, dealer: str = "ttp", timeout_
                 records.append(done[(i, tuple(ids))])
                 continue
             t = torch.tensor([ids])
-            for attempt in range(retries + 1):
-                try:
-                    t0 = time.perf_counter()
-                    client, _ = run_generation(cfg, ClientInput(t, torch.ones_like(t)), timeout_s=timeout_s,
-                                               dealer=dealer, env=env)
-                    break
-                except parties.PartyError:
-                    if attempt == retries:
-                        raise
+            started = []
+
+            def attempt():
+                started.append(time.perf_counter())
+                return run_generation(cfg, ClientInput(t, torch.ones_like(t)), timeout_s=timeout_s,
+                                      dealer=dealer, env=env)[0]
+
+            client = with_retries(attempt, retries)
+            t0 = started[-1]   # the wall time of the attempt that succeeded
             rec = {"i": i, "ids": ids, "tokens": client["tokens"][0], "config": conf, "dealer": dealer,
                    "wall_seconds": time.perf_counter() - t0, **_cost_record(client)}
             f.write(json.dumps(rec) + "\n")
@@ -589,20 +600,13 @@ def make_generate_fn(cfg: GenConfig, codec, system: str = "default", dealer: str
     sampler seeded with the batch's seed); the new tokens are decoded up to the first EOS. The
     session's cost (client side: prefill and decode rounds, bytes, seconds) is appended to
     ``cost_path`` (JSONL) as each batch finishes, so an interrupted run keeps what it spent."""
-    import pathlib
-
     def fn(prompts, seed):
         enc = codec.batch([codec.render(p, system) for p in prompts], "cpu")  # left-padded
         inp, att = enc["input_ids"], enc["attention_mask"]  # an empty row: check_input's one-line error
         c = dataclasses.replace(cfg, seed=seed)
         t0 = time.perf_counter()
-        for attempt in range(retries + 1):
-            try:
-                client, _ = run_generation(c, ClientInput(inp, att), timeout_s=timeout_s, dealer=dealer)
-                break
-            except parties.PartyError:
-                if attempt == retries:
-                    raise
+        client = with_retries(lambda: run_generation(c, ClientInput(inp, att), timeout_s=timeout_s, dealer=dealer)[0],
+                              retries)
         if cost_path is not None:
             rec = {"seed": seed, "batch": inp.shape[0], "prompt_tokens": inp.shape[1], "new_tokens": cfg.max_new_tokens,
                    "wall_seconds": round(time.perf_counter() - t0, 3),
