@@ -11,6 +11,8 @@ import sys
 
 import click
 
+from pmpc import logs
+
 MODULES = ("run", "protocols_cmd", "bench", "eval", "sweep", "align", "deploy")
 
 
@@ -39,6 +41,7 @@ for _name in MODULES:
 
 
 def main():
+    logs.show()   # the library's progress messages, on stdout as the CLI's own
     cli()
 
 

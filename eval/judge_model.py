@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import pathlib
 import random
 
@@ -33,9 +34,11 @@ import torch
 from eval import refusal as R
 from eval.labelset import PATH as LABELS_FILE
 from eval.labelset import load
+from pmpc import logs
 from pmpc.errors import UserError
 
 PARAMS = pathlib.Path(__file__).parent / "data" / "judge" / "minilm-judge.json"
+logger = logging.getLogger(__name__)
 L2_GRID = (1e-3, 1e-2, 1e-1)
 
 
@@ -149,7 +152,7 @@ def _z(k: float) -> float:
     return k if k == k else 0.0    # NaN (one class only) counts as no agreement beyond chance
 
 
-def train(labels=LABELS_FILE, out=PARAMS, log=print) -> dict:
+def train(labels=LABELS_FILE, out=PARAMS, log=None) -> dict:
     """Fit both heads on the dev part of ``labels`` (sure rows); choose their hyperparameters
     (L2 x class weighting) by 5-fold cross-validation on dev, and how the verdict reads jailbroken:
       * the label head by out-of-fold Cohen's kappa of the five labels plus that of its
@@ -157,6 +160,7 @@ def train(labels=LABELS_FILE, out=PARAMS, log=print) -> dict:
       * the jailbroken head by its own out-of-fold kappa;
       * the verdict from the jailbroken head only where its kappa beats the label head's reading.
     The ``structure`` rules' dev kappa is recorded beside them (model selection on dev)."""
+    log = log or logger.info
     rows = [r for r in read_labels(labels) if r.get("split") == "dev" and not r.get("unsure")]
     if len(rows) < 40:
         raise UserError(f"{labels}: {len(rows)} sure dev rows; need at least 40 to train")
@@ -248,6 +252,7 @@ def main(argv=None):
     ap.add_argument("--labels", default=str(LABELS_FILE))
     ap.add_argument("--out", default=str(PARAMS))
     a = ap.parse_args(argv)
+    logs.show()
     try:
         train(a.labels, a.out)
     except UserError as e:

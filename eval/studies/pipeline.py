@@ -32,15 +32,16 @@ Nothing here imports crypten.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
+import logging
 import pathlib
 import random
 import shlex
 import sys
 import time
 
+import click
 import torch
 
 from eval import judges as J
@@ -53,7 +54,7 @@ from eval.prompts import load
 from eval.splits import benign_split
 from eval.studies import select
 from eval.studies.select import load_model
-from pmpc import simulate
+from pmpc import logs, simulate
 from pmpc.align import adapters as adp
 from pmpc.align import data as D
 from pmpc.align.train import TrainConfig, train
@@ -63,6 +64,7 @@ import protocols
 
 TARGET_ASR, TARGET_OVERREFUSAL, TARGET_PPL_RATIO = 0.05, 0.20, 1.10
 VAL_PPL_RATIO = 1.08   # a margin under the 10% target for the validation windows
+logger = logging.getLogger(__name__)
 DEV_N = 100   # harmful-test prompts held back for selection (eval.splits owns the split)
 
 
@@ -147,10 +149,10 @@ class Runner:
 
     def stage(self, name: str, fn):
         if name in self.res["stages"]:
-            print(f"[pipeline] {name}: done before, skipped", flush=True)
+            logger.info(f"[pipeline] {name}: done before, skipped")
             return self.res["stages"][name]
         t = time.perf_counter()
-        print(f"[pipeline] {name} (t={self.elapsed():.0f}s, {self.left():.0f}s left)", flush=True)
+        logger.info(f"[pipeline] {name} (t={self.elapsed():.0f}s, {self.left():.0f}s left)")
         r = fn()
         r = dict(r or {}, stage_seconds=round(time.perf_counter() - t, 1))
         self.res["stages"][name] = r
@@ -473,7 +475,7 @@ def run(plan: Plan) -> dict:
     p = plan
     st = R.res["stages"]
     if R.res.get("finalized"):
-        print(f"[pipeline] {R.out} is finalized (see results.md); use a new OUT to run again", flush=True)
+        logger.info(f"[pipeline] {R.out} is finalized (see results.md); use a new OUT to run again")
         return R.res
     if p.device.startswith("cuda"):
         if not torch.cuda.is_available():
@@ -696,23 +698,9 @@ def plot(res: dict, path) -> None:
     plt.close(fig)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description="pmpc alignment study (data, smollm2-safe, MVA/tau, +DPO, QuadA, "
-                                             "ablation, evaluation, export)")
-    ap.add_argument("model", help="base model (HF directory of SmolLM2-135M-Instruct, or a pmpc model name)")
-    ap.add_argument("out", help="output directory")
-    for f in dataclasses.fields(Plan):
-        if f.name in ("model", "out"):
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        t = str(f.type)
-        if t == "bool":
-            ap.add_argument(flag, action="store_true")
-        else:
-            typ = int if t.startswith("int") else float if t.startswith("float") else str
-            ap.add_argument(flag, type=typ, default=f.default)
-    a = vars(ap.parse_args(argv))
-    plan = Plan(**a)
+def _study(model, out, **kw):
+    logs.show()
+    plan = Plan(model=model, out=out, **kw)
     if plan.quick:
         plan = dataclasses.replace(plan, n_harmless=8, gen_tokens=16, gen_batch=8, safe_epochs=2, cont_epochs=1,
                                    batch_size=4, eval_tokens=8, eval_batch=16, n_test=6, n_grid=6, ppl_windows=2,
@@ -721,10 +709,36 @@ def main(argv=None):
     try:
         res = run(plan)
     except UserError as e:
-        print(f"pmpc: error: {e}", file=sys.stderr)
+        click.echo(f"pmpc: error: {e}", err=True)
         sys.exit(2)
-    print((pathlib.Path(plan.out) / "results.md").read_text())
+    click.echo((pathlib.Path(plan.out) / "results.md").read_text())
     return res
+
+
+def _option(f: dataclasses.Field) -> click.Option:
+    """One ``--flag`` per :class:`Plan` field: booleans are switches, the rest take a value of the
+    field's type (``X | None`` fields: X, default None)."""
+    flag = "--" + f.name.replace("_", "-")
+    t = str(f.type)
+    if t == "bool":
+        return click.Option([flag, f.name], is_flag=True, default=False)
+    typ = int if t.startswith("int") else float if t.startswith("float") else str
+    return click.Option([flag, f.name], type=typ, default=f.default, show_default=True)
+
+
+STUDY = click.Command(
+    "pipeline", callback=_study,
+    help="pmpc alignment study (data, smollm2-safe, MVA/tau, +DPO, QuadA, ablation, evaluation, export). "
+         "MODEL: the base model (HF directory of SmolLM2-135M-Instruct, or a pmpc model name); OUT: the output "
+         "directory.",
+    params=[click.Argument(["model"]), click.Argument(["out"])]
+    + [_option(f) for f in dataclasses.fields(Plan) if f.name not in ("model", "out")])
+
+
+def main(argv=None):
+    """Run the study from command-line arguments (``python -m eval.studies.pipeline MODEL OUT ...``);
+    given ``argv`` (tests), returns its results instead of exiting."""
+    return STUDY.main(args=argv, prog_name="python -m eval.studies.pipeline", standalone_mode=argv is None)
 
 
 if __name__ == "__main__":

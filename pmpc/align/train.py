@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import pathlib
 import platform
@@ -36,6 +37,7 @@ from pmpc.errors import UserError
 from pmpc.models import load_hf
 
 METHODS = ("dpo", "quada")
+logger = logging.getLogger(__name__)
 
 
 def auto_ratio(lam) -> float | None:
@@ -352,9 +354,10 @@ def _peak_memory(device: str) -> dict:
 
 
 # -- the loop ----------------------------------------------------------------------------------
-def train(cfg: TrainConfig, resume: bool = False, log=print) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, log=None) -> dict:
     """Train, checkpointing every ``cfg.ckpt_every`` steps; ``resume`` continues from the run
     directory's checkpoint. Returns the summary written to ``train.json``."""
+    log = log or logger.info
     from tqdm import tqdm
 
     cfg.validate()
