@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -301,10 +302,11 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
     dealer of the session's mode deals exactly those tuples), online (the query itself, served
     from the dealt tuples: its cost is the online phase alone). Without it, tuples are drawn on
     demand during the query (CrypTen's behaviour; with ``ttp`` the dealer traffic is then part
-    of the query's rounds)."""
-    from pmpc.mpc.crypten_compat import comm, crypten, solo_dry_run, use_provider
+    of the query's rounds). ``PMPC_FAULT`` drills strike at the points :func:`parties.fault_point` names."""
+    from pmpc.mpc.crypten_compat import crypten
     from pmpc.mpc.crypten_ops import CrypTenOps
 
+    fault = functools.partial(parties.fault_point, rank)
     mode = "ttp" if crypten.mpc.ttp_required() else "local"
     to_dealer = mode == "ttp" and rank == CLIENT
     t_start = time.perf_counter()
@@ -317,7 +319,7 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
     handshake.agree_digest(cfg.digest_bytes(spec), "the configuration (model, protocol, weights, shapes, steps)")
     attn = _announce(cfg, spec, inp, rank)
     ids = inp.ids if rank == CLIENT else torch.zeros_like(attn)  # the server never sees ids
-    real = comm.get()
+    real = _comm()
     tracker = _Tracker(cost.crypten_stats, timeout_s / 4,
                        (lambda: D.keepalive(real)) if to_dealer and cfg.preprocess else None)
     ops = CrypTenOps(tracker)
@@ -325,81 +327,103 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
     t_setup = time.perf_counter() - t_start
     gen = torch.Generator().manual_seed(cfg.seed)
     phases: dict = {}
-    parties.fault_point(rank, "startup")
+    fault("startup")
 
     provider = None
     if cfg.preprocess:
-        key = (cfg.digest(spec), tuple(map(tuple, attn.tolist())))
-        if all(_gather(key in _PLANS)):
-            plan = _PLANS[key]
-            phases["plan"] = {"cached": True, "seconds": 0.0, "rounds": 0, "bytes": 0, "comm_seconds": 0.0}
-        else:
-            c0 = _counters()
-            parties.fault_point(rank, "plan")
-            rec, marks = D.ShapeOnly(), {}
-            with solo_dry_run(), use_provider(rec):  # alone: no peer, no traffic
-                dry = engine
-                if cfg.weights == "private":  # the dry run never touches the real weights
-                    dry = Engine(models.load_shapes(cfg.model, allow_pickle=cfg.allow_pickle), cfg.protocol, ops,
-                                 weights="private")
-                _query(dry, ops, torch.zeros_like(attn), attn, cfg, rank, gen, marks=marks,
-                       plan_of=lambda: rec.requests)
-            plan = D.Plan(rec.requests, marks)
-            _PLANS[key] = plan
-            phases["plan"] = {"cached": False, **_since(c0)}
-            del dry
-        _agree(plan.digest(), "the tuple plan of the query", kind="plan")
+        plan = _plan(cfg, spec, engine, ops, attn, rank, gen, phases, fault)
         tracker.hook = None
-        offline, tuples = {}, []
-        for phase in ("prefill", "decode"):
-            lo, hi = plan.span(phase)
-            c0 = _counters()
-            if phase == "prefill":
-                parties.fault_point(rank, "offline")
-            with parties.talking_to(world_size) if to_dealer else contextlib.nullcontext():
-                tuples += D.deal(plan, lo, hi, mode)
-            offline[phase] = {**_since(c0), "tuples": plan.counts(lo, hi)}
-        c0 = _counters()
-        if to_dealer:
-            with parties.talking_to(world_size):
-                D.release()
-        comm.get().barrier()  # the online phase starts together at both parties
-        offline["release"] = _since(c0)
-        phases["offline"] = offline
-        provider = D.Replay(plan, tuples)
-        del tuples
-
-    hook_phase = [None]
-    if os.environ.get("PMPC_FAULT"):
-        engine.tap = lambda point, layer, value: (parties.fault_point(rank, hook_phase[0])
-                                                  if layer == 0 and hook_phase[0] else None)
-
-    def online():
-        with use_provider(provider) if provider is not None else contextlib.nullcontext():
-            return _query(engine, ops, ids, attn, cfg, rank, gen, phases=phases,
-                          watch=getattr(inp, "watch", None) if rank == CLIENT else None)
-
-    engine_prefill, engine_decode = engine.prefill, engine.decode
-
-    def traced(fn, name):
-        def wrapped(*a, **k):
-            hook_phase[0] = name
-            try:
-                return fn(*a, **k)
-            finally:
-                hook_phase[0] = None
-        return wrapped
-
-    engine.prefill, engine.decode = traced(engine_prefill, "prefill"), traced(engine_decode, "decode")
-    steps, tokens = online()
-    if provider is not None and provider.left():
-        raise D.PlanMismatch(f"{provider.left()} dealt tuples were not used by the online phase")
+        provider = _offline(plan, mode, world_size, to_dealer, phases, fault)
+    steps, tokens = _online(cfg, engine, ops, ids, attn, rank, gen, phases, provider,
+                            getattr(inp, "watch", None) if rank == CLIENT else None, fault)
     out = {"rank": rank, "dealer": mode, "preprocess": cfg.preprocess, "setup_seconds": t_setup,
            "phases": phases, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if rank == CLIENT:
         out["tokens"] = torch.stack(tokens, 1).tolist()
         out["logits"] = torch.stack(steps, 1).numpy()  # [B, steps, V]
     return out
+
+
+def _comm():
+    from pmpc.mpc.crypten_compat import comm
+
+    return comm.get()
+
+
+def _plan(cfg: GenConfig, spec, engine, ops, attn, rank: int, gen, phases: dict, fault):
+    """The plan phase: the tuple requests of the query, from a solo dry run on dummy inputs over
+    the same public shapes (cached per configuration and mask when both parties have it)."""
+    from pmpc.mpc.crypten_compat import solo_dry_run, use_provider
+
+    key = (cfg.digest(spec), tuple(map(tuple, attn.tolist())))
+    if all(_gather(key in _PLANS)):
+        plan = _PLANS[key]
+        phases["plan"] = {"cached": True, "seconds": 0.0, "rounds": 0, "bytes": 0, "comm_seconds": 0.0}
+    else:
+        c0 = _counters()
+        fault("plan")
+        rec, marks = D.ShapeOnly(), {}
+        with solo_dry_run(), use_provider(rec):  # alone: no peer, no traffic
+            dry = engine
+            if cfg.weights == "private":  # the dry run never touches the real weights
+                dry = Engine(models.load_shapes(cfg.model, allow_pickle=cfg.allow_pickle), cfg.protocol, ops,
+                             weights="private")
+            _query(dry, ops, torch.zeros_like(attn), attn, cfg, rank, gen, marks=marks,
+                   plan_of=lambda: rec.requests)
+        plan = D.Plan(rec.requests, marks)
+        _PLANS[key] = plan
+        phases["plan"] = {"cached": False, **_since(c0)}
+        del dry
+    _agree(plan.digest(), "the tuple plan of the query", kind="plan")
+    return plan
+
+
+def _offline(plan, mode: str, world_size: int, to_dealer: bool, phases: dict, fault):
+    """The offline phase: the dealer of ``mode`` deals exactly the planned tuples (prefill's, then
+    decode's); both parties then start the online phase together. Returns the replaying provider."""
+    offline, tuples = {}, []
+    for phase in ("prefill", "decode"):
+        lo, hi = plan.span(phase)
+        c0 = _counters()
+        if phase == "prefill":
+            fault("offline")
+        with parties.talking_to(world_size) if to_dealer else contextlib.nullcontext():
+            tuples += D.deal(plan, lo, hi, mode)
+        offline[phase] = {**_since(c0), "tuples": plan.counts(lo, hi)}
+    c0 = _counters()
+    if to_dealer:
+        with parties.talking_to(world_size):
+            D.release()
+    _comm().barrier()  # the online phase starts together at both parties
+    offline["release"] = _since(c0)
+    phases["offline"] = offline
+    return D.Replay(plan, tuples)
+
+
+def _online(cfg: GenConfig, engine, ops, ids, attn, rank: int, gen, phases: dict, provider, watch, fault):
+    """The online phase: the query itself (from the dealt tuples when ``provider`` is given). Under a
+    ``PMPC_FAULT`` drill the engine's first-layer tap strikes at the phase (prefill/decode) it is in."""
+    from pmpc.mpc.crypten_compat import use_provider
+
+    phase = [None]
+    if os.environ.get("PMPC_FAULT"):
+        engine.tap = lambda point, layer, value: fault(phase[0]) if layer == 0 and phase[0] else None
+
+    def traced(fn, name):
+        def wrapped(*a, **k):
+            phase[0] = name
+            try:
+                return fn(*a, **k)
+            finally:
+                phase[0] = None
+        return wrapped
+
+    engine.prefill, engine.decode = traced(engine.prefill, "prefill"), traced(engine.decode, "decode")
+    with use_provider(provider) if provider is not None else contextlib.nullcontext():
+        steps, tokens = _query(engine, ops, ids, attn, cfg, rank, gen, phases=phases, watch=watch)
+    if provider is not None and provider.left():
+        raise D.PlanMismatch(f"{provider.left()} dealt tuples were not used by the online phase")
+    return steps, tokens
 
 
 def crypten_timeout() -> float:
@@ -422,8 +446,6 @@ def run_generation(cfg: GenConfig, client: ClientInput, timeout_s: float = 120.0
     """Run the two parties (and, with ``dealer="ttp"``, the dealer) locally; the prompt goes to
     the client process only. ``env``: set in every party process (e.g. ``PMPC_FAULT``).
     ``dealer="local"`` is for online-phase measurements (insecure against the client)."""
-    import functools
-
     check_dealer(cfg, dealer, cost_only)
     check_input(cfg, models.load_shapes(cfg.model, allow_pickle=cfg.allow_pickle), client)
     job = functools.partial(generate_party, cfg)
