@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pmpc import simulate as S
+from pmpc.simulate import transforms
 from pmpc.errors import UserError
 from pmpc.models import load_hf
 
@@ -117,7 +118,7 @@ def test_measured_presets(tmp_path, monkeypatch):
 def _noise(gen, shape, kind, s):
     if kind == "gauss":
         return torch.randn(shape, generator=gen) * s
-    return S._laplace(shape, s, gen, torch.float32, "cpu")
+    return transforms._laplace(shape, s, gen, torch.float32, "cpu")
 
 
 def manual_llama(model, ids, point, kind="gauss", s=0.0, seed=0, layers=None):

@@ -123,7 +123,7 @@ def activation_scale(model, codec, points, device="cpu", n: int = 16) -> dict:
     hs = []
     gen = torch.Generator().manual_seed(0)
     for p in points:
-        for site, mod, how in simulate._sites(arch, p, None):
+        for site, mod, how in simulate.hook_sites(arch, p, None):
             def f(x, p=p):
                 x = x.detach().float()
                 acc[p][0] += float((x ** 2).sum())

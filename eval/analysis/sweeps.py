@@ -33,7 +33,7 @@ def noise_sweep(sess: C.Session, prompts: list, set_name: str, points=("up", "do
     unit = {p: spread[p]["robust_std"] for p in points}
     grids = {p: ([round(f * unit[p], 6) for f in AUTO_FACTORS] if scales == "auto" else sorted(set(scales)))
              for p in points}
-    lay = None if layers is None else simulate._fmt_layers(layers)
+    lay = None if layers is None else simulate.format_layers(layers)
     clean_asr = sess.asr(None, prompts, set_name)
     clean_ppl = sess.ppl(None)["ppl"] if with_ppl else None
     rows = []
@@ -146,7 +146,7 @@ def layer_sweep(sess: C.Session, prompts: list, set_name: str, approx: str, wind
         lays = tuple(range(start, min(start + window, n)))
         spec = a.with_layers(lays)
         summ = sess.asr(spec, prompts, set_name)
-        rows.append({"layers": list(lays), "label": simulate._fmt_layers(lays), "approx": str(spec),
+        rows.append({"layers": list(lays), "label": simulate.format_layers(lays), "approx": str(spec),
                      "asr": sess.headline(summ), "refusal": sess.headline(summ, "refusal"),
                      "gain": sess.headline(summ)["rate"] - clean_rate,
                      "ppl": sess.ppl(spec)["ppl"] if with_ppl else None})
