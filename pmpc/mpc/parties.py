@@ -28,6 +28,7 @@ from __future__ import annotations
 # in a party: the launcher, the CLI and a machine without crypten import this module without it.
 
 import contextlib
+import dataclasses
 import multiprocessing as mp
 import os
 import queue as _queue
@@ -362,67 +363,84 @@ def run_local(job, world_size: int = 2, timeout_s: float = 60.0, deadline_s: flo
         raise UserError(f"unknown dealer {dealer!r} (one of {', '.join(dealer_mod.MODES)})")
 
     ctx = _ctx()
-    q = ctx.Queue()
     rendezvous = f"tcp://{host}:{free_port()}"
     n = world_size + (1 if dealer == "ttp" else 0)
     psk = handshake.new_psk()  # fresh per run, handed to each party in its start arguments
-    procs = [ctx.Process(target=_entry, args=(job, r, world_size, rendezvous, timeout_s, dealer, threads, q,
-                                              inputs is not None, (inputs or {}).get(r), env, os.getpid(), psk),
-                         name=f"pmpc-{role(r)}", daemon=True) for r in range(n)]
-    for p in procs:
+    run = _LocalRun(ctx.Queue(), [])
+    run.procs = [ctx.Process(target=_entry, args=(job, r, world_size, rendezvous, timeout_s, dealer, threads, run.q,
+                                                  inputs is not None, (inputs or {}).get(r), env, os.getpid(), psk),
+                             name=f"pmpc-{role(r)}", daemon=True) for r in range(n)]
+    for p in run.procs:
         p.start()
-    results: dict[int, object] = {}
-    errors: dict[int, str] = {}
-    kinds: dict[int, str] = {}   # "failed" (its own error) or "lost" (it lost a peer)
-    gone: dict[int, float] = {}
-    t0 = time.monotonic()
-    first_error = None
     failure = None
-
-    def watch(wait):
-        _drain(q, results, errors, wait, kinds)
-        for r, p in enumerate(procs):
-            if r not in gone and not p.is_alive():
-                gone[r] = time.time()
-
     try:
-        while True:
-            if not errors and set(range(world_size)).issubset(results):
-                return [results[r] for r in range(world_size)]
-            if errors or any(r in gone and r not in results and procs[r].exitcode != 0 for r in range(n)):
-                first_error = first_error or time.monotonic()
-                settled = set(results) | set(errors) | set(gone)
-                # wait until all but (at most) one party settled: the one left is the silent one
-                if len(settled) >= n - 1 or time.monotonic() - first_error > timeout_s + 5:
-                    watch(0.5)
-                    failure = _verdict(procs, results, errors, gone, timeout_s, kinds)
-                    raise failure
-            if deadline_s and time.monotonic() - t0 > deadline_s:
-                failure = PartyError(f"deadline of {deadline_s:.0f}s passed; parties still running: "
-                                     + ", ".join(who(r) for r in range(n) if r not in results and r not in errors))
-                raise failure
-            watch(0.2)
+        return run.collect(world_size, timeout_s, deadline_s)
+    except PartyError as e:
+        failure = e
+        raise
     finally:
+        run.reap(failure, timeout_s)
+
+
+@dataclasses.dataclass
+class _LocalRun:
+    """The party processes of one :func:`run_local` and what they reported so far."""
+
+    q: object
+    procs: list
+    results: dict = dataclasses.field(default_factory=dict)
+    errors: dict = dataclasses.field(default_factory=dict)
+    kinds: dict = dataclasses.field(default_factory=dict)   # "failed" (its own error) or "lost" (it lost a peer)
+    gone: dict = dataclasses.field(default_factory=dict)    # rank -> time.time() it was seen gone
+
+    def watch(self, wait: float) -> None:
+        _drain(self.q, self.results, self.errors, wait, self.kinds)
+        for r, p in enumerate(self.procs):
+            if r not in self.gone and not p.is_alive():
+                self.gone[r] = time.time()
+
+    def collect(self, world_size: int, timeout_s: float, deadline_s: float | None) -> list:
+        """Every computing party's result, or the :class:`PartyError` of the first failure (raised
+        once all but at most one party settled: the one left is the silent one)."""
+        n, t0, first_error = len(self.procs), time.monotonic(), None
+        while True:
+            if not self.errors and set(range(world_size)).issubset(self.results):
+                return [self.results[r] for r in range(world_size)]
+            if self.errors or any(r in self.gone and r not in self.results and self.procs[r].exitcode != 0
+                                  for r in range(n)):
+                first_error = first_error or time.monotonic()
+                settled = set(self.results) | set(self.errors) | set(self.gone)
+                if len(settled) >= n - 1 or time.monotonic() - first_error > timeout_s + 5:
+                    self.watch(0.5)
+                    raise _verdict(self.procs, self.results, self.errors, self.gone, timeout_s, self.kinds)
+            if deadline_s and time.monotonic() - t0 > deadline_s:
+                raise PartyError(f"deadline of {deadline_s:.0f}s passed; parties still running: "
+                                 + ", ".join(who(r) for r in range(n) if r not in self.results and r not in self.errors))
+            self.watch(0.2)
+
+    def reap(self, failure: PartyError | None, timeout_s: float) -> None:
+        """Give the surviving parties time to exit on their own (``timeout_s`` after a failure), then
+        terminate / kill what is left, the stalled culprit last; every process is joined."""
         culprit = getattr(failure, "culprit", None)
         stop = time.monotonic() + (timeout_s + 5 if failure is not None else 10.0)
-        for r, p in enumerate(procs):
+        for r, p in enumerate(self.procs):
             if r == culprit and p.is_alive():
                 continue  # the stalled party is killed below, after the others had their chance
             while p.is_alive() and time.monotonic() < stop:
-                watch(0.1)
-        for r, p in enumerate(procs):
+                self.watch(0.1)
+        for r, p in enumerate(self.procs):
             if p.is_alive():
                 p.terminate()
                 p.join(timeout=2.0)
             if p.is_alive():
                 p.kill()
                 p.join()
-            gone.setdefault(r, time.time())
+            self.gone.setdefault(r, time.time())
         if failure is not None:
-            failure.exit_codes = {r: p.exitcode for r, p in enumerate(procs)}
-            failure.exit_times = dict(gone)
-        q.close()
-        q.join_thread()
+            failure.exit_codes = {r: p.exitcode for r, p in enumerate(self.procs)}
+            failure.exit_times = dict(self.gone)
+        self.q.close()
+        self.q.join_thread()
 
 
 def _drain(q, results, errors, wait, kinds):

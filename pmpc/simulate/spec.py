@@ -179,6 +179,25 @@ def _parse_one(text: str, whole: str) -> Approx:
     kind = kind.strip().lower()
     if kind not in KINDS or kind == "none":
         raise bad(f"unknown kind {kind!r}; choose from {', '.join(k for k in KINDS if k != 'none')}")
+    points, layers = _sections(ats, bad)
+    pos, params = _arguments(argtext, bad)
+    a = Approx(kind, layers=layers, params=params)
+    if kind in PRESET:
+        return _preset(a, points, pos, bad)
+    a.points = points or DEFAULT_POINTS[kind]
+    if kind == "protocol":
+        return _protocol(a, pos, bad)
+    if "softmax" in a.points:
+        raise bad("the softmax point is for protocol emulation only")
+    if kind in QUANT:
+        return _quant(a, pos, bad)
+    if kind == "teal":
+        return _teal(a, pos, bad)
+    return _noise(a, pos, bad)
+
+
+def _sections(ats: list[str], bad) -> tuple[tuple | None, tuple | None]:
+    """The '@' sections: (injection points or None, layers or None), in either order."""
     if len(ats) > 2:
         raise bad("at most two '@' sections (points, then layers)")
     points, layers = None, None
@@ -195,6 +214,11 @@ def _parse_one(text: str, whole: str) -> Approx:
             unknown = [p for p in points if p not in POINTS]
             if unknown or not points:
                 raise bad(f"unknown point {unknown[0] if unknown else sec!r}; choose from {', '.join(POINTS)}")
+    return points, layers
+
+
+def _arguments(argtext: str, bad) -> tuple[str | None, dict]:
+    """After the colon: (the one positional value or None, the key=value parameters)."""
     pos, params = None, {}
     for a in [a.strip() for a in argtext.split(",") if a.strip()]:
         if "=" in a:
@@ -204,60 +228,72 @@ def _parse_one(text: str, whole: str) -> Approx:
             pos = a
         else:
             raise bad(f"two positional values ({pos!r}, {a!r})")
-    a = Approx(kind, layers=layers, params=params)
-    if kind in PRESET:
-        if points is not None:
-            raise bad(f"{kind} presets fix their points (give only layers, e.g. {kind}:{pos}@0-3)")
-        if not pos:
-            raise bad(f"{kind} needs a name, e.g. {kind}:bolt")
-        a.name = pos.lower()
-        if kind == "table2" and a.name not in TABLE2:
-            raise bad(f"no Table 2 preset {pos!r}; choose from {', '.join(TABLE2)}")
-        allowed = {"rel"} if kind == "table2" else set()
-        if set(params) - allowed:
-            raise bad(f"unknown parameter {sorted(set(params) - allowed)[0]!r}")
-        return a
-    a.points = points or DEFAULT_POINTS[kind]
-    if kind == "protocol":
-        if not pos:
-            raise bad("protocol needs a name, e.g. protocol:bolt")
-        a.name = pos.lower()
-        if set(params) - {"fxp"}:
-            raise bad(f"unknown parameter {sorted(set(params) - {'fxp'})[0]!r}")
-        bad_pts = [p for p in a.points if p not in ("down", "act", "norm", "softmax")]
-        if bad_pts:
-            raise bad(f"protocol emulation replaces functions at down/act, norm, softmax; not {bad_pts[0]}")
-        return a
-    if "softmax" in a.points:
-        raise bad("the softmax point is for protocol emulation only")
-    if kind in QUANT:
-        if not pos:
-            raise bad(f"{kind} needs a bit width, e.g. {kind}:a8")
-        bits = pos.lower().lstrip("aw")
-        if not bits.isdigit() or not 2 <= int(bits) <= 16:
-            raise bad(f"bit width {pos!r}: use a2..a16")
-        a.scale = float(int(bits))
-        extra = set(params) - {"alpha"}
-        if extra or (kind == "quant" and params):
-            raise bad(f"unknown parameter {sorted(set(params) - ({'alpha'} if kind != 'quant' else set()))[0]!r}")
-        return a
-    if kind == "teal":
-        if pos is None and "thr" not in params:
-            raise bad("teal needs a target sparsity (teal:0.25) or a threshold (teal:thr=0.1)")
-        if pos is not None and "thr" in params:
-            raise bad("give a sparsity or a threshold, not both")
-        if set(params) - {"thr"}:
-            raise bad(f"unknown parameter {sorted(set(params) - {'thr'})[0]!r}")
-        if pos is not None:
-            a.scale = _float(pos, bad)
-            if not 0.0 <= a.scale < 1.0:
-                raise bad("TEAL sparsity must be in [0, 1)")
-        return a
-    # gauss / laplace
+    return pos, params
+
+
+def _preset(a: Approx, points, pos, bad) -> Approx:
+    kind, params = a.kind, a.params
+    if points is not None:
+        raise bad(f"{kind} presets fix their points (give only layers, e.g. {kind}:{pos}@0-3)")
+    if not pos:
+        raise bad(f"{kind} needs a name, e.g. {kind}:bolt")
+    a.name = pos.lower()
+    if kind == "table2" and a.name not in TABLE2:
+        raise bad(f"no Table 2 preset {pos!r}; choose from {', '.join(TABLE2)}")
+    allowed = {"rel"} if kind == "table2" else set()
+    if set(params) - allowed:
+        raise bad(f"unknown parameter {sorted(set(params) - allowed)[0]!r}")
+    return a
+
+
+def _protocol(a: Approx, pos, bad) -> Approx:
+    if not pos:
+        raise bad("protocol needs a name, e.g. protocol:bolt")
+    a.name = pos.lower()
+    if set(a.params) - {"fxp"}:
+        raise bad(f"unknown parameter {sorted(set(a.params) - {'fxp'})[0]!r}")
+    bad_pts = [p for p in a.points if p not in ("down", "act", "norm", "softmax")]
+    if bad_pts:
+        raise bad(f"protocol emulation replaces functions at down/act, norm, softmax; not {bad_pts[0]}")
+    return a
+
+
+def _quant(a: Approx, pos, bad) -> Approx:
+    kind, params = a.kind, a.params
+    if not pos:
+        raise bad(f"{kind} needs a bit width, e.g. {kind}:a8")
+    bits = pos.lower().lstrip("aw")
+    if not bits.isdigit() or not 2 <= int(bits) <= 16:
+        raise bad(f"bit width {pos!r}: use a2..a16")
+    a.scale = float(int(bits))
+    extra = set(params) - {"alpha"}
+    if extra or (kind == "quant" and params):
+        raise bad(f"unknown parameter {sorted(set(params) - ({'alpha'} if kind != 'quant' else set()))[0]!r}")
+    return a
+
+
+def _teal(a: Approx, pos, bad) -> Approx:
+    params = a.params
+    if pos is None and "thr" not in params:
+        raise bad("teal needs a target sparsity (teal:0.25) or a threshold (teal:thr=0.1)")
+    if pos is not None and "thr" in params:
+        raise bad("give a sparsity or a threshold, not both")
+    if set(params) - {"thr"}:
+        raise bad(f"unknown parameter {sorted(set(params) - {'thr'})[0]!r}")
+    if pos is not None:
+        a.scale = _float(pos, bad)
+        if not 0.0 <= a.scale < 1.0:
+            raise bad("TEAL sparsity must be in [0, 1)")
+    return a
+
+
+def _noise(a: Approx, pos, bad) -> Approx:
+    """gauss / laplace: a finite scale >= 0, no parameters."""
+    kind = a.kind
     if pos is None:
         raise bad(f"{kind} needs a scale, e.g. {kind}:0.05")
-    if params:
-        raise bad(f"unknown parameter {sorted(params)[0]!r}")
+    if a.params:
+        raise bad(f"unknown parameter {sorted(a.params)[0]!r}")
     a.scale = _float(pos, bad)
     if a.scale < 0 or not math.isfinite(a.scale):
         raise bad("noise scale must be a finite number >= 0")
