@@ -53,8 +53,6 @@ def load_codec(name: str) -> Codec:
 
     import transformers as tf
 
-    import pathlib
-
     path, _ = models.resolve(name, weights=False)
     cfg = models.load_config(name)
     gc = tf.GenerationConfig.from_model_config(cfg)

@@ -19,7 +19,7 @@ from eval import judges as J
 from eval import ppl as PPL
 from eval import prompts as P
 from eval.generate import GenConfig, config_hash
-from pmpc import markdown as md
+from pmpc import markdown
 from pmpc import simulate
 
 
@@ -169,7 +169,7 @@ def ci(r: dict | None) -> str:
 
 
 def md_table(header: list[str], rows: list[list]) -> str:
-    return "\n".join(md.table(header, rows))
+    return "\n".join(markdown.table(header, rows))
 
 
 def plt():

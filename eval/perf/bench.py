@@ -40,8 +40,8 @@ from pmpc import models
 from pmpc.engine import CLIENT, Engine, compare_logits
 from pmpc.errors import UserError
 from pmpc.paths import wikitext_path  # noqa: F401  (B.wikitext_path: the windows' file)
-from pmpc.mpc import cost, primitives
-from pmpc.mpc.parties import PartyError, run_local
+from pmpc.mpc import cost, parties, primitives
+from pmpc.mpc.parties import PartyError
 from pmpc.ops import TorchOps
 import protocols as P
 
@@ -448,7 +448,7 @@ def run(cfg: BenchConfig, out: str | os.PathLike, progress: bool = True, fresh: 
             bar.set_postfix_str(f"{model} / {proto}")
             job = BenchJob(model, proto, tuple(ids.shape), cfg.weights, cfg.seed)
             try:
-                parts = run_local(job, timeout_s=cfg.timeout_s, dealer=cfg.dealer, threads=cfg.threads,
+                parts = parties.run_local(job, timeout_s=cfg.timeout_s, dealer=cfg.dealer, threads=cfg.threads,
                                   inputs={0: ids})
             except PartyError as e:  # keep going: the other rows are still worth having
                 failed.append(f"{model}/{proto}: {e}")

@@ -47,8 +47,8 @@ from eval.perf import bench as B
 from pmpc.engine import CLIENT, Engine
 from pmpc import models, paths, simulate
 from pmpc.errors import UserError
-from pmpc.mpc import cost
-from pmpc.mpc.parties import PartyError, run_local
+from pmpc.mpc import cost, parties
+from pmpc.mpc.parties import PartyError
 from pmpc.ops import TorchOps
 import protocols as P
 
@@ -176,7 +176,7 @@ def summarize(protocol: str, diffs: dict, ref_absmax: dict) -> tuple[dict, dict]
 
 def measure(cfg: ErrorsConfig, protocol: str, spec_plain, ids, ref_taps, ref_out) -> tuple[dict, dict, dict]:
     job = TapJob(cfg.model, protocol, tuple(ids.shape), cfg.seed)
-    client, server = run_local(job, timeout_s=cfg.timeout_s, threads=cfg.threads, inputs={0: ids})
+    client, server = parties.run_local(job, timeout_s=cfg.timeout_s, threads=cfg.threads, inputs={0: ids})
     diffs, ref_absmax = {}, {}
     for short, point in POINTS.items():
         layers = sorted(l for (p, l) in ref_taps if p == point)

@@ -44,8 +44,8 @@ from pmpc.engine import Engine
 from pmpc import models, paths
 from pmpc.errors import UserError
 from pmpc.models import cache_dir
-from pmpc.mpc import cost, primitives
-from pmpc.mpc.parties import PartyError, run_local
+from pmpc.mpc import cost, parties, primitives
+from pmpc.mpc.parties import PartyError
 from pmpc.ops import TorchOps
 import protocols as Pr
 
@@ -201,7 +201,7 @@ def _with_links(row: dict) -> dict:
 
 def pmpc_row(model: str, proto: str, dealer: str, ids, ref, cfg: PeersConfig, shipped: bool = False) -> dict:
     job = PeerJob(model, proto, tuple(ids.shape), "public", 0, shipped=shipped)
-    parts = run_local(job, timeout_s=cfg.timeout_s, dealer=dealer, threads=cfg.threads, inputs={0: ids})
+    parts = parties.run_local(job, timeout_s=cfg.timeout_s, dealer=dealer, threads=cfg.threads, inputs={0: ids})
     client, server = parts
     base = B.make_row(model, proto, parts, ref, True, {})
     return _with_links({

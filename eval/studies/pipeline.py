@@ -53,7 +53,6 @@ from eval.judges import rate
 from eval.prompts import load
 from eval.splits import benign_split
 from eval.studies import select
-from eval.studies.select import load_model
 from pmpc import logs, simulate
 from pmpc.align import adapters as adp
 from pmpc.align import data as D
@@ -161,7 +160,7 @@ class Runner:
 
     # -- models --------------------------------------------------------------------------------
     def load(self, adapter=None):
-        return load_model(self.p.model, adapter, self.p.device)
+        return select.load_model(self.p.model, adapter, self.p.device)
 
     def session(self, name: str, adapter=None, loaded=None):
         m, tok = loaded or self.load(adapter)
@@ -372,8 +371,8 @@ def fill_grid(results: str, rows: dict[str, str], out: str, device: str = "cpu",
     R = Runner(plan)
     if "grid" not in R.res:  # first call: start from the run's results
         R.res = dict(src, plan=R.res["plan"])
-    R.load = lambda row_model: load_model(*row_model.split("+", 1), device) if "+" in row_model \
-        else load_model(row_model, None, device)
+    R.load = lambda row_model: select.load_model(*row_model.split("+", 1), device) if "+" in row_model \
+        else select.load_model(row_model, None, device)
     R.elapsed = lambda: src.get("elapsed_s") or 0.0  # the run's own time; the fill's is in each cell's files
     given = set(src["grid"]["cells"])
     write = R.save
