@@ -51,7 +51,6 @@ from eval.analysis import common as C
 from eval.generate import GenConfig, read_records
 from eval.judges import rate
 from eval.prompts import load
-from eval.splits import benign_split
 from eval.studies import select
 from pmpc import logs, simulate
 from pmpc.align import adapters as adp
@@ -230,7 +229,7 @@ class Runner:
         benign = load("jbb-benign")
         if p.benign_train:  # the part of JBB benign that training did not see
 
-            val = set(benign_split(p.benign_train, p.seed)[1])
+            val = set(splits.benign_split(p.benign_train, p.seed)[1])
             benign = [x for x in benign if x.text in val]
         m, tok = self.load()
         base_sd = {k: v.clone() for k, v in m.state_dict().items()}
