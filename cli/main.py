@@ -1,7 +1,9 @@
 """The ``pmpc`` command. Thin: each subcommand module parses its options, calls the library, prints.
 
 Subcommand modules live beside this file and export ``COMMANDS`` (a list of click commands or
-groups); they are registered here in a fixed order.
+groups); they are registered here in a fixed order. Each command imports the library inside its
+function: ``pmpc --help`` stays fast, and a machine without crypten (a GPU box) runs every command
+that needs none.
 """
 from __future__ import annotations
 

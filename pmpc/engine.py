@@ -22,6 +22,7 @@ import torch
 
 from pmpc.models import ModelSpec
 from pmpc.ops import Ops
+import protocols
 
 CLIENT, SERVER = 0, 1
 
@@ -29,12 +30,10 @@ CLIENT, SERVER = 0, 1
 class Engine:
     def __init__(self, spec: ModelSpec, protocol, ops: Ops, weights: str = "public",
                  dtype=torch.float32, tap=None):
-        import protocols as _protocols
-
         if weights not in ("public", "private"):
             raise ValueError(f"weights must be public or private, not {weights!r}")
         self.spec, self.ops, self.mode = spec, ops, weights
-        self.p = _protocols.get(protocol)
+        self.p = protocols.get(protocol)
         self.dtype = getattr(ops, "dtype", dtype)
         self.tap = tap  # tap(point, layer, value): measurement hook (reveals to the client!)
         # with a tap the norms' outputs are measured as the model defines them: nothing folded
