@@ -12,6 +12,7 @@ import pathlib
 
 from eval.generate import read_records
 from eval.judges import fmt_rate, rate
+from pmpc import markdown
 
 
 def _read(path: pathlib.Path) -> dict[int, dict]:
@@ -73,13 +74,12 @@ def _cost(path: pathlib.Path) -> list[dict]:
 
 def to_markdown(r: dict) -> str:
     p = r["protocol"]
-    lines = [f"| run | ASR ({r['judge']}) on the {r['n']} encrypted prompts | text identical to the encrypted run "
-             "| same verdict |", "|---|---|---|---|",
-             f"| encrypted {p} (2PC) | {fmt_rate(r['encrypted'])} | - | - |"]
+    runs = [[f"encrypted {p} (2PC)", fmt_rate(r["encrypted"]), "-", "-"]]
     for name, t in r["twins"].items():
         label = "plaintext, clean" if name == "clean" else f"plaintext, {p} emulated at {name.split('@')[1]}"
-        lines.append(f"| {label} | {fmt_rate(t['asr'])} | {t['identical']}/{t['n']} | "
-                     f"{t['same_verdict']}/{t['n']} |")
+        runs.append([label, fmt_rate(t["asr"]), f"{t['identical']}/{t['n']}", f"{t['same_verdict']}/{t['n']}"])
+    lines = markdown.table(["run", f"ASR ({r['judge']}) on the {r['n']} encrypted prompts",
+                            "text identical to the encrypted run", "same verdict"], runs)
     if r["differ"]:
         lines += ["", f"Texts that differ from the {r['differ_from']} twin (first differing word; verdicts "
                   "encrypted/twin):", ""]
@@ -87,9 +87,8 @@ def to_markdown(r: dict) -> str:
             lines.append(f"- prompt {d['i']}: word {d['word']}; jailbroken {d['encrypted_jailbroken']}/"
                          f"{d['twin_jailbroken']}; encrypted: {d['encrypted'][:100]!r}")
     if r["cost"]:
-        lines += ["", "| session | batch | prompt tokens | wall s | prefill rounds | prefill GB | decode rounds "
-                  "| decode GB |", "|---|---|---|---|---|---|---|---|"]
-        for k, c in enumerate(r["cost"]):
-            lines.append(f"| {k} | {c['batch']} | {c['prompt_tokens']} | {c['wall_s']:.0f} | {c['prefill_rounds']:,} | "
-                         f"{c['prefill_GB']:.1f} | {c['decode_rounds']:,} | {c['decode_GB']:.1f} |")
+        lines += [""] + markdown.table(
+            ["session", "batch", "prompt tokens", "wall s", "prefill rounds", "prefill GB", "decode rounds", "decode GB"],
+            [[k, c["batch"], c["prompt_tokens"], f"{c['wall_s']:.0f}", f"{c['prefill_rounds']:,}", f"{c['prefill_GB']:.1f}",
+              f"{c['decode_rounds']:,}", f"{c['decode_GB']:.1f}"] for k, c in enumerate(r["cost"])])
     return "\n".join(lines)

@@ -29,6 +29,7 @@ import pathlib
 from eval import judges as J
 from eval import splits
 from eval.generate import read_records
+from pmpc import markdown
 
 JUDGES = J.STANDARD
 HEADLINE = "minilm"
@@ -144,18 +145,15 @@ def to_markdown(rows: list[dict]) -> str:
     safe = [r for r in rows if r["kind"] != "harmful"]
     lines = []
     if harm:
-        lines += ["| cell | old (as reported) | distinct n | keyword ASR (gcg) | keyword ASR (paper) | "
-                  f"harmful compliance ({HEADLINE}) | keyword-jailbroken that are incoherent/off-topic |",
-                  "|---|---|---|---|---|---|---|"]
-        for r in harm:
-            lines.append(f"| {r['cell']} | {_old(r['old'])} | {r['n']} | {_pct(r['gcg'])} | {_pct(r['paper'])} | "
-                         f"{_pct(r[HEADLINE])} | {_pct(r['keyword_incoherent'])} |")
+        lines += markdown.table(["cell", "old (as reported)", "distinct n", "keyword ASR (gcg)", "keyword ASR (paper)",
+                                 f"harmful compliance ({HEADLINE})", "keyword-jailbroken that are incoherent/off-topic"],
+                                [[r["cell"], _old(r["old"]), r["n"], _pct(r["gcg"]), _pct(r["paper"]), _pct(r[HEADLINE]),
+                                  _pct(r["keyword_incoherent"])] for r in harm])
     if safe:
-        lines += ["", f"| cell | old (as reported) | distinct n | refusal (gcg keywords) | over-refusal ({HEADLINE}, full refusals) |",
-                  "|---|---|---|---|---|"]
-        for r in safe:
-            lines.append(f"| {r['cell']} | {_old(r['old'])} | {r['n']} | {_pct(r['refusal_gcg'])} | "
-                         f"{_pct(r['refusal_' + HEADLINE])} |")
+        lines += [""] + markdown.table(["cell", "old (as reported)", "distinct n", "refusal (gcg keywords)",
+                                        f"over-refusal ({HEADLINE}, full refusals)"],
+                                       [[r["cell"], _old(r["old"]), r["n"], _pct(r["refusal_gcg"]),
+                                         _pct(r["refusal_" + HEADLINE])] for r in safe])
     return "\n".join(lines) + "\n"
 
 
