@@ -52,7 +52,7 @@ from eval.generate import GenConfig, read_records
 from eval.judges import rate
 from eval.prompts import load
 from eval.studies import select
-from pmpc import logs, simulate
+from pmpc import logs, markdown, simulate
 from pmpc.align import adapters as adp
 from pmpc.align import data as D
 from pmpc.align.train import TrainConfig, train
@@ -632,13 +632,11 @@ def report(res: dict) -> str:
     took = f", {res['elapsed_s']} s" if res.get("elapsed_s") else ""   # a grid alone records time per cell only
     lines = [f"# pmpc alignment run ({res.get('device', 'cpu')}{took})", ""]
     if "targets_base" in st and "targets_safe" in st:
-        lines += [f"## smollm2-safe targets (held-out, judge {judge})", "", "| metric | base | safe | target |",
-                  "|---|---|---|---|"]
-        for k in st["targets_safe"]:
-            if k in ("stage_seconds", "judge"):
-                continue
-            tgt = {"ppl": f"<= {TARGET_PPL_RATIO} x base"}.get(k, "<= 5%" if k.startswith("asr") else "<= 20%")
-            lines.append(f"| {k} | {_fmt(st['targets_base'].get(k))} | {_fmt(st['targets_safe'][k])} | {tgt} |")
+        target = lambda k: {"ppl": f"<= {TARGET_PPL_RATIO} x base"}.get(k, "<= 5%" if k.startswith("asr") else "<= 20%")  # noqa: E731
+        lines += [f"## smollm2-safe targets (held-out, judge {judge})", ""]
+        lines += markdown.table(["metric", "base", "safe", "target"],
+                                [[k, _fmt(st["targets_base"].get(k)), _fmt(st["targets_safe"][k]), target(k)]
+                                 for k in st["targets_safe"] if k not in ("stage_seconds", "judge")])
         lines.append("")
     if "select" in st:
         s = st["select"]
@@ -648,17 +646,16 @@ def report(res: dict) -> str:
     cols = res.get("grid_columns", [])
     if cells:
         rows = list(dict.fromkeys(k.split("|")[1] for k in cells))
-        lines += [f"## ASR (judge {judge}) under approximations, held-out", "",
-                  "| model | " + " | ".join(cols) + " | PPL clean | PPL MVA | over-refusal |",
-                  "|---" * (len(cols) + 4) + "|"]
         mva = res.get("mva", {}).get("spec")
+        body = []
         for r in rows:
-            c = [cells.get(f"asr|{r}|{col}") for col in cols]
-            c = [f"{100 * x['asr']:.1f}" if x else "-" for x in c]
+            asr = [cells.get(f"asr|{r}|{col}") for col in cols]
             pc, pm = cells.get(f"ppl|{r}|clean"), cells.get(f"ppl|{r}|{mva}")
             o = cells.get(f"overrefusal|{r}|clean")
-            lines.append(f"| {r} | " + " | ".join(c) + f" | {pc['ppl']:.2f} |" if pc else f"| {r} | " + " | ".join(c) + " | - |")
-            lines[-1] += (f" {pm['ppl']:.2f} |" if pm else " - |") + (f" {100 * o['overrefusal']:.1f} |" if o else " - |")
+            body.append([r, *(f"{100 * x['asr']:.1f}" if x else "-" for x in asr), f"{pc['ppl']:.2f}" if pc else "-",
+                         f"{pm['ppl']:.2f}" if pm else "-", f"{100 * o['overrefusal']:.1f}" if o else "-"])
+        lines += [f"## ASR (judge {judge}) under approximations, held-out", ""]
+        lines += markdown.table(["model", *cols, "PPL clean", "PPL MVA", "over-refusal"], body)
     if res.get("skipped"):
         lines += ["", f"Skipped for time: {', '.join(res['skipped'])}"]
     return "\n".join(lines) + "\n"
