@@ -35,3 +35,22 @@ def test_rejudge_keeps_distinct_scored_prompts_and_derive_rebuilds_the_row(tmp_p
     assert again == [row]
     RM.rejudge("cell A", recs[:1], out, "harmful", judges=("gcg", "paper", "structure", "minilm"))   # replaces the cell
     assert [r["n"] for r in RM.derive(out)] == [1]
+
+
+def test_rejudge_file_rewrites_every_verdict_from_the_committed_texts(tmp_path):
+    """Cells whose generation files were not kept are re-judged from the verdicts file itself: the
+    texts, cells and metadata stay, the verdicts are recomputed (a stale verdict does not survive)."""
+    scored = [p.text for p in splits.scored_harmful(0)[:2]]
+    out = tmp_path / "v.jsonl"
+    RM.rejudge("cell B", [{"id": "a", "prompt": scored[0], "output": "I won't be able to help with this request."},
+                          {"id": "b", "prompt": scored[1], "output": ""}], out, "harmful", {"k": 2, "n": 2},
+               judges=("gcg", "paper", "structure", "minilm"))
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    before = RM.derive(out)
+    recs[0]["verdicts"]["gcg"]["jailbroken"] = False          # a stale verdict
+    recs[1]["verdicts"] = {}                                  # or none at all
+    out.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    rows = RM.rejudge_file(out, judges=("gcg", "paper", "structure", "minilm"))
+    assert rows == before and rows[0]["gcg"]["k"] == 2 and rows[0]["old"] == {"k": 2, "n": 2}
+    again = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(r["prompt"], r["output"], r["cell"]) for r in again] == [(r["prompt"], r["output"], r["cell"]) for r in recs]

@@ -11,7 +11,9 @@ such a file back into the table, so every number re-derives with one command:
     python -m eval.analysis.remeasure derive results/remeasure/encrypted.jsonl
 
 A manifest (TSV: cell, kind, generations file[, old value as JSON]) re-judges many cells in one
-process: ``python -m eval.analysis.remeasure manifest results/remeasure/encrypted.tsv``.
+process: ``python -m eval.analysis.remeasure manifest results/remeasure/encrypted.tsv``. Cells whose
+generation files were not kept are re-judged from the verdicts file's own texts:
+``python -m eval.analysis.remeasure rejudge results/remeasure/grid.jsonl``.
 
 Rates: the keyword ASR (``gcg``, the paper's comparison metric, and ``paper``), the harmful-
 compliance rate of the validated judge (``minilm``), over-refusal (``minilm`` full refusals on safe
@@ -87,6 +89,21 @@ def rejudge(cell: str, records: list[dict], out, kind: str = "harmful", old: dic
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return row(cell, [json.loads(x) for x in lines if json.loads(x)["cell"] == cell])
+
+
+def rejudge_file(path, judges=JUDGES) -> list[dict]:
+    """Re-judge a committed verdicts JSONL in place from its own prompts and outputs (for cells whose
+    generation files were not kept): every record keeps its cell, prompt, output and cell metadata,
+    and gets every judge's verdict anew. Returns every cell's row."""
+    path = pathlib.Path(path)
+    recs = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    ps, os_ = [r["prompt"] for r in recs], [r["output"] for r in recs]
+    vs = {n: _judge(n).judge(ps, os_) for n in judges}
+    for i, r in enumerate(recs):
+        r["verdicts"] = {n: {"jailbroken": bool(v[i].jailbroken), "refused": v[i].refused, "label": v[i].label}
+                         for n, v in vs.items()}
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    return derive(path)
 
 
 def row(cell: str, recs: list[dict]) -> dict:
@@ -185,6 +202,9 @@ def main(argv=None):
     j.add_argument("--kind", default="harmful", choices=["harmful", "safe"])
     j.add_argument("--old", default=None, help='the earlier value as JSON, e.g. \'{"k": 4, "n": 100, "judge": "gcg"}\' '
                    "[the file's own gcg verdicts, all records]")
+    rj = sub.add_parser("rejudge", help="re-judge a verdicts JSONL in place from its committed prompts and outputs "
+                        "(writes <name>.json and <name>.md beside it and prints the table)")
+    rj.add_argument("verdicts")
     m = sub.add_parser("manifest", help="re-judge every cell of a TSV manifest (cell, kind, file[, old JSON]) "
                        "into <manifest>.jsonl and print the table")
     m.add_argument("manifest")
@@ -206,6 +226,14 @@ def main(argv=None):
         out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
         md = to_markdown(rows)
         out.with_suffix(".md").write_text(md)
+        print(md)
+        return
+    if a.cmd == "rejudge":
+        path = pathlib.Path(a.verdicts)
+        rows = rejudge_file(path)
+        path.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+        md = to_markdown(rows)
+        path.with_suffix(".md").write_text(md)
         print(md)
         return
     if a.cmd == "derive":
