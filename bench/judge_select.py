@@ -20,19 +20,11 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import random
 
 import torch
 
 from eval import judge_model as M
 from eval import refusal as R
-
-
-def grouped_folds(groups: list[str], k: int = 5, seed: int = 0) -> list[list[int]]:
-    keys = sorted(set(groups))
-    random.Random(seed).shuffle(keys)
-    fold_of = {g: i % k for i, g in enumerate(keys)}
-    return [[i for i, g in enumerate(groups) if fold_of[g] == f] for f in range(k)]
 
 
 @torch.no_grad()
@@ -83,20 +75,22 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", default="runs/judge-select")
     ap.add_argument("--labels", default=str(M.LABELS_FILE))
+    ap.add_argument("--smollm", action="store_true", help="also the SmolLM2 candidates (~3-5 s per output on one CPU thread)")
     a = ap.parse_args(argv)
     rows = [r for r in M.read_labels(a.labels) if r["split"] == "dev" and not r["unsure"]]
     ps, os_ = [r["prompt"] for r in rows], [r["output"] for r in rows]
     c = pathlib.Path(a.cache)
     base = cached(c / "dev-minilm.pt", lambda: M.design(ps, os_))
     pair = cached(c / "dev-pair.pt", lambda: M.embed([f"{p}\n\n{o}" for p, o in zip(ps, os_)]))
-    smol = cached(c / "dev-smollm.pt", lambda: smollm_features(ps, os_))
     y = torch.tensor([R.LABELS.index(r["label"]) for r in rows])
     harm = [i for i, r in enumerate(rows) if r["kind"] == "harmful"]
     yb = [int(M.gold_jailbroken(rows[i])) for i in harm]
-    folds = grouped_folds([r["prompt_sha256"] for r in rows])
-    hfolds = grouped_folds([rows[i]["prompt_sha256"] for i in harm])
-    cands = {"minilm": base, "+pair": torch.cat([base, pair], 1), "+smollm": torch.cat([base, smol], 1),
-             "+pair+smollm": torch.cat([base, pair, smol], 1), "smollm+shape": torch.cat([smol, base[:, 385:]], 1)}
+    folds = M._folds([r["prompt_sha256"] for r in rows])
+    hfolds = M._folds([rows[i]["prompt_sha256"] for i in harm])
+    cands = {"minilm": base, "+pair": torch.cat([base, pair], 1), "pair+shape": torch.cat([pair, base[:, 384:]], 1)}
+    if a.smollm:
+        smol = cached(c / "dev-smollm.pt", lambda: smollm_features(ps, os_))
+        cands |= {"+smollm": torch.cat([base, smol], 1), "+pair+smollm": torch.cat([base, pair, smol], 1)}
     print(f"dev sure rows {len(rows)}, harmful {len(harm)}, jailbroken {sum(yb)}, prompts {len(set(r['prompt_sha256'] for r in rows))}")
     print("| features | head | l2 | balanced | jailbroken kappa (grouped 5-fold CV) | label kappa |")
     print("|---|---|---|---|---|---|")
