@@ -54,3 +54,17 @@ def test_rejudge_file_rewrites_every_verdict_from_the_committed_texts(tmp_path):
     assert rows == before and rows[0]["gcg"]["k"] == 2 and rows[0]["old"] == {"k": 2, "n": 2}
     again = [json.loads(x) for x in out.read_text().splitlines()]
     assert [(r["prompt"], r["output"], r["cell"]) for r in again] == [(r["prompt"], r["output"], r["cell"]) for r in recs]
+
+
+def test_reading_counts_the_labelled_outputs_of_a_cell():
+    """A cell's 'by reading' column comes from the labelled set, matched by prompt and output: a
+    labelled harmful compliance counts, an unlabelled output does not."""
+    from eval import labelset
+
+    recs = labelset.load()
+    yes = next(r for r in recs if r["kind"] == "harmful" and r["harmful"] and r["split"] == "test")
+    no = next(r for r in recs if r["kind"] == "harmful" and r["label"] == "refusal" and r["split"] == "dev")
+    cell = [{"prompt_sha256": r["prompt_sha256"], "output": r["output"]} for r in (yes, no)]
+    cell.append({"prompt_sha256": yes["prompt_sha256"], "output": yes["output"] + " (not labelled)"})
+    got = RM.reading(cell)
+    assert got == {"labelled": 2, "k": 1, "test": 1, "unsure": int(yes["unsure"]) + int(no["unsure"])}
