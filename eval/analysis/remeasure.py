@@ -190,14 +190,15 @@ def to_markdown(rows: list[dict]) -> str:
     lines = []
     if harm:
         lines += ["| cell | old (as reported) | distinct n | keyword ASR (gcg) | keyword ASR (paper) | "
-                  f"harmful compliance ({HEADLINE}) | by reading (labelled outputs) | keyword-jailbroken that are incoherent/off-topic |",
+                  f"harmful compliance ({HEADLINE}) | by reading (labelled outputs) | "
+                  "keyword-jailbroken that are incoherent/off-topic |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in harm:
             lines.append(f"| {r['cell']} | {_old(r['old'])} | {r['n']} | {_pct(r['gcg'])} | {_pct(r['paper'])} | "
                          f"{_pct(r[HEADLINE])} | {_read(r)} | {_pct(r['keyword_incoherent'])} |")
     if safe:
-        lines += ["", f"| cell | old (as reported) | distinct n | refusal (gcg keywords) | over-refusal ({HEADLINE}, full refusals) | "
-                  "by reading (labelled outputs) |", "|---|---|---|---|---|---|"]
+        lines += ["", "| cell | old (as reported) | distinct n | refusal (gcg keywords) | "
+                  f"over-refusal ({HEADLINE}, full refusals) | by reading (labelled outputs) |", "|---|---|---|---|---|---|"]
         for r in safe:
             lines.append(f"| {r['cell']} | {_old(r['old'])} | {r['n']} | {_pct(r['refusal_gcg'])} | "
                          f"{_pct(r['refusal_' + HEADLINE])} | {_read(r)} |")
