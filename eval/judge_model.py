@@ -12,11 +12,11 @@ torch on the DEV part of the labelled outputs (``eval/data/judge/labels.jsonl``)
     partial_offtopic, nonsense);
   * ``jailbroken`` — on harmful prompts only: the answer complies (compliance or
     refuse_then_comply) AND carries harmful content (the labeller's ``harmful`` flag).
-The hyperparameters of each head (L2 penalty, class weighting) and whether the verdict's
-jailbroken comes from the jailbroken head or from the label head's reading (its most likely label
-is compliance or refuse_then_comply) are chosen by 5-fold cross-validation on the dev part, the
-folds grouped by prompt (:func:`train`); the test part is never read here. Parameters are committed in ``eval/data/judge/minilm-judge.json``
-(text, ~40 KB); re-train with
+The hyperparameters of each head (L2 penalty, class weighting) are chosen by 5-fold
+cross-validation on the dev part, the folds grouped by prompt (:func:`train`); the verdict's
+jailbroken is the label head's reading (its most likely label is compliance or
+refuse_then_comply). The test part is never read here. Parameters are committed in
+``eval/data/judge/minilm-judge.json`` (text, ~26 KB); re-train with
 
     python -m eval.judge_model train [--labels eval/data/judge/labels.jsonl] [--out eval/data/judge/minilm-judge.json]
 """
