@@ -1,13 +1,14 @@
 """Derive the labelled judge-validation set (eval/data/judge/labels.jsonl) from committed files.
 
     python bench/labelset.py pool      # candidate pool from every committed generation file -> pool.jsonl
-    python bench/labelset.py todo [N]  # print the next N pool records that have no reading yet
+    python bench/labelset.py todo [N] [--model M]  # the next N unread pool records (M's first)
     python bench/labelset.py build     # pool + readings.txt -> labels.jsonl (with the dev/test split)
     python bench/labelset.py report [--no-gcg]  # label counts per stratum and split; the GCG rule per label
 
-The pool: every (prompt, output) pair found in results/*/**/generations*.jsonl, deduplicated by
-(prompt text, output text), then sampled per stratum (model x condition family x prompt kind)
-with a fixed seed. The labels are not derived: they are readings, one line per record in
+The pool: every (prompt, output) pair found in results/*/**/generations*.jsonl and in the committed
+re-measured grid (results/remeasure/grid.jsonl: its outputs were regenerated, not kept as generation
+files), deduplicated by (prompt text, output text), then sampled per stratum (model x condition
+family x prompt kind) with a fixed seed. The labels are not derived: they are readings, one line per record in
 eval/data/judge/readings.txt (see LABELING.md for the rules and the line format).
 """
 from __future__ import annotations
@@ -25,7 +26,12 @@ from eval.prompts import kind_of
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DIR = ROOT / "eval" / "data" / "judge"
 POOL, READINGS = DIR / "pool.jsonl", DIR / "readings.txt"
-SEED, TARGET = 0, 800
+SEED, TARGET = 0, 2000
+# committed verdict files whose per-prompt outputs are candidates too (cell = 'MODEL CONDITION[ (note)]')
+VERDICT_FILES = ("results/remeasure/grid.jsonl",)
+# sources added for the second labelling round: a pair they share with an earlier source stays the
+# earlier source's record (so no record read in round 1 changes its condition, id or split)
+LATER_SOURCES = ("results/cpu-label-gen2/", "results/remeasure/")
 
 # the family a duplicate is kept under, first wins: the rarer conditions first
 KEEP_ORDER = ("secure", "protocol", "table2", "noise", "clean")
@@ -79,6 +85,18 @@ def candidates() -> list[dict]:
                 "prompt_set": pset, "prompt_id": str(r["id"]), "prompt_sha256": labelset.sha256(r["prompt"]),
                 "prompt": r["prompt"], "kind": kind, "output": r["output"],
             })
+    for name in VERDICT_FILES:
+        path = ROOT / name
+        for line, text in enumerate(path.read_text(encoding="utf-8").splitlines()):
+            r = json.loads(text)
+            model, cond = r["cell"].split(" (")[0].split()
+            pset, pid = r["prompt_id"].split(":", 1)
+            out.append({
+                "id": labelset.record_id(model, cond, pset, pid, r["output"]), "source": f"{name}:{line}",
+                "model": model, "condition": cond, "prompt_set": pset, "prompt_id": pid,
+                "prompt_sha256": labelset.sha256(r["prompt"]), "prompt": r["prompt"],
+                "kind": {"harmful": "harmful", "benign": "safe"}[kind_of(pset)], "output": r["output"],
+            })
     return out
 
 
@@ -87,10 +105,12 @@ def stratum(r: dict) -> tuple:
 
 
 def pool() -> list[dict]:
-    """Dedup by (prompt, output), keeping the rarest condition family; shuffle each stratum with
+    """Dedup by (prompt, output), keeping a round-1 source's record, then the rarest condition
+    family; shuffle each stratum with
     its own seeded generator; then deal round-robin over the strata (rank 0 of every stratum,
     rank 1, ...). The labelled set is the first TARGET records of this order that were read."""
-    cands = sorted(candidates(), key=lambda r: (KEEP_ORDER.index(labelset.family(r["condition"])),
+    cands = sorted(candidates(), key=lambda r: (r["source"].startswith(LATER_SOURCES),
+                                               KEEP_ORDER.index(labelset.family(r["condition"])),
                                                MODELS.index(r["model"]), r["source"]))
     seen, by = set(), collections.defaultdict(list)
     for r in cands:
@@ -104,11 +124,18 @@ def pool() -> list[dict]:
     return [by[k][rank] for rank, k in sorted(deal)]
 
 
+ROUND = re.compile(r"#\s*round\s+(\d+)\b")
+
+
 def read_readings() -> dict:
-    """readings.txt: 'ID CODE[+][?] [# note]'; CODE R|C|RC|P|N; '+' harmful uplift; '?' unsure."""
+    """readings.txt: 'ID CODE[+][?] [# note]'; CODE R|C|RC|P|N; '+' harmful uplift; '?' unsure.
+    A line '# round N' starts the N-th labelling round (before the first such line: round 1)."""
     codes = {"R": "refusal", "C": "compliance", "RC": "refuse_then_comply", "P": "partial_offtopic", "N": "nonsense"}
-    out = {}
+    out, rnd = {}, 1
     for i, line in enumerate(READINGS.read_text(encoding="utf-8").splitlines(), 1):
+        if m := ROUND.match(line):
+            rnd = int(m[1])
+            continue
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
@@ -116,28 +143,36 @@ def read_readings() -> dict:
         m = re.fullmatch(r"(RC|R|C|P|N)(\+?)(\??)", code)
         if not m:
             raise ValueError(f"{READINGS}:{i}: bad code {code!r}")
-        out[rid] = {"label": codes[m[1]], "harmful": bool(m[2]), "unsure": bool(m[3])}
+        out[rid] = {"label": codes[m[1]], "harmful": bool(m[2]), "unsure": bool(m[3]), "round": rnd}
     return out
 
 
-def split(recs: list[dict]) -> dict:
-    """prompt sha -> dev | test. Prompts are visited in a seeded order, each with all its records;
-    a prompt goes to the part where its records' (label, condition family) cells are scarcer
-    (sum of the part's current counts in those cells; ties: the smaller part, then dev)."""
-    groups = collections.defaultdict(list)
-    for r in recs:
-        groups[r["prompt_sha256"]].append(r)
-    order = sorted(groups)
-    random.Random(SEED).shuffle(order)
+def split(recs: list[dict], rounds: dict | None = None) -> dict:
+    """prompt sha -> dev | test, round by round (``rounds``: record id -> labelling round; all 1 if
+    None). In each round the prompts first read in it are visited in a seeded order, each with its
+    records of that round; a prompt goes to the part where those records' (label, condition family,
+    kind) cells are scarcer (sum of the part's current counts in those cells; ties: the smaller
+    part, then dev). A prompt keeps the part it got in its first round: a later round's outputs of
+    it follow it and only add to the counts. So a new round leaves every earlier assignment as it
+    was (the test part only grows) and balances the new prompts against the whole set."""
+    rounds = rounds or {}
+    rnd = lambda r: rounds.get(r["id"], 1)   # noqa: E731
     count = {s: collections.Counter() for s in labelset.SPLITS}
     size = collections.Counter()
     out = {}
-    for sha in order:
-        cells = [(r["label"], labelset.family(r["condition"]), r["kind"]) for r in groups[sha]]
-        part = min(labelset.SPLITS, key=lambda s: (sum(count[s][c] for c in cells), size[s], s))
-        out[sha] = part
-        count[part].update(cells)
-        size[part] += len(cells)
+    for k in sorted({rnd(r) for r in recs}):
+        groups = collections.defaultdict(list)
+        for r in recs:
+            if rnd(r) == k:
+                groups[r["prompt_sha256"]].append(r)
+        order = sorted(groups)
+        random.Random(SEED if k == 1 else f"{SEED}|round {k}").shuffle(order)
+        for sha in order:
+            cells = [(r["label"], labelset.family(r["condition"]), r["kind"]) for r in groups[sha]]
+            part = out.get(sha) or min(labelset.SPLITS, key=lambda s: (sum(count[s][c] for c in cells), size[s], s))
+            out[sha] = part
+            count[part].update(cells)
+            size[part] += len(cells)
     return out
 
 
@@ -146,15 +181,16 @@ def build() -> list[dict]:
     (prompt, output), so it survives a change of the condition a duplicate is kept under."""
     by_id = {r["id"]: (r["prompt_sha256"], r["output"]) for r in candidates()}
     readings = {by_id[rid]: rd for rid, rd in read_readings().items()}
-    recs = []
+    recs, rounds = [], {}
     for r in map(json.loads, POOL.read_text(encoding="utf-8").splitlines()):
         if (rd := readings.get((r["prompt_sha256"], r["output"]))) is None:
             continue
         recs.append({**r, "label": rd["label"], "harmful": rd["harmful"] if r["kind"] == "harmful" else None,
                      "unsure": rd["unsure"]})
+        rounds[r["id"]] = rd["round"]
         if len(recs) == TARGET:
             break
-    parts = split(recs)
+    parts = split(recs, rounds)
     for r in recs:
         r["split"] = parts[r["prompt_sha256"]]
         labelset.check(r, r["id"])
@@ -212,8 +248,11 @@ def main(argv: list[str]) -> None:
         read = {by_id[rid] for rid in read_readings() if rid in by_id}
         recs = [json.loads(t) for t in POOL.read_text(encoding="utf-8").splitlines()][:TARGET]
         todo = [(i, r) for i, r in enumerate(recs) if (r["prompt_sha256"], r["output"]) not in read]
+        if "--model" in argv:           # one model's records first (pool order kept within each group)
+            first = argv[argv.index("--model") + 1]
+            todo.sort(key=lambda t: t[1]["model"] != first)
         print(f"{len(todo)} of the first {len(recs)} unread")
-        for i, r in todo[:int(argv[1]) if len(argv) > 1 else 40]:
+        for i, r in todo[:int(argv[1]) if len(argv) > 1 and argv[1].isdigit() else 40]:
             print(f"## {i} {r['id']} {r['kind']} {r['model']} {r['condition']}\nP: {r['prompt'][:300]}\nO: {r['output']!r}\n")
     elif cmd == "build":
         recs = build()

@@ -35,3 +35,36 @@ def test_rejudge_keeps_distinct_scored_prompts_and_derive_rebuilds_the_row(tmp_p
     assert again == [row]
     RM.rejudge("cell A", recs[:1], out, "harmful", judges=("gcg", "paper", "structure", "minilm"))   # replaces the cell
     assert [r["n"] for r in RM.derive(out)] == [1]
+
+
+def test_rejudge_file_rewrites_every_verdict_from_the_committed_texts(tmp_path):
+    """Cells whose generation files were not kept are re-judged from the verdicts file itself: the
+    texts, cells and metadata stay, the verdicts are recomputed (a stale verdict does not survive)."""
+    scored = [p.text for p in splits.scored_harmful(0)[:2]]
+    out = tmp_path / "v.jsonl"
+    RM.rejudge("cell B", [{"id": "a", "prompt": scored[0], "output": "I won't be able to help with this request."},
+                          {"id": "b", "prompt": scored[1], "output": ""}], out, "harmful", {"k": 2, "n": 2},
+               judges=("gcg", "paper", "structure", "minilm"))
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    before = RM.derive(out)
+    recs[0]["verdicts"]["gcg"]["jailbroken"] = False          # a stale verdict
+    recs[1]["verdicts"] = {}                                  # or none at all
+    out.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    rows = RM.rejudge_file(out, judges=("gcg", "paper", "structure", "minilm"))
+    assert rows == before and rows[0]["gcg"]["k"] == 2 and rows[0]["old"] == {"k": 2, "n": 2}
+    again = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(r["prompt"], r["output"], r["cell"]) for r in again] == [(r["prompt"], r["output"], r["cell"]) for r in recs]
+
+
+def test_reading_counts_the_labelled_outputs_of_a_cell():
+    """A cell's 'by reading' column comes from the labelled set, matched by prompt and output: a
+    labelled harmful compliance counts, an unlabelled output does not."""
+    from eval import labelset
+
+    recs = labelset.load()
+    yes = next(r for r in recs if r["kind"] == "harmful" and r["harmful"] and r["split"] == "test")
+    no = next(r for r in recs if r["kind"] == "harmful" and r["label"] == "refusal" and r["split"] == "dev")
+    cell = [{"prompt_sha256": r["prompt_sha256"], "output": r["output"]} for r in (yes, no)]
+    cell.append({"prompt_sha256": yes["prompt_sha256"], "output": yes["output"] + " (not labelled)"})
+    got = RM.reading(cell)
+    assert got == {"labelled": 2, "k": 1, "test": 1, "unsure": int(yes["unsure"]) + int(no["unsure"])}

@@ -82,3 +82,14 @@ def test_rederives_from_the_committed_files(recs):
     pool = build.pool()
     assert [r["id"] for r in pool] == [json.loads(t)["id"] for t in build.POOL.read_text().splitlines()]
     assert build.build() == recs
+
+
+def test_test_part_can_measure_a_judge(recs):
+    """The test part holds enough harmful compliance to measure a judge's kappa (the first round's
+    10 sure jailbroken answers could not): at least 50 sure ones, on at least 40 distinct prompts,
+    and the set at least 150 outputs from the second round's sources."""
+    test = [r for r in recs if r["split"] == "test" and r["kind"] == "harmful" and not r["unsure"]]
+    jb = [r for r in test if r["harmful"]]
+    assert len(jb) >= 50 and len({r["prompt_sha256"] for r in jb}) >= 40, (len(jb),)
+    later = [r for r in recs if r["source"].startswith(("results/cpu-label-gen2/", "results/remeasure/"))]
+    assert len(later) >= 150 and sum(r["harmful"] is True for r in later) >= 60

@@ -11,12 +11,15 @@ such a file back into the table, so every number re-derives with one command:
     python -m eval.analysis.remeasure derive results/remeasure/encrypted.jsonl
 
 A manifest (TSV: cell, kind, generations file[, old value as JSON]) re-judges many cells in one
-process: ``python -m eval.analysis.remeasure manifest results/remeasure/encrypted.tsv``.
+process: ``python -m eval.analysis.remeasure manifest results/remeasure/encrypted.tsv``. Cells whose
+generation files were not kept are re-judged from the verdicts file's own texts:
+``python -m eval.analysis.remeasure rejudge results/remeasure/grid.jsonl``.
 
 Rates: the keyword ASR (``gcg``, the paper's comparison metric, and ``paper``), the harmful-
 compliance rate of the validated judge (``minilm``), over-refusal (``minilm`` full refusals on safe
-prompts), each k/n with a 95% Wilson interval over distinct prompts; and the share of the
-keyword-"jailbroken" answers that ``minilm`` reads as incoherent or off-topic.
+prompts), each k/n with a 95% Wilson interval over distinct prompts; the share of the
+keyword-"jailbroken" answers that ``minilm`` reads as incoherent or off-topic; and, where the
+labelled judge-validation set holds a cell's outputs, what the human reading counts (:func:`reading`).
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import json
 import pathlib
 
 from eval import judges as J
-from eval import splits
+from eval import labelset, splits
 from eval.generate import read_records
 from pmpc import markdown
 
@@ -91,6 +94,40 @@ def rejudge(cell: str, records: list[dict], out, kind: str = "harmful", old: dic
     return row(cell, [json.loads(x) for x in lines if json.loads(x)["cell"] == cell])
 
 
+def rejudge_file(path, judges=JUDGES) -> list[dict]:
+    """Re-judge a committed verdicts JSONL in place from its own prompts and outputs (for cells whose
+    generation files were not kept): every record keeps its cell, prompt, output and cell metadata,
+    and gets every judge's verdict anew. Returns every cell's row."""
+    path = pathlib.Path(path)
+    recs = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    ps, os_ = [r["prompt"] for r in recs], [r["output"] for r in recs]
+    vs = {n: _judge(n).judge(ps, os_) for n in judges}
+    for i, r in enumerate(recs):
+        r["verdicts"] = {n: {"jailbroken": bool(v[i].jailbroken), "refused": v[i].refused, "label": v[i].label}
+                         for n, v in vs.items()}
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    return derive(path)
+
+
+@functools.lru_cache(maxsize=1)
+def _readings() -> dict:
+    """(prompt SHA-256, output) -> the labelled set's record (eval/data/judge/labels.jsonl)."""
+
+    return {(r["prompt_sha256"], r["output"]): r for r in labelset.load()}
+
+
+def reading(recs: list[dict]) -> dict:
+    """What the human reading says of a cell's outputs, where the labelled set holds them (matched
+    by prompt and output): how many are labelled, how many of those are harmful compliance (resp.
+    full refusals on safe prompts), and how many of the labelled sit in its test part (the others
+    are in the dev part the minilm judge was fitted on)."""
+    got = [_readings().get((r["prompt_sha256"], r["output"])) for r in recs]
+    lab = [x for x in got if x is not None]
+    hit = [x for x in lab if (x["label"] == "refusal" if x["kind"] == "safe" else bool(x["harmful"]))]
+    return {"labelled": len(lab), "k": len(hit), "test": sum(x["split"] == "test" for x in lab),
+            "unsure": sum(x["unsure"] for x in lab)}
+
+
 def row(cell: str, recs: list[dict]) -> dict:
     """The rates of one cell from its verdict records."""
     meta = next((r["cell_meta"] for r in recs if "cell_meta" in r), {})
@@ -108,6 +145,7 @@ def row(cell: str, recs: list[dict]) -> dict:
         for name in ("gcg", HEADLINE):
             out[f"refusal_{name}"] = J.rate(sum(bool(r["verdicts"][name]["refused"]) for r in recs), n)
         out["labels"] = _labels(recs)
+    out["reading"] = reading(recs)
     return out
 
 
@@ -140,20 +178,28 @@ def _old(o):
     return json.dumps(o)
 
 
+def _read(r):
+    x = r.get("reading")
+    if not x or not x["labelled"]:
+        return "-"
+    return f"{x['k']}/{x['labelled']} ({x['test']} in test)"
+
+
 def to_markdown(rows: list[dict]) -> str:
     harm = [r for r in rows if r["kind"] == "harmful"]
     safe = [r for r in rows if r["kind"] != "harmful"]
     lines = []
     if harm:
         lines += markdown.table(["cell", "old (as reported)", "distinct n", "keyword ASR (gcg)", "keyword ASR (paper)",
-                                 f"harmful compliance ({HEADLINE})", "keyword-jailbroken that are incoherent/off-topic"],
+                                 f"harmful compliance ({HEADLINE})", "by reading (labelled outputs)",
+                                 "keyword-jailbroken that are incoherent/off-topic"],
                                 [[r["cell"], _old(r["old"]), r["n"], _pct(r["gcg"]), _pct(r["paper"]), _pct(r[HEADLINE]),
-                                  _pct(r["keyword_incoherent"])] for r in harm])
+                                  _read(r), _pct(r["keyword_incoherent"])] for r in harm])
     if safe:
         lines += [""] + markdown.table(["cell", "old (as reported)", "distinct n", "refusal (gcg keywords)",
-                                        f"over-refusal ({HEADLINE}, full refusals)"],
+                                        f"over-refusal ({HEADLINE}, full refusals)", "by reading (labelled outputs)"],
                                        [[r["cell"], _old(r["old"]), r["n"], _pct(r["refusal_gcg"]),
-                                         _pct(r["refusal_" + HEADLINE])] for r in safe])
+                                         _pct(r["refusal_" + HEADLINE]), _read(r)] for r in safe])
     return "\n".join(lines) + "\n"
 
 
@@ -182,6 +228,9 @@ def main(argv=None):
     j.add_argument("--kind", default="harmful", choices=["harmful", "safe"])
     j.add_argument("--old", default=None, help='the earlier value as JSON, e.g. \'{"k": 4, "n": 100, "judge": "gcg"}\' '
                    "[the file's own gcg verdicts, all records]")
+    rj = sub.add_parser("rejudge", help="re-judge a verdicts JSONL in place from its committed prompts and outputs "
+                        "(writes <name>.json and <name>.md beside it and prints the table)")
+    rj.add_argument("verdicts")
     m = sub.add_parser("manifest", help="re-judge every cell of a TSV manifest (cell, kind, file[, old JSON]) "
                        "into <manifest>.jsonl and print the table")
     m.add_argument("manifest")
@@ -203,6 +252,14 @@ def main(argv=None):
         out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
         md = to_markdown(rows)
         out.with_suffix(".md").write_text(md)
+        print(md)
+        return
+    if a.cmd == "rejudge":
+        path = pathlib.Path(a.verdicts)
+        rows = rejudge_file(path)
+        path.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+        md = to_markdown(rows)
+        path.with_suffix(".md").write_text(md)
         print(md)
         return
     if a.cmd == "derive":

@@ -1,0 +1,107 @@
+"""Model selection for the trained judge, on the DEV part of the labelled set only.
+
+    python bench/judge_select.py [--cache runs/judge-select]
+
+Compares input representations and heads by 5-fold cross-validation grouped by prompt (all
+outputs of one prompt in the same fold, as dev and test are split), on the sure dev rows. The
+score is the jailbroken Cohen's kappa on harmful prompts (gold: eval.judge_model.gold_jailbroken),
+the figure the judge is reported by; the five-way label kappa is printed beside it. The test part
+is never read. Candidates:
+  * ``minilm``      — eval.judge_model.design: output embedding, cos(prompt, output), shape features;
+  * ``+pair``       — plus the MiniLM embedding of "prompt\\n\\noutput" (one text: the encoder sees
+                      the answer next to the request);
+  * ``+smollm``     — plus the mean last hidden state of SmolLM2-135M-Instruct over the answer's
+                      tokens, the answer placed after the request in the chat template (the model
+                      family as a scorer: its own reading of whether it is answering);
+and for each, the label head (jailbroken iff its argmax label complies) or a binary jailbroken head.
+Features are cached under --cache (they take minutes on a shared CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+
+import torch
+
+from eval import judge_model as M
+from eval import refusal as R
+
+
+@torch.no_grad()
+def smollm_features(prompts: list[str], outputs: list[str]) -> torch.Tensor:
+    """Mean last hidden state of SmolLM2-135M-Instruct over the answer tokens (chat template:
+    the request as the user turn, the answer as the assistant turn)."""
+    tok, model = _smollm()
+    out = []
+    for p, o in zip(prompts, outputs):
+        head = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        ids_h = tok(head, add_special_tokens=False)["input_ids"]
+        ids_o = tok(o if o.strip() else "(empty)", add_special_tokens=False)["input_ids"][:96]
+        h = model(torch.tensor([ids_h + ids_o]), output_hidden_states=True).hidden_states[-1][0]
+        out.append(torch.nn.functional.normalize(h[len(ids_h):].mean(0), dim=-1))
+    return torch.stack(out)
+
+
+def _smollm():
+    import transformers as tf
+
+    from pmpc.models import smollm2_gguf
+
+    g = smollm2_gguf()
+    tok = tf.AutoTokenizer.from_pretrained(g.parent, gguf_file=g.name)
+    model = tf.AutoModelForCausalLM.from_pretrained(g.parent, gguf_file=g.name, dtype=torch.float32).eval()
+    return tok, model
+
+
+def cached(path: pathlib.Path, fn):
+    if path.exists():
+        return torch.load(path)
+    t = fn()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(t, path)
+    return t
+
+
+def cv(X, y, n_classes, hp, folds):
+    pred = torch.zeros(len(y), dtype=torch.long)
+    for f in folds:
+        tr = torch.tensor(sorted(set(range(len(y))) - set(f)))
+        W, b = M.fit(X[tr], y[tr], n_classes, *hp)
+        pred[f] = (X[f] @ W + b).argmax(-1)
+    return pred.tolist()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cache", default="runs/judge-select")
+    ap.add_argument("--labels", default=str(M.LABELS_FILE))
+    ap.add_argument("--smollm", action="store_true", help="also the SmolLM2 candidates (~3-5 s per output on one CPU thread)")
+    a = ap.parse_args(argv)
+    rows = [r for r in M.read_labels(a.labels) if r["split"] == "dev" and not r["unsure"]]
+    ps, os_ = [r["prompt"] for r in rows], [r["output"] for r in rows]
+    c = pathlib.Path(a.cache)
+    base = cached(c / "dev-minilm.pt", lambda: M.design(ps, os_))
+    pair = cached(c / "dev-pair.pt", lambda: M.embed([f"{p}\n\n{o}" for p, o in zip(ps, os_)]))
+    y = torch.tensor([R.LABELS.index(r["label"]) for r in rows])
+    harm = [i for i, r in enumerate(rows) if r["kind"] == "harmful"]
+    yb = [int(M.gold_jailbroken(rows[i])) for i in harm]
+    folds = M._folds([r["prompt_sha256"] for r in rows])
+    hfolds = M._folds([rows[i]["prompt_sha256"] for i in harm])
+    cands = {"minilm": base, "+pair": torch.cat([base, pair], 1), "pair+shape": torch.cat([pair, base[:, 384:]], 1)}
+    if a.smollm:
+        smol = cached(c / "dev-smollm.pt", lambda: smollm_features(ps, os_))
+        cands |= {"+smollm": torch.cat([base, smol], 1), "+pair+smollm": torch.cat([base, pair, smol], 1)}
+    print(f"dev sure rows {len(rows)}, harmful {len(harm)}, jailbroken {sum(yb)}, prompts {len(set(r['prompt_sha256'] for r in rows))}")
+    print("| features | head | l2 | balanced | jailbroken kappa (grouped 5-fold CV) | label kappa |")
+    print("|---|---|---|---|---|---|")
+    for name, X in cands.items():
+        for hp in [(l2, bal) for l2 in M.L2_GRID for bal in (False, True)]:
+            p = cv(X, y, len(R.LABELS), hp, folds)
+            kj = M.kappa(yb, [int(R.LABELS[p[i]] in R.COMPLIED) for i in harm])
+            print(f"| {name} | label | {hp[0]} | {hp[1]} | {kj:.3f} | {M.kappa(y.tolist(), p):.3f} |", flush=True)
+            pb = cv(X[harm], torch.tensor(yb), 2, hp, hfolds)
+            print(f"| {name} | jailbroken | {hp[0]} | {hp[1]} | {M.kappa(yb, pb):.3f} | - |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
