@@ -112,7 +112,6 @@ def rejudge_file(path, judges=JUDGES) -> list[dict]:
 @functools.lru_cache(maxsize=1)
 def _readings() -> dict:
     """(prompt SHA-256, output) -> the labelled set's record (eval/data/judge/labels.jsonl)."""
-
     return {(r["prompt_sha256"], r["output"]): r for r in labelset.load()}
 
 
