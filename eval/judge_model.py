@@ -22,6 +22,7 @@ is compliance or refuse_then_comply) are chosen by 5-fold cross-validation on th
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import hashlib
 import json
@@ -245,8 +246,6 @@ class Model:
 
 
 def main(argv=None):
-    import argparse
-
     ap = argparse.ArgumentParser(prog="python -m eval.judge_model", description="train the minilm judge")
     ap.add_argument("cmd", choices=["train"])
     ap.add_argument("--labels", default=str(LABELS_FILE))
