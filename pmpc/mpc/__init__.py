@@ -1,6 +1,6 @@
 """The MPC runtime: everything beneath the protocols that makes two parties compute together.
 
-* :mod:`pmpc.mpc.crypten_compat` — the only module that imports crypten: torch-2.x shims, exact
+* :mod:`pmpc.mpc.crypten_compat` — the way in to crypten (imported before any of it): torch-2.x shims, exact
   truncation, lane comparisons, the provider switch, timeouts.
 * :mod:`pmpc.mpc.crypten_ops` — :class:`CrypTenOps`, the op set on secret-shared values.
 * :mod:`pmpc.mpc.prg` — OS seeds expanded by AES-128-CTR; the one source of randomness.
