@@ -15,6 +15,7 @@ import dataclasses
 import json
 import pathlib
 import time
+import types
 
 import torch
 
@@ -49,8 +50,6 @@ def load_model(name: str, device: str = "cpu", dtype: str = "float32"):
 def load_codec(name: str) -> Codec:
     """The Codec of ``name`` from its tokenizer and config alone (the weight file is never read):
     what the client of an encrypted evaluation holds."""
-    import types
-
     import transformers as tf
 
     path, _ = models.resolve(name, weights=False)

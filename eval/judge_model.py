@@ -22,6 +22,7 @@ refuse_then_comply). The test part is never read here. Parameters are committed 
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import hashlib
 import json
@@ -257,8 +258,6 @@ class Model:
 
 
 def main(argv=None):
-    import argparse
-
     ap = argparse.ArgumentParser(prog="python -m eval.judge_model", description="train the minilm judge")
     ap.add_argument("cmd", choices=["train"])
     ap.add_argument("--labels", default=str(LABELS_FILE))

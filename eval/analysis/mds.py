@@ -24,6 +24,7 @@ are therefore reported:
 """
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import numpy as np
@@ -139,8 +140,6 @@ def mds_analysis(sess: C.Session, harmful: list, harmless: list, approx: str, la
 
 def _mds(seed):
     """Metric MDS, Euclidean, across sklearn versions (1.8 renamed ``dissimilarity`` to ``metric``)."""
-    import inspect
-
     from sklearn.manifold import MDS
 
     params = inspect.signature(MDS).parameters

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import pathlib
+import resource
 import time
 
 import numpy as np
@@ -149,8 +150,6 @@ class BenchJob:
         return CrypTenOps(cost.Tracker(cost.crypten_stats))
 
     def __call__(self, rank, world_size, ids=None):
-        import resource
-
         t0 = time.perf_counter()
         spec, _ = models.load(self.model, seed=self.seed)
         ops = self.make_ops()

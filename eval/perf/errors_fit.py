@@ -45,6 +45,7 @@ import torch
 
 from eval.perf import bench as B
 from pmpc.engine import CLIENT, Engine
+from pmpc import markdown as md
 from pmpc import models, paths, simulate
 from pmpc.errors import UserError
 from pmpc.mpc import cost, parties
@@ -235,21 +236,20 @@ def markdown(data: dict) -> str:
     lines = ["# pmpc bench errors", "",
              f"{cfg['model']}, {cfg['windows']} WikiText-2 window(s) x {cfg['tokens']} tokens, real 2-party MPC "
              "with the tapped activations revealed (measurement mode). error = MPC - plaintext at the inputs of "
-             "W_up and W_down, pooled over layers; ML fits; better = higher log-likelihood.", "",
-             "| protocol | point | n | mean | Gauss sigma | Laplace b | better | KS Gauss | KS Laplace | paper Table 2 | top-1 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "W_up and W_down, pooled over layers; ML fits; better = higher log-likelihood.", ""]
+    body = []
     for p, row in data["rows"].items():
         for short in POINTS:
             f = row[short]
             if f is None:
-                lines.append(f"| {p} | {short} | 0 | — | — | — | diverged | — | — | — | "
-                             f"{_top1(row)} |")
+                body.append([p, short, 0, "—", "—", "—", "diverged", "—", "—", "—", _top1(row)])
                 continue
             paper = (row.get("paper") or {}).get(short)
             pcell = f"{'N(0, %.3f^2)' % paper['scale'] if paper['dist'] == 'gauss' else 'Lap(0, %.3f)' % paper['scale']}" if paper else "—"
-            lines.append(f"| {p} | {short} | {f['n']} | {f['mean']:.3g} | {f['gauss']['scale']:.4g} | "
-                         f"{f['laplace']['scale']:.4g} | {f['dist']} | {f['gauss']['ks']:.3f} | {f['laplace']['ks']:.3f} | "
-                         f"{pcell} | {_top1(row)} |")
+            body.append([p, short, f["n"], f"{f['mean']:.3g}", f"{f['gauss']['scale']:.4g}", f"{f['laplace']['scale']:.4g}",
+                         f["dist"], f"{f['gauss']['ks']:.3f}", f"{f['laplace']['ks']:.3f}", pcell, _top1(row)])
+    lines += md.table(["protocol", "point", "n", "mean", "Gauss sigma", "Laplace b", "better", "KS Gauss", "KS Laplace",
+                       "paper Table 2", "top-1"], body)
     lines += ["", f"Failed tokens (an error above {FAIL_FACTOR:g}x the layer's largest plaintext activation: "
               "a probabilistic-truncation failure or a diverged protocol; left out of the fits):", ""]
     for p, row in data["rows"].items():

@@ -41,6 +41,7 @@ import numpy as np
 
 from eval.perf import bench as B
 from pmpc.engine import Engine
+from pmpc import markdown as md
 from pmpc import models, paths
 from pmpc.errors import UserError
 from pmpc.mpc import cost, parties, primitives
@@ -338,9 +339,8 @@ def markdown(data: dict) -> str:
          "Wall s: prefill on loopback, both parties on this machine (load stated above: wall times are "
          "load-dependent, bytes and rounds are not). Rounds: CrypTen communication calls / SPU party-0 send "
          "actions. MB: sent + received by one party. LAN/WAN: modelled as wall + rounds x RTT + MB x 8 / 2 / "
-         "bandwidth (1 Gbit/s, 0.5 ms; 100 Mbit/s, 40 ms). x = the row's cost / pmpc bolt's (local).", "",
-         "| system | protocol | dealer | mode | wall s | MB | rounds | LAN s (modelled) | WAN s (modelled) | peak RSS MB | top-1 | "
-         "max abs logit err | x wall | x MB | x rounds | x WAN (modelled) | measured (1-min load) |", "|---" * 17 + "|"]
+         "bandwidth (1 Gbit/s, 0.5 ms; 100 Mbit/s, 40 ms). x = the row's cost / pmpc bolt's (local).", ""]
+    body = []
     for r in rows:
         f = r["fidelity"]
         x = (lambda k: _fmt(r[k] / ref[k], ".2f")) if ref else (lambda k: "—")
@@ -349,10 +349,13 @@ def markdown(data: dict) -> str:
         err = _fmt(f.get("max_abs_err"), ".3g")
         if f.get("hidden_max_abs_err_after_layers_run") is not None:
             err = f"(hidden after layers run: {f['hidden_max_abs_err_after_layers_run']:.3g})"
-        L.append(f"| {r['system']} | {r['protocol']} | {r['dealer']} | {r.get('mode', 'full')} | {r['wall_s']:.1f} | "
-                 f"{r['bytes'] / 1e6:.1f} | {r['rounds']} | {r['modelled_s']['lan']:.1f} | {r['modelled_s']['wan']:.1f} | "
-                 f"{r['peak_rss_mb']:.0f} | {top1} | {err} | {x('wall_s')} | {x('bytes')} | {x('rounds')} | {xw} | "
-                 f"{r.get('measured_at', '?')} ({r.get('load_avg_1m', '?')}) |")
+        body.append([r["system"], r["protocol"], r["dealer"], r.get("mode", "full"), f"{r['wall_s']:.1f}",
+                     f"{r['bytes'] / 1e6:.1f}", r["rounds"], f"{r['modelled_s']['lan']:.1f}", f"{r['modelled_s']['wan']:.1f}",
+                     f"{r['peak_rss_mb']:.0f}", top1, err, x("wall_s"), x("bytes"), x("rounds"), xw,
+                     f"{r.get('measured_at', '?')} ({r.get('load_avg_1m', '?')})"])
+    L += md.table(["system", "protocol", "dealer", "mode", "wall s", "MB", "rounds", "LAN s (modelled)", "WAN s (modelled)",
+                   "peak RSS MB", "top-1", "max abs logit err", "x wall", "x MB", "x rounds", "x WAN (modelled)",
+                   "measured (1-min load)"], body)
     notes = [f"- {r['system']}: peak RSS {r['rss_note']}; {r['counters']}; field FM64 unless the protocol names "
              "another" for r in rows if r["system"] == "spu"][:1]
     notes += [f"- pmpc / crypten-shipped: peak RSS {r['rss_note']}; {r['counters']}" for r in rows
@@ -376,25 +379,23 @@ def markdown(data: dict) -> str:
               "arXiv 2502.00840, speedup over SIRNN. Cells: bytes ratio / WAN-time ratio (exact's / the row's).", ""]
         for title, key in (("Whole forward", "speedup_vs_exact"),
                            ("Non-linear functions only (scopes " + ", ".join(NONLINEAR) + ")", "speedup_vs_exact_nonlinear")):
-            L += [f"**{title}**", "", "| protocol | dealer (measured) | " + " | ".join(f"{m} (modelled)" for m in models)
-                  + " | paper Table 1 | the system's own claim |", "|---" * (4 + len(models)) + "|"]
-            for p, v in nat.items():
-                sp = v[key]
-                cells = [f"{_fmt(sp[m]['bytes'], '.2f')} / {_fmt(sp[m]['wan'], '.2f')}" for m in ["dealer (measured)", *models]]
-                t1 = f"{TABLE1[p]}x" if p in TABLE1 else "—"
-                L.append(f"| {p} | " + " | ".join(cells) + f" | {t1} | {CLAIMS.get(p, '—')} |")
+            ratio = lambda sp, m: f"{_fmt(sp[m]['bytes'], '.2f')} / {_fmt(sp[m]['wan'], '.2f')}"  # noqa: E731
+            L += [f"**{title}**", ""]
+            L += md.table(["protocol", "dealer (measured)", *(f"{m} (modelled)" for m in models), "paper Table 1",
+                           "the system's own claim"],
+                          [[p, *(ratio(v[key], m) for m in ["dealer (measured)", *models]),
+                            f"{TABLE1[p]}x" if p in TABLE1 else "—", CLAIMS.get(p, "—")] for p, v in nat.items()])
             L.append("")
         L += ["Why they differ (one line each):", ""]
         L += [f"- **{p}**: {GAPS[p]}" for p in nat if p in GAPS]
-        L += ["", "Totals per protocol, whole forward (MB / rounds; OT columns MODELLED):", "",
-              "| protocol | dealer (measured) | " + " | ".join(models) + " | primitive counts (elements) |",
-              "|---" * (3 + len(models)) + "|"]
+        totals = []
         for p, v in nat.items():
             d = v["dealer_measured"]
-            cells = [f"{d['bytes'] / 1e6:.0f} / {d['rounds']}"]
-            cells += [f"{v['modelled'][m]['bytes'] / 1e6:.0f} / {v['modelled'][m]['rounds']}" for m in models]
-            counts = ", ".join(f"{k} {n:,}" for k, n in sorted(v["counts"].items()) if not k.endswith(".mac"))
-            L.append(f"| {p} | " + " | ".join(cells) + f" | {counts} |")
+            totals.append([p, f"{d['bytes'] / 1e6:.0f} / {d['rounds']}",
+                           *(f"{v['modelled'][m]['bytes'] / 1e6:.0f} / {v['modelled'][m]['rounds']}" for m in models),
+                           ", ".join(f"{k} {n:,}" for k, n in sorted(v["counts"].items()) if not k.endswith(".mac"))])
+        L += ["", "Totals per protocol, whole forward (MB / rounds; OT columns MODELLED):", ""]
+        L += md.table(["protocol", "dealer (measured)", *models, "primitive counts (elements)"], totals)
     mic = data.get("micro") or {}
     if mic:
         L += ["", "## Per-primitive cost: OT model vs SPU CHEETAH microbenchmark (this machine)", "",

@@ -38,6 +38,7 @@ import logging
 import pathlib
 import random
 import shlex
+import shutil
 import sys
 import time
 
@@ -530,8 +531,6 @@ def run(plan: Plan) -> dict:
 def finalize(R: Runner):
     """Drop what the exported fp16 adapters make redundant (checkpoints with optimizer state,
     per-epoch and fp32 adapters, reference caches), so OUT stays small enough to ship back."""
-    import shutil
-
     for run in (R.out / "runs").glob("*"):
         for sub in ("checkpoint", "epochs", "delta", "adapter", "ref_logps.safetensors"):
             x = run / sub

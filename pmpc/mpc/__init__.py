@@ -1,13 +1,15 @@
 """The MPC runtime: everything beneath the protocols that makes two parties compute together.
 
-* :mod:`pmpc.mpc.crypten_compat` — the only module that imports crypten: torch-2.x shims, exact
+* :mod:`pmpc.mpc.crypten_compat` — the way in to crypten (imported before any of it): torch-2.x shims, exact
   truncation, lane comparisons, the provider switch, timeouts.
 * :mod:`pmpc.mpc.crypten_ops` — :class:`CrypTenOps`, the op set on secret-shared values.
 * :mod:`pmpc.mpc.prg` — OS seeds expanded by AES-128-CTR; the one source of randomness.
 * :mod:`pmpc.mpc.handshake` — the authenticated key exchange at start-up (X25519 + HKDF).
 * :mod:`pmpc.mpc.wire` — fixed-format JSON control frames; nothing from the wire is unpickled.
-* :mod:`pmpc.mpc.primitives` — truncation, comparison and table-lookup counts and their OT cost model.
-* :mod:`pmpc.mpc.cost` — rounds/bytes per scope on a modelled link, cost tables.
+* :mod:`pmpc.mpc.roles` — who a party is and whom it is talking to: the names every failure message uses.
+* :mod:`pmpc.mpc.primitives` — what a forward is made of (Ops-level counts per scope, CrypTen-level
+  tallies) and its cost priced as OT-based 2PC.
+* :mod:`pmpc.mpc.cost` — CrypTen's counters, the LAN/WAN link model, cost tables.
 * :mod:`pmpc.mpc.dealer` — the trusted dealer: correlated randomness (triples) from its own process.
 * :mod:`pmpc.mpc.parties` — start the parties (local processes or one per host), watch them.
 * :mod:`pmpc.mpc.secure` — secure generation: plan, offline (tuples), online (the forward).

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pathlib
 
 # the scope accounting every Ops carries sits beneath the protocols; this module adds the network
 # model, CrypTen's counters and the tables. Re-exported: callers write cost.Tracker(cost.crypten_stats).
@@ -79,8 +80,6 @@ def table(scopes: dict, links=("lan", "wan"), title: str | None = None) -> str:
 
 
 def dump(path: str, obj: dict) -> None:
-    import pathlib
-
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         json.dump(obj, f, indent=2, default=str)

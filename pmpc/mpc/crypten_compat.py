@@ -1,4 +1,4 @@
-"""The one module that imports crypten.
+"""The way in to crypten: every other module imports crypten through this one, or after it.
 
 CrypTen 0.4.1 (2022) predates torch 2.9, whose ONNX internals moved; this module applies the
 shims it needs on torch 2.13 and exposes a few helpers for the party processes:

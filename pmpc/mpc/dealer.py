@@ -38,6 +38,7 @@ import collections
 import dataclasses
 import hashlib
 import math
+import threading
 import time
 
 import torch
@@ -413,8 +414,6 @@ class keepalive_while:
     thread while its main thread does long local work (loading a model) and no communication."""
 
     def __init__(self, every_s: float):
-        import threading
-
         self.every_s, self.stop = every_s, threading.Event()
         self.thread = threading.Thread(target=self._run, name="pmpc-keepalive", daemon=True)
 

@@ -22,12 +22,15 @@ import contextlib
 import ctypes
 import fcntl
 import heapq
+import json
 import os
+import random
 import select
 import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 
 from pmpc import markdown as md
@@ -227,10 +230,6 @@ def run_session(lab: Lab, model: str, protocol: str, ids: str, new_tokens: int =
     """One secure generation with each party a separate ``pmpc party`` process in its own
     namespace (client, server and, for ``ttp``, dealer). Returns the client's result (phases,
     tokens) and the wall time of the session."""
-    import json
-    import random
-    import tempfile
-
     port = random.randint(20000, 60000)
     rdv = f"tcp://{lab.addr('client')}:{port}"
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "tun0", "TORCH_CPP_LOG_LEVEL": "FATAL", "PYTHONWARNINGS": "ignore"}

@@ -29,11 +29,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
+import faulthandler
 import multiprocessing as mp
 import os
 import queue as _queue
 import signal
 import socket
+import sys
+import tempfile
+import threading
 import time
 import traceback
 
@@ -158,8 +163,6 @@ def report_failure(rank: int, line: str, culprit: int | None, what: str) -> None
 
 
 def peer_report(peer: int, wait_s: float) -> dict | None:
-    import datetime
-
     store = _store()
     if store is None:
         return None
@@ -177,8 +180,6 @@ def peer_report(peer: int, wait_s: float) -> dict | None:
 
 
 def _wait_until_read(rank: int, wait_s: float) -> None:
-    import datetime
-
     store = _store()
     if store is None:
         return
@@ -247,8 +248,6 @@ def run_party(job, rank: int, world_size: int, rendezvous: str, timeout_s: float
 @contextlib.contextmanager
 def _join_watchdog(rank: int, rendezvous: str, timeout_s: float, on_stuck=None):
     """End the process if joining takes longer than the timeout (plus slack for the start-up)."""
-    import threading
-
     done = threading.Event()
     limit = timeout_s + max(10.0, timeout_s / 2)  # after torch's own join timeout, never before
 
@@ -260,8 +259,6 @@ def _join_watchdog(rank: int, rendezvous: str, timeout_s: float, on_stuck=None):
                 "uses another --dealer or number of parties)")
         if on_stuck is not None:
             on_stuck(line)
-        import sys
-
         sys.stderr.write(f"pmpc: error: {line}\n")
         sys.stderr.flush()
         os._exit(2)
@@ -285,8 +282,6 @@ def _ctx():
 def _exit_with_launcher(launcher: int) -> None:
     """A local party exits when the process that launched it is gone (killed by the OOM killer,
     SIGTERM, ...), instead of computing on as an orphan that holds GBs and a CPU core."""
-    import threading
-
     def watch():
         while True:
             time.sleep(1.0)
@@ -306,12 +301,8 @@ def _entry(job, rank, world_size, rendezvous, timeout_s, dealer, threads, q, has
         _exit_with_launcher(launcher)
     os.environ.update(env or {})
     if env and "TMPDIR" in env:
-        import tempfile
-
         tempfile.tempdir = None  # recomputed from TMPDIR (the forkserver may have cached /tmp)
     if os.environ.get("PMPC_DEBUG_STACKS"):  # print every thread's stack when the parent stops us
-        import faulthandler
-
         faulthandler.register(signal.SIGTERM, chain=True)
     def stuck(line):  # the join hangs: report like any failure, then leave
         q.put((rank, "error", line, "", "failed"))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import sys
 import threading
 from collections import defaultdict
 
@@ -178,8 +179,6 @@ def counting(mpc_truncations: bool = True, scope_of=None):
     ``mpc_truncations``: also count CrypTen's truncations (``mpc_truncation`` key), if crypten
     is already imported in this process (never imports it), charged to ``scope_of()`` (a
     callable naming the current scope; default "(mpc)")."""
-    import sys
-
     counts = Counts()
     patched = []
     for cls in _family(ops_mod.Ops):

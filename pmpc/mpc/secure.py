@@ -26,6 +26,7 @@ import json
 import os
 import pathlib
 import resource
+import sys
 import time
 
 import torch
@@ -94,15 +95,11 @@ class Watch:
         self.tok, self.ids, self.shown = tokenizer, [], ""
 
     def layer(self, phase: str, i: int, n: int) -> None:
-        import sys
-
         end = "\n" if i + 1 == n else ""
         sys.stderr.write(f"\r[pmpc] {phase}: layer {i + 1}/{n}{end}")
         sys.stderr.flush()
 
     def token(self, step: int, ids) -> None:
-        import sys
-
         self.ids.append(int(ids[0]))  # the first sequence of the batch
         if self.tok is None:
             sys.stdout.write(("" if step == 0 else ",") + str(self.ids[-1]))
