@@ -40,6 +40,7 @@ import time
 import torch
 
 from pmpc import wire
+from pmpc.mpc import gates
 from pmpc.prg import PRG
 
 MODES = ("local", "ttp")
@@ -52,11 +53,11 @@ TRUST = {
            "semi-honest computing party if the dealer colludes with neither.",
 }
 
-KINDS = ("generate_additive_triple", "square", "generate_binary_triple", "wrap_rng", "B2A_rng")
+KINDS = ("generate_additive_triple", "square", "generate_binary_triple", "wrap_rng", "B2A_rng", "generate_sign")
 SHORT = {"generate_additive_triple": "triple", "square": "square", "generate_binary_triple": "and",
-         "wrap_rng": "wrap", "B2A_rng": "b2a"}
+         "wrap_rng": "wrap", "B2A_rng": "b2a", "generate_sign": "sign"}
 TTP_FN = {"generate_additive_triple": "additive", "square": "square", "generate_binary_triple": "binary",
-          "wrap_rng": "wraps", "B2A_rng": "B2A"}
+          "wrap_rng": "wraps", "B2A_rng": "B2A", "generate_sign": "sign"}
 
 
 class PlanMismatch(RuntimeError):
@@ -90,6 +91,8 @@ def elements(key) -> int:
         return n(args[0]) + n(args[1]) + n(_out_size(args[2], args[0], args[1], kw))
     if name == "generate_binary_triple":
         return n(args[0]) + n(args[1]) + n(torch.broadcast_shapes(args[0], args[1]))
+    if name == "generate_sign":  # mask and m shares, root seed, correction words (FSS key)
+        return n(args[0]) * (4 + gates.key_words(args[1]))
     return 2 * n(args[0])
 
 
@@ -166,6 +169,10 @@ class ShapeOnly:
         self.requests.append(request_key("B2A_rng", (size,), {}))
         return self._arith(size), self._binary(size)
 
+    def generate_sign(self, size, lane, device=None):
+        self.requests.append(request_key("generate_sign", (size, lane), {}))
+        return gates.junk_sign(self.gen, size, lane)
+
 
 class Replay:
     """Serves the tuples dealt offline, in plan order; any deviation is an error."""
@@ -204,6 +211,9 @@ class Replay:
     def B2A_rng(self, size, device=None):
         return self._take("B2A_rng", (size,), {})
 
+    def generate_sign(self, size, lane, device=None):
+        return self._take("generate_sign", (size, lane), {})
+
 
 # -- the offline phase -------------------------------------------------------------------------
 def _call(provider, key):
@@ -230,9 +240,11 @@ def deal(plan: Plan, lo: int, hi: int, mode: str, chunk_elements: int = 1 << 22)
             j += 1
         keys = plan.requests[i:j]
         if mode == "ttp" and rank == 0:
-            out += _deal_ttp_batch(base, keys)
+            made = _deal_ttp_batch(base, keys)
         else:
-            out += [_call(base, k) for k in keys]
+            made = [_call(base, k) for k in keys]
+        gates.complete_keys(made)  # FSS keys: party 1 gets their correction words now, offline
+        out += made
         comm.get().barrier()
         i = j
     return out
@@ -293,6 +305,8 @@ def answer_shape(fn: str, args: list, kw: dict) -> list:
         return list(_out_size(args[2], tuple(args[0]), tuple(args[1]), tuple(kw.items())))
     if fn == "binary":
         return list(torch.broadcast_shapes(tuple(args[0]), tuple(args[1])))
+    if fn == "sign":  # party 0's correction words and m share, one row per gate
+        return [math.prod(args[0]), gates.answer_width(args[1])]
     return list(args[0])
 
 
@@ -304,13 +318,17 @@ def _check_request(r) -> int:
     if len(r) != 3:
         raise ValueError("a request is [function, args, kwargs]")
     fn, args, kw = r
-    if fn not in TTP_FUNCTIONS:
+    if fn not in TTP_FUNCTIONS and fn != "sign":
         raise ValueError(f"unknown tuple function {str(fn)[:40]!r}")
     wire.is_list(args, 8, "args")
     if type(kw) is not dict:
         raise TypeError(f"kwargs must be an object, got {type(kw).__name__}")
     n_sizes = {"additive": 2, "binary": 2}.get(fn, 1)
-    if len(args) < n_sizes or (fn != "additive" and len(args) != n_sizes):
+    if fn == "sign":  # [shape, lane bits]
+        if len(args) != 2:
+            raise ValueError("sign takes a shape and a lane width")
+        wire.is_int(args[1], 2, 64, "a lane width")
+    elif len(args) < n_sizes or (fn != "additive" and len(args) != n_sizes):
         raise ValueError(f"{fn} takes {n_sizes} shape(s)")
     for a in args[:n_sizes]:
         wire.is_shape(a, MAX_ELEMENTS)
@@ -471,6 +489,8 @@ def serve(fault=None) -> dict:
             self.comm_group = comm.get().ttp_comm_group
             self.device = "cpu"
             self._setup_generators()
+
+        sign = gates.dealer_sign  # FSS comparison keys
 
     c = comm.get()
     d = Dealer()

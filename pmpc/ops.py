@@ -493,12 +493,21 @@ class CrypTenOps(Ops):
         return self._lift(self._ltz_ring_int(x))
 
     def _ltz_ring_int(self, x):
-        """CrypTen's comparison (A2B of the whole ring, the sign bit) with the bit opened packed."""
+        """The sign over the whole ring: a dealer-keyed DCF on the opened x + r (one round,
+        :mod:`pmpc.mpc.gates`), or with ``PMPC_COMPARISON=bitwise`` CrypTen's comparison (A2B of
+        the whole ring, the sign bit) with the bit opened packed."""
+        from pmpc.mpc import gates
+
+        if gates.comparison_mode() == "dcf":
+            return gates.ltz(x, 64, 0)
         return self.bits(x, [63], lift=False)[0]
 
     def _ltz_lane(self, x, lane, drop):
         from pmpc.crypten_compat import lane_ltz
+        from pmpc.mpc import gates
 
+        if gates.comparison_mode() == "dcf":
+            return gates.ltz(x, lane, drop)
         return lane_ltz(x, lane, drop)
 
     def as_int(self, x):

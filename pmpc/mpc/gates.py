@@ -1,0 +1,251 @@
+"""FSS gates on CrypTen shares: the one-online-round sign (comparison), dealt like Beaver tuples.
+
+The sign of an L-bit value y (two's complement, L = 64: the whole ring; L = 8/16/32: a lane of
+the encoding, as :func:`pmpc.crypten_compat.lane_ltz` reads it) from a DCF (:mod:`pmpc.mpc.fss`):
+
+  The dealer draws r uniform over L bits, shared additively modulo 2^L. The parties open
+  y^ = y + r mod 2^L in ONE exchange. With primes for the low L-1 bits and m = MSB(r),
+      MSB(y) = MSB(y^) XOR m XOR [y^' < r']        (the borrow of y^' - r' flips the top bit).
+  The dealer keys a DCF on L-1 bits with alpha = r' and beta = 1 - 2m, so the parties' outputs
+  are shares of (1 - 2m)[y^' < r'], and shares m: their sum z = m XOR [y^' < r'], and with
+  the public p = MSB(y^), MSB(y) = p + (1 - 2p) z, a local step. Result: arithmetic 0/1 shares
+  in Z/2^64 (no B2A), one round, 8 bytes per element each way online.
+
+Who deals (the same providers as Beaver tuples, :mod:`pmpc.dealer`):
+  * ``local`` (CrypTen's TFP): party 0 makes the keys. Party 1's root seed, mask share and m share
+    come from the stream the two parties share (so they cost nothing to send); party 0 knows
+    them, hence every r, hence every opened y: NOT secure against party 0, like its tuples.
+  * ``ttp``: the dealer process. Each party's seed and mask share come from the stream it
+    shares with the dealer; party 0 receives the correction words and its m share in the
+    dealer's reply (raw int64, its shape checked against the request).
+  Either way the correction words (the same in both keys) reach party 1 from party 0: inside
+  the opening exchange when the key is made on the spot (no extra round), or in the offline
+  phase with ``--preprocess`` (:func:`complete_keys`). They hide alpha and beta without a root seed.
+
+``PMPC_COMPARISON=bitwise`` keeps the packed adder-circuit comparison (~7 rounds for 32 bits,
+8 for the ring); the default ``dcf`` is this gate.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import numpy as np
+import torch
+
+from pmpc.mpc import fss
+
+MODES = ("dcf", "bitwise")
+
+
+def comparison_mode() -> str:
+    """``PMPC_COMPARISON``: ``dcf`` (default: one online round, dealer keys) or ``bitwise`` (the
+    packed adder circuit: no keys, ~log2(L) + 2 rounds)."""
+    mode = os.environ.get("PMPC_COMPARISON", "dcf")
+    if mode not in MODES:
+        raise ValueError(f"PMPC_COMPARISON must be one of {', '.join(MODES)}, not {mode!r}")
+    return mode
+
+
+def key_words(lane: int) -> int:
+    """int64 words of the correction part of one sign key on an L-bit lane."""
+    return fss.words_per_key(lane - 1)
+
+
+def answer_width(lane: int) -> int:
+    """Words per element of the dealer's answer to party 0: correction words + its m share."""
+    return key_words(lane) + 1
+
+
+@dataclasses.dataclass
+class SignKey:
+    """One party's material for N sign gates on an L-bit lane: its mask share ``r`` (uint64,
+    < 2^L), its share ``m`` of MSB(r) (uint64), its DCF root ``seed`` [N, 2] and the correction
+    ``words`` [N, W] (None at party 1 until party 0 sends them). ``fresh``: made on the spot,
+    party 1 does not hold the words yet (both parties know it from the provider's kind)."""
+    lane: int
+    r: np.ndarray
+    m: np.ndarray
+    seed: np.ndarray
+    words: np.ndarray | None
+    fresh: bool = False
+
+    @property
+    def size(self) -> int:
+        return self.r.shape[0]
+
+    def nbytes(self) -> int:
+        return self.size * (8 + 8 + 16 + 8 * key_words(self.lane))
+
+
+def _mask(lane: int) -> np.uint64:
+    return np.uint64((1 << lane) - 1) if lane < 64 else np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _words(gen, n: int, bits: int = 64) -> np.ndarray:
+    """n uniform ``bits``-bit words from a :class:`pmpc.prg.PRG` (the one way pmpc draws)."""
+    from pmpc.crypten_compat import ring_random
+
+    return ring_random(n, gen, bits).numpy().view(np.uint64).copy()
+
+
+def draw_own(gen, n: int, lane: int, party: int) -> tuple:
+    """What a party draws from the stream it shares with the dealer, in this order: root seed,
+    mask share, and (party 1 only) its m share. The dealer draws the same from its copy."""
+    seed = _words(gen, 2 * n).reshape(n, 2)
+    r = _words(gen, n, lane)
+    m = _words(gen, n) if party == 1 else None
+    return seed, r, m
+
+
+def deal(lane: int, seed0, r0, seed1, r1, m1) -> tuple[np.ndarray, np.ndarray]:
+    """The dealer's computation: from both parties' draws, the common correction words [N, W]
+    and party 0's m share."""
+    mask = _mask(lane)
+    r = (r0 + r1) & mask
+    m = (r >> np.uint64(lane - 1)) & np.uint64(1)
+    low = r & _mask(lane - 1)
+    k0, _ = fss.dcf_gen(lane - 1, low, np.uint64(1) - np.uint64(2) * m, seed0, seed1)
+    return k0.cw_words(), m - m1
+
+
+def evaluate(party: int, key: SignKey, yhat: np.ndarray) -> np.ndarray:
+    """This party's arithmetic share (uint64) of MSB(y) from the opened y^ = y + r mod 2^L."""
+    lane = key.lane
+    k = fss.Key.from_words(lane - 1, key.seed, key.words)
+    c = fss.dcf_eval(party, k, yhat & _mask(lane - 1))
+    z = key.m + c
+    p = (yhat >> np.uint64(lane - 1)) & np.uint64(1)
+    out = z * (np.uint64(1) - np.uint64(2) * p)
+    return out + p if party == 0 else out
+
+
+# -- providers ---------------------------------------------------------------------------------
+def _n(size) -> int:
+    return math.prod(size) if size else 1
+
+
+def tfp_generate_sign(self, size, lane, device=None):
+    """``local`` mode: party 0 deals (see the module's docstring)."""
+    from pmpc.crypten_compat import comm, crypten
+
+    n = _n(size)
+    rank = comm.get().get_rank()
+    pair = crypten.generators["next" if rank == 0 else "prev"][torch.device("cpu")]
+    seed1, r1, m1 = draw_own(pair, n, lane, 1)
+    if rank == 1:
+        return SignKey(lane, r1, m1, seed1, None, fresh=True)
+    seed0, r0, _ = draw_own(crypten.generators["local"][torch.device("cpu")], n, lane, 0)
+    words, m0 = deal(lane, seed0, r0, seed1, r1, m1)
+    return SignKey(lane, r0, m0, seed0, words, fresh=True)
+
+
+def ttp_generate_sign(self, size, lane, device=None):
+    """``ttp`` mode: the dealer deals; party 0 asks it for the correction words."""
+    from crypten.mpc.provider.ttp_provider import TTPClient
+
+    from pmpc.crypten_compat import comm
+
+    n = _n(size)
+    rank = comm.get().get_rank()
+    client = TTPClient.get()
+    seed, r, m = draw_own(client.get_generator(device="cpu"), n, lane, rank)
+    if rank == 1:
+        return SignKey(lane, r, m, seed, None, fresh=True)
+    ans = client.ttp_request("sign", device, list(size), lane)
+    ans = ans.reshape(n, answer_width(lane)).numpy().view(np.uint64)
+    return SignKey(lane, r, ans[:, -1].copy(), seed, ans[:, :-1].copy(), fresh=True)
+
+
+def dealer_sign(self, size, lane):
+    """The dealer process's answer to a ``sign`` request (a method of its TTP server): party 0's
+    correction words and m share as one int64 tensor [N, W + 1]."""
+    n = _n(size)
+    seed0, r0, _ = draw_own(self.generators[0], n, lane, 0)
+    seed1, r1, m1 = draw_own(self.generators[1], n, lane, 1)
+    words, m0 = deal(lane, seed0, r0, seed1, r1, m1)
+    return torch.from_numpy(np.concatenate([words, m0[:, None]], axis=1).view(np.int64))
+
+
+def junk_sign(gen, size, lane) -> SignKey:
+    """A planning dry run's key (:class:`pmpc.dealer.ShapeOnly`): random words from a local
+    stream, complete (nothing to send), evaluating to garbage."""
+    n = _n(size)
+    seed, r, m = draw_own(gen, n, lane, 1)
+    return SignKey(lane, r, m, seed, _words(gen, n * key_words(lane)).reshape(n, key_words(lane)))
+
+
+def install() -> None:
+    """Give CrypTen's two providers the ``generate_sign`` request (idempotent)."""
+    from crypten.mpc.provider.tfp_provider import TrustedFirstParty
+    from crypten.mpc.provider.ttp_provider import TrustedThirdParty
+
+    TrustedFirstParty.generate_sign = tfp_generate_sign
+    TrustedThirdParty.generate_sign = ttp_generate_sign
+
+
+def complete_keys(material: list) -> None:
+    """Offline (``--preprocess``): party 0 sends party 1 the correction words of every sign key
+    in ``material`` (one message for all), so the online phase opens y^ and nothing else."""
+    from pmpc.crypten_compat import comm
+
+    keys = [k for k in material if isinstance(k, SignKey) and k.fresh]
+    if not keys:
+        return
+    c = comm.get()
+    rank = c.get_rank()
+    total = sum(k.size * key_words(k.lane) for k in keys)
+    if rank == 0:
+        flat = torch.from_numpy(np.concatenate([k.words.reshape(-1) for k in keys]).view(np.int64))
+    else:
+        flat = torch.empty(total, dtype=torch.long)
+    flat = c.broadcast(flat, 0)
+    if rank == 1:
+        w = flat.numpy().view(np.uint64)
+        o = 0
+        for k in keys:
+            m = k.size * key_words(k.lane)
+            k.words = w[o:o + m].reshape(k.size, key_words(k.lane)).copy()
+            o += m
+    for k in keys:
+        k.fresh = False
+
+
+# -- the online gate -----------------------------------------------------------------------------
+def ltz(x, lane: int, drop: int):
+    """Sign of a secret ``MPCTensor`` read on bits [drop, drop + lane) of its encoding (lane 64,
+    drop 0: the whole ring), as ring-integer 0/1 shares (encoder scale 1): ONE online round.
+    Reads exactly the value :func:`pmpc.crypten_compat.lane_ltz` reads."""
+    from pmpc.cost import PRIMITIVES
+    from pmpc.crypten_compat import MPCTensor, comm, crypten
+
+    assert 2 <= lane <= 64 and 0 <= drop <= 64 - lane
+    c = comm.get()
+    rank = c.get_rank()
+    share = x._tensor.share
+    shape = share.shape
+    n = share.numel()
+    key = crypten.mpc.get_default_provider().generate_sign(tuple(shape), lane)
+    mask = _mask(lane)
+    y = (share.reshape(-1).numpy().view(np.uint64) >> np.uint64(drop)) & mask
+    opened = torch.from_numpy(((y + key.r) & mask).view(np.int64))
+    if key.fresh:
+        W = key_words(lane)
+        extra = (torch.from_numpy(key.words.reshape(-1).view(np.int64)) if rank == 0
+                 else torch.zeros(n * W, dtype=torch.long))
+        flat = c.all_reduce(torch.cat([opened, extra]))  # the opening, the key's words riding along
+        if rank == 1:
+            key.words = flat[n:].numpy().view(np.uint64).reshape(n, W).copy()
+        opened = flat[:n]
+        key.fresh = False
+    else:
+        opened = c.all_reduce(opened)  # the one round
+    yhat = opened.numpy().view(np.uint64) & mask
+    out = evaluate(rank, key, yhat)
+    PRIMITIVES.add(f"comparisons.{lane}", n)
+    PRIMITIVES.add(f"dcf.{lane - 1}", n)
+    PRIMITIVES.add("key_bytes", key.nbytes())
+    res = MPCTensor.from_shares(torch.from_numpy(out.view(np.int64)).reshape(shape), precision=0)
+    res.encoder._scale = 1
+    return res

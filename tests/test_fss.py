@@ -1,0 +1,179 @@
+"""Function secret sharing: DCF/DPF keys (pmpc.mpc.fss), the one-round sign gate
+(pmpc.mpc.gates) from each dealer mode, live and preprocessed, and what its opening reveals."""
+from __future__ import annotations
+
+import secrets
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from pmpc.mpc import fss, gates
+from pmpc.parties import run_local
+from tests import fss_jobs
+
+N = 100_000
+ALPHA = 1e-6  # false-alarm rate of each statistical test on truly uniform data
+
+
+def seeds(n: int) -> np.ndarray:
+    return np.frombuffer(secrets.token_bytes(16 * n), dtype=np.uint64).reshape(n, 2).copy()
+
+
+def rand_bits(rng, n: int, bits: int) -> np.ndarray:
+    v = rng.integers(0, 2 ** 63, n, dtype=np.uint64) * np.uint64(2) + rng.integers(0, 2, n, dtype=np.uint64)
+    return v & np.uint64((1 << bits) - 1) if bits < 64 else v
+
+
+def edges(bits: int, alpha: np.ndarray) -> np.ndarray:
+    """Inputs at and around alpha (+-1 ulp), 0, the extremes and the signed wrap boundary."""
+    top = (1 << bits) - 1
+    m = np.uint64(top)
+    fixed = np.array([0, 1, top, top - 1, 1 << (bits - 1), (1 << (bits - 1)) - 1, (1 << (bits - 1)) + 1],
+                     dtype=np.uint64) & m
+    return np.concatenate([alpha, (alpha + np.uint64(1)) & m, (alpha - np.uint64(1)) & m,
+                           np.resize(fixed, alpha.shape)])
+
+
+@pytest.mark.parametrize("bits", [1, 7, 15, 31, 63, 64])
+def test_dcf_shares_add_up_to_the_comparison(bits):
+    rng = np.random.default_rng(secrets.randbits(64))
+    alpha = rand_bits(rng, N, bits)
+    fixed = np.array([0, 1, (1 << bits) - 1, 1 << (bits - 1), (1 << (bits - 1)) - 1], dtype=np.uint64)
+    alpha[:5] = fixed & np.uint64((1 << bits) - 1 if bits < 64 else 2 ** 64 - 1)
+    beta = rand_bits(rng, N, 64)
+    k0, k1 = fss.dcf_gen(bits, alpha, beta, seeds(N), seeds(N))
+    x = rand_bits(rng, N, bits)
+    for probe in (x, *np.split(edges(bits, alpha)[: 4 * N], 4)):
+        got = fss.dcf_eval(0, k0, probe) + fss.dcf_eval(1, k1, probe)
+        assert (got == np.where(probe < alpha, beta, np.uint64(0))).all()
+    # a key survives its wire form (seed + correction words)
+    again = fss.Key.from_words(bits, k1.seed, k1.cw_words())
+    assert (fss.dcf_eval(1, again, x) == fss.dcf_eval(1, k1, x)).all()
+    # one party's output alone is no comparison: it looks uniform (its top byte)
+    top = (fss.dcf_eval(0, k0, x) >> np.uint64(56)).astype(np.int64)
+    assert stats.chisquare(np.bincount(top, minlength=256)).pvalue > ALPHA
+
+
+@pytest.mark.parametrize("lane", [8, 16, 32, 64])
+def test_sign_gate_math_on_every_lane(lane):
+    """The dealer's keys and both evaluations, without a network: the shares of MSB(y) add up
+    on random y, the edges (0, +-1, +-(2^(L-1) - 1), the wrap boundary) and random masks."""
+    rng = np.random.default_rng(secrets.randbits(64))
+    m = np.uint64((1 << lane) - 1) if lane < 64 else np.uint64(2 ** 64 - 1)
+    half = 1 << (lane - 1)
+    y = np.concatenate([rand_bits(rng, N, lane),
+                        np.array([0, 1, (1 << lane) - 1, half - 1, half + 1, half, half - 2], dtype=np.uint64) & m])
+    n = y.size
+    seed0, r0 = seeds(n), rand_bits(rng, n, lane)
+    seed1, r1, m1 = seeds(n), rand_bits(rng, n, lane), rand_bits(rng, n, 64)
+    words, m0 = gates.deal(lane, seed0, r0, seed1, r1, m1)
+    yhat = (y + r0 + r1) & m
+    k0 = gates.SignKey(lane, r0, m0, seed0, words)
+    k1 = gates.SignKey(lane, r1, m1, seed1, words)
+    got = gates.evaluate(0, k0, yhat) + gates.evaluate(1, k1, yhat)
+    assert (got == (y >> np.uint64(lane - 1))).all()
+
+
+@pytest.mark.parametrize("k", [1, 6, 8])
+def test_table_lookup_by_dpf_and_by_one_hot(k):
+    rng = np.random.default_rng(secrets.randbits(64))
+    n = 20_000 if k < 8 else 4_000
+    r = rand_bits(rng, n, k)
+    table = rng.integers(-2 ** 62, 2 ** 62, 1 << k)
+    x = np.concatenate([rand_bits(rng, n - 4, k), np.array([0, 1, (1 << k) - 1, 1 << (k - 1)], dtype=np.uint64)
+                        & np.uint64((1 << k) - 1)])
+    xhat = (x + r) & np.uint64((1 << k) - 1)
+    want = table[x.astype(np.int64)]
+    d0, d1 = fss.dpf_gen(k, r, np.ones(n, dtype=np.uint64), seeds(n), seeds(n))
+    e0, e1 = fss.dpf_eval_all(0, d0), fss.dpf_eval_all(1, d1)
+    assert ((e0 + e1) == (np.arange(1 << k)[None, :] == r[:, None])).all()
+    got = fss.rotate_lookup(e0, xhat, table) + fss.rotate_lookup(e1, xhat, table)
+    assert (got.view(np.int64) == want).all()
+    o0, o1 = fss.onehot_gen(k, r, rand_bits(rng, n * (1 << k), 64))
+    got = fss.rotate_lookup(o0, xhat, table) + fss.rotate_lookup(o1, xhat, table)
+    assert (got.view(np.int64) == want).all()
+
+
+# -- the gate in real 2-party runs --------------------------------------------------------------
+CASES = [(64, 0), (32, 0), (16, 8), (8, 12)]
+
+
+def _values(rng, n: int) -> np.ndarray:
+    v = rand_bits(rng, n, 64).view(np.int64)
+    small = (rng.integers(-2 ** 31, 2 ** 31, n // 2)).astype(np.int64)
+    v[: n // 2] = small
+    v[:10] = [0, 1, -1, 2 ** 31 - 1, -(2 ** 31) + 1, 2 ** 31, -(2 ** 31), 2 ** 63 - 1, -(2 ** 63), 2 ** 15]
+    return v
+
+
+def _expected(shares, lane, drop) -> np.ndarray:
+    """What the gate computes: the sign of the L-bit lane sum of the two shares' slices."""
+    m = np.uint64((1 << lane) - 1) if lane < 64 else np.uint64(2 ** 64 - 1)
+    s0, s1 = (s.view(np.uint64) >> np.uint64(drop) for s in shares)
+    return (((s0 + s1) & m) >> np.uint64(lane - 1)).astype(np.int64)
+
+
+def _check(res):
+    shares = [res[0]["share"], res[1]["share"]]
+    for (lane, drop), out in zip(CASES, res[0]["out"]):
+        assert (out == _expected(shares, lane, drop)).all(), (lane, drop)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dealer,preprocess", [("local", False), ("local", True), ("ttp", False), ("ttp", True)])
+def test_sign_gate_in_each_dealer_mode(dealer, preprocess):
+    rng = np.random.default_rng(secrets.randbits(64))
+    n = N if (dealer, preprocess) == ("local", False) else 20_000
+    res = run_local(fss_jobs.SignJob(_values(rng, n), CASES, preprocess, dealer), dealer=dealer,
+                    timeout_s=120, deadline_s=400)
+    _check(res)
+    # ONE online round per comparison; a live ttp key costs party 0 its dealer exchange on top
+    assert res[1]["rounds"] == [1] * len(CASES)
+    if dealer == "local" or preprocess:
+        assert res[0]["rounds"] == [1] * len(CASES)
+
+
+@pytest.mark.slow
+def test_opened_value_is_uniform_independent_of_x_and_keys_ignore_global_rng():
+    """What a party sees opened, y^ = y + r mod 2^L, is uniform whatever y is (all zeros vs
+    random): chi-square on its top byte and a two-sample KS between the two inputs. Two runs
+    with torch's, numpy's and random's global state reseeded identically deal different keys."""
+    rng = np.random.default_rng(secrets.randbits(64))
+    n = 100_000
+    cases = [(32, 0), (64, 0)]
+    runs = []
+    for values in (np.zeros(n, dtype=np.int64), _values(rng, n)):
+        runs.append(run_local(fss_jobs.SignJob(values, cases), timeout_s=120, deadline_s=300))
+    for i, (lane, _) in enumerate(cases):
+        opened = [r[1]["seen"][i] for r in runs]
+        for o in opened:
+            top = (o >> np.uint64(lane - 8)).astype(np.int64)
+            assert stats.chisquare(np.bincount(top, minlength=256)).pvalue > ALPHA
+        u = [o.astype(np.float64) / 2.0 ** lane for o in opened]
+        assert stats.ks_2samp(u[0], u[1]).pvalue > ALPHA
+        assert (opened[0] == opened[1]).mean() < 1e-3
+    # a control: the detector rejects what is NOT masked (the zeros themselves, or y^ - r)
+    assert stats.chisquare(np.bincount(np.zeros(n, dtype=np.int64), minlength=256)).pvalue < ALPHA
+    for party in (0, 1):
+        (sa, ra), (sb, rb) = runs[0][party]["keys"][0], runs[1][party]["keys"][0]
+        assert not (sa == sb).any() and not (ra == rb).all()
+
+
+@pytest.mark.slow
+def test_dcf_is_the_default_and_bitwise_stays_selectable():
+    """Both comparison paths compute the same signs; the DCF one in one round per call, the
+    bitwise one in several; the primitive counts say which ran."""
+    rng = np.random.default_rng(secrets.randbits(64))
+    x = np.round((rng.random(3000) * 2 - 1) * (2 ** 15 - 1) * 2 ** 16) / 2 ** 16
+    x[:4] = [0.0, -2 ** -16, 2 ** -16, -(2 ** 15) + 1]
+    runs = {m: run_local(fss_jobs.OpsCompareJob(x), timeout_s=120, deadline_s=300,
+                         env=None if m == "dcf" else {"PMPC_COMPARISON": m})[0] for m in ("dcf", "bitwise")}
+    for m, r in runs.items():
+        for name in ("ring", "lane32"):
+            assert (r["out"][name] == (x < 0)).all(), (m, name)
+    assert runs["dcf"]["cost"]["ring"]["rounds"] == 1 and runs["dcf"]["cost"]["lane32"]["rounds"] == 1
+    assert runs["bitwise"]["cost"]["lane32"]["rounds"] >= 5 and runs["bitwise"]["cost"]["ring"]["rounds"] >= 5
+    assert runs["dcf"]["primitives"].get("dcf.31") == x.size and runs["dcf"]["primitives"].get("dcf.63") == x.size
+    assert runs["dcf"]["primitives"]["key_bytes"] > 0
+    assert not any(k.startswith("dcf.") for k in runs["bitwise"]["primitives"])
