@@ -494,11 +494,12 @@ class CrypTenOps(Ops):
 
     def _ltz_ring_int(self, x):
         """The sign over the whole ring: a dealer-keyed DCF on the opened x + r (one round,
-        :mod:`pmpc.mpc.gates`), or with ``PMPC_COMPARISON=bitwise`` CrypTen's comparison (A2B of
-        the whole ring, the sign bit) with the bit opened packed."""
+        :mod:`pmpc.mpc.gates`), or (large tensors, or ``PMPC_COMPARISON=bitwise``: the rule in
+        :mod:`pmpc.mpc.gates`) CrypTen's comparison (A2B of the whole ring, the sign bit) with
+        the bit opened packed."""
         from pmpc.mpc import gates
 
-        if gates.comparison_mode() == "dcf":
+        if gates.use_dcf(x._tensor.share.numel()):
             return gates.ltz(x, 64, 0)
         return self.bits(x, [63], lift=False)[0]
 
@@ -506,7 +507,7 @@ class CrypTenOps(Ops):
         from pmpc.crypten_compat import lane_ltz
         from pmpc.mpc import gates
 
-        if gates.comparison_mode() == "dcf":
+        if gates.use_dcf(x._tensor.share.numel()):
             return gates.ltz(x, lane, drop)
         return lane_ltz(x, lane, drop)
 

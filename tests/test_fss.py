@@ -161,19 +161,40 @@ def test_opened_value_is_uniform_independent_of_x_and_keys_ignore_global_rng():
 
 
 @pytest.mark.slow
-def test_dcf_is_the_default_and_bitwise_stays_selectable():
+def test_comparison_rule_dcf_for_small_tensors_bitwise_for_large_and_both_selectable():
     """Both comparison paths compute the same signs; the DCF one in one round per call, the
-    bitwise one in several; the primitive counts say which ran."""
+    bitwise one in several; the default picks by size (``gates.DCF_MAX_ELEMENTS``); the
+    primitive counts say which ran."""
     rng = np.random.default_rng(secrets.randbits(64))
-    x = np.round((rng.random(3000) * 2 - 1) * (2 ** 15 - 1) * 2 ** 16) / 2 ** 16
-    x[:4] = [0.0, -2 ** -16, 2 ** -16, -(2 ** 15) + 1]
-    runs = {m: run_local(fss_jobs.OpsCompareJob(x), timeout_s=120, deadline_s=300,
-                         env=None if m == "dcf" else {"PMPC_COMPARISON": m})[0] for m in ("dcf", "bitwise")}
+    big = np.round((rng.random(gates.DCF_MAX_ELEMENTS + 1) * 2 - 1) * (2 ** 15 - 1) * 2 ** 16) / 2 ** 16
+    big[:4] = [0.0, -2 ** -16, 2 ** -16, -(2 ** 15) + 1]
+    small = big[:3000]
+    runs = {m: run_local(fss_jobs.OpsCompareJob(x), timeout_s=120, deadline_s=300, env=env)[0]
+            for m, x, env in [("auto", small, None), ("bitwise", small, {"PMPC_COMPARISON": "bitwise"}),
+                              ("auto-large", big, None), ("dcf-large", big, {"PMPC_COMPARISON": "dcf"})]}
     for m, r in runs.items():
+        x = big if m.endswith("large") else small
         for name in ("ring", "lane32"):
             assert (r["out"][name] == (x < 0)).all(), (m, name)
-    assert runs["dcf"]["cost"]["ring"]["rounds"] == 1 and runs["dcf"]["cost"]["lane32"]["rounds"] == 1
-    assert runs["bitwise"]["cost"]["lane32"]["rounds"] >= 5 and runs["bitwise"]["cost"]["ring"]["rounds"] >= 5
-    assert runs["dcf"]["primitives"].get("dcf.31") == x.size and runs["dcf"]["primitives"].get("dcf.63") == x.size
-    assert runs["dcf"]["primitives"]["key_bytes"] > 0
-    assert not any(k.startswith("dcf.") for k in runs["bitwise"]["primitives"])
+    for m in ("auto", "dcf-large"):
+        n = big.size if m == "dcf-large" else small.size
+        assert runs[m]["cost"]["ring"]["rounds"] == 1 and runs[m]["cost"]["lane32"]["rounds"] == 1
+        assert runs[m]["primitives"].get("dcf.31") == n and runs[m]["primitives"].get("dcf.63") == n
+        assert runs[m]["primitives"]["key_bytes"] > 0
+    for m in ("bitwise", "auto-large"):
+        assert runs[m]["cost"]["lane32"]["rounds"] >= 5 and runs[m]["cost"]["ring"]["rounds"] >= 5
+        assert not any(k.startswith("dcf.") or k == "key_bytes" for k in runs[m]["primitives"])
+
+
+@pytest.mark.parametrize("lane", [2, 8, 16, 31, 32, 64])
+def test_packed_opening_recovers_every_lane_sum(lane):
+    """Openings of lanes <= 32 bits travel 64 // lane to a word; a field's carry into the next is
+    undone by each party from its own addend alone."""
+    rng = np.random.default_rng(secrets.randbits(64))
+    m = gates._mask(lane)
+    a, b = rand_bits(rng, 30_001, lane), rand_bits(rng, 30_001, lane)
+    a[:4], b[:4] = m, np.array([m, 1, 0, m], dtype=np.uint64)
+    total = gates.pack(a, lane) + gates.pack(b, lane)  # what the all-reduce returns
+    assert total.size == -(-a.size // (64 // lane))
+    for own in (a, b):
+        assert (gates.unpack(total, own, lane) == ((a + b) & m)).all()

@@ -46,16 +46,23 @@ def _u64(a) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(a).astype(np.uint64, copy=False))
 
 
-def _expand(seeds: np.ndarray):
-    """G on every seed ([N, 2] uint64): (sL, tL, sR, tR, vL, vR), seeds with their lowest bit
-    cleared (it became the control bit). One AES-ECB call for all N seeds (3 blocks each)."""
+def _prg(seeds: np.ndarray) -> np.ndarray:
+    """G on every seed ([N, 2] uint64) as raw blocks [N, 3, 2]: one AES-ECB call for all."""
     n = seeds.shape[0]
     x = np.repeat(seeds[:, None, :], 3, axis=1)  # [N, 3, 2]
     x[:, :, 0] ^= _TWEAK
     enc = Cipher(_K, modes.ECB()).encryptor()
     buf = np.empty(n * 6 + 2, dtype=np.uint64)  # + a block: `cryptography` wants the room
     enc.update_into(memoryview(x).cast("B"), memoryview(buf).cast("B"))
-    y = buf[:n * 6].reshape(n, 3, 2) ^ x
+    y = buf[:n * 6].reshape(n, 3, 2)
+    y ^= x
+    return y
+
+
+def _expand(seeds: np.ndarray):
+    """G on every seed ([N, 2] uint64): (sL, tL, sR, tR, vL, vR), seeds with their lowest bit
+    cleared (it became the control bit)."""
+    y = _prg(seeds)
     tL = y[:, 0, 0] & _ONE
     tR = y[:, 1, 0] & _ONE
     sL = y[:, 0].copy()
@@ -179,18 +186,19 @@ def dcf_gen(n: int, alpha, beta, s0: np.ndarray, s1: np.ndarray) -> tuple[Key, K
 def dcf_eval(b: int, key: Key, x) -> np.ndarray:
     """Party ``b``'s share (uint64, modulo 2^64) of beta [x < alpha] at the public n-bit ``x``."""
     x = _u64(x).reshape(-1)
-    n = key.n
-    s, t = key.seed.copy(), np.full(key.size, b, dtype=np.uint64)
-    v = np.zeros(key.size, dtype=np.uint64)
+    n, N = key.n, key.size
+    rows = np.arange(N)
+    s, t = key.seed.copy(), np.full(N, b, dtype=np.uint64)
+    v = np.zeros(N, dtype=np.uint64)
     for i in range(n):
-        sL, tL, sR, tR, vL, vR = _expand(s)
-        xi = _bit(x, n, i)
-        cs = key.cw_s[:, i] * t[:, None]
-        sL, sR = sL ^ cs, sR ^ cs
-        tL = tL ^ (t & key.cw_t[:, i, 0])
-        tR = tR ^ (t & key.cw_t[:, i, 1])
-        v = v + _pick(xi, vL, vR) + t * key.cw_v[:, i]
-        s, t = _pick(xi, sL, sR), _pick(xi, tL, tR)
+        y = _prg(s)
+        xi = _bit(x, n, i).astype(np.intp)
+        ch = y[rows, xi]                                  # the child x goes to (block 0 L, 1 R)
+        v += y[rows, 2, xi] + t * key.cw_v[:, i]          # its value word, corrected
+        tn = (ch[:, 0] & _ONE) ^ (t & key.cw_t[rows, i, xi])
+        ch[:, 0] &= ~_ONE
+        ch ^= key.cw_s[:, i] * t[:, None]
+        s, t = ch, tn
     v = v + _conv(s) + t * key.cw_out
     return np.uint64(0) - v if b else v
 

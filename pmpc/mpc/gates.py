@@ -9,7 +9,7 @@ the encoding, as :func:`pmpc.crypten_compat.lane_ltz` reads it) from a DCF (:mod
   The dealer keys a DCF on L-1 bits with alpha = r' and beta = 1 - 2m, so the parties' outputs
   are shares of (1 - 2m)[y^' < r'], and shares m: their sum z = m XOR [y^' < r'], and with
   the public p = MSB(y^), MSB(y) = p + (1 - 2p) z, a local step. Result: arithmetic 0/1 shares
-  in Z/2^64 (no B2A), one round, 8 bytes per element each way online.
+  in Z/2^64 (no B2A), one round, L bits per element each way online (lanes packed in words).
 
 Who deals (the same providers as Beaver tuples, :mod:`pmpc.dealer`):
   * ``local`` (CrypTen's TFP): party 0 makes the keys. Party 1's root seed, mask share and m share
@@ -22,8 +22,16 @@ Who deals (the same providers as Beaver tuples, :mod:`pmpc.dealer`):
   the opening exchange when the key is made on the spot (no extra round), or in the offline
   phase with ``--preprocess`` (:func:`complete_keys`). They hide alpha and beta without a root seed.
 
-``PMPC_COMPARISON=bitwise`` keeps the packed adder-circuit comparison (~7 rounds for 32 bits,
-8 for the ring); the default ``dcf`` is this gate.
+Which comparison runs (``PMPC_COMPARISON``, read at every call; both parties decide alike,
+from public shapes): ``auto`` (default) — this gate for tensors of at most ``DCF_MAX_ELEMENTS``
+elements, the packed bitwise adder circuit (:func:`pmpc.crypten_compat.lane_ltz`, ~7 rounds for
+32 bits, 8 for the ring, no keys) above; ``dcf`` or ``bitwise`` — always one. Why the size: the
+gate trades rounds for local work (key generation ~3x evaluation, L-1 AES tree levels per
+element) and key bytes; a bitwise comparison's rounds cost the same for 10 elements or 10^6.
+Measured on loopback (results/fss), the DCF call costs more wall time than the six or seven
+rounds it saves from a few thousand elements up; on a LAN/WAN link a round costs 0.5-40 ms and
+the break-even moves up accordingly. Decode-step comparisons are below the bound, large prefill
+tensors above it. Both paths compute the same bits (the emulation needs no change).
 """
 from __future__ import annotations
 
@@ -36,16 +44,22 @@ import torch
 
 from pmpc.mpc import fss
 
-MODES = ("dcf", "bitwise")
+MODES = ("auto", "dcf", "bitwise")
+DCF_MAX_ELEMENTS = 1 << 13  # ``auto``: the DCF gate up to this many elements per call
 
 
 def comparison_mode() -> str:
-    """``PMPC_COMPARISON``: ``dcf`` (default: one online round, dealer keys) or ``bitwise`` (the
-    packed adder circuit: no keys, ~log2(L) + 2 rounds)."""
-    mode = os.environ.get("PMPC_COMPARISON", "dcf")
+    """``PMPC_COMPARISON``: ``auto`` (default), ``dcf`` or ``bitwise`` (see the module's docstring)."""
+    mode = os.environ.get("PMPC_COMPARISON", "auto")
     if mode not in MODES:
         raise ValueError(f"PMPC_COMPARISON must be one of {', '.join(MODES)}, not {mode!r}")
     return mode
+
+
+def use_dcf(elements: int) -> bool:
+    """Whether a comparison of ``elements`` values runs as the DCF gate (the rule above)."""
+    mode = comparison_mode()
+    return mode == "dcf" or (mode == "auto" and elements <= DCF_MAX_ELEMENTS)
 
 
 def key_words(lane: int) -> int:
@@ -212,6 +226,39 @@ def complete_keys(material: list) -> None:
         k.fresh = False
 
 
+# -- the opening: lanes packed into ring words ----------------------------------------------------
+def pack(v: np.ndarray, lane: int) -> np.ndarray:
+    """``lane``-bit values, 64 // lane to a word (lane <= 32), so the opening costs the lane's bits."""
+    per = 64 // lane
+    if per == 1:
+        return v.copy()
+    pad = (-v.size) % per
+    v = np.concatenate([v, np.zeros(pad, dtype=np.uint64)]).reshape(-1, per)
+    w = np.zeros(v.shape[0], dtype=np.uint64)
+    for j in range(per):
+        w |= v[:, j] << np.uint64(j * lane)
+    return w
+
+
+def unpack(total: np.ndarray, mine: np.ndarray, lane: int) -> np.ndarray:
+    """(y0 + y1) mod 2^lane per value from the SUM of both parties' packed words and this party's
+    own values: a field's sum may carry into the next field, and the carry is known locally
+    (the sum wrapped iff it is below this party's own addend; a carry in makes 2^lane - 1 carry on)."""
+    per = 64 // lane
+    mask = _mask(lane)
+    if per == 1:
+        return total & mask
+    n = mine.size
+    own = np.concatenate([mine, np.zeros((-n) % per, dtype=np.uint64)]).reshape(-1, per)
+    out = np.empty_like(own)
+    cin = np.zeros(own.shape[0], dtype=np.uint64)
+    for j in range(per):
+        s = (((total >> np.uint64(j * lane)) & mask) - cin) & mask
+        out[:, j] = s
+        cin = ((s < own[:, j]) | ((s == mask) & (cin == 1))).astype(np.uint64)
+    return out.reshape(-1)[:n]
+
+
 # -- the online gate -----------------------------------------------------------------------------
 def ltz(x, lane: int, drop: int):
     """Sign of a secret ``MPCTensor`` read on bits [drop, drop + lane) of its encoding (lane 64,
@@ -229,19 +276,25 @@ def ltz(x, lane: int, drop: int):
     key = crypten.mpc.get_default_provider().generate_sign(tuple(shape), lane)
     mask = _mask(lane)
     y = (share.reshape(-1).numpy().view(np.uint64) >> np.uint64(drop)) & mask
-    opened = torch.from_numpy(((y + key.r) & mask).view(np.int64))
+    mine = (y + key.r) & mask
+    opened = torch.from_numpy(pack(mine, lane).view(np.int64))
     if key.fresh:
         W = key_words(lane)
         extra = (torch.from_numpy(key.words.reshape(-1).view(np.int64)) if rank == 0
                  else torch.zeros(n * W, dtype=torch.long))
+        k = opened.numel()
         flat = c.all_reduce(torch.cat([opened, extra]))  # the opening, the key's words riding along
+        # the words are dealing traffic (offline cost: ``key_bytes``), not the gate's online
+        # bytes: the communicator logged 2 x 8 bytes per word of the exchange, take them off
+        if hasattr(c, "comm_bytes"):
+            c.comm_bytes -= 2 * 8 * extra.numel()
         if rank == 1:
-            key.words = flat[n:].numpy().view(np.uint64).reshape(n, W).copy()
-        opened = flat[:n]
+            key.words = flat[k:].numpy().view(np.uint64).reshape(n, W).copy()
+        opened = flat[:k]
         key.fresh = False
     else:
         opened = c.all_reduce(opened)  # the one round
-    yhat = opened.numpy().view(np.uint64) & mask
+    yhat = unpack(opened.numpy().view(np.uint64), mine, lane)
     out = evaluate(rank, key, yhat)
     PRIMITIVES.add(f"comparisons.{lane}", n)
     PRIMITIVES.add(f"dcf.{lane - 1}", n)
