@@ -53,11 +53,13 @@ TRUST = {
            "semi-honest computing party if the dealer colludes with neither.",
 }
 
-KINDS = ("generate_additive_triple", "square", "generate_binary_triple", "wrap_rng", "B2A_rng", "generate_sign")
+KINDS = ("generate_additive_triple", "square", "generate_binary_triple", "wrap_rng", "B2A_rng", "generate_sign", "generate_onehot")
 SHORT = {"generate_additive_triple": "triple", "square": "square", "generate_binary_triple": "and",
-         "wrap_rng": "wrap", "B2A_rng": "b2a", "generate_sign": "sign"}
+         "wrap_rng": "wrap", "B2A_rng": "b2a", "generate_sign": "sign",
+         "generate_onehot": "onehot"}
 TTP_FN = {"generate_additive_triple": "additive", "square": "square", "generate_binary_triple": "binary",
-          "wrap_rng": "wraps", "B2A_rng": "B2A", "generate_sign": "sign"}
+          "wrap_rng": "wraps", "B2A_rng": "B2A", "generate_sign": "sign",
+          "generate_onehot": "onehot"}
 
 
 class PlanMismatch(RuntimeError):
@@ -93,6 +95,8 @@ def elements(key) -> int:
         return n(args[0]) + n(args[1]) + n(torch.broadcast_shapes(args[0], args[1]))
     if name == "generate_sign":  # mask and m shares, root seed, correction words (FSS key)
         return n(args[0]) * (4 + gates.key_words(args[1]))
+    if name == "generate_onehot":  # mask share and one-hot share of a 2^k-entry table
+        return n(args[0]) * (1 + (1 << args[1]))
     return 2 * n(args[0])
 
 
@@ -173,6 +177,10 @@ class ShapeOnly:
         self.requests.append(request_key("generate_sign", (size, lane), {}))
         return gates.junk_sign(self.gen, size, lane)
 
+    def generate_onehot(self, size, k, device=None):
+        self.requests.append(request_key("generate_onehot", (size, k), {}))
+        return gates.junk_onehot(self.gen, size, k)
+
 
 class Replay:
     """Serves the tuples dealt offline, in plan order; any deviation is an error."""
@@ -213,6 +221,9 @@ class Replay:
 
     def generate_sign(self, size, lane, device=None):
         return self._take("generate_sign", (size, lane), {})
+
+    def generate_onehot(self, size, k, device=None):
+        return self._take("generate_onehot", (size, k), {})
 
 
 # -- the offline phase -------------------------------------------------------------------------
@@ -307,6 +318,8 @@ def answer_shape(fn: str, args: list, kw: dict) -> list:
         return list(torch.broadcast_shapes(tuple(args[0]), tuple(args[1])))
     if fn == "sign":  # party 0's correction words and m share, one row per gate
         return [math.prod(args[0]), gates.answer_width(args[1])]
+    if fn == "onehot":  # party 0's one-hot share, one row per lookup
+        return [math.prod(args[0]), 1 << args[1]]
     return list(args[0])
 
 
@@ -318,16 +331,16 @@ def _check_request(r) -> int:
     if len(r) != 3:
         raise ValueError("a request is [function, args, kwargs]")
     fn, args, kw = r
-    if fn not in TTP_FUNCTIONS and fn != "sign":
+    if fn not in TTP_FUNCTIONS and fn not in ("sign", "onehot"):
         raise ValueError(f"unknown tuple function {str(fn)[:40]!r}")
     wire.is_list(args, 8, "args")
     if type(kw) is not dict:
         raise TypeError(f"kwargs must be an object, got {type(kw).__name__}")
     n_sizes = {"additive": 2, "binary": 2}.get(fn, 1)
-    if fn == "sign":  # [shape, lane bits]
+    if fn in ("sign", "onehot"):  # [shape, lane bits] / [shape, table bits]
         if len(args) != 2:
-            raise ValueError("sign takes a shape and a lane width")
-        wire.is_int(args[1], 2, 64, "a lane width")
+            raise ValueError(f"{fn} takes a shape and a bit width")
+        wire.is_int(args[1], *((2, 64) if fn == "sign" else (1, gates.MAX_TABLE_BITS)), "a bit width")
     elif len(args) < n_sizes or (fn != "additive" and len(args) != n_sizes):
         raise ValueError(f"{fn} takes {n_sizes} shape(s)")
     for a in args[:n_sizes]:
@@ -491,6 +504,7 @@ def serve(fault=None) -> dict:
             self._setup_generators()
 
         sign = gates.dealer_sign  # FSS comparison keys
+        onehot = gates.dealer_onehot  # table lookups
 
     c = comm.get()
     d = Dealer()

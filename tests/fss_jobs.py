@@ -1,6 +1,7 @@
 """Party jobs for tests/test_fss.py: the one-round FSS sign gate under real 2-party runs."""
 from __future__ import annotations
 
+import contextlib
 import random
 
 import numpy as np
@@ -15,12 +16,16 @@ class SignJob:
     of each case, what it saw opened (y^) and the first key it used (root seed and mask share).
     The torch/numpy/random global generators are reseeded to 0 first: keys must not follow them."""
 
-    def __init__(self, values, cases, preprocess: bool = False, dealer: str = "local"):
+    def __init__(self, values, cases, preprocess: bool = False, dealer: str = "local", lookup=None):
         self.values = np.asarray(values, dtype=np.int64)
         self.cases, self.preprocess, self.dealer = list(cases), preprocess, dealer
+        self.lookup = lookup  # (k, indices [G, n], tables [G, 2^k]): also one lookup call
 
-    def _run(self, x, gates):
-        return [gates.ltz(x, lane, drop) for lane, drop in self.cases]
+    def _run(self, x, d, gates):
+        out = [gates.ltz(x, lane, drop) for lane, drop in self.cases]
+        if d is not None:
+            out.append(gates.lookup(d, self.lookup[0], self.lookup[2]))
+        return out
 
     def __call__(self, rank, world_size):
         from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
@@ -35,6 +40,11 @@ class SignJob:
         v = torch.from_numpy(self.values)
         a = ArithmeticSharedTensor(v if rank == 0 else None, size=v.shape, precision=0, src=0)
         x = MPCTensor.from_shares(a.share, precision=0)
+        d = None
+        if self.lookup is not None:
+            idx = torch.from_numpy(np.asarray(self.lookup[1], dtype=np.int64))
+            d = MPCTensor.from_shares(ArithmeticSharedTensor(idx if rank == 0 else None, size=idx.shape,
+                                                             precision=0, src=0).share, precision=0)
         seen, keys = [], []
         evaluate = gates.evaluate
 
@@ -48,7 +58,9 @@ class SignJob:
         if self.preprocess:
             rec = D.ShapeOnly()
             with solo_dry_run(), use_provider(rec):
-                self._run(MPCTensor.from_shares(torch.zeros_like(a.share), precision=0), gates)
+                self._run(MPCTensor.from_shares(torch.zeros_like(a.share), precision=0),
+                          None if d is None else MPCTensor.from_shares(torch.zeros_like(d._tensor.share), precision=0),
+                          gates)
             plan = D.Plan(rec.requests, {"all": 0})
             provider = D.Replay(plan, D.deal(plan, 0, len(plan.requests), self.dealer))
             if self.dealer == "ttp" and rank == 0:
@@ -65,8 +77,12 @@ class SignJob:
                 y = gates.ltz(x, lane, drop)
             rounds.append(comm.get().get_communication_stats()["rounds"] - r0)
             outs.append(y._tensor.reveal().numpy())
+        looked = None
+        if d is not None:
+            with use_provider(provider) if provider is not None else contextlib.nullcontext():
+                looked = gates.lookup(d, self.lookup[0], self.lookup[2])._tensor.reveal().numpy()
         gates.evaluate = evaluate
-        return {"share": a.share.numpy(), "out": outs, "rounds": rounds, "seen": seen, "keys": keys}
+        return {"lookup": looked, "share": a.share.numpy(), "out": outs, "rounds": rounds, "seen": seen, "keys": keys}
 
 
 class OpsCompareJob:

@@ -122,12 +122,17 @@ def _check(res):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dealer,preprocess", [("local", False), ("local", True), ("ttp", False), ("ttp", True)])
-def test_sign_gate_in_each_dealer_mode(dealer, preprocess):
+def test_sign_gate_and_table_lookup_in_each_dealer_mode(dealer, preprocess):
     rng = np.random.default_rng(secrets.randbits(64))
     n = N if (dealer, preprocess) == ("local", False) else 20_000
-    res = run_local(fss_jobs.SignJob(_values(rng, n), CASES, preprocess, dealer), dealer=dealer,
-                    timeout_s=120, deadline_s=400)
+    k = 8
+    idx = rng.integers(0, 1 << k, (3, 5000))
+    idx[:, :4] = [0, 1, (1 << k) - 1, 1 << (k - 1)]
+    tables = rng.integers(-2 ** 62, 2 ** 62, (3, 1 << k))
+    res = run_local(fss_jobs.SignJob(_values(rng, n), CASES, preprocess, dealer, lookup=(k, idx, tables)),
+                    dealer=dealer, timeout_s=120, deadline_s=400)
     _check(res)
+    assert (res[0]["lookup"] == np.take_along_axis(tables, idx, 1)).all()
     # ONE online round per comparison; a live ttp key costs party 0 its dealer exchange on top
     assert res[1]["rounds"] == [1] * len(CASES)
     if dealer == "local" or preprocess:

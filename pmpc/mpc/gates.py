@@ -190,13 +190,88 @@ def junk_sign(gen, size, lane) -> SignKey:
     return SignKey(lane, r, m, seed, _words(gen, n * key_words(lane)).reshape(n, key_words(lane)))
 
 
+# -- table lookups: dealer one-hot vectors ---------------------------------------------------------
+MAX_TABLE_BITS = 12
+
+
+@dataclasses.dataclass
+class OneHot:
+    """One party's material for N lookups in 2^k-entry tables: its share ``r`` of the index mask
+    (k bits) and its share ``e`` [N, 2^k] of the one-hot vector e_r (uint64)."""
+    k: int
+    r: np.ndarray
+    e: np.ndarray
+
+    def nbytes(self) -> int:
+        return 8 * self.r.size + 8 * self.e.size
+
+
+def draw_onehot(gen, n: int, k: int, party: int) -> tuple:
+    """A party's draws from the stream it shares with the dealer: its mask share, and (party 1)
+    its one-hot share."""
+    r = _words(gen, n, k)
+    e = _words(gen, n << k).reshape(n, 1 << k) if party == 1 else None
+    return r, e
+
+
+def deal_onehot(k: int, r0, r1, e1) -> np.ndarray:
+    """Party 0's one-hot share e_r - e1, r = r0 + r1 mod 2^k."""
+    return fss.onehot_gen(k, (r0 + r1) & _mask(k), e1)[0]
+
+
+def tfp_generate_onehot(self, size, k, device=None):
+    """``local`` mode: party 0 deals; party 1's shares come from the stream the parties share
+    (nothing is sent)."""
+    from pmpc.crypten_compat import comm, crypten
+
+    n = _n(size)
+    rank = comm.get().get_rank()
+    r1, e1 = draw_onehot(crypten.generators["next" if rank == 0 else "prev"][torch.device("cpu")], n, k, 1)
+    if rank == 1:
+        return OneHot(k, r1, e1)
+    r0, _ = draw_onehot(crypten.generators["local"][torch.device("cpu")], n, k, 0)
+    return OneHot(k, r0, deal_onehot(k, r0, r1, e1))
+
+
+def ttp_generate_onehot(self, size, k, device=None):
+    """``ttp`` mode: party 0 gets its one-hot share from the dealer."""
+    from crypten.mpc.provider.ttp_provider import TTPClient
+
+    from pmpc.crypten_compat import comm
+
+    n = _n(size)
+    rank = comm.get().get_rank()
+    client = TTPClient.get()
+    r, e = draw_onehot(client.get_generator(device="cpu"), n, k, rank)
+    if rank == 1:
+        return OneHot(k, r, e)
+    ans = client.ttp_request("onehot", device, list(size), k)
+    return OneHot(k, r, ans.reshape(n, 1 << k).numpy().view(np.uint64).copy())
+
+
+def dealer_onehot(self, size, k):
+    """The dealer's answer to a ``onehot`` request: party 0's share [N, 2^k] (int64)."""
+    n = _n(size)
+    r0, _ = draw_onehot(self.generators[0], n, k, 0)
+    r1, e1 = draw_onehot(self.generators[1], n, k, 1)
+    return torch.from_numpy(deal_onehot(k, r0, r1, e1).view(np.int64))
+
+
+def junk_onehot(gen, size, k) -> OneHot:
+    n = _n(size)
+    r, e = draw_onehot(gen, n, k, 1)
+    return OneHot(k, r, e)
+
+
 def install() -> None:
-    """Give CrypTen's two providers the ``generate_sign`` request (idempotent)."""
+    """Give CrypTen's two providers the FSS requests (idempotent)."""
     from crypten.mpc.provider.tfp_provider import TrustedFirstParty
     from crypten.mpc.provider.ttp_provider import TrustedThirdParty
 
     TrustedFirstParty.generate_sign = tfp_generate_sign
     TrustedThirdParty.generate_sign = ttp_generate_sign
+    TrustedFirstParty.generate_onehot = tfp_generate_onehot
+    TrustedThirdParty.generate_onehot = ttp_generate_onehot
 
 
 def complete_keys(material: list) -> None:
@@ -299,6 +374,34 @@ def ltz(x, lane: int, drop: int):
     PRIMITIVES.add(f"comparisons.{lane}", n)
     PRIMITIVES.add(f"dcf.{lane - 1}", n)
     PRIMITIVES.add("key_bytes", key.nbytes())
+    res = MPCTensor.from_shares(torch.from_numpy(out.view(np.int64)).reshape(shape), precision=0)
+    res.encoder._scale = 1
+    return res
+
+
+def lookup(x, k: int, tables: np.ndarray):
+    """Row g of the secret ring integers ``x`` ([G, ...], each in [0, 2^k)) looked up in the
+    public table ``tables[g]`` (int64 ring words, [G, 2^k]): ring-integer shares of T_g[x].
+    ONE online round: the parties open x + r mod 2^k (k bits each, packed) and take the inner
+    product of their one-hot share with the table rotated by the opened value."""
+    from pmpc.cost import PRIMITIVES
+    from pmpc.crypten_compat import MPCTensor, comm, crypten
+
+    assert 1 <= k <= MAX_TABLE_BITS
+    c = comm.get()
+    share = x._tensor.share
+    shape = share.shape
+    n = share.numel()
+    mat = crypten.mpc.get_default_provider().generate_onehot(tuple(shape), k)
+    mask = _mask(k)
+    mine = ((share.reshape(-1).numpy().view(np.uint64) & mask) + mat.r) & mask
+    xhat = unpack(c.all_reduce(torch.from_numpy(pack(mine, k).view(np.int64))).numpy().view(np.uint64), mine, k)
+    tables = np.asarray(tables, dtype=np.int64).reshape(shape[0], 1 << k)
+    per = n // shape[0]
+    out = np.concatenate([fss.rotate_lookup(mat.e[g * per:(g + 1) * per], xhat[g * per:(g + 1) * per], tables[g])
+                          for g in range(shape[0])])
+    PRIMITIVES.add(f"lookups.{k}", n)
+    PRIMITIVES.add("key_bytes", mat.nbytes())
     res = MPCTensor.from_shares(torch.from_numpy(out.view(np.int64)).reshape(shape), precision=0)
     res.encoder._scale = 1
     return res
