@@ -117,6 +117,12 @@ def _truncation_mode() -> str:
     return truncation_mode()
 
 
+def _comparison_mode() -> str:
+    from pmpc.mpc.gates import comparison_mode
+
+    return comparison_mode()
+
+
 @dataclasses.dataclass
 class BenchConfig:
     models: list
@@ -132,9 +138,10 @@ class BenchConfig:
     timeout_s: float = 600.0
     data: str = ""
     truncation: str = dataclasses.field(default_factory=_truncation_mode)  # $PMPC_TRUNCATION
+    comparison: str = dataclasses.field(default_factory=_comparison_mode)  # $PMPC_COMPARISON
 
     # what must match for a resumed run to compare rows fairly
-    KEY = ("tokens", "windows", "offset", "weights", "dealer", "seed", "threads", "truncation")
+    KEY = ("tokens", "windows", "offset", "weights", "dealer", "seed", "threads", "truncation", "comparison")
 
     def validate(self) -> None:
         import protocols as P
@@ -352,7 +359,8 @@ def markdown(data: dict) -> str:
         "# pmpc bench", "",
         f"{cfg['windows']} WikiText-2 window(s) x {cfg['tokens']} tokens per model, the same for every protocol; "
         f"prefill, weights {cfg['weights']}, dealer {cfg['dealer']}, {cfg['threads']} thread(s) per party, loopback, "
-        f"{cfg.get('truncation', 'local')} truncation.",
+        f"{cfg.get('truncation', 'local')} truncation, {cfg.get('comparison', 'bitwise')} comparisons "
+        "(auto: one-round DCF gates for calls of at most 8192 elements, adder circuits above).",
         "Links: " + ", ".join(f"{n} = {l['bandwidth_bps'] / 1e6:g} Mbit/s, RTT {l['rtt_s'] * 1e3:g} ms"
                               for n, l in data["links"].items())
         + "; modelled time = slower party's wall time + rounds x RTT + bytes sent x 8 / bandwidth.",
@@ -409,13 +417,14 @@ def budget_tables(model: str, rows: list) -> list[str]:
         for r in rows) + " |")
     kinds = sorted({k for r in rows for k in r.get("primitives", {})})
     if kinds:
-        out += ["", f"## {model}: primitives of the whole prefill (client; elements, tuple bytes in MB)", "",
+        out += ["", f"## {model}: primitives of the whole prefill (client; elements, tuple and key bytes in MB; "
+                "dcf.<n>: comparisons that ran as n-bit DCF gates, lookups.<k>: k-bit tables)", "",
                 "| primitive | " + " | ".join(r["protocol"] for r in rows) + " |", "|---" * (1 + len(rows)) + "|"]
         for k in kinds:
             cells = []
             for r in rows:
                 v = r.get("primitives", {}).get(k)
-                cells.append("—" if v is None else (f"{v / 1e6:.1f}" if k == "tuple_bytes" else f"{v:,}"))
+                cells.append("—" if v is None else (f"{v / 1e6:.1f}" if k in ("tuple_bytes", "key_bytes") else f"{v:,}"))
             out.append(f"| {k} | " + " | ".join(cells) + " |")
     return out
 

@@ -61,6 +61,9 @@ class GenConfig:
         if self.weights == "public":
             pub["weights_sha256"] = spec.content_digest()
         pub["truncation"] = truncation_mode()  # exact vs local: different rounds
+        from pmpc.mpc.gates import comparison_mode
+
+        pub["comparison"] = comparison_mode()  # dcf vs bitwise: different messages
         return hashlib.sha256(json.dumps(pub, sort_keys=True, default=str).encode()).digest()
 
     def digest(self, spec: models.ModelSpec) -> str:
