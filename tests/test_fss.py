@@ -203,3 +203,20 @@ def test_packed_opening_recovers_every_lane_sum(lane):
     assert total.size == -(-a.size // (64 // lane))
     for own in (a, b):
         assert (gates.unpack(total, own, lane) == ((a + b) & m)).all()
+
+
+def test_the_dealer_checks_fss_requests_before_allocating():
+    """A sign or one-hot request names a shape and a bit width; the dealer refuses widths out of
+    range and answers beyond its allocation bound before drawing anything."""
+    import pmpc.crypten_compat  # noqa: F401  (crypten behind its shims)
+    from pmpc import dealer as D
+
+    ok = {"op": "tuple", "function": "sign", "args": [[4, 5], 32], "kwargs": {}}
+    D._check_message(ok)
+    assert D.answer_shape("sign", [[4, 5], 32], {}) == [20, gates.answer_width(32)]
+    assert D.answer_shape("onehot", [[3, 7], 8], {}) == [21, 256]
+    for bad in ({"function": "sign", "args": [[4], 65]}, {"function": "sign", "args": [[4], 1]},
+                {"function": "sign", "args": [[4]]}, {"function": "onehot", "args": [[4], 13]},
+                {"function": "onehot", "args": [[1 << 20], 12]}, {"function": "sign", "args": [[1 << 24], 64]}):
+        with pytest.raises((ValueError, TypeError)):
+            D._check_message({"op": "tuple", "kwargs": {}, **bad})
