@@ -6,9 +6,9 @@ Its goal is an error at fixed-point resolution over the WHOLE input range, at th
 bit-level protocols. This module keeps that structure on CrypTen's building blocks:
 
 * exp(x), x <= 0: one A2B conversion gives the bits of y = -x (31: 16 fraction, 15 integer);
-  they form four digits of 8, 8, 8 and 7 bits (local sums), and SIRNN's digit lookup tables
-  give e^(-digit 2^(position - 16)) for each, all four in ONE lookup round; the four factors
-  multiply in a two-level tree. Error: a few 2^-16, for every y < 2^15.
+  they form eight 4-bit digits (local sums), and SIRNN's digit lookup tables give
+  e^(-digit 2^(position - 16)) for each, all eight in ONE lookup round; the factors multiply in
+  a three-level tree. Error: a few 2^-16, for every y < 2^15.
 * reciprocal, rsqrt: normalise by the most significant bit (one batched comparison, exact powers of
   two), linear start on [1, 2) resp. [1, 4), three Newton steps (the reciprocal's in Goldschmidt's
   form: the same iterates, one product round a step): relative error ~ 2^-16.
@@ -43,8 +43,12 @@ AS_P = 0.3275911
 AS_A = [0.0, 0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429]
 
 INT_BITS = 15  # y = -x < 2^15
-EXP_DIGITS = ((0, 8), (8, 16), (16, 24), (24, 31))  # bit ranges of y's encoding, one table each
-EXP_TABLE_BITS = 8
+# SIRNN's digit tables: 4-bit digits of y's encoding (bit ranges), one 16-entry table each. Wider
+# digits would mean fewer factors but 2^k dealt words per element and table: 8-bit digits cost
+# 1024 words per exp (4 x 256; 460 MB a party for one SmolLM2 prefill layer's SiLU), 4-bit 128
+# for one more product level.
+EXP_TABLE_BITS = 4
+EXP_DIGITS = tuple((lo, min(lo + EXP_TABLE_BITS, 31)) for lo in range(0, 31, EXP_TABLE_BITS))
 
 
 def product(xs: list, ops: Ops):
@@ -92,17 +96,17 @@ class Exact(Protocol):
     summary = "SIRNN-like precise baseline: bit-decomposed exp, msb-normalised Newton reciprocal/rsqrt"
     source = "SIRNN (Rathee et al., S&P'21) structure; mpc-msri/EzPC SCI/src/Math/math-functions.cpp"
     specs = {
-        "exp": FnSpec((-2.0 ** 14, 0.0), max_abs_err=2e-4, comparisons=1, multiplications=3,
-                      method="A2B bits of -x; four 8-bit digit lookup tables (one round); product tree"),
+        "exp": FnSpec((-2.0 ** 14, 0.0), max_abs_err=2e-4, comparisons=1, multiplications=7,
+                      method="A2B bits of -x; eight 4-bit digit lookup tables (one round); product tree"),
         "reciprocal": FnSpec((2.0 ** -12, 2.0 ** 14), max_rel_err=2e-3, comparisons=25, multiplications=9,
                              method="msb normalisation to [1,2), linear start, 3 Newton steps (Goldschmidt form)"),
         "rsqrt": FnSpec((2.0 ** -12, 2.0 ** 30), max_rel_err=2e-3, comparisons=41, multiplications=9,
                         method="msb normalisation to [1,2), linear start, 2 Newton steps"),
-        "silu": FnSpec((-60.0, 60.0), max_abs_err=5e-3, comparisons=3, multiplications=15,
+        "silu": FnSpec((-60.0, 60.0), max_abs_err=5e-3, comparisons=3, multiplications=19,
                        method="x / (1 + e^-|x|), mirrored"),
-        "gelu": FnSpec((-60.0, 60.0), max_abs_err=5e-3, comparisons=8, multiplications=21,
+        "gelu": FnSpec((-60.0, 60.0), max_abs_err=5e-3, comparisons=8, multiplications=25,
                        method="x Phi(x), Phi from erfc (A&S 7.1.26) on precise exp/reciprocal"),
-        "gelu_tanh": FnSpec((-30.0, 30.0), max_abs_err=5e-3, comparisons=3, multiplications=17,
+        "gelu_tanh": FnSpec((-30.0, 30.0), max_abs_err=5e-3, comparisons=3, multiplications=21,
                             method="x sigmoid(2u), u = sqrt(2/pi)(x + 0.044715 x^3)"),
     }
 
@@ -117,7 +121,7 @@ class Exact(Protocol):
         digits = ops.stack([sum(b[lo + j] * (2 ** j) for j in range(hi - lo)) for lo, hi in EXP_DIGITS])
         tables = [[math.exp(-d * 2.0 ** (lo - fb)) * (math.exp(bias) if lo == 0 else 1.0)
                    for d in range(2 ** EXP_TABLE_BITS)] for lo, _ in EXP_DIGITS]
-        f = ops.lookup(digits, EXP_TABLE_BITS, tables)  # e^(-digit weight), one round for all four
+        f = ops.lookup(digits, EXP_TABLE_BITS, tables)  # e^(-digit weight), one round for all
         return product([f[i] for i in range(len(EXP_DIGITS))], ops)
 
     # the reciprocal's domain ends at 2^14: its bin comparisons read a 32-bit lane

@@ -158,27 +158,31 @@ def dcf_gen(n: int, alpha, beta, s0: np.ndarray, s1: np.ndarray) -> tuple[Key, K
     cw_s = np.empty((N, n, 2), dtype=np.uint64)
     cw_v = np.empty((N, n), dtype=np.uint64)
     cw_t = np.empty((N, n, 2), dtype=np.uint8)
+    rows = np.arange(N)
     for i in range(n):
         a = _bit(alpha, n, i)  # 1: alpha goes right, so the LEFT subtree is below alpha ("lose" = L)
-        e = [_expand(s[0]), _expand(s[1])]
-        sL, tL, sR, tR, vL, vR = zip(*e)
-        s_lose = [_pick(a, sR[b], sL[b]) for b in (0, 1)]
-        s_keep = [_pick(a, sL[b], sR[b]) for b in (0, 1)]
-        v_lose = [_pick(a, vR[b], vL[b]) for b in (0, 1)]
-        v_keep = [_pick(a, vL[b], vR[b]) for b in (0, 1)]
-        t_keep = [_pick(a, tL[b], tR[b]) for b in (0, 1)]
-        scw = s_lose[0] ^ s_lose[1]
+        keep, lose = a.astype(np.intp), (_ONE - a).astype(np.intp)  # block 0 = L, 1 = R
+        y = _prg(np.concatenate(s))                    # both parties' seeds in one AES call
+        y = (y[:N], y[N:])
+        tb = [yb[:, :2, 0] & _ONE for yb in y]         # control bits of the L and R children
+        s_keep = [yb[rows, keep] for yb in y]          # fancy indexing: copies
+        scw = y[0][rows, lose] ^ y[1][rows, lose]
+        scw[:, 0] &= ~_ONE
+        v_keep = [yb[rows, 2, keep] for yb in y]
+        v_lose = [yb[rows, 2, lose] for yb in y]
         vcw = _neg_if(t[1], v_lose[1] - v_lose[0] - va)
         vcw = vcw + a * _neg_if(t[1], beta)  # leaving alpha's path to the left: x < alpha
         va = va - v_keep[1] + v_keep[0] + _neg_if(t[1], vcw)
-        tlc = tL[0] ^ tL[1] ^ a ^ _ONE
-        trc = tR[0] ^ tR[1] ^ a
-        tkc = _pick(a, tlc, trc)
+        tlc = tb[0][:, 0] ^ tb[1][:, 0] ^ a ^ _ONE
+        trc = tb[0][:, 1] ^ tb[1][:, 1] ^ a
+        tkc = np.where(a.astype(bool), trc, tlc)
         cw_s[:, i], cw_v[:, i] = scw, vcw
         cw_t[:, i, 0], cw_t[:, i, 1] = tlc, trc
         for b in (0, 1):
-            s[b] = s_keep[b] ^ (scw * t[b][:, None])
-            t[b] = t_keep[b] ^ (t[b] & tkc)
+            sk = s_keep[b]
+            sk[:, 0] &= ~_ONE
+            s[b] = sk ^ (scw * t[b][:, None])
+            t[b] = tb[b][rows, keep] ^ (t[b] & tkc)
     out = _neg_if(t[1], _conv(s[1]) - _conv(s[0]) - va)
     return tuple(Key(n, _u64(sd).reshape(N, 2), cw_s, cw_v, cw_t, out) for sd in (s0, s1))
 
