@@ -1,4 +1,5 @@
-"""FSS gates on CrypTen shares: the one-online-round sign (comparison), dealt like Beaver tuples.
+"""FSS gates on CrypTen shares, dealt like Beaver tuples: the one-online-round sign (comparison)
+and the one-round table lookup.
 
 The sign of an L-bit value y (two's complement, L = 64: the whole ring; L = 8/16/32: a lane of
 the encoding, as :func:`pmpc.crypten_compat.lane_ltz` reads it) from a DCF (:mod:`pmpc.mpc.fss`):
@@ -32,6 +33,13 @@ Measured on loopback (results/fss), the DCF call costs more wall time than the s
 rounds it saves from a few thousand elements up; on a LAN/WAN link a round costs 0.5-40 ms and
 the break-even moves up accordingly. Decode-step comparisons are below the bound, large prefill
 tensors above it. Both paths compute the same bits (the emulation needs no change).
+
+Table lookups (:func:`lookup`, SIRNN's digit tables): for a secret k-bit index d (k <= 12) the
+dealer shares r and the one-hot vector e_r (2^k ring words a lookup); the parties open
+d + r mod 2^k and T[d] = sum_j e_r[j] T[(d^ - j) mod 2^k] is local. In ``local`` mode party 1's
+one-hot share comes from the stream the parties share (nothing is sent); in ``ttp`` mode party 0
+receives its share from the dealer. A DPF (:func:`pmpc.mpc.fss.dpf_gen`) would shrink that to
+~k 18 bytes at 2^k PRG leaves of local work per lookup; the one-hot costs no AES at all.
 """
 from __future__ import annotations
 
