@@ -27,12 +27,12 @@ Which comparison runs (``PMPC_COMPARISON``, read at every call; both parties dec
 from public shapes): ``auto`` (default) — this gate for tensors of at most ``DCF_MAX_ELEMENTS``
 elements, the packed bitwise adder circuit (:func:`pmpc.crypten_compat.lane_ltz`, ~7 rounds for
 32 bits, 8 for the ring, no keys) above; ``dcf`` or ``bitwise`` — always one. Why the size: the
-gate trades rounds for local work (key generation ~3x evaluation, L-1 AES tree levels per
-element) and key bytes; a bitwise comparison's rounds cost the same for 10 elements or 10^6.
-Measured on loopback (results/fss), the DCF call costs more wall time than the six or seven
-rounds it saves from a few thousand elements up; on a LAN/WAN link a round costs 0.5-40 ms and
-the break-even moves up accordingly. Decode-step comparisons are below the bound, large prefill
-tensors above it. Both paths compute the same bits (the emulation needs no change).
+gate trades rounds for local work (L-1 AES tree levels per element: ~2.5 us to evaluate a
+32-bit comparison here, ~7.5 us with its key generation, which party 0 does in ``local`` mode)
+and key bytes, while a bitwise call's six or seven rounds (~3 ms each all-in on loopback, more on
+a real link) cost the same for 10 elements or 10^6: the break-even is a few thousand elements
+per call (results/fss). Decode-step comparisons are below the bound, large prefill tensors
+above it. Both paths compute the same bits (the emulation needs no change).
 
 Table lookups (:func:`lookup`, SIRNN's digit tables): for a secret k-bit index d (k <= 12) the
 dealer shares r and the one-hot vector e_r (2^k ring words a lookup); the parties open
