@@ -220,3 +220,18 @@ def test_the_dealer_checks_fss_requests_before_allocating():
                 {"function": "onehot", "args": [[1 << 20], 12]}, {"function": "sign", "args": [[1 << 24], 64]}):
         with pytest.raises((ValueError, TypeError)):
             D._check_message({"op": "tuple", "kwargs": {}, **bad})
+
+
+@pytest.mark.parametrize("lane", [8, 32, 64])
+def test_the_correction_words_party_1_receives_are_uniform_words(lane):
+    """Party 1 receives the keys' correction words from party 0: every word, every bit of it,
+    is uniform (the control-bit words' unused bits and the seed corrections' lowest bit carry
+    OS-random filler), so what travels cannot be told from noise by a per-bit test."""
+    rng = np.random.default_rng(secrets.randbits(64))
+    n = 20_000
+    words, _ = gates.deal(lane, seeds(n), rand_bits(rng, n, lane), seeds(n), rand_bits(rng, n, lane),
+                          rand_bits(rng, n, 64))
+    z_max = stats.norm.isf(ALPHA / (2 * 64 * words.shape[1]))
+    bits = np.stack([(words >> np.uint64(b)) & np.uint64(1) for b in range(64)]).sum(axis=1)  # [64, W]
+    z = np.abs(bits - n / 2) / np.sqrt(n / 4)
+    assert z.max() < z_max, np.unravel_index(z.argmax(), z.shape)

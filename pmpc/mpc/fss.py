@@ -30,6 +30,7 @@ Everything here is plain numpy on uint64 (arithmetic modulo 2^64); nothing talks
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -184,6 +185,9 @@ def dcf_gen(n: int, alpha, beta, s0: np.ndarray, s1: np.ndarray) -> tuple[Key, K
             s[b] = sk ^ (scw * t[b][:, None])
             t[b] = tb[b][rows, keep] ^ (t[b] & tkc)
     out = _neg_if(t[1], _conv(s[1]) - _conv(s[0]) - va)
+    # the seed corrections' lowest bit is always 0 (it held a control bit): OS-random filler
+    # makes every correction word uniform on the wire; the evaluation ignores that bit
+    cw_s[:, :, 0] |= np.frombuffer(os.urandom(8 * N * n), dtype=np.uint64).reshape(N, n) & _ONE
     return tuple(Key(n, _u64(sd).reshape(N, 2), cw_s, cw_v, cw_t, out) for sd in (s0, s1))
 
 
@@ -201,7 +205,9 @@ def dcf_eval(b: int, key: Key, x) -> np.ndarray:
         v += y[rows, 2, xi] + t * key.cw_v[:, i]          # its value word, corrected
         tn = (ch[:, 0] & _ONE) ^ (t & key.cw_t[rows, i, xi])
         ch[:, 0] &= ~_ONE
-        ch ^= key.cw_s[:, i] * t[:, None]
+        cs = key.cw_s[:, i] * t[:, None]
+        cs[:, 0] &= ~_ONE                                 # the correction's filler bit
+        ch ^= cs
         s, t = ch, tn
     v = v + _conv(s) + t * key.cw_out
     return np.uint64(0) - v if b else v

@@ -105,6 +105,11 @@ def _mask(lane: int) -> np.uint64:
     return np.uint64((1 << lane) - 1) if lane < 64 else np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
+def _os_words(n: int, bits: int = 64) -> np.ndarray:
+    """n words from the OS for filler (padding that carries no secret)."""
+    return np.frombuffer(os.urandom(8 * n), dtype=np.uint64).copy() & _mask(bits)
+
+
 def _words(gen, n: int, bits: int = 64) -> np.ndarray:
     """n uniform ``bits``-bit words from a :class:`pmpc.prg.PRG` (the one way pmpc draws)."""
     from pmpc.crypten_compat import ring_random
@@ -129,7 +134,12 @@ def deal(lane: int, seed0, r0, seed1, r1, m1) -> tuple[np.ndarray, np.ndarray]:
     m = (r >> np.uint64(lane - 1)) & np.uint64(1)
     low = r & _mask(lane - 1)
     k0, _ = fss.dcf_gen(lane - 1, low, np.uint64(1) - np.uint64(2) * m, seed0, seed1)
-    return k0.cw_words(), m - m1
+    words = k0.cw_words()
+    # the two control-bit words use L-1 bits: the rest get OS-random filler, so every word on
+    # the wire is uniform (the evaluation reads bits below L-1 only)
+    if lane - 1 < 64:
+        words[:, -3:-1] |= _os_words(words.shape[0] * 2).reshape(-1, 2) & ~_mask(lane - 1)
+    return words, m - m1
 
 
 def evaluate(party: int, key: SignKey, yhat: np.ndarray) -> np.ndarray:
@@ -311,12 +321,14 @@ def complete_keys(material: list) -> None:
 
 # -- the opening: lanes packed into ring words ----------------------------------------------------
 def pack(v: np.ndarray, lane: int) -> np.ndarray:
-    """``lane``-bit values, 64 // lane to a word (lane <= 32), so the opening costs the lane's bits."""
+    """``lane``-bit values, 64 // lane to a word (lane <= 32), so the opening costs the lane's bits.
+    A short last word is padded with this party's own OS-random fields (equal padding at both
+    parties would open as a visible pattern)."""
     per = 64 // lane
     if per == 1:
         return v.copy()
     pad = (-v.size) % per
-    v = np.concatenate([v, np.zeros(pad, dtype=np.uint64)]).reshape(-1, per)
+    v = np.concatenate([v, _os_words(pad, lane)]).reshape(-1, per)
     w = np.zeros(v.shape[0], dtype=np.uint64)
     for j in range(per):
         w |= v[:, j] << np.uint64(j * lane)
