@@ -375,8 +375,11 @@ def ltz(x, lane: int, drop: int):
     opened = torch.from_numpy(pack(mine, lane).view(np.int64))
     if key.fresh:
         W = key_words(lane)
-        extra = (torch.from_numpy(key.words.reshape(-1).view(np.int64)) if rank == 0
-                 else torch.zeros(n * W, dtype=torch.long))
+        # an all-reduce sums both contributions: party 1 adds a pad R both parties draw from
+        # their shared stream and party 0 sends words - R, so each receives a uniform word
+        # (zeros from party 1 would show on party 0's side of the wire)
+        pad = _words(crypten.generators["next" if rank == 0 else "prev"][torch.device("cpu")], n * W)
+        extra = torch.from_numpy(((key.words.reshape(-1) - pad) if rank == 0 else pad).view(np.int64))
         k = opened.numel()
         flat = c.all_reduce(torch.cat([opened, extra]))  # the opening, the key's words riding along
         # the words are dealing traffic (offline cost: ``key_bytes``), not the gate's online
