@@ -13,7 +13,6 @@ import os
 import pathlib
 import time
 
-import numpy as np
 import torch
 
 
