@@ -1,13 +1,14 @@
 """Dealer modes and the offline/online split of a secure query.
 
 Every secure multiplication, comparison and share conversion consumes correlated randomness
-("tuples": Beaver triples for products, squares, binary AND triples, B2A bits) from a provider.
+("tuples": Beaver triples for products, squares, binary AND triples, B2A bits; FSS comparison
+keys and one-hot table vectors, :mod:`pmpc.mpc.gates`) from a provider.
 Two dealer modes (named in every output):
 
 * ``local`` — CrypTen's trusted-first-party provider (TFP): party 0 (the client) draws every
-  tuple in plaintext and shares it with pseudo-random zero sharings. Fast, and no offline traffic,
-  but the client knows every mask, so it is NOT secure against party 0. Use it to measure the
-  online phase only.
+  tuple in plaintext and shares it with pseudo-random zero sharings. Fast, and no offline traffic
+  but the FSS keys' correction words, but the client knows every mask, so it is NOT secure
+  against party 0. Use it to measure the online phase only.
 * ``ttp`` — a third process or host (rank ``world_size``, the *dealer*) draws the tuples; party 1
   derives its shares from a seed it shares with the dealer and party 0 receives the correction
   terms. Secure against one semi-honest computing party if the dealer colludes with neither.
