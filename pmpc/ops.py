@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from pmpc.accounting import Tracker
@@ -105,6 +106,20 @@ class Ops:
 
     def from_int(self, v, frac_bits: int):  # primitive: read an exact ring integer as v / 2^frac_bits
         raise NotImplementedError
+
+    def lookup(self, d, k: int, tables):  # primitive
+        """``tables[g][d[g]]`` for exact ring-integer indices ``d`` (stacked, [G, ...], each in
+        [0, 2^k)) and G public tables of 2^k reals: fixed-point values (the entries rounded to
+        2^-f, exact thereafter). Under MPC one round for all G (dealer one-hot vectors,
+        :mod:`pmpc.mpc.gates`); SIRNN's lookup tables."""
+        raise NotImplementedError
+
+    def _table_ints(self, tables, k: int):
+        """The tables as ring integers round(T 2^f), [G, 2^k] (float: no rounding emulation)."""
+        t = torch.as_tensor(np.asarray(tables, dtype=np.float64))
+        if t.shape[-1] != 1 << k:
+            raise ValueError(f"a {k}-bit lookup needs tables of {1 << k} entries")
+        return self.fixed(t, self.fxp_bits)
 
     def cat(self, xs, dim=0):  # primitive
         raise NotImplementedError
@@ -451,6 +466,13 @@ class TorchOps(Ops):
     def from_int(self, v, frac_bits):
         return v * 2.0 ** -frac_bits if frac_bits else v
 
+    def lookup(self, d, k, tables):
+        t = self._table_ints(tables, k).to(torch.float64)
+        g = d.shape[0]
+        idx = d.reshape(g, -1).round().long()
+        if bool((idx < 0).any()) or bool((idx >= 1 << k).any()):
+            raise ValueError(f"a {k}-bit lookup index out of range")
+        return (torch.gather(t, 1, idx) * 2.0 ** -self.fxp_bits).reshape(d.shape).to(d.dtype)
 
     def cat(self, xs, dim=0):
         return torch.cat(xs, dim)

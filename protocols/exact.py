@@ -5,10 +5,10 @@ rsqrt by normalising with the most significant non-zero bit then a few Goldschmi
 Its goal is an error at fixed-point resolution over the WHOLE input range, at the price of
 bit-level protocols. This module keeps that structure on CrypTen's building blocks:
 
-* exp(x), x <= 0: one A2B conversion gives the bits of y = -x; the fractional part
-  f = sum b_i 2^(i-16) is local; e^-f by a degree-6 fit on [0, 1) (error 2e-8); each integer bit
-  is a 1-bit "lookup" 1 + b (e^(-2^i) - 1); the factors multiply in a tree. Error: a few 2^-16
-  (relative), for every y < 2^15.
+* exp(x), x <= 0: one A2B conversion gives the bits of y = -x (31: 16 fraction, 15 integer);
+  they form eight 4-bit digits (local sums), and SIRNN's digit lookup tables give
+  e^(-digit 2^(position - 16)) for each, all eight in ONE lookup round; the factors multiply in
+  a three-level tree. Error: a few 2^-16, for every y < 2^15.
 * reciprocal, rsqrt: normalise by the most significant bit (one batched comparison, exact powers of
   two), linear start on [1, 2) resp. [1, 4), three Newton steps (the reciprocal's in Goldschmidt's
   form: the same iterates, one product round a step): relative error ~ 2^-16.
@@ -36,7 +36,6 @@ def _fit(fn, lo, hi, deg, rel=False):
     return [float(v) for v in c]
 
 
-EXP_FRAC = _fit(lambda f: np.exp(-f), 0.0, 1.0, 6)          # e^-f on [0, 1)
 RECIP_INIT = _fit(lambda m: 1 / m, 1.0, 2.0, 1, rel=True)   # 1/m on [1, 2)
 RSQRT_INIT = _fit(lambda m: m ** -0.5, 1.0, 2.0, 1, rel=True)  # m^-1/2 on [1, 2): 2.5% from the start
 # Abramowitz & Stegun 7.1.26: erfc(z) = t (a1 + t (a2 + ...)) e^{-z^2}, t = 1/(1 + p z), |err| < 1.5e-7
@@ -44,6 +43,12 @@ AS_P = 0.3275911
 AS_A = [0.0, 0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429]
 
 INT_BITS = 15  # y = -x < 2^15
+# SIRNN's digit tables: 4-bit digits of y's encoding (bit ranges), one 16-entry table each. Wider
+# digits would mean fewer factors but 2^k dealt words per element and table: 8-bit digits cost
+# 1024 words per exp (4 x 256; 460 MB a party for one SmolLM2 prefill layer's SiLU), 4-bit 128
+# for one more product level.
+EXP_TABLE_BITS = 4
+EXP_DIGITS = tuple((lo, min(lo + EXP_TABLE_BITS, 31)) for lo in range(0, 31, EXP_TABLE_BITS))
 
 
 def product(xs: list, ops: Ops):
@@ -91,17 +96,17 @@ class Exact(Protocol):
     summary = "SIRNN-like precise baseline: bit-decomposed exp, msb-normalised Newton reciprocal/rsqrt"
     source = "SIRNN (Rathee et al., S&P'21) structure; mpc-msri/EzPC SCI/src/Math/math-functions.cpp"
     specs = {
-        "exp": FnSpec((-2.0 ** 14, 0.0), max_abs_err=2e-4, comparisons=1, multiplications=20,
-                      method="A2B bits of -x; e^-frac deg-6 fit; 1-bit lookups for integer bits; product tree"),
-        "reciprocal": FnSpec((2.0 ** -12, 2.0 ** 14), max_rel_err=2e-3, comparisons=30, multiplications=7,
+        "exp": FnSpec((-2.0 ** 14, 0.0), max_abs_err=2e-4, comparisons=1, multiplications=7,
+                      method="A2B bits of -x; eight 4-bit digit lookup tables (one round); product tree"),
+        "reciprocal": FnSpec((2.0 ** -12, 2.0 ** 14), max_rel_err=2e-3, comparisons=25, multiplications=9,
                              method="msb normalisation to [1,2), linear start, 3 Newton steps (Goldschmidt form)"),
         "rsqrt": FnSpec((2.0 ** -12, 2.0 ** 30), max_rel_err=2e-3, comparisons=41, multiplications=9,
                         method="msb normalisation to [1,2), linear start, 2 Newton steps"),
-        "silu": FnSpec((-60.0, 60.0), max_abs_err=5e-3, comparisons=32, multiplications=30,
+        "silu": FnSpec((-60.0, 60.0), max_abs_err=5e-3, comparisons=3, multiplications=19,
                        method="x / (1 + e^-|x|), mirrored"),
-        "gelu": FnSpec((-60.0, 60.0), max_abs_err=5e-3, comparisons=6, multiplications=40,
+        "gelu": FnSpec((-60.0, 60.0), max_abs_err=5e-3, comparisons=8, multiplications=25,
                        method="x Phi(x), Phi from erfc (A&S 7.1.26) on precise exp/reciprocal"),
-        "gelu_tanh": FnSpec((-30.0, 30.0), max_abs_err=5e-3, comparisons=32, multiplications=32,
+        "gelu_tanh": FnSpec((-30.0, 30.0), max_abs_err=5e-3, comparisons=3, multiplications=21,
                             method="x sigmoid(2u), u = sqrt(2/pi)(x + 0.044715 x^3)"),
     }
 
@@ -113,12 +118,11 @@ class Exact(Protocol):
         bias = 4 * 2.0 ** -fb
         y = bias - x
         b = ops.bits(y, list(range(fb + INT_BITS)), lift=False)  # ring-integer bits: weights are free
-        frac = ops.int_combine([(2.0 ** (i - fb), b[i]) for i in range(fb)])
-        factors = [ops.poly(frac, [c * math.exp(bias) for c in EXP_FRAC], bound=4.0)]
-        for i in range(INT_BITS):
-            v = math.exp(-(2.0 ** i))
-            factors.append(ops.int_combine([(v - 1 if v > 2.0 ** -(fb + 1) else -1.0, b[fb + i])], 1.0))
-        return product(factors, ops)
+        digits = ops.stack([sum(b[lo + j] * (2 ** j) for j in range(hi - lo)) for lo, hi in EXP_DIGITS])
+        tables = [[math.exp(-d * 2.0 ** (lo - fb)) * (math.exp(bias) if lo == 0 else 1.0)
+                   for d in range(2 ** EXP_TABLE_BITS)] for lo, _ in EXP_DIGITS]
+        f = ops.lookup(digits, EXP_TABLE_BITS, tables)  # e^(-digit weight), one round for all
+        return product([f[i] for i in range(len(EXP_DIGITS))], ops)
 
     # the reciprocal's domain ends at 2^14: its bin comparisons read a 32-bit lane
     def reciprocal(self, x, ops: Ops, lo: int = -12, hi: int = 13):

@@ -82,6 +82,18 @@ def _truncation_mode() -> str:
     return truncation_mode()
 
 
+def _comparison_mode() -> str:
+    from pmpc.mpc.gates import comparison_mode
+
+    return comparison_mode()
+
+
+def _dcf_max() -> int:
+    from pmpc.mpc.gates import DCF_MAX_ELEMENTS
+
+    return DCF_MAX_ELEMENTS
+
+
 @dataclasses.dataclass
 class BenchConfig:
     models: list
@@ -97,9 +109,10 @@ class BenchConfig:
     timeout_s: float = 600.0
     data: str = ""
     truncation: str = dataclasses.field(default_factory=_truncation_mode)  # $PMPC_TRUNCATION
+    comparison: str = dataclasses.field(default_factory=_comparison_mode)  # $PMPC_COMPARISON
 
     # what must match for a resumed run to compare rows fairly
-    KEY = ("tokens", "windows", "offset", "weights", "dealer", "seed", "threads", "truncation")
+    KEY = ("tokens", "windows", "offset", "weights", "dealer", "seed", "threads", "truncation", "comparison")
 
     def validate(self) -> None:
         if not self.models:
@@ -308,7 +321,8 @@ def markdown(data: dict) -> str:
         "# pmpc bench", "",
         f"{cfg['windows']} WikiText-2 window(s) x {cfg['tokens']} tokens per model, the same for every protocol; "
         f"prefill, weights {cfg['weights']}, dealer {cfg['dealer']}, {cfg['threads']} thread(s) per party, loopback, "
-        f"{cfg.get('truncation', 'local')} truncation.",
+        f"{cfg.get('truncation', 'local')} truncation, {cfg.get('comparison', 'bitwise')} comparisons "
+        f"(auto: one-round DCF gates for calls of at most {_dcf_max()} elements, adder circuits above).",
         "Links: " + ", ".join(f"{n} = {l['bandwidth_bps'] / 1e6:g} Mbit/s, RTT {l['rtt_s'] * 1e3:g} ms"
                               for n, l in data["links"].items())
         + "; modelled time = slower party's wall time + rounds x RTT + bytes sent x 8 / bandwidth.",
@@ -359,9 +373,10 @@ def budget_tables(model: str, rows: list) -> list[str]:
     kinds = sorted({k for r in rows for k in r.get("primitives", {})})
     if kinds:
         def cell(k, v):
-            return "—" if v is None else (f"{v / 1e6:.1f}" if k == "tuple_bytes" else f"{v:,}")
+            return "—" if v is None else (f"{v / 1e6:.1f}" if k in ("tuple_bytes", "key_bytes") else f"{v:,}")
 
-        out += ["", f"## {model}: primitives of the whole prefill (client; elements, tuple bytes in MB)", ""]
+        out += ["", f"## {model}: primitives of the whole prefill (client; elements, tuple and key bytes in MB; "
+                "dcf.<n>: comparisons that ran as n-bit DCF gates, lookups.<k>: k-bit tables)", ""]
         out += md.table(["primitive", *(r["protocol"] for r in rows)],
                         [[k, *(cell(k, r.get("primitives", {}).get(k)) for r in rows)] for k in kinds])
     return out

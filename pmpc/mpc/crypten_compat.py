@@ -755,6 +755,16 @@ crypten.mpc.get_default_provider = _get_default_provider
 _count_primitives()
 
 
+def _install_fss() -> None:
+    """The providers' FSS request (:mod:`pmpc.mpc.gates`): one-round comparisons."""
+    from pmpc.mpc import gates
+
+    gates.install()
+
+
+_install_fss()
+
+
 class use_provider:
     """``with use_provider(p): ...`` — every tuple request inside goes to ``p``."""
 

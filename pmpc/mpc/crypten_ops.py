@@ -14,6 +14,7 @@ from crypten.encoder import FixedPointEncoder  # noqa: E402,I001
 from crypten.mpc.primitives import beaver  # noqa: E402
 from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor  # noqa: E402
 
+from pmpc.mpc import gates  # noqa: E402
 from pmpc.ops import ACT_BOUND, BITS_SCALE_FRAC, WEIGHT_EXTRA_BITS, Ops, _check_room, _round_coef
 
 
@@ -47,10 +48,17 @@ class CrypTenOps(Ops):
         return self._lift(self._ltz_ring_int(x))
 
     def _ltz_ring_int(self, x):
-        """CrypTen's comparison (A2B of the whole ring, the sign bit) with the bit opened packed."""
+        """The sign over the whole ring: a dealer-keyed DCF on the opened x + r (one round,
+        :mod:`pmpc.mpc.gates`), or (large tensors, or ``PMPC_COMPARISON=bitwise``: the rule in
+        :mod:`pmpc.mpc.gates`) CrypTen's comparison (A2B of the whole ring, the sign bit) with
+        the bit opened packed."""
+        if gates.use_dcf(x._tensor.share.numel()):
+            return gates.ltz(x, 64, 0)
         return self.bits(x, [63], lift=False)[0]
 
     def _ltz_lane(self, x, lane, drop):
+        if gates.use_dcf(x._tensor.share.numel()):
+            return gates.ltz(x, lane, drop)
         return lane_ltz(x, lane, drop)
 
     def as_int(self, x):
@@ -159,6 +167,9 @@ class CrypTenOps(Ops):
         v = v.clone()
         v._tensor.encoder = FixedPointEncoder(frac_bits)
         return v
+
+    def lookup(self, d, k, tables):
+        return self.from_int(gates.lookup(d, k, self._table_ints(tables, k).numpy()), self.fxp_bits)
 
     def bits(self, x, positions, lift: bool = True, scale: float = 1.0, offset: float = 0.0):
         """Bits ``positions`` of the ring encoding of ``scale * x + offset`` as arithmetic 0/1

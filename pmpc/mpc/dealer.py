@@ -1,13 +1,14 @@
 """Dealer modes and the offline/online split of a secure query.
 
 Every secure multiplication, comparison and share conversion consumes correlated randomness
-("tuples": Beaver triples for products, squares, binary AND triples, B2A bits) from a provider.
+("tuples": Beaver triples for products, squares, binary AND triples, B2A bits; FSS comparison
+keys and one-hot table vectors, :mod:`pmpc.mpc.gates`) from a provider.
 Two dealer modes (named in every output):
 
 * ``local`` — CrypTen's trusted-first-party provider (TFP): party 0 (the client) draws every
-  tuple in plaintext and shares it with pseudo-random zero sharings. Fast, and no offline traffic,
-  but the client knows every mask, so it is NOT secure against party 0. Use it to measure the
-  online phase only.
+  tuple in plaintext and shares it with pseudo-random zero sharings. Fast, and no offline traffic
+  but the FSS keys' correction words, but the client knows every mask, so it is NOT secure
+  against party 0. Use it to measure the online phase only.
 * ``ttp`` — a third process or host (rank ``world_size``, the *dealer*) draws the tuples; party 1
   derives its shares from a seed it shares with the dealer and party 0 receives the correction
   terms. Secure against one semi-honest computing party if the dealer colludes with neither.
@@ -43,7 +44,7 @@ import time
 
 import torch
 
-from pmpc.mpc import wire
+from pmpc.mpc import gates, wire
 from pmpc.mpc.prg import PRG
 from pmpc.mpc.roles import talking_to
 
@@ -57,11 +58,13 @@ TRUST = {
            "semi-honest computing party if the dealer colludes with neither.",
 }
 
-KINDS = ("generate_additive_triple", "square", "generate_binary_triple", "wrap_rng", "B2A_rng")
+KINDS = ("generate_additive_triple", "square", "generate_binary_triple", "wrap_rng", "B2A_rng", "generate_sign", "generate_onehot")
 SHORT = {"generate_additive_triple": "triple", "square": "square", "generate_binary_triple": "and",
-         "wrap_rng": "wrap", "B2A_rng": "b2a"}
+         "wrap_rng": "wrap", "B2A_rng": "b2a", "generate_sign": "sign",
+         "generate_onehot": "onehot"}
 TTP_FN = {"generate_additive_triple": "additive", "square": "square", "generate_binary_triple": "binary",
-          "wrap_rng": "wraps", "B2A_rng": "B2A"}
+          "wrap_rng": "wraps", "B2A_rng": "B2A", "generate_sign": "sign",
+          "generate_onehot": "onehot"}
 
 
 class PlanMismatch(RuntimeError):
@@ -95,6 +98,10 @@ def elements(key) -> int:
         return n(args[0]) + n(args[1]) + n(_out_size(args[2], args[0], args[1], kw))
     if name == "generate_binary_triple":
         return n(args[0]) + n(args[1]) + n(torch.broadcast_shapes(args[0], args[1]))
+    if name == "generate_sign":  # mask and m shares, root seed, correction words (FSS key)
+        return n(args[0]) * (4 + gates.key_words(args[1]))
+    if name == "generate_onehot":  # mask share and one-hot share of a 2^k-entry table
+        return n(args[0]) * (1 + (1 << args[1]))
     return 2 * n(args[0])
 
 
@@ -171,6 +178,14 @@ class ShapeOnly:
         self.requests.append(request_key("B2A_rng", (size,), {}))
         return self._arith(size), self._binary(size)
 
+    def generate_sign(self, size, lane, device=None):
+        self.requests.append(request_key("generate_sign", (size, lane), {}))
+        return gates.junk_sign(self.gen, size, lane)
+
+    def generate_onehot(self, size, k, device=None):
+        self.requests.append(request_key("generate_onehot", (size, k), {}))
+        return gates.junk_onehot(self.gen, size, k)
+
 
 class Replay:
     """Serves the tuples dealt offline, in plan order; any deviation is an error."""
@@ -209,6 +224,12 @@ class Replay:
     def B2A_rng(self, size, device=None):
         return self._take("B2A_rng", (size,), {})
 
+    def generate_sign(self, size, lane, device=None):
+        return self._take("generate_sign", (size, lane), {})
+
+    def generate_onehot(self, size, k, device=None):
+        return self._take("generate_onehot", (size, k), {})
+
 
 # -- the offline phase -------------------------------------------------------------------------
 def _call(provider, key):
@@ -235,9 +256,11 @@ def deal(plan: Plan, lo: int, hi: int, mode: str, chunk_elements: int = 1 << 22)
             j += 1
         keys = plan.requests[i:j]
         if mode == "ttp" and rank == 0:
-            out += _deal_ttp_batch(base, keys)
+            made = _deal_ttp_batch(base, keys)
         else:
-            out += [_call(base, k) for k in keys]
+            made = [_call(base, k) for k in keys]
+        gates.complete_keys(made)  # FSS keys: party 1 gets their correction words now, offline
+        out += made
         comm.get().barrier()
         i = j
     return out
@@ -298,6 +321,10 @@ def answer_shape(fn: str, args: list, kw: dict) -> list:
         return list(_out_size(args[2], tuple(args[0]), tuple(args[1]), tuple(kw.items())))
     if fn == "binary":
         return list(torch.broadcast_shapes(tuple(args[0]), tuple(args[1])))
+    if fn == "sign":  # party 0's correction words and m share, one row per gate
+        return [math.prod(args[0]), gates.answer_width(args[1])]
+    if fn == "onehot":  # party 0's one-hot share, one row per lookup
+        return [math.prod(args[0]), 1 << args[1]]
     return list(args[0])
 
 
@@ -309,13 +336,17 @@ def _check_request(r) -> int:
     if len(r) != 3:
         raise ValueError("a request is [function, args, kwargs]")
     fn, args, kw = r
-    if fn not in TTP_FUNCTIONS:
+    if fn not in TTP_FUNCTIONS and fn not in ("sign", "onehot"):
         raise ValueError(f"unknown tuple function {str(fn)[:40]!r}")
     wire.is_list(args, 8, "args")
     if type(kw) is not dict:
         raise TypeError(f"kwargs must be an object, got {type(kw).__name__}")
     n_sizes = {"additive": 2, "binary": 2}.get(fn, 1)
-    if len(args) < n_sizes or (fn != "additive" and len(args) != n_sizes):
+    if fn in ("sign", "onehot"):  # [shape, lane bits] / [shape, table bits]
+        if len(args) != 2:
+            raise ValueError(f"{fn} takes a shape and a bit width")
+        wire.is_int(args[1], *((2, 64) if fn == "sign" else (1, gates.MAX_TABLE_BITS)), "a bit width")
+    elif len(args) < n_sizes or (fn != "additive" and len(args) != n_sizes):
         raise ValueError(f"{fn} takes {n_sizes} shape(s)")
     for a in args[:n_sizes]:
         wire.is_shape(a, MAX_ELEMENTS)
@@ -473,6 +504,9 @@ def serve(fault=None) -> dict:
             self.comm_group = comm.get().ttp_comm_group
             self.device = "cpu"
             self._setup_generators()
+
+        sign = gates.dealer_sign  # FSS comparison keys
+        onehot = gates.dealer_onehot  # table lookups
 
     c = comm.get()
     d = Dealer()

@@ -83,9 +83,11 @@ class Primitives:
     """Counts of the 2-party primitives a party runs (elements, not calls), by kind:
     ``products`` (Beaver multiplications, matmul outputs included), ``truncations``,
     ``comparisons.<bits>`` (a sign read on a ring slice of that many bits; 64 = the whole ring,
-    CrypTen's A2B), ``b2a_bits``, ``and_words`` (64-bit Beaver ANDs of the adder circuits) and
+    CrypTen's A2B), ``b2a_bits``, ``and_words`` (64-bit Beaver ANDs of the adder circuits),
     ``tuple_bytes`` (the correlated randomness the triples' provider hands this party: 8 bytes
-    a ring word). Filled by :mod:`pmpc.mpc.crypten_compat`'s instrumentation; one instance per
+    a ring word), ``dcf.<n>`` (comparisons that ran as one-round DCF gates on n-bit inputs, of
+    the ``comparisons.<n+1>``; the rest ran as adder circuits), ``lookups.<k>`` (table lookups
+    with k-bit indices) and ``key_bytes`` (this party's FSS key and one-hot material: offline cost). Filled by :mod:`pmpc.mpc.crypten_compat`'s instrumentation; one instance per
     process (a party), reset and read around the span of interest."""
 
     def __init__(self):

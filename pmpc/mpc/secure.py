@@ -37,6 +37,7 @@ from pmpc.errors import UserError
 from pmpc.mpc import cost, wire
 from pmpc.mpc import dealer as D
 from pmpc.mpc import handshake, parties
+from pmpc.mpc.gates import comparison_mode
 from pmpc.mpc.cost import LINKS, table
 from pmpc.mpc.dealer import TRUST as DEALER_TRUST  # noqa: F401  (re-exported: one definition)
 from pmpc.ops import TorchOps
@@ -72,6 +73,7 @@ class GenConfig:
         if self.weights == "public":
             pub["weights_sha256"] = spec.content_digest()
         pub["truncation"] = truncation_mode()  # exact vs local: different rounds
+        pub["comparison"] = comparison_mode()  # dcf vs bitwise: different messages
         return hashlib.sha256(json.dumps(pub, sort_keys=True, default=str).encode()).digest()
 
     def digest(self, spec: models.ModelSpec) -> str:

@@ -1,0 +1,430 @@
+"""FSS gates on CrypTen shares, dealt like Beaver tuples: the one-online-round sign (comparison)
+and the one-round table lookup.
+
+The sign of an L-bit value y (two's complement, L = 64: the whole ring; L = 8/16/32: a lane of
+the encoding, as :func:`pmpc.mpc.crypten_compat.lane_ltz` reads it) from a DCF (:mod:`pmpc.mpc.fss`):
+
+  The dealer draws r uniform over L bits, shared additively modulo 2^L. The parties open
+  y^ = y + r mod 2^L in ONE exchange. With primes for the low L-1 bits and m = MSB(r),
+      MSB(y) = MSB(y^) XOR m XOR [y^' < r']        (the borrow of y^' - r' flips the top bit).
+  The dealer keys a DCF on L-1 bits with alpha = r' and beta = 1 - 2m, so the parties' outputs
+  are shares of (1 - 2m)[y^' < r'], and shares m: their sum z = m XOR [y^' < r'], and with
+  the public p = MSB(y^), MSB(y) = p + (1 - 2p) z, a local step. Result: arithmetic 0/1 shares
+  in Z/2^64 (no B2A), one round, L bits per element each way online (lanes packed in words).
+
+Who deals (the same providers as Beaver tuples, :mod:`pmpc.mpc.dealer`):
+  * ``local`` (CrypTen's TFP): party 0 makes the keys. Party 1's root seed, mask share and m share
+    come from the stream the two parties share (so they cost nothing to send); party 0 knows
+    them, hence every r, hence every opened y: NOT secure against party 0, like its tuples.
+  * ``ttp``: the dealer process. Each party's seed and mask share come from the stream it
+    shares with the dealer; party 0 receives the correction words and its m share in the
+    dealer's reply (raw int64, its shape checked against the request).
+  Either way the correction words (the same in both keys) reach party 1 from party 0: inside
+  the opening exchange when the key is made on the spot (no extra round), or in the offline
+  phase with ``--preprocess`` (:func:`complete_keys`). They hide alpha and beta without a root seed.
+
+Which comparison runs (``PMPC_COMPARISON``, read at every call; both parties decide alike,
+from public shapes): ``auto`` (default) — this gate for tensors of at most ``DCF_MAX_ELEMENTS``
+elements, the packed bitwise adder circuit (:func:`pmpc.mpc.crypten_compat.lane_ltz`, ~7 rounds for
+32 bits, 8 for the ring, no keys) above; ``dcf`` or ``bitwise`` — always one. Why the size: the
+gate trades rounds for local work (L-1 AES tree levels per element: ~2.5 us to evaluate a
+32-bit comparison here, ~7.5 us with its key generation, which party 0 does in ``local`` mode)
+and key bytes, while a bitwise call's six or seven rounds (~3 ms each all-in on loopback, more on
+a real link) cost the same for 10 elements or 10^6: the break-even is a few thousand elements
+per call (results/fss). Decode-step comparisons are below the bound, large prefill tensors
+above it. Both paths compute the same bits (the emulation needs no change).
+
+Table lookups (:func:`lookup`, SIRNN's digit tables): for a secret k-bit index d (k <= 12) the
+dealer shares r and the one-hot vector e_r (2^k ring words a lookup); the parties open
+d + r mod 2^k and T[d] = sum_j e_r[j] T[(d^ - j) mod 2^k] is local. In ``local`` mode party 1's
+one-hot share comes from the stream the parties share (nothing is sent); in ``ttp`` mode party 0
+receives its share from the dealer. A DPF (:func:`pmpc.mpc.fss.dpf_gen`) would shrink that to
+~k 18 bytes at 2^k PRG leaves of local work per lookup; the one-hot costs no AES at all.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import numpy as np
+import torch
+
+from pmpc.mpc import fss
+
+MODES = ("auto", "dcf", "bitwise")
+DCF_MAX_ELEMENTS = 1 << 13  # ``auto``: the DCF gate up to this many elements per call
+
+
+def comparison_mode() -> str:
+    """``PMPC_COMPARISON``: ``auto`` (default), ``dcf`` or ``bitwise`` (see the module's docstring)."""
+    mode = os.environ.get("PMPC_COMPARISON", "auto")
+    if mode not in MODES:
+        raise ValueError(f"PMPC_COMPARISON must be one of {', '.join(MODES)}, not {mode!r}")
+    return mode
+
+
+def use_dcf(elements: int) -> bool:
+    """Whether a comparison of ``elements`` values runs as the DCF gate (the rule above)."""
+    mode = comparison_mode()
+    return mode == "dcf" or (mode == "auto" and elements <= DCF_MAX_ELEMENTS)
+
+
+def key_words(lane: int) -> int:
+    """int64 words of the correction part of one sign key on an L-bit lane."""
+    return fss.words_per_key(lane - 1)
+
+
+def answer_width(lane: int) -> int:
+    """Words per element of the dealer's answer to party 0: correction words + its m share."""
+    return key_words(lane) + 1
+
+
+@dataclasses.dataclass
+class SignKey:
+    """One party's material for N sign gates on an L-bit lane: its mask share ``r`` (uint64,
+    < 2^L), its share ``m`` of MSB(r) (uint64), its DCF root ``seed`` [N, 2] and the correction
+    ``words`` [N, W] (None at party 1 until party 0 sends them). ``fresh``: made on the spot,
+    party 1 does not hold the words yet (both parties know it from the provider's kind)."""
+    lane: int
+    r: np.ndarray
+    m: np.ndarray
+    seed: np.ndarray
+    words: np.ndarray | None
+    fresh: bool = False
+
+    @property
+    def size(self) -> int:
+        return self.r.shape[0]
+
+    def nbytes(self) -> int:
+        return self.size * (8 + 8 + 16 + 8 * key_words(self.lane))
+
+
+def _mask(lane: int) -> np.uint64:
+    return np.uint64((1 << lane) - 1) if lane < 64 else np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _os_words(n: int, bits: int = 64) -> np.ndarray:
+    """n words from the OS for filler (padding that carries no secret)."""
+    return np.frombuffer(os.urandom(8 * n), dtype=np.uint64).copy() & _mask(bits)
+
+
+def _words(gen, n: int, bits: int = 64) -> np.ndarray:
+    """n uniform ``bits``-bit words from a :class:`pmpc.mpc.prg.PRG` (the one way pmpc draws)."""
+    from pmpc.mpc.crypten_compat import ring_random
+
+    return ring_random(n, gen, bits).numpy().view(np.uint64).copy()
+
+
+def draw_own(gen, n: int, lane: int, party: int) -> tuple:
+    """What a party draws from the stream it shares with the dealer, in this order: root seed,
+    mask share, and (party 1 only) its m share. The dealer draws the same from its copy."""
+    seed = _words(gen, 2 * n).reshape(n, 2)
+    r = _words(gen, n, lane)
+    m = _words(gen, n) if party == 1 else None
+    return seed, r, m
+
+
+def deal(lane: int, seed0, r0, seed1, r1, m1) -> tuple[np.ndarray, np.ndarray]:
+    """The dealer's computation: from both parties' draws, the common correction words [N, W]
+    and party 0's m share."""
+    mask = _mask(lane)
+    r = (r0 + r1) & mask
+    m = (r >> np.uint64(lane - 1)) & np.uint64(1)
+    low = r & _mask(lane - 1)
+    k0, _ = fss.dcf_gen(lane - 1, low, np.uint64(1) - np.uint64(2) * m, seed0, seed1)
+    words = k0.cw_words()
+    # the two control-bit words use L-1 bits: the rest get OS-random filler, so every word on
+    # the wire is uniform (the evaluation reads bits below L-1 only)
+    if lane - 1 < 64:
+        words[:, -3:-1] |= _os_words(words.shape[0] * 2).reshape(-1, 2) & ~_mask(lane - 1)
+    return words, m - m1
+
+
+def evaluate(party: int, key: SignKey, yhat: np.ndarray) -> np.ndarray:
+    """This party's arithmetic share (uint64) of MSB(y) from the opened y^ = y + r mod 2^L."""
+    lane = key.lane
+    k = fss.Key.from_words(lane - 1, key.seed, key.words)
+    c = fss.dcf_eval(party, k, yhat & _mask(lane - 1))
+    z = key.m + c
+    p = (yhat >> np.uint64(lane - 1)) & np.uint64(1)
+    out = z * (np.uint64(1) - np.uint64(2) * p)
+    return out + p if party == 0 else out
+
+
+# -- providers ---------------------------------------------------------------------------------
+def _n(size) -> int:
+    return math.prod(size) if size else 1
+
+
+def tfp_generate_sign(self, size, lane, device=None):
+    """``local`` mode: party 0 deals (see the module's docstring)."""
+    from pmpc.mpc.crypten_compat import comm, crypten
+
+    n = _n(size)
+    rank = comm.get().get_rank()
+    pair = crypten.generators["next" if rank == 0 else "prev"][torch.device("cpu")]
+    seed1, r1, m1 = draw_own(pair, n, lane, 1)
+    if rank == 1:
+        return SignKey(lane, r1, m1, seed1, None, fresh=True)
+    seed0, r0, _ = draw_own(crypten.generators["local"][torch.device("cpu")], n, lane, 0)
+    words, m0 = deal(lane, seed0, r0, seed1, r1, m1)
+    return SignKey(lane, r0, m0, seed0, words, fresh=True)
+
+
+def ttp_generate_sign(self, size, lane, device=None):
+    """``ttp`` mode: the dealer deals; party 0 asks it for the correction words."""
+    from crypten.mpc.provider.ttp_provider import TTPClient
+
+    from pmpc.mpc.crypten_compat import comm
+
+    n = _n(size)
+    rank = comm.get().get_rank()
+    client = TTPClient.get()
+    seed, r, m = draw_own(client.get_generator(device="cpu"), n, lane, rank)
+    if rank == 1:
+        return SignKey(lane, r, m, seed, None, fresh=True)
+    ans = client.ttp_request("sign", device, list(size), lane)
+    ans = ans.reshape(n, answer_width(lane)).numpy().view(np.uint64)
+    return SignKey(lane, r, ans[:, -1].copy(), seed, ans[:, :-1].copy(), fresh=True)
+
+
+def dealer_sign(self, size, lane):
+    """The dealer process's answer to a ``sign`` request (a method of its TTP server): party 0's
+    correction words and m share as one int64 tensor [N, W + 1]."""
+    n = _n(size)
+    seed0, r0, _ = draw_own(self.generators[0], n, lane, 0)
+    seed1, r1, m1 = draw_own(self.generators[1], n, lane, 1)
+    words, m0 = deal(lane, seed0, r0, seed1, r1, m1)
+    return torch.from_numpy(np.concatenate([words, m0[:, None]], axis=1).view(np.int64))
+
+
+def junk_sign(gen, size, lane) -> SignKey:
+    """A planning dry run's key (:class:`pmpc.mpc.dealer.ShapeOnly`): random words from a local
+    stream, complete (nothing to send), evaluating to garbage."""
+    n = _n(size)
+    seed, r, m = draw_own(gen, n, lane, 1)
+    return SignKey(lane, r, m, seed, _words(gen, n * key_words(lane)).reshape(n, key_words(lane)))
+
+
+# -- table lookups: dealer one-hot vectors ---------------------------------------------------------
+MAX_TABLE_BITS = 12
+
+
+@dataclasses.dataclass
+class OneHot:
+    """One party's material for N lookups in 2^k-entry tables: its share ``r`` of the index mask
+    (k bits) and its share ``e`` [N, 2^k] of the one-hot vector e_r (uint64)."""
+    k: int
+    r: np.ndarray
+    e: np.ndarray
+
+    def nbytes(self) -> int:
+        return 8 * self.r.size + 8 * self.e.size
+
+
+def draw_onehot(gen, n: int, k: int, party: int) -> tuple:
+    """A party's draws from the stream it shares with the dealer: its mask share, and (party 1)
+    its one-hot share."""
+    r = _words(gen, n, k)
+    e = _words(gen, n << k).reshape(n, 1 << k) if party == 1 else None
+    return r, e
+
+
+def deal_onehot(k: int, r0, r1, e1) -> np.ndarray:
+    """Party 0's one-hot share e_r - e1, r = r0 + r1 mod 2^k."""
+    return fss.onehot_gen(k, (r0 + r1) & _mask(k), e1)[0]
+
+
+def tfp_generate_onehot(self, size, k, device=None):
+    """``local`` mode: party 0 deals; party 1's shares come from the stream the parties share
+    (nothing is sent)."""
+    from pmpc.mpc.crypten_compat import comm, crypten
+
+    n = _n(size)
+    rank = comm.get().get_rank()
+    r1, e1 = draw_onehot(crypten.generators["next" if rank == 0 else "prev"][torch.device("cpu")], n, k, 1)
+    if rank == 1:
+        return OneHot(k, r1, e1)
+    r0, _ = draw_onehot(crypten.generators["local"][torch.device("cpu")], n, k, 0)
+    return OneHot(k, r0, deal_onehot(k, r0, r1, e1))
+
+
+def ttp_generate_onehot(self, size, k, device=None):
+    """``ttp`` mode: party 0 gets its one-hot share from the dealer."""
+    from crypten.mpc.provider.ttp_provider import TTPClient
+
+    from pmpc.mpc.crypten_compat import comm
+
+    n = _n(size)
+    rank = comm.get().get_rank()
+    client = TTPClient.get()
+    r, e = draw_onehot(client.get_generator(device="cpu"), n, k, rank)
+    if rank == 1:
+        return OneHot(k, r, e)
+    ans = client.ttp_request("onehot", device, list(size), k)
+    return OneHot(k, r, ans.reshape(n, 1 << k).numpy().view(np.uint64).copy())
+
+
+def dealer_onehot(self, size, k):
+    """The dealer's answer to a ``onehot`` request: party 0's share [N, 2^k] (int64)."""
+    n = _n(size)
+    r0, _ = draw_onehot(self.generators[0], n, k, 0)
+    r1, e1 = draw_onehot(self.generators[1], n, k, 1)
+    return torch.from_numpy(deal_onehot(k, r0, r1, e1).view(np.int64))
+
+
+def junk_onehot(gen, size, k) -> OneHot:
+    n = _n(size)
+    r, e = draw_onehot(gen, n, k, 1)
+    return OneHot(k, r, e)
+
+
+def install() -> None:
+    """Give CrypTen's two providers the FSS requests (idempotent)."""
+    from crypten.mpc.provider.tfp_provider import TrustedFirstParty
+    from crypten.mpc.provider.ttp_provider import TrustedThirdParty
+
+    TrustedFirstParty.generate_sign = tfp_generate_sign
+    TrustedThirdParty.generate_sign = ttp_generate_sign
+    TrustedFirstParty.generate_onehot = tfp_generate_onehot
+    TrustedThirdParty.generate_onehot = ttp_generate_onehot
+
+
+def complete_keys(material: list) -> None:
+    """Offline (``--preprocess``): party 0 sends party 1 the correction words of every sign key
+    in ``material`` (one message for all), so the online phase opens y^ and nothing else."""
+    from pmpc.mpc.crypten_compat import comm
+
+    keys = [k for k in material if isinstance(k, SignKey) and k.fresh]
+    if not keys:
+        return
+    c = comm.get()
+    rank = c.get_rank()
+    total = sum(k.size * key_words(k.lane) for k in keys)
+    if rank == 0:
+        flat = torch.from_numpy(np.concatenate([k.words.reshape(-1) for k in keys]).view(np.int64))
+    else:
+        flat = torch.empty(total, dtype=torch.long)
+    flat = c.broadcast(flat, 0)
+    if rank == 1:
+        w = flat.numpy().view(np.uint64)
+        o = 0
+        for k in keys:
+            m = k.size * key_words(k.lane)
+            k.words = w[o:o + m].reshape(k.size, key_words(k.lane)).copy()
+            o += m
+    for k in keys:
+        k.fresh = False
+
+
+# -- the opening: lanes packed into ring words ----------------------------------------------------
+def pack(v: np.ndarray, lane: int) -> np.ndarray:
+    """``lane``-bit values, 64 // lane to a word (lane <= 32), so the opening costs the lane's bits.
+    A short last word is padded with this party's own OS-random fields (equal padding at both
+    parties would open as a visible pattern)."""
+    per = 64 // lane
+    if per == 1:
+        return v.copy()
+    pad = (-v.size) % per
+    v = np.concatenate([v, _os_words(pad, lane)]).reshape(-1, per)
+    w = np.zeros(v.shape[0], dtype=np.uint64)
+    for j in range(per):
+        w |= v[:, j] << np.uint64(j * lane)
+    return w
+
+
+def unpack(total: np.ndarray, mine: np.ndarray, lane: int) -> np.ndarray:
+    """(y0 + y1) mod 2^lane per value from the SUM of both parties' packed words and this party's
+    own values: a field's sum may carry into the next field, and the carry is known locally
+    (the sum wrapped iff it is below this party's own addend; a carry in makes 2^lane - 1 carry on)."""
+    per = 64 // lane
+    mask = _mask(lane)
+    if per == 1:
+        return total & mask
+    n = mine.size
+    own = np.concatenate([mine, np.zeros((-n) % per, dtype=np.uint64)]).reshape(-1, per)
+    out = np.empty_like(own)
+    cin = np.zeros(own.shape[0], dtype=np.uint64)
+    for j in range(per):
+        s = (((total >> np.uint64(j * lane)) & mask) - cin) & mask
+        out[:, j] = s
+        cin = ((s < own[:, j]) | ((s == mask) & (cin == 1))).astype(np.uint64)
+    return out.reshape(-1)[:n]
+
+
+# -- the online gate -----------------------------------------------------------------------------
+def ltz(x, lane: int, drop: int):
+    """Sign of a secret ``MPCTensor`` read on bits [drop, drop + lane) of its encoding (lane 64,
+    drop 0: the whole ring), as ring-integer 0/1 shares (encoder scale 1): ONE online round.
+    Reads exactly the value :func:`pmpc.mpc.crypten_compat.lane_ltz` reads."""
+    from pmpc.mpc.primitives import PRIMITIVES
+    from pmpc.mpc.crypten_compat import MPCTensor, comm, crypten
+
+    assert 2 <= lane <= 64 and 0 <= drop <= 64 - lane
+    c = comm.get()
+    rank = c.get_rank()
+    share = x._tensor.share
+    shape = share.shape
+    n = share.numel()
+    key = crypten.mpc.get_default_provider().generate_sign(tuple(shape), lane)
+    mask = _mask(lane)
+    y = (share.reshape(-1).numpy().view(np.uint64) >> np.uint64(drop)) & mask
+    mine = (y + key.r) & mask
+    opened = torch.from_numpy(pack(mine, lane).view(np.int64))
+    if key.fresh:
+        W = key_words(lane)
+        # an all-reduce sums both contributions: party 1 adds a pad R both parties draw from
+        # their shared stream and party 0 sends words - R, so each receives a uniform word
+        # (zeros from party 1 would show on party 0's side of the wire)
+        pad = _words(crypten.generators["next" if rank == 0 else "prev"][torch.device("cpu")], n * W)
+        extra = torch.from_numpy(((key.words.reshape(-1) - pad) if rank == 0 else pad).view(np.int64))
+        k = opened.numel()
+        flat = c.all_reduce(torch.cat([opened, extra]))  # the opening, the key's words riding along
+        # the words are dealing traffic (offline cost: ``key_bytes``), not the gate's online
+        # bytes: the communicator logged 2 x 8 bytes per word of the exchange, take them off
+        if hasattr(c, "comm_bytes"):
+            c.comm_bytes -= 2 * 8 * extra.numel()
+        if rank == 1:
+            key.words = flat[k:].numpy().view(np.uint64).reshape(n, W).copy()
+        opened = flat[:k]
+        key.fresh = False
+    else:
+        opened = c.all_reduce(opened)  # the one round
+    yhat = unpack(opened.numpy().view(np.uint64), mine, lane)
+    out = evaluate(rank, key, yhat)
+    PRIMITIVES.add(f"comparisons.{lane}", n)
+    PRIMITIVES.add(f"dcf.{lane - 1}", n)
+    PRIMITIVES.add("key_bytes", key.nbytes())
+    res = MPCTensor.from_shares(torch.from_numpy(out.view(np.int64)).reshape(shape), precision=0)
+    res.encoder._scale = 1
+    return res
+
+
+def lookup(x, k: int, tables: np.ndarray):
+    """Row g of the secret ring integers ``x`` ([G, ...], each in [0, 2^k)) looked up in the
+    public table ``tables[g]`` (int64 ring words, [G, 2^k]): ring-integer shares of T_g[x].
+    ONE online round: the parties open x + r mod 2^k (k bits each, packed) and take the inner
+    product of their one-hot share with the table rotated by the opened value."""
+    from pmpc.mpc.primitives import PRIMITIVES
+    from pmpc.mpc.crypten_compat import MPCTensor, comm, crypten
+
+    assert 1 <= k <= MAX_TABLE_BITS
+    c = comm.get()
+    share = x._tensor.share
+    shape = share.shape
+    n = share.numel()
+    mat = crypten.mpc.get_default_provider().generate_onehot(tuple(shape), k)
+    mask = _mask(k)
+    mine = ((share.reshape(-1).numpy().view(np.uint64) & mask) + mat.r) & mask
+    xhat = unpack(c.all_reduce(torch.from_numpy(pack(mine, k).view(np.int64))).numpy().view(np.uint64), mine, k)
+    tables = np.asarray(tables, dtype=np.int64).reshape(shape[0], 1 << k)
+    per = n // shape[0]
+    out = np.concatenate([fss.rotate_lookup(mat.e[g * per:(g + 1) * per], xhat[g * per:(g + 1) * per], tables[g])
+                          for g in range(shape[0])])
+    PRIMITIVES.add(f"lookups.{k}", n)
+    PRIMITIVES.add("key_bytes", mat.nbytes())
+    res = MPCTensor.from_shares(torch.from_numpy(out.view(np.int64)).reshape(shape), precision=0)
+    res.encoder._scale = 1
+    return res

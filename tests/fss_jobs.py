@@ -1,0 +1,108 @@
+"""Party jobs for tests/test_fss.py: the one-round FSS sign gate under real 2-party runs."""
+from __future__ import annotations
+
+import contextlib
+import random
+
+import numpy as np
+import torch
+
+
+class SignJob:
+    """Shares ring integers ``values`` (int64) from party 0, runs the sign gate on each
+    ``(lane, drop)`` case — live from the session's dealer, or dealt ahead (``preprocess``: a
+    solo dry run plans the key requests, :func:`pmpc.mpc.dealer.deal` makes them, a Replay serves
+    them) — and returns per party: its shares of the input, the revealed 0/1 results, the rounds
+    of each case, what it saw opened (y^) and the first key it used (root seed and mask share).
+    The torch/numpy/random global generators are reseeded to 0 first: keys must not follow them."""
+
+    def __init__(self, values, cases, preprocess: bool = False, dealer: str = "local", lookup=None):
+        self.values = np.asarray(values, dtype=np.int64)
+        self.cases, self.preprocess, self.dealer = list(cases), preprocess, dealer
+        self.lookup = lookup  # (k, indices [G, n], tables [G, 2^k]): also one lookup call
+
+    def _run(self, x, d, gates):
+        out = [gates.ltz(x, lane, drop) for lane, drop in self.cases]
+        if d is not None:
+            out.append(gates.lookup(d, self.lookup[0], self.lookup[2]))
+        return out
+
+    def __call__(self, rank, world_size):
+        from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+
+        from pmpc.mpc import dealer as D
+        from pmpc.mpc.crypten_compat import MPCTensor, comm, solo_dry_run, use_provider
+        from pmpc.mpc import gates
+
+        torch.manual_seed(0)
+        np.random.seed(0)
+        random.seed(0)
+        v = torch.from_numpy(self.values)
+        a = ArithmeticSharedTensor(v if rank == 0 else None, size=v.shape, precision=0, src=0)
+        x = MPCTensor.from_shares(a.share, precision=0)
+        d = None
+        if self.lookup is not None:
+            idx = torch.from_numpy(np.asarray(self.lookup[1], dtype=np.int64))
+            d = MPCTensor.from_shares(ArithmeticSharedTensor(idx if rank == 0 else None, size=idx.shape,
+                                                             precision=0, src=0).share, precision=0)
+        seen, keys = [], []
+        evaluate = gates.evaluate
+
+        def spy(party, key, yhat):
+            seen.append(yhat.copy())
+            keys.append((key.seed[:4].copy(), key.r[:4].copy()))
+            return evaluate(party, key, yhat)
+
+        gates.evaluate = spy
+        provider = None
+        if self.preprocess:
+            rec = D.ShapeOnly()
+            with solo_dry_run(), use_provider(rec):
+                self._run(MPCTensor.from_shares(torch.zeros_like(a.share), precision=0),
+                          None if d is None else MPCTensor.from_shares(torch.zeros_like(d._tensor.share), precision=0),
+                          gates)
+            plan = D.Plan(rec.requests, {"all": 0})
+            provider = D.Replay(plan, D.deal(plan, 0, len(plan.requests), self.dealer))
+            if self.dealer == "ttp" and rank == 0:
+                D.release()
+            comm.get().barrier()
+            seen.clear(), keys.clear()
+        outs, rounds = [], []
+        for lane, drop in self.cases:
+            r0 = comm.get().get_communication_stats()["rounds"]
+            if provider is not None:
+                with use_provider(provider):
+                    y = gates.ltz(x, lane, drop)
+            else:
+                y = gates.ltz(x, lane, drop)
+            rounds.append(comm.get().get_communication_stats()["rounds"] - r0)
+            outs.append(y._tensor.reveal().numpy())
+        looked = None
+        if d is not None:
+            with use_provider(provider) if provider is not None else contextlib.nullcontext():
+                looked = gates.lookup(d, self.lookup[0], self.lookup[2])._tensor.reveal().numpy()
+        gates.evaluate = evaluate
+        return {"lookup": looked, "share": a.share.numpy(), "out": outs, "rounds": rounds, "seen": seen, "keys": keys}
+
+
+class OpsCompareJob:
+    """``CrypTenOps`` comparisons (whole ring and a 32-bit lane) on shared floats under the
+    comparison mode this party's environment selects; revealed results and rounds."""
+
+    def __init__(self, x):
+        self.x = np.asarray(x, dtype=np.float64)
+
+    def __call__(self, rank, world_size):
+        from pmpc.mpc import cost
+        from pmpc.mpc.primitives import PRIMITIVES
+        from pmpc.mpc.crypten_ops import CrypTenOps
+
+        ops = CrypTenOps(cost.Tracker(cost.crypten_stats))
+        x = ops.share(torch.from_numpy(self.x), src=0)
+        PRIMITIVES.reset()
+        got = {}
+        for name, fn in [("ring", lambda: ops.ltz_int(x)), ("lane32", lambda: ops.ltz_int(x, bound=2 ** 15))]:
+            with ops.scope(name):
+                y = fn()
+            got[name] = y._tensor.reveal().numpy()
+        return {"out": got, "cost": ops.tracker.snapshot(), "primitives": PRIMITIVES.snapshot()}
