@@ -122,6 +122,12 @@ class Ops:
     def matmul(self, x, y):
         return x.matmul(y)
 
+    def fix_operands(self, W: dict, names) -> dict:
+        """Ready the secret weights ``names`` of ``W`` (right operands of products, the same at
+        every call) for products that do not re-open them: see :mod:`pmpc.mpc.fixed_operand`.
+        Plain tensors have nothing to open."""
+        return W
+
     def combine(self, products=(), terms=(), const=0.0, bound: float = ACT_BOUND):
         """``sum_i c_i a_i b_i + sum_j d_j v_j + const`` for public coefficients (scalars or
         tensors) and secret a, b, v: the products in ONE batched Beaver round and the whole sum
@@ -521,7 +527,14 @@ class CrypTenOps(Ops):
         ``WEIGHT_EXTRA_BITS`` more fraction bits than the values (CrypTen's encoding truncates it
         to 2^-16 toward zero: a weight of 0.01 loses 0.3% of itself, and folding a norm's weight
         or 1/sqrt(d) into it shrinks it further), and the product is truncated once, as before.
-        Room: |x y| < 2^(61 - 2f - extra) = 2^21, far above any linear layer's output here."""
+        Room: |x y| < 2^(61 - 2f - extra) = 2^21, far above any linear layer's output here.
+        A private weight readied by :meth:`fix_operands`: a fixed-operand product (opens x only)."""
+        from pmpc.mpc import fixed_operand
+
+        if isinstance(y, fixed_operand.FixedOperand):
+            if not self.is_secret(x):
+                raise TypeError("a fixed operand multiplies a secret value")
+            return fixed_operand.matmul(x, y)
         if torch.is_tensor(y) and self.is_secret(x) and not self.is_secret(y) and y.is_floating_point():
             from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
 
@@ -533,6 +546,11 @@ class CrypTenOps(Ops):
             out.div_(2 ** s)
             return MPCTensor.from_shares(out.share, precision=self.fxp_bits)
         return x.matmul(y)
+
+    def fix_operands(self, W: dict, names) -> dict:
+        from pmpc.mpc import fixed_operand
+
+        return fixed_operand.prepare(W, names)
 
     def mul_many(self, pairs, scales=None, bound=ACT_BOUND, max_k: int | None = None) -> list:
         from crypten.mpc.primitives import beaver

@@ -1,0 +1,1 @@
+"""The MPC runtime: the pieces that run inside the party and dealer processes."""
