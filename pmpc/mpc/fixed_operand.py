@@ -101,7 +101,7 @@ def prepare(W: dict, names) -> dict:
     provider = cc.crypten.mpc.get_default_provider()
     serial = _serial(cc.active_provider())
     out = dict(W)
-    names = list(names)
+    names = sorted(names)  # one order at both parties (and the dealer): the masks are drawn in it
     while names:
         group, n = [], 0
         while names and (not group or n + W[names[0]].numel() <= OPEN_ELEMENTS):
