@@ -1,7 +1,8 @@
 """Dealer modes and the offline/online split of a secure query.
 
 Every secure multiplication, comparison and share conversion consumes correlated randomness
-("tuples": Beaver triples for products, squares, binary AND triples, B2A bits) from a provider.
+("tuples": Beaver triples for products, squares, binary AND triples, B2A bits, and fixed-operand
+triples for products with a private weight, :mod:`pmpc.mpc.fixed_operand`) from a provider.
 Two dealer modes (named in every output):
 
 * ``local`` — CrypTen's trusted-first-party provider (TFP): party 0 (the client) draws every
