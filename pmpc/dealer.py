@@ -137,6 +137,8 @@ class ShapeOnly:
     opened during the dry run is still masked; the results are garbage, which a dry run on dummy
     inputs does not need."""
 
+    dry_run = True  # what it serves is junk: a fixed operand's setup need not open anything
+
     def __init__(self):
         self.requests: list = []
         self.gen = PRG.from_os()  # its own stream: the junk touches no shared or global state

@@ -98,17 +98,24 @@ def prepare(W: dict, names) -> dict:
     provider, and D = W - B opened once, in rounds of at most ``OPEN_ELEMENTS`` ring elements."""
     from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
 
-    provider = cc.crypten.mpc.get_default_provider()
     serial = _serial(cc.active_provider())
-    out = dict(W)
     names = sorted(names)  # one order at both parties (and the dealer): the masks are drawn in it
+    out = dict(W)
+    if getattr(cc.active_provider(), "dry_run", False):
+        # planning a query (dealer.ShapeOnly): only the shapes matter, and the setup is no part of
+        # the plan; a zero-stride D holds no memory
+        for name in names:
+            out[name] = FixedOperand(weight_id(serial, name), W[name],
+                                     torch.zeros((), dtype=torch.long).expand(W[name].shape))
+        return out
+    provider = cc.crypten.mpc.get_default_provider()  # the same provider, its tuples counted
     while names:
         group, n = [], 0
         while names and (not group or n + W[names[0]].numel() <= OPEN_ELEMENTS):
             group.append(names.pop(0))
             n += W[group[-1]].numel()
         wids = [weight_id(serial, name) for name in group]
-        masked = [W[name]._tensor.share - getattr(provider, "fixed_operand_mask")(wid, W[name].size()).share
+        masked = [W[name]._tensor.share - provider.fixed_operand_mask(wid, W[name].size()).share
                   for name, wid in zip(group, wids)]
         opened = ArithmeticSharedTensor.reveal_batch(
             [ArithmeticSharedTensor.from_shares(m, precision=0) for m in masked])
