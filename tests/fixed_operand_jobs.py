@@ -60,8 +60,8 @@ def decode_session(fixed: bool, rank, world_size):
     for t in range(P, len(PROMPT) - 1):
         lg, b, sc = spent(lambda: ops.reveal(eng.decode(ids[:, t:t + 1])[:, -1], dst=0))
         steps.append(lg)
-        phases[f"decode{t - P}"] = {"opened": log.take(), "bytes": b,
-                                    "weight_bytes": sum(sc.get(s, {}).get("bytes", 0) for s in ("linear", "embed", "lm_head"))}
+        weight_bytes = sum(sc.get(s, {}).get("bytes", 0) for s in ("linear", "embed", "lm_head"))  # products with W
+        phases[f"decode{t - P}"] = {"opened": log.take(), "bytes": b, "weight_bytes": weight_bytes}
     full = ops.reveal(eng.prefill(ids[:, :-1], use_cache=False), dst=0)
     if rank != 0:
         return None
