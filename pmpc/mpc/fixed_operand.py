@@ -55,7 +55,6 @@ class FixedOperand:
 
     def __init__(self, wid: str, w, d: torch.Tensor):
         self.wid, self.w, self.d = wid, w, d
-        self.openings = 1  # D was opened once, at setup; nothing opens it again
 
     @property
     def shape(self):
@@ -63,9 +62,6 @@ class FixedOperand:
 
     def size(self):
         return self.w.size()
-
-    def dim(self):
-        return self.w.dim()
 
 
 # -- the two parties ----------------------------------------------------------------------------
