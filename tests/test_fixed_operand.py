@@ -138,10 +138,12 @@ def test_dealer_checks_ids_shapes_and_limits(monkeypatch):
     D._check_message({"op": "tuple", "function": "fixed", "args": ["0/x.w", [1, 1, 3], [3, 2]], "kwargs": {}})
 
 
-def test_preprocess_plans_and_deals_fixed_operand_triples(stories_dir):
-    """`--preprocess` with private weights and the ttp dealer: the plan holds one fixed-operand
-    triple per weight matrix per forward, the dealer deals them against the session's masks, and
-    greedy generation equals the plaintext model's."""
+@pytest.mark.parametrize("dealer", ["ttp", "local"])
+def test_preprocess_plans_and_deals_fixed_operand_triples(stories_dir, dealer):
+    """`--preprocess` with private weights: the plan holds one fixed-operand triple per weight
+    matrix per forward, the dealer of the mode (the dealer process; party 0 for a cost-only
+    ``local`` run) deals them against the session's masks, and greedy generation equals the
+    plaintext model's."""
     from pmpc import secure
 
     model, tok = models.load_hf(str(stories_dir))
@@ -151,7 +153,8 @@ def test_preprocess_plans_and_deals_fixed_operand_triples(stories_dir):
         ref = model.generate(ids, max_new_tokens=n, do_sample=False, min_new_tokens=n)[0, ids.shape[1]:]
     cfg = secure.GenConfig(model=str(stories_dir), protocol="exact", weights="private", max_new_tokens=n,
                            preprocess=True)
-    client, _ = secure.run_generation(cfg, secure.ClientInput(ids, torch.ones_like(ids)), timeout_s=120, dealer="ttp")
+    client, _ = secure.run_generation(cfg, secure.ClientInput(ids, torch.ones_like(ids)), timeout_s=120, dealer=dealer,
+                                      cost_only=dealer == "local")
     assert client["tokens"][0] == ref.tolist()
     off = client["phases"]["offline"]
     n_mats = sum(1 for v in fold_weights(models.spec_from_hf(model)).values() if v.dim() == 2)  # q|k|v, gate|up fused
