@@ -152,7 +152,7 @@ def run(protocol, model, weights, max_new_tokens, temperature, top_p, seed, time
     if warning:
         click.echo(f"[pmpc] WARNING: {warning}", err=True)
     t0 = time.perf_counter()
-    # the client process prints each token as it is chosen (stdout), the prefill's layers on stderr
+    # each token is printed here as the client process relays it (stdout), the prefill's layers on stderr
     res = secure.run_generation(cfg, secure.ClientInput(ids_t, attn, watch=secure.Watch(tok)), timeout_s=timeout_s,
                                 dealer=dealer, cost_only=cost_only)
     wall = time.perf_counter() - t0

@@ -8,7 +8,9 @@ Roles (rank 0 = client, holds the prompt; rank 1 = server, holds the weights):
   * ``weights="public"`` (open-weight model): both parties hold the weights in the clear, the
     client embeds its own tokens and secret-shares the hidden states; linear layers are local.
   * ``weights="private"``: the server secret-shares every weight at start-up (the client passes
-    zeros of the same public shapes); the embedding is a secret one-hot product.
+    zeros of the same public shapes); the embedding is a secret one-hot product. Each weight
+    matrix is masked and opened once at start-up, so a product with it opens the activations
+    only (``fixed_operands``: :mod:`pmpc.mpc.fixed_operand`; False re-masks it at every product).
 Only public facts leave a party in the clear: shapes, the number of tokens, the positions.
 Logits are revealed to the client only (``reveal(dst=0)``); the server gets nothing back.
 Generation always runs ``max_new_tokens`` steps: stopping at EOS would tell the server the
@@ -29,7 +31,7 @@ CLIENT, SERVER = 0, 1
 
 class Engine:
     def __init__(self, spec: ModelSpec, protocol, ops: Ops, weights: str = "public",
-                 dtype=torch.float32, tap=None):
+                 dtype=torch.float32, tap=None, fixed_operands: bool = True):
         if weights not in ("public", "private"):
             raise ValueError(f"weights must be public or private, not {weights!r}")
         self.spec, self.ops, self.mode = spec, ops, weights
@@ -44,6 +46,9 @@ class Engine:
                 self.W = {k: v.to(self.dtype) for k, v in Wp.items()}
             else:  # the server folds its own weights before sharing them (the client folds zeros)
                 self.W = {k: ops.share(v, src=SERVER) for k, v in Wp.items()}
+                if fixed_operands:  # each matrix's masked opening once, here, not at every token
+                    self.W = ops.fix_operands(self.W, [k for k, v in Wp.items()
+                                                       if k == "embed.tok" or (k.endswith(".w") and v.dim() == 2)])
         self.cache = None
         self.on_layer = None  # on_layer(i, n_layers) after each block: progress for a watching user
 

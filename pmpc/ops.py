@@ -137,6 +137,12 @@ class Ops:
     def matmul(self, x, y):
         return x.matmul(y)
 
+    def fix_operands(self, W: dict, names) -> dict:
+        """Ready the secret weights ``names`` of ``W`` (right operands of products, the same at
+        every call) for products that do not re-open them: see :mod:`pmpc.mpc.fixed_operand`.
+        Plain tensors have nothing to open."""
+        return W
+
     def combine(self, products=(), terms=(), const=0.0, bound: float = ACT_BOUND):
         """``sum_i c_i a_i b_i + sum_j d_j v_j + const`` for public coefficients (scalars or
         tensors) and secret a, b, v: the products in ONE batched Beaver round and the whole sum

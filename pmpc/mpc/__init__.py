@@ -12,6 +12,7 @@
 * :mod:`pmpc.mpc.cost` — CrypTen's counters, the LAN/WAN link model, cost tables.
 * :mod:`pmpc.mpc.fss` — function secret sharing: DCF and DPF keys over whole tensors (fixed-key AES).
 * :mod:`pmpc.mpc.gates` — one-round comparisons (DCF on the opened x + r) and table lookups, dealt like tuples.
+* :mod:`pmpc.mpc.fixed_operand` — private weights masked and opened once per session; per-product triples against that mask.
 * :mod:`pmpc.mpc.dealer` — the trusted dealer: correlated randomness (triples) from its own process.
 * :mod:`pmpc.mpc.parties` — start the parties (local processes or one per host), watch them.
 * :mod:`pmpc.mpc.secure` — secure generation: plan, offline (tuples), online (the forward).

@@ -682,8 +682,13 @@ def crypten_provider():
 _orig_get_default_provider = crypten.mpc.get_default_provider
 
 
+def active_provider():
+    """The provider tuple requests go to now (an installed one, else CrypTen's own)."""
+    return _provider_override[-1] if _provider_override else _orig_get_default_provider()
+
+
 def _get_default_provider():
-    return _Counted(_provider_override[-1] if _provider_override else _orig_get_default_provider())
+    return _Counted(active_provider())
 
 
 class _Counted:
@@ -695,7 +700,7 @@ class _Counted:
 
     def __getattr__(self, name):
         fn = getattr(self._inner, name)
-        if not name.startswith(("generate_", "B2A_rng", "wrap_rng")) or not callable(fn):
+        if not name.startswith(("generate_", "B2A_rng", "wrap_rng", "fixed_operand_")) or not callable(fn):
             return fn
 
         def counted(*a, **k):

@@ -14,7 +14,7 @@ from crypten.encoder import FixedPointEncoder  # noqa: E402,I001
 from crypten.mpc.primitives import beaver  # noqa: E402
 from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor  # noqa: E402
 
-from pmpc.mpc import gates  # noqa: E402
+from pmpc.mpc import fixed_operand, gates  # noqa: E402
 from pmpc.ops import ACT_BOUND, BITS_SCALE_FRAC, WEIGHT_EXTRA_BITS, Ops, _check_room, _round_coef
 
 
@@ -79,7 +79,12 @@ class CrypTenOps(Ops):
         ``WEIGHT_EXTRA_BITS`` more fraction bits than the values (CrypTen's encoding truncates it
         to 2^-16 toward zero: a weight of 0.01 loses 0.3% of itself, and folding a norm's weight
         or 1/sqrt(d) into it shrinks it further), and the product is truncated once, as before.
-        Room: |x y| < 2^(61 - 2f - extra) = 2^21, far above any linear layer's output here."""
+        Room: |x y| < 2^(61 - 2f - extra) = 2^21, far above any linear layer's output here.
+        A private weight readied by :meth:`fix_operands`: a fixed-operand product (opens x only)."""
+        if isinstance(y, fixed_operand.FixedOperand):
+            if not self.is_secret(x):
+                raise TypeError("a fixed operand multiplies a secret value")
+            return fixed_operand.matmul(x, y)
         if torch.is_tensor(y) and self.is_secret(x) and not self.is_secret(y) and y.is_floating_point():
             s = self.fxp_bits + WEIGHT_EXTRA_BITS
             raw = x._tensor.share.matmul(torch.round(y.double() * 2.0 ** s).long()) * (1 << (self.fxp_bits - _log2_scale(x)))
@@ -87,6 +92,9 @@ class CrypTenOps(Ops):
             out.div_(2 ** s)
             return MPCTensor.from_shares(out.share, precision=self.fxp_bits)
         return x.matmul(y)
+
+    def fix_operands(self, W: dict, names) -> dict:
+        return fixed_operand.prepare(W, names)
 
     def mul_many(self, pairs, scales=None, bound=ACT_BOUND, max_k: int | None = None) -> list:
         fb, n = self.fxp_bits, len(pairs)

@@ -2,7 +2,8 @@
 
 Every secure multiplication, comparison and share conversion consumes correlated randomness
 ("tuples": Beaver triples for products, squares, binary AND triples, B2A bits; FSS comparison
-keys and one-hot table vectors, :mod:`pmpc.mpc.gates`) from a provider.
+keys and one-hot table vectors, :mod:`pmpc.mpc.gates`; fixed-operand triples for products with a
+private weight, :mod:`pmpc.mpc.fixed_operand`) from a provider.
 Two dealer modes (named in every output):
 
 * ``local`` — CrypTen's trusted-first-party provider (TFP): party 0 (the client) draws every
@@ -58,13 +59,16 @@ TRUST = {
            "semi-honest computing party if the dealer colludes with neither.",
 }
 
-KINDS = ("generate_additive_triple", "square", "generate_binary_triple", "wrap_rng", "B2A_rng", "generate_sign", "generate_onehot")
+# fixed_operand_triple: a product with a private weight against the session's mask of that
+# weight (pmpc.mpc.fixed_operand); its args are (weight id, shape of x, shape of W)
+KINDS = ("generate_additive_triple", "square", "generate_binary_triple", "wrap_rng", "B2A_rng", "generate_sign",
+         "generate_onehot", "fixed_operand_triple")
 SHORT = {"generate_additive_triple": "triple", "square": "square", "generate_binary_triple": "and",
-         "wrap_rng": "wrap", "B2A_rng": "b2a", "generate_sign": "sign",
-         "generate_onehot": "onehot"}
+         "wrap_rng": "wrap", "B2A_rng": "b2a", "generate_sign": "sign", "generate_onehot": "onehot",
+         "fixed_operand_triple": "fixed"}
 TTP_FN = {"generate_additive_triple": "additive", "square": "square", "generate_binary_triple": "binary",
-          "wrap_rng": "wraps", "B2A_rng": "B2A", "generate_sign": "sign",
-          "generate_onehot": "onehot"}
+          "wrap_rng": "wraps", "B2A_rng": "B2A", "generate_sign": "sign", "generate_onehot": "onehot",
+          "fixed_operand_triple": "fixed"}
 
 
 class PlanMismatch(RuntimeError):
@@ -102,6 +106,8 @@ def elements(key) -> int:
         return n(args[0]) * (4 + gates.key_words(args[1]))
     if name == "generate_onehot":  # mask share and one-hot share of a 2^k-entry table
         return n(args[0]) * (1 + (1 << args[1]))
+    if name == "fixed_operand_triple":  # A and C only: B was dealt once, at setup
+        return n(args[1]) + n(_out_size("matmul", args[1], args[2], ()))
     return 2 * n(args[0])
 
 
@@ -144,6 +150,8 @@ class ShapeOnly:
     opened during the dry run is still masked; the results are garbage, which a dry run on dummy
     inputs does not need."""
 
+    dry_run = True  # what it serves is junk: a fixed operand's setup need not open anything
+
     def __init__(self):
         self.requests: list = []
         self.gen = PRG.from_os()  # its own stream: the junk touches no shared or global state
@@ -185,6 +193,13 @@ class ShapeOnly:
     def generate_onehot(self, size, k, device=None):
         self.requests.append(request_key("generate_onehot", (size, k), {}))
         return gates.junk_onehot(self.gen, size, k)
+    def fixed_operand_mask(self, wid, size, device=None):
+        # not a tuple of the query: the session's masks are dealt at setup, before any plan
+        return self._arith(size)
+
+    def fixed_operand_triple(self, wid, size_x, size_w, device=None):
+        self.requests.append(request_key("fixed_operand_triple", (wid, size_x, size_w), {}))
+        return self._arith(size_x), self._arith(_out_size("matmul", size_x, size_w, ()))
 
 
 class Replay:
@@ -229,6 +244,11 @@ class Replay:
 
     def generate_onehot(self, size, k, device=None):
         return self._take("generate_onehot", (size, k), {})
+    def fixed_operand_triple(self, wid, size_x, size_w, device=None):
+        return self._take("fixed_operand_triple", (wid, size_x, size_w), {})
+
+    def fixed_operand_mask(self, wid, size, device=None):
+        raise PlanMismatch("a weight's mask is dealt at setup, not in the online phase")
 
 
 # -- the offline phase -------------------------------------------------------------------------
@@ -300,9 +320,10 @@ def _deal_ttp_batch(base, keys) -> list:
 
 # -- the dealer's wire protocol (party 0 <-> dealer; JSON frames of pmpc.mpc.wire) -------------------
 # party 0 -> dealer: {"op": "batch", "requests": [[fn, args, kwargs], ...]} | {"op": "tuple",
-#   "function": fn, "args": [...], "kwargs": {...}} | {"op": "keepalive"} | {"op": "release"} |
-#   {"op": "terminate"};   dealer -> party 0: {"shapes": [shape, ...]} | {"shape": shape},
-#   then the tuple data itself as one int64 tensor (a broadcast in the dealer-party 0 group).
+#   "function": fn, "args": [...], "kwargs": {...}} | {"op": "fixed_mask", "id": weight id,
+#   "shape": [rows, cols]} | {"op": "keepalive"} | {"op": "release"} | {"op": "terminate"};
+#   dealer -> party 0: {"shapes": [shape, ...]} | {"shape": shape} | {"id": weight id}, then
+#   (not after a mask) the tuple data itself as one int64 tensor (a broadcast in the dealer-party 0 group).
 OPS = ("mul", "matmul", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d")  # torch ops a triple may use
 MAX_ELEMENTS = 1 << 28  # ring elements in one request or batch (2 GiB of int64): the dealer's allocation bound
 
@@ -325,6 +346,8 @@ def answer_shape(fn: str, args: list, kw: dict) -> list:
         return [math.prod(args[0]), gates.answer_width(args[1])]
     if fn == "onehot":  # party 0's one-hot share, one row per lookup
         return [math.prod(args[0]), 1 << args[1]]
+    if fn == "fixed":
+        return list(_out_size("matmul", tuple(args[1]), tuple(args[2]), ()))
     return list(args[0])
 
 
@@ -336,6 +359,15 @@ def _check_request(r) -> int:
     if len(r) != 3:
         raise ValueError("a request is [function, args, kwargs]")
     fn, args, kw = r
+    if fn == "fixed":
+        from pmpc.mpc import fixed_operand  # loads crypten: the dealer module itself does not
+
+        if kw != {}:
+            raise ValueError("a fixed-operand triple takes no keywords")
+        n = math.prod(fixed_operand.check_request(args, MAX_ELEMENTS))
+        if n > MAX_ELEMENTS:
+            raise ValueError(f"{fn} answer of {n} elements (at most {MAX_ELEMENTS})")
+        return n
     if fn not in TTP_FUNCTIONS and fn not in ("sign", "onehot"):
         raise ValueError(f"unknown tuple function {str(fn)[:40]!r}")
     wire.is_list(args, 8, "args")
@@ -372,10 +404,18 @@ def _check_request(r) -> int:
 
 
 def _check_message(m) -> None:
-    wire.is_dict(m, {"op"}, "dealer request", optional={"requests", "function", "args", "kwargs"})
+    wire.is_dict(m, {"op"}, "dealer request", optional={"requests", "function", "args", "kwargs", "id", "shape"})
     op = m["op"]
     if op in ("keepalive", "release", "terminate"):
         wire.is_dict(m, {"op"}, op)
+    elif op == "fixed_mask":  # a weight's mask for the session (pmpc.mpc.fixed_operand)
+        from pmpc.mpc import fixed_operand
+
+        wire.is_dict(m, {"op", "id", "shape"}, op)
+        fixed_operand.check_id(m["id"])
+        wire.is_shape(m["shape"], MAX_ELEMENTS)
+        if len(m["shape"]) != 2:
+            raise ValueError("a fixed operand is a matrix")
     elif op == "batch":
         wire.is_dict(m, {"op", "requests"}, op)
         total = sum(_check_request(r) for r in wire.is_list(m["requests"], 1 << 20, "requests"))
@@ -497,6 +537,7 @@ def serve(fault=None) -> dict:
     from crypten.mpc.provider.ttp_provider import TTPServer
 
     from pmpc.mpc.crypten_compat import comm
+    from pmpc.mpc import fixed_operand  # noqa: F401  (gives the dealer its fixed_mask and fixed methods)
 
     class Dealer(TTPServer):
         def __init__(self):  # TTPServer.__init__ would enter its own loop
@@ -521,6 +562,12 @@ def serve(fault=None) -> dict:
         if op == "keepalive":
             continue
         t0 = time.perf_counter()
+        if op == "fixed_mask":
+            d.fixed_mask(msg["id"], msg["shape"])
+            wire.send("dealer reply", {"id": msg["id"]}, 0, d.ttp_group)
+            stats["masks"] = stats.get("masks", 0) + 1
+            stats["seconds_busy"] += time.perf_counter() - t0
+            continue
         if op == "batch":
             results = []
             for fn, args, kw in msg["requests"]:

@@ -279,6 +279,12 @@ def _ctx():
     return ctx
 
 
+def event_queue():
+    """A queue that local party processes started by :func:`run_local` can write to (handed to
+    them in their input), read in this process."""
+    return _ctx().Queue()
+
+
 def _exit_with_launcher(launcher: int) -> None:
     """A local party exits when the process that launched it is gone (killed by the OOM killer,
     SIGTERM, ...), instead of computing on as an orphan that holds GBs and a CPU core."""

@@ -27,6 +27,7 @@ import os
 import pathlib
 import resource
 import sys
+import threading
 import time
 
 import torch
@@ -88,10 +89,44 @@ class ClientInput:
     watch: object | None = None      # client-side progress: .layer(phase, i, n), .token(step, ids [B])
 
 
+class _Relay:
+    """Stands in for a watcher inside the client process: each event goes to the launcher through
+    a queue as it happens (the party process's own stdout need not be the user's terminal)."""
+
+    def __init__(self, q):
+        self.q = q
+
+    def layer(self, phase: str, i: int, n: int) -> None:
+        self.q.put(("layer", phase, i, n))
+
+    def token(self, step: int, ids) -> None:
+        self.q.put(("token", step, [int(t) for t in ids]))
+
+
+@contextlib.contextmanager
+def _relayed(watch):
+    """``with _relayed(watch) as relay``: ``relay`` goes to the client process; a thread of this
+    process hands each event it sends to ``watch``, in order, as it arrives."""
+    q = parties.event_queue()
+
+    def pump():
+        while (ev := q.get()) is not None:
+            getattr(watch, ev[0])(*ev[1:])
+
+    t = threading.Thread(target=pump, name="pmpc-watch", daemon=True)
+    t.start()
+    try:
+        yield _Relay(q)
+    finally:  # every party process has exited: its events are in the queue, ahead of this sentinel
+        q.put(None)
+        t.join(timeout=10)
+
+
 class Watch:
-    """What a user watching a generation sees (the client's process only): prefill progress by
-    layer on stderr, then each token as soon as it is chosen, decoded on stdout. Holds the
-    tokenizer (picklable), so it travels to the client process with its input."""
+    """What a user watching a generation sees: prefill progress by layer on stderr, then each token
+    as soon as the client has chosen it, decoded on stdout. It runs where the user is: in the
+    launcher of ``pmpc run`` (the client process relays each event to it, :func:`run_generation`),
+    in the client's own process under ``pmpc party``. The server never sees it."""
 
     def __init__(self, tokenizer=None):
         self.tok, self.ids, self.shown = tokenizer, [], ""
@@ -448,8 +483,11 @@ def run_generation(cfg: GenConfig, client: ClientInput, timeout_s: float = 120.0
     check_dealer(cfg, dealer, cost_only)
     check_input(cfg, models.load_shapes(cfg.model, allow_pickle=cfg.allow_pickle), client)
     job = functools.partial(generate_party, cfg)
-    return parties.run_local(job, timeout_s=timeout_s, dealer=dealer, threads=cfg.threads,
-                             inputs={CLIENT: client}, env=env, deadline_s=deadline_s)
+    with _relayed(client.watch) if client.watch is not None else contextlib.nullcontext() as relay:
+        if relay is not None:  # the watcher stays here; the client process relays to it
+            client = dataclasses.replace(client, watch=relay)
+        return parties.run_local(job, timeout_s=timeout_s, dealer=dealer, threads=cfg.threads,
+                                 inputs={CLIENT: client}, env=env, deadline_s=deadline_s)
 
 
 def fidelity(spec: models.ModelSpec, ids: torch.Tensor, attn: torch.Tensor, tokens, logits) -> dict:

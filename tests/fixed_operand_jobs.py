@@ -1,0 +1,87 @@
+"""Party-side jobs for the fixed-operand tests (module level: the forkserver pickles them by name)."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from pmpc.mpc import cost, models
+from pmpc.engine import Engine, fold_weights
+from pmpc.ops import CrypTenOps, TorchOps
+
+STORIES = os.environ.get("PMPC_STORIES", "")
+PROMPT = [1, 403, 407, 261, 378, 429, 334, 287]  # stories260K token ids
+
+
+class OpenLog:
+    """Records the shape of every tensor this party opens (``all_reduce``: a reveal to both)."""
+
+    def __init__(self):
+        from pmpc.mpc.crypten_compat import comm
+
+        self.c = comm.get()
+        self.orig = self.c.all_reduce
+        self.shapes: list = []
+        self.c.all_reduce = self._all_reduce  # an instance attribute: shadows the method
+
+    def _all_reduce(self, input, *a, **k):
+        for t in input if isinstance(input, (list, tuple)) else [input]:
+            self.shapes.append(tuple(t.shape))
+        return self.orig(input, *a, **k)
+
+    def take(self) -> list:
+        out, self.shapes = self.shapes, []
+        return out
+
+
+def decode_session(fixed: bool, rank, world_size):
+    """stories260K, ``exact``, private weights: setup, a prefill of 4 tokens, 3 decode steps
+    against the KV cache, then a recompute of the 7 positions without the cache. Returns (client)
+    the logits of each step, the recompute's, the plaintext model's, what was opened in each phase
+    and the bytes each phase cost."""
+    spec = models.load_shapes(STORIES) if rank == 0 else models.load(STORIES)[0]
+    ids = torch.tensor([PROMPT])
+    P = len(PROMPT) - 4
+    log = OpenLog()
+    ops = CrypTenOps(cost.Tracker(cost.crypten_stats))
+
+    def spent(fn):
+        b0 = cost.crypten_stats()[1]
+        ops.tracker.reset()
+        out = fn()
+        return out, cost.crypten_stats()[1] - b0, dict(ops.tracker.snapshot())
+
+    eng, setup_bytes, _ = spent(lambda: Engine(spec, "exact", ops, weights="private", fixed_operands=fixed))
+    phases = {"setup": {"opened": log.take(), "bytes": setup_bytes}}
+    steps = []
+    lg, b, sc = spent(lambda: ops.reveal(eng.prefill(ids[:, :P])[:, -1], dst=0))
+    steps.append(lg)
+    phases["prefill"] = {"opened": log.take(), "bytes": b}
+    for t in range(P, len(PROMPT) - 1):
+        lg, b, sc = spent(lambda: ops.reveal(eng.decode(ids[:, t:t + 1])[:, -1], dst=0))
+        steps.append(lg)
+        weight_bytes = sum(sc.get(s, {}).get("bytes", 0) for s in ("linear", "embed", "lm_head"))  # products with W
+        phases[f"decode{t - P}"] = {"opened": log.take(), "bytes": b, "weight_bytes": weight_bytes}
+    full = ops.reveal(eng.prefill(ids[:, :-1], use_cache=False), dst=0)
+    if rank != 0:
+        return None
+    plain = Engine(models.load(STORIES)[0], "plain", TorchOps()).prefill(ids[:, :-1], use_cache=False)
+    mats = {k: tuple(v.shape) for k, v in fold_weights(spec).items()  # the matrices the engine multiplies by
+            if k == "embed.tok" or (k.endswith(".w") and v.dim() == 2)}
+    d = next(f.d for f in eng.W.values() if hasattr(f, "d")) if fixed else None
+    return {"steps": torch.stack(steps, 1).double().numpy(), "recompute": full[:, P - 1:].double().numpy(),
+            "plain": plain[:, P - 1:].double().numpy(), "phases": phases, "weight_shapes": mats,
+            "opened_mask": None if d is None else d.reshape(-1).numpy()}
+
+
+def reuse_a_mask(rank, world_size):
+    """A party 0 that asks the dealer for a second mask under an id it already holds (to have B
+    used against another value); party 1 follows along. The dealer must refuse."""
+    from pmpc.mpc.crypten_compat import crypten
+    from pmpc.mpc import fixed_operand  # noqa: F401  (the providers' fixed-operand methods)
+
+    provider = crypten.mpc.get_default_provider()
+    provider.fixed_operand_mask("0/layers.0.o.w", (4, 4))
+    provider.fixed_operand_mask("0/layers.0.o.w", (4, 4))
+    provider.fixed_operand_triple("0/layers.0.o.w", (1, 4), (4, 4))  # reaches the dealer: it must be gone
+    return "dealt"

@@ -1,0 +1,163 @@
+"""Fixed-operand triples for private weights (pmpc.mpc.fixed_operand): each weight matrix is masked
+and opened once per session, and a decoded token opens the activations only.
+
+* Secure decoding with private weights equals the plaintext model within fixed-point tolerance
+  over several decode steps, and KV-cache decode equals a recompute, in ``local`` and ``ttp`` modes.
+* What each party opens, counted at its communicator: at setup exactly one opening of every weight
+  matrix (W - B), none afterwards — the control (re-masking at every product) opens every matrix at
+  every token — and the weights' share of a decoded token's bytes falls by more than 20x.
+* The opened W - B is uniform; the dealer refuses a second mask under an id it holds (so no B is
+  used against two values) and malformed or oversized requests; ``--preprocess`` plans and deals
+  the new kind.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pmpc.mpc import dealer as D
+from pmpc import models
+from pmpc.mpc import parties
+from pmpc.engine import fold_weights
+from pmpc.mpc import fixed_operand as F
+from tests import fixed_operand_jobs as J
+from tests.test_privacy import ALPHA, Z_MAX, uniformity
+
+TOL = 0.05  # |logit| error of fixed-point `exact` on stories260K (test_engine's bound for generation)
+
+
+@pytest.fixture(scope="module")
+def sessions(stories_dir):
+    out = {}
+    for name, dealer, fixed in (("local", "local", True), ("ttp", "ttp", True), ("remask", "local", False)):
+        out[name] = parties.run_local(functools.partial(J.decode_session, fixed), timeout_s=120, dealer=dealer)[0]
+    return out
+
+
+@pytest.mark.parametrize("mode", ["local", "ttp"])
+def test_private_decode_equals_plaintext_and_recompute(sessions, mode):
+    r = sessions[mode]
+    assert r["steps"].shape == r["plain"].shape and r["steps"].shape[1] == 4  # prefill + 3 decode steps
+    assert np.abs(r["steps"] - r["plain"]).max() < TOL
+    assert np.abs(r["steps"] - r["recompute"]).max() < TOL
+    # the same greedy choices as the plaintext model at every step
+    assert (r["steps"].argmax(-1) == r["plain"].argmax(-1)).all()
+
+
+@pytest.mark.parametrize("mode", ["local", "ttp"])
+def test_each_weight_is_opened_once_per_session(sessions, mode):
+    r, control = sessions[mode], sessions["remask"]
+    mats = sorted(r["weight_shapes"].values())
+    mat_set = set(mats)
+    # setup opens W - B once for every matrix, and nothing else
+    assert sorted(r["phases"]["setup"]["opened"]) == mats
+    for phase, v in r["phases"].items():
+        if phase != "setup":
+            assert not mat_set & set(v["opened"]), (phase, mat_set & set(v["opened"]))
+    # the control (a fresh triple per product) re-opens every matrix at every decoded token
+    for t in range(3):
+        seen = collections.Counter(s for s in control["phases"][f"decode{t}"]["opened"] if s in mat_set)
+        assert sorted(seen.elements()) == mats
+    # bytes: the setup carries one opening of the weights (8 bytes a ring element, sent and received;
+    # with ttp, plus party 0's short mask requests to the dealer); a decoded token's products with
+    # the weights carry activations only
+    n_weights = sum(math.prod(s) for s in mats)
+    assert 2 * 8 * n_weights <= r["phases"]["setup"]["bytes"] <= 2 * 8 * n_weights + 200 * len(mats)
+    for t in range(3):
+        fixed, remask = r["phases"][f"decode{t}"], control["phases"][f"decode{t}"]
+        assert remask["weight_bytes"] > 2 * 8 * n_weights
+        assert fixed["weight_bytes"] * 20 < remask["weight_bytes"]
+        if mode == "local":  # the control's tuple source (with ttp, the dealer's traffic adds to the total)
+            assert fixed["bytes"] < remask["bytes"] - 2 * 8 * n_weights * 0.9
+
+
+def test_the_opened_mask_is_uniform(sessions):
+    d = sessions["ttp"]["opened_mask"]
+    assert d.size > 20_000
+    u = uniformity(d)
+    assert u["chi2_p"] > ALPHA and u["max_bit_z"] < Z_MAX, u
+    # the detector rejects a masked value whose mask is not uniform (a 32-bit mask leaves the top bits)
+    w = (torch.randn(d.size) * 2 ** 16).long()
+    weak = (w + torch.randint(0, 2 ** 32, w.shape)).numpy()
+    assert uniformity(weak)["max_bit_z"] > Z_MAX
+
+
+def test_the_dealer_refuses_to_reuse_a_mask():
+    """A party 0 that asks for a second mask under an id the dealer holds (so that B would open
+    against another value): the dealer stops the session, and the parties end with one line."""
+    with pytest.raises(parties.PartyError, match=r"dealer.*dealt already: a mask serves one weight only"):
+        parties.run_local(J.reuse_a_mask, timeout_s=20, dealer="ttp", deadline_s=90)
+
+
+class _Dealer:
+    """The dealer's fixed-operand methods on a stand-in whose parties' draws are counters."""
+
+    fixed_mask, fixed = F._dealer_mask, F._dealer_triple
+
+    def __init__(self):
+        self.draws = 0
+
+    def _get_additive_PRSS(self, size, remove_rank=False):
+        self.draws += 1
+        return torch.full(tuple(size), self.draws, dtype=torch.long)
+
+
+def test_dealer_checks_ids_shapes_and_limits(monkeypatch):
+    d = _Dealer()
+    d.fixed_mask("0/layers.0.o.w", [3, 4])
+    with pytest.raises(ValueError, match="dealt already"):
+        d.fixed_mask("0/layers.0.o.w", [3, 4])
+    assert d.fixed("0/layers.0.o.w", [1, 2, 3], [3, 4]).shape == (1, 2, 4)
+    with pytest.raises(ValueError, match="no mask"):
+        d.fixed("0/layers.1.o.w", [1, 3], [3, 4])
+    with pytest.raises(ValueError, match="is \\[3, 4\\]"):
+        d.fixed("0/layers.0.o.w", [1, 3], [3, 5])
+    monkeypatch.setattr(F, "MAX_MASK_ELEMENTS", 20)
+    with pytest.raises(ValueError, match="limit"):
+        d.fixed_mask("0/layers.1.o.w", [3, 4])
+    bad = [
+        {"op": "fixed_mask", "id": "0/x.w", "shape": [4]},                  # not a matrix
+        {"op": "fixed_mask", "id": "0/x.w", "shape": [1 << 20, 1 << 20]},   # beyond the allocation bound
+        {"op": "fixed_mask", "id": "0/x.w\n", "shape": [2, 2]},             # odd characters
+        {"op": "fixed_mask", "id": "x" * 200, "shape": [2, 2]},             # too long
+        {"op": "fixed_mask", "id": 7, "shape": [2, 2]},
+        {"op": "tuple", "function": "fixed", "args": ["0/x.w", [1, 3], [4, 2]], "kwargs": {}},   # no product
+        {"op": "tuple", "function": "fixed", "args": ["0/x.w", [1, 3], [3, 2, 1]], "kwargs": {}},
+        {"op": "tuple", "function": "fixed", "args": ["0/x.w", [1, 3]], "kwargs": {}},
+        {"op": "tuple", "function": "fixed", "args": ["0/x.w", [1, 3], [3, 2]], "kwargs": {"a": 1}},
+        {"op": "batch", "requests": [["fixed", ["0/x.w", [1 << 15, 1 << 14], [1 << 14, 1 << 14]], {}]]},
+    ]
+    for m in bad:
+        with pytest.raises((ValueError, TypeError)):
+            D._check_message(m)
+    D._check_message({"op": "fixed_mask", "id": "0/layers.0.qkv.w", "shape": [64, 192]})
+    D._check_message({"op": "tuple", "function": "fixed", "args": ["0/x.w", [1, 1, 3], [3, 2]], "kwargs": {}})
+
+
+@pytest.mark.parametrize("dealer", ["ttp", "local"])
+def test_preprocess_plans_and_deals_fixed_operand_triples(stories_dir, dealer):
+    """`--preprocess` with private weights: the plan holds one fixed-operand triple per weight
+    matrix per forward, the dealer of the mode (the dealer process; party 0 for a cost-only
+    ``local`` run) deals them against the session's masks, and greedy generation equals the
+    plaintext model's."""
+    from pmpc.mpc import secure
+
+    model, tok = models.load_hf(str(stories_dir))
+    ids = tok("Once upon a time", return_tensors="pt")["input_ids"]
+    n = 3
+    with torch.no_grad():
+        ref = model.generate(ids, max_new_tokens=n, do_sample=False, min_new_tokens=n)[0, ids.shape[1]:]
+    cfg = secure.GenConfig(model=str(stories_dir), protocol="exact", weights="private", max_new_tokens=n,
+                           preprocess=True)
+    client, _ = secure.run_generation(cfg, secure.ClientInput(ids, torch.ones_like(ids)), timeout_s=120, dealer=dealer,
+                                      cost_only=dealer == "local")
+    assert client["tokens"][0] == ref.tolist()
+    off = client["phases"]["offline"]
+    n_mats = sum(1 for v in fold_weights(models.spec_from_hf(model)).values() if v.dim() == 2)  # q|k|v, gate|up fused
+    assert off["prefill"]["tuples"]["fixed"][0] == n_mats
+    assert off["decode"]["tuples"]["fixed"][0] == n_mats * (n - 1)
