@@ -5,9 +5,11 @@ import os
 
 import torch
 
-from pmpc.mpc import cost, models
+from pmpc import models
 from pmpc.engine import Engine, fold_weights
-from pmpc.ops import CrypTenOps, TorchOps
+from pmpc.mpc import cost
+from pmpc.mpc.crypten_ops import CrypTenOps
+from pmpc.ops import TorchOps
 
 STORIES = os.environ.get("PMPC_STORIES", "")
 PROMPT = [1, 403, 407, 261, 378, 429, 334, 287]  # stories260K token ids

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import torch
 
-from pmpc.mpc import dealer as D
 from pmpc import models
-from pmpc.mpc import parties
 from pmpc.engine import fold_weights
+from pmpc.mpc import dealer as D
 from pmpc.mpc import fixed_operand as F
+from pmpc.mpc import parties
 from tests import fixed_operand_jobs as J
 from tests.test_privacy import ALPHA, Z_MAX, uniformity
 
