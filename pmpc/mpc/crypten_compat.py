@@ -504,6 +504,11 @@ def _int64(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
+def log2_scale(x) -> int:
+    """The fixed-point scale of a CrypTensor as a power of two (1 for ring integers)."""
+    return int(x.encoder.scale).bit_length() - 1
+
+
 def b2a_bits(xb):
     """Single-bit binary shares (0/1 in bit 0) -> arithmetic shares of the same bits, precision 0.
 

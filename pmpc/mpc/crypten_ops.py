@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from pmpc.mpc.crypten_compat import MPCTensor, Ptype, b2a_bits, crypten, lane_ltz  # crypten_compat first: it shims crypten
+from pmpc.mpc.crypten_compat import MPCTensor, Ptype, b2a_bits, crypten, lane_ltz, log2_scale as _log2_scale  # crypten_compat first: it shims crypten
 from crypten.encoder import FixedPointEncoder  # noqa: E402,I001
 from crypten.mpc.primitives import beaver  # noqa: E402
 from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor  # noqa: E402
@@ -210,11 +210,6 @@ class CrypTenOps(Ops):
 
     def stack(self, xs, dim=0):
         return self.crypten.stack(xs, dim=dim)
-
-
-def _log2_scale(x) -> int:
-    """The fixed-point scale of a CrypTensor as a power of two (1 for ring integers)."""
-    return int(x.encoder.scale).bit_length() - 1
 
 
 def _raw(x, shape, scale_bits: int):

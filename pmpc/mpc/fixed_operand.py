@@ -38,8 +38,14 @@ import weakref
 
 import torch
 
-from pmpc.mpc import crypten_compat as cc
-from pmpc.mpc import wire
+from pmpc.mpc import crypten_compat as cc  # first: it shims crypten before anything imports it
+from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor  # noqa: E402,I001
+from crypten.mpc.provider.tfp_provider import TrustedFirstParty  # noqa: E402
+from crypten.mpc.provider.ttp_provider import TrustedThirdParty, TTPClient, TTPServer  # noqa: E402
+
+from pmpc.mpc import wire  # noqa: E402
+from pmpc.mpc.primitives import PRIMITIVES  # noqa: E402
+from pmpc.mpc.roles import talking_to  # noqa: E402
 
 KIND = "fixed_operand_triple"  # the provider method and the plan's request kind
 ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._/-")
@@ -92,7 +98,6 @@ def prepare(W: dict, names) -> dict:
     """``W`` with each weight in ``names`` (secret-shared matrices used as the right operand of a
     product) turned into a :class:`FixedOperand`: a fresh mask per weight from the session's
     provider, and D = W - B opened once, in rounds of at most ``OPEN_ELEMENTS`` ring elements."""
-    from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
 
     serial = _serial(cc.active_provider())
     names = sorted(names)  # one order at both parties (and the dealer): the masks are drawn in it
@@ -123,11 +128,6 @@ def prepare(W: dict, names) -> dict:
 def matmul(x, f: FixedOperand):
     """[x @ W] for a secret x against the fixed operand ``f``: one opening of x - A (one round),
     two local ring products, one truncation back to the standard fixed point."""
-    from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
-
-    from pmpc.mpc.primitives import PRIMITIVES
-    from pmpc.ops import _log2_scale
-
     provider = cc.crypten.mpc.get_default_provider()
     a, c = getattr(provider, KIND)(f.wid, x.size(), f.size())
     e = cc.comm.get().all_reduce(x._tensor.share - a.share)  # the activations' opening: one round
@@ -135,7 +135,7 @@ def matmul(x, f: FixedOperand):
     PRIMITIVES.add("products", z.numel())
     fb = cc.crypten.cfg.encoder.precision_bits
     out = ArithmeticSharedTensor.from_shares(z, precision=0)
-    shift = _log2_scale(x) + _log2_scale(f.w) - fb
+    shift = cc.log2_scale(x) + cc.log2_scale(f.w) - fb
     if shift > 0:
         out.div_(2 ** shift)  # the one truncation (crypten_compat's exact 2-party division)
     return cc.MPCTensor.from_shares(out.share, precision=fb)
@@ -149,7 +149,6 @@ def out_size(size_x, size_w) -> list:
 
 def _arith(t, size):
     """Party 0's plaintext ``t`` shared with a pseudo-random zero sharing (``size``: at the others)."""
-    from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
 
     return ArithmeticSharedTensor(t, size=size, precision=0, src=0)
 
@@ -185,17 +184,12 @@ def _mask_for(masks: dict, wid, size_w) -> torch.Tensor:
 
 # ``ttp``: the parties' side -----------------------------------------------------------------------
 def _ttp_mask(self, wid, size, device=None):
-    from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
-    from crypten.mpc.provider.ttp_provider import TTPClient
-
-    from pmpc.mpc import parties
-
     client = TTPClient.get()
     b = cc.ring_random(size, client.get_generator())
     c = cc.comm.get()
     if c.get_rank() == 0:  # the dealer draws the same shares (and keeps their sum): told in order
         ttp = c.get_ttp_rank()
-        with parties.talking_to(ttp):
+        with talking_to(ttp):
             wire.send("dealer request", {"op": "fixed_mask", "id": wid, "shape": list(size)}, ttp, client.ttp_group)
             wire.recv("dealer reply", ttp, client.ttp_group, check=lambda m: _check_ack(m, wid))
     return ArithmeticSharedTensor.from_shares(b, precision=0)
@@ -208,9 +202,6 @@ def _check_ack(m, wid):
 
 
 def _ttp_triple(self, wid, size_x, size_w, device=None):
-    from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
-    from crypten.mpc.provider.ttp_provider import TTPClient
-
     client = TTPClient.get()
     gen = client.get_generator()
     a = cc.ring_random(size_x, gen)
@@ -262,9 +253,6 @@ def check_request(args: list, max_elements: int) -> list:
 
 
 def _install() -> None:
-    from crypten.mpc.provider.tfp_provider import TrustedFirstParty
-    from crypten.mpc.provider.ttp_provider import TrustedThirdParty, TTPServer
-
     TrustedFirstParty.fixed_operand_mask, TrustedFirstParty.fixed_operand_triple = _tfp_mask, _tfp_triple
     TrustedThirdParty.fixed_operand_mask, TrustedThirdParty.fixed_operand_triple = _ttp_mask, _ttp_triple
     TTPServer.fixed_mask, TTPServer.fixed = _dealer_mask, _dealer_triple
