@@ -1,0 +1,1 @@
+"""The MPC runtime: how the parties talk, agree on keys and deal correlated randomness."""
