@@ -136,18 +136,27 @@ def _binding(peer: int) -> bytes:
 
 
 def pair(rank: int, peer: int, group, label: str) -> Link:
-    """Run the exchange with ``peer`` (ranks as in the default group) over ``group``."""
-    psk = _psk()
+    """Run the exchange with ``peer`` on this party's link to it (``group``: unused, kept for the
+    callers' symmetry) and remember the result (:func:`link`)."""
+    ln = exchange_keys(lambda data: _swap(data, peer, group), _binding(peer), rank, peer, label, _psk())
+    ln.group = group
+    _LINKS[peer] = ln
+    return ln
+
+
+def exchange_keys(swap, binding: bytes, rank: int, peer: int, label: str, psk: bytes) -> Link:
+    """The exchange itself: ``swap(data) -> the peer's data`` carries the messages; ``binding`` (the
+    link's TLS server certificate fingerprint as this side saw it) enters the transcript."""
     sk = X25519PrivateKey.from_private_bytes(os.urandom(32))  # ephemeral, straight from the OS
     pk = sk.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    peer_pk = _swap(pk, peer, group)
+    peer_pk = swap(pk)
     try:
         shared = sk.exchange(X25519PublicKey.from_public_bytes(peer_pk))
     except ValueError:  # a low-order point (all-zero secret): only an active attacker sends one
         raise unauthenticated(peer) from None
     lo, hi = sorted((rank, peer))
     pks = (pk, peer_pk) if rank == lo else (peer_pk, pk)
-    transcript = b"|".join([CONTEXT, label.encode(), bytes([lo, hi]), pks[0], pks[1], _binding(peer)])
+    transcript = b"|".join([CONTEXT, label.encode(), bytes([lo, hi]), pks[0], pks[1], binding])
 
     # HKDF-SHA256 (RFC 5869): extract with the pre-shared key as salt, expand per named output
     prk = hmac.new(psk, shared, hashlib.sha256).digest()
@@ -156,11 +165,10 @@ def pair(rank: int, peer: int, group, label: str) -> Link:
     def okm(name: bytes, n: int) -> bytes:
         return HKDFExpand(hashes.SHA256(), n, info=transcript + b"|" + name).derive(prk)
 
-    link = Link(rank, peer, group, okm)
-    got = _swap(link.tag(b"confirm", bytes([rank])), peer, group)
+    link = Link(rank, peer, None, okm)
+    got = swap(link.tag(b"confirm", bytes([rank])))
     if not hmac.compare_digest(got, link.tag(b"confirm", bytes([peer]))):
         raise unauthenticated(peer)
-    _LINKS[peer] = link
     return link
 
 

@@ -396,9 +396,9 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
 
 
 def crypten_timeout() -> float:
-    from pmpc.crypten_compat import _TIMEOUT
+    from pmpc.mpc import transport
 
-    return _TIMEOUT[0].total_seconds()
+    return transport.current().timeout_s
 
 
 def check_dealer(cfg: GenConfig, dealer: str, cost_only: bool = False) -> None:

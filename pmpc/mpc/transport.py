@@ -513,14 +513,20 @@ def join(rank: int, n: int, rendezvous: str, timeout_s: float, tls: bool | None 
     finally:
         if listener is not None:
             listener.close()
+    _STATE["transport"] = t = links(rank, socks, timeout_s, tls)
+    return t
+
+
+def links(rank: int, socks: dict, timeout_s: float, tls: bool) -> Transport:
+    """This party's transport on connected sockets (``{peer rank: socket}``); with ``tls``, this
+    side is the TLS server towards higher ranks and the client towards lower ones."""
     t = Transport(rank, {p: Channel(s, p) for p, s in sorted(socks.items())}, timeout_s, tls)
     if tls:
-        ctx, fp = _ephemeral_server_context() if rank < n - 1 else (None, b"")
+        ctx, fp = _ephemeral_server_context() if any(p > rank for p in socks) else (None, b"")
         for peer, c in t.channels.items():  # before any pumping: every byte that arrives goes to TLS
             _tls_objects(c, ctx if peer > rank else None)
         for peer in sorted(socks):  # every pair in the same (lexicographic) order: no cycle of waits
             _handshake_tls(t, peer, fp)
-    _STATE["transport"] = t
     return t
 
 
