@@ -121,6 +121,7 @@ class Channel:
         self._rp = 0                  # read position in _rx
         self.eof = False
         self.error = ""
+        self._scratch = memoryview(bytearray(1 << 18))
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -180,37 +181,40 @@ class Channel:
         return sent
 
     # receiving
-    def recv_some(self, want: int) -> int:
-        """Non-blocking: read what has arrived (at least ``want`` bytes if there are); returns bytes read."""
+    def recv_some(self) -> int:
+        """Non-blocking: read what has arrived (into a scratch buffer: ``recv(n)`` would map and
+        unmap n fresh bytes per call); returns bytes read."""
         try:
-            data = self.sock.recv(max(65536, min(want, 8 << 20)))
+            n = self.sock.recv_into(self._scratch)
         except (BlockingIOError, InterruptedError):
             return 0
         except OSError as e:
             self.error = e.strerror or str(e)
             self.eof = True
             return 0
-        if not data:
+        if not n:
             self.eof = True
             if self.tls is not None:
                 self.tls[1].write_eof()
         if self.tls is None:
-            self._rx += data
+            self._rx += self._scratch[:n]
         else:
-            if data:
-                self.tls[1].write(data)
+            if n:
+                self.tls[1].write(self._scratch[:n])
             if self.ready:
                 self._decrypt()
+        return n
+
+    def _compact(self) -> None:
         if self._rp > (1 << 20) and self._rp > len(self._rx) // 2:
             del self._rx[:self._rp]
             self._rp = 0
-        return len(data)
 
     def _decrypt(self) -> None:
         obj = self.tls[0]
         while True:
             try:
-                chunk = obj.read(1 << 20)
+                k = obj.read(len(self._scratch), self._scratch)
             except ssl.SSLWantReadError:
                 break
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
@@ -220,15 +224,16 @@ class Channel:
                 self.error = f"TLS: {e.reason or e}"
                 self.eof = True
                 break
-            if not chunk:
+            if not k:
                 break
-            self._rx += chunk
+            self._rx += self._scratch[:k]
         self._move_out()
 
     def take(self, n: int) -> bytes:
         with memoryview(self._rx) as m:   # released at once: a held view would pin _rx's size
             out = bytes(m[self._rp:self._rp + n])
         self._rp += n
+        self._compact()
         return out
 
     def take_into(self, dst) -> None:
@@ -236,6 +241,7 @@ class Channel:
         with memoryview(self._rx) as m:
             dst[:] = m[self._rp:self._rp + n]
         self._rp += n
+        self._compact()
 
 
 # -- the links of one party ----------------------------------------------------------------------------
@@ -255,7 +261,7 @@ class Transport:
     def binding(self, peer: int) -> bytes:
         return self.channel(peer).binding
 
-    def _pump(self, awaited: Channel, done, need: int = 0) -> None:
+    def _pump(self, awaited: Channel, done) -> None:
         """Move bytes on every link until ``done()``; bounded by ``timeout_s`` of no progress on ``awaited``."""
         last = time.monotonic()
         chans = list(self.channels.values())
@@ -274,7 +280,7 @@ class Transport:
                 raise _stalled(awaited.peer, self.timeout_s)
             r, w, _ = select.select(rl, wl, [], left)
             for c in r:
-                if c.recv_some(need - c.pending if c is awaited else 0) and c is awaited:
+                if c.recv_some() and c is awaited:
                     last = time.monotonic()
 
     def flush(self, peer: int | None = None) -> None:
@@ -290,7 +296,7 @@ class Transport:
             self._pump(c, lambda: not c._tx)
 
     def _recv_len(self, c: Channel) -> int:
-        self._pump(c, lambda: c.pending >= 8, 8)
+        self._pump(c, lambda: c.pending >= 8)
         return _HEADER.unpack(c.take(8))[0]
 
     def recv_into(self, peer: int, *arrays) -> None:
@@ -302,7 +308,7 @@ class Transport:
             if n != want:
                 raise RuntimeError(f"out of step with {_who(peer)}: it sent {n} bytes where this party "
                                    f"expected {want}")
-            self._pump(c, lambda: c.pending >= n, n)
+            self._pump(c, lambda: c.pending >= n)
             for a in arrays:
                 c.take_into(a)
 
@@ -313,7 +319,7 @@ class Transport:
             n = self._recv_len(c)
             if check is not None:
                 check(n)
-            self._pump(c, lambda: c.pending >= n, n)
+            self._pump(c, lambda: c.pending >= n)
             return c.take(n)
 
     def swap(self, peer: int, data: bytes) -> bytes:
@@ -458,7 +464,7 @@ def _handshake_tls(t: Transport, peer: int, fingerprint: bytes = b"") -> None:
         return step() and not c._tx
 
     try:
-        t._pump(c, done, 1)
+        t._pump(c, done)
     except ssl.SSLError as e:
         raise ConnectionError(f"TLS with {_who(peer)} failed: {e.reason or e}") from None
     if obj.version() != "TLSv1.3":
