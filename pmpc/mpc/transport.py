@@ -122,6 +122,7 @@ class Channel:
         self.eof = False
         self.error = ""
         self._scratch = memoryview(bytearray(1 << 18))
+        self._sink, self._sinkpos = None, 0   # the buffer the awaited message's body is read into
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -141,9 +142,7 @@ class Channel:
             for b in buffers:
                 if len(b):
                     self._tx.append(memoryview(b).cast("B"))
-            self.send_some()
-            # what the socket did not take is copied: the caller may reuse its tensors at once
-            self._tx = collections.deque(memoryview(bytes(m)) for m in self._tx)
+            self.send_some()  # no copy: every caller flushes before it returns (the tensors stay as they are)
         else:
             obj = self.tls[0]
             for b in buffers:
@@ -183,9 +182,10 @@ class Channel:
     # receiving
     def recv_some(self) -> int:
         """Non-blocking: read what has arrived (into a scratch buffer: ``recv(n)`` would map and
-        unmap n fresh bytes per call); returns bytes read."""
+        unmap n fresh bytes per call), or straight into the awaited buffer; returns bytes read."""
+        into = self._sink[self._sinkpos:] if self.tls is None and self._sink is not None else self._scratch
         try:
-            n = self.sock.recv_into(self._scratch)
+            n = self.sock.recv_into(into)
         except (BlockingIOError, InterruptedError):
             return 0
         except OSError as e:
@@ -197,7 +197,10 @@ class Channel:
             if self.tls is not None:
                 self.tls[1].write_eof()
         if self.tls is None:
-            self._rx += self._scratch[:n]
+            if into is self._scratch:
+                self._rx += self._scratch[:n]
+            else:
+                self._advance(n)
         else:
             if n:
                 self.tls[1].write(self._scratch[:n])
@@ -210,11 +213,18 @@ class Channel:
             del self._rx[:self._rp]
             self._rp = 0
 
+    def _advance(self, n: int) -> None:
+        self._sinkpos += n
+        if self._sinkpos == len(self._sink):
+            self._sink = None
+
     def _decrypt(self) -> None:
         obj = self.tls[0]
         while True:
+            direct = self._sink is not None
+            buf = self._sink[self._sinkpos:] if direct else self._scratch
             try:
-                k = obj.read(len(self._scratch), self._scratch)
+                k = obj.read(len(buf), buf)
             except ssl.SSLWantReadError:
                 break
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
@@ -226,7 +236,10 @@ class Channel:
                 break
             if not k:
                 break
-            self._rx += self._scratch[:k]
+            if direct:
+                self._advance(k)
+            else:
+                self._rx += self._scratch[:k]
         self._move_out()
 
     def take(self, n: int) -> bytes:
@@ -236,12 +249,20 @@ class Channel:
         self._compact()
         return out
 
-    def take_into(self, dst) -> None:
-        n = len(dst)
-        with memoryview(self._rx) as m:
-            dst[:] = m[self._rp:self._rp + n]
-        self._rp += n
-        self._compact()
+    def fill(self, dst) -> bool:
+        """Copy what is buffered into ``dst``; when that is short, the rest will be read straight
+        into it (no buffer in between) as it arrives. True when ``dst`` is full already."""
+        dst = memoryview(dst).cast("B")   # slices of a view write through (a bytearray's would copy)
+        k = min(self.pending, len(dst))
+        if k:
+            with memoryview(self._rx) as m:
+                dst[:k] = m[self._rp:self._rp + k]
+            self._rp += k
+            self._compact()
+        if k < len(dst):
+            self._sink, self._sinkpos = dst, k
+            return False
+        return True
 
 
 # -- the links of one party ----------------------------------------------------------------------------
@@ -308,9 +329,12 @@ class Transport:
             if n != want:
                 raise RuntimeError(f"out of step with {_who(peer)}: it sent {n} bytes where this party "
                                    f"expected {want}")
-            self._pump(c, lambda: c.pending >= n)
             for a in arrays:
-                c.take_into(a)
+                if not c.fill(a):
+                    try:
+                        self._pump(c, lambda: c._sink is None)
+                    finally:
+                        c._sink = None
 
     def recv_message(self, peer: int, check=None) -> bytes:
         """One message of any length; ``check(n)`` may refuse the announced length before the body is read."""
