@@ -14,9 +14,9 @@ shims it needs on torch 2.13 and exposes a few helpers for the party processes:
   :func:`_no_pickle_on_the_wire` makes them raise, so any path still reaching one fails loudly;
   pmpc's control messages are JSON frames (:mod:`pmpc.wire`).
 * CrypTen's arithmetic-to-binary conversion catches *every* ``RuntimeError`` (meant: out of
-  memory) and retries another way. A lost or silent peer raises ``RuntimeError`` in gloo, so the
-  retry hid the failure, waited a second timeout and desynchronised the parties (one retried,
-  the other did not). :func:`_A2B` keeps the one-shot path and lets errors through.
+  memory) and retries another way: a retry after a failure in one party only (a peer out of
+  step, a failure on one side) would desynchronise the parties (one retried, the other did not).
+  :func:`_A2B` keeps the one-shot path and lets errors through.
 * CrypTen seeds its generators with 64-bit values sent in the clear (the dealer's drawn from
   torch's global generator, which processes forked from one parent share) and expands them with
   Mersenne Twister: every process here keys AES-128-CTR streams (:mod:`pmpc.prg`) from the OS and
