@@ -6,10 +6,12 @@ channel the parties used before the direct transport), the direct transport bare
 Sizes: 8 B (one ring word), 4.6 KB, 175 KB and 1.6 MB of int64 words (a decode-step opening, a
 layer's prefill activation, a large prefill product). Each channel runs in a fresh pair of
 processes; per size, ``--warmup`` untimed rounds then ``--rounds`` timed ones (fewer for the
-large sizes), each timed on its own; the median, 10th and 90th percentile are reported (party 0's
-clock). The direct transport is timed through its CrypTen communicator (``all_reduce``: the call
-a secure op makes); gloo through ``torch.distributed.all_reduce`` on a copy, as CrypTen's
-communicator called it.
+large sizes), each timed on its own; the median, 10th and 90th percentile of the wall time are
+reported (party 0's clock), and the process CPU time per round (all threads: gloo's I/O threads
+included), which a shared machine's load distorts less than the wall time. Both are timed through
+CrypTen's communicator interface (``all_reduce``, wrapped in CrypTen's counting decorator: the
+call a secure op makes): the direct transport's communicator, and for gloo
+``torch.distributed.all_reduce`` on a copy, as CrypTen's ``DistributedCommunicator`` called it.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python bench/transport.py [--rounds 400] [--out results/transport]
 
@@ -39,20 +41,33 @@ def _party(channel: str, rank: int, rdv: str, rounds: int, warmup: int, q) -> No
     import torch
 
     torch.set_num_threads(1)
+    from pmpc.crypten_compat import comm, crypten
+    from pmpc.mpc import transport
+
+    crypten.cfg.communicator.verbose = True
     if channel == "gloo":
         import torch.distributed as dist
+        from crypten.communicator.communicator import _logging
 
         dist.init_process_group("gloo", init_method=rdv, rank=rank, world_size=2)
 
-        def exchange(t):
-            out = t.clone()
-            dist.all_reduce(out)
-            return out
-    else:
-        from pmpc.crypten_compat import crypten
-        from pmpc.mpc import transport
+        class Gloo(comm.Communicator):
+            def get_world_size(self):
+                return 2
 
-        crypten.cfg.communicator.verbose = True
+            def get_rank(self):
+                return rank
+
+            @_logging
+            def all_reduce(self, t):
+                out = t.clone()
+                dist.all_reduce(out)
+                return out
+
+        g = Gloo()
+        g.reset_communication_stats()
+        exchange = g.all_reduce
+    else:
         t = transport.join(rank, 2, rdv, 60.0, tls=channel == "direct TLS")
         c = transport.DirectCommunicator(t, rank, 2, False)
         exchange = c.all_reduce
@@ -62,12 +77,15 @@ def _party(channel: str, rank: int, rdv: str, rounds: int, warmup: int, q) -> No
         for _ in range(warmup):
             exchange(x)
         times = []
+        cpu0 = time.process_time()
         for _ in range(_rounds_for(words, rounds)):
             t0 = time.perf_counter()
             exchange(x)
             times.append(time.perf_counter() - t0)
+        cpu = (time.process_time() - cpu0) / len(times)
         times.sort()
         out[name] = {"bytes": 8 * words, "rounds": len(times), "median_ms": 1e3 * statistics.median(times),
+                     "cpu_ms": 1e3 * cpu,
                      "p10_ms": 1e3 * times[len(times) // 10], "p90_ms": 1e3 * times[(9 * len(times)) // 10]}
     if channel == "gloo":
         dist.barrier()
@@ -93,13 +111,14 @@ def measure(channel: str, rounds: int, warmup: int) -> dict:
 
 
 def markdown(res: dict) -> str:
-    lines = ["| message | " + " | ".join(f"{c} median ms (p10-p90)" for c in CHANNELS) + " | gloo / TLS |",
+    lines = ["| message | " + " | ".join(f"{c}: wall ms median (p10-p90); CPU ms" for c in CHANNELS)
+             + " | gloo / TLS (wall median) |",
              "|---|" + "---|" * (len(CHANNELS) + 1)]
     for name in SIZES:
-        cells = [f"{res[c][name]['median_ms']:.3f} ({res[c][name]['p10_ms']:.3f}-{res[c][name]['p90_ms']:.3f})"
-                 for c in CHANNELS]
+        cells = [f"{res[c][name]['median_ms']:.3f} ({res[c][name]['p10_ms']:.3f}-{res[c][name]['p90_ms']:.3f}); "
+                 f"{res[c][name]['cpu_ms']:.3f}" for c in CHANNELS]
         ratio = res["gloo"][name]["median_ms"] / res["direct TLS"][name]["median_ms"]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ratio:.1f}x |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ratio:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -27,10 +27,10 @@ channel whose far end is pinned. Python 3.11's ``ssl`` has no TLS-PSK, hence the
 ``PMPC_TLS=off`` (the same at every party) turns TLS off, for measuring the bare channel only: the
 shares are then readable by anyone on the path. Parties that disagree refuse at the hello.
 
-I/O. Each link is a non-blocking socket driven by :meth:`Transport._pump`, which sends whatever is
-pending on every link and reads whatever arrives (TLS through ``ssl.MemoryBIO``: encryption and
-decryption are plain calls, so one thread sends and receives at once without two threads sharing
-one TLS object). A party waiting on one peer keeps reading the others (up to a cap per link), so
+I/O. Each link is a non-blocking socket (an ``ssl.SSLSocket`` with TLS) driven by
+:meth:`Transport._pump` in the party's one thread, which sends whatever is pending on every link
+and reads whatever arrives, a message's body straight into its tensor; a sent tensor is not
+copied (every call flushes before it returns). A party waiting on one peer keeps reading the others (up to a cap per link), so
 two parties pushing large messages at each other cannot deadlock. Every wait is bounded: no
 progress from the awaited peer for ``timeout_s`` raises :class:`LinkTimeout`, a closed connection
 raises :class:`LinkClosed`; both name the peer (``pmpc_peer``, read by :mod:`pmpc.parties`).
@@ -107,15 +107,18 @@ def _stalled(peer: int, timeout_s: float) -> LinkTimeout:
 
 # -- one link ------------------------------------------------------------------------------------------
 class Channel:
-    """One connection to one peer: pending ciphertext out, received plaintext in."""
+    """One connection to one peer: bytes queued out, received plaintext in. With TLS the socket
+    is an ``ssl.SSLSocket`` in non-blocking mode: OpenSSL reads and writes the socket itself, one
+    thread sends and receives (never two threads on one TLS session)."""
 
-    def __init__(self, sock: socket.socket, peer: int, tls=None):
+    def __init__(self, sock: socket.socket, peer: int):
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock, self.peer = sock, peer
-        self.tls = tls                # (SSLObject, incoming BIO, outgoing BIO) or None
+        self.tls = False
         self.binding = b""            # SHA-256 of the TLS server's certificate, once shaken hands
-        self.ready = tls is None      # False while the TLS handshake runs (bytes go to the BIO only)
+        self.ready = True             # False while the TLS handshake runs (nothing else is read)
+        self.want_write = False       # the TLS handshake waits for the socket to take bytes
         self._tx: collections.deque = collections.deque()   # memoryviews of bytes to send
         self._rx = bytearray()
         self._rp = 0                  # read position in _rx
@@ -137,34 +140,26 @@ class Channel:
         self.post_raw(_HEADER.pack(sum(memoryview(b).nbytes for b in buffers)), *buffers)
 
     def post_raw(self, *buffers) -> None:
-        """Queue bytes as they are (the caller wrote the length header)."""
-        if self.tls is None:
-            for b in buffers:
-                if len(b):
-                    self._tx.append(memoryview(b).cast("B"))
-            self.send_some()  # no copy: every caller flushes before it returns (the tensors stay as they are)
-        else:
-            obj = self.tls[0]
-            for b in buffers:
-                if len(b):
-                    obj.write(b)
-            self._move_out()
-            self.send_some()
-
-    def _move_out(self) -> None:
-        out = self.tls[2].read()
-        if out:
-            self._tx.append(memoryview(out))
+        """Queue bytes as they are (the caller wrote the length header). No copy: every caller
+        flushes before it returns, so the tensors behind the buffers stay as they are meanwhile."""
+        views = [memoryview(b).cast("B") for b in buffers if len(b)]
+        if self.tls and sum(len(v) for v in views) <= 1 << 14:
+            views = [memoryview(b"".join(views))]   # one TLS record, not one per piece
+        self._tx.extend(views)
+        self.send_some()
 
     def send_some(self) -> int:
         """Non-blocking: send as much as the socket takes; returns bytes sent."""
         sent = 0
         while self._tx and not self.error:
             try:
-                n = self.sock.sendmsg(list(self._tx)[:64])
-            except (BlockingIOError, InterruptedError):
+                if self.tls:
+                    n = self.sock.send(self._tx[0])
+                else:
+                    n = self.sock.sendmsg(list(self._tx)[:64])
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 break
-            except OSError as e:
+            except OSError as e:   # ssl.SSLError included
                 self.error = e.strerror or str(e)
                 self._tx.clear()
                 break
@@ -181,66 +176,43 @@ class Channel:
 
     # receiving
     def recv_some(self) -> int:
-        """Non-blocking: read what has arrived (into a scratch buffer: ``recv(n)`` would map and
-        unmap n fresh bytes per call), or straight into the awaited buffer; returns bytes read."""
-        into = self._sink[self._sinkpos:] if self.tls is None and self._sink is not None else self._scratch
-        try:
-            n = self.sock.recv_into(into)
-        except (BlockingIOError, InterruptedError):
-            return 0
-        except OSError as e:
-            self.error = e.strerror or str(e)
-            self.eof = True
-            return 0
-        if not n:
-            self.eof = True
-            if self.tls is not None:
-                self.tls[1].write_eof()
-        if self.tls is None:
-            if into is self._scratch:
-                self._rx += self._scratch[:n]
-            else:
-                self._advance(n)
-        else:
-            if n:
-                self.tls[1].write(self._scratch[:n])
-            if self.ready:
-                self._decrypt()
-        return n
-
-    def _compact(self) -> None:
-        if self._rp > (1 << 20) and self._rp > len(self._rx) // 2:
-            del self._rx[:self._rp]
-            self._rp = 0
-
-    def _advance(self, n: int) -> None:
-        self._sinkpos += n
-        if self._sinkpos == len(self._sink):
-            self._sink = None
-
-    def _decrypt(self) -> None:
-        obj = self.tls[0]
+        """Non-blocking: read what has arrived, straight into the awaited buffer or else into a
+        scratch buffer (``recv(n)`` would map and unmap n fresh bytes per call); returns bytes read.
+        With TLS it reads until OpenSSL holds no more decrypted bytes (select cannot see those)."""
+        total = 0
         while True:
-            direct = self._sink is not None
-            buf = self._sink[self._sinkpos:] if direct else self._scratch
+            into = self._sink[self._sinkpos:] if self._sink is not None else self._scratch
             try:
-                k = obj.read(len(buf), buf)
-            except ssl.SSLWantReadError:
+                n = self.sock.recv_into(into)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 break
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 self.eof = True
                 break
             except ssl.SSLError as e:  # a record that does not authenticate: tampering on the path
-                self.error = f"TLS: {e.reason or e}"
+                self.error, self.eof = f"TLS: {e.reason or e}", True
+                break
+            except OSError as e:
+                self.error, self.eof = e.strerror or str(e), True
+                break
+            if not n:
                 self.eof = True
                 break
-            if not k:
-                break
-            if direct:
-                self._advance(k)
+            total += n
+            if into is self._scratch:
+                self._rx += self._scratch[:n]
             else:
-                self._rx += self._scratch[:k]
-        self._move_out()
+                self._sinkpos += n
+                if self._sinkpos == len(self._sink):
+                    self._sink = None
+            if not self.tls:
+                break
+        return total
+
+    def _compact(self) -> None:
+        if self._rp > (1 << 20) and self._rp > len(self._rx) // 2:
+            del self._rx[:self._rp]
+            self._rp = 0
 
     def take(self, n: int) -> bytes:
         with memoryview(self._rx) as m:   # released at once: a held view would pin _rx's size
@@ -294,14 +266,14 @@ class Transport:
                 return
             if awaited.error or awaited.eof:
                 raise _closed(awaited.peer, awaited.error)
-            rl = [c for c in chans if not c.eof and (c is awaited or c.pending < RX_CAP)]
-            wl = [c for c in chans if c._tx and not c.error]
+            rl = [c for c in chans if not c.eof and (c is awaited or (c.ready and c.pending < RX_CAP))]
+            wl = [c for c in chans if (c._tx or c.want_write) and not c.error]
             left = self.timeout_s - (time.monotonic() - last)
             if left <= 0:
                 raise _stalled(awaited.peer, self.timeout_s)
             r, w, _ = select.select(rl, wl, [], left)
             for c in r:
-                if c.recv_some() and c is awaited:
+                if c.ready and c.recv_some() and c is awaited:
                     last = time.monotonic()
 
     def flush(self, peer: int | None = None) -> None:
@@ -456,46 +428,38 @@ def _read_exact(sock: socket.socket, n: int, deadline: float, peer: str) -> byte
     return out
 
 
-def _tls_objects(c: Channel, server_ctx=None) -> None:
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    if server_ctx is not None:
-        obj = server_ctx.wrap_bio(incoming, outgoing, server_side=True)
-    else:
-        obj = _client_context().wrap_bio(incoming, outgoing, server_side=False)
-    c.tls, c.ready = (obj, incoming, outgoing), False
+def _tls_wrap(c: Channel, server_ctx=None) -> None:
+    """Make ``c`` a TLS link (server side with ``server_ctx``); the handshake runs later."""
+    ctx = server_ctx or _client_context()
+    c.sock = ctx.wrap_socket(c.sock, server_side=server_ctx is not None, do_handshake_on_connect=False)
+    c.tls, c.ready = True, False
 
 
 def _handshake_tls(t: Transport, peer: int, fingerprint: bytes = b"") -> None:
-    """Run the TLS handshake on the link to ``peer`` (its TLS objects made by :func:`_tls_objects`);
+    """Run the TLS handshake on the link to ``peer`` (wrapped by :func:`_tls_wrap`);
     ``fingerprint``: this side's own certificate's, on the server side."""
     import hashlib
 
     c = t.channel(peer)
-    obj = c.tls[0]
-    state = {"done": False}
-
-    def step():
-        if not state["done"]:
-            try:
-                obj.do_handshake()
-                state["done"] = True
-            except ssl.SSLWantReadError:
-                pass
-            c._move_out()
-        return state["done"]
 
     def done():
-        return step() and not c._tx
+        try:
+            c.sock.do_handshake()
+            c.ready = True
+        except ssl.SSLWantReadError:
+            c.want_write = False
+        except ssl.SSLWantWriteError:
+            c.want_write = True
+        return c.ready
 
     try:
         t._pump(c, done)
     except ssl.SSLError as e:
         raise ConnectionError(f"TLS with {_who(peer)} failed: {e.reason or e}") from None
-    if obj.version() != "TLSv1.3":
-        raise ConnectionError(f"{_who(peer)} negotiated {obj.version()}, not TLS 1.3")
-    c.binding = fingerprint if obj.server_side else hashlib.sha256(obj.getpeercert(binary_form=True)).digest()
-    c.ready = True
-    c._decrypt()  # anything that came with the last handshake flight
+    c.want_write = False
+    if c.sock.version() != "TLSv1.3":
+        raise ConnectionError(f"{_who(peer)} negotiated {c.sock.version()}, not TLS 1.3")
+    c.binding = fingerprint if c.sock.server_side else hashlib.sha256(c.sock.getpeercert(binary_form=True)).digest()
 
 
 def join(rank: int, n: int, rendezvous: str, timeout_s: float, tls: bool | None = None) -> Transport:
@@ -554,7 +518,7 @@ def links(rank: int, socks: dict, timeout_s: float, tls: bool) -> Transport:
     if tls:
         ctx, fp = _ephemeral_server_context() if any(p > rank for p in socks) else (None, b"")
         for peer, c in t.channels.items():  # before any pumping: every byte that arrives goes to TLS
-            _tls_objects(c, ctx if peer > rank else None)
+            _tls_wrap(c, ctx if peer > rank else None)
         for peer in sorted(socks):  # every pair in the same (lexicographic) order: no cycle of waits
             _handshake_tls(t, peer, fp)
     return t
