@@ -345,3 +345,23 @@ def test_parties_out_of_step_stop_with_one_line():
         t0.recv_into(1, bytearray(16))
     t0.close()
     t1.close()
+
+
+@pytest.mark.parametrize("tls", [True, False])
+def test_a_large_message_lands_in_its_own_buffer(tls):
+    """Waiting for a small message reads at most READ_AHEAD bytes of a large one behind it (plus
+    one TLS record): the large one is then read straight into its tensor, not buffered whole first."""
+    a, b = _tcp_pair()
+    t0, t1 = _in_threads(lambda: transport.links(0, {1: a}, 10.0, tls), lambda: transport.links(1, {0: b}, 10.0, tls))
+    big = _share(5) * 400   # 26 MB
+    sender = threading.Thread(target=lambda: (t1.send(0, b"small"), t1.send(0, big)), daemon=True)
+    sender.start()
+    time.sleep(0.5)         # let the large one pile up in the kernel behind the small one
+    assert t0.recv_message(1) == b"small"
+    assert t0.channel(1).pending <= transport.READ_AHEAD + (1 << 14) + 8
+    got = bytearray(len(big))
+    t0.recv_into(1, got)
+    assert got == big
+    sender.join(10)
+    t0.close()
+    t1.close()

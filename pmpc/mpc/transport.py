@@ -68,6 +68,7 @@ from crypten.communicator.distributed_communicator import DistributedCommunicato
 HELLO = b"pm"
 _HEADER = struct.Struct("<q")
 RX_CAP = 16 << 20   # bytes buffered from a peer nobody is waiting on; beyond it TCP pushes back
+READ_AHEAD = 1 << 18  # bytes read ahead of the message being waited for
 _STATE: dict = {"transport": None, "store": None, "pending": None}
 
 
@@ -178,7 +179,9 @@ class Channel:
     def recv_some(self) -> int:
         """Non-blocking: read what has arrived, straight into the awaited buffer or else into a
         scratch buffer (``recv(n)`` would map and unmap n fresh bytes per call); returns bytes read.
-        With TLS it reads until OpenSSL holds no more decrypted bytes (select cannot see those)."""
+        With TLS it reads until OpenSSL holds no more decrypted bytes (select cannot see those), or
+        until READ_AHEAD bytes wait unclaimed: a large tensor then lands in its own buffer, not
+        first in this one."""
         total = 0
         while True:
             into = self._sink[self._sinkpos:] if self._sink is not None else self._scratch
@@ -207,6 +210,8 @@ class Channel:
                     self._sink = None
             if not self.tls:
                 break
+            if self._sink is None and self.pending >= READ_AHEAD and not self.sock.pending():
+                break   # the rest waits in the kernel (select sees it) until a buffer is posted for it
         return total
 
     def _compact(self) -> None:
