@@ -52,6 +52,8 @@ def _party(channel: str, rank: int, rdv: str, rounds: int, warmup: int, q) -> No
         dist.init_process_group("gloo", init_method=rdv, rank=rank, world_size=2)
 
         class Gloo(comm.Communicator):
+            BYTES_PER_ELEMENT = 8
+
             def get_world_size(self):
                 return 2
 
