@@ -4,6 +4,7 @@
   truncation, lane comparisons, the provider switch, timeouts.
 * :mod:`pmpc.mpc.crypten_ops` — :class:`CrypTenOps`, the op set on secret-shared values.
 * :mod:`pmpc.mpc.prg` — OS seeds expanded by AES-128-CTR; the one source of randomness.
+* :mod:`pmpc.mpc.transport` — the links: one TCP connection per pair of parties, TLS 1.3 pinned by the key agreement, under CrypTen's communicator.
 * :mod:`pmpc.mpc.handshake` — the authenticated key exchange at start-up (X25519 + HKDF).
 * :mod:`pmpc.mpc.wire` — fixed-format JSON control frames; nothing from the wire is unpickled.
 * :mod:`pmpc.mpc.roles` — who a party is and whom it is talking to: the names every failure message uses.

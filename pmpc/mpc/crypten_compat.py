@@ -5,23 +5,23 @@ shims it needs on torch 2.13 and exposes a few helpers for the party processes:
 
 * ``torch.onnx._internal.registration`` moved to ``...torchscript_exporter.registration``:
   alias it before ``import crypten`` (crypten's ONNX converter imports it at import time).
-* ``torch.distributed`` process groups default to a 30-minute timeout and crypten has no knob:
-  :func:`init_party` wraps ``init_process_group``/``new_group`` so a stalled peer raises after
-  ``timeout_s`` instead of hanging.
+* The parties talk over direct TCP links with TLS 1.3 (:mod:`pmpc.mpc.transport`), not over
+  torch.distributed process groups: :func:`init_party` makes CrypTen's communicator class build
+  one on those links, where every wait ends after ``timeout_s``.
 * ``crypten.load`` needs ``weights_only=False``; pmpc never uses it (checkpoints are safetensors).
 * No pickle on the wire: CrypTen's ``send_obj``/``recv_obj``/``broadcast_obj`` pickle their
   payload (and ``torch.distributed``'s ``*_object*`` collectives unpickle whatever a peer sends).
   :func:`_no_pickle_on_the_wire` makes them raise, so any path still reaching one fails loudly;
   pmpc's control messages are JSON frames (:mod:`pmpc.mpc.wire`).
 * CrypTen's arithmetic-to-binary conversion catches *every* ``RuntimeError`` (meant: out of
-  memory) and retries another way. A lost or silent peer raises ``RuntimeError`` in gloo, so the
-  retry hid the failure, waited a second timeout and desynchronised the parties (one retried,
-  the other did not). :func:`_A2B` keeps the one-shot path and lets errors through.
+  memory) and retries another way: a retry after a failure in one party only (a peer out of
+  step, a failure on one side) would desynchronise the parties (one retried, the other did not).
+  :func:`_A2B` keeps the one-shot path and lets errors through.
 * CrypTen seeds its generators with 64-bit values sent in the clear (the dealer's drawn from
   torch's global generator, which processes forked from one parent share) and expands them with
   Mersenne Twister: every process here keys AES-128-CTR streams (:mod:`pmpc.mpc.prg`) from the OS and
-  from an authenticated key exchange (:mod:`pmpc.mpc.handshake`) instead, and every draw goes
-  through :func:`ring_random`.
+  from the authenticated key exchange that opens every link (:mod:`pmpc.mpc.handshake`) instead,
+  and every draw goes through :func:`ring_random`.
 * :class:`solo_dry_run` runs CrypTen ops in one party with no peer (planning a query's tuples).
 * Beaver code asks ``crypten.mpc.get_default_provider()`` for tuples at every call;
   :class:`use_provider` installs another provider there (the offline/online split,
@@ -29,7 +29,6 @@ shims it needs on torch 2.13 and exposes a few helpers for the party processes:
 """
 from __future__ import annotations
 
-import datetime
 import functools
 import importlib
 import os
@@ -116,38 +115,6 @@ def _fast_empty_mpctensor() -> None:
 
 
 _fast_empty_mpctensor()
-
-
-def _one_collective_per_round() -> None:
-    """A Beaver round opens two masked values (epsilon, delta); CrypTen's batched all_reduce
-    launches one collective per tensor, so every round paid two gloo latencies. Same-dtype CPU
-    tensors are flattened into ONE all_reduce instead: the same bytes, half the collectives.
-    Wrapped in CrypTen's own logging decorator, so rounds and bytes are counted as before."""
-    import torch.distributed as dist
-    from crypten.communicator.communicator import _logging
-    from crypten.communicator.distributed_communicator import DistributedCommunicator
-
-    orig = DistributedCommunicator.__dict__["all_reduce"]
-    inner = getattr(orig, "__wrapped__", None)
-    if inner is None:
-        return
-
-    def all_reduce(self, input, op=dist.ReduceOp.SUM, batched=False):
-        if (batched and len(input) > 1 and all(type(x) is torch.Tensor and not x.is_cuda
-                                               and x.dtype == input[0].dtype for x in input)):
-            flat = torch.cat([x.reshape(-1) for x in input])
-            dist.all_reduce(flat, op=op, group=self.main_group)
-            out, k = [], 0
-            for x in input:
-                out.append(flat[k:k + x.numel()].view(x.shape))
-                k += x.numel()
-            return out
-        return inner(self, input, op=op, batched=batched)
-
-    DistributedCommunicator.all_reduce = _logging(all_reduce)
-
-
-_one_collective_per_round()
 
 
 def _free_integral_products() -> None:
@@ -279,7 +246,7 @@ def _setup_prng() -> None:
     OS seed; "next"/"prev" (party 0's next = party 1's prev and vice versa: the pairwise zero
     sharings) and "global" from the authenticated X25519 exchange with the other party
     (:mod:`pmpc.mpc.handshake`). A CUDA device gets streams of its own (keys derived per device), so
-    no two devices reuse a stream."""
+    no two devices reuse a stream. The exchange ran when the link opened."""
     c = comm.get()
     rank, ws = c.get_rank(), c.get_world_size()
     if ws == 1:
@@ -287,7 +254,7 @@ def _setup_prng() -> None:
         seeds["prev"] = seeds["next"]
     elif ws == 2:
         peer = 1 - rank
-        ln = handshake.pair(rank, peer, c.main_group, "computing parties")
+        ln = handshake.link(peer)
         seeds = {"next": ln.seed(f"{rank}->{peer}"), "prev": ln.seed(f"{peer}->{rank}"), "global": ln.seed("global")}
     else:
         raise NotImplementedError("pmpc's seed agreement covers 2 computing parties")
@@ -299,19 +266,14 @@ def _setup_prng() -> None:
 
 def _ttp_client_generators(self) -> None:
     """A computing party's side of its stream with the dealer: keyed by the exchange with it."""
-    c = comm.get()
-    ln = handshake.pair(c.get_rank(), c.get_ttp_rank(), self.ttp_group, "dealer")
-    seed = ln.seed("tuples")
+    seed = handshake.link(comm.get().get_ttp_rank()).seed("tuples")
     self.generator = PRG.for_device(seed, "cpu")
     self.generator_cuda = PRG.for_device(seed, "cuda") if torch.cuda.is_available() else None
 
 
 def _ttp_server_generators(self) -> None:
-    """The dealer's side: one exchange with each computing party, in rank order (each party runs
-    its exchange with the other party first, then with the dealer: no cycle of waits)."""
-    c = comm.get()
-    seeds = [handshake.pair(c.get_ttp_rank(), r, self.ttp_group, "dealer").seed("tuples")
-             for r in range(c.get_world_size())]
+    """The dealer's side: the exchange with each computing party (run when the links opened)."""
+    seeds = [handshake.link(r).seed("tuples") for r in range(comm.get().get_world_size())]
     self.generators = [PRG.for_device(s, "cpu") for s in seeds]
     self.generators_cuda = [PRG.for_device(s, "cuda") if torch.cuda.is_available() else None for s in seeds]
 
@@ -593,19 +555,6 @@ def lane_ltz(x: "MPCTensor", lane: int, drop: int) -> "MPCTensor":
     return res
 
 
-_TIMEOUT = [datetime.timedelta(seconds=1800)]
-
-
-def _with_timeout(fn):
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        kwargs.setdefault("timeout", _TIMEOUT[0])
-        return fn(*args, **kwargs)
-
-    wrapped._pmpc_wrapped = True
-    return wrapped
-
-
 class InitError(RuntimeError):
     """Joining the session failed (port in use, a peer that never came, a bad address)."""
 
@@ -614,8 +563,10 @@ def init_party(rank: int, world_size: int, rendezvous: str, timeout_s: float = 6
                provider: str = "TFP", verbose_stats: bool = True, psk: bytes | None = None) -> None:
     """Join a CrypTen session as ``rank`` of ``world_size`` parties.
 
-    ``rendezvous`` is a torch.distributed init URL (``tcp://host:port``, ``file:///path``).
-    Every collective (and the start-up itself) raises after ``timeout_s`` if a peer stalls.
+    ``rendezvous`` is where party 0 hosts the rendezvous store (``tcp://host:port``, or
+    ``file:///path`` on one host); the parties then open direct links to each other
+    (:mod:`pmpc.mpc.transport`). Every wait (and the start-up itself) raises after ``timeout_s``
+    if a peer stalls.
     ``provider`` selects the Beaver-triple source: ``TFP`` (party 0 deals: fast, insecure
     against party 0) or ``TTP`` (a separate dealer process of rank ``world_size``).
     ``psk``: the pre-shared key that authenticates the start-up key exchange (:mod:`pmpc.mpc.handshake`).
@@ -642,16 +593,11 @@ def _init_reason(e: BaseException, rendezvous: str, timeout_s: float) -> str:
 
 
 def _init_party(rank, world_size, rendezvous, timeout_s, provider, verbose_stats) -> None:
-    import torch.distributed as dist
+    from pmpc.mpc import transport
 
     os.environ["RANK"] = str(rank)
     os.environ["WORLD_SIZE"] = str(world_size)
-    os.environ["RENDEZVOUS"] = rendezvous
-    os.environ.setdefault("DISTRIBUTED_BACKEND", "gloo")
-    _TIMEOUT[0] = datetime.timedelta(seconds=timeout_s)
-    if not getattr(dist.init_process_group, "_pmpc_wrapped", False):
-        dist.init_process_group = _with_timeout(dist.init_process_group)
-        dist.new_group = _with_timeout(dist.new_group)
+    transport.prepare(rendezvous, timeout_s)
     _TRUNCATION[0] = truncation_mode()
     no_pickle_collectives()
     crypten.cfg.mpc.provider = provider
@@ -664,15 +610,14 @@ def shutdown_party() -> None:
         crypten.uninit()
     except Exception:  # a peer may already be gone; nothing left to release cleanly
         pass
-    # crypten.uninit leaves the default group behind when a peer is gone: release it so a
-    # process that joins again (tests, long evaluations) starts clean
-    try:
-        import torch.distributed as dist
+    # whatever crypten.uninit left (it stops early when a peer is gone): the links and the store
+    # go, so a process that joins again (tests, long evaluations) starts clean
+    from crypten.communicator import DistributedCommunicator
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    except Exception:
-        pass
+    from pmpc.mpc import transport
+
+    transport.leave()
+    DistributedCommunicator.instance = None
 
 
 # -- triple providers ----------------------------------------------------------------------------

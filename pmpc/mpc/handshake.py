@@ -5,17 +5,21 @@ Pairs. The two computing parties (their pairwise "next"/"prev" streams — pseud
 sharings — and the "global" stream), and each computing party with the dealer (the stream from
 which both draw that party's tuple shares).
 
-Exchange, per pair (``pair``), over torch.distributed point-to-point messages of fixed size
-(raw uint8 tensors: nothing is parsed, nothing unpickled):
+Exchange, per pair (``pair``), the first messages on the pair's direct link
+(:mod:`pmpc.mpc.transport`), of fixed size (raw bytes: nothing is parsed, nothing unpickled):
 
 1. each side draws an ephemeral X25519 key from the OS (``os.urandom``) and sends its 32-byte
    public key;
 2. each derives, with HKDF-SHA256 over the X25519 shared secret, salted with the pre-shared key
-   and bound to the transcript (a context label, both ranks, both public keys), the pair's
-   128-bit seeds and a 256-bit MAC key;
+   and bound to the transcript (a context label, both ranks, both public keys, and the SHA-256
+   fingerprint of the link's TLS server certificate as this side saw it), the pair's 128-bit
+   seeds and a 256-bit MAC key;
 3. each sends HMAC-SHA256(MAC key, "confirm" | its rank) and checks the peer's: a peer without
    the pre-shared key (or a man in the middle who replaced a public key) derives other keys, and
-   both sides stop with one line before any stream is used.
+   both sides stop with one line before any stream is used. The same check pins the link's TLS
+   key: a man in the middle who terminated TLS with a certificate of its own shows the two sides
+   different fingerprints, so their transcripts and tags differ, even if it relays every
+   message of the exchange unchanged.
 
 A passive listener sees two public keys and two tags per pair: without one of the private keys
 it cannot compute the shared secret, so it learns nothing about any seed (and without the
@@ -37,7 +41,6 @@ import hmac
 import os
 import secrets
 
-import torch
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
@@ -114,39 +117,45 @@ class Link:
         return hmac.new(self.mac_key, b"|".join(parts), hashlib.sha256).digest()
 
 
-def _send(t: torch.Tensor, peer: int, group):
-    import torch.distributed as dist
+def _swap(data: bytes, peer: int, group) -> bytes:
+    """Send ``data``, receive the peer's message of the same fixed size (on the direct link to
+    ``peer``; ``group`` is kept for the callers' symmetry and not needed)."""
+    from pmpc.mpc import transport
 
     STATS["messages"] += 1
-    STATS["bytes"] += t.numel()
-    return dist.isend(t, peer, group=group)
+    STATS["bytes"] += len(data)
+    return transport.current().swap(peer, data)
 
 
-def _swap(data: bytes, peer: int, group) -> bytes:
-    """Send ``data``, receive the peer's message of the same fixed size."""
-    import torch.distributed as dist
+def _binding(peer: int) -> bytes:
+    """The link's TLS server certificate fingerprint as this side saw it (empty with PMPC_TLS=off)."""
+    from pmpc.mpc import transport
 
-    out = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    got = torch.empty(len(data), dtype=torch.uint8)
-    req = _send(out, peer, group)
-    dist.recv(got, peer, group=group)
-    req.wait()
-    return bytes(got.numpy())
+    return transport.current().binding(peer)
 
 
 def pair(rank: int, peer: int, group, label: str) -> Link:
-    """Run the exchange with ``peer`` (ranks as in the default group) over ``group``."""
-    psk = _psk()
+    """Run the exchange with ``peer`` on this party's link to it (``group``: unused, kept for the
+    callers' symmetry) and remember the result (:func:`link`)."""
+    ln = exchange_keys(lambda data: _swap(data, peer, group), _binding(peer), rank, peer, label, _psk())
+    ln.group = group
+    _LINKS[peer] = ln
+    return ln
+
+
+def exchange_keys(swap, binding: bytes, rank: int, peer: int, label: str, psk: bytes) -> Link:
+    """The exchange itself: ``swap(data) -> the peer's data`` carries the messages; ``binding`` (the
+    link's TLS server certificate fingerprint as this side saw it) enters the transcript."""
     sk = X25519PrivateKey.from_private_bytes(os.urandom(32))  # ephemeral, straight from the OS
     pk = sk.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    peer_pk = _swap(pk, peer, group)
+    peer_pk = swap(pk)
     try:
         shared = sk.exchange(X25519PublicKey.from_public_bytes(peer_pk))
     except ValueError:  # a low-order point (all-zero secret): only an active attacker sends one
         raise unauthenticated(peer) from None
     lo, hi = sorted((rank, peer))
     pks = (pk, peer_pk) if rank == lo else (peer_pk, pk)
-    transcript = b"|".join([CONTEXT, label.encode(), bytes([lo, hi]), pks[0], pks[1]])
+    transcript = b"|".join([CONTEXT, label.encode(), bytes([lo, hi]), pks[0], pks[1], binding])
 
     # HKDF-SHA256 (RFC 5869): extract with the pre-shared key as salt, expand per named output
     prk = hmac.new(psk, shared, hashlib.sha256).digest()
@@ -155,11 +164,10 @@ def pair(rank: int, peer: int, group, label: str) -> Link:
     def okm(name: bytes, n: int) -> bytes:
         return HKDFExpand(hashes.SHA256(), n, info=transcript + b"|" + name).derive(prk)
 
-    link = Link(rank, peer, group, okm)
-    got = _swap(link.tag(b"confirm", bytes([rank])), peer, group)
+    link = Link(rank, peer, None, okm)
+    got = swap(link.tag(b"confirm", bytes([rank])))
     if not hmac.compare_digest(got, link.tag(b"confirm", bytes([peer]))):
         raise unauthenticated(peer)
-    _LINKS[peer] = link
     return link
 
 
@@ -174,11 +182,11 @@ def agree_digest(digest: bytes, what: str, peer: int | None = None) -> None:
     """Exchange a 32-byte configuration digest with the other computing party, each tagged with
     HMAC-SHA256 under the pair's MAC key (and a message counter, so an old message cannot be
     replayed); stop with one line if the tag is wrong ("not authenticated") or the digests differ."""
-    import torch.distributed as dist
+    from pmpc.mpc.crypten_compat import comm
 
     if len(digest) != 32:
         raise ValueError("a configuration digest is 32 bytes (SHA-256)")
-    rank = dist.get_rank()
+    rank = comm.get().get_rank()
     ln = link(1 - rank if peer is None else peer)
     mine = digest + ln.tag(b"digest", bytes([rank]), ln.sent.to_bytes(8, "big"), digest)
     ln.sent += 1

@@ -232,7 +232,7 @@ def run_session(lab: Lab, model: str, protocol: str, ids: str, new_tokens: int =
     tokens) and the wall time of the session."""
     port = random.randint(20000, 60000)
     rdv = f"tcp://{lab.addr('client')}:{port}"
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "tun0", "TORCH_CPP_LOG_LEVEL": "FATAL", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "TORCH_CPP_LOG_LEVEL": "FATAL", "PYTHONWARNINGS": "ignore"}
     common = [sys.executable, "-m", "cli.main", "party", "-m", model, "-p", protocol, "-n", str(new_tokens),
               "--dealer", dealer, "--weights", weights, "--timeout", str(timeout_s), "--rendezvous", rdv,
               "--preprocess" if preprocess else "--no-preprocess"]

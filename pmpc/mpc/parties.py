@@ -128,12 +128,9 @@ def _with_peer_report(err: PartyError, wait_s: float = 3.0) -> PartyError:
 # in party 0's process: party 0 waits (bounded) for the other computing party to read a report
 # that blames a third party, which that party cannot see for itself.
 def _store():
-    import torch.distributed.distributed_c10d as c10d
+    from pmpc.mpc import transport
 
-    try:
-        return c10d._get_default_store()
-    except Exception:  # not joined, or already torn down
-        return None
+    return transport.store()  # None: not joined, or already torn down
 
 
 def _report_check(m):
@@ -198,9 +195,9 @@ def run_party(job, rank: int, world_size: int, rendezvous: str, timeout_s: float
     the session holds (:mod:`pmpc.mpc.handshake`); a party without one refuses to start. Raises
     :class:`PartyError` (one line naming the party at fault) when joining fails or a peer is lost.
 
-    Joining is bounded too: a peer that accepted the connection and then went silent leaves
-    torch's join blocked in a socket read that no timeout reaches, so a watchdog ends this
-    process after the timeout: ``on_stuck(line)`` (default: print ``pmpc: error: line`` and exit 2)."""
+    Joining is bounded too: a peer that accepted the connection and then went silent can leave
+    the rendezvous store's client blocked in a socket read that no timeout reaches, so a watchdog
+    ends this process after the timeout: ``on_stuck(line)`` (default: print ``pmpc: error: line`` and exit 2)."""
     from pmpc.mpc import crypten_compat as cc
 
     if dealer not in dealer_mod.MODES:

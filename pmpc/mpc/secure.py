@@ -461,9 +461,9 @@ def _online(cfg: GenConfig, engine, ops, ids, attn, rank: int, gen, phases: dict
 
 
 def crypten_timeout() -> float:
-    from pmpc.mpc.crypten_compat import _TIMEOUT
+    from pmpc.mpc import transport
 
-    return _TIMEOUT[0].total_seconds()
+    return transport.current().timeout_s
 
 
 def check_dealer(cfg: GenConfig, dealer: str, cost_only: bool = False) -> None:

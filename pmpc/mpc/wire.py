@@ -2,10 +2,10 @@
 
 Everything a party tells another besides the shares themselves (the configuration check, the
 client's announcement of the public prompt shape, the dealer's requests and replies, keep-alives)
-travels as one frame:
+travels as one message on the direct link (:mod:`pmpc.mpc.transport`):
 
-    header   one int64 tensor: the payload's length in bytes
-    payload  uint8 tensor: UTF-8 JSON (no NaN/Infinity, no object hooks)
+    header   8 bytes: the payload's length
+    payload  UTF-8 JSON (no NaN/Infinity, no object hooks)
 
 The receiver checks the announced length against the message kind's cap BEFORE it allocates the
 payload buffer, decodes strictly (UTF-8, plain ``json.loads``), then checks the message's shape
@@ -13,8 +13,8 @@ with the kind's checker. Anything malformed raises :class:`WireError`: one line 
 and the message. A peer can therefore make a party stop, but not run code in it (a pickle is not
 UTF-8 JSON and is never unpickled) nor make it allocate more than a cap.
 
-Sizes are counted in the communicator's statistics (one round per frame, header included), as
-CrypTen counted its pickled messages.
+Sizes are counted in the communicator's statistics (one round per frame, 8 header bytes
+included), as CrypTen counted its pickled messages.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import time
+
 
 import torch
 
@@ -86,9 +87,19 @@ def _length(header: torch.Tensor, kind: str, peer: int) -> int:
     return n
 
 
+def _checker(kind: str, peer: int):
+    return lambda n: _length(torch.tensor([n], dtype=torch.int64), kind, peer)
+
+
 def _frame(data: bytes) -> tuple[torch.Tensor, torch.Tensor]:
     return (torch.tensor([len(data)], dtype=torch.int64),
             torch.frombuffer(bytearray(data), dtype=torch.uint8))
+
+
+def _post(dst: int, data: bytes) -> None:
+    """Queue one frame to ``dst`` (its header is the link's message length)."""
+    head, body = _frame(data)
+    _link().channel(dst).post_raw(head.numpy().tobytes(), body.numpy())
 
 
 def _count(nbytes: int, seconds: float) -> None:
@@ -102,65 +113,64 @@ def _count(nbytes: int, seconds: float) -> None:
         c.comm_time += seconds
 
 
-def send(kind: str, obj, dst: int, group=None) -> None:
-    import torch.distributed as dist
+def _link():
+    from pmpc.mpc import transport
 
+    return transport.current()
+
+
+def _members(group, rank: int) -> list:
+    from pmpc.mpc.crypten_compat import comm
+
+    return [p for p in (comm.get().main_group if group is None else group) if p != rank]
+
+
+def send(kind: str, obj, dst: int, group=None) -> None:
     data = encode(kind, obj)
-    head, body = _frame(data)
     t0 = time.perf_counter()
-    dist.send(head, dst=dst, group=group)
-    dist.send(body, dst=dst, group=group)
+    link = _link()
+    with link.lock:
+        _post(dst, data)
+        link.flush(dst)
     _count(len(data), time.perf_counter() - t0)
 
 
 def recv(kind: str, src: int, group=None, check=None):
-    import torch.distributed as dist
-
-    head = torch.zeros(1, dtype=torch.int64)
     t0 = time.perf_counter()
-    dist.recv(head, src=src, group=group)
-    body = torch.empty(_length(head, kind, src), dtype=torch.uint8)
-    dist.recv(body, src=src, group=group)
-    _count(body.numel(), time.perf_counter() - t0)
-    return decode(kind, body.numpy().tobytes(), src, check)
+    data = _link().recv_message(src, _checker(kind, src))
+    _count(len(data), time.perf_counter() - t0)
+    return decode(kind, data, src, check)
 
 
 def broadcast(kind: str, obj, src: int, rank: int, group=None, check=None):
     """``src`` sends ``obj`` to every party of ``group``; each other party receives and checks it."""
-    import torch.distributed as dist
-
     t0 = time.perf_counter()
     if rank == src:
         data = encode(kind, obj)
-        head, body = _frame(data)
-        dist.broadcast(head, src=src, group=group)
-        dist.broadcast(body, src=src, group=group)
+        link = _link()
+        with link.lock:
+            for p in _members(group, rank):
+                _post(p, data)
+                link.flush(p)
         _count(len(data), time.perf_counter() - t0)
         return obj
-    head = torch.zeros(1, dtype=torch.int64)
-    dist.broadcast(head, src=src, group=group)
-    body = torch.empty(_length(head, kind, src), dtype=torch.uint8)
-    dist.broadcast(body, src=src, group=group)
-    _count(body.numel(), time.perf_counter() - t0)
-    return decode(kind, body.numpy().tobytes(), src, check)
+    data = _link().recv_message(src, _checker(kind, src))
+    _count(len(data), time.perf_counter() - t0)
+    return decode(kind, data, src, check)
 
 
 def exchange(kind: str, obj, rank: int, group=None, check=None) -> list:
     """Two parties swap one message each: ``[party 0's, party 1's]`` at both (each checked)."""
-    import torch.distributed as dist
-
     t0 = time.perf_counter()
     data = encode(kind, obj)
-    heads = [torch.zeros(1, dtype=torch.int64) for _ in range(2)]
-    dist.all_gather(heads, torch.tensor([len(data)], dtype=torch.int64), group=group)
     peer = 1 - rank
-    n = max(len(data), _length(heads[peer], kind, peer))
-    mine = torch.zeros(n, dtype=torch.uint8)
-    mine[:len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    bodies = [torch.empty(n, dtype=torch.uint8) for _ in range(2)]
-    dist.all_gather(bodies, mine, group=group)
-    _count(n, time.perf_counter() - t0)
-    theirs = decode(kind, bodies[peer][:int(heads[peer].item())].numpy().tobytes(), peer, check)
+    link = _link()
+    with link.lock:
+        _post(peer, data)
+        got = link.recv_message(peer, _checker(kind, peer))
+        link.flush(peer)
+    _count(max(len(data), len(got)), time.perf_counter() - t0)  # as when both were padded to one size
+    theirs = decode(kind, got, peer, check)
     return [obj, theirs] if rank == 0 else [theirs, obj]
 
 
