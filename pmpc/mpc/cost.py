@@ -36,6 +36,8 @@ class Link:
     rtt_s: float
 
     def time(self, rounds: float, bytes_total: float, compute_s: float = 0.0) -> float:
+        # a full RTT per round: an upper bound on the direct links, where both parties send a
+        # round's message at once and the round costs one one-way delay (RTT / 2) on a symmetric link
         return compute_s + rounds * self.rtt_s + (bytes_total / 2.0) * 8.0 / self.bandwidth_bps
 
 
