@@ -53,7 +53,7 @@ PEERS_DIR = paths.REPO / "bench" / "peers"
 SCHEMA = "pmpc.peers/1"
 REFERENCE = "pmpc bolt (local)"
 # the seed paper's Table 1 (arXiv 2502.00840): speedup of each system's non-linear protocols over
-# SIRNN, and what the systems claim themselves (abstracts; /work/shared/research/protocols.md §10)
+# SIRNN, and what the systems claim themselves (abstracts; ../shared/research/protocols.md §10)
 TABLE1 = {"iron": 9.6, "bolt": 24.6, "bumblebee": 22.3}
 CLAIMS = {
     "iron": "3-14x less communication, 3-11x less runtime than prior art (NeurIPS'22 abstract)",

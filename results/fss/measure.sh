@@ -8,7 +8,7 @@ out=$(cd "$(dirname "$0")" && pwd)/runs
 mkdir -p "$out"
 cd "$code"  # python -m puts the working directory first on sys.path: run inside the code measured
 for p in exact bolt; do
-  PYTHONPATH=$code OMP_NUM_THREADS=1 nice -n 10 /work/main/.venv/bin/python -m cli.main run --protocol $p \
+  PYTHONPATH=$code OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python -m cli.main run --protocol $p \
     --parties 2 --model smollm2 --prompt "What is the capital of France?" --max-new-tokens 3 \
     --dealer local --timeout 600 --json "$out/$label-$p.json" "$@" > "$out/$label-$p.out" 2> "$out/$label-$p.err" \
     || echo "$label $p failed"
