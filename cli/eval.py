@@ -68,7 +68,7 @@ def eval_group():
 
 def _run_sets(kw, sets, approx, out, json_path, what, secure: dict | None = None):
     """Evaluate each set. ``secure`` (``--secure --protocol P --parties 2``): generation runs under
-    real 2-party MPC (:func:`pmpc.mpc.secure.make_generate_fn`, one session per batch) instead of
+    real 2-party MPC (:func:`pmpc.mpc.secure.secure_generate_fn`, one session per batch) instead of
     plaintext HF generation; the parties load the model themselves, this process only its tokenizer."""
     from eval import asr, judges, prompts
 
@@ -86,7 +86,7 @@ def _run_sets(kw, sets, approx, out, json_path, what, secure: dict | None = None
     active_judges = judges.with_keyword(judges.get(s.judge, data=s.data, device=s.device, template=s.judge_template), s.data)
     generate_fn, cost_paths = None, {}
     if secure:
-        from pmpc.mpc.secure import GenConfig as SecureGenConfig, make_generate_fn as secure_generate_fn
+        from pmpc.mpc.secure import GenConfig as SecureGenConfig, secure_generate_fn
 
         model, codec = None, asr.load_codec(s.model)  # the client's view: tokenizer and config, never the weights
         gcfg = SecureGenConfig(model=s.model, protocol=secure["protocol"], max_new_tokens=s.gen.max_new_tokens,

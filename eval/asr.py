@@ -21,7 +21,7 @@ import torch
 
 from eval.judges import rate
 from eval import prompts
-from eval.generate import GenConfig, make_generate_fn, read_records, run
+from eval.generate import GenConfig, plain_generate_fn, read_records, run
 from pmpc import models, simulate
 from pmpc.errors import UserError
 from pmpc.models import load_hf
@@ -104,7 +104,7 @@ def evaluate(model, codec: Codec | None, prompts: list, judges, out_dir, approx=
             raise UserError("evaluate needs a model or a generate_fn")
         if calib is not None and a.needs_calibration:
             a = simulate.calibrate(model, a, calib)
-        generate_fn = make_generate_fn(model, codec, gen, a)
+        generate_fn = plain_generate_fn(model, codec, gen, a)
     out_dir = pathlib.Path(out_dir)
     cfg = dict(config or {}, approx=str(a), gen=gen.to_dict(), seed=seed,
                judges=[j.name for j in judges], n=len(prompts))

@@ -254,7 +254,7 @@ def _gather(value: bool) -> list:
     return wire.exchange("plan", value, c.get_rank(), c.main_group, check=_bool_check)
 
 
-class _Tracker(cost.Tracker):
+class _DealerKeepAliveTracker(cost.Tracker):
     """The cost tracker, plus a periodic hook (party 0 keeps the dealer waiting while planning)."""
 
     def __init__(self, stats, every_s: float | None = None, hook=None):
@@ -354,7 +354,7 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
     attn = _announce(cfg, spec, inp, rank)
     ids = inp.ids if rank == CLIENT else torch.zeros_like(attn)  # the server never sees ids
     real = _comm()
-    tracker = _Tracker(cost.crypten_stats, timeout_s / 4,
+    tracker = _DealerKeepAliveTracker(cost.crypten_stats, timeout_s / 4,
                        (lambda: dealer.keepalive(real)) if to_dealer and cfg.preprocess else None)
     ops = CrypTenOps(tracker)
     engine = Engine(spec, cfg.protocol, ops, weights=cfg.weights)
@@ -610,7 +610,7 @@ def run_prompts(cfg: GenConfig, prompts, out_path, dealer: str = "ttp", timeout_
     torn last line (a run killed mid-write) is dropped. A failed session is retried ``retries``
     times; then its :class:`pmpc.mpc.parties.PartyError` propagates and the finished prompts stay in
     the file — run again to resume. Returns the records of all prompts, in order. (For
-    ``eval``'s own resumable runner, :func:`make_generate_fn` gives the ``generate_fn`` hook.)"""
+    ``eval``'s own resumable runner, :func:`secure_generate_fn` gives the ``generate_fn`` hook.)"""
     out_path = pathlib.Path(out_path)
     limits = ("max_prompt_tokens", "max_batch")  # the server's limits do not change a result
     conf = hashlib.sha256(json.dumps({**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in limits},
@@ -651,7 +651,7 @@ def run_prompts(cfg: GenConfig, prompts, out_path, dealer: str = "ttp", timeout_
     return records
 
 
-def make_generate_fn(cfg: GenConfig, codec, system: str = "default", dealer: str = "ttp",
+def secure_generate_fn(cfg: GenConfig, codec, system: str = "default", dealer: str = "ttp",
                      timeout_s: float = 120.0, retries: int = 0, cost_path=None):
     """``generate_fn(prompts, seed) -> outputs`` for ``eval``'s streaming runner (``pmpc eval asr
     --secure``): each BATCH of prompts is rendered with ``codec`` (an :class:`pmpc.models.chat.Codec`),
