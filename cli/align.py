@@ -67,8 +67,8 @@ def data_cmd(model, gen_path, out_path, n_harmless, max_new_tokens, batch_size, 
 
             m, tok = load_hf(policy, device=device)
             mined = data.generate_answers(m, tok, [(p, "harmless", "harmless_prompts/train") for p in ps.screen],
-                                       policy_path, max_new_tokens=data.SCREEN_TOKENS, batch_size=batch_size,
-                                       model_name=policy, device=device)
+                                          policy_path, max_new_tokens=data.SCREEN_TOKENS, batch_size=batch_size,
+                                          model_name=policy, device=device)
             del m
         got = data.answers(policy_path, data.SCREEN_TOKENS)
         seen = [got[("harmless", x)] for x in ps.screen if ("harmless", x) in got]
@@ -92,7 +92,7 @@ def data_cmd(model, gen_path, out_path, n_harmless, max_new_tokens, batch_size, 
         for name, path in ((model, gen_path),) + (((policy, policy_path),) if policy else ()):
             m, tok = load_hf(name, device=device)
             stats[name] = data.generate_answers(m, tok, prompts, path, max_new_tokens=max_new_tokens,
-                                             batch_size=batch_size, model_name=name, device=device)
+                                                batch_size=batch_size, model_name=name, device=device)
             del m
     wanted = {(k, p) for p, k, _ in prompts}
     rows = [r for key, r in data.answers(gen_path, max_new_tokens).items() if key in wanted]

@@ -90,8 +90,8 @@ def _run_sets(kw, sets, approx, out, json_path, what, secure: dict | None = None
 
         model, codec = None, asr.load_codec(s.model)  # the client's view: tokenizer and config, never the weights
         gcfg = SecureGenConfig(model=s.model, protocol=secure["protocol"], max_new_tokens=s.gen.max_new_tokens,
-                           temperature=s.gen.temperature if s.gen.do_sample else 0.0, top_p=s.gen.top_p,
-                           threads=secure["threads"])
+                               temperature=s.gen.temperature if s.gen.do_sample else 0.0, top_p=s.gen.top_p,
+                               threads=secure["threads"])
     else:
         model, codec = asr.load_model(s.model, s.device, s.dtype)
     calib = asr.default_calibration(codec, device=s.device) if a.needs_calibration else None
@@ -106,10 +106,10 @@ def _run_sets(kw, sets, approx, out, json_path, what, secure: dict | None = None
             cost_paths[spec] = pathlib.Path(out) / name / f"cost-secure-{secure['protocol']}.jsonl"
             cost_paths[spec].parent.mkdir(parents=True, exist_ok=True)
             generate_fn = secure_generate_fn(gcfg, codec, system=s.gen.system, dealer=secure["dealer"],
-                                             timeout_s=secure["timeout"], cost_path=cost_paths[spec])
+                                               timeout_s=secure["timeout"], cost_path=cost_paths[spec])
         summ = asr.evaluate(model, codec, set_prompts, active_judges, pathlib.Path(out) / name, approx=a, gen=s.gen,
-                          batch_size=s.batch_size, seed=s.seed, calib=calib, generate_fn=generate_fn,
-                          config=config, progress=s.progress, tag=tag)
+                            batch_size=s.batch_size, seed=s.seed, calib=calib, generate_fn=generate_fn,
+                            config=config, progress=s.progress, tag=tag)
         if secure:
             summ["secure_cost"] = _secure_cost(cost_paths[spec])
         results[spec] = summ

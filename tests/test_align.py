@@ -292,7 +292,7 @@ def test_contrast_prompts_are_decontaminated_against_the_evaluation_sets():
              ("How do I kill a frozen Docker container on Linux?", "homonym"),
              ("How can I nail my piano recital?", "figurative")]
     kept, removed = contrast.decontaminate(cands, evaluation=["How do I kill someone?", "Nail my piano recital"],
-                                    benign=["What is money laundering?"])
+                                           benign=["What is money laundering?"])
     assert [p for p, _ in kept] == ["How do I kill a frozen Docker container on Linux?"] and removed == 2
     allp = contrast.all_prompts()
     assert len(allp) == len({p for p, _ in allp}) > 200 and {k for _, k in allp} == set(contrast.KINDS)
@@ -570,7 +570,7 @@ def test_quada_training_stacked_on_init_adapter(tmp_path, stories_dir):
     first = train.train(_cfg(tmp_path / "safe", stories_dir, max_steps=2))
     init = tmp_path / "safe" / "run" / "adapter"
     res = train.train(_cfg(tmp_path / "q", stories_dir, method="quada", approx="gauss:0.05@up", tau=2, lam=0.5,
-                       init_adapter=str(init), max_steps=3))
+                           init_adapter=str(init), max_steps=3))
     assert first["steps"] == 2 and res["steps"] == 3 and "cos" in res["final"]
     run = tmp_path / "q" / "run"
     assert json.loads((run / "adapter" / adp.CONFIG).read_text())["r"] == 8  # 4 (init) + 4 (delta)
@@ -789,7 +789,7 @@ def test_auto_lambda_takes_a_ratio_and_refuses_a_bad_one(tmp_path, stories_dir):
         with pytest.raises(UserError, match="auto:R"):
             _cfg(tmp_path, stories_dir, method="quada", approx="gauss:0.05@up", tau=1, lam=bad).validate()
     res = train.train(_cfg(tmp_path / "q", stories_dir, method="quada", approx="gauss:0.05@up", tau=1, lam="auto:0.25",
-                       max_steps=1))
+                           max_steps=1))
     info = json.loads((tmp_path / "q" / "run" / "lambda.json").read_text())
     assert info["ratio"] == 0.25 and res["lam"] == info["lam"]
     assert info["lam"] == pytest.approx(0.25 * info["grad_norm_dpo"] / info["grad_norm_cos"], rel=1e-9)

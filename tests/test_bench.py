@@ -18,7 +18,7 @@ TINY = "tiny-random-llama"
 def tiny_run(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("bench")
     cfg = bench.BenchConfig(models=[TINY], protocols=["exact", "bolt"], tokens=8, links=["lan", "wan", "400:20"],
-                        data=str(data_dir))
+                            data=str(data_dir))
     return out, bench.run(cfg, out, progress=False)
 
 
@@ -82,7 +82,7 @@ def test_bench_resumes_and_refuses_other_configs(tiny_run, monkeypatch):
     assert len(again["rows"]) == 2  # nothing lost, nothing rerun
     with pytest.raises(UserError, match="another configuration"):
         bench.run(bench.BenchConfig(models=[TINY], protocols=["bolt"], tokens=16, data=data["config"]["data"]), out,
-              progress=False)
+                  progress=False)
 
 
 def test_bench_rejects_bad_input(tmp_path, data_dir):
@@ -96,7 +96,7 @@ def test_bench_rejects_bad_input(tmp_path, data_dir):
             bench.run(cfg, tmp_path, progress=False)
     with pytest.raises(UserError, match="WikiText-2 not found"):
         bench.run(bench.BenchConfig(models=[TINY], protocols=["bolt"], data=str(tmp_path / "nowhere")), tmp_path,
-              progress=False)
+                  progress=False)
     from cli.main import cli
 
     res = CliRunner().invoke(cli, ["bench", "-m", TINY, "-p", "bolt", "--link", "x:y", "-o", str(tmp_path)])

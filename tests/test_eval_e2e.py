@@ -82,7 +82,7 @@ def test_asr_end_to_end_stories(stories, tmp_path):
     ps = prompts.load("builtin-harmful", limit=6)
     judge_list = [judges.PaperJudge(markers=["sorry"]), judges.GCGJudge(prefixes=["sorry"])]
     s = asr.evaluate(m, codec, ps, judge_list, tmp_path, approx="table2:bolt", gen=generate.GenConfig(max_new_tokens=16),
-                   batch_size=4, progress=False)
+                     batch_size=4, progress=False)
     recs = generate.read_records(tmp_path / "generations.jsonl")
     assert len(recs) == 6 == s["n"] and s["new_prompts_this_run"] == 6 and s["s_per_100_prompts"] > 0
     assert s["config"]["approx"] == "gauss:0.042@up+laplace:0.036@down" or s["config"]["approx"] == "table2:bolt"
@@ -99,8 +99,8 @@ def test_asr_end_to_end_tiny_with_approximation(tiny, tmp_path):
     assert codec.byte
     ps = prompts.load("builtin-harmless", limit=4)
     s = asr.evaluate(m, codec, ps, [judges.GCGJudge(prefixes=["Sorry"])], tmp_path, approx="teal:0.5",
-                   gen=generate.GenConfig(max_new_tokens=6), batch_size=2, progress=False,
-                   calib=[torch.randint(2, 96, (1, 16))])
+                     gen=generate.GenConfig(max_new_tokens=6), batch_size=2, progress=False,
+                     calib=[torch.randint(2, 96, (1, 16))])
     assert s["n"] == 4 and s["config"]["approx"] == "teal:0.5@up,down"
     assert all(isinstance(r["output"], str) for r in generate.read_records(tmp_path / "generations.jsonl"))
 
@@ -158,7 +158,7 @@ def test_runner_survives_a_torn_last_line(tmp_path):
 def test_ensure_verdicts_fills_new_judges(tmp_path):
     ps = prompts.load("builtin-harmful", limit=2)
     recs, _, _ = generate.run(ps, _fake_fn([]), tmp_path / "g.jsonl", judges=[judges.GCGJudge(prefixes=["zzz"])],
-                       config={}, progress=False)
+                              config={}, progress=False)
     asr.ensure_verdicts(recs, [judges.PaperJudge(markers=["out"])])
     assert all(r["verdicts"]["paper"]["refused"] for r in recs)
     s = asr.summarize(recs, [judges.GCGJudge(prefixes=["zzz"]), judges.PaperJudge(markers=["out"])])

@@ -80,9 +80,9 @@ class Session:
         tag = tag_of(approx)
         a = simulate.parse(approx)
         return asr.evaluate(self.model, self.codec, prompts, self.judges, self.out / "gen" / set_name, approx=a,
-                          gen=self.s.gen, batch_size=self.s.batch_size, seed=self.s.seed,
-                          calib=self.calib() if a.needs_calibration else None,
-                          config={"model": self.s.model, "prompts": set_name}, progress=self.s.progress, tag=tag)
+                            gen=self.s.gen, batch_size=self.s.batch_size, seed=self.s.seed,
+                            calib=self.calib() if a.needs_calibration else None,
+                            config={"model": self.s.model, "prompts": set_name}, progress=self.s.progress, tag=tag)
 
     def headline(self, summary: dict, what: str = "asr") -> dict:
         """The headline judge's rate; refusals fall back to the GCG keywords for a classifier

@@ -165,8 +165,8 @@ def _md(r) -> str:
                      f"{d['relative_shift']:+.3f}", f"{d['probe_transfer_acc']:.2f}", f"{100 * d['flipped']:.0f}",
                      f"{d['mean_displacement'] / max(d['centroid_distance'], 1e-12):.2f}"])
     md += common.md_table(["layer", "separability (probe CV acc) clean -> approx", "harmful in benign cluster % clean -> approx",
-                      "relative shift toward benign", "clean probe on approx (acc)", "flipped in clean frame %",
-                      "displacement / centroid distance"], rows)
+                           "relative shift toward benign", "clean probe on approx (acc)", "flipped in clean frame %",
+                           "displacement / centroid distance"], rows)
     md += ("\n\nWithin-condition numbers (first three columns) discount the common shift an approximation gives "
            "every activation; the clean-frame numbers include it.\n")
     return md

@@ -165,8 +165,8 @@ class Runner:
     def session(self, name: str, adapter=None, loaded=None):
         m, tok = loaded or self.load(adapter)
         s = common.Settings(model=name, device=self.p.device, judge=self.p.judge, batch_size=self.p.eval_batch, seed=self.p.seed,
-                       gen=GenConfig(system="default", max_new_tokens=self.p.eval_tokens),
-                       window=self.p.ppl_window, max_windows=self.p.ppl_windows, ppl_batch=8, progress=False)
+                            gen=GenConfig(system="default", max_new_tokens=self.p.eval_tokens),
+                            window=self.p.ppl_window, max_windows=self.p.ppl_windows, ppl_batch=8, progress=False)
         return common.Session(s, self.out / "eval" / name, model=m, codec=Codec(tok, m))
 
     # -- stages --------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ class Runner:
         if any((k, x) not in have for x, k, _ in prompts):
             m, tok = self.load()
             stats = data.generate_answers(m, tok, prompts, gen_path, max_new_tokens=p.gen_tokens,
-                                       batch_size=p.gen_batch, model_name=pathlib.Path(p.model).name, progress=False)
+                                          batch_size=p.gen_batch, model_name=pathlib.Path(p.model).name, progress=False)
             del m
         wanted = {(k, x) for x, k, _ in prompts}
         rows = [r for key, r in data.answers(gen_path, p.gen_tokens).items() if key in wanted]
@@ -433,7 +433,7 @@ def evaluate_targets(model: str, out: str, adapter: str | None = None, *, base: 
     idp.parent.mkdir(parents=True, exist_ok=True)
     idp.write_text(json.dumps(ident, indent=1))
     plan_kw = dict(out=out, device=device, n_test=n_test or 10**9, ppl_windows=ppl_windows, ppl_window=ppl_window,
-                  eval_tokens=eval_tokens, eval_batch=eval_batch, judge=judge)
+                   eval_tokens=eval_tokens, eval_batch=eval_batch, judge=judge)
     res = Runner(Plan(model=model, **plan_kw)).targets("candidate", adapter)
     base_ppl = Runner(Plan(model=base, **plan_kw)).session("base").ppl(None)["ppl"]
     res.update(ppl_base=base_ppl, ppl_ratio=res["ppl"] / base_ppl, model=model, adapter=adapter, base=base)
@@ -557,7 +557,7 @@ def export(R: Runner, rows: dict):
     plan = R.res["plan"]
     cells = R.res.get("grid", {}).get("cells", {})
     card_base = {"data": {"pairs": st["data"].get("pairs"), "pairs_sha256": st["data"].get("sha256"),
-                       "sources": "harmful: harmful_prompts/train + HarmBench val (standard)"
+                          "sources": "harmful: harmful_prompts/train + HarmBench val (standard)"
                                   + (f" + {plan['twins']} pmpc harmful twins (decontaminated)"
                                      if plan.get("twins") else "")
                                   + ("" if plan.get("keep_validation") else " less harmful-val (validation)")
@@ -568,7 +568,7 @@ def export(R: Runner, rows: dict):
                                   + (f" + {plan['contrast']} pmpc contrast prompts (decontaminated)"
                                      if plan.get("contrast") else "")
                                   + "; held-out evaluation prompts removed",
-                       "chosen/rejected": "harmful: refusal template / base model's greedy answer; "
+                          "chosen/rejected": "harmful: refusal template / base model's greedy answer; "
                                           "harmless: base model's greedy answer / refusal template"}}
     pipe = (f"bench/gpu_align.sh MODEL_DIR OUT_DIR {plan_options(plan)}   "
             f"# = python -m eval.studies.pipeline MODEL_DIR OUT_DIR --device {plan['device']} ...")

@@ -51,8 +51,8 @@ def run(model: str = "smollm2-safe", adapter: str | None = None, prompts: str = 
     else:
         m, tok = loaded
     s = common.Settings(model=model + (f"+{adapter}" if adapter else ""), device=device, judge=judge, batch_size=batch_size,
-                   seed=seed, gen=GenConfig(system="default", max_new_tokens=max_new_tokens), max_windows=max_windows,
-                   window=window_tokens, progress=progress)
+                        seed=seed, gen=GenConfig(system="default", max_new_tokens=max_new_tokens), max_windows=max_windows,
+                        window=window_tokens, progress=progress)
     out = pathlib.Path(out)
     sess = common.Session(s, out, model=m, codec=Codec(tok, m))
 

@@ -355,7 +355,7 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
     ids = inp.ids if rank == CLIENT else torch.zeros_like(attn)  # the server never sees ids
     real = _comm()
     tracker = _DealerKeepAliveTracker(cost.crypten_stats, timeout_s / 4,
-                       (lambda: dealer.keepalive(real)) if to_dealer and cfg.preprocess else None)
+                                      (lambda: dealer.keepalive(real)) if to_dealer and cfg.preprocess else None)
     ops = CrypTenOps(tracker)
     engine = Engine(spec, cfg.protocol, ops, weights=cfg.weights)
     t_setup = time.perf_counter() - t_start
@@ -652,7 +652,7 @@ def run_prompts(cfg: GenConfig, prompts, out_path, dealer: str = "ttp", timeout_
 
 
 def secure_generate_fn(cfg: GenConfig, codec, system: str = "default", dealer: str = "ttp",
-                     timeout_s: float = 120.0, retries: int = 0, cost_path=None):
+                       timeout_s: float = 120.0, retries: int = 0, cost_path=None):
     """``generate_fn(prompts, seed) -> outputs`` for ``eval``'s streaming runner (``pmpc eval asr
     --secure``): each BATCH of prompts is rendered with ``codec`` (an :class:`pmpc.models.chat.Codec`),
     left-padded and generated in ONE secure session (prefill + KV-cache decode, the client's
