@@ -538,11 +538,11 @@ def test_training_runs_and_resume_reproduces_uninterrupted(tmp_path, stories_dir
         real(path, model, opt, step, history, elapsed)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(T, "save_checkpoint", crash_after_first)
+    monkeypatch.setattr(train, "save_checkpoint", crash_after_first)
     cfg = _cfg(tmp_path / "b", stories_dir)
     with pytest.raises(KeyboardInterrupt):
         train.train(cfg)
-    monkeypatch.setattr(T, "save_checkpoint", real)
+    monkeypatch.setattr(train, "save_checkpoint", real)
     with pytest.raises(UserError):          # refuses to overwrite a checkpoint without --resume
         train.train(_cfg(tmp_path / "b", stories_dir))
     with pytest.raises(UserError):          # refuses to resume a different configuration
@@ -813,7 +813,7 @@ def test_selection_sweeps_can_pool_the_harmful_dev_part(monkeypatch, data_dir, s
         seen.update(ps=ps, name=name)
         raise Stop
 
-    monkeypatch.setattr(S, "noise_sweep", fake_sweep)
+    monkeypatch.setattr(sweeps, "noise_sweep", fake_sweep)
     loaded = select.load_model(str(stories_dir))
     for with_dev in (False, True):
         with pytest.raises(Stop):
