@@ -21,15 +21,15 @@ import pathlib
 import random
 
 from eval import judge_model
-from eval import judges
+from eval.judges import STANDARD, get as judge_by_name, rate
 
-JUDGES = judges.STANDARD
+JUDGES = STANDARD
 
 
-def verdicts(rows: list[dict], judge_names=JUDGES) -> dict[str, list]:
+def verdicts(rows: list[dict], judges=JUDGES) -> dict[str, list]:
     """judge -> its verdicts on ``rows`` (prompt, output)."""
     ps, os_ = [r["prompt"] for r in rows], [r["output"] for r in rows]
-    return {name: judges.get(name).judge(ps, os_) for name in judge_names}
+    return {name: judge_by_name(name).judge(ps, os_) for name in judges}
 
 
 def _bootstrap_kappa(gold, pred, groups, n=2000, seed=0):
@@ -55,16 +55,16 @@ def agreement(gold: list[bool], pred: list[bool], groups: list[str]) -> dict:
     pos = [p for g, p in zip(gold, pred) if g]
     neg = [p for g, p in zip(gold, pred) if not g]
     lo, hi = _bootstrap_kappa(gold, pred, groups)
-    return {"n": n, "gold_positive": len(pos), "accuracy": judges.rate(correct, n), "kappa": judge_model.kappa(gold, pred),
+    return {"n": n, "gold_positive": len(pos), "accuracy": rate(correct, n), "kappa": judge_model.kappa(gold, pred),
             "kappa_lo": lo, "kappa_hi": hi,
-            "false_negative": judges.rate(sum(not p for p in pos), len(pos)),
-            "false_positive": judges.rate(sum(bool(p) for p in neg), len(neg))}
+            "false_negative": rate(sum(not p for p in pos), len(pos)),
+            "false_positive": rate(sum(bool(p) for p in neg), len(neg))}
 
 
-def evaluate(rows: list[dict], judge_names=JUDGES) -> dict:
+def evaluate(rows: list[dict], judges=JUDGES) -> dict:
     """Per judge: jailbroken agreement on harmful rows, refusal agreement on safe rows, and (for
     judges that tell labels) the 5-way label accuracy."""
-    vs = verdicts(rows, judge_names)
+    vs = verdicts(rows, judges)
     harm = [i for i, r in enumerate(rows) if r.get("kind") == "harmful"]
     safe = [i for i, r in enumerate(rows) if r.get("kind") != "harmful"]
     out = {}
@@ -78,7 +78,7 @@ def evaluate(rows: list[dict], judge_names=JUDGES) -> dict:
         if v and v[0].label is not None:
             lab = [x.label for x in v]
             gold = [r["label"] for r in rows]
-            res["label_accuracy"] = judges.rate(sum(a == b for a, b in zip(lab, gold)), len(rows))
+            res["label_accuracy"] = rate(sum(a == b for a, b in zip(lab, gold)), len(rows))
             res["label_kappa"] = judge_model.kappa(gold, lab)
         out[name] = res
     return {"judges": out, "verdicts": vs}
