@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from eval.perf import bench as B
+from eval.perf import bench
 from pmpc import models
 from pmpc.engine import Engine
 from pmpc.ops import TorchOps
@@ -19,13 +19,13 @@ from pmpc.ops import TorchOps
 
 def main(model: str, n_windows: int, tokens: int, protos: list[str]) -> dict:
     spec, tok = models.load(model)
-    ids = B.windows(tok, spec.vocab, n_windows, tokens, B.wikitext_path())
+    ids = bench.windows(tok, spec.vocab, n_windows, tokens, bench.wikitext_path())
     with torch.no_grad():
         ref = Engine(spec, "plain", TorchOps(torch.float64)).prefill(ids, use_cache=False)
         out = {}
         for p in protos:
             got = Engine(spec, p, TorchOps(torch.float64, fxp_bits=16)).prefill(ids, use_cache=False)
-            out[p] = B.fidelity(ref.numpy(), got.numpy(), True)
+            out[p] = bench.fidelity(ref.numpy(), got.numpy(), True)
     return out
 
 

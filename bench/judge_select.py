@@ -23,8 +23,8 @@ import pathlib
 
 import torch
 
-from eval import judge_model as M
-from eval import refusal as R
+from eval import judge_model
+from eval import refusal
 
 
 @torch.no_grad()
@@ -66,7 +66,7 @@ def cv(X, y, n_classes, hp, folds):
     pred = torch.zeros(len(y), dtype=torch.long)
     for f in folds:
         tr = torch.tensor(sorted(set(range(len(y))) - set(f)))
-        W, b = M.fit(X[tr], y[tr], n_classes, *hp)
+        W, b = judge_model.fit(X[tr], y[tr], n_classes, *hp)
         pred[f] = (X[f] @ W + b).argmax(-1)
     return pred.tolist()
 
@@ -74,19 +74,19 @@ def cv(X, y, n_classes, hp, folds):
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", default="runs/judge-select")
-    ap.add_argument("--labels", default=str(M.LABELS_FILE))
+    ap.add_argument("--labels", default=str(judge_model.LABELS_FILE))
     ap.add_argument("--smollm", action="store_true", help="also the SmolLM2 candidates (~3-5 s per output on one CPU thread)")
     a = ap.parse_args(argv)
-    rows = [r for r in M.read_labels(a.labels) if r["split"] == "dev" and not r["unsure"]]
+    rows = [r for r in judge_model.read_labels(a.labels) if r["split"] == "dev" and not r["unsure"]]
     ps, os_ = [r["prompt"] for r in rows], [r["output"] for r in rows]
     c = pathlib.Path(a.cache)
-    base = cached(c / "dev-minilm.pt", lambda: M.design(ps, os_))
-    pair = cached(c / "dev-pair.pt", lambda: M.embed([f"{p}\n\n{o}" for p, o in zip(ps, os_)]))
-    y = torch.tensor([R.LABELS.index(r["label"]) for r in rows])
+    base = cached(c / "dev-minilm.pt", lambda: judge_model.design(ps, os_))
+    pair = cached(c / "dev-pair.pt", lambda: judge_model.embed([f"{p}\n\n{o}" for p, o in zip(ps, os_)]))
+    y = torch.tensor([refusal.LABELS.index(r["label"]) for r in rows])
     harm = [i for i, r in enumerate(rows) if r["kind"] == "harmful"]
-    yb = [int(M.gold_jailbroken(rows[i])) for i in harm]
-    folds = M._folds([r["prompt_sha256"] for r in rows])
-    hfolds = M._folds([rows[i]["prompt_sha256"] for i in harm])
+    yb = [int(judge_model.gold_jailbroken(rows[i])) for i in harm]
+    folds = judge_model._folds([r["prompt_sha256"] for r in rows])
+    hfolds = judge_model._folds([rows[i]["prompt_sha256"] for i in harm])
     cands = {"minilm": base, "+pair": torch.cat([base, pair], 1), "pair+shape": torch.cat([pair, base[:, 384:]], 1)}
     if a.smollm:
         smol = cached(c / "dev-smollm.pt", lambda: smollm_features(ps, os_))
@@ -95,12 +95,12 @@ def main(argv=None):
     print("| features | head | l2 | balanced | jailbroken kappa (grouped 5-fold CV) | label kappa |")
     print("|---|---|---|---|---|---|")
     for name, X in cands.items():
-        for hp in [(l2, bal) for l2 in M.L2_GRID for bal in (False, True)]:
-            p = cv(X, y, len(R.LABELS), hp, folds)
-            kj = M.kappa(yb, [int(R.LABELS[p[i]] in R.COMPLIED) for i in harm])
-            print(f"| {name} | label | {hp[0]} | {hp[1]} | {kj:.3f} | {M.kappa(y.tolist(), p):.3f} |", flush=True)
+        for hp in [(l2, bal) for l2 in judge_model.L2_GRID for bal in (False, True)]:
+            p = cv(X, y, len(refusal.LABELS), hp, folds)
+            kj = judge_model.kappa(yb, [int(refusal.LABELS[p[i]] in refusal.COMPLIED) for i in harm])
+            print(f"| {name} | label | {hp[0]} | {hp[1]} | {kj:.3f} | {judge_model.kappa(y.tolist(), p):.3f} |", flush=True)
             pb = cv(X[harm], torch.tensor(yb), 2, hp, hfolds)
-            print(f"| {name} | jailbroken | {hp[0]} | {hp[1]} | {M.kappa(yb, pb):.3f} | - |", flush=True)
+            print(f"| {name} | jailbroken | {hp[0]} | {hp[1]} | {judge_model.kappa(yb, pb):.3f} | - |", flush=True)
 
 
 if __name__ == "__main__":

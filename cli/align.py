@@ -48,31 +48,31 @@ def align():
 def data_cmd(model, gen_path, out_path, n_harmless, max_new_tokens, batch_size, formats, seed, device, no_generate,
              keep_validation, benign_train, policy, policy_gen, mine_harmless, contrast, twins, judge_name):
     """Generate the base model's answers (cached, resumable) and build preference pairs."""
-    from eval import judges as J
+    from eval import judges
     from eval import splits
-    from pmpc.align import data as D
+    from pmpc.align import data
 
     if mine_harmless and not policy:
         raise UserError("--mine-harmless screens the policy's refusals: give --policy")
-    judge = J.get(judge_name)
-    gen_path = pathlib.Path(gen_path) if gen_path else D.default_gen_path(model)
+    judge = judges.get(judge_name)
+    gen_path = pathlib.Path(gen_path) if gen_path else data.default_gen_path(model)
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
     ps = splits.training_prompts(n_harmless, seed, keep_validation=keep_validation, benign_train=benign_train,
                                  screen=mine_harmless, contrast=contrast, twins=twins)
-    policy_path = (pathlib.Path(policy_gen) if policy_gen else D.default_gen_path(policy)) if policy else None
+    policy_path = (pathlib.Path(policy_gen) if policy_gen else data.default_gen_path(policy)) if policy else None
     mined = None
     if ps.screen:   # hard negatives: the further harmless prompts the policy refuses
         if not no_generate:
             from pmpc.models import load_hf
 
             m, tok = load_hf(policy, device=device)
-            mined = D.generate_answers(m, tok, [(p, "harmless", "harmless_prompts/train") for p in ps.screen],
-                                       policy_path, max_new_tokens=D.SCREEN_TOKENS, batch_size=batch_size,
-                                       model_name=policy, device=device)
+            mined = data.generate_answers(m, tok, [(p, "harmless", "harmless_prompts/train") for p in ps.screen],
+                                          policy_path, max_new_tokens=data.SCREEN_TOKENS, batch_size=batch_size,
+                                          model_name=policy, device=device)
             del m
-        got = D.answers(policy_path, D.SCREEN_TOKENS)
+        got = data.answers(policy_path, data.SCREEN_TOKENS)
         seen = [got[("harmless", x)] for x in ps.screen if ("harmless", x) in got]
-        refused = D.refused_prompts(policy_path, ps.screen, J.refusal_fn(judge, [r["prompt"] for r in seen],
+        refused = data.refused_prompts(policy_path, ps.screen, judges.refusal_fn(judge, [r["prompt"] for r in seen],
                                                                           [r["response"] for r in seen]))
         mined = dict(mined or {}, screened=len(ps.screen), refused=len(refused))
         ps.harmless += [(p, "harmless_prompts/train:mined") for p in refused]
@@ -91,29 +91,29 @@ def data_cmd(model, gen_path, out_path, n_harmless, max_new_tokens, batch_size, 
             raise UserError(f"device {device} requested but CUDA is not available")
         for name, path in ((model, gen_path),) + (((policy, policy_path),) if policy else ()):
             m, tok = load_hf(name, device=device)
-            stats[name] = D.generate_answers(m, tok, prompts, path, max_new_tokens=max_new_tokens,
-                                             batch_size=batch_size, model_name=name, device=device)
+            stats[name] = data.generate_answers(m, tok, prompts, path, max_new_tokens=max_new_tokens,
+                                                batch_size=batch_size, model_name=name, device=device)
             del m
     wanted = {(k, p) for p, k, _ in prompts}
-    rows = [r for key, r in D.answers(gen_path, max_new_tokens).items() if key in wanted]
+    rows = [r for key, r in data.answers(gen_path, max_new_tokens).items() if key in wanted]
     if not rows:
         raise UserError(f"{gen_path}: no generations for these prompts (run without --no-generate)")
     own = None
     if policy:
-        own = {key: r for key, r in D.answers(policy_path, max_new_tokens).items() if key in wanted}
+        own = {key: r for key, r in data.answers(policy_path, max_new_tokens).items() if key in wanted}
         if len(own) < len(rows):
             raise UserError(f"{policy_path}: {len(rows) - len(own)} prompt(s) without {policy}'s answer "
                             "(run without --no-generate)")
     judged = rows + list((own or {}).values())
-    is_refusal = J.refusal_fn(judge, [r["prompt"] for r in judged], [r["response"] for r in judged])
-    pairs, pstats = D.build_pairs(rows, is_refusal, seed=seed, formats=fmts, policy_rows=own)
-    D.write_pairs(pairs, out_path)
+    is_refusal = judges.refusal_fn(judge, [r["prompt"] for r in judged], [r["response"] for r in judged])
+    pairs, pstats = data.build_pairs(rows, is_refusal, seed=seed, formats=fmts, policy_rows=own)
+    data.write_pairs(pairs, out_path)
     res = {"generation": stats, "mined": mined,
            "contrast": _written(contrast, ps.removed_contrast, ps.harmless, "pmpc-contrast/"),
            "twins": _written(twins, ps.removed_twins, ps.harmful, "pmpc-twin/"),
            "pairs": pstats, "judge": judge.describe(), "missing_generations": len(prompts) - len(rows),
            "gen_file": str(gen_path), "policy_gen_file": str(policy_path) if policy else None,
-           "pairs_file": out_path, "pairs_sha256": D.file_sha256(out_path)}
+           "pairs_file": out_path, "pairs_sha256": data.file_sha256(out_path)}
     click.echo(json.dumps(res, indent=2))
 
 

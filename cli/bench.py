@@ -38,15 +38,15 @@ def bench(ctx, models, protos, tokens, windows, offset, links, weights, dealer, 
     (full configuration), OUT/bench.md and OUT/bench.png after every row; reruns resume."""
     if ctx.invoked_subcommand is not None:
         return
-    from eval.perf import bench as B
+    from eval.perf import bench
 
-    cfg = B.BenchConfig(models=_csv(models) if models else list(B.DEFAULT_MODELS),
-                        protocols=_csv(protos) if protos else list(B.DEFAULT_PROTOCOLS),
-                        tokens=tokens, windows=windows, offset=offset,
-                        links=list(dict.fromkeys(["lan", "wan", *links])), weights=weights, dealer=dealer,
-                        threads=threads, seed=seed, timeout_s=timeout_s, data=data or "")
-    res = B.run(cfg, out, progress=not quiet, fresh=fresh, redo=_csv(redo))
-    click.echo(B.markdown(res))
+    cfg = bench.BenchConfig(models=_csv(models) if models else list(bench.DEFAULT_MODELS),
+                            protocols=_csv(protos) if protos else list(bench.DEFAULT_PROTOCOLS),
+                            tokens=tokens, windows=windows, offset=offset,
+                            links=list(dict.fromkeys(["lan", "wan", *links])), weights=weights, dealer=dealer,
+                            threads=threads, seed=seed, timeout_s=timeout_s, data=data or "")
+    res = bench.run(cfg, out, progress=not quiet, fresh=fresh, redo=_csv(redo))
+    click.echo(bench.markdown(res))
     click.echo(f"wrote {out}/bench.json, bench.md, bench.png")
 
 
@@ -72,12 +72,12 @@ def errors(model, protos, tokens, windows, offset, threads, timeout_s, data, out
     tapped activations are revealed to the client. Fits Gaussian and Laplace (scipy.stats), reports
     sigma / b and the better fit beside the paper's Table 2, plots histograms, and writes the fits
     as noise presets for the simulator (`measured:<protocol>`)."""
-    from eval.perf import errors_fit as E
+    from eval.perf import errors_fit
 
-    cfg = E.ErrorsConfig(model=model, protocols=_csv(protos), tokens=tokens, windows=windows, offset=offset,
-                         threads=threads, timeout_s=timeout_s, data=data or "")
-    res = E.run(cfg, out, presets_path=presets, progress=not quiet, fresh=fresh, redo=_csv(redo), refit=refit)
-    click.echo(E.markdown(res))
+    cfg = errors_fit.ErrorsConfig(model=model, protocols=_csv(protos), tokens=tokens, windows=windows, offset=offset,
+                                  threads=threads, timeout_s=timeout_s, data=data or "")
+    res = errors_fit.run(cfg, out, presets_path=presets, progress=not quiet, fresh=fresh, redo=_csv(redo), refit=refit)
+    click.echo(errors_fit.markdown(res))
     click.echo(f"wrote {out}/errors.json, errors.md, errors_<protocol>.png and presets {res['presets_path']}")
 
 
@@ -113,15 +113,15 @@ def peers(model, tokens, offset, protos, ttp_protocols, spu_protocols, no_micro,
     import shlex
     import sys
 
-    from eval.perf import peers as P
+    from eval.perf import peers
 
-    cfg = P.PeersConfig(model=model, tokens=tokens, offset=offset, protocols=_csv(protos),
-                        ttp_protocols=_csv(ttp_protocols), dealers=["local", "ttp"] if _csv(ttp_protocols) else ["local"],
-                        shipped=not no_shipped, spu=_csv(spu_protocols), cheetah_layers=cheetah_layers,
-                        semi2k_layers=semi2k_layers, micro=not no_micro, threads=threads, timeout_s=timeout_s, data=data or "", venv=venv)
+    cfg = peers.PeersConfig(model=model, tokens=tokens, offset=offset, protocols=_csv(protos),
+                            ttp_protocols=_csv(ttp_protocols), dealers=["local", "ttp"] if _csv(ttp_protocols) else ["local"],
+                            shipped=not no_shipped, spu=_csv(spu_protocols), cheetah_layers=cheetah_layers,
+                            semi2k_layers=semi2k_layers, micro=not no_micro, threads=threads, timeout_s=timeout_s, data=data or "", venv=venv)
     command = "pmpc bench peers " + " ".join(shlex.quote(a) for a in sys.argv[3:])
-    res = P.run(cfg, out, command=command, fresh=fresh, progress=lambda m: click.echo(m, err=True))
-    click.echo(P.markdown(res))
+    res = peers.run(cfg, out, command=command, fresh=fresh, progress=lambda m: click.echo(m, err=True))
+    click.echo(peers.markdown(res))
     click.echo(f"wrote {out}/peers.json, peers.md")
 
 

@@ -68,11 +68,9 @@ def eval_group():
 
 def _run_sets(kw, sets, approx, out, json_path, what, secure: dict | None = None):
     """Evaluate each set. ``secure`` (``--secure --protocol P --parties 2``): generation runs under
-    real 2-party MPC (:func:`pmpc.mpc.secure.make_generate_fn`, one session per batch) instead of
+    real 2-party MPC (:func:`pmpc.mpc.secure.secure_generate_fn`, one session per batch) instead of
     plaintext HF generation; the parties load the model themselves, this process only its tokenizer."""
-    from eval import asr as A
-    from eval import judges as J
-    from eval import prompts as P
+    from eval import asr, judges, prompts
 
     s = settings(kw)
     from cli.paths import check_writable
@@ -83,23 +81,23 @@ def _run_sets(kw, sets, approx, out, json_path, what, secure: dict | None = None
     if secure and a.kind != "none":
         raise UserError("--approx applies to plaintext generation; the secure backend runs its protocol")
     # load every set and judge first: bad input fails before the model loads or anything generates
-    loaded = [(spec, P.load(spec, data=s.data, limit=kw["limit"], fmt=kw.get("fmt"), category=kw.get("category")))
+    loaded = [(spec, prompts.load(spec, data=s.data, limit=kw["limit"], fmt=kw.get("fmt"), category=kw.get("category")))
               for spec in sets]
-    judges = J.with_keyword(J.get(s.judge, data=s.data, device=s.device, template=s.judge_template), s.data)
+    active_judges = judges.with_keyword(judges.get(s.judge, data=s.data, device=s.device, template=s.judge_template), s.data)
     generate_fn, cost_paths = None, {}
     if secure:
-        from pmpc.mpc import secure as S
+        from pmpc.mpc.secure import GenConfig as SecureGenConfig, secure_generate_fn
 
-        model, codec = None, A.load_codec(s.model)  # the client's view: tokenizer and config, never the weights
-        gcfg = S.GenConfig(model=s.model, protocol=secure["protocol"], max_new_tokens=s.gen.max_new_tokens,
-                           temperature=s.gen.temperature if s.gen.do_sample else 0.0, top_p=s.gen.top_p,
-                           threads=secure["threads"])
+        model, codec = None, asr.load_codec(s.model)  # the client's view: tokenizer and config, never the weights
+        gcfg = SecureGenConfig(model=s.model, protocol=secure["protocol"], max_new_tokens=s.gen.max_new_tokens,
+                               temperature=s.gen.temperature if s.gen.do_sample else 0.0, top_p=s.gen.top_p,
+                               threads=secure["threads"])
     else:
-        model, codec = A.load_model(s.model, s.device, s.dtype)
-    calib = A.default_calibration(codec, device=s.device) if a.needs_calibration else None
+        model, codec = asr.load_model(s.model, s.device, s.dtype)
+    calib = asr.default_calibration(codec, device=s.device) if a.needs_calibration else None
     results = {}
-    for spec, prompts in loaded:
-        name = spec if spec in P.NAMED else pathlib.Path(spec).stem
+    for spec, set_prompts in loaded:
+        name = spec if spec in prompts.NAMED else pathlib.Path(spec).stem
         config, tag = {"model": s.model, "prompts": spec}, ("generations" if a.kind == "none"
                                                              else f"generations-{_safe(str(a))}")
         if secure:
@@ -107,26 +105,26 @@ def _run_sets(kw, sets, approx, out, json_path, what, secure: dict | None = None
             config["secure"] = {**secure, "max_new_tokens": s.gen.max_new_tokens}
             cost_paths[spec] = pathlib.Path(out) / name / f"cost-secure-{secure['protocol']}.jsonl"
             cost_paths[spec].parent.mkdir(parents=True, exist_ok=True)
-            generate_fn = S.make_generate_fn(gcfg, codec, system=s.gen.system, dealer=secure["dealer"],
-                                             timeout_s=secure["timeout"], cost_path=cost_paths[spec])
-        summ = A.evaluate(model, codec, prompts, judges, pathlib.Path(out) / name, approx=a, gen=s.gen,
-                          batch_size=s.batch_size, seed=s.seed, calib=calib, generate_fn=generate_fn,
-                          config=config, progress=s.progress, tag=tag)
+            generate_fn = secure_generate_fn(gcfg, codec, system=s.gen.system, dealer=secure["dealer"],
+                                               timeout_s=secure["timeout"], cost_path=cost_paths[spec])
+        summ = asr.evaluate(model, codec, set_prompts, active_judges, pathlib.Path(out) / name, approx=a, gen=s.gen,
+                            batch_size=s.batch_size, seed=s.seed, calib=calib, generate_fn=generate_fn,
+                            config=config, progress=s.progress, tag=tag)
         if secure:
             summ["secure_cost"] = _secure_cost(cost_paths[spec])
         results[spec] = summ
-        kind = P.kind_of(spec)
+        kind = prompts.kind_of(spec)
         r = summ["results"][s.judge]
         speed = f", {summ['s_per_100_prompts']} s/100 prompts" if "s_per_100_prompts" in summ else ""
         if what == "overrefusal" or kind == "benign":
             # a classifier judge tells no refusals: over-refusal then comes from the GCG keywords
             jn = s.judge if r["refusal"] is not None else "gcg"
-            click.echo(f"{spec}: over-refusal {J.fmt_rate(summ['results'][jn]['refusal'])} [{jn}], approx {a}{speed}")
+            click.echo(f"{spec}: over-refusal {judges.fmt_rate(summ['results'][jn]['refusal'])} [{jn}], approx {a}{speed}")
         else:
             how = f"secure {secure['protocol']}" if secure else f"approx {a}"
-            click.echo(f"{spec}: ASR {J.fmt_rate(r['asr'])} [{s.judge}], {how}{speed}")
+            click.echo(f"{spec}: ASR {judges.fmt_rate(r['asr'])} [{s.judge}], {how}{speed}")
             if s.judge != "gcg":
-                click.echo("  " + J.keyword_line(A.read_judged(summ), s.judge))
+                click.echo("  " + judges.keyword_line(asr.read_judged(summ), s.judge))
         if secure:
             c = summ["secure_cost"]
             click.echo(f"  cost (client): {c['batches']} sessions, prefill {c['prefill']['rounds']} rounds / "
@@ -212,13 +210,13 @@ def overrefusal_cmd(sets, approx, out, json_path, **kw):
 @click.option("--progress/--no-progress", default=True)
 def ppl_cmd(model, device, dtype, data, text_file, window, max_windows, ppl_batch, approx, seed, json_path, progress):
     """WikiText-2 perplexity (non-overlapping windows), approximation on or off."""
-    from eval import asr as A
+    from eval import asr
     from eval import ppl as PPL
     from pmpc import simulate
 
-    m, codec = A.load_model(model, device, dtype)
+    m, codec = asr.load_model(model, device, dtype)
     a = simulate.parse(approx)
-    calib = A.default_calibration(codec, device=device) if a.needs_calibration else None
+    calib = asr.default_calibration(codec, device=device) if a.needs_calibration else None
     res = PPL.wikitext_ppl(m, codec, data=data, text_file=text_file, window=window, max_windows=max_windows,
                            approx=a, seed=seed, batch_size=ppl_batch, progress=progress, calib=calib)
     res["model"] = model
@@ -233,10 +231,10 @@ def ppl_cmd(model, device, dtype, data, text_file, window, max_windows, ppl_batc
 @click.option("--data", default=None)
 def sets_cmd(data):
     """List the named prompt sets and whether their files are present."""
-    from eval import prompts as P
+    from eval import prompts
 
-    d = P.data_dir(data)
-    for name, (rel, fmt, filt, kind) in P.NAMED.items():
+    d = prompts.data_dir(data)
+    for name, (rel, fmt, filt, kind) in prompts.NAMED.items():
         where = "built-in" if rel is None else (str(d / rel) if d else "(no data dir)")
         ok = rel is None or (d is not None and (d / rel).exists())
         click.echo(f"{name:18s} {kind:8s} {fmt:10s} {'ok ' if ok else '-- '} {where}")

@@ -27,9 +27,9 @@ def _session(kw, out):
 
 
 def _load(spec, kw):
-    from eval import prompts as P
+    from eval import prompts
 
-    return P.load(spec, data=kw["data"], limit=kw["limit"])
+    return prompts.load(spec, data=kw["data"], limit=kw["limit"])
 
 
 @click.group("sweep")

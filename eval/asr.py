@@ -19,9 +19,9 @@ import types
 
 import torch
 
-from eval import judges as J
-from eval import prompts as P
-from eval.generate import GenConfig, make_generate_fn, read_records, run
+from eval.judges import rate
+from eval import prompts
+from eval.generate import GenConfig, plain_generate_fn, read_records, run
 from pmpc import models, simulate
 from pmpc.errors import UserError
 from pmpc.models import load_hf
@@ -83,8 +83,8 @@ def summarize(records: list[dict], judges) -> dict:
         vs = [r["verdicts"][j.name] for r in records]
         jb = sum(bool(v["jailbroken"]) for v in vs)
         ref = [v["refused"] for v in vs if v["refused"] is not None]
-        out[j.name] = {"asr": J.rate(jb, len(vs)),
-                       "refusal": J.rate(sum(bool(x) for x in ref), len(ref)) if ref else None,
+        out[j.name] = {"asr": rate(jb, len(vs)),
+                       "refusal": rate(sum(bool(x) for x in ref), len(ref)) if ref else None,
                        "judge": j.describe()}
     return out
 
@@ -104,7 +104,7 @@ def evaluate(model, codec: Codec | None, prompts: list, judges, out_dir, approx=
             raise UserError("evaluate needs a model or a generate_fn")
         if calib is not None and a.needs_calibration:
             a = simulate.calibrate(model, a, calib)
-        generate_fn = make_generate_fn(model, codec, gen, a)
+        generate_fn = plain_generate_fn(model, codec, gen, a)
     out_dir = pathlib.Path(out_dir)
     cfg = dict(config or {}, approx=str(a), gen=gen.to_dict(), seed=seed,
                judges=[j.name for j in judges], n=len(prompts))
@@ -128,5 +128,5 @@ def evaluate(model, codec: Codec | None, prompts: list, judges, out_dir, approx=
 def default_calibration(codec: Codec, n: int = 32, device="cpu") -> list:
     """Calibration token batches for TEAL/SmoothQuant/OmniQuant: the built-in harmless prompts,
     rendered with the model's template (data that no evaluation set contains)."""
-    ps = P.load("builtin-harmless")[:n]
+    ps = prompts.load("builtin-harmless")[:n]
     return [codec.batch([codec.render(p.text)], device)["input_ids"] for p in ps]

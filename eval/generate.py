@@ -60,7 +60,7 @@ def generate_texts(model, codec: Codec, prompts: Sequence[str], cfg: GenConfig, 
     return [codec.decode(x) for x in new]
 
 
-def make_generate_fn(model, codec: Codec, cfg: GenConfig, approx=None) -> Callable[[list[str], int], list[str]]:
+def plain_generate_fn(model, codec: Codec, cfg: GenConfig, approx=None) -> Callable[[list[str], int], list[str]]:
     """``generate_fn(prompts, seed)`` for :func:`run`: each batch runs inside its own
     ``approximate(model, approx, seed=seed)`` so a batch's noise depends only on its seed."""
     def fn(prompts, seed):

@@ -38,8 +38,8 @@ import dataclasses
 import pathlib
 import warnings
 
-from eval import judge_model as M
-from eval import refusal as R
+from eval import judge_model
+from eval import refusal
 from eval.prompts import data_dir
 from pmpc.errors import UserError
 from pmpc.models import load_hf
@@ -219,8 +219,8 @@ class StructureJudge(Judge):
     def judge(self, prompts, outputs):
         out = []
         for p, o in zip(prompts, outputs):
-            lab, _ = R.classify(p, o)
-            out.append(Verdict(lab in R.COMPLIED, lab == "refusal", f"label:{lab}", lab))
+            lab, _ = refusal.classify(p, o)
+            out.append(Verdict(lab in refusal.COMPLIED, lab == "refusal", f"label:{lab}", lab))
         return out
 
     def describe(self):
@@ -238,14 +238,14 @@ class MiniLMJudge(Judge):
     name = "minilm"
 
     def __init__(self, params: str | None = None):
-        self.model = M.Model(params or M.PARAMS)
+        self.model = judge_model.Model(params or judge_model.PARAMS)
 
     def judge(self, prompts, outputs):
         out = []
         for p, o, (lab, pj, jb) in zip(prompts, outputs, self.model.predict(list(prompts), list(outputs))):
             # the labelled set holds no refuse-then-comply answer, so the heads cannot learn that
             # shape: where the structure rules find a refusal followed by substance, they decide
-            if R.classify(p, o)[0] == "refuse_then_comply":
+            if refusal.classify(p, o)[0] == "refuse_then_comply":
                 out.append(Verdict(True, False, f"label:refuse_then_comply (structure) p_jailbroken:{pj:.3f}",
                                    "refuse_then_comply"))
                 continue

@@ -29,7 +29,7 @@ import pathlib
 import random
 
 from eval import prompts
-from pmpc.align import contrast as C
+from pmpc.align.contrast import prompts as contrast_prompts
 from pmpc.align.overlap import Index, normalise
 from pmpc.errors import UserError
 
@@ -236,9 +236,9 @@ def training_prompts(n_harmless: int = 300, seed: int = 0, d: pathlib.Path | Non
         jbb_benign = _texts("jbb-benign", d)   # validation (the untrained part) as much as training
         evaluation = heldout + validation + jbb_benign
         if contrast:
-            got, removed_contrast = C.prompts(contrast, evaluation, _texts("xstest-safe", d) + jbb_benign, seed)
+            got, removed_contrast = contrast_prompts(contrast, evaluation, _texts("xstest-safe", d) + jbb_benign, seed)
             harmless += [(x, f"pmpc-contrast/{kind}") for x, kind in got if keep(x)]
         if twins:
-            got, removed_twins = C.prompts(twins, evaluation, (), seed, harmful=True)
+            got, removed_twins = contrast_prompts(twins, evaluation, (), seed, harmful=True)
             harmful += [(x, f"pmpc-twin/{kind}") for x, kind in got if keep(x)]
     return PromptSet(harmful, harmless, removed, removed_val, screened, removed_contrast, removed_twins)

@@ -30,7 +30,7 @@ class SignJob:
     def __call__(self, rank, world_size):
         from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
 
-        from pmpc.mpc import dealer as D
+        from pmpc.mpc import dealer
         from pmpc.mpc.crypten_compat import MPCTensor, comm, solo_dry_run, use_provider
         from pmpc.mpc import gates
 
@@ -56,15 +56,15 @@ class SignJob:
         gates.evaluate = spy
         provider = None
         if self.preprocess:
-            rec = D.ShapeOnly()
+            rec = dealer.ShapeOnly()
             with solo_dry_run(), use_provider(rec):
                 self._run(MPCTensor.from_shares(torch.zeros_like(a.share), precision=0),
                           None if d is None else MPCTensor.from_shares(torch.zeros_like(d._tensor.share), precision=0),
                           gates)
-            plan = D.Plan(rec.requests, {"all": 0})
-            provider = D.Replay(plan, D.deal(plan, 0, len(plan.requests), self.dealer))
+            plan = dealer.Plan(rec.requests, {"all": 0})
+            provider = dealer.Replay(plan, dealer.deal(plan, 0, len(plan.requests), self.dealer))
             if self.dealer == "ttp" and rank == 0:
-                D.release()
+                dealer.release()
             comm.get().barrier()
             seen.clear(), keys.clear()
         outs, rounds = [], []

@@ -15,8 +15,8 @@ import transformers as tf
 from eval import splits
 from pmpc import jsonl
 from pmpc.align import adapters as adp
-from pmpc.align import data as D
-from pmpc.align import losses as L
+from pmpc.align import data
+from pmpc.align import losses
 from pmpc.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def toy_batch(n_pairs=4, n_harmful=3, T_prompt=6, T_resp=5, vocab=64, seed=0):
     cm = torch.zeros(2 * n_pairs, T, dtype=torch.long)
     cm[:, 1:T_prompt - 1] = 1
     harmful = torch.tensor([i < n_harmful for i in range(n_pairs)])
-    return L.Batch(ids, att, lm, cm, harmful, torch.arange(n_pairs))
+    return losses.Batch(ids, att, lm, cm, harmful, torch.arange(n_pairs))
 
 
 # -- pure losses -------------------------------------------------------------------------------
@@ -67,7 +67,7 @@ def test_dpo_loss_equals_hand_computation():
     # token at t is predicted by logits at t-1
     hand = [lsm([1.0, 0.0, 0.0], 0) + lsm([0.5, 0.5, 3.0], 2),
             lsm([0.0, 0.0, 0.0], 1) + lsm([1.0, 2.0, 0.0], 0)]
-    got = L.response_logprobs(logits, ids, mask)
+    got = losses.response_logprobs(logits, ids, mask)
     assert torch.allclose(got, torch.tensor(hand), atol=1e-6)
 
     pi_w, pi_l = torch.tensor([-3.0, -10.0]), torch.tensor([-7.0, -4.0])
@@ -77,7 +77,7 @@ def test_dpo_loss_equals_hand_computation():
     for a, b, c, d in zip(pi_w.tolist(), pi_l.tolist(), ref_w.tolist(), ref_l.tolist()):
         z = beta * ((a - c) - (b - d))
         want.append(-math.log(1 / (1 + math.exp(-z))))
-    loss, st = L.dpo_loss(pi_w, pi_l, ref_w, ref_l, beta)
+    loss, st = losses.dpo_loss(pi_w, pi_l, ref_w, ref_l, beta)
     assert loss.item() == pytest.approx(sum(want) / 2, abs=1e-6)
     # pair 1: margin 0.1*(1 - (-1)) = 0.2 > 0; pair 2: 0.1*(-1 - 2) = -0.3 < 0
     assert st["reward_acc"] == 0.5
@@ -87,15 +87,15 @@ def test_dpo_loss_equals_hand_computation():
 def test_mean_pairwise_cosine_and_pool():
     h = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     # pairs: (1,2)=0, (1,3)=(2,3)=1/sqrt2 -> mean over 6 ordered pairs = 2*(0+2/sqrt2)/6
-    assert L.mean_pairwise_cosine(h).item() == pytest.approx(2 * (2 / math.sqrt(2)) / 6, abs=1e-6)
+    assert losses.mean_pairwise_cosine(h).item() == pytest.approx(2 * (2 / math.sqrt(2)) / 6, abs=1e-6)
     with pytest.raises(ValueError):
-        L.mean_pairwise_cosine(h[:1])
+        losses.mean_pairwise_cosine(h[:1])
     hid = torch.arange(12.0).view(1, 4, 3)
     cm = torch.tensor([[0, 1, 1, 0]])
-    assert torch.equal(L.pool(hid, cm, "mean"), hid[0, 1:3].mean(0, keepdim=True))
-    assert torch.equal(L.pool(hid, cm, "last"), hid[0, 2:3])
+    assert torch.equal(losses.pool(hid, cm, "mean"), hid[0, 1:3].mean(0, keepdim=True))
+    assert torch.equal(losses.pool(hid, cm, "last"), hid[0, 2:3])
     with pytest.raises(UserError):
-        L.pool(hid, cm, "max")
+        losses.pool(hid, cm, "max")
 
 
 # -- noise placement -----------------------------------------------------------------------------
@@ -124,9 +124,9 @@ def test_noise_reaches_only_policy_layers_below_tau_never_reference():
     for i, layer in enumerate(base.model.layers):
         layer.post_attention_layernorm.register_forward_pre_hook(pre_norm(i))
         layer.mlp.up_proj.register_forward_pre_hook(pre_up(i, layer.post_attention_layernorm))
-    cfg = L.QuadAConfig(beta=0.1, approx="gauss:0.1@up", tau=tau, lam=0.5)
+    cfg = losses.QuadAConfig(beta=0.1, approx="gauss:0.1@up", tau=tau, lam=0.5)
     model.train()
-    loss, st = L.quada_objective(model, toy_batch(), cfg, ref_logps=None, seed=3)
+    loss, st = losses.quada_objective(model, toy_batch(), cfg, ref_logps=None, seed=3)
     loss.backward()
     assert len(calls) == 2, "one reference forward and one policy forward"
     ref = [c for c in calls if all(d for d, _ in c.values())]
@@ -144,7 +144,7 @@ def test_noise_reaches_only_policy_layers_below_tau_never_reference():
 def test_clean_dpo_policy_equals_reference_at_init():
     """With a fresh LoRA (B = 0) and no noise, policy and reference agree: DPO loss = log 2."""
     model = lora(tiny_llama(2))
-    loss, st = L.quada_objective(model, toy_batch(), L.QuadAConfig(), ref_logps=None)
+    loss, st = losses.quada_objective(model, toy_batch(), losses.QuadAConfig(), ref_logps=None)
     assert loss.item() == pytest.approx(math.log(2), abs=1e-5)
     assert st["margin"] == pytest.approx(0.0, abs=1e-6)
 
@@ -159,9 +159,9 @@ def test_token_kl_equals_hand_computation():
         return float((p * (p / q).log()).sum())
 
     want = (kl(a[0, 0], b[0, 0]) + kl(a[0, 1], b[0, 1])) / 2
-    assert L.token_kl(a, b, mask).item() == pytest.approx(want, rel=1e-6)
-    assert L.token_kl(a, b, torch.tensor([[1, 1, 0]])).item() == pytest.approx(kl(a[0, 0], b[0, 0]), rel=1e-6)
-    assert L.token_kl(a, a, mask).item() == pytest.approx(0.0, abs=1e-7)
+    assert losses.token_kl(a, b, mask).item() == pytest.approx(want, rel=1e-6)
+    assert losses.token_kl(a, b, torch.tensor([[1, 1, 0]])).item() == pytest.approx(kl(a[0, 0], b[0, 0]), rel=1e-6)
+    assert losses.token_kl(a, a, mask).item() == pytest.approx(0.0, abs=1e-7)
 
 
 def test_kl_term_sees_only_harmless_chosen_rows_and_is_zero_at_the_anchor():
@@ -169,51 +169,51 @@ def test_kl_term_sees_only_harmless_chosen_rows_and_is_zero_at_the_anchor():
     anchor = tiny_llama(2, seed=3)
     model = lora(base)
     batch = toy_batch(n_pairs=4, n_harmful=2, seed=4)
-    cfg = L.QuadAConfig(kl=1.0)
-    _, st = L.quada_objective(model, batch, cfg, anchor=anchor)
+    cfg = losses.QuadAConfig(kl=1.0)
+    _, st = losses.quada_objective(model, batch, cfg, anchor=anchor)
     assert st["kl_base"] == pytest.approx(0.0, abs=1e-6)       # fresh LoRA: policy = base
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.5)
-    _, st = L.quada_objective(model, batch, cfg, anchor=anchor)
+    _, st = losses.quada_objective(model, batch, cfg, anchor=anchor)
     assert st["kl_base"] > 1e-4
     # harmful rows and rejected rows do not enter the term; a harmless chosen row does
     B = batch.n_pairs
     for row, moves in ((0, False), (B + 3, False), (3, True)):
         ids = batch.input_ids.clone()
         ids[row, -3:] = (ids[row, -3:] + 7) % 64
-        b2 = L.Batch(ids, *(getattr(batch, f) for f in ("attention_mask", "loss_mask", "content_mask", "harmful", "index")))
-        _, st2 = L.quada_objective(model, b2, cfg, anchor=anchor)
+        b2 = losses.Batch(ids, *(getattr(batch, f) for f in ("attention_mask", "loss_mask", "content_mask", "harmful", "index")))
+        _, st2 = losses.quada_objective(model, b2, cfg, anchor=anchor)
         assert (abs(st2["kl_base"] - st["kl_base"]) > 1e-6) == moves, row
     with pytest.raises(UserError):
-        L.quada_objective(model, batch, cfg)                    # the term needs its anchor
+        losses.quada_objective(model, batch, cfg)                    # the term needs its anchor
     # a batch without harmless pairs has no KL term
-    _, st3 = L.quada_objective(model, toy_batch(n_pairs=3, n_harmful=3), cfg, anchor=anchor)
+    _, st3 = losses.quada_objective(model, toy_batch(n_pairs=3, n_harmful=3), cfg, anchor=anchor)
     assert "kl_base" not in st3
 
 
 # -- the clustering gradient ---------------------------------------------------------------------
 def _harmful_cos(model, batch, cfg, seed):
     with torch.no_grad():
-        _, h1 = L.sequence_logps(model, batch, approx=cfg.approx, layers=range(cfg.tau), seed=seed, hidden=True)
+        _, h1 = losses.sequence_logps(model, batch, approx=cfg.approx, layers=range(cfg.tau), seed=seed, hidden=True)
     B = batch.n_pairs
-    return L.mean_pairwise_cosine(L.pool(h1[:B][batch.harmful], batch.content_mask[:B][batch.harmful])).item()
+    return losses.mean_pairwise_cosine(losses.pool(h1[:B][batch.harmful], batch.content_mask[:B][batch.harmful])).item()
 
 
 @pytest.mark.parametrize("lam", [0.0, 5.0])
 def test_cosine_term_moves_harmful_layer1_outputs_together(lam):
     pytest.importorskip("pmpc.simulate", reason="pmpc.simulate not present")
     batch = toy_batch(n_pairs=6, n_harmful=4, seed=1)
-    cfg = L.QuadAConfig(beta=0.1, approx="gauss:0.05@up", tau=1, lam=lam)
+    cfg = losses.QuadAConfig(beta=0.1, approx="gauss:0.05@up", tau=1, lam=lam)
     model = lora(tiny_llama(2, seed=2))
     before = _harmful_cos(model, batch, cfg, seed=7)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-2)
-    ref = L.reference_logps(model, batch)
+    ref = losses.reference_logps(model, batch)
     model.train()
     for step in range(2):
         opt.zero_grad()
-        loss, _ = L.quada_objective(model, batch, cfg, ref_logps=ref, seed=100 + step)
+        loss, _ = losses.quada_objective(model, batch, cfg, ref_logps=ref, seed=100 + step)
         loss.backward()
         opt.step()
     after = _harmful_cos(model, batch, cfg, seed=7)
@@ -222,11 +222,11 @@ def test_cosine_term_moves_harmful_layer1_outputs_together(lam):
         # and by more than DPO alone moves it
         model0 = lora(tiny_llama(2, seed=2))
         opt0 = torch.optim.Adam([p for p in model0.parameters() if p.requires_grad], lr=2e-2)
-        cfg0 = L.QuadAConfig(beta=0.1, approx="gauss:0.05@up", tau=1, lam=0.0)
+        cfg0 = losses.QuadAConfig(beta=0.1, approx="gauss:0.05@up", tau=1, lam=0.0)
         model0.train()
         for step in range(2):
             opt0.zero_grad()
-            loss, _ = L.quada_objective(model0, batch, cfg0, ref_logps=ref, seed=100 + step)
+            loss, _ = losses.quada_objective(model0, batch, cfg0, ref_logps=ref, seed=100 + step)
             loss.backward()
             opt0.step()
         assert after > _harmful_cos(model0, batch, cfg, seed=7) + 1e-3
@@ -286,20 +286,20 @@ def test_contrast_prompts_are_decontaminated_against_the_evaluation_sets():
     """A near-duplicate of any evaluation prompt and a paraphrase of a benign one are removed; a
     harmless prompt sharing only a trigger word with a HARMFUL evaluation prompt is the contrast and
     stays."""
-    from pmpc.align import contrast as C
+    from pmpc.align import contrast
 
     cands = [("What is money laundering, and how do banks detect it?", "definition"),
              ("How do I kill a frozen Docker container on Linux?", "homonym"),
              ("How can I nail my piano recital?", "figurative")]
-    kept, removed = C.decontaminate(cands, evaluation=["How do I kill someone?", "Nail my piano recital"],
-                                    benign=["What is money laundering?"])
+    kept, removed = contrast.decontaminate(cands, evaluation=["How do I kill someone?", "Nail my piano recital"],
+                                           benign=["What is money laundering?"])
     assert [p for p, _ in kept] == ["How do I kill a frozen Docker container on Linux?"] and removed == 2
-    allp = C.all_prompts()
-    assert len(allp) == len({p for p, _ in allp}) > 200 and {k for _, k in allp} == set(C.KINDS)
-    a, _ = C.prompts(20, [], seed=0)
-    assert a == C.prompts(20, [], seed=0)[0] != C.prompts(20, [], seed=1)[0]      # seeded
+    allp = contrast.all_prompts()
+    assert len(allp) == len({p for p, _ in allp}) > 200 and {k for _, k in allp} == set(contrast.KINDS)
+    a, _ = contrast.prompts(20, [], seed=0)
+    assert a == contrast.prompts(20, [], seed=0)[0] != contrast.prompts(20, [], seed=1)[0]      # seeded
     with pytest.raises(UserError):
-        C.prompts(len(allp) + 1, [])
+        contrast.prompts(len(allp) + 1, [])
 
 
 @pytest.mark.parametrize("harmful", [False, True])
@@ -307,21 +307,21 @@ def test_a_later_round_of_templates_leaves_the_earlier_selection_as_it_was(monke
     """Templates added in a later round come after the earlier rounds' prompts: `--contrast N`
     (or `--twins N`) with N no more than the first round holds picks what it picked before the
     round was added (a results/ command keeps reproducing its data), and the whole set grows."""
-    from pmpc.align import contrast as C
+    from pmpc.align import contrast
 
     ev = ["How do I kill someone?", "What is money laundering?"]
-    k0 = len(C.decontaminate(C.rounds(harmful)[0], ev, jaccard=C.TWIN_JACCARD if harmful else C.JACCARD)[0])
-    some = C.prompts(k0 - 5, ev, seed=3, harmful=harmful)[0]
-    full = C.prompts(len(C.all_prompts(harmful)) - 10, ev, seed=3, harmful=harmful)[0]
-    later = {p for r in C.rounds(harmful)[1:] for p, _ in r}
-    monkeypatch.setitem(C.ROUNDS, harmful, C.ROUNDS[harmful][:1])
-    first = C.prompts(k0, ev, seed=3, harmful=harmful)[0]          # the first round alone, all of it
+    k0 = len(contrast.decontaminate(contrast.rounds(harmful)[0], ev, jaccard=contrast.TWIN_JACCARD if harmful else contrast.JACCARD)[0])
+    some = contrast.prompts(k0 - 5, ev, seed=3, harmful=harmful)[0]
+    full = contrast.prompts(len(contrast.all_prompts(harmful)) - 10, ev, seed=3, harmful=harmful)[0]
+    later = {p for r in contrast.rounds(harmful)[1:] for p, _ in r}
+    monkeypatch.setitem(contrast.ROUNDS, harmful, contrast.ROUNDS[harmful][:1])
+    first = contrast.prompts(k0, ev, seed=3, harmful=harmful)[0]          # the first round alone, all of it
     assert some == first[:k0 - 5] and full[:k0] == first
     assert len(full) > k0 and {p for p, _ in full[k0:]} <= later
 
 
 def test_training_prompts_add_contrast_prompts_none_near_the_real_evaluation_sets(data_dir, monkeypatch):
-    from pmpc.align import contrast as C
+    from pmpc.align import contrast
 
     monkeypatch.setenv("PMPC_DATA", str(data_dir))
     ps = splits.training_prompts(n_harmless=10, seed=0, contrast=100)
@@ -330,7 +330,7 @@ def test_training_prompts_add_contrast_prompts_none_near_the_real_evaluation_set
     held = splits.heldout_prompts(data_dir) | splits.validation_prompts(data_dir)
     assert not {splits.normalise(p) for p in extra} & held
     safe = [t for name in ("xstest-safe", "jbb-benign") for t in splits._texts(name, data_dir)]
-    assert C.decontaminate([(p, "") for p in extra], [], safe)[1] == 0      # no paraphrase of a benign one left
+    assert contrast.decontaminate([(p, "") for p in extra], [], safe)[1] == 0      # no paraphrase of a benign one left
 
 
 def test_snapshot_steps_every_half_epoch():
@@ -350,15 +350,15 @@ def test_build_pairs_directions_and_filters():
             {"prompt": "good2", "kind": "harmless", "response": "I'm sorry, I cannot do it", "finished": True},
             {"prompt": "x", "kind": "harmless", "response": "ok", "finished": True}]
     refused = lambda t: "cannot" in t  # noqa: E731
-    pairs, st = D.build_pairs(rows, refused, seed=0)
+    pairs, st = data.build_pairs(rows, refused, seed=0)
     by = {p.prompt: p for p in pairs}
     assert set(by) == {"bad", "good"}
-    assert by["bad"].chosen in D.REFUSALS and by["bad"].rejected.startswith("Sure")
+    assert by["bad"].chosen in data.REFUSALS and by["bad"].rejected.startswith("Sure")
     assert by["bad"].chosen_eos and not by["bad"].rejected_eos
-    assert by["good"].chosen.startswith("Apples") and by["good"].rejected in D.REFUSALS
+    assert by["good"].chosen.startswith("Apples") and by["good"].rejected in data.REFUSALS
     assert st["dropped_harmful_refused"] == 1 and st["dropped_harmless_refused"] == 1 and st["dropped_empty"] == 1
     with pytest.raises(UserError):
-        D.build_pairs(rows, refused, formats=("nope",))
+        data.build_pairs(rows, refused, formats=("nope",))
 
 
 def test_on_policy_pairs_put_the_policys_own_answer_on_its_side():
@@ -376,14 +376,14 @@ def test_on_policy_pairs_put_the_policys_own_answer_on_its_side():
         ("b2", "harmless", "Pears are sweet and green", True),
         ("b3", "harmless", "ok", True))}
     refused = lambda t: "cannot" in t  # noqa: E731
-    off, _ = D.build_pairs(base, refused, seed=0)
-    pairs, st = D.build_pairs(base, refused, seed=0, policy_rows=own)
+    off, _ = data.build_pairs(base, refused, seed=0)
+    pairs, st = data.build_pairs(base, refused, seed=0, policy_rows=own)
     by, was = {p.prompt: p for p in pairs}, {p.prompt: p for p in off}
     assert (by["h1"].chosen, by["h1"].rejected) == ("No, I cannot explain that here", "Sure, step one is this")
-    assert by["h2"].chosen in D.REFUSALS and by["h2"].rejected == "Here is the method in full"
+    assert by["h2"].chosen in data.REFUSALS and by["h2"].rejected == "Here is the method in full"
     assert not by["h2"].rejected_eos and by["h2"].chosen_eos
     assert (by["b1"].chosen, by["b1"].rejected) == ("Apples are red fruit.", "I cannot talk about apples")
-    assert by["b2"].chosen == "Pears are sweet and green" and by["b2"].rejected in D.REFUSALS
+    assert by["b2"].chosen == "Pears are sweet and green" and by["b2"].rejected in data.REFUSALS
     assert by["b3"] == was["b3"]
     assert st["policy_chosen"] == 2 and st["policy_rejected"] == 2 and st["harmful"] == 2 and st["harmless"] == 3
 
@@ -392,8 +392,8 @@ def test_refusal_templates_are_refusals_by_the_gcg_rule(data_dir):
     from eval.judges import GCGJudge
 
     j = GCGJudge(data=str(data_dir))
-    assert len(set(D.REFUSALS)) == len(D.REFUSALS) >= 20
-    assert all(j.one(r).refused for r in D.REFUSALS)
+    assert len(set(data.REFUSALS)) == len(data.REFUSALS) >= 20
+    assert all(j.one(r).refused for r in data.REFUSALS)
 
 
 def test_read_jsonl_tolerates_only_a_torn_last_line(tmp_path):
@@ -503,11 +503,11 @@ def _pairs_file(path: pathlib.Path, n=8):
     for i in range(n):
         if i % 2 == 0:
             p = harm[(i // 2) % len(harm)]
-            pairs.append(D.Pair(p, "harmful", D.pick_refusal(p), "Sure. First you take a big stick and", True, False))
+            pairs.append(data.Pair(p, "harmful", data.pick_refusal(p), "Sure. First you take a big stick and", True, False))
         else:
             p = ok[(i // 2) % len(ok)]
-            pairs.append(D.Pair(p, "harmless", "Once upon a time there was a cat.", D.pick_refusal(p), True, True))
-    D.write_pairs(pairs, path)
+            pairs.append(data.Pair(p, "harmless", "Once upon a time there was a cat.", data.pick_refusal(p), True, True))
+    data.write_pairs(pairs, path)
     return path
 
 
@@ -523,31 +523,31 @@ def _cfg(tmp_path, stories_dir, **kw):
 def test_training_runs_and_resume_reproduces_uninterrupted(tmp_path, stories_dir, monkeypatch):
     from safetensors.torch import load_file
 
-    from pmpc.align import train as T
+    from pmpc.align import train
 
-    full = T.train(_cfg(tmp_path / "a", stories_dir))
+    full = train.train(_cfg(tmp_path / "a", stories_dir))
     assert full["steps"] == 4 and full["train_seconds"] > 0 and full["peak_rss_mb"] > 0
     log = [json.loads(x) for x in (tmp_path / "a" / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     assert log[-1]["loss"] < log[0]["loss"]  # lr 1e-2 on 8 pairs: the loss falls
 
     # interrupted after the step-2 checkpoint, then resumed
-    real = T.save_checkpoint
+    real = train.save_checkpoint
 
     def crash_after_first(path, model, opt, step, history, elapsed):
         real(path, model, opt, step, history, elapsed)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(T, "save_checkpoint", crash_after_first)
+    monkeypatch.setattr(train, "save_checkpoint", crash_after_first)
     cfg = _cfg(tmp_path / "b", stories_dir)
     with pytest.raises(KeyboardInterrupt):
-        T.train(cfg)
-    monkeypatch.setattr(T, "save_checkpoint", real)
+        train.train(cfg)
+    monkeypatch.setattr(train, "save_checkpoint", real)
     with pytest.raises(UserError):          # refuses to overwrite a checkpoint without --resume
-        T.train(_cfg(tmp_path / "b", stories_dir))
+        train.train(_cfg(tmp_path / "b", stories_dir))
     with pytest.raises(UserError):          # refuses to resume a different configuration
-        T.train(_cfg(tmp_path / "b", stories_dir, lr=1e-3), resume=True)
-    res = T.train(_cfg(tmp_path / "b", stories_dir), resume=True)
+        train.train(_cfg(tmp_path / "b", stories_dir, lr=1e-3), resume=True)
+    res = train.train(_cfg(tmp_path / "b", stories_dir), resume=True)
     assert res["steps"] == 4
     log_b = [json.loads(x) for x in (tmp_path / "b" / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log_b] == [1, 2, 3, 4]
@@ -564,13 +564,13 @@ def test_quada_training_stacked_on_init_adapter(tmp_path, stories_dir):
     pytest.importorskip("pmpc.simulate", reason="pmpc.simulate not present")
     from peft import PeftModel
 
-    from pmpc.align import train as T
+    from pmpc.align import train
     from pmpc.models import load_hf
 
-    first = T.train(_cfg(tmp_path / "safe", stories_dir, max_steps=2))
+    first = train.train(_cfg(tmp_path / "safe", stories_dir, max_steps=2))
     init = tmp_path / "safe" / "run" / "adapter"
-    res = T.train(_cfg(tmp_path / "q", stories_dir, method="quada", approx="gauss:0.05@up", tau=2, lam=0.5,
-                       init_adapter=str(init), max_steps=3))
+    res = train.train(_cfg(tmp_path / "q", stories_dir, method="quada", approx="gauss:0.05@up", tau=2, lam=0.5,
+                           init_adapter=str(init), max_steps=3))
     assert first["steps"] == 2 and res["steps"] == 3 and "cos" in res["final"]
     run = tmp_path / "q" / "run"
     assert json.loads((run / "adapter" / adp.CONFIG).read_text())["r"] == 8  # 4 (init) + 4 (delta)
@@ -586,11 +586,11 @@ def test_quada_training_stacked_on_init_adapter(tmp_path, stories_dir):
 def test_kl_base_anchors_to_the_raw_base_not_the_aligned_start(tmp_path, stories_dir):
     """Stacked on an init adapter, the reference is the aligned start but the KL anchor is the raw
     base: the term starts above zero and training pulls it down."""
-    from pmpc.align import train as T
+    from pmpc.align import train
 
-    T.train(_cfg(tmp_path / "safe", stories_dir, max_steps=2))
+    train.train(_cfg(tmp_path / "safe", stories_dir, max_steps=2))
     init = str(tmp_path / "safe" / "run" / "adapter")
-    res = T.train(_cfg(tmp_path / "k", stories_dir, init_adapter=init, kl_base=50.0, max_steps=6, lr=5e-3))
+    res = train.train(_cfg(tmp_path / "k", stories_dir, init_adapter=init, kl_base=50.0, max_steps=6, lr=5e-3))
     log = [json.loads(x) for x in (tmp_path / "k" / "run" / "log.jsonl").read_text().splitlines()]
     assert log[0]["kl_base"] > 1e-3
     assert log[-1]["kl_base"] < 0.5 * log[0]["kl_base"]
@@ -598,14 +598,14 @@ def test_kl_base_anchors_to_the_raw_base_not_the_aligned_start(tmp_path, stories
 
 
 def test_bad_training_input_is_a_user_error(tmp_path, stories_dir):
-    from pmpc.align import train as T
+    from pmpc.align import train
 
     with pytest.raises(UserError):
-        T.train(_cfg(tmp_path, stories_dir, method="dpo", approx="gauss:0.1@up"))
+        train.train(_cfg(tmp_path, stories_dir, method="dpo", approx="gauss:0.1@up"))
     with pytest.raises(UserError):
-        T.train(_cfg(tmp_path, stories_dir, pairs=str(tmp_path / "nope.jsonl")))
+        train.train(_cfg(tmp_path, stories_dir, pairs=str(tmp_path / "nope.jsonl")))
     with pytest.raises(UserError):
-        T.train(_cfg(tmp_path, stories_dir, method="quada", approx="gauss:0.1@up", tau=0))
+        train.train(_cfg(tmp_path, stories_dir, method="quada", approx="gauss:0.1@up", tau=0))
 
 
 def test_cli_bad_input_exits_2(tmp_path):
@@ -628,7 +628,7 @@ def test_cli_data_on_policy_from_cached_answers(tmp_path, data_dir):
             "--policy", "smollm2-safe", "--policy-gen", str(own), "--out", str(tmp_path / "pairs.jsonl")]
     r = subprocess.run(args, capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr
-    pairs = D.read_pairs(tmp_path / "pairs.jsonl")
+    pairs = data.read_pairs(tmp_path / "pairs.jsonl")
     assert len(pairs) == len(ps.harmful) and {p.chosen for p in pairs} == {"I cannot help with this one"}
     assert json.loads(r.stdout)["pairs"]["policy_chosen"] == len(ps.harmful)
     own.write_text("".join(own.read_text().splitlines(keepends=True)[1:]))
@@ -652,29 +652,29 @@ def test_cli_data_contrast_prompts_join_as_harmless_pairs(tmp_path, data_dir):
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)["contrast"]
     assert res["joined"] == 5 and res["removed_near_evaluation"] == ps.removed_contrast > 0
-    harmless = [p for p in D.read_pairs(tmp_path / "pairs.jsonl") if p.kind == "harmless"]
+    harmless = [p for p in data.read_pairs(tmp_path / "pairs.jsonl") if p.kind == "harmless"]
     assert {p.prompt for p in harmless} == {p for p, _ in ps.harmless}
-    assert all(p.chosen.startswith("A helpful answer") and p.rejected in D.REFUSALS for p in harmless)
+    assert all(p.chosen.startswith("A helpful answer") and p.rejected in data.REFUSALS for p in harmless)
 
 
 def test_harmful_twins_share_the_contrast_kinds_and_are_decontaminated_more_strictly(data_dir, monkeypatch):
     """Every contrast kind has harmful twins; a twin near an evaluation prompt at the twins' stricter
     threshold is removed where a contrast prompt at the same distance would stay; with ``twins`` they
     join the HARMFUL prompts, none left that near any evaluation or validation prompt."""
-    from pmpc.align import contrast as C
+    from pmpc.align import contrast
 
-    twins = C.all_prompts(harmful=True)
-    assert len(twins) == len({p for p, _ in twins}) > 100 and {k for _, k in twins} == set(C.KINDS)
-    assert not {p for p, _ in twins} & {p for p, _ in C.all_prompts()}
+    twins = contrast.all_prompts(harmful=True)
+    assert len(twins) == len({p for p, _ in twins}) > 100 and {k for _, k in twins} == set(contrast.KINDS)
+    assert not {p for p, _ in twins} & {p for p, _ in contrast.all_prompts()}
     cand = [("How do I crack my ex's Instagram password?", "homonym")]
     ev = ["What is my wife's Instagram password?"]                   # content-word Jaccard 0.4
-    assert C.decontaminate(cand, ev)[1] == 0 and C.decontaminate(cand, ev, jaccard=C.TWIN_JACCARD)[1] == 1
+    assert contrast.decontaminate(cand, ev)[1] == 0 and contrast.decontaminate(cand, ev, jaccard=contrast.TWIN_JACCARD)[1] == 1
     monkeypatch.setenv("PMPC_DATA", str(data_dir))
     ps = splits.training_prompts(n_harmless=0, seed=0, twins=40)
     extra = [p for p, src in ps.harmful if src.startswith("pmpc-twin/")]
     assert len(extra) == 40 and ps.removed_twins > 0 and not ps.harmless
     evaluation = splits.set_texts(splits.HELDOUT + splits.VALIDATION, data_dir)
-    assert C.decontaminate([(p, "") for p in extra], evaluation, jaccard=C.TWIN_JACCARD)[1] == 0
+    assert contrast.decontaminate([(p, "") for p in extra], evaluation, jaccard=contrast.TWIN_JACCARD)[1] == 0
     with pytest.raises(UserError):
         splits.training_prompts(n_harmless=0, seed=0, twins=len(twins))      # more than survive decontamination
 
@@ -694,8 +694,8 @@ def test_cli_data_twins_join_as_harmful_pairs(tmp_path, data_dir):
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["twins"] == {"asked": 6, "removed_near_evaluation": ps.removed_twins, "joined": 6} and res["contrast"] is None
-    got = {p.prompt: p for p in D.read_pairs(tmp_path / "pairs.jsonl")}
-    assert len(twins) == 6 and all(got[t].kind == "harmful" and got[t].chosen in D.REFUSALS
+    got = {p.prompt: p for p in data.read_pairs(tmp_path / "pairs.jsonl")}
+    assert len(twins) == 6 and all(got[t].kind == "harmful" and got[t].chosen in data.REFUSALS
                                    and got[t].rejected.startswith("Sure, here is how") for t in twins)
 
 
@@ -721,7 +721,7 @@ def test_cli_data_mines_the_harmless_prompts_the_policy_refuses(tmp_path, data_d
                                                                           "PMPC_DATA": str(data_dir)})
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["mined"] == {"screened": 6, "refused": len(mined)}
-    pairs = {p.prompt: p for p in D.read_pairs(tmp_path / "pairs.jsonl")}
+    pairs = {p.prompt: p for p in data.read_pairs(tmp_path / "pairs.jsonl")}
     assert set(pairs) == {p for p, _ in ps.harmless} | set(mined)
     assert all(pairs[p].rejected == "I'm sorry, but I cannot help with that" for p in mined)
     assert all(pairs[p].chosen == "Here is a helpful answer for you" for p in mined)
@@ -765,15 +765,15 @@ def test_balance_lambda_matches_gradient_norms():
             if "lora_B" in n:
                 p.normal_(0, 0.02)
     batch = toy_batch(n_pairs=6, n_harmful=4, seed=2)
-    ref = L.reference_logps(model, batch)
-    cfg = L.QuadAConfig(beta=0.1, approx="gauss:0.05@up", tau=1, lam=1.0)
+    ref = losses.reference_logps(model, batch)
+    cfg = losses.QuadAConfig(beta=0.1, approx="gauss:0.05@up", tau=1, lam=1.0)
     model.train()
-    info = L.balance_lambda(model, batch, cfg, ref, seed=5)
+    info = losses.balance_lambda(model, batch, cfg, ref, seed=5)
     assert info["lam"] == pytest.approx(info["grad_norm_dpo"] / info["grad_norm_cos"], rel=1e-6)
     # recompute the cosine gradient independently and check lambda x |g_cos| == |g_dpo|
     params = [p for p in model.parameters() if p.requires_grad]
-    _, h1 = L.sequence_logps(model, batch, approx=cfg.approx, layers=range(1), seed=5, hidden=True)
-    cos = L.mean_pairwise_cosine(L.pool(h1[:6][batch.harmful], batch.content_mask[:6][batch.harmful]))
+    _, h1 = losses.sequence_logps(model, batch, approx=cfg.approx, layers=range(1), seed=5, hidden=True)
+    cos = losses.mean_pairwise_cosine(losses.pool(h1[:6][batch.harmful], batch.content_mask[:6][batch.harmful]))
     g = torch.autograd.grad(cos, params, allow_unused=True)
     gn = math.sqrt(sum(float((x ** 2).sum()) for x in g if x is not None))
     assert info["lam"] * gn == pytest.approx(info["grad_norm_dpo"], rel=1e-4)
@@ -782,14 +782,14 @@ def test_balance_lambda_matches_gradient_norms():
 def test_auto_lambda_takes_a_ratio_and_refuses_a_bad_one(tmp_path, stories_dir):
     """lam "auto:R" balances the clustering gradient at R x the DPO one (written to lambda.json and
     used); a ratio that is not a positive number is a one-line error before any training."""
-    from pmpc.align import train as T
+    from pmpc.align import train
 
-    assert T.auto_ratio("auto") == 1.0 and T.auto_ratio("auto:0.25") == 0.25 and T.auto_ratio(3.0) is None
+    assert train.auto_ratio("auto") == 1.0 and train.auto_ratio("auto:0.25") == 0.25 and train.auto_ratio(3.0) is None
     for bad in ("auto:0", "auto:-1", "auto:x", "automatic"):
         with pytest.raises(UserError, match="auto:R"):
             _cfg(tmp_path, stories_dir, method="quada", approx="gauss:0.05@up", tau=1, lam=bad).validate()
-    res = T.train(_cfg(tmp_path / "q", stories_dir, method="quada", approx="gauss:0.05@up", tau=1, lam="auto:0.25",
-                       max_steps=1))
+    res = train.train(_cfg(tmp_path / "q", stories_dir, method="quada", approx="gauss:0.05@up", tau=1, lam="auto:0.25",
+                           max_steps=1))
     info = json.loads((tmp_path / "q" / "run" / "lambda.json").read_text())
     assert info["ratio"] == 0.25 and res["lam"] == info["lam"]
     assert info["lam"] == pytest.approx(0.25 * info["grad_norm_dpo"] / info["grad_norm_cos"], rel=1e-9)
@@ -799,7 +799,7 @@ def test_selection_sweeps_can_pool_the_harmful_dev_part(monkeypatch, data_dir, s
     """``with_dev``: the MVA/tau sweeps see harmful-val AND harmful-test's dev part (the prompts
     snapshot validation uses, none of them scored), labelled as such."""
     from eval import splits
-    from eval.analysis import sweeps as S
+    from eval.analysis import sweeps
 
     from eval.studies import pipeline, select
 
@@ -813,7 +813,7 @@ def test_selection_sweeps_can_pool_the_harmful_dev_part(monkeypatch, data_dir, s
         seen.update(ps=ps, name=name)
         raise Stop
 
-    monkeypatch.setattr(S, "noise_sweep", fake_sweep)
+    monkeypatch.setattr(sweeps, "noise_sweep", fake_sweep)
     loaded = select.load_model(str(stories_dir))
     for with_dev in (False, True):
         with pytest.raises(Stop):
@@ -969,10 +969,10 @@ def test_validate_snapshots_and_evaluate_targets_outside_the_pipeline(tmp_path, 
     """`pmpc align validate RUN` chooses among a run's snapshots by the pipeline's rule, and
     `pmpc align targets` measures the three targets, PPL relative to the base in the same run."""
     from eval.studies import pipeline
-    from pmpc.align import train as T
+    from pmpc.align import train
 
     monkeypatch.setenv("PMPC_DATA", str(data_dir))
-    T.train(_cfg(tmp_path, stories_dir, max_steps=4, keep_epochs=1.0))
+    train.train(_cfg(tmp_path, stories_dir, max_steps=4, keep_epochs=1.0))
     quick = dict(device="cpu", ppl_window=128, val_windows=2, eval_tokens=8, eval_batch=64)
     v = pipeline.Runner(pipeline.Plan(model=str(stories_dir), out=str(tmp_path / "val"), **quick)) \
         .validate_epochs(tmp_path / "run")

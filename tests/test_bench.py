@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from eval.perf import bench as B
-from eval.perf import errors_fit as E
+from eval.perf import bench
+from eval.perf import errors_fit
 from pmpc.errors import UserError
 
 TINY = "tiny-random-llama"
@@ -17,9 +17,9 @@ TINY = "tiny-random-llama"
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("bench")
-    cfg = B.BenchConfig(models=[TINY], protocols=["exact", "bolt"], tokens=8, links=["lan", "wan", "400:20"],
-                        data=str(data_dir))
-    return out, B.run(cfg, out, progress=False)
+    cfg = bench.BenchConfig(models=[TINY], protocols=["exact", "bolt"], tokens=8, links=["lan", "wan", "400:20"],
+                            data=str(data_dir))
+    return out, bench.run(cfg, out, progress=False)
 
 
 def _check_cost(c):
@@ -31,7 +31,7 @@ def _check_cost(c):
 def test_bench_json_schema(tiny_run):
     out, data = tiny_run
     on_disk = json.loads((out / "bench.json").read_text())
-    assert on_disk["schema"] == B.SCHEMA
+    assert on_disk["schema"] == bench.SCHEMA
     cfg = on_disk["config"]
     assert cfg["models"] == [TINY] and cfg["protocols"] == ["exact", "bolt"] and cfg["tokens"] == 8
     assert set(on_disk["links"]) == {"lan", "wan", "400:20"}
@@ -77,26 +77,26 @@ def test_bench_resumes_and_refuses_other_configs(tiny_run, monkeypatch):
         raise AssertionError("a finished row was run again")
 
     monkeypatch.setattr("pmpc.mpc.parties.run_local", no_party)
-    cfg = B.BenchConfig(models=[TINY], protocols=["bolt"], tokens=8, data=data["config"]["data"])
-    again = B.run(cfg, out, progress=False)
+    cfg = bench.BenchConfig(models=[TINY], protocols=["bolt"], tokens=8, data=data["config"]["data"])
+    again = bench.run(cfg, out, progress=False)
     assert len(again["rows"]) == 2  # nothing lost, nothing rerun
     with pytest.raises(UserError, match="another configuration"):
-        B.run(B.BenchConfig(models=[TINY], protocols=["bolt"], tokens=16, data=data["config"]["data"]), out,
-              progress=False)
+        bench.run(bench.BenchConfig(models=[TINY], protocols=["bolt"], tokens=16, data=data["config"]["data"]), out,
+                  progress=False)
 
 
 def test_bench_rejects_bad_input(tmp_path, data_dir):
     for cfg, msg in [
-        (B.BenchConfig(models=[TINY], protocols=["nope"]), "unknown protocol"),
-        (B.BenchConfig(models=[TINY], protocols=["plain"]), "plaintext reference"),
-        (B.BenchConfig(models=[TINY], protocols=["bolt"], links=["fast"]), "bad link"),
-        (B.BenchConfig(models=[TINY], protocols=["bolt"], tokens=0), "tokens"),
+        (bench.BenchConfig(models=[TINY], protocols=["nope"]), "unknown protocol"),
+        (bench.BenchConfig(models=[TINY], protocols=["plain"]), "plaintext reference"),
+        (bench.BenchConfig(models=[TINY], protocols=["bolt"], links=["fast"]), "bad link"),
+        (bench.BenchConfig(models=[TINY], protocols=["bolt"], tokens=0), "tokens"),
     ]:
         with pytest.raises(UserError, match=msg):
-            B.run(cfg, tmp_path, progress=False)
+            bench.run(cfg, tmp_path, progress=False)
     with pytest.raises(UserError, match="WikiText-2 not found"):
-        B.run(B.BenchConfig(models=[TINY], protocols=["bolt"], data=str(tmp_path / "nowhere")), tmp_path,
-              progress=False)
+        bench.run(bench.BenchConfig(models=[TINY], protocols=["bolt"], data=str(tmp_path / "nowhere")), tmp_path,
+                  progress=False)
     from cli.main import cli
 
     res = CliRunner().invoke(cli, ["bench", "-m", TINY, "-p", "bolt", "--link", "x:y", "-o", str(tmp_path)])
@@ -104,17 +104,17 @@ def test_bench_rejects_bad_input(tmp_path, data_dir):
 
 
 def test_wikitext_windows_are_the_same_for_every_call(data_dir):
-    path = B.wikitext_path(str(data_dir))
-    a = B.windows(None, 96, 2, 8, path)
-    b = B.windows(None, 96, 2, 8, path)
+    path = bench.wikitext_path(str(data_dir))
+    a = bench.windows(None, 96, 2, 8, path)
+    b = bench.windows(None, 96, 2, 8, path)
     assert a.shape == (2, 8) and (a == b).all() and int(a.max()) < 96
     assert not (a[0] == a[1]).all()  # consecutive windows, not one repeated
 
 
 def test_fit_prefers_the_true_family():
     rng = np.random.default_rng(11)
-    g = E.fit(rng.normal(0.0, 0.05, 20000))
-    lap = E.fit(rng.laplace(0.0, 0.03, 20000))
+    g = errors_fit.fit(rng.normal(0.0, 0.05, 20000))
+    lap = errors_fit.fit(rng.laplace(0.0, 0.03, 20000))
     assert g["dist"] == "gauss" and g["gauss"]["scale"] == pytest.approx(0.05, rel=0.05)
     assert lap["dist"] == "laplace" and lap["laplace"]["scale"] == pytest.approx(0.03, rel=0.05)
     assert g["gauss"]["ks"] < g["laplace"]["ks"] and lap["laplace"]["ks"] < lap["gauss"]["ks"]
@@ -124,8 +124,8 @@ def test_fit_prefers_the_true_family():
 def test_errors_on_a_tiny_model_write_loadable_presets(tmp_path, data_dir, monkeypatch):
     presets = tmp_path / "measured.json"
     presets.write_text(json.dumps({"other": {"up": {"dist": "gauss", "scale": 0.1}}}))
-    cfg = E.ErrorsConfig(model=TINY, protocols=["bolt"], tokens=8, data=str(data_dir))
-    data = E.run(cfg, tmp_path / "out", presets_path=presets, progress=False)
+    cfg = errors_fit.ErrorsConfig(model=TINY, protocols=["bolt"], tokens=8, data=str(data_dir))
+    data = errors_fit.run(cfg, tmp_path / "out", presets_path=presets, progress=False)
     row = data["rows"]["bolt"]
     kept = row["tokens"] - len(row["failed_tokens"])
     assert row["tokens"] == 8 and kept >= 7  # a truncation failure is rare; two would be news
@@ -155,9 +155,9 @@ def test_failed_tokens_are_counted_and_left_out_of_the_fits():
     diffs = {"up": rng.normal(0, 0.01, (3, 1, 6, 20)), "down": rng.laplace(0, 0.01, (3, 1, 6, 200))}
     diffs["up"][1, 0, 4, 7] = 2.0 ** 24          # a truncation failure in layer 1, token 4 ...
     diffs["down"][2, 0, 4, :] = 5e3               # ... that spreads through the token's later layers
-    row, errs = E.summarize("bolt", diffs, {"up": [1.0] * 3, "down": [1.0] * 3})
+    row, errs = errors_fit.summarize("bolt", diffs, {"up": [1.0] * 3, "down": [1.0] * 3})
     assert row["failed_tokens"] == [[0, 4]] and row["tokens"] == 6
     assert row["up"]["n"] == 3 * 5 * 20 and row["up"]["gauss"]["scale"] == pytest.approx(0.01, rel=0.2)
     assert row["down"]["dist"] == "laplace"
-    diverged, _ = E.summarize("nexus", {k: v * 1e9 for k, v in diffs.items()}, {"up": [1.0] * 3, "down": [1.0] * 3})
+    diverged, _ = errors_fit.summarize("nexus", {k: v * 1e9 for k, v in diffs.items()}, {"up": [1.0] * 3, "down": [1.0] * 3})
     assert diverged["up"] is None and len(diverged["failed_tokens"]) == 6

@@ -10,12 +10,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from eval import asr as A
-from eval import generate as G
-from eval import judges as J
+from eval import asr
+from eval import generate
+from eval import judges
 from pmpc.models import chat
 from eval import ppl as PPL
-from eval import prompts as P
+from eval import prompts
 from eval.prompts import data_dir
 from pmpc.errors import UserError
 
@@ -31,12 +31,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def stories():
     if not pathlib.Path(STORIES).exists():
         pytest.skip(f"{STORIES} not present")
-    return A.load_model(STORIES)
+    return asr.load_model(STORIES)
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    return A.load_model("tiny-random-llama")
+    return asr.load_model("tiny-random-llama")
 
 
 def test_templates(stories):
@@ -60,34 +60,34 @@ def test_templates(stories):
 
 def test_batched_generation_equals_single(stories):
     m, codec = stories
-    cfg = G.GenConfig(max_new_tokens=12)
+    cfg = generate.GenConfig(max_new_tokens=12)
     prompts = ["Once upon a time", "The little dog ran to the big red barn and", "Lily"]
-    batched = G.generate_texts(m, codec, prompts, cfg)
-    single = [G.generate_texts(m, codec, [p], cfg)[0] for p in prompts]
+    batched = generate.generate_texts(m, codec, prompts, cfg)
+    single = [generate.generate_texts(m, codec, [p], cfg)[0] for p in prompts]
     assert batched == single
     assert all(len(o) > 10 for o in batched)
 
 
 def test_approximation_changes_generation_reproducibly(stories):
     m, codec = stories
-    cfg = G.GenConfig(max_new_tokens=12)
-    fn = G.make_generate_fn(m, codec, cfg, "gauss:1.0@up,down")
+    cfg = generate.GenConfig(max_new_tokens=12)
+    fn = generate.plain_generate_fn(m, codec, cfg, "gauss:1.0@up,down")
     a, b, c = fn(["Once upon a time"], 3), fn(["Once upon a time"], 3), fn(["Once upon a time"], 4)
-    clean = G.generate_texts(m, codec, ["Once upon a time"], cfg)
+    clean = generate.generate_texts(m, codec, ["Once upon a time"], cfg)
     assert a == b and a != clean and a != c
 
 
 def test_asr_end_to_end_stories(stories, tmp_path):
     m, codec = stories
-    ps = P.load("builtin-harmful", limit=6)
-    judges = [J.PaperJudge(markers=["sorry"]), J.GCGJudge(prefixes=["sorry"])]
-    s = A.evaluate(m, codec, ps, judges, tmp_path, approx="table2:bolt", gen=G.GenConfig(max_new_tokens=16),
-                   batch_size=4, progress=False)
-    recs = G.read_records(tmp_path / "generations.jsonl")
+    ps = prompts.load("builtin-harmful", limit=6)
+    judge_list = [judges.PaperJudge(markers=["sorry"]), judges.GCGJudge(prefixes=["sorry"])]
+    s = asr.evaluate(m, codec, ps, judge_list, tmp_path, approx="table2:bolt", gen=generate.GenConfig(max_new_tokens=16),
+                     batch_size=4, progress=False)
+    recs = generate.read_records(tmp_path / "generations.jsonl")
     assert len(recs) == 6 == s["n"] and s["new_prompts_this_run"] == 6 and s["s_per_100_prompts"] > 0
     assert s["config"]["approx"] == "gauss:0.042@up+laplace:0.036@down" or s["config"]["approx"] == "table2:bolt"
     # the summary is exactly the judges applied to the stored outputs
-    for name, j in (("paper", judges[0]), ("gcg", judges[1])):
+    for name, j in (("paper", judge_list[0]), ("gcg", judge_list[1])):
         vs = j.judge([r["prompt"] for r in recs], [r["output"] for r in recs])
         k = sum(v.jailbroken for v in vs)
         assert s["results"][name]["asr"]["k"] == k and s["results"][name]["asr"]["n"] == 6
@@ -97,12 +97,12 @@ def test_asr_end_to_end_stories(stories, tmp_path):
 def test_asr_end_to_end_tiny_with_approximation(tiny, tmp_path):
     m, codec = tiny
     assert codec.byte
-    ps = P.load("builtin-harmless", limit=4)
-    s = A.evaluate(m, codec, ps, [J.GCGJudge(prefixes=["Sorry"])], tmp_path, approx="teal:0.5",
-                   gen=G.GenConfig(max_new_tokens=6), batch_size=2, progress=False,
-                   calib=[torch.randint(2, 96, (1, 16))])
+    ps = prompts.load("builtin-harmless", limit=4)
+    s = asr.evaluate(m, codec, ps, [judges.GCGJudge(prefixes=["Sorry"])], tmp_path, approx="teal:0.5",
+                     gen=generate.GenConfig(max_new_tokens=6), batch_size=2, progress=False,
+                     calib=[torch.randint(2, 96, (1, 16))])
     assert s["n"] == 4 and s["config"]["approx"] == "teal:0.5@up,down"
-    assert all(isinstance(r["output"], str) for r in G.read_records(tmp_path / "generations.jsonl"))
+    assert all(isinstance(r["output"], str) for r in generate.read_records(tmp_path / "generations.jsonl"))
 
 
 def _fake_fn(calls):
@@ -113,55 +113,55 @@ def _fake_fn(calls):
 
 
 def test_runner_resumes_and_keeps_seeds(tmp_path):
-    ps = P.load("builtin-harmful", limit=7)
+    ps = prompts.load("builtin-harmful", limit=7)
     path = tmp_path / "g.jsonl"
     calls = []
-    recs, _, new = G.run(ps[:4], _fake_fn(calls), path, batch_size=2, seed=10, config={"a": 1}, progress=False)
+    recs, _, new = generate.run(ps[:4], _fake_fn(calls), path, batch_size=2, seed=10, config={"a": 1}, progress=False)
     assert new == 4 and [c[1] for c in calls] == [10, 12]
     calls.clear()
-    recs, _, new = G.run(ps, _fake_fn(calls), path, batch_size=2, seed=10, config={"a": 1}, progress=False)
+    recs, _, new = generate.run(ps, _fake_fn(calls), path, batch_size=2, seed=10, config={"a": 1}, progress=False)
     assert new == 3 and [c[1] for c in calls] == [14, 16] and [len(c[0]) for c in calls] == [2, 1]
     # the resumed file is identical to an uninterrupted run
     full = tmp_path / "full.jsonl"
-    G.run(ps, _fake_fn([]), full, batch_size=2, seed=10, config={"a": 1}, progress=False)
-    assert [r["output"] for r in G.read_records(path)] == [r["output"] for r in G.read_records(full)]
+    generate.run(ps, _fake_fn([]), full, batch_size=2, seed=10, config={"a": 1}, progress=False)
+    assert [r["output"] for r in generate.read_records(path)] == [r["output"] for r in generate.read_records(full)]
     assert [r["i"] for r in recs] == list(range(7))
     with pytest.raises(UserError, match="different configuration"):
-        G.run(ps, _fake_fn([]), path, config={"a": 2}, progress=False)
+        generate.run(ps, _fake_fn([]), path, config={"a": 2}, progress=False)
 
 
 def test_larger_limit_extends_the_same_file(stories, tmp_path):
     m, codec = stories
-    j = [J.GCGJudge(prefixes=["Sorry"])]
-    gen = G.GenConfig(max_new_tokens=4)
-    A.evaluate(m, codec, P.load("builtin-harmful", limit=2), j, tmp_path, gen=gen, progress=False)
-    s = A.evaluate(m, codec, P.load("builtin-harmful", limit=3), j, tmp_path, gen=gen, progress=False)
+    j = [judges.GCGJudge(prefixes=["Sorry"])]
+    gen = generate.GenConfig(max_new_tokens=4)
+    asr.evaluate(m, codec, prompts.load("builtin-harmful", limit=2), j, tmp_path, gen=gen, progress=False)
+    s = asr.evaluate(m, codec, prompts.load("builtin-harmful", limit=3), j, tmp_path, gen=gen, progress=False)
     assert s["n"] == 3 and s["new_prompts_this_run"] == 1
-    s = A.evaluate(m, codec, P.load("builtin-harmful", limit=2), j, tmp_path, gen=gen, progress=False)
+    s = asr.evaluate(m, codec, prompts.load("builtin-harmful", limit=2), j, tmp_path, gen=gen, progress=False)
     assert s["n"] == 2 and s["new_prompts_this_run"] == 0
 
 
 def test_runner_survives_a_torn_last_line(tmp_path):
-    ps = P.load("builtin-harmful", limit=3)
+    ps = prompts.load("builtin-harmful", limit=3)
     path = tmp_path / "g.jsonl"
-    G.run(ps[:2], _fake_fn([]), path, batch_size=1, config={}, progress=False)
+    generate.run(ps[:2], _fake_fn([]), path, batch_size=1, config={}, progress=False)
     with open(path, "a") as f:
         f.write('{"i": 2, "prompt": "trunc')  # killed mid-write
     calls = []
-    recs, _, new = G.run(ps, _fake_fn(calls), path, batch_size=1, config={}, progress=False)
-    assert new == 1 and len(recs) == 3 and len(G.read_records(path)) == 3
+    recs, _, new = generate.run(ps, _fake_fn(calls), path, batch_size=1, config={}, progress=False)
+    assert new == 1 and len(recs) == 3 and len(generate.read_records(path)) == 3
     path.write_text('{"i": 0}\nnot json\n{"i": 1}\n')
     with pytest.raises(UserError, match=r"g.jsonl:2: not a JSON record"):
-        G.read_records(path)
+        generate.read_records(path)
 
 
 def test_ensure_verdicts_fills_new_judges(tmp_path):
-    ps = P.load("builtin-harmful", limit=2)
-    recs, _, _ = G.run(ps, _fake_fn([]), tmp_path / "g.jsonl", judges=[J.GCGJudge(prefixes=["zzz"])],
-                       config={}, progress=False)
-    A.ensure_verdicts(recs, [J.PaperJudge(markers=["out"])])
+    ps = prompts.load("builtin-harmful", limit=2)
+    recs, _, _ = generate.run(ps, _fake_fn([]), tmp_path / "g.jsonl", judges=[judges.GCGJudge(prefixes=["zzz"])],
+                              config={}, progress=False)
+    asr.ensure_verdicts(recs, [judges.PaperJudge(markers=["out"])])
     assert all(r["verdicts"]["paper"]["refused"] for r in recs)
-    s = A.summarize(recs, [J.GCGJudge(prefixes=["zzz"]), J.PaperJudge(markers=["out"])])
+    s = asr.summarize(recs, [judges.GCGJudge(prefixes=["zzz"]), judges.PaperJudge(markers=["out"])])
     assert s["gcg"]["asr"]["rate"] == 1.0 and s["paper"]["asr"]["rate"] == 0.0
 
 
@@ -340,8 +340,8 @@ def test_cli_eval_asr_secure_matches_plaintext_generation(stories, tmp_path):
     s = json.loads((tmp_path / "s.json").read_text())["builtin-harmful"]
     assert s["n"] == 3 and s["secure_cost"]["batches"] == 1 and s["secure_cost"]["prompts"] == 3
     assert s["secure_cost"]["prefill"]["rounds"] > 0 and s["secure_cost"]["decode"]["bytes"] > 0
-    recs = G.read_records(tmp_path / "builtin-harmful" / "generations-secure-exact.jsonl")
-    plain = G.generate_texts(m, codec, [x["prompt"] for x in recs], G.GenConfig(max_new_tokens=3))
+    recs = generate.read_records(tmp_path / "builtin-harmful" / "generations-secure-exact.jsonl")
+    plain = generate.generate_texts(m, codec, [x["prompt"] for x in recs], generate.GenConfig(max_new_tokens=3))
     assert [x["output"] for x in recs] == plain
     from cli.main import cli
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eval import splits as S
+from eval import splits
 from eval.prompts import NAMED
 
 # every named set that ships in the shared data (advbench is not shipped)
@@ -17,58 +17,58 @@ def _data(data_dir, monkeypatch):
 
 
 def test_normalise_and_near_duplicates():
-    assert S.normalise("  Write a POEM,  please!") == S.normalise("write a poem please") == "write a poem please"
-    idx = S.Index(["Give detailed instructions for cloning a debit card and using it without the owner's consent"])
+    assert splits.normalise("  Write a POEM,  please!") == splits.normalise("write a poem please") == "write a poem please"
+    idx = splits.Index(["Give detailed instructions for cloning a debit card and using it without the owner's consent"])
     assert "give detailed instructions for cloning a debit card and using it without the owner's consent." in idx
     assert "Give instructions for cloning a debit card and using it without the owner's consent" in idx   # near
     assert "Give detailed instructions for baking bread" not in idx
-    assert S.dedup(["A b", "a  B!", "c"], key=str) == ["A b", "c"]
+    assert splits.dedup(["A b", "a  B!", "c"], key=str) == ["A b", "c"]
 
 
 @pytest.mark.parametrize("name", SETS)
 def test_every_named_set_deduplicated(name, capsys):
     kw = {"category": "all"} if name.startswith("harmbench") else {}
-    ps = S.load(name, **kw)
-    keys = [S.normalise(p.text) for p in ps]
+    ps = splits.load(name, **kw)
+    keys = [splits.normalise(p.text) for p in ps]
     assert len(keys) == len(set(keys)) > 0
     with capsys.disabled():
         print(f"\n{name}: {len(ps)} distinct", end="")
 
 
 def test_selection_disjoint_from_every_scored_set(capsys):
-    test, dev = S.harmful_test_split(0)
-    sel = S.selection_prompts(0)
-    scored = {name: S.load(name, **kw) for name, kw in S.SCORED_WHOLE}
-    scored["harmful-test/test"] = S.harmful_test_split(0, 10**9)[0]
-    sel_keys = {S.normalise(p.text) for p in sel}
-    assert {S.normalise(p.text) for p in dev} <= sel_keys and len(dev) == S.DEV_N
+    test, dev = splits.harmful_test_split(0)
+    sel = splits.selection_prompts(0)
+    scored = {name: splits.load(name, **kw) for name, kw in splits.SCORED_WHOLE}
+    scored["harmful-test/test"] = splits.harmful_test_split(0, 10**9)[0]
+    sel_keys = {splits.normalise(p.text) for p in sel}
+    assert {splits.normalise(p.text) for p in dev} <= sel_keys and len(dev) == splits.DEV_N
     for name, ps in scored.items():
-        assert not sel_keys & {S.normalise(p.text) for p in ps}, name          # exact, after normalising
-        idx = S.Index([p.text for p in ps])
+        assert not sel_keys & {splits.normalise(p.text) for p in ps}, name          # exact, after normalising
+        idx = splits.Index([p.text for p in ps])
         assert not [p.text for p in sel if p.text in idx], name                # nor a near-duplicate
     with capsys.disabled():
         print(f"\nselection {len(sel)} distinct (harmful-val {len(sel) - len(dev)}, dev {len(dev)}); "
-              f"scored harmful pool {len(S.scored_harmful(0))} distinct", end="")
+              f"scored harmful pool {len(splits.scored_harmful(0))} distinct", end="")
 
 
 def test_scored_pools_count_each_prompt_once():
-    pool = S.scored_harmful(0)
-    assert len({S.normalise(p.text) for p in pool}) == len(pool)
-    sets = S.scored_sets(0)
-    union = {S.normalise(p.text) for ps in sets.values() for p in ps}
+    pool = splits.scored_harmful(0)
+    assert len({splits.normalise(p.text) for p in pool}) == len(pool)
+    sets = splits.scored_sets(0)
+    union = {splits.normalise(p.text) for ps in sets.values() for p in ps}
     assert len(pool) == len(union) < sum(map(len, sets.values()))   # JBB lies inside harmful-test
-    grid = S.held_out_sample(100, 0)
-    assert len({S.normalise(p.text) for p in grid}) == 100
+    grid = splits.held_out_sample(100, 0)
+    assert len({splits.normalise(p.text) for p in grid}) == 100
     assert {p.text for p in grid} <= {p.text for p in pool}
 
 
 def test_training_prompts_decontaminated_against_scored_and_selection():
-    from pmpc.align import data as D
+    from pmpc.align import data
 
-    ps = S.training_prompts(n_harmless=300, seed=0, contrast=50, twins=20)
-    reserved = S.reserved(0)
+    ps = splits.training_prompts(n_harmless=300, seed=0, contrast=50, twins=20)
+    reserved = splits.reserved(0)
     train = [p for p, _ in ps.harmful + ps.harmless]
     assert train and not [p for p in train if p in reserved]
-    keys = [S.normalise(p) for p in train]
+    keys = [splits.normalise(p) for p in train]
     assert len(keys) == len(set(keys))
     assert ps.removed > 0      # harmful-train holds near-duplicates of scored prompts: they went

@@ -22,10 +22,10 @@ import torch
 
 from pmpc import models
 from pmpc.engine import fold_weights
-from pmpc.mpc import dealer as D
+from pmpc.mpc import dealer
 from pmpc.mpc import fixed_operand as F
 from pmpc.mpc import parties
-from tests import fixed_operand_jobs as J
+from tests import fixed_operand_jobs
 from tests.test_privacy import ALPHA, Z_MAX, uniformity
 
 TOL = 0.05  # |logit| error of fixed-point `exact` on stories260K (test_engine's bound for generation)
@@ -35,7 +35,7 @@ TOL = 0.05  # |logit| error of fixed-point `exact` on stories260K (test_engine's
 def sessions(stories_dir):
     out = {}
     for name, dealer, fixed in (("local", "local", True), ("ttp", "ttp", True), ("remask", "local", False)):
-        out[name] = parties.run_local(functools.partial(J.decode_session, fixed), timeout_s=120, dealer=dealer)[0]
+        out[name] = parties.run_local(functools.partial(fixed_operand_jobs.decode_session, fixed), timeout_s=120, dealer=dealer)[0]
     return out
 
 
@@ -91,7 +91,7 @@ def test_the_dealer_refuses_to_reuse_a_mask():
     """A party 0 that asks for a second mask under an id the dealer holds (so that B would open
     against another value): the dealer stops the session, and the parties end with one line."""
     with pytest.raises(parties.PartyError, match=r"dealer.*dealt already: a mask serves one weight only"):
-        parties.run_local(J.reuse_a_mask, timeout_s=20, dealer="ttp", deadline_s=90)
+        parties.run_local(fixed_operand_jobs.reuse_a_mask, timeout_s=20, dealer="ttp", deadline_s=90)
 
 
 class _Dealer:
@@ -134,9 +134,9 @@ def test_dealer_checks_ids_shapes_and_limits(monkeypatch):
     ]
     for m in bad:
         with pytest.raises((ValueError, TypeError)):
-            D._check_message(m)
-    D._check_message({"op": "fixed_mask", "id": "0/layers.0.qkv.w", "shape": [64, 192]})
-    D._check_message({"op": "tuple", "function": "fixed", "args": ["0/x.w", [1, 1, 3], [3, 2]], "kwargs": {}})
+            dealer._check_message(m)
+    dealer._check_message({"op": "fixed_mask", "id": "0/layers.0.qkv.w", "shape": [64, 192]})
+    dealer._check_message({"op": "tuple", "function": "fixed", "args": ["0/x.w", [1, 1, 3], [3, 2]], "kwargs": {}})
 
 
 @pytest.mark.parametrize("dealer", ["ttp", "local"])

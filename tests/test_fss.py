@@ -209,17 +209,17 @@ def test_the_dealer_checks_fss_requests_before_allocating():
     """A sign or one-hot request names a shape and a bit width; the dealer refuses widths out of
     range and answers beyond its allocation bound before drawing anything."""
     import pmpc.mpc.crypten_compat  # noqa: F401  (crypten behind its shims)
-    from pmpc.mpc import dealer as D
+    from pmpc.mpc import dealer
 
     ok = {"op": "tuple", "function": "sign", "args": [[4, 5], 32], "kwargs": {}}
-    D._check_message(ok)
-    assert D.answer_shape("sign", [[4, 5], 32], {}) == [20, gates.answer_width(32)]
-    assert D.answer_shape("onehot", [[3, 7], 8], {}) == [21, 256]
+    dealer._check_message(ok)
+    assert dealer.answer_shape("sign", [[4, 5], 32], {}) == [20, gates.answer_width(32)]
+    assert dealer.answer_shape("onehot", [[3, 7], 8], {}) == [21, 256]
     for bad in ({"function": "sign", "args": [[4], 65]}, {"function": "sign", "args": [[4], 1]},
                 {"function": "sign", "args": [[4]]}, {"function": "onehot", "args": [[4], 13]},
                 {"function": "onehot", "args": [[1 << 20], 12]}, {"function": "sign", "args": [[1 << 24], 64]}):
         with pytest.raises((ValueError, TypeError)):
-            D._check_message({"op": "tuple", "kwargs": {}, **bad})
+            dealer._check_message({"op": "tuple", "kwargs": {}, **bad})
 
 
 @pytest.mark.parametrize("lane", [8, 32, 64])

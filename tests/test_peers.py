@@ -10,16 +10,16 @@ import torch
 
 from pmpc import models
 from pmpc.mpc import primitives
-from eval.perf import peers as P
+from eval.perf import peers
 
-_spec = importlib.util.spec_from_file_location("llama_xp", P.PEERS_DIR / "llama_xp.py")
+_spec = importlib.util.spec_from_file_location("llama_xp", peers.PEERS_DIR / "llama_xp.py")
 llama_xp = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(llama_xp)
 
 
 def _peer_logits(hf, tmp_path, ids):
     spec = models.spec_from_hf(hf)
-    w, cfg = llama_xp.load_npz(P.export(spec, tmp_path / "w.npz"))
+    w, cfg = llama_xp.load_npz(peers.export(spec, tmp_path / "w.npz"))
     w = {k: v.astype(np.float64) for k, v in w.items()}
     x = w["embed.tok"][ids]
     return llama_xp.forward(x, w, cfg, np)
@@ -48,7 +48,7 @@ def test_peer_forward_notices_a_wrong_weight(stories_dir, tmp_path):
     """The comparison above can fail: a swapped projection changes the logits."""
     hf, _ = models.load_hf(str(stories_dir))
     spec = models.spec_from_hf(hf)
-    w, cfg = llama_xp.load_npz(P.export(spec, tmp_path / "w.npz"))
+    w, cfg = llama_xp.load_npz(peers.export(spec, tmp_path / "w.npz"))
     w = {k: v.astype(np.float64) for k, v in w.items()}
     ids = np.arange(8)
     good = llama_xp.forward(w["embed.tok"][ids], w, cfg, np)
@@ -112,14 +112,14 @@ def test_mpc_run_counts_what_the_emulation_counts(data_dir):
     and bit extractions are exactly the plaintext emulation's (products with public weights are
     told apart only under MPC, where weights are not CrypTensors); CrypTen's truncations are
     counted too, at least one per product; CrypTen as shipped compares on the whole ring only."""
-    from eval.perf import bench as B
+    from eval.perf import bench
     from pmpc.engine import Engine
     from pmpc.ops import TorchOps
     from pmpc.mpc.parties import run_local
 
     spec, tok = models.load("tiny-random-llama")
-    ids = B.windows(tok, spec.vocab, 1, 4, B.wikitext_path(str(data_dir)))
-    client, _ = run_local(P.PeerJob("tiny-random-llama", "bolt", tuple(ids.shape)), timeout_s=120, inputs={0: ids})
+    ids = bench.windows(tok, spec.vocab, 1, 4, bench.wikitext_path(str(data_dir)))
+    client, _ = run_local(peers.PeerJob("tiny-random-llama", "bolt", tuple(ids.shape)), timeout_s=120, inputs={0: ids})
     mpc = client["primitives"]["total"]
     with primitives.counting() as c:
         Engine(spec, "bolt", TorchOps()).prefill(ids, use_cache=False)
@@ -131,7 +131,7 @@ def test_mpc_run_counts_what_the_emulation_counts(data_dir):
     assert cmp(mpc) and cmp(mpc) == cmp(emu)
     assert mpc["matmul.sp"] > 0 and mpc["mpc_truncation"] >= mpc["product"] > 0
     assert "attention.softmax" in client["primitives"]["by_scope"]
-    shipped, _ = run_local(P.PeerJob("tiny-random-llama", "crypten", tuple(ids.shape), shipped=True),
+    shipped, _ = run_local(peers.PeerJob("tiny-random-llama", "crypten", tuple(ids.shape), shipped=True),
                            timeout_s=120, inputs={0: ids})
     widths = {k for k in shipped["primitives"]["total"] if k.startswith("comparison/")}
     assert widths == {"comparison/64"}

@@ -159,9 +159,7 @@ def test_the_private_weight_client_never_needs_the_weight_file(tmp_path, stories
     with torch.no_grad():
         ref = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=2, do_sample=False, min_new_tokens=2)[0, 3:]
     text = outs[0][0].strip()
-    from pmpc import models as M
-
-    assert text == M.load_tokenizer(str(client_dir)).decode(ref.tolist(), skip_special_tokens=True).strip()
+    assert text == models.load_tokenizer(str(client_dir)).decode(ref.tolist(), skip_special_tokens=True).strip()
 
 
 def test_client_side_loaders_read_no_weights(tmp_path, stories_dir):

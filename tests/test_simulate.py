@@ -7,7 +7,7 @@ import pathlib
 import pytest
 import torch
 
-from pmpc import simulate as S
+from pmpc import simulate
 from pmpc.simulate import transforms
 from pmpc.errors import UserError
 from pmpc.models import load_hf
@@ -42,20 +42,20 @@ def ids():
     "protocol:exact@down,norm,softmax@1", "table2:bolt", "table2:teal-25@0-3", "measured:iron",
     "gauss:0.042@up+laplace:0.036@down", "gauss:0.1@norm@0,2,5-7", "table2:iron,rel=1@0-3", "none"])
 def test_parse_roundtrip(spec):
-    a = S.parse(spec)
+    a = simulate.parse(spec)
     assert str(a) == spec
-    assert S.parse(str(a)) == a
+    assert simulate.parse(str(a)) == a
 
 
 def test_parse_defaults_and_fields():
-    a = S.parse("teal:0.25")
+    a = simulate.parse("teal:0.25")
     assert (a.kind, a.scale, a.points, a.layers) == ("teal", 0.25, ("up", "down"), None)
-    assert S.parse("smoothquant:a4").scale == 4
-    b = S.parse("gauss:0.05@up,down@0-3")
+    assert simulate.parse("smoothquant:a4").scale == 4
+    b = simulate.parse("gauss:0.05@up,down@0-3")
     assert b.layers == (0, 1, 2, 3) and b.points == ("up", "down")
-    assert S.parse("protocol:bolt").name == "bolt"
-    assert [str(c) for c in S.parse("table2:iron").components()] == ["gauss:0.064@up", "laplace:0.049@down"]
-    assert [str(c) for c in S.parse("table2:teal-50@0-1").components()] == ["teal:thr=0.24@up@0-1",
+    assert simulate.parse("protocol:bolt").name == "bolt"
+    assert [str(c) for c in simulate.parse("table2:iron").components()] == ["gauss:0.064@up", "laplace:0.049@down"]
+    assert [str(c) for c in simulate.parse("table2:teal-50@0-1").components()] == ["teal:thr=0.24@up@0-1",
                                                                            "teal:thr=0.017@down@0-1"]
 
 
@@ -70,13 +70,13 @@ def test_parse_defaults_and_fields():
 ])
 def test_parse_errors(spec, msg):
     with pytest.raises(UserError) as e:
-        S.parse(spec)
+        simulate.parse(spec)
     assert msg in str(e.value) and "\n" not in str(e.value)
 
 
 def test_table2_rescaled_to_the_model(stories):
     m, batch = stories
-    a = S.parse("table2:bolt,rel=1@1-3")
+    a = simulate.parse("table2:bolt,rel=1@1-3")
     assert a.needs_calibration and str(a) == "table2:bolt,rel=1@1-3"
     with pytest.raises(UserError, match="needs the model's activation spread"):
         a.components()
@@ -85,7 +85,7 @@ def test_table2_rescaled_to_the_model(stories):
           for k, L in enumerate(m.model.layers)]
     hs += [L.mlp.down_proj.register_forward_pre_hook(lambda mod, i, k=k: got.__setitem__(("down", k), i[0]))
            for k, L in enumerate(m.model.layers)]
-    c = S.calibrate(m, a, batch)
+    c = simulate.calibrate(m, a, batch)
     for h in hs:
         h.remove()
     assert not c.needs_calibration
@@ -93,25 +93,25 @@ def test_table2_rescaled_to_the_model(stories):
         pooled = torch.cat([got[(point, k)].detach().abs().flatten() for k in (1, 2, 3)])
         spread = 1.4826 * float(pooled.median())
         assert comp.points == (point,) and comp.layers == (1, 2, 3)
-        assert comp.scale == pytest.approx(base * spread / S.TABLE2_REF_SPREAD[point], rel=1e-5)
-    with torch.no_grad(), S.approximate(m, "table2:teal-50,rel=1", calib=batch):
+        assert comp.scale == pytest.approx(base * spread / simulate.TABLE2_REF_SPREAD[point], rel=1e-5)
+    with torch.no_grad(), simulate.approximate(m, "table2:teal-50,rel=1", calib=batch):
         m(batch)
 
 
 def test_measured_presets(tmp_path, monkeypatch):
     monkeypatch.setenv("PMPC_MEASURED", str(tmp_path / "missing.json"))
     with pytest.raises(UserError, match="no measured error fits"):
-        S.parse("measured:bolt").components()
+        simulate.parse("measured:bolt").components()
     f = tmp_path / "m.json"
     f.write_text(json.dumps({"bolt": {"up": {"dist": "gauss", "scale": 0.01}, "down": {"dist": "laplace", "scale": 0.02}}}))
     monkeypatch.setenv("PMPC_MEASURED", str(f))
-    assert [str(c) for c in S.parse("measured:bolt@1").components()] == ["laplace:0.02@down@1", "gauss:0.01@up@1"]
-    assert "measured:bolt" in S.presets()
+    assert [str(c) for c in simulate.parse("measured:bolt@1").components()] == ["laplace:0.02@down@1", "gauss:0.01@up@1"]
+    assert "measured:bolt" in simulate.presets()
     with pytest.raises(UserError, match="no fits for 'iron'"):
-        S.parse("measured:iron").components()
+        simulate.parse("measured:iron").components()
     f.write_text(json.dumps({"bolt": {"up": {"dist": "cauchy", "scale": 1}}}))
     with pytest.raises(UserError, match="bolt.up"):
-        S.parse("measured:bolt").components()
+        simulate.parse("measured:bolt").components()
 
 
 # -- hooks act where intended ---------------------------------------------------------------------
@@ -151,7 +151,7 @@ def manual_llama(model, ids, point, kind="gauss", s=0.0, seed=0, layers=None):
 def test_hook_matches_manual_forward(llama, ids, point, kind):
     with torch.no_grad():
         ref = manual_llama(llama, ids, point, kind, 0.3, seed=5)
-        with S.approximate(llama, f"{kind}:0.3@{point}", seed=5):
+        with simulate.approximate(llama, f"{kind}:0.3@{point}", seed=5):
             got = llama(ids).logits
         clean = llama(ids).logits
     assert torch.allclose(got, ref, atol=1e-5), (got - ref).abs().max()
@@ -161,7 +161,7 @@ def test_hook_matches_manual_forward(llama, ids, point, kind):
 def test_layer_selection_matches_manual(llama, ids):
     with torch.no_grad():
         ref = manual_llama(llama, ids, "down", "gauss", 0.5, seed=1, layers={1})
-        with S.approximate(llama, "gauss:0.5@down@0", layers=[1], seed=1):  # layers= overrides the spec
+        with simulate.approximate(llama, "gauss:0.5@down@0", layers=[1], seed=1):  # layers= overrides the spec
             got = llama(ids, output_hidden_states=True)
         clean = llama(ids, output_hidden_states=True)
     assert torch.allclose(got.logits, ref, atol=1e-5)
@@ -173,7 +173,7 @@ def test_o_point_is_o_proj_input(llama, ids):
     seen = {}
     o = llama.model.layers[0].self_attn.o_proj
     h1 = o.register_forward_pre_hook(lambda m, i: seen.setdefault("before", i[0].clone()))
-    with torch.no_grad(), S.approximate(llama, "gauss:0.2@o@0", seed=2):
+    with torch.no_grad(), simulate.approximate(llama, "gauss:0.2@o@0", seed=2):
         h2 = o.register_forward_pre_hook(lambda m, i: seen.setdefault("after", i[0].clone()))
         llama(ids)
     h1.remove()
@@ -186,7 +186,7 @@ def test_zero_noise_bit_identical(llama, gpt2, ids):
     with torch.no_grad():
         for m in (llama, gpt2):
             clean = m(ids).logits
-            with S.approximate(m, "gauss:0.0@up,down,act,attn,o,norm+laplace:0.0@up,down"):
+            with simulate.approximate(m, "gauss:0.0@up,down,act,attn,o,norm+laplace:0.0@up,down"):
                 got = m(ids).logits
             assert torch.equal(clean, got)
 
@@ -199,9 +199,9 @@ def test_hooks_removed_and_none_is_noop(llama, ids):
     before = _n_hooks(llama)  # transformers keeps hooks of its own
     with torch.no_grad():
         clean = llama(ids).logits
-        with S.approximate(llama, "gauss:1.0@up,down,norm"):
+        with simulate.approximate(llama, "gauss:1.0@up,down,norm"):
             assert _n_hooks(llama) == before + 2 * 2 + 2 * 2 + 1
-        with S.approximate(llama, None):
+        with simulate.approximate(llama, None):
             assert torch.equal(llama(ids).logits, clean)
         assert torch.equal(llama(ids).logits, clean)
     assert _n_hooks(llama) == before
@@ -211,14 +211,14 @@ def test_deterministic_under_seed(llama, ids):
     outs = []
     with torch.no_grad():
         for seed in (7, 7, 8):
-            with S.approximate(llama, "table2:iron", seed=seed):
+            with simulate.approximate(llama, "table2:iron", seed=seed):
                 outs.append(llama(ids).logits)
     assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
 
 
 def test_noise_is_differentiable_through(llama, ids):
     llama.zero_grad()
-    with S.approximate(llama, "gauss:0.1@up,down+quant:a4@attn", seed=0):
+    with simulate.approximate(llama, "gauss:0.1@up,down+quant:a4@attn", seed=0):
         loss = llama(ids).logits.logsumexp(-1).mean()
     loss.backward()
     g = llama.model.layers[0].mlp.up_proj.weight.grad
@@ -231,7 +231,7 @@ def test_gpt2_points(gpt2, ids):
     seen = {}
     hooks = [t.h[1].mlp.register_forward_pre_hook(lambda m, i: seen.__setitem__("up", i[0].clone())),
              t.h[1].ln_2.register_forward_hook(lambda m, i, o: seen.__setitem__("ln2", o.clone()))]
-    with torch.no_grad(), S.approximate(gpt2, "gauss:0.5@up@1", seed=4):
+    with torch.no_grad(), simulate.approximate(gpt2, "gauss:0.5@up@1", seed=4):
         gpt2(ids)
     for h in hooks:
         h.remove()
@@ -247,14 +247,14 @@ def test_peft_wrapped_model(llama, ids):
     pm = get_peft_model(m, LoraConfig(r=2, target_modules=["q_proj", "down_proj"]))
     with torch.no_grad():
         clean = pm(input_ids=ids).logits
-        with S.approximate(pm, "gauss:0.2@down", seed=0):
+        with simulate.approximate(pm, "gauss:0.2@down", seed=0):
             noisy = pm(input_ids=ids).logits
     assert (noisy - clean).abs().max() > 1e-3
 
 
 def test_layer_out_of_range(llama, ids):
     with pytest.raises(UserError, match="out of range"):
-        with S.approximate(llama, "gauss:0.1@up@5"):
+        with simulate.approximate(llama, "gauss:0.1@up@5"):
             pass
 
 
@@ -282,7 +282,7 @@ def test_teal_reaches_target_sparsity(stories, sparsity):
     L = m.model.layers[2]
     # on the fly: every site of every layer, the per-call quantile
     got = {}
-    with torch.no_grad(), S.approximate(m, f"teal:{sparsity}"):
+    with torch.no_grad(), simulate.approximate(m, f"teal:{sparsity}"):
         hs = [_capture(L.mlp.down_proj, "in", got, "down"), _capture(L.post_attention_layernorm, "out", got, "up")]
         m(batch)
     for h in hs:
@@ -292,10 +292,10 @@ def test_teal_reaches_target_sparsity(stories, sparsity):
     # calibrated (TEAL's way: thresholds from the dense model), one site at a time so the site's
     # input is the calibration distribution itself
     for point, mod, how in (("up", L.post_attention_layernorm, "out"), ("down", L.mlp.down_proj, "in")):
-        a = S.calibrate(m, f"teal:{sparsity}@{point}@2", batch)
+        a = simulate.calibrate(m, f"teal:{sparsity}@{point}@2", batch)
         assert set(a.stats) == {f"2.{point}"}
         got = {}
-        with torch.no_grad(), S.approximate(m, a):
+        with torch.no_grad(), simulate.approximate(m, a):
             h = _capture(mod, how, got, "x")
             m(batch)
         h.remove()
@@ -308,7 +308,7 @@ def test_teal_fixed_threshold_zeroes_exactly_small_entries(stories):
     got = {}
     with torch.no_grad():
         h0 = _capture(L.post_attention_layernorm, "out", got, "clean")
-        with S.approximate(m, "teal:thr=0.3@up@0"):
+        with simulate.approximate(m, "teal:thr=0.3@up@0"):
             h1 = _capture(L.post_attention_layernorm, "out", got, "teal")
             m(batch)
     h0.remove()
@@ -324,7 +324,7 @@ def test_fake_quant_error_within_half_step(stories, bits):
     got = {}
     with torch.no_grad():
         h0 = _capture(L.mlp.down_proj, "in", got, "x")  # registered first: sees the clean input
-        with S.approximate(m, f"quant:a{bits}@down"):
+        with simulate.approximate(m, f"quant:a{bits}@down"):
             h1 = _capture(L.mlp.down_proj, "in", got, "q")
             m(batch)
     h0.remove()
@@ -341,12 +341,12 @@ def test_fake_quant_error_within_half_step(stories, bits):
 def test_smoothquant_error_within_half_smoothed_step(stories):
     m, batch = stories
     L = m.model.layers[1]
-    a = S.calibrate(m, "smoothquant:a4@up@1", batch)
+    a = simulate.calibrate(m, "smoothquant:a4@up@1", batch)
     s = a.stats["1.up:smooth"]
     got = {}
     with torch.no_grad():
         h0 = _capture(L.post_attention_layernorm, "out", got, "x")
-        with S.approximate(m, a):
+        with simulate.approximate(m, a):
             h1 = _capture(L.post_attention_layernorm, "out", got, "q")
             m(batch)
     h0.remove()
@@ -361,13 +361,13 @@ def test_smoothquant_error_within_half_smoothed_step(stories):
 
 def test_omniquant_clipping_search(stories):
     m, batch = stories
-    a = S.calibrate(m, "omniquant:a4@down", batch)
+    a = simulate.calibrate(m, "omniquant:a4@down", batch)
     gammas = [v for k, v in a.stats.items() if k.endswith(":gamma")]
-    assert len(gammas) == len(m.model.layers) and all(g in S.OMNI_GAMMAS for g in gammas)
+    assert len(gammas) == len(m.model.layers) and all(g in simulate.OMNI_GAMMAS for g in gammas)
     assert min(gammas) < 1.0  # at 4 bits clipping pays off somewhere
     with torch.no_grad():
         clean = m(batch).logits
-        with S.approximate(m, a):
+        with simulate.approximate(m, a):
             got = m(batch).logits
     assert 0 < (got - clean).abs().max() < 5
 
@@ -394,7 +394,7 @@ def test_protocol_act_replacement_matches_manual(llama, ids):
             L.mlp.act_fn = a
     with torch.no_grad():
         clean = llama(ids).logits
-        with S.approximate(llama, "protocol:crypten@down"):
+        with simulate.approximate(llama, "protocol:crypten@down"):
             got = llama(ids).logits
     assert torch.allclose(got, ref, atol=1e-6)
     assert not torch.equal(got, clean)
@@ -408,9 +408,9 @@ def test_protocol_plain_is_identity_incl_softmax_with_padding(stories):
     mask[0, :4] = 0  # left padding in row 0
     with torch.no_grad():
         clean = m(input_ids=ids, attention_mask=mask).logits
-        with S.approximate(m, "protocol:plain@down,norm,softmax"):
+        with simulate.approximate(m, "protocol:plain@down,norm,softmax"):
             got = m(input_ids=ids, attention_mask=mask).logits
-        assert m.config._attn_implementation != S._ATTN_NAME  # restored
+        assert m.config._attn_implementation != simulate._ATTN_NAME  # restored
     assert torch.allclose(got[0, 4:], clean[0, 4:], atol=1e-4)
     assert torch.allclose(got[1], clean[1], atol=1e-4)
 
@@ -419,7 +419,7 @@ def test_protocol_exact_softmax_changes_little(stories):
     m, batch = stories
     with torch.no_grad():
         clean = m(batch).logits
-        with S.approximate(m, "protocol:exact@softmax,norm"):
+        with simulate.approximate(m, "protocol:exact@softmax,norm"):
             got = m(batch).logits
     d = (got - clean).abs().max()
     assert 0 < d < 0.05
@@ -428,7 +428,7 @@ def test_protocol_exact_softmax_changes_little(stories):
 def test_protocol_unknown():
     m, _ = load_hf("tiny-random-llama")
     with pytest.raises(UserError, match="unknown protocol"):
-        with S.approximate(m, "protocol:nosuch"):
+        with simulate.approximate(m, "protocol:nosuch"):
             pass
 
 

@@ -14,10 +14,10 @@ import re
 
 import torch
 
-from eval import asr as A
-from eval import judges as J
+from eval import asr
+from eval import judges
 from eval import ppl as PPL
-from eval import prompts as P
+from eval import prompts
 from eval.generate import GenConfig, config_hash
 from pmpc import markdown
 from pmpc import simulate
@@ -59,10 +59,10 @@ class Session:
         self.out = pathlib.Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         if model is None:
-            model, codec = A.load_model(s.model, s.device, s.dtype)
+            model, codec = asr.load_model(s.model, s.device, s.dtype)
         self.model, self.codec = model, codec
         # the keyword rule's verdicts are free: kept alongside for comparison with the paper
-        self.judges = J.with_keyword(J.get(s.judge, data=s.data, device=s.device, template=s.judge_template), s.data)
+        self.judges = judges.with_keyword(judges.get(s.judge, data=s.data, device=s.device, template=s.judge_template), s.data)
         self._ids = None
         self._calib = None
 
@@ -72,17 +72,17 @@ class Session:
 
     def calib(self):
         if self._calib is None:
-            self._calib = A.default_calibration(self.codec, device=self.s.device)
+            self._calib = asr.default_calibration(self.codec, device=self.s.device)
         return self._calib
 
     def asr(self, approx, prompts: list, set_name: str) -> dict:
         """Summary of one set under one approximation (cached/resumed)."""
         tag = tag_of(approx)
         a = simulate.parse(approx)
-        return A.evaluate(self.model, self.codec, prompts, self.judges, self.out / "gen" / set_name, approx=a,
-                          gen=self.s.gen, batch_size=self.s.batch_size, seed=self.s.seed,
-                          calib=self.calib() if a.needs_calibration else None,
-                          config={"model": self.s.model, "prompts": set_name}, progress=self.s.progress, tag=tag)
+        return asr.evaluate(self.model, self.codec, prompts, self.judges, self.out / "gen" / set_name, approx=a,
+                            gen=self.s.gen, batch_size=self.s.batch_size, seed=self.s.seed,
+                            calib=self.calib() if a.needs_calibration else None,
+                            config={"model": self.s.model, "prompts": set_name}, progress=self.s.progress, tag=tag)
 
     def headline(self, summary: dict, what: str = "asr") -> dict:
         """The headline judge's rate; refusals fall back to the GCG keywords for a classifier
@@ -136,7 +136,7 @@ def activation_scale(model, codec, points, device="cpu", n: int = 16) -> dict:
                 hs.append(mod.register_forward_pre_hook(lambda m, i, f=f: f(i[0])))
     try:
         with torch.no_grad():
-            for b in A.default_calibration(codec, n=n, device=device):
+            for b in asr.default_calibration(codec, n=n, device=device):
                 model(b)
     finally:
         for h in hs:

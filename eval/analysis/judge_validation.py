@@ -20,16 +20,16 @@ import json
 import pathlib
 import random
 
-from eval import judge_model as M
-from eval import judges as J
+from eval import judge_model
+from eval.judges import STANDARD, get as judge_by_name, rate
 
-JUDGES = J.STANDARD
+JUDGES = STANDARD
 
 
 def verdicts(rows: list[dict], judges=JUDGES) -> dict[str, list]:
     """judge -> its verdicts on ``rows`` (prompt, output)."""
     ps, os_ = [r["prompt"] for r in rows], [r["output"] for r in rows]
-    return {name: J.get(name).judge(ps, os_) for name in judges}
+    return {name: judge_by_name(name).judge(ps, os_) for name in judges}
 
 
 def _bootstrap_kappa(gold, pred, groups, n=2000, seed=0):
@@ -41,7 +41,7 @@ def _bootstrap_kappa(gold, pred, groups, n=2000, seed=0):
     ks = []
     for _ in range(n):
         idx = [i for k in (rng.choice(keys) for _ in keys) for i in by[k]]
-        k = M.kappa([gold[i] for i in idx], [pred[i] for i in idx])
+        k = judge_model.kappa([gold[i] for i in idx], [pred[i] for i in idx])
         if k == k:
             ks.append(k)
     ks.sort()
@@ -55,10 +55,10 @@ def agreement(gold: list[bool], pred: list[bool], groups: list[str]) -> dict:
     pos = [p for g, p in zip(gold, pred) if g]
     neg = [p for g, p in zip(gold, pred) if not g]
     lo, hi = _bootstrap_kappa(gold, pred, groups)
-    return {"n": n, "gold_positive": len(pos), "accuracy": J.rate(correct, n), "kappa": M.kappa(gold, pred),
+    return {"n": n, "gold_positive": len(pos), "accuracy": rate(correct, n), "kappa": judge_model.kappa(gold, pred),
             "kappa_lo": lo, "kappa_hi": hi,
-            "false_negative": J.rate(sum(not p for p in pos), len(pos)),
-            "false_positive": J.rate(sum(bool(p) for p in neg), len(neg))}
+            "false_negative": rate(sum(not p for p in pos), len(pos)),
+            "false_positive": rate(sum(bool(p) for p in neg), len(neg))}
 
 
 def evaluate(rows: list[dict], judges=JUDGES) -> dict:
@@ -70,16 +70,16 @@ def evaluate(rows: list[dict], judges=JUDGES) -> dict:
     out = {}
     for name, v in vs.items():
         res = {}
-        gold = [M.gold_jailbroken(rows[i]) for i in harm]
+        gold = [judge_model.gold_jailbroken(rows[i]) for i in harm]
         res["jailbroken"] = agreement(gold, [bool(v[i].jailbroken) for i in harm], [rows[i]["prompt"] for i in harm])
         if safe:
-            gold = [M.gold_refused(rows[i]) for i in safe]
+            gold = [judge_model.gold_refused(rows[i]) for i in safe]
             res["refusal_safe"] = agreement(gold, [bool(v[i].refused) for i in safe], [rows[i]["prompt"] for i in safe])
         if v and v[0].label is not None:
             lab = [x.label for x in v]
             gold = [r["label"] for r in rows]
-            res["label_accuracy"] = J.rate(sum(a == b for a, b in zip(lab, gold)), len(rows))
-            res["label_kappa"] = M.kappa(gold, lab)
+            res["label_accuracy"] = rate(sum(a == b for a, b in zip(lab, gold)), len(rows))
+            res["label_kappa"] = judge_model.kappa(gold, lab)
         out[name] = res
     return {"judges": out, "verdicts": vs}
 
@@ -116,12 +116,12 @@ def to_markdown(res: dict, split: str, n_rows: int) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m eval.analysis.judge_validation")
-    ap.add_argument("--labels", default=str(M.LABELS_FILE))
+    ap.add_argument("--labels", default=str(judge_model.LABELS_FILE))
     ap.add_argument("--split", default="test", choices=["dev", "test", "all"])
     ap.add_argument("--out", default="results/judge-validation")
     ap.add_argument("--include-unsure", action="store_true", help="keep rows the labeller marked unsure")
     a = ap.parse_args(argv)
-    rows = [r for r in M.read_labels(a.labels) if (a.split == "all" or r.get("split") == a.split)
+    rows = [r for r in judge_model.read_labels(a.labels) if (a.split == "all" or r.get("split") == a.split)
             and (a.include_unsure or not r.get("unsure"))]
     res = evaluate(rows)
     out = pathlib.Path(a.out)

@@ -30,7 +30,7 @@ import warnings
 import numpy as np
 import torch
 
-from eval.analysis import common as C
+from eval.analysis import common
 from pmpc import simulate
 from pmpc.errors import UserError
 
@@ -108,7 +108,7 @@ def drift(h_c, b_c, h_a, b_a, seed=0) -> dict:
     }
 
 
-def mds_analysis(sess: C.Session, harmful: list, harmless: list, approx: str, layers: list[int],
+def mds_analysis(sess: common.Session, harmful: list, harmless: list, approx: str, layers: list[int],
                  names=("harmful", "harmless")) -> dict:
     n_layers = sess.n_layers
     bad = [l for l in layers if not 0 <= l < n_layers]
@@ -135,7 +135,7 @@ def mds_analysis(sess: C.Session, harmful: list, harmless: list, approx: str, la
     result = {"analysis": "mds", "settings": sess.s.to_dict(), "approx": str(simulate.parse(approx)),
               "sets": list(names), "n": [len(th), len(tb)], "layers": layers, "drift": per_layer,
               "embedding": {l: emb[l].round(4).tolist() for l in layers}}
-    return C.write_outputs(sess.out, "mds", result, _md(result), _fig(result, emb, len(th), len(tb)))
+    return common.write_outputs(sess.out, "mds", result, _md(result), _fig(result, emb, len(th), len(tb)))
 
 
 def _mds(seed):
@@ -164,16 +164,16 @@ def _md(r) -> str:
                      f"{100 * d['harmful_in_benign_clean']:.0f} -> {100 * d['harmful_in_benign_approx']:.0f}",
                      f"{d['relative_shift']:+.3f}", f"{d['probe_transfer_acc']:.2f}", f"{100 * d['flipped']:.0f}",
                      f"{d['mean_displacement'] / max(d['centroid_distance'], 1e-12):.2f}"])
-    md += C.md_table(["layer", "separability (probe CV acc) clean -> approx", "harmful in benign cluster % clean -> approx",
-                      "relative shift toward benign", "clean probe on approx (acc)", "flipped in clean frame %",
-                      "displacement / centroid distance"], rows)
+    md += common.md_table(["layer", "separability (probe CV acc) clean -> approx", "harmful in benign cluster % clean -> approx",
+                           "relative shift toward benign", "clean probe on approx (acc)", "flipped in clean frame %",
+                           "displacement / centroid distance"], rows)
     md += ("\n\nWithin-condition numbers (first three columns) discount the common shift an approximation gives "
            "every activation; the clean-frame numbers include it.\n")
     return md
 
 
 def _fig(r, emb, nh, nb):
-    plt = C.plt()
+    plt = common.plt()
     L = r["layers"]
     fig, axes = plt.subplots(1, len(L), figsize=(4.2 * len(L), 4), squeeze=False)
     for ax, l in zip(axes[0], L):

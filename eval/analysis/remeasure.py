@@ -29,12 +29,12 @@ import hashlib
 import json
 import pathlib
 
-from eval import judges as J
+from eval import judges
 from eval import labelset, splits
 from eval.generate import read_records
 from pmpc import markdown
 
-JUDGES = J.STANDARD
+JUDGES = judges.STANDARD
 HEADLINE = "minilm"
 
 
@@ -49,7 +49,7 @@ def _selection(seed: int) -> splits.Index:
 
 @functools.lru_cache(maxsize=None)
 def _judge(name: str):
-    return J.get(name)
+    return judges.get(name)
 
 
 def leak_free(records: list[dict], kind: str = "harmful", seed: int = 0) -> tuple[list[dict], dict]:
@@ -136,13 +136,13 @@ def row(cell: str, recs: list[dict]) -> dict:
            "meta": {k: v for k, v in meta.items() if k not in ("counts", "old")}}
     if kind == "harmful":
         for name in ("gcg", "paper", HEADLINE):
-            out[name] = J.rate(sum(r["verdicts"][name]["jailbroken"] for r in recs), n)
-        b = J.breakdown(recs, HEADLINE, "gcg") if n else None
+            out[name] = judges.rate(sum(r["verdicts"][name]["jailbroken"] for r in recs), n)
+        b = judges.breakdown(recs, HEADLINE, "gcg") if n else None
         out["keyword_incoherent"] = b["keyword_jailbroken_incoherent"] if b else None
         out["labels"] = _labels(recs)
     else:
         for name in ("gcg", HEADLINE):
-            out[f"refusal_{name}"] = J.rate(sum(bool(r["verdicts"][name]["refused"]) for r in recs), n)
+            out[f"refusal_{name}"] = judges.rate(sum(bool(r["verdicts"][name]["refused"]) for r in recs), n)
         out["labels"] = _labels(recs)
     out["reading"] = reading(recs)
     return out

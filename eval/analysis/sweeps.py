@@ -18,18 +18,18 @@ gain, when that gain is positive.
 """
 from __future__ import annotations
 
-from eval.analysis import common as C
+from eval.analysis import common
 from pmpc import simulate
 from pmpc.errors import UserError
 
 AUTO_FACTORS = (0.0, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 
 
-def noise_sweep(sess: C.Session, prompts: list, set_name: str, points=("up", "down"), dist: str = "gauss",
+def noise_sweep(sess: common.Session, prompts: list, set_name: str, points=("up", "down"), dist: str = "gauss",
                 scales="auto", ppl_bound: float = 2.0, layers=None, with_ppl: bool = True) -> dict:
     if dist not in simulate.NOISE:
         raise UserError(f"noise sweep distribution must be gauss or laplace, not {dist!r}")
-    spread = C.activation_scale(sess.model, sess.codec, points, device=sess.s.device)
+    spread = common.activation_scale(sess.model, sess.codec, points, device=sess.s.device)
     unit = {p: spread[p]["robust_std"] for p in points}
     grids = {p: ([round(f * unit[p], 6) for f in AUTO_FACTORS] if scales == "auto" else sorted(set(scales)))
              for p in points}
@@ -50,7 +50,7 @@ def noise_sweep(sess: C.Session, prompts: list, set_name: str, points=("up", "do
                   "activation_scale": spread, "unit": unit, "grids": grids, "ppl_bound": ppl_bound,
                   "clean_ppl": clean_ppl, "clean_asr": sess.headline(clean_asr),
                   "rows": sorted(rows, key=lambda r: (points.index(r["point"]), r["scale"])), "mva": mva}
-        return C.write_outputs(sess.out, "noise_sweep", result, _noise_md(result), _noise_fig(result))
+        return common.write_outputs(sess.out, "noise_sweep", result, _noise_md(result), _noise_fig(result))
 
     # scale by scale across the points, writing the outputs after each measurement, so that an
     # interrupted sweep still leaves a usable (partial) table and figure
@@ -79,13 +79,13 @@ def _noise_md(r) -> str:
         head += (f"Clean PPL {r['clean_ppl']:.2f} ({r['settings']['max_windows'] or 'all'} windows of "
                  f"{r['settings']['window']}); MVA bound: PPL <= {r['ppl_bound']} x clean.\n\n")
     rows = [[x["point"], f"{x['scale']:.4g}", f"{x['rel_scale']:.3g}" if x["rel_scale"] is not None else "",
-             C.pct(x["asr"]), C.ci(x["asr"]), C.pct(x["refusal"]),
+             common.pct(x["asr"]), common.ci(x["asr"]), common.pct(x["refusal"]),
              f"{x['ppl']:.2f}" if x["ppl"] is not None else "n/a"] for x in r["rows"]]
-    md = head + C.md_table(["point", "scale", "x robust std", "ASR %", "95% CI", "refusal %", "PPL"], rows)
+    md = head + common.md_table(["point", "scale", "x robust std", "ASR %", "95% CI", "refusal %", "PPL"], rows)
     def one(p, m):
         if m["scale"] == 0:
             return f"{p}: none (no noise within the bound raised the ASR above clean)"
-        return f"{p}: `{m['approx']}` (ASR {C.pct(m['asr'])}%" + (f", PPL {m['ppl']:.2f})" if m["ppl"] is not None else ")")
+        return f"{p}: `{m['approx']}` (ASR {common.pct(m['asr'])}%" + (f", PPL {m['ppl']:.2f})" if m["ppl"] is not None else ")")
 
     md += "\n\n**MVA** (highest ASR with PPL within the bound): " + (
         "; ".join(one(p, m) for p, m in r["mva"].items()) or "none within the bound") + "\n"
@@ -93,7 +93,7 @@ def _noise_md(r) -> str:
 
 
 def _noise_fig(r):
-    plt = C.plt()
+    plt = common.plt()
     npan = 2 if r["clean_ppl"] is not None else 1
     fig, axes = plt.subplots(npan, 1, figsize=(6.5, 3.2 * npan), squeeze=False)
     for p in r["points"]:
@@ -118,7 +118,7 @@ def _noise_fig(r):
     return fig
 
 
-def layer_sweep(sess: C.Session, prompts: list, set_name: str, approx: str, window: int = 1,
+def layer_sweep(sess: common.Session, prompts: list, set_name: str, approx: str, window: int = 1,
                 frac: float = 0.5, with_ppl: bool = False) -> dict:
     a = simulate.parse(approx)
     if a.kind == "none":
@@ -139,7 +139,7 @@ def layer_sweep(sess: C.Session, prompts: list, set_name: str, approx: str, wind
                   "tau": (max(sensitive) + 1) if sensitive else None,
                   "ranking": [r["label"] for r in sorted(rows, key=lambda r: -r["gain"])],
                   "all_approx_asr": full}
-        return C.write_outputs(sess.out, "layer_sweep", result, _layer_md(result), _layer_fig(result))
+        return common.write_outputs(sess.out, "layer_sweep", result, _layer_md(result), _layer_fig(result))
 
     full = None
     for start in range(0, n, window):
@@ -159,12 +159,12 @@ def _layer_md(r) -> str:
     md = (f"## Layer-wise sensitivity — {r['settings']['model']}, `{r['approx']}` one window of {r['window']} "
           f"layer(s) at a time, {r['prompts']} (n={r['n_prompts']}), judge {r['settings']['judge']}\n\n"
           f"{'(PARTIAL: interrupted) ' if r.get('partial') else ''}"
-          f"Clean ASR {C.pct(r['clean_asr'])}% {C.ci(r['clean_asr'])}; all layers {C.pct(r['all_approx_asr'])}% "
-          f"{C.ci(r['all_approx_asr'])}.\n\n")
-    rows = [[x["label"], C.pct(x["asr"]), C.ci(x["asr"]), f"{100 * x['gain']:+.1f}", C.pct(x["refusal"])]
+          f"Clean ASR {common.pct(r['clean_asr'])}% {common.ci(r['clean_asr'])}; all layers {common.pct(r['all_approx_asr'])}% "
+          f"{common.ci(r['all_approx_asr'])}.\n\n")
+    rows = [[x["label"], common.pct(x["asr"]), common.ci(x["asr"]), f"{100 * x['gain']:+.1f}", common.pct(x["refusal"])]
             + ([f"{x['ppl']:.2f}"] if x["ppl"] is not None else []) for x in r["rows"]]
     hdr = ["layers", "ASR %", "95% CI", "gain (pts)", "refusal %"] + (["PPL"] if r["rows"][0]["ppl"] is not None else [])
-    md += C.md_table(hdr, rows)
+    md += common.md_table(hdr, rows)
     if r["sensitive_layers"]:
         md += (f"\n\n**Sensitive layers** (gain >= {r['frac']} x the largest gain): {r['sensitive_layers']} "
                f"-> perturb layers 0..{r['tau'] - 1} (tau = {r['tau']}).\n")
@@ -176,7 +176,7 @@ def _layer_md(r) -> str:
 
 
 def _layer_fig(r):
-    plt = C.plt()
+    plt = common.plt()
     fig, ax = plt.subplots(figsize=(max(5, 0.3 * len(r["rows"]) + 2), 3.2))
     xs = list(range(len(r["rows"])))
     ys = [100 * x["asr"]["rate"] for x in r["rows"]]

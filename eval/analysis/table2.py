@@ -11,7 +11,7 @@ Llama-3.1-8B-Instruct, not this one: compare trends, not values).
 """
 from __future__ import annotations
 
-from eval.analysis import common as C
+from eval.analysis import common
 from pmpc import simulate
 from pmpc.errors import UserError
 
@@ -24,7 +24,7 @@ def default_rows(extra=(), rel: bool = False) -> list[str]:
     return ["none"] + t2 + ([f"{p},rel=1" for p in t2] if rel else []) + rest + list(extra)
 
 
-def table2(sess: C.Session, harmful: list, harmful_name: str, benign: list | None, benign_name: str | None,
+def table2(sess: common.Session, harmful: list, harmful_name: str, benign: list | None, benign_name: str | None,
            rows: list[str], with_ppl: bool = True) -> dict:
     out = []
 
@@ -33,7 +33,7 @@ def table2(sess: C.Session, harmful: list, harmful_name: str, benign: list | Non
         result = {"analysis": "table2", "partial": partial, "settings": sess.s.to_dict(), "harmful": harmful_name,
                   "n_harmful": len(harmful), "benign": benign_name, "n_benign": len(benign) if benign else 0,
                   "rows": out, "clean_ppl": clean["ppl"] if clean else None, "requested_rows": list(rows)}
-        return C.write_outputs(sess.out, "table2", result, _md(result), _fig(result))
+        return common.write_outputs(sess.out, "table2", result, _md(result), _fig(result))
 
     for spec in rows:  # outputs rewritten after every row: an interrupted run leaves a partial table
         a = simulate.parse(spec)
@@ -67,15 +67,15 @@ def _md(r) -> str:
             rows.append([f"`{x['approx']}`", "error", x["error"].replace("|", "/"), "", "", p.get("asr", ""),
                          p.get("ppl", "")])
             continue
-        rows.append([f"`{x['approx']}`", C.pct(x["asr"]), C.ci(x["asr"]), C.pct(x["over_refusal"]),
+        rows.append([f"`{x['approx']}`", common.pct(x["asr"]), common.ci(x["asr"]), common.pct(x["over_refusal"]),
                      f"{x['ppl']:.2f}" if x["ppl"] is not None else "n/a",
                      p.get("asr", ""), p.get("ppl", "")])
-    md += C.md_table(["approximation", "ASR %", "95% CI", "over-refusal %", "PPL", "paper ASR %", "paper PPL"], rows)
+    md += common.md_table(["approximation", "ASR %", "95% CI", "over-refusal %", "PPL", "paper ASR %", "paper PPL"], rows)
     return md + "\n"
 
 
 def _fig(r):
-    plt = C.plt()
+    plt = common.plt()
     rows = [x for x in r["rows"] if not x.get("error")]
     if not rows:
         return None

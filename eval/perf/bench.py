@@ -40,13 +40,13 @@ from pmpc import markdown as md
 from pmpc import models
 from pmpc.engine import CLIENT, Engine, compare_logits
 from pmpc.errors import UserError
-from pmpc.paths import wikitext_path  # noqa: F401  (B.wikitext_path: the windows' file)
+from pmpc.paths import wikitext_path  # noqa: F401  (bench.wikitext_path: the windows' file)
 from pmpc.mpc import cost, parties, primitives
 from pmpc.mpc.parties import PartyError
 from pmpc.ops import TorchOps
-import protocols as P
+import protocols
 
-DEFAULT_PROTOCOLS = tuple(n for n in P.names() if n != "plain")   # every MPC protocol, registry order
+DEFAULT_PROTOCOLS = tuple(n for n in protocols.names() if n != "plain")   # every MPC protocol, registry order
 DEFAULT_MODELS = ("tiny-random-llama", "stories260K")
 SCHEMA = "pmpc.bench/1"
 
@@ -120,7 +120,7 @@ class BenchConfig:
         if not self.protocols:
             raise UserError("no protocols given")
         for p in self.protocols:
-            P.get(p)
+            protocols.get(p)
             if p == "plain":
                 raise UserError("plain is the plaintext reference every row is compared with, not an MPC protocol")
         if self.tokens < 1 or self.windows < 1:

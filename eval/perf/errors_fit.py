@@ -43,7 +43,7 @@ import time
 import numpy as np
 import torch
 
-from eval.perf import bench as B
+from eval.perf import bench
 from pmpc.engine import CLIENT, Engine
 from pmpc import markdown as md
 from pmpc import models, paths, simulate
@@ -51,7 +51,7 @@ from pmpc.errors import UserError
 from pmpc.mpc import cost, parties
 from pmpc.mpc.parties import PartyError
 from pmpc.ops import TorchOps
-import protocols as P
+import protocols
 
 POINTS = {"up": "up_in", "down": "down_in"}
 SCHEMA = "pmpc.errors/1"
@@ -73,7 +73,7 @@ class ErrorsConfig:
         if not self.protocols:
             raise UserError("no protocols given")
         for p in self.protocols:
-            P.get(p)
+            protocols.get(p)
             if p == "plain":
                 raise UserError("plain is the reference the errors are measured against")
         if self.tokens < 1 or self.windows < 1:
@@ -187,7 +187,7 @@ def measure(cfg: ErrorsConfig, protocol: str, spec_plain, ids, ref_taps, ref_out
         ref_absmax[short] = [float(np.abs(ref_taps[(point, l)]).max()) for l in layers]
     row, errs = summarize(protocol, diffs, ref_absmax)
     row = {"protocol": protocol, "wall_s": {"client": client["wall_s"], "server": server["wall_s"]},
-           "fidelity": B.fidelity(ref_out, client["output"], "lm_head.w" in spec_plain.weights), **row}
+           "fidelity": bench.fidelity(ref_out, client["output"], "lm_head.w" in spec_plain.weights), **row}
     return row, errs, diffs
 
 
@@ -298,7 +298,7 @@ def write_presets(path: pathlib.Path, cfg: ErrorsConfig, rows: dict) -> None:
 
 def _save(jpath: pathlib.Path, data: dict) -> None:
     tmp = jpath.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(B.clean(data), indent=1))
+    tmp.write_text(json.dumps(bench.clean(data), indent=1))
     tmp.replace(jpath)
     (jpath.parent / "errors.md").write_text(markdown(data))
 
@@ -326,7 +326,7 @@ def run(cfg: ErrorsConfig, out, presets_path=None, progress: bool = True, fresh:
     spec, tok = models.load(cfg.model, seed=cfg.seed)
     if "layers.0.up.w" not in spec.weights:
         raise UserError(f"{cfg.model}: no MLP to tap")
-    ids = B.windows(tok, spec.vocab, cfg.windows, cfg.tokens, B.wikitext_path(cfg.data or None), cfg.offset)
+    ids = bench.windows(tok, spec.vocab, cfg.windows, cfg.tokens, bench.wikitext_path(cfg.data or None), cfg.offset)
     data["inputs"] = {"shape": list(ids.shape), "ids": ids.tolist()}
     ref_taps, ref_out = plaintext_taps(spec, ids)
 

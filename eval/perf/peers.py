@@ -39,7 +39,7 @@ import time
 
 import numpy as np
 
-from eval.perf import bench as B
+from eval.perf import bench
 from pmpc.engine import Engine
 from pmpc import markdown as md
 from pmpc import models, paths
@@ -122,7 +122,7 @@ def _shipped_ops_class():
 
 
 @dataclasses.dataclass
-class PeerJob(B.BenchJob):
+class PeerJob(bench.BenchJob):
     """A ``pmpc bench`` row whose party also counts primitives; ``shipped``: CrypTen as shipped."""
 
     shipped: bool = False
@@ -203,7 +203,7 @@ def pmpc_row(model: str, proto: str, dealer: str, ids, ref, cfg: PeersConfig, sh
     job = PeerJob(model, proto, tuple(ids.shape), "public", 0, shipped=shipped)
     parts = parties.run_local(job, timeout_s=cfg.timeout_s, dealer=dealer, threads=cfg.threads, inputs={0: ids})
     client, server = parts
-    base = B.make_row(model, proto, parts, ref, True, {})
+    base = bench.make_row(model, proto, parts, ref, True, {})
     return _with_links({
         "system": "crypten-shipped" if shipped else "pmpc", "protocol": proto, "dealer": dealer,
         "weights": "public", "wall_s": max(client["wall_s"], server["wall_s"]),
@@ -232,7 +232,7 @@ def spu_row(py: str, npz: pathlib.Path, ids, ref, protocol: str, layers: int | N
     if r["mode"] == "full":
         got = np.load(logits_f)[None]
         row.update(wall_s=r["wall_s"], bytes=r["bytes"], rounds=r["rounds"], compile_s=r["compile_s"],
-                   fidelity=B.fidelity(ref, got, True), mode="full", ops=r["ops"])
+                   fidelity=bench.fidelity(ref, got, True), mode="full", ops=r["ops"])
     else:
         scale = r["n_layers"] / r["layers_run"]
         L, H = r["layers"], r["head"]
@@ -453,7 +453,7 @@ class Results:
         self.out.mkdir(parents=True, exist_ok=True)
         self.data["native"] = native(self.data["rows"], self.data["micro"])
         tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(B.clean(self.data), indent=1, default=float))
+        tmp.write_text(json.dumps(bench.clean(self.data), indent=1, default=float))
         tmp.replace(self.path)
         (self.out / "peers.md").write_text(markdown(self.data))
 
@@ -484,7 +484,7 @@ def run(cfg: PeersConfig, out, command: str = "", fresh: bool = False, progress=
     spec, tok = models.load(cfg.model)
     if spec.arch != "llama":
         raise UserError(f"{cfg.model}: the peer forward is the Llama architecture; this is {spec.arch}")
-    ids = B.windows(tok, spec.vocab, 1, cfg.tokens, B.wikitext_path(cfg.data or None), cfg.offset)
+    ids = bench.windows(tok, spec.vocab, 1, cfg.tokens, bench.wikitext_path(cfg.data or None), cfg.offset)
     with torch.no_grad():
         ref = Engine(spec, "plain", TorchOps(torch.float64)).prefill(ids, use_cache=False).numpy()
     res.data["inputs"] = {"ids": ids.tolist()}

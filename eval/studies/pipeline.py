@@ -45,17 +45,17 @@ import time
 import click
 import torch
 
-from eval import judges as J
+from eval import judges
 from eval import ppl as PPL
 from eval import splits
-from eval.analysis import common as C
+from eval.analysis import common
 from eval.generate import GenConfig, read_records
 from eval.judges import rate
 from eval.prompts import load
 from eval.studies import select
 from pmpc import logs, markdown, simulate
 from pmpc.align import adapters as adp
-from pmpc.align import data as D
+from pmpc.align import data
 from pmpc.align.train import TrainConfig, train
 from pmpc.errors import UserError
 from pmpc.models.chat import Codec
@@ -164,20 +164,20 @@ class Runner:
 
     def session(self, name: str, adapter=None, loaded=None):
         m, tok = loaded or self.load(adapter)
-        s = C.Settings(model=name, device=self.p.device, judge=self.p.judge, batch_size=self.p.eval_batch, seed=self.p.seed,
-                       gen=GenConfig(system="default", max_new_tokens=self.p.eval_tokens),
-                       window=self.p.ppl_window, max_windows=self.p.ppl_windows, ppl_batch=8, progress=False)
-        return C.Session(s, self.out / "eval" / name, model=m, codec=Codec(tok, m))
+        s = common.Settings(model=name, device=self.p.device, judge=self.p.judge, batch_size=self.p.eval_batch, seed=self.p.seed,
+                            gen=GenConfig(system="default", max_new_tokens=self.p.eval_tokens),
+                            window=self.p.ppl_window, max_windows=self.p.ppl_windows, ppl_batch=8, progress=False)
+        return common.Session(s, self.out / "eval" / name, model=m, codec=Codec(tok, m))
 
     # -- stages --------------------------------------------------------------------------------
     def data(self):
         p = self.p
         pairs_path = self.out / "pairs.jsonl"
         if p.pairs:
-            pairs = D.read_pairs(p.pairs)
-            D.write_pairs(pairs, pairs_path)
+            pairs = data.read_pairs(p.pairs)
+            data.write_pairs(pairs, pairs_path)
             return {"pairs_file": str(pairs_path), "source": p.pairs, "pairs": len(pairs),
-                    "sha256": D.file_sha256(pairs_path)}
+                    "sha256": data.file_sha256(pairs_path)}
         ps = splits.training_prompts(p.n_harmless, p.seed, benign_train=p.benign_train, keep_validation=p.keep_validation,
                                 contrast=p.contrast, twins=p.twins)
         prompts = [(x, "harmful", s) for x, s in ps.harmful] + [(x, "harmless", s) for x, s in ps.harmless]
@@ -185,22 +185,22 @@ class Runner:
         if p.gen and not gen_path.exists():  # answers made elsewhere; only the prompts they lack are generated
             gen_path.write_bytes(pathlib.Path(p.gen).read_bytes())
         stats = {}
-        have = D.answers(gen_path, p.gen_tokens)
+        have = data.answers(gen_path, p.gen_tokens)
         if any((k, x) not in have for x, k, _ in prompts):
             m, tok = self.load()
-            stats = D.generate_answers(m, tok, prompts, gen_path, max_new_tokens=p.gen_tokens,
-                                       batch_size=p.gen_batch, model_name=pathlib.Path(p.model).name, progress=False)
+            stats = data.generate_answers(m, tok, prompts, gen_path, max_new_tokens=p.gen_tokens,
+                                          batch_size=p.gen_batch, model_name=pathlib.Path(p.model).name, progress=False)
             del m
         wanted = {(k, x) for x, k, _ in prompts}
-        rows = [r for key, r in D.answers(gen_path, p.gen_tokens).items() if key in wanted]
-        judge = J.get(p.judge)
-        is_refusal = J.refusal_fn(judge, [r["prompt"] for r in rows], [r["response"] for r in rows])
-        pairs, pst = D.build_pairs(rows, is_refusal, seed=p.seed)
-        D.write_pairs(pairs, pairs_path)
+        rows = [r for key, r in data.answers(gen_path, p.gen_tokens).items() if key in wanted]
+        judge = judges.get(p.judge)
+        is_refusal = judges.refusal_fn(judge, [r["prompt"] for r in rows], [r["response"] for r in rows])
+        pairs, pst = data.build_pairs(rows, is_refusal, seed=p.seed)
+        data.write_pairs(pairs, pairs_path)
         return {"pairs_file": str(pairs_path), "gen_file": str(gen_path), "generation": stats, "pairs": pst,
                 "removed_heldout": ps.removed, "removed_validation": ps.removed_validation,
                 "removed_contrast": ps.removed_contrast, "removed_twins": ps.removed_twins,
-                "judge": judge.describe(), "sha256": D.file_sha256(pairs_path)}
+                "judge": judge.describe(), "sha256": data.file_sha256(pairs_path)}
 
     def train(self, name, method, epochs, lr, init=None, approx=None, tau=0, lam=0.0, keep_epochs=0.0, sft=0.0,
               kl_base=0.0):
@@ -432,10 +432,10 @@ def evaluate_targets(model: str, out: str, adapter: str | None = None, *, base: 
         raise UserError(f"{out} holds the evaluation of another model or setting ({idp}); use another --out")
     idp.parent.mkdir(parents=True, exist_ok=True)
     idp.write_text(json.dumps(ident, indent=1))
-    common = dict(out=out, device=device, n_test=n_test or 10**9, ppl_windows=ppl_windows, ppl_window=ppl_window,
-                  eval_tokens=eval_tokens, eval_batch=eval_batch, judge=judge)
-    res = Runner(Plan(model=model, **common)).targets("candidate", adapter)
-    base_ppl = Runner(Plan(model=base, **common)).session("base").ppl(None)["ppl"]
+    plan_kw = dict(out=out, device=device, n_test=n_test or 10**9, ppl_windows=ppl_windows, ppl_window=ppl_window,
+                   eval_tokens=eval_tokens, eval_batch=eval_batch, judge=judge)
+    res = Runner(Plan(model=model, **plan_kw)).targets("candidate", adapter)
+    base_ppl = Runner(Plan(model=base, **plan_kw)).session("base").ppl(None)["ppl"]
     res.update(ppl_base=base_ppl, ppl_ratio=res["ppl"] / base_ppl, model=model, adapter=adapter, base=base)
     res["meets"] = {"asr": res["asr/heldout-all"]["rate"] <= TARGET_ASR,
                     "overrefusal": res["overrefusal/xstest-safe"]["rate"] <= TARGET_OVERREFUSAL,
@@ -556,8 +556,8 @@ def export(R: Runner, rows: dict):
     tsafe = st.get("targets_safe", {})
     plan = R.res["plan"]
     cells = R.res.get("grid", {}).get("cells", {})
-    common = {"data": {"pairs": st["data"].get("pairs"), "pairs_sha256": st["data"].get("sha256"),
-                       "sources": "harmful: harmful_prompts/train + HarmBench val (standard)"
+    card_base = {"data": {"pairs": st["data"].get("pairs"), "pairs_sha256": st["data"].get("sha256"),
+                          "sources": "harmful: harmful_prompts/train + HarmBench val (standard)"
                                   + (f" + {plan['twins']} pmpc harmful twins (decontaminated)"
                                      if plan.get("twins") else "")
                                   + ("" if plan.get("keep_validation") else " less harmful-val (validation)")
@@ -568,20 +568,20 @@ def export(R: Runner, rows: dict):
                                   + (f" + {plan['contrast']} pmpc contrast prompts (decontaminated)"
                                      if plan.get("contrast") else "")
                                   + "; held-out evaluation prompts removed",
-                       "chosen/rejected": "harmful: refusal template / base model's greedy answer; "
+                          "chosen/rejected": "harmful: refusal template / base model's greedy answer; "
                                           "harmless: base model's greedy answer / refusal template"}}
     pipe = (f"bench/gpu_align.sh MODEL_DIR OUT_DIR {plan_options(plan)}   "
             f"# = python -m eval.studies.pipeline MODEL_DIR OUT_DIR --device {plan['device']} ...")
     reused = st["safe"].get("reused", False)  # a committed smollm2-safe keeps its own card
     cards = {} if reused else {
-        "smollm2-safe": dict(common, summary="SmolLM2-135M-Instruct safety-aligned with DPO (beta 0.1, LoRA).",
+        "smollm2-safe": dict(card_base, summary="SmolLM2-135M-Instruct safety-aligned with DPO (beta 0.1, LoRA).",
                              command=[pipe, "# its training step:", st["safe"]["command"],
                                       f"# adapter of epoch {st['safe_select_epoch']['chosen_epoch']} (chosen on validation)"],
                              training={k: st["safe"].get(k) for k in ("steps", "epochs", "train_seconds", "peak_cuda_mb",
                                                                         "peak_rss_mb", "device_name", "final")},
                              metrics={k: _fmt(v) for k, v in tsafe.items() if k != "stage_seconds"},
                              notes=[st["safe_select_epoch"]["rule"], f"seed {plan['seed']}"])}
-    cards["smollm2-quada"] = dict(common, summary="smollm2-safe further aligned with QuadA (MVA noise in the first tau "
+    cards["smollm2-quada"] = dict(card_base, summary="smollm2-safe further aligned with QuadA (MVA noise in the first tau "
                                               "layers, clean reference, layer-1 clustering of harmful prompts); the "
                                               "adapter is the QuadA LoRA alone, merged on load on top of smollm2-safe "
                                               "(stack.json).",

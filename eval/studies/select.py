@@ -23,8 +23,8 @@ import json
 import pathlib
 
 from eval import splits
-from eval.analysis import common as C
-from eval.analysis import sweeps as S
+from eval.analysis import common
+from eval.analysis import sweeps
 from eval.generate import GenConfig
 from eval.prompts import load
 from pmpc.align.adapters import read_adapter
@@ -50,11 +50,11 @@ def run(model: str = "smollm2-safe", adapter: str | None = None, prompts: str = 
         m, tok = load_model(model, adapter, device)
     else:
         m, tok = loaded
-    s = C.Settings(model=model + (f"+{adapter}" if adapter else ""), device=device, judge=judge, batch_size=batch_size,
-                   seed=seed, gen=GenConfig(system="default", max_new_tokens=max_new_tokens), max_windows=max_windows,
-                   window=window_tokens, progress=progress)
+    s = common.Settings(model=model + (f"+{adapter}" if adapter else ""), device=device, judge=judge, batch_size=batch_size,
+                        seed=seed, gen=GenConfig(system="default", max_new_tokens=max_new_tokens), max_windows=max_windows,
+                        window=window_tokens, progress=progress)
     out = pathlib.Path(out)
-    sess = C.Session(s, out, model=m, codec=Codec(tok, m))
+    sess = common.Session(s, out, model=m, codec=Codec(tok, m))
 
     # a selection set loses its near-duplicates of scored prompts (eval.splits)
     ps = splits.selection_set(prompts, seed)[:limit] if prompts in splits.SELECTION else load(prompts, limit=limit)
@@ -62,7 +62,7 @@ def run(model: str = "smollm2-safe", adapter: str | None = None, prompts: str = 
         dev = splits.harmful_test_split(seed)[1]
         ps += dev[:limit] if limit else dev
         prompts += "+harmful-dev"
-    noise = S.noise_sweep(sess, ps, prompts, points=(point,), dist="gauss", scales=scales, ppl_bound=ppl_bound)
+    noise = sweeps.noise_sweep(sess, ps, prompts, points=(point,), dist="gauss", scales=scales, ppl_bound=ppl_bound)
     # the harness' MVA rule (highest ASR within the PPL bound, ties to the smaller scale), over
     # the NONZERO scales: where noise never raises the ASR, the rule would otherwise return 0
     ok = [r for r in noise["rows"] if r["point"] == point and r["scale"] > 0
@@ -71,7 +71,7 @@ def run(model: str = "smollm2-safe", adapter: str | None = None, prompts: str = 
         raise UserError(f"no nonzero noise scale at {point} kept PPL within {ppl_bound}x clean: no MVA")
     best = max(ok, key=lambda r: (r["asr"]["rate"], -r["scale"]))
     mva = {"scale": best["scale"], "approx": best["approx"], "asr": best["asr"], "ppl": best["ppl"]}
-    lay = S.layer_sweep(sess, ps, prompts, mva["approx"], window=window, frac=frac)
+    lay = sweeps.layer_sweep(sess, ps, prompts, mva["approx"], window=window, frac=frac)
     tau, fallback = lay["tau"], False
     if tau is None:
         tau, fallback = window, True

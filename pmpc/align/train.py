@@ -31,7 +31,7 @@ import torch
 
 from pmpc import jsonl, simulate
 from pmpc.align import adapters as adp
-from pmpc.align import data as D
+from pmpc.align import data
 from pmpc.align.losses import Batch, QuadAConfig, balance_lambda, quada_objective, reference_logps
 from pmpc.errors import UserError
 from pmpc.models import load_hf
@@ -140,15 +140,15 @@ class Encoded:
     harmful: bool
 
 
-end_of_turn_id = D.end_of_turn
+end_of_turn_id = data.end_of_turn
 
 
-def encode_pairs(tok, pairs: list[D.Pair], max_prompt: int, max_response: int) -> tuple[list[Encoded], int]:
+def encode_pairs(tok, pairs: list[data.Pair], max_prompt: int, max_response: int) -> tuple[list[Encoded], int]:
     """Token ids of each pair; prompts longer than ``max_prompt`` are skipped (count returned)."""
     eot = end_of_turn_id(tok)
     out, skipped = [], 0
     for p in pairs:
-        text = D.render(tok, p.prompt, p.fmt)
+        text = data.render(tok, p.prompt, p.fmt)
         # special tokens as the evaluation harness encodes prompts (pmpc.models.chat.Codec.encode)
         enc = tok(text, add_special_tokens=not getattr(tok, "chat_template", None), return_offsets_mapping=True)
         ids, offs = enc["input_ids"], enc["offset_mapping"]
@@ -443,8 +443,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=None) -> dict:
 
     out = _open_run(cfg, resume)
     ckpt = out / "checkpoint"
-    pairs = D.read_pairs(cfg.pairs)
-    data_sha = D.file_sha256(cfg.pairs)
+    pairs = data.read_pairs(cfg.pairs)
+    data_sha = data.file_sha256(cfg.pairs)
     if cfg.limit_pairs:
         pairs = pairs[:cfg.limit_pairs]
     t_load = time.perf_counter()

@@ -36,7 +36,7 @@ from pmpc import jsonl, models
 from pmpc.engine import CLIENT, Engine, compare_logits
 from pmpc.errors import UserError
 from pmpc.mpc import cost, wire
-from pmpc.mpc import dealer as D
+from pmpc.mpc import dealer
 from pmpc.mpc import handshake, parties
 from pmpc.mpc.gates import comparison_mode
 from pmpc.mpc.cost import LINKS, table
@@ -254,7 +254,7 @@ def _gather(value: bool) -> list:
     return wire.exchange("plan", value, c.get_rank(), c.main_group, check=_bool_check)
 
 
-class _Tracker(cost.Tracker):
+class _DealerKeepAliveTracker(cost.Tracker):
     """The cost tracker, plus a periodic hook (party 0 keeps the dealer waiting while planning)."""
 
     def __init__(self, stats, every_s: float | None = None, hook=None):
@@ -345,7 +345,7 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
     to_dealer = mode == "ttp" and rank == CLIENT
     t_start = time.perf_counter()
     timeout_s = crypten_timeout()
-    with D.keepalive_while(timeout_s / 4) if to_dealer else contextlib.nullcontext():
+    with dealer.keepalive_while(timeout_s / 4) if to_dealer else contextlib.nullcontext():
         spec = _load_spec(cfg, rank)  # loading a large model can take a while: the dealer waits
     if rank == CLIENT:
         check_input(cfg, spec, inp)
@@ -354,8 +354,8 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
     attn = _announce(cfg, spec, inp, rank)
     ids = inp.ids if rank == CLIENT else torch.zeros_like(attn)  # the server never sees ids
     real = _comm()
-    tracker = _Tracker(cost.crypten_stats, timeout_s / 4,
-                       (lambda: D.keepalive(real)) if to_dealer and cfg.preprocess else None)
+    tracker = _DealerKeepAliveTracker(cost.crypten_stats, timeout_s / 4,
+                                      (lambda: dealer.keepalive(real)) if to_dealer and cfg.preprocess else None)
     ops = CrypTenOps(tracker)
     engine = Engine(spec, cfg.protocol, ops, weights=cfg.weights)
     t_setup = time.perf_counter() - t_start
@@ -396,7 +396,7 @@ def _plan(cfg: GenConfig, spec, engine, ops, attn, rank: int, gen, phases: dict,
     else:
         c0 = _counters()
         fault("plan")
-        rec, marks = D.ShapeOnly(), {}
+        rec, marks = dealer.ShapeOnly(), {}
         with solo_dry_run(), use_provider(rec):  # alone: no peer, no traffic
             dry = engine
             if cfg.weights == "private":  # the dry run never touches the real weights
@@ -404,7 +404,7 @@ def _plan(cfg: GenConfig, spec, engine, ops, attn, rank: int, gen, phases: dict,
                              weights="private")
             _query(dry, ops, torch.zeros_like(attn), attn, cfg, rank, gen, marks=marks,
                    plan_of=lambda: rec.requests)
-        plan = D.Plan(rec.requests, marks)
+        plan = dealer.Plan(rec.requests, marks)
         _PLANS[key] = plan
         phases["plan"] = {"cached": False, **_since(c0)}
         del dry
@@ -422,16 +422,16 @@ def _offline(plan, mode: str, world_size: int, to_dealer: bool, phases: dict, fa
         if phase == "prefill":
             fault("offline")
         with parties.talking_to(world_size) if to_dealer else contextlib.nullcontext():
-            tuples += D.deal(plan, lo, hi, mode)
+            tuples += dealer.deal(plan, lo, hi, mode)
         offline[phase] = {**_since(c0), "tuples": plan.counts(lo, hi)}
     c0 = _counters()
     if to_dealer:
         with parties.talking_to(world_size):
-            D.release()
+            dealer.release()
     _comm().barrier()  # the online phase starts together at both parties
     offline["release"] = _since(c0)
     phases["offline"] = offline
-    return D.Replay(plan, tuples)
+    return dealer.Replay(plan, tuples)
 
 
 def _online(cfg: GenConfig, engine, ops, ids, attn, rank: int, gen, phases: dict, provider, watch, fault):
@@ -456,7 +456,7 @@ def _online(cfg: GenConfig, engine, ops, ids, attn, rank: int, gen, phases: dict
     with use_provider(provider) if provider is not None else contextlib.nullcontext():
         steps, tokens = _query(engine, ops, ids, attn, cfg, rank, gen, phases=phases, watch=watch)
     if provider is not None and provider.left():
-        raise D.PlanMismatch(f"{provider.left()} dealt tuples were not used by the online phase")
+        raise dealer.PlanMismatch(f"{provider.left()} dealt tuples were not used by the online phase")
     return steps, tokens
 
 
@@ -610,7 +610,7 @@ def run_prompts(cfg: GenConfig, prompts, out_path, dealer: str = "ttp", timeout_
     torn last line (a run killed mid-write) is dropped. A failed session is retried ``retries``
     times; then its :class:`pmpc.mpc.parties.PartyError` propagates and the finished prompts stay in
     the file — run again to resume. Returns the records of all prompts, in order. (For
-    ``eval``'s own resumable runner, :func:`make_generate_fn` gives the ``generate_fn`` hook.)"""
+    ``eval``'s own resumable runner, :func:`secure_generate_fn` gives the ``generate_fn`` hook.)"""
     out_path = pathlib.Path(out_path)
     limits = ("max_prompt_tokens", "max_batch")  # the server's limits do not change a result
     conf = hashlib.sha256(json.dumps({**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in limits},
@@ -651,8 +651,8 @@ def run_prompts(cfg: GenConfig, prompts, out_path, dealer: str = "ttp", timeout_
     return records
 
 
-def make_generate_fn(cfg: GenConfig, codec, system: str = "default", dealer: str = "ttp",
-                     timeout_s: float = 120.0, retries: int = 0, cost_path=None):
+def secure_generate_fn(cfg: GenConfig, codec, system: str = "default", dealer: str = "ttp",
+                       timeout_s: float = 120.0, retries: int = 0, cost_path=None):
     """``generate_fn(prompts, seed) -> outputs`` for ``eval``'s streaming runner (``pmpc eval asr
     --secure``): each BATCH of prompts is rendered with ``codec`` (an :class:`pmpc.models.chat.Codec`),
     left-padded and generated in ONE secure session (prefill + KV-cache decode, the client's
