@@ -214,6 +214,14 @@ def _old_of(recs: list[dict], kind: str) -> dict | None:
     return {"k": sum(bool(r["verdicts"]["gcg"][key]) for r in recs), "n": len(recs), "judge": "gcg"}
 
 
+def _write_tables(path: pathlib.Path, rows: list[dict]) -> None:
+    """The derived rows beside ``path`` as .json and .md; the Markdown also on stdout."""
+    path.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    md = to_markdown(rows)
+    path.with_suffix(".md").write_text(md)
+    print(md)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m eval.analysis.remeasure")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -247,19 +255,11 @@ def main(argv=None):
             recs = read_generations(parts[2])
             old = json.loads(parts[3]) if len(parts) == 4 else _old_of(recs, parts[1])
             rejudge(parts[0], recs, out, parts[1], old, meta={"generations": parts[2]})
-        rows = derive(out)
-        out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-        md = to_markdown(rows)
-        out.with_suffix(".md").write_text(md)
-        print(md)
+        _write_tables(out, derive(out))
         return
     if a.cmd == "rejudge":
         path = pathlib.Path(a.verdicts)
-        rows = rejudge_file(path)
-        path.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-        md = to_markdown(rows)
-        path.with_suffix(".md").write_text(md)
-        print(md)
+        _write_tables(path, rejudge_file(path))
         return
     if a.cmd == "derive":
         rows = derive(a.verdicts)

@@ -55,6 +55,8 @@ import protocols
 
 POINTS = {"up": "up_in", "down": "down_in"}
 SCHEMA = "pmpc.errors/1"
+
+
 @dataclasses.dataclass
 class ErrorsConfig:
     model: str = "smollm2"

@@ -466,6 +466,13 @@ def _int64(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
+def ring_ints(share: torch.Tensor) -> "MPCTensor":
+    """Arithmetic shares as an ``MPCTensor`` of ring integers (encoder scale 1: no fraction bits)."""
+    res = MPCTensor.from_shares(share, precision=0)
+    res.encoder._scale = 1
+    return res
+
+
 def log2_scale(x) -> int:
     """The fixed-point scale of a CrypTensor as a power of two (1 for ring integers)."""
     return int(x.encoder.scale).bit_length() - 1
@@ -549,10 +556,7 @@ def lane_ltz(x: "MPCTensor", lane: int, drop: int) -> "MPCTensor":
     bit = sign ^ g                                        # at bit 0 of every lane
     bits = BinarySharedTensor.stack([(bit >> (j * lane)) & 1 for j in range(per)], dim=1)
     bits.share = bits.share.reshape(-1)[:n].reshape(shape)
-    out = b2a_bits(bits)                                  # last round: one opened bit per value
-    res = MPCTensor.from_shares(out.share, precision=0)
-    res.encoder._scale = 1
-    return res
+    return ring_ints(b2a_bits(bits).share)                # last round: one opened bit per value
 
 
 class InitError(RuntimeError):

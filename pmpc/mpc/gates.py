@@ -360,7 +360,7 @@ def ltz(x, lane: int, drop: int):
     drop 0: the whole ring), as ring-integer 0/1 shares (encoder scale 1): ONE online round.
     Reads exactly the value :func:`pmpc.mpc.crypten_compat.lane_ltz` reads."""
     from pmpc.mpc.primitives import PRIMITIVES
-    from pmpc.mpc.crypten_compat import MPCTensor, comm, crypten
+    from pmpc.mpc.crypten_compat import comm, crypten, ring_ints
 
     assert 2 <= lane <= 64 and 0 <= drop <= 64 - lane
     c = comm.get()
@@ -397,9 +397,7 @@ def ltz(x, lane: int, drop: int):
     PRIMITIVES.add(f"comparisons.{lane}", n)
     PRIMITIVES.add(f"dcf.{lane - 1}", n)
     PRIMITIVES.add("key_bytes", key.nbytes())
-    res = MPCTensor.from_shares(torch.from_numpy(out.view(np.int64)).reshape(shape), precision=0)
-    res.encoder._scale = 1
-    return res
+    return ring_ints(torch.from_numpy(out.view(np.int64)).reshape(shape))
 
 
 def lookup(x, k: int, tables: np.ndarray):
@@ -408,7 +406,7 @@ def lookup(x, k: int, tables: np.ndarray):
     ONE online round: the parties open x + r mod 2^k (k bits each, packed) and take the inner
     product of their one-hot share with the table rotated by the opened value."""
     from pmpc.mpc.primitives import PRIMITIVES
-    from pmpc.mpc.crypten_compat import MPCTensor, comm, crypten
+    from pmpc.mpc.crypten_compat import comm, crypten, ring_ints
 
     assert 1 <= k <= MAX_TABLE_BITS
     c = comm.get()
@@ -425,6 +423,4 @@ def lookup(x, k: int, tables: np.ndarray):
                           for g in range(shape[0])])
     PRIMITIVES.add(f"lookups.{k}", n)
     PRIMITIVES.add("key_bytes", mat.nbytes())
-    res = MPCTensor.from_shares(torch.from_numpy(out.view(np.int64)).reshape(shape), precision=0)
-    res.encoder._scale = 1
-    return res
+    return ring_ints(torch.from_numpy(out.view(np.int64)).reshape(shape))
