@@ -42,8 +42,9 @@ class Engine:
         self.folded = tap is None and not spec.post_norm
         Wp = fold_weights(spec) if self.folded else spec.weights
         with ops.scope("setup.weights"):
-            if weights == "public":
-                self.W = {k: v.to(self.dtype) for k, v in Wp.items()}
+            if weights == "public":  # each matrix readied for products once, here, not at every token
+                self.W = ops.public_operands({k: v.to(self.dtype) for k, v in Wp.items()},
+                                             {k for k, v in Wp.items() if k.endswith(".w") and v.dim() == 2})
             else:  # the server folds its own weights before sharing them (the client folds zeros)
                 self.W = {k: ops.share(v, src=SERVER) for k, v in Wp.items()}
                 if fixed_operands:  # each matrix's masked opening once, here, not at every token

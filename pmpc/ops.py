@@ -137,6 +137,12 @@ class Ops:
     def matmul(self, x, y):
         return x.matmul(y)
 
+    def public_operands(self, W: dict, names) -> dict:
+        """Ready the public weights ``names`` of ``W`` (right operands of products, the same at
+        every call) once, in whatever form this backend multiplies them in: plain tensors need
+        nothing."""
+        return W
+
     def fix_operands(self, W: dict, names) -> dict:
         """Ready the secret weights ``names`` of ``W`` (right operands of products, the same at
         every call) for products that do not re-open them: see :mod:`pmpc.mpc.fixed_operand`.
@@ -200,6 +206,13 @@ class Ops:
             t = b * self.fixed(c, fb)
             acc = t if acc is None else acc + t
         return self.from_int(acc + self.fixed(const, fb), fb)
+
+    def int_dot(self, b, coefs):
+        """``sum_i coefs_i b[i]`` over the first dim of ring integers ``b`` and public integer
+        coefficients: one local broadcast product and sum, exact (modulo 2^64 under MPC; the
+        emulation's float64 is exact below 2^53)."""
+        c = torch.tensor(coefs, dtype=torch.long).reshape(-1, *[1] * (b.dim() - 1))
+        return (b * c).sum(0)
 
     def fixed(self, c, bits: int):
         """A public coefficient on the 2^-bits grid, as the ring integer round(c 2^bits)."""
@@ -286,19 +299,18 @@ class Ops:
                 x = self.cat([x, self.cat([x[..., :1]] * (k - n % k), dim=-1)], dim=-1)
             g = x.reshape(*x.shape[:-1], x.shape[-1] // k, k)
             pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
-            # exact 0/1 integers: products of them never truncate, so the winner's weight is exactly 1
-            diffs = self.stack([g[..., i] - g[..., j] for i, j in pairs])
-            lt = self.ltz_int(diffs, bound=2 * ACT_BOUND)  # x_i < x_j; |x| < ACT_BOUND: a 32-bit lane
-            beats = {i: [] for i in range(k)}
-            for p, (i, j) in enumerate(pairs):
-                beats[i].append(1 - lt[p])  # i >= j: i keeps the tie
-                beats[j].append(lt[p])      # j > i strictly
-            factors = [self.stack([beats[i][f] for i in range(k)], dim=-1) for f in range(k - 1)]
-            while len(factors) > 1:
-                h = len(factors) // 2
-                prod = self.mul(self.stack(factors[:h]), self.stack(factors[h:2 * h]))
-                factors = [prod[i] for i in range(h)] + factors[2 * h:]
-            x = self.mul(factors[0], g).sum(-1)
+            first, second = torch.tensor([i for i, _ in pairs]), torch.tensor([j for _, j in pairs])
+            # exact 0/1 integers: products of them never truncate, so the winner's weight is exactly 1;
+            # all pairs of every group in one subtraction and one comparison
+            lt = self.ltz_int(g[..., first] - g[..., second], bound=2 * ACT_BOUND)  # x_i < x_j: a 32-bit lane
+            beats = self.cat([1 - lt, lt], dim=-1)  # pair p: i >= j at p (i keeps the tie), j > i at P + p
+            of = [[p if i == a else len(pairs) + p for p, (a, b) in enumerate(pairs) if i in (a, b)] for i in range(k)]
+            factors = beats[..., torch.tensor(of)]  # [..., groups, k, k - 1]: what each key must beat
+            while factors.shape[-1] > 1:  # their product, halving the factors each round
+                h = factors.shape[-1] // 2
+                prod = self.mul(factors[..., :h], factors[..., h:2 * h])
+                factors = self.cat([prod, factors[..., 2 * h:]], dim=-1) if factors.shape[-1] % 2 else prod
+            x = self.mul(factors[..., 0], g).sum(-1)
         return x
 
     def normalize(self, x, base_log2: int = 2, lo: int = -8, hi: int = 15, scale: float = 1.0, start=None,
@@ -325,15 +337,15 @@ class Ops:
         (m, a + b m, t scale f) instead, all three from ONE product round: the Newton start and
         the factor the caller multiplies the result into need no rounds of their own."""
         ks = list(range(lo + 1, hi + 1))
-        # x < 2^(g k); ``bound`` (on |x - 2^(g k)|) lets the comparison read a lane (:meth:`lane`)
-        below = self.ltz_int(self.stack([x - float(2.0 ** (base_log2 * k)) for k in ks]), bound)
+        # x < 2^(g k) for every k at once (one public broadcast subtraction); ``bound`` (on
+        # |x - 2^(g k)|) lets the comparison read a lane (:meth:`lane`)
+        thresholds = torch.tensor([2.0 ** (base_log2 * k) for k in ks], dtype=getattr(x, "dtype", torch.float64))
+        below = self.ltz_int(x.unsqueeze(0) - thresholds.reshape(-1, *[1] * x.dim()), bound)
 
-        def onehot_sum(w):  # sum_k onehot_k w(k), integer weights: bin lo = below_{lo+1};
-            acc = below[0] * w(lo)  # bin k = below_{k+1} - below_k; bin hi = 1 - below_hi
-            for i, k in enumerate(ks):
-                nxt = below[i + 1] if i + 1 < len(ks) else 1
-                acc = acc + (nxt - below[i]) * w(k)
-            return acc
+        def onehot_sum(w):  # sum_k onehot_k w(k) for public integer weights, as ONE weighted sum:
+            # with bins lo = [below_0], k_i = [below_{i+1}] - [below_i], hi = 1 - [below_last],
+            # the sum telescopes to w(hi) + sum_i below_i (w(k_i - 1) - w(k_i)): local, exact
+            return self.int_dot(below, [w(k - 1) - w(k) for k in ks]) + w(hi)
 
         fb, g = self.fxp_bits, base_log2
         fg = self.from_int(onehot_sum(lambda k: 2 ** (g * (hi - k))), g * hi)
@@ -452,6 +464,10 @@ class TorchOps(Ops):
 
     def _product(self, a, b):
         return a * b
+
+    def int_dot(self, b, coefs):  # in float64 whatever the dtype: exact below 2^53, as MPC's ring is
+        c = torch.tensor(coefs, dtype=torch.float64).reshape(-1, *[1] * (b.dim() - 1))
+        return (b.double() * c).sum(0).to(b.dtype)
 
     def fixed(self, c, bits):
         # without fixed-point emulation: the ideal arithmetic, coefficients exact

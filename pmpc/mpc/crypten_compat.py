@@ -79,19 +79,57 @@ from pmpc.mpc.primitives import PRIMITIVES
 _converters._A2B = _A2B
 
 
-def _drop_debug_validation() -> None:
-    """CrypTen wraps ``CrypTensor.__getattribute__`` so that EVERY attribute access reads
-    ``cfg.debug.validation_mode`` through OmegaConf: measured on a tiny Llama's bolt prefill,
-    55% of a party's wall time (4.5 of 8.1 s) went to those lookups. pmpc never turns CrypTen's
-    debug validation on, so the wrapper is unwrapped; with validation mode set it stays."""
+def _lean_dispatch() -> None:
+    """CrypTen routes EVERY attribute access of a CrypTensor through a Python ``__getattribute__``
+    that (1) reads ``cfg.debug.validation_mode`` through OmegaConf (a wrapper: measured on a tiny
+    Llama's bolt prefill, 55% of a party's wall time) and (2) with its autograd on (the default),
+    wraps every method in an autograd closure that scans the arguments for CrypTensors, and reads
+    class constants through a metaclass ``__getattribute__`` of its own: ~2 million calls per
+    SmolLM2 decoded token. pmpc never differentiates through MPC and never turns validation on, so
+    CrypTen's autograd is switched off here and the dispatch is replaced by one that does what the
+    original does in that state (protected names and methods straight from the object; an in-place
+    name runs the out-of-place method and copies; a name only an autograd function defines runs
+    its forward), with the class constants bound once. Validation mode set, or autograd turned back
+    on, the original dispatch runs."""
     from crypten.cryptensor import CrypTensor
+    from crypten.gradients import get_grad_fn
 
-    fn = CrypTensor.__dict__["__getattribute__"]
-    if hasattr(fn, "__wrapped__") and not crypten.cfg.debug.validation_mode:
-        CrypTensor.__getattribute__ = fn.__wrapped__
+    original = CrypTensor.__dict__["__getattribute__"]
+    unwrapped = getattr(original, "__wrapped__", original)
+    if crypten.cfg.debug.validation_mode:
+        return
+    CrypTensor.set_grad_enabled(False)
+    attrs = CrypTensor.__dict__  # a live view: set_grad_enabled writes AUTOGRAD_ENABLED here
+    protected = frozenset(CrypTensor.PROTECTED_ATTRIBUTES) | {"copy_"}
+    builtin, required = dict(CrypTensor.PYTHON_BUILTIN), frozenset(CrypTensor.REQUIRED_FUNCTIONS)
+    get = object.__getattribute__
+
+    def __getattribute__(self, name):
+        if name in protected:
+            return get(self, name)
+        if attrs["AUTOGRAD_ENABLED"]:
+            return unwrapped(self, name)
+        name = builtin.get(name, name)
+        if name.endswith("_") and not name.endswith("__"):  # in place: out of place, then copy_
+            func = __getattribute__(self, name[:-1])
+
+            def oop_and_copy(*args, **kwargs):
+                self.copy_(func(*args, **kwargs))
+                return self
+
+            return oop_and_copy
+        try:
+            return get(self, name)
+        except AttributeError:
+            grad_fn = get_grad_fn(name)
+            if grad_fn is None or name in required:
+                raise
+            return self._get_forward_function_no_ctx(grad_fn)
+
+    CrypTensor.__getattribute__ = __getattribute__
 
 
-_drop_debug_validation()
+_lean_dispatch()
 
 
 def _fast_empty_mpctensor() -> None:

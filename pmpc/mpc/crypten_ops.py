@@ -75,23 +75,30 @@ class CrypTenOps(Ops):
         return self._lift(b)
 
     def matmul(self, x, y):
-        """A secret x times a PUBLIC matrix y (a linear layer's weights): y is encoded with
-        ``WEIGHT_EXTRA_BITS`` more fraction bits than the values (CrypTen's encoding truncates it
-        to 2^-16 toward zero: a weight of 0.01 loses 0.3% of itself, and folding a norm's weight
-        or 1/sqrt(d) into it shrinks it further), and the product is truncated once, as before.
-        Room: |x y| < 2^(61 - 2f - extra) = 2^21, far above any linear layer's output here.
-        A private weight readied by :meth:`fix_operands`: a fixed-operand product (opens x only)."""
+        """A secret x times a PUBLIC matrix y (a linear layer's weights): y is read on
+        ``WEIGHT_EXTRA_BITS`` more fraction bits than the values (:class:`PublicMatrix`; CrypTen's
+        encoding truncates it to 2^-16 toward zero: a weight of 0.01 loses 0.3% of itself, and
+        folding a norm's weight or 1/sqrt(d) into it shrinks it further), and the product is
+        truncated once, as before. Room: |x y| < 2^(61 - 2f - extra) = 2^21, far above any linear
+        layer's output here. A private weight readied by :meth:`fix_operands`: a fixed-operand
+        product (opens x only)."""
         if isinstance(y, fixed_operand.FixedOperand):
             if not self.is_secret(x):
                 raise TypeError("a fixed operand multiplies a secret value")
             return fixed_operand.matmul(x, y)
         if torch.is_tensor(y) and self.is_secret(x) and not self.is_secret(y) and y.is_floating_point():
-            s = self.fxp_bits + WEIGHT_EXTRA_BITS
-            raw = x._tensor.share.matmul(torch.round(y.double() * 2.0 ** s).long()) * (1 << (self.fxp_bits - _log2_scale(x)))
+            y = PublicMatrix(y, self.fxp_bits + WEIGHT_EXTRA_BITS)
+        if isinstance(y, PublicMatrix):
+            raw = x._tensor.share.matmul(y.ring()) * (1 << (self.fxp_bits - _log2_scale(x)))
             out = ArithmeticSharedTensor.from_shares(raw, precision=0)
-            out.div_(2 ** s)
+            out.div_(2 ** y.frac_bits)
             return MPCTensor.from_shares(out.share, precision=self.fxp_bits)
         return x.matmul(y)
+
+    def public_operands(self, W: dict, names) -> dict:
+        """Each public weight matrix encoded ONCE (:class:`PublicMatrix`), not at every product:
+        encoding SmolLM2's tied output layer alone took longer than the rest of a decoded token."""
+        return {k: PublicMatrix(v, self.fxp_bits + WEIGHT_EXTRA_BITS) if k in names else v for k, v in W.items()}
 
     def fix_operands(self, W: dict, names) -> dict:
         return fixed_operand.prepare(W, names)
@@ -209,6 +216,25 @@ class CrypTenOps(Ops):
 
     def stack(self, xs, dim=0):
         return self.crypten.stack(xs, dim=dim)
+
+
+class PublicMatrix:
+    """A public matrix as ring integers round(y 2^frac_bits), encoded once. y 2^frac_bits is exact in
+    y's own float type (a power-of-two scale) and so is its rounding. Held as int32 when every
+    entry fits (the same memory as the float32 weights it replaces), widened per product."""
+
+    def __init__(self, y: torch.Tensor, frac_bits: int):
+        ints = torch.round(y * 2.0 ** frac_bits)
+        fits = bool(ints.abs().max() < 2 ** 31) if ints.numel() else True
+        self.ints = ints.to(torch.int32 if fits else torch.int64)
+        self.frac_bits = frac_bits
+
+    @property
+    def shape(self):
+        return self.ints.shape
+
+    def ring(self) -> torch.Tensor:
+        return self.ints.long()
 
 
 def _raw(x, shape, scale_bits: int):

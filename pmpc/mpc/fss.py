@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -47,12 +48,24 @@ def _u64(a) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(a).astype(np.uint64, copy=False))
 
 
+_LOCAL = threading.local()
+
+
+def _ecb():
+    """This thread's AES-ECB context under the fixed key: ECB keeps no state between calls, so
+    one context serves every level (making one costs as much as encrypting a small level)."""
+    enc = getattr(_LOCAL, "enc", None)
+    if enc is None:
+        enc = _LOCAL.enc = Cipher(_K, modes.ECB()).encryptor()
+    return enc
+
+
 def _prg(seeds: np.ndarray) -> np.ndarray:
     """G on every seed ([N, 2] uint64) as raw blocks [N, 3, 2]: one AES-ECB call for all."""
     n = seeds.shape[0]
     x = np.repeat(seeds[:, None, :], 3, axis=1)  # [N, 3, 2]
     x[:, :, 0] ^= _TWEAK
-    enc = Cipher(_K, modes.ECB()).encryptor()
+    enc = _ecb()
     buf = np.empty(n * 6 + 2, dtype=np.uint64)  # + a block: `cryptography` wants the room
     enc.update_into(memoryview(x).cast("B"), memoryview(buf).cast("B"))
     y = buf[:n * 6].reshape(n, 3, 2)
@@ -153,37 +166,36 @@ def dcf_gen(n: int, alpha, beta, s0: np.ndarray, s1: np.ndarray) -> tuple[Key, K
         raise ValueError("a DCF input has 1..64 bits")
     alpha, beta = _u64(alpha).reshape(-1), _u64(beta).reshape(-1)
     N = alpha.shape[0]
-    s = [_u64(s0).reshape(N, 2).copy(), _u64(s1).reshape(N, 2).copy()]
-    t = [np.zeros(N, dtype=np.uint64), np.ones(N, dtype=np.uint64)]
+    # both parties' trees side by side ([2, N, ...]); the child alpha's path keeps ("keep") is a
+    # selection by alpha's bit, the other one "lose" (1: alpha goes right, so the LEFT subtree
+    # is below alpha: leaving the path to the left means x < alpha)
+    S = np.stack([_u64(s0).reshape(N, 2), _u64(s1).reshape(N, 2)])
+    T = np.stack([np.zeros(N, dtype=np.uint64), np.ones(N, dtype=np.uint64)])
     va = np.zeros(N, dtype=np.uint64)
     cw_s = np.empty((N, n, 2), dtype=np.uint64)
     cw_v = np.empty((N, n), dtype=np.uint64)
     cw_t = np.empty((N, n, 2), dtype=np.uint8)
-    rows = np.arange(N)
     for i in range(n):
-        a = _bit(alpha, n, i)  # 1: alpha goes right, so the LEFT subtree is below alpha ("lose" = L)
-        keep, lose = a.astype(np.intp), (_ONE - a).astype(np.intp)  # block 0 = L, 1 = R
-        y = _prg(np.concatenate(s))                    # both parties' seeds in one AES call
-        y = (y[:N], y[N:])
-        tb = [yb[:, :2, 0] & _ONE for yb in y]         # control bits of the L and R children
-        s_keep = [yb[rows, keep] for yb in y]          # fancy indexing: copies
-        scw = y[0][rows, lose] ^ y[1][rows, lose]
+        a = _bit(alpha, n, i)
+        right = a.astype(bool)
+        y = _prg(S.reshape(2 * N, 2)).reshape(2, N, 3, 2)  # both parties' seeds in one AES call
+        tL, tR = y[:, :, 0, 0] & _ONE, y[:, :, 1, 0] & _ONE  # control bits of the children
+        s_keep = np.where(right[None, :, None], y[:, :, 1], y[:, :, 0])
+        s_lose = np.where(right[None, :, None], y[:, :, 0], y[:, :, 1])
+        v_keep = np.where(right, y[:, :, 2, 1], y[:, :, 2, 0])
+        v_lose = np.where(right, y[:, :, 2, 0], y[:, :, 2, 1])
+        scw = s_lose[0] ^ s_lose[1]
         scw[:, 0] &= ~_ONE
-        v_keep = [yb[rows, 2, keep] for yb in y]
-        v_lose = [yb[rows, 2, lose] for yb in y]
-        vcw = _neg_if(t[1], v_lose[1] - v_lose[0] - va)
-        vcw = vcw + a * _neg_if(t[1], beta)  # leaving alpha's path to the left: x < alpha
-        va = va - v_keep[1] + v_keep[0] + _neg_if(t[1], vcw)
-        tlc = tb[0][:, 0] ^ tb[1][:, 0] ^ a ^ _ONE
-        trc = tb[0][:, 1] ^ tb[1][:, 1] ^ a
-        tkc = np.where(a.astype(bool), trc, tlc)
+        vcw = _neg_if(T[1], v_lose[1] - v_lose[0] - va) + a * _neg_if(T[1], beta)
+        va = va - v_keep[1] + v_keep[0] + _neg_if(T[1], vcw)
+        tlc = tL[0] ^ tL[1] ^ a ^ _ONE
+        trc = tR[0] ^ tR[1] ^ a
         cw_s[:, i], cw_v[:, i] = scw, vcw
         cw_t[:, i, 0], cw_t[:, i, 1] = tlc, trc
-        for b in (0, 1):
-            sk = s_keep[b]
-            sk[:, 0] &= ~_ONE
-            s[b] = sk ^ (scw * t[b][:, None])
-            t[b] = tb[b][rows, keep] ^ (t[b] & tkc)
+        s_keep[:, :, 0] &= ~_ONE
+        S = s_keep ^ (scw[None] * T[:, :, None])
+        T = np.where(right, tR, tL) ^ (T & np.where(right, trc, tlc)[None])
+    s, t = S, T
     out = _neg_if(t[1], _conv(s[1]) - _conv(s[0]) - va)
     # the seed corrections' lowest bit is always 0 (it held a control bit): OS-random filler
     # makes every correction word uniform on the wire; the evaluation ignores that bit
