@@ -168,12 +168,12 @@ def test_opened_value_is_uniform_independent_of_x_and_keys_ignore_global_rng():
 @pytest.mark.slow
 def test_comparison_rule_dcf_for_small_tensors_bitwise_for_large_and_both_selectable():
     """Both comparison paths compute the same signs; the DCF one in one round per call, the
-    bitwise one in several; the default picks by size (``gates.DCF_MAX_ELEMENTS``); the
-    primitive counts say which ran."""
+    bitwise one in several; the default picks by elements x tree levels
+    (``gates.DCF_MAX_LEVELS``); the primitive counts say which ran."""
     rng = np.random.default_rng(secrets.randbits(64))
-    big = np.round((rng.random(gates.DCF_MAX_ELEMENTS + 1) * 2 - 1) * (2 ** 15 - 1) * 2 ** 16) / 2 ** 16
+    big = np.round((rng.random(gates.DCF_MAX_LEVELS // 31 + 1) * 2 - 1) * (2 ** 15 - 1) * 2 ** 16) / 2 ** 16
     big[:4] = [0.0, -2 ** -16, 2 ** -16, -(2 ** 15) + 1]
-    small = big[:3000]
+    small = big[:gates.DCF_MAX_LEVELS // 63]  # within the bound on a 32-bit lane and over the ring
     runs = {m: run_local(fss_jobs.OpsCompareJob(x), timeout_s=120, deadline_s=300, env=env)[0]
             for m, x, env in [("auto", small, None), ("bitwise", small, {"PMPC_COMPARISON": "bitwise"}),
                               ("auto-large", big, None), ("dcf-large", big, {"PMPC_COMPARISON": "dcf"})]}

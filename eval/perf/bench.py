@@ -89,9 +89,9 @@ def _comparison_mode() -> str:
 
 
 def _dcf_max() -> int:
-    from pmpc.mpc.gates import DCF_MAX_ELEMENTS
+    from pmpc.mpc.gates import DCF_MAX_LEVELS
 
-    return DCF_MAX_ELEMENTS
+    return DCF_MAX_LEVELS
 
 
 @dataclasses.dataclass
@@ -322,7 +322,7 @@ def markdown(data: dict) -> str:
         f"{cfg['windows']} WikiText-2 window(s) x {cfg['tokens']} tokens per model, the same for every protocol; "
         f"prefill, weights {cfg['weights']}, dealer {cfg['dealer']}, {cfg['threads']} thread(s) per party, loopback, "
         f"{cfg.get('truncation', 'local')} truncation, {cfg.get('comparison', 'bitwise')} comparisons "
-        f"(auto: one-round DCF gates for calls of at most {_dcf_max()} elements, adder circuits above).",
+        f"(auto: one-round DCF gates for calls of at most {_dcf_max()} element x tree levels, adder circuits above).",
         "Links: " + ", ".join(f"{n} = {l['bandwidth_bps'] / 1e6:g} Mbit/s, RTT {l['rtt_s'] * 1e3:g} ms"
                               for n, l in data["links"].items())
         + "; modelled time = slower party's wall time + rounds x RTT + bytes sent x 8 / bandwidth.",

@@ -49,15 +49,15 @@ class CrypTenOps(Ops):
 
     def _ltz_ring_int(self, x):
         """The sign over the whole ring: a dealer-keyed DCF on the opened x + r (one round,
-        :mod:`pmpc.mpc.gates`), or (large tensors, or ``PMPC_COMPARISON=bitwise``: the rule in
+        :mod:`pmpc.mpc.gates`), or (larger calls, or ``PMPC_COMPARISON=bitwise``: the rule in
         :mod:`pmpc.mpc.gates`) CrypTen's comparison (A2B of the whole ring, the sign bit) with
         the bit opened packed."""
-        if gates.use_dcf(x._tensor.share.numel()):
+        if gates.use_dcf(x._tensor.share.numel(), 64):
             return gates.ltz(x, 64, 0)
         return self.bits(x, [63], lift=False)[0]
 
     def _ltz_lane(self, x, lane, drop):
-        if gates.use_dcf(x._tensor.share.numel()):
+        if gates.use_dcf(x._tensor.share.numel(), lane):
             return gates.ltz(x, lane, drop)
         return lane_ltz(x, lane, drop)
 

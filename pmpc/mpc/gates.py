@@ -24,15 +24,19 @@ Who deals (the same providers as Beaver tuples, :mod:`pmpc.mpc.dealer`):
   phase with ``--preprocess`` (:func:`complete_keys`). They hide alpha and beta without a root seed.
 
 Which comparison runs (``PMPC_COMPARISON``, read at every call; both parties decide alike,
-from public shapes): ``auto`` (default) — this gate for tensors of at most ``DCF_MAX_ELEMENTS``
-elements, the packed bitwise adder circuit (:func:`pmpc.mpc.crypten_compat.lane_ltz`, ~7 rounds for
-32 bits, 8 for the ring, no keys) above; ``dcf`` or ``bitwise`` — always one. Why the size: the
-gate trades rounds for local work (L-1 AES tree levels per element: ~2.5 us to evaluate a
-32-bit comparison here, ~7.5 us with its key generation, which party 0 does in ``local`` mode)
-and key bytes, while a bitwise call's six or seven rounds (~3 ms each all-in on loopback, more on
-a real link) cost the same for 10 elements or 10^6: the break-even is a few thousand elements
-per call (results/fss). Decode-step comparisons are below the bound, large prefill tensors
-above it. Both paths compute the same bits (the emulation needs no change).
+from public shapes): ``auto`` (default) — this gate while a call's elements x (L - 1) tree levels
+stay within ``DCF_MAX_LEVELS``, the packed bitwise adder circuit
+(:func:`pmpc.mpc.crypten_compat.lane_ltz`, ~7 rounds for 32 bits, 8 for the ring, no keys) above;
+``dcf`` or ``bitwise`` — always one. Why that measure: the gate trades rounds for CPU that grows
+with elements x levels (~0.08 us per element-level to evaluate, ~0.3 us with its key generation,
+which party 0 does in ``local`` mode and the dealer in ``ttp`` mode, on the same cores here),
+while a bitwise call's six or seven rounds cost ~0.5 ms each on the direct loopback links,
+whatever the size. So up to ~16 K element-levels (~520 comparisons on a 32-bit lane, ~260 over the
+ring) the gate costs less time and fewer rounds; above, on this 2-core CPU, the adder circuit is
+faster though it takes more rounds (results/fss). Decode-step norms and reciprocals run as gates,
+decode activations and large prefill tensors as adder circuits. On a WAN, where a round costs
+tens of ms, ``PMPC_COMPARISON=dcf`` is the better choice. Both paths compute the same bits (the
+emulation needs no change).
 
 Table lookups (:func:`lookup`, SIRNN's digit tables): for a secret k-bit index d (k <= 12) the
 dealer shares r and the one-hot vector e_r (2^k ring words a lookup); the parties open
@@ -53,7 +57,7 @@ import torch
 from pmpc.mpc import fss
 
 MODES = ("auto", "dcf", "bitwise")
-DCF_MAX_ELEMENTS = 1 << 13  # ``auto``: the DCF gate up to this many elements per call
+DCF_MAX_LEVELS = 1 << 14  # ``auto``: the DCF gate while elements x (lane bits - 1) stays within this
 
 
 def comparison_mode() -> str:
@@ -64,10 +68,11 @@ def comparison_mode() -> str:
     return mode
 
 
-def use_dcf(elements: int) -> bool:
-    """Whether a comparison of ``elements`` values runs as the DCF gate (the rule above)."""
+def use_dcf(elements: int, lane: int) -> bool:
+    """Whether a comparison of ``elements`` values on an L = ``lane``-bit lane runs as the DCF gate
+    (the rule above)."""
     mode = comparison_mode()
-    return mode == "dcf" or (mode == "auto" and elements <= DCF_MAX_ELEMENTS)
+    return mode == "dcf" or (mode == "auto" and elements * (lane - 1) <= DCF_MAX_LEVELS)
 
 
 def key_words(lane: int) -> int:
