@@ -645,6 +645,9 @@ def _init_party(rank, world_size, rendezvous, timeout_s, provider, verbose_stats
     crypten.cfg.mpc.provider = provider
     crypten.cfg.communicator.verbose = verbose_stats
     crypten.init()
+    # CrypTen reads the provider from its OmegaConf config at EVERY tuple request (tens of
+    # microseconds each, thousands a token); it is fixed for the session: read it once
+    _session_provider[:] = [_orig_get_default_provider()]
 
 
 def shutdown_party() -> None:
@@ -660,15 +663,17 @@ def shutdown_party() -> None:
 
     transport.leave()
     DistributedCommunicator.instance = None
+    _session_provider.clear()
 
 
 # -- triple providers ----------------------------------------------------------------------------
 _provider_override = []
+_session_provider = []  # CrypTen's provider of the joined session (set by init, cleared by shutdown)
 
 
 def crypten_provider():
     """CrypTen's own provider for the configured ``cfg.mpc.provider`` (TFP or TTP)."""
-    return _orig_get_default_provider()
+    return _session_provider[0] if _session_provider else _orig_get_default_provider()
 
 
 _orig_get_default_provider = crypten.mpc.get_default_provider
@@ -676,7 +681,7 @@ _orig_get_default_provider = crypten.mpc.get_default_provider
 
 def active_provider():
     """The provider tuple requests go to now (an installed one, else CrypTen's own)."""
-    return _provider_override[-1] if _provider_override else _orig_get_default_provider()
+    return _provider_override[-1] if _provider_override else crypten_provider()
 
 
 def _get_default_provider():
