@@ -44,7 +44,8 @@ def plain_greedy(n: int) -> list[int]:
 @pytest.fixture(scope="module")
 def runs():
     out = {}
-    for name, dealer_mode, pre in [("local", "local", True), ("ttp", "ttp", True), ("ttp-live", "ttp", False)]:
+    for name, dealer_mode, pre in [("local", "local", True), ("ttp", "ttp", True), ("ttp-live", "ttp", False),
+                                   ("local-live", "local", False)]:
         cfg = secure.GenConfig(model=MODEL, protocol="exact", max_new_tokens=2, preprocess=pre)
         out[name] = (cfg, secure.run_generation(cfg, secure.ClientInput(IDS, torch.ones_like(IDS)), timeout_s=60,
                                                 dealer=dealer_mode))
@@ -72,6 +73,23 @@ def test_online_phase_excludes_the_dealer(runs):
             assert ph["ttp"][phase]["dealer_bytes"] == 0
             assert ph["ttp-live"][phase]["dealer_bytes"] > 0
         assert "offline" not in ph["ttp-live"] and "plan" not in ph["ttp-live"]
+
+
+def test_live_ttp_query_has_the_rounds_of_the_local_dealer(runs):
+    """Without preprocessing, the secure default (the ttp dealer) costs the computing parties the
+    same exchanges as the local dealer: every dealer answer is read after the opening that uses it,
+    and the FSS keys' words travel beside the openings in both modes (dealt traffic, counted apart)."""
+    for rank in (0, 1):
+        ttp, local = (runs[n][1][rank]["phases"] for n in ("ttp-live", "local-live"))
+        for phase in ("prefill", "decode"):
+            assert ttp[phase]["rounds"] == local[phase]["rounds"] > 0, (rank, phase)
+            assert ttp[phase]["bytes"] == local[phase]["bytes"] > 0, (rank, phase)
+        # dealt traffic: party 0 gets every tuple's answer from the ttp dealer (and sends the key
+        # words itself with the local one); party 1 gets the same key words from either
+        if rank == 0:
+            assert ttp["decode"]["dealer_bytes"] > local["decode"]["dealer_bytes"] > 0
+        else:
+            assert ttp["decode"]["dealer_bytes"] == local["decode"]["dealer_bytes"] > 0
 
 
 def test_offline_phase_carries_the_dealers_traffic(runs):

@@ -13,6 +13,9 @@ Two dealer modes (named in every output):
 * ``ttp`` — a third process or host (rank ``world_size``, the *dealer*) draws the tuples; party 1
   derives its shares from a seed it shares with the dealer and party 0 receives the correction
   terms. Secure against one semi-honest computing party if the dealer colludes with neither.
+  Live (no ``preprocess``), party 0 sends each request before the opening that uses the tuple and
+  reads the answer after it (:func:`_ttp_request`): the dealer's round trip runs beside the peer
+  round, so the query has the rounds of the ``local`` mode; the dealt bytes are counted apart.
 
 The offline/online split (``preprocess``):
 
