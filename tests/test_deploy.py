@@ -44,7 +44,8 @@ def plain_greedy(n: int) -> list[int]:
 @pytest.fixture(scope="module")
 def runs():
     out = {}
-    for name, dealer_mode, pre in [("local", "local", True), ("ttp", "ttp", True), ("ttp-live", "ttp", False)]:
+    for name, dealer_mode, pre in [("local", "local", True), ("ttp", "ttp", True), ("ttp-live", "ttp", False),
+                                   ("local-live", "local", False)]:
         cfg = secure.GenConfig(model=MODEL, protocol="exact", max_new_tokens=2, preprocess=pre)
         out[name] = (cfg, secure.run_generation(cfg, secure.ClientInput(IDS, torch.ones_like(IDS)), timeout_s=60,
                                                 dealer=dealer_mode))
@@ -60,13 +61,35 @@ def test_dealer_modes_give_plaintext_tokens(runs):
 
 
 def test_online_phase_excludes_the_dealer(runs):
-    ph = {name: r[1][0]["phases"] for name, r in runs.items()}
-    for phase in ("prefill", "decode"):
-        assert ph["local"][phase]["rounds"] == ph["ttp"][phase]["rounds"] > 0
-        assert ph["local"][phase]["bytes"] == ph["ttp"][phase]["bytes"] > 0
-        # without the split the dealer's requests are part of the query (CrypTen: one round trip each)
-        assert ph["ttp-live"][phase]["rounds"] > 1.5 * ph["ttp"][phase]["rounds"]
-    assert "offline" not in ph["ttp-live"] and "plan" not in ph["ttp-live"]
+    for rank in (0, 1):
+        ph = {name: r[1][rank]["phases"] for name, r in runs.items()}
+        for phase in ("prefill", "decode"):
+            assert ph["local"][phase]["rounds"] == ph["ttp"][phase]["rounds"] > 0
+            assert ph["local"][phase]["bytes"] == ph["ttp"][phase]["bytes"] > 0
+            # without the split the dealer still adds no round: each answer is read after the opening
+            # that uses it, and it is counted as dealt traffic beside the computation's bytes
+            assert ph["ttp-live"][phase]["rounds"] == ph["ttp"][phase]["rounds"]
+            assert ph["ttp-live"][phase]["bytes"] == ph["ttp"][phase]["bytes"]
+            assert ph["ttp"][phase]["dealer_bytes"] == 0
+            assert ph["ttp-live"][phase]["dealer_bytes"] > 0
+        assert "offline" not in ph["ttp-live"] and "plan" not in ph["ttp-live"]
+
+
+def test_live_ttp_query_has_the_rounds_of_the_local_dealer(runs):
+    """Without preprocessing, the secure default (the ttp dealer) costs the computing parties the
+    same exchanges as the local dealer: every dealer answer is read after the opening that uses it,
+    and the FSS keys' words travel beside the openings in both modes (dealt traffic, counted apart)."""
+    for rank in (0, 1):
+        ttp, local = (runs[n][1][rank]["phases"] for n in ("ttp-live", "local-live"))
+        for phase in ("prefill", "decode"):
+            assert ttp[phase]["rounds"] == local[phase]["rounds"] > 0, (rank, phase)
+            assert ttp[phase]["bytes"] == local[phase]["bytes"] > 0, (rank, phase)
+        # dealt traffic: party 0 gets every tuple's answer from the ttp dealer (and sends the key
+        # words itself with the local one); party 1 gets the same key words from either
+        if rank == 0:
+            assert ttp["decode"]["dealer_bytes"] > local["decode"]["dealer_bytes"] > 0
+        else:
+            assert ttp["decode"]["dealer_bytes"] == local["decode"]["dealer_bytes"] > 0
 
 
 def test_offline_phase_carries_the_dealers_traffic(runs):
@@ -77,14 +100,17 @@ def test_offline_phase_carries_the_dealers_traffic(runs):
         # FSS comparison keys: their correction words go from party 0 to party 1 (a part of each
         # key's elements); every other tuple share party 1 derives from a seed
         keys = 8 * off["prefill"]["tuples"]["sign"][1]
+        assert off["prefill"]["bytes"] == 0  # dealt material only, counted apart
         if name == "local":  # party 0 draws the tuples itself: only the keys' words are sent
-            assert 0 < off["prefill"]["bytes"] < keys
+            assert 0 < off["prefill"]["dealer_bytes"] < keys
         else:  # one batched request/reply per chunk, not a round trip per tuple
             elements = sum(e for _, e in off["prefill"]["tuples"].values())
-            assert off["prefill"]["bytes"] > 8 * elements / 3  # at least the correction terms
-            assert off["prefill"]["rounds"] <= 8 < tuples
+            assert off["prefill"]["dealer_bytes"] > 8 * elements / 3  # at least the correction terms
+            assert off["prefill"]["rounds"] <= 8 < tuples  # the chunks' barriers
+            assert off["prefill"]["dealer_messages"] <= 8 < tuples
         server_off = runs[name][1][1]["phases"]["offline"]
-        assert 0 < server_off["prefill"]["bytes"] < keys  # the keys' words, nothing else
+        # the keys' words (from party 0, or from the dealer), nothing else
+        assert server_off["prefill"]["bytes"] == 0 and 0 < server_off["prefill"]["dealer_bytes"] < keys
 
 
 def test_summary_names_the_dealer_mode(runs):
@@ -140,7 +166,7 @@ def test_separate_party_processes_with_a_dealer(tmp_path):
         assert p.returncode == 0, e[-2000:]
     got = json.loads(out.read_text())
     assert got["tokens"][0] == plain_greedy(2)
-    assert got["dealer"] == "ttp" and got["phases"]["offline"]["prefill"]["bytes"] > 0
+    assert got["dealer"] == "ttp" and got["phases"]["offline"]["prefill"]["dealer_bytes"] > 0
 
 
 LINK = cost.Link("wan10", 100e6, 0.010)

@@ -1,7 +1,9 @@
 """Cost accounting: rounds, bytes and time per function scope, and a network time model.
 
 CrypTen's communicator counts, per party, the number of communication calls ("rounds") and the
-bytes sent + received (8 bytes per ring element). A :class:`pmpc.accounting.Tracker` snapshots those counters at
+bytes sent + received (8 bytes per ring element) between the computing parties; dealt material
+(the dealer's requests and answers) is counted apart (``dealer_bytes``, ``dealer_messages``:
+:class:`pmpc.mpc.transport.DirectCommunicator`), since it travels beside the rounds. A :class:`pmpc.accounting.Tracker` snapshots those counters at
 scope boundaries; each scope is charged its *exclusive* cost (nested scopes are charged to the
 innermost one), so the per-scope rows add up to the total.
 

@@ -13,6 +13,9 @@ Two dealer modes (named in every output):
 * ``ttp`` — a third process or host (rank ``world_size``, the *dealer*) draws the tuples; party 1
   derives its shares from a seed it shares with the dealer and party 0 receives the correction
   terms. Secure against one semi-honest computing party if the dealer colludes with neither.
+  Live (no ``preprocess``), party 0 sends each request before the opening that uses the tuple and
+  reads the answer after it (:func:`_ttp_request`): the dealer's round trip runs beside the peer
+  round, so the query has the rounds of the ``local`` mode; the dealt bytes are counted apart.
 
 The offline/online split (``preprocess``):
 
@@ -295,6 +298,7 @@ def _deal_ttp_batch(base, keys) -> list:
     from pmpc.mpc.crypten_compat import comm
 
     c = comm.get()
+    c.settle()  # answers still owed come first on the link
     client = TTPClient.get()
     ttp = c.get_ttp_rank()
     reqs = [[TTP_FN[k[0]], _jsonable(k[1]), {n: _jsonable(v) for n, v in k[2]}] for k in keys]
@@ -434,29 +438,60 @@ def _check_reply(m, sizes: list) -> None:
         raise ValueError(f"answer shapes differ from the {len(sizes)} requested")
 
 
+# Kinds whose dealt part a party uses BEFORE the opening that consumes the tuple: their answer is
+# read at once. CrypTen's ``wraps`` subtracts theta_r before it gathers x + r; every other kind
+# (Beaver c, squares, AND c, B2A's arithmetic bit, fixed-operand C, sign keys, one-hot vectors)
+# is used only after its opening, so its answer is read after that exchange.
+AT_ONCE = ("wraps",)
+
+
 def _ttp_request(self, func_name, device, *args, **kwargs):
     """Party 0 asks the dealer for ONE tuple (live ``ttp`` mode, no preprocessing): CrypTen's
-    ``TTPClient.ttp_request`` with a JSON frame instead of a pickle. A failure here is the
-    dealer's, not the other computing party's."""
+    ``TTPClient.ttp_request`` with a JSON frame instead of a pickle, and without its wait. The
+    request goes out now; the answer is read into the returned tensor after the next exchange
+    between the computing parties — the opening that uses the tuple — so the dealer's round trip
+    runs beside the peer round instead of before it (:meth:`pmpc.mpc.transport.DirectCommunicator.expect`).
+    A failure while reading it is the dealer's, not the other computing party's."""
     from pmpc.mpc.crypten_compat import comm
 
     c = comm.get()
     ttp = c.get_ttp_rank()
     args, kw = _jsonable(args), {k: _jsonable(v) for k, v in kwargs.items()}
     shape = answer_shape(func_name, args, kw)
+    result = torch.empty(shape, dtype=torch.long)
     with talking_to(ttp):
         wire.send("dealer request", {"op": "tuple", "function": func_name, "args": args, "kwargs": kw},
                   ttp, self.ttp_group)
 
-        def check(m):
-            wire.is_dict(m, {"shape"}, "dealer reply")
-            if m["shape"] != shape:
-                raise ValueError(f"answer shape {str(m['shape'])[:60]} differs from the requested {shape}")
+    def check(m):
+        wire.is_dict(m, {"shape"}, "dealer reply")
+        if m["shape"] != shape:
+            raise ValueError(f"answer shape {str(m['shape'])[:60]} differs from the requested {shape}")
 
-        wire.recv("dealer reply", ttp, self.ttp_group, check=check)
-        result = torch.empty(shape, dtype=torch.long)
-        c.broadcast(result, ttp, self.comm_group)
+    def read():
+        with talking_to(ttp):
+            wire.recv("dealer reply", ttp, self.ttp_group, check=check)
+            c.recv_dealt(result, ttp)
+
+    c.expect(read)
+    if func_name in AT_ONCE:
+        c.settle()
     return result
+
+
+def expect_words(words: torch.Tensor) -> None:
+    """Party 1: the correction words of a sign key come from the dealer (the same words party 0
+    receives), read into ``words`` after the opening of y + r."""
+    from pmpc.mpc.crypten_compat import comm
+
+    c = comm.get()
+    ttp = c.get_ttp_rank()
+
+    def read():
+        with talking_to(ttp):
+            c.recv_dealt(words, ttp)
+
+    c.expect(read)
 
 
 def install() -> None:
@@ -509,6 +544,7 @@ def release() -> None:
     from pmpc.mpc.crypten_compat import comm
 
     c = comm.get()
+    c.settle()
     _send(c, "release")
     c.ttp_initialized = False
 
@@ -529,6 +565,13 @@ def terminate() -> None:
 
 
 # -- the dealer process --------------------------------------------------------------------------
+def _words_to_party_1(c, fn: str, answer: torch.Tensor) -> None:
+    """A sign key's correction words (common to both keys) go to party 1 as well, straight from
+    the dealer: party 1 reads them after its opening, so no party relays them on the critical path."""
+    if fn == "sign":
+        c.send_dealt(answer[:, :-1].contiguous(), 1)
+
+
 def serve(fault=None) -> dict:
     """The dealer (rank ``world_size``): answer party 0's requests until it releases or terminates
     the session. CrypTen's ``TTPServer`` draws the tuples; its own loop is not used because it
@@ -571,12 +614,14 @@ def serve(fault=None) -> dict:
         if op == "batch":
             results = []
             for fn, args, kw in msg["requests"]:
-                results.append(getattr(d, fn)(*args, **kw).reshape(-1))
+                results.append(getattr(d, fn)(*args, **kw))
                 if fault:
                     fault("offline")
             wire.send("dealer reply", {"shapes": [answer_shape(*r) for r in msg["requests"]]}, 0, d.ttp_group)
-            flat = torch.cat(results) if results else torch.empty(0, dtype=torch.long)
+            flat = torch.cat([r.reshape(-1) for r in results]) if results else torch.empty(0, dtype=torch.long)
             c.broadcast(flat, ttp, d.comm_group)
+            for (fn, _, _), r in zip(msg["requests"], results):
+                _words_to_party_1(c, fn, r)
             stats["batches"] += 1
             stats["requests"] += len(results)
             stats["elements_sent"] += flat.numel()
@@ -584,6 +629,7 @@ def serve(fault=None) -> dict:
             result = getattr(d, msg["function"])(*msg["args"], **msg["kwargs"])
             wire.send("dealer reply", {"shape": list(result.shape)}, 0, d.ttp_group)
             c.broadcast(result, ttp, d.comm_group)
+            _words_to_party_1(c, msg["function"], result)
             stats["requests"] += 1
             stats["elements_sent"] += result.numel()
             if fault:

@@ -188,6 +188,7 @@ def _ttp_mask(self, wid, size, device=None):
     b = cc.ring_random(size, client.get_generator())
     c = cc.comm.get()
     if c.get_rank() == 0:  # the dealer draws the same shares (and keeps their sum): told in order
+        c.settle()  # answers still owed come first on the link
         ttp = c.get_ttp_rank()
         with talking_to(ttp):
             wire.send("dealer request", {"op": "fixed_mask", "id": wid, "shape": list(size)}, ttp, client.ttp_group)

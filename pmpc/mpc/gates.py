@@ -18,10 +18,13 @@ Who deals (the same providers as Beaver tuples, :mod:`pmpc.mpc.dealer`):
     them, hence every r, hence every opened y: NOT secure against party 0, like its tuples.
   * ``ttp``: the dealer process. Each party's seed and mask share come from the stream it
     shares with the dealer; party 0 receives the correction words and its m share in the
-    dealer's reply (raw int64, its shape checked against the request).
-  Either way the correction words (the same in both keys) reach party 1 from party 0: inside
-  the opening exchange when the key is made on the spot (no extra round), or in the offline
-  phase with ``--preprocess`` (:func:`complete_keys`). They hide alpha and beta without a root seed.
+    dealer's reply (raw int64, its shape checked against the request), party 1 the same
+    correction words from the dealer directly. Both read them after the opening of y^ (the
+    request goes out before it): the dealer's round trip runs beside the opening, no round is added.
+  In ``local`` mode the correction words (the same in both keys) reach party 1 from party 0,
+  right behind party 0's part of the opening when the key is made on the spot (no extra round),
+  or in the offline phase with ``--preprocess`` (:func:`complete_keys`). Either way they are
+  dealt material, counted apart from the opening's bytes. They hide alpha and beta without a root seed.
 
 Which comparison runs (``PMPC_COMPARISON``, read at every call; both parties decide alike,
 from public shapes): ``auto`` (default) — this gate while a call's elements x (L - 1) tree levels
@@ -89,14 +92,27 @@ def answer_width(lane: int) -> int:
 class SignKey:
     """One party's material for N sign gates on an L-bit lane: its mask share ``r`` (uint64,
     < 2^L), its share ``m`` of MSB(r) (uint64), its DCF root ``seed`` [N, 2] and the correction
-    ``words`` [N, W] (None at party 1 until party 0 sends them). ``fresh``: made on the spot,
-    party 1 does not hold the words yet (both parties know it from the provider's kind)."""
+    ``words`` [N, W] (None at party 1 until party 0 sends them). ``fresh``: made on the spot by
+    party 0 (``local``), party 1 does not hold the words yet (both parties know it from the
+    provider's kind). ``late``: the dealer's answer (``ttp``), read after the opening —
+    party 0's [N, W + 1] (words, m share), party 1's [N, W] (words); :meth:`take_late` unpacks it."""
     lane: int
     r: np.ndarray
-    m: np.ndarray
+    m: np.ndarray | None
     seed: np.ndarray
     words: np.ndarray | None
     fresh: bool = False
+    late: torch.Tensor | None = None
+
+    def take_late(self) -> None:
+        if self.late is None:
+            return
+        a = self.late.numpy().view(np.uint64)
+        if self.m is None:  # party 0: the m share rides in the last column
+            self.words, self.m = a[:, :-1].copy(), a[:, -1].copy()
+        else:
+            self.words = a.copy()
+        self.late = None
 
     @property
     def size(self) -> int:
@@ -184,15 +200,19 @@ def ttp_generate_sign(self, size, lane, device=None):
 
     from pmpc.mpc.crypten_compat import comm
 
+    from pmpc.mpc import dealer
+
     n = _n(size)
     rank = comm.get().get_rank()
     client = TTPClient.get()
     seed, r, m = draw_own(client.get_generator(device="cpu"), n, lane, rank)
-    if rank == 1:
-        return SignKey(lane, r, m, seed, None, fresh=True)
-    ans = client.ttp_request("sign", device, list(size), lane)
-    ans = ans.reshape(n, answer_width(lane)).numpy().view(np.uint64)
-    return SignKey(lane, r, ans[:, -1].copy(), seed, ans[:, :-1].copy(), fresh=True)
+    if rank == 1:  # the words come from the dealer, after the opening
+        late = torch.empty(n, key_words(lane), dtype=torch.long)
+        dealer.expect_words(late)
+    else:  # the request goes now, its answer is read after the opening
+        late = client.ttp_request("sign", device, list(size), lane).reshape(n, answer_width(lane))
+    # unpacked after the opening (:func:`ltz`), or offline by :func:`complete_keys`
+    return SignKey(lane, r, m, seed, None, late=late)
 
 
 def dealer_sign(self, size, lane):
@@ -269,7 +289,8 @@ def ttp_generate_onehot(self, size, k, device=None):
     if rank == 1:
         return OneHot(k, r, e)
     ans = client.ttp_request("onehot", device, list(size), k)
-    return OneHot(k, r, ans.reshape(n, 1 << k).numpy().view(np.uint64).copy())
+    # a view, not a copy: the answer is read into ``ans`` after the opening of d + r
+    return OneHot(k, r, ans.reshape(n, 1 << k).numpy().view(np.uint64))
 
 
 def dealer_onehot(self, size, k):
@@ -298,21 +319,26 @@ def install() -> None:
 
 
 def complete_keys(material: list) -> None:
-    """Offline (``--preprocess``): party 0 sends party 1 the correction words of every sign key
-    in ``material`` (one message for all), so the online phase opens y^ and nothing else."""
+    """Offline (``--preprocess``): party 1 gets the correction words of every sign key in
+    ``material`` — from party 0 in one message (``local``), or the dealer's already sent
+    (``ttp``) — so the online phase opens y^ and nothing else."""
     from pmpc.mpc.crypten_compat import comm
 
+    c = comm.get()
+    c.settle()  # ``ttp``: the dealer's words for party 1
+    for k in material:
+        if isinstance(k, SignKey):
+            k.take_late()
     keys = [k for k in material if isinstance(k, SignKey) and k.fresh]
     if not keys:
         return
-    c = comm.get()
     rank = c.get_rank()
     total = sum(k.size * key_words(k.lane) for k in keys)
     if rank == 0:
-        flat = torch.from_numpy(np.concatenate([k.words.reshape(-1) for k in keys]).view(np.int64))
+        c.send_dealt(torch.from_numpy(np.concatenate([k.words.reshape(-1) for k in keys]).view(np.int64)), 1)
     else:
         flat = torch.empty(total, dtype=torch.long)
-    flat = c.broadcast(flat, 0)
+        c.recv_dealt(flat, 0)
     if rank == 1:
         w = flat.numpy().view(np.uint64)
         o = 0
@@ -378,25 +404,18 @@ def ltz(x, lane: int, drop: int):
     y = (share.reshape(-1).numpy().view(np.uint64) >> np.uint64(drop)) & mask
     mine = (y + key.r) & mask
     opened = torch.from_numpy(pack(mine, lane).view(np.int64))
+    if key.fresh:  # ``local``, made on the spot: party 0 deals the words right behind its opening
+        words = torch.empty(n, key_words(lane), dtype=torch.long)
+        if rank == 0:
+            c.ride(1, torch.from_numpy(key.words.view(np.int64)))
+        else:
+            c.expect(lambda: c.recv_dealt(words, 0))
+    opened = c.all_reduce(opened)  # the one round; then what is dealt late is read
     if key.fresh:
-        W = key_words(lane)
-        # an all-reduce sums both contributions: party 1 adds a pad R both parties draw from
-        # their shared stream and party 0 sends words - R, so each receives a uniform word
-        # (zeros from party 1 would show on party 0's side of the wire)
-        pad = _words(crypten.generators["next" if rank == 0 else "prev"][torch.device("cpu")], n * W)
-        extra = torch.from_numpy(((key.words.reshape(-1) - pad) if rank == 0 else pad).view(np.int64))
-        k = opened.numel()
-        flat = c.all_reduce(torch.cat([opened, extra]))  # the opening, the key's words riding along
-        # the words are dealing traffic (offline cost: ``key_bytes``), not the gate's online
-        # bytes: the communicator logged 2 x 8 bytes per word of the exchange, take them off
-        if hasattr(c, "comm_bytes"):
-            c.comm_bytes -= 2 * 8 * extra.numel()
         if rank == 1:
-            key.words = flat[k:].numpy().view(np.uint64).reshape(n, W).copy()
-        opened = flat[:k]
+            key.words = words.numpy().view(np.uint64)
         key.fresh = False
-    else:
-        opened = c.all_reduce(opened)  # the one round
+    key.take_late()
     yhat = unpack(opened.numpy().view(np.uint64), mine, lane)
     out = evaluate(rank, key, yhat)
     PRIMITIVES.add(f"comparisons.{lane}", n)

@@ -176,13 +176,23 @@ def peer_report(peer: int, wait_s: float) -> dict | None:
         return None
 
 
-def _wait_until_read(rank: int, wait_s: float) -> None:
+def _wait_until_read(rank: int, culprit: int, wait_s: float) -> None:
+    """Party 0 waits (bounded) until party 1 has read its report, or has named ``culprit`` in a
+    report of its own (it reads from the dealer too, and may have seen the fault itself)."""
     store = _store()
     if store is None:
         return
+    deadline = time.monotonic() + wait_s
     try:
-        store.wait([f"pmpc/seen/{rank}"], datetime.timedelta(seconds=wait_s))
-    except Exception:
+        while time.monotonic() < deadline:
+            if store.check([f"pmpc/seen/{rank}"]):
+                return
+            if store.check(["pmpc/failure/1"]):
+                m = wire.decode("failure report", store.get("pmpc/failure/1"), 1, _report_check)
+                if m["culprit"] == culprit:
+                    return
+            time.sleep(0.05)
+    except Exception:  # the store is gone, or party 1's report is malformed: stop waiting
         pass
 
 
@@ -232,7 +242,8 @@ def run_party(job, rank: int, world_size: int, rendezvous: str, timeout_s: float
                 blamed = told
                 _report(rank, blamed)
         if rank == 0 and getattr(blamed, "lost_peer", 0) not in (0, 1):
-            _wait_until_read(rank, min(timeout_s, 10.0))  # party 1 cannot see the dealer's fault itself
+            # party 1 may not see the dealer's fault itself (it waits on party 0)
+            _wait_until_read(rank, blamed.lost_peer, min(timeout_s, 10.0))
         if blamed is not None:
             raise blamed from e
         raise

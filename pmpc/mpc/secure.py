@@ -268,9 +268,21 @@ class _DealerKeepAliveTracker(cost.Tracker):
         return super().scope(name)
 
 
+def _dealt() -> dict:
+    """This party's dealt traffic so far (the dealer's requests and answers; FSS key words party 0
+    deals in ``local`` mode), counted apart from the rounds and bytes of the computation."""
+    s = _comm().get_communication_stats()
+    return {"dealer_bytes": s.get("dealer_bytes", 0), "dealer_messages": s.get("dealer_messages", 0)}
+
+
 def _counters() -> dict:
     r, b, t = cost.crypten_stats()
-    return {"rounds": r, "bytes": b, "comm_seconds": t, "seconds": time.perf_counter()}
+    return {"rounds": r, "bytes": b, "comm_seconds": t, "seconds": time.perf_counter(), **_dealt()}
+
+
+def _dealt_since(d0: dict) -> dict:
+    d1 = _dealt()
+    return {k: d1[k] - d0[k] for k in d0}
 
 
 def _since(c0: dict) -> dict:
@@ -306,7 +318,7 @@ def _query(engine, ops, ids, attn, cfg, rank, gen, phases=None, marks=None, plan
     ops.tracker.reset()
     if marks is not None:
         marks["prefill"] = len(plan_of())
-    t0 = time.perf_counter()
+    t0, d0 = time.perf_counter(), (_dealt() if phases is not None else None)
     if watch is not None:
         engine.on_layer = lambda i, n: watch.layer("prefill", i, n)
     try:
@@ -315,16 +327,16 @@ def _query(engine, ops, ids, attn, cfg, rank, gen, phases=None, marks=None, plan
         engine.on_layer = None
     if phases is not None:
         phases["prefill"] = {"seconds": time.perf_counter() - t0, **ops.tracker.total().as_dict(),
-                             "scopes": ops.tracker.snapshot()}
+                             **_dealt_since(d0), "scopes": ops.tracker.snapshot()}
     ops.tracker.reset()
     if marks is not None:
         marks["decode"] = len(plan_of())
-    t0 = time.perf_counter()
+    t0, d0 = time.perf_counter(), (_dealt() if phases is not None else None)
     for _ in range(n_dec):
         nxt = step(engine.decode, nxt)
     if phases is not None:
         phases["decode"] = {"seconds": time.perf_counter() - t0, "tokens": n_dec,
-                            **ops.tracker.total().as_dict(), "scopes": ops.tracker.snapshot()}
+                            **ops.tracker.total().as_dict(), **_dealt_since(d0), "scopes": ops.tracker.snapshot()}
     return steps, tokens
 
 
@@ -392,7 +404,8 @@ def _plan(cfg: GenConfig, spec, engine, ops, attn, rank: int, gen, phases: dict,
     key = (cfg.digest(spec), tuple(map(tuple, attn.tolist())))
     if all(_gather(key in _PLANS)):
         plan = _PLANS[key]
-        phases["plan"] = {"cached": True, "seconds": 0.0, "rounds": 0, "bytes": 0, "comm_seconds": 0.0}
+        phases["plan"] = {"cached": True, "seconds": 0.0, "rounds": 0, "bytes": 0, "comm_seconds": 0.0,
+                          "dealer_bytes": 0, "dealer_messages": 0}
     else:
         c0 = _counters()
         fault("plan")
@@ -506,7 +519,7 @@ def fidelity(spec: models.ModelSpec, ids: torch.Tensor, attn: torch.Tensor, toke
             "mean_kl": c["mean_kl"]}
 
 
-_KEYS = ("seconds", "rounds", "bytes", "comm_seconds")
+_KEYS = ("seconds", "rounds", "bytes", "comm_seconds", "dealer_bytes", "dealer_messages")
 
 
 def _offline_summary(client: dict, n_dec: int) -> dict | None:
@@ -553,9 +566,10 @@ def format_summary(r: dict) -> str:
         f"fidelity: top-1 agreement {f['top1_agreement']:.3f} over {f['positions']} positions, "
         f"max |logit diff| {f['max_abs_logit_diff']:.4f}, mean KL {f['mean_kl']:.2e}",
         f"online prefill: {pre['seconds']:.2f} s, {pre['rounds']} rounds, {pre['bytes'] / 1e6:.1f} MB "
-        f"(comm {pre['comm_seconds']:.2f} s)",
+        f"(comm {pre['comm_seconds']:.2f} s), dealt beside it {pre['dealer_bytes'] / 1e6:.1f} MB",
         f"online decode:  {dec['seconds']:.2f} s/token, {dec['rounds']:.0f} rounds/token, "
-        f"{dec['bytes'] / 1e6:.1f} MB/token (comm {dec['comm_seconds']:.2f} s/token)",
+        f"{dec['bytes'] / 1e6:.1f} MB/token (comm {dec['comm_seconds']:.2f} s/token), "
+        f"dealt beside it {dec['dealer_bytes'] / 1e6:.1f} MB/token",
         "modelled per token: " + ", ".join(
             f"{n} {l.time(dec['rounds'], dec['bytes'], dec['seconds']):.2f} s" for n, l in LINKS.items()),
         f"peak RSS: client {r['peak_rss_mb']['client']:.0f} MB, server {r['peak_rss_mb']['server']:.0f} MB",
@@ -565,10 +579,10 @@ def format_summary(r: dict) -> str:
     if off:
         op, od = off["prefill"], off["decode_per_token"]
         lines.insert(3, f"offline ({r['config']['dealer']} dealer): prefill {op['seconds']:.2f} s, {op['rounds']} rounds, "
-                        f"{op['bytes'] / 1e6:.2f} MB; decode {od['seconds']:.2f} s/token, "
-                        f"{od['bytes'] / 1e6:.2f} MB/token")
+                        f"{op['bytes'] / 1e6:.2f} MB, dealt {op['dealer_bytes'] / 1e6:.2f} MB; decode "
+                        f"{od['seconds']:.2f} s/token, dealt {od['dealer_bytes'] / 1e6:.2f} MB/token")
     elif r.get("offline", 1) is None:
-        lines.insert(3, "offline: none (tuples drawn during the query: they are part of the online figures)")
+        lines.insert(3, "offline: none (tuples dealt during the query, beside its rounds: the 'dealt' figures)")
     if r.get("plan"):
         p = r["plan"]
         lines.append("plan: cached" if p["cached"] else

@@ -39,14 +39,24 @@ Each message carries an 8-byte length; the receiver checks it against the size i
 tensor's byte size, a control frame's cap) before reading the body, so parties out of step stop
 with one line instead of misreading each other's bytes.
 
-Statistics. The communicator's methods are wrapped by CrypTen's own ``_logging`` decorator, so
-rounds and bytes are counted exactly as CrypTen counted them on torch.distributed (one round per
-call; all_reduce of a batch of tensors is one message and one round).
+Statistics. Traffic between the computing parties is counted by CrypTen's own ``_logging``
+decorator, exactly as CrypTen counted it on torch.distributed (one round per call; all_reduce of a
+batch of tensors is one message and one round). Dealt material — whatever the dealer sends or is
+asked, and FSS key words party 0 deals in ``local`` mode — is counted apart (``dealer_messages``,
+``dealer_bytes``): it is no round of the computation, because it travels beside the peer exchanges.
+
+Dealt material off the critical path. A tuple's dealt part is needed only after the opening
+that uses the tuple (a Beaver triple's c after x - a and y - b are open; an FSS key's correction
+words after y + r is open). :meth:`DirectCommunicator.expect` registers such a message: the next
+exchange between the computing parties runs first, then the message is read (so its round trip,
+and the dealer's work, overlap the peer round); :meth:`DirectCommunicator.ride` queues a dealt
+message to go out right behind this party's next peer message.
 """
 from __future__ import annotations
 
 import collections
 import datetime
+import functools
 import ipaddress
 import os
 import select
@@ -615,6 +625,20 @@ class _Later:
         return self.done
 
 
+def _peer_call(fn):
+    """A call between the computing parties: counted by CrypTen's ``_logging``, then the messages
+    :meth:`DirectCommunicator.expect` deferred to after it are read."""
+    counted = _logging(fn)
+
+    @functools.wraps(fn)
+    def call(self, *args, **kwargs):
+        out = counted(self, *args, **kwargs)
+        self.settle()
+        return out
+
+    return call
+
+
 class DirectCommunicator(DistributedCommunicator):
     """CrypTen's ``DistributedCommunicator`` API on this party's direct links. Groups are tuples of
     ranks: ``main_group`` (the computing parties), ``ttp_group`` (all, dealer included) and
@@ -632,6 +656,61 @@ class DirectCommunicator(DistributedCommunicator):
         self.ttp_group = tuple(range(total))
         self.ttp_comm_group = (0, total - 1)
         self.ttp_initialized = init_ttp
+        self._late: collections.deque = collections.deque()   # readers of deferred messages, in order
+        self._riders: dict = {}                                 # peer -> dealt buffers behind the next message
+
+    # -- dealt material: counted apart, read after the next peer exchange -------------------------
+    def reset_communication_stats(self):
+        super().reset_communication_stats()
+        self.dealer_messages = 0
+        self.dealer_bytes = 0
+
+    def get_communication_stats(self):
+        return {**super().get_communication_stats(), "dealer_messages": self.dealer_messages,
+                "dealer_bytes": self.dealer_bytes}
+
+    def is_dealer_link(self, peer: int) -> bool:
+        """Whether traffic with ``peer`` is the dealer's (this party is the dealer, or ``peer`` is)."""
+        return self.ttp_initialized and self.world_size in (peer, self.rank)
+
+    def count_dealt(self, nbytes: int) -> None:
+        from crypten.config import cfg
+
+        if cfg.communicator.verbose:
+            self.dealer_messages += 1
+            self.dealer_bytes += nbytes
+
+    def send_dealt(self, tensor, dst: int) -> None:
+        """Send dealt material (not a round of the computation)."""
+        buf = _buf(tensor)
+        self.transport.send(dst, buf)
+        self.count_dealt(buf.nbytes)
+
+    def recv_dealt(self, tensor, src: int) -> None:
+        """Receive dealt material into ``tensor`` (in place)."""
+        _recv_tensors(self.transport, src, [tensor])
+        self.count_dealt(tensor.numel() * tensor.element_size())
+
+    def expect(self, reader) -> None:
+        """``reader()`` reads a message after the next exchange between the computing parties (or
+        at :meth:`settle`): what it fills is not used before that exchange has opened its values."""
+        self._late.append(reader)
+
+    def ride(self, dst: int, tensor) -> None:
+        """Dealt ``tensor`` goes to ``dst`` right behind this party's next message to it (no wait
+        of its own); ``dst`` reads it with :meth:`expect`."""
+        self._riders.setdefault(dst, []).append(tensor)
+
+    def settle(self) -> None:
+        """Read every deferred message now, in the order they were expected."""
+        while self._late:
+            self._late.popleft()()
+
+    def _post_riders(self, peer: int) -> None:
+        for t in self._riders.pop(peer, ()):
+            buf = _buf(t)
+            self.transport.channel(peer).post(buf)
+            self.count_dealt(buf.nbytes)
 
     def get_rank(self):
         return self.rank
@@ -651,27 +730,27 @@ class DirectCommunicator(DistributedCommunicator):
             raise NotImplementedError("pmpc's direct transport runs 2 computing parties")
         return others[0]
 
-    @_logging
+    @_peer_call
     def send(self, tensor, dst):
         self.transport.send(dst, _buf(tensor))
 
-    @_logging
+    @_peer_call
     def recv(self, tensor, src=None):
         result = tensor.clone()
         _recv_tensors(self.transport, self._peer() if src is None else src, [result])
         return result
 
-    @_logging
+    @_peer_call
     def isend(self, tensor, dst):
         self.transport.send(dst, _buf(tensor))
         return _Done()
 
-    @_logging
+    @_peer_call
     def irecv(self, tensor, src=None):
         src = self._peer() if src is None else src
         return _Later(lambda: _recv_tensors(self.transport, src, [tensor]))
 
-    @_logging
+    @_peer_call
     def scatter(self, scatter_list, src, size=None, device=None):
         if src == self.rank:
             for p in self._others():
@@ -689,12 +768,13 @@ class DirectCommunicator(DistributedCommunicator):
         with tr.lock:
             c = tr.channel(peer)
             c.post(*[_buf(t) for t in tensors])
+            self._post_riders(peer)
             theirs = [torch.empty(t.shape, dtype=t.dtype) for t in tensors]
             _recv_tensors(tr, peer, theirs)
             tr._pump(c, lambda: not c._tx)
         return [t.to(x.device) for t, x in zip(theirs, tensors)]
 
-    @_logging
+    @_peer_call
     def reduce(self, input, dst, op=None, batched=False):
         from torch.distributed import ReduceOp
 
@@ -708,7 +788,7 @@ class DirectCommunicator(DistributedCommunicator):
         out = [_combine(x, y.to(x.device), op) for x, y in zip(xs, theirs)]
         return out if batched else out[0]
 
-    @_logging
+    @_peer_call
     def all_reduce(self, input, op=None, batched=False):
         from torch.distributed import ReduceOp
 
@@ -717,7 +797,7 @@ class DirectCommunicator(DistributedCommunicator):
         out = [_combine(x, y, op) for x, y in zip(xs, self._exchange(xs))]
         return out if batched else out[0]
 
-    @_logging
+    @_peer_call
     def gather(self, tensor, dst):
         if dst != self.rank:
             self.transport.send(dst, _buf(tensor))
@@ -732,13 +812,26 @@ class DirectCommunicator(DistributedCommunicator):
                 out.append(t.to(tensor.device))
         return out
 
-    @_logging
+    @_peer_call
     def all_gather(self, tensor):
         theirs = self._exchange([tensor])[0]
         return [tensor.clone(), theirs] if self.rank == 0 else [theirs, tensor.clone()]
 
-    @_logging
     def broadcast(self, input, src, group=None, batched=False):
+        if any(self.is_dealer_link(p) for p in (group or self.main_group) if p != self.rank):
+            # the dealer's answers (the dealer and party 0): dealt material, not a round
+            xs = list(input) if batched else [input]
+            if src == self.rank:
+                for p in self._others(group):
+                    for x in xs:
+                        self.send_dealt(x, p)
+            else:
+                for x in xs:
+                    self.recv_dealt(x, src)
+            return input
+        return self._peer_broadcast(input, src, group, batched=batched)
+
+    def _peer_broadcast(self, input, src, group=None, batched=False):
         xs = list(input) if batched else [input]
         if src == self.rank:
             for p in self._others(group):
@@ -747,7 +840,10 @@ class DirectCommunicator(DistributedCommunicator):
             _recv_tensors(self.transport, src, xs)   # in place, as torch.distributed's broadcast
         return input
 
-    @_logging
+    _peer_broadcast.__name__ = "broadcast"  # the name CrypTen's counter reads
+    _peer_broadcast = _peer_call(_peer_broadcast)
+
+    @_peer_call
     def barrier(self):
         if self.rank not in self.main_group:
             return

@@ -14,7 +14,8 @@ and the message. A peer can therefore make a party stop, but not run code in it 
 UTF-8 JSON and is never unpickled) nor make it allocate more than a cap.
 
 Sizes are counted in the communicator's statistics (one round per frame, 8 header bytes
-included), as CrypTen counted its pickled messages.
+included), as CrypTen counted its pickled messages; a frame to or from the dealer counts as a
+dealer message instead (dealt material travels beside the computation's rounds).
 """
 from __future__ import annotations
 
@@ -102,12 +103,15 @@ def _post(dst: int, data: bytes) -> None:
     _link().channel(dst).post_raw(head.numpy().tobytes(), body.numpy())
 
 
-def _count(nbytes: int, seconds: float) -> None:
-    """One round and the frame's bytes in the communicator's statistics (when it counts)."""
+def _count(nbytes: int, seconds: float, peer: int) -> None:
+    """One round and the frame's bytes in the communicator's statistics (when it counts), or one
+    dealer message where ``peer`` or this party is the dealer."""
     from pmpc.mpc.crypten_compat import comm, crypten
 
     c = comm.get()
-    if c is not None and crypten.cfg.communicator.verbose and hasattr(c, "comm_rounds"):
+    if c is not None and hasattr(c, "is_dealer_link") and c.is_dealer_link(peer):
+        c.count_dealt(nbytes + 8)
+    elif c is not None and crypten.cfg.communicator.verbose and hasattr(c, "comm_rounds"):
         c.comm_rounds += 1
         c.comm_bytes += nbytes + 8
         c.comm_time += seconds
@@ -132,13 +136,13 @@ def send(kind: str, obj, dst: int, group=None) -> None:
     with link.lock:
         _post(dst, data)
         link.flush(dst)
-    _count(len(data), time.perf_counter() - t0)
+    _count(len(data), time.perf_counter() - t0, dst)
 
 
 def recv(kind: str, src: int, group=None, check=None):
     t0 = time.perf_counter()
     data = _link().recv_message(src, _checker(kind, src))
-    _count(len(data), time.perf_counter() - t0)
+    _count(len(data), time.perf_counter() - t0, src)
     return decode(kind, data, src, check)
 
 
@@ -152,10 +156,10 @@ def broadcast(kind: str, obj, src: int, rank: int, group=None, check=None):
             for p in _members(group, rank):
                 _post(p, data)
                 link.flush(p)
-        _count(len(data), time.perf_counter() - t0)
+        _count(len(data), time.perf_counter() - t0, next(iter(_members(group, rank)), rank))
         return obj
     data = _link().recv_message(src, _checker(kind, src))
-    _count(len(data), time.perf_counter() - t0)
+    _count(len(data), time.perf_counter() - t0, src)
     return decode(kind, data, src, check)
 
 
@@ -169,7 +173,7 @@ def exchange(kind: str, obj, rank: int, group=None, check=None) -> list:
         _post(peer, data)
         got = link.recv_message(peer, _checker(kind, peer))
         link.flush(peer)
-    _count(max(len(data), len(got)), time.perf_counter() - t0)  # as when both were padded to one size
+    _count(max(len(data), len(got)), time.perf_counter() - t0, peer)  # as when both were padded to one size
     theirs = decode(kind, got, peer, check)
     return [obj, theirs] if rank == 0 else [theirs, obj]
 
