@@ -114,6 +114,14 @@ class Ops:
         :mod:`pmpc.mpc.gates`); SIRNN's lookup tables."""
         raise NotImplementedError
 
+    def slice_lookup(self, x, lo: int, k: int, table):  # primitive
+        """``table[s]`` for s = bits [lo, lo + k) of the fixed-point encoding of the secret ``x``
+        (floor(x 2^(f - lo)) mod 2^k, exactly) and a public table of 2^k reals (rounded to
+        2^-f): a bit slice and a table in one primitive, SIRNN's table-driven initial guesses.
+        Under MPC two rounds (:func:`pmpc.mpc.gates.slice_lookup`): the carry of the parties'
+        low bits (a one-round lane sign) and a one-round dealer one-hot lookup."""
+        raise NotImplementedError
+
     def _table_ints(self, tables, k: int):
         """The tables as ring integers round(T 2^f), [G, 2^k] (float: no rounding emulation)."""
         t = torch.as_tensor(np.asarray(tables, dtype=np.float64))
@@ -479,6 +487,14 @@ class TorchOps(Ops):
         if bool((idx < 0).any()) or bool((idx >= 1 << k).any()):
             raise ValueError(f"a {k}-bit lookup index out of range")
         return (torch.gather(t, 1, idx) * 2.0 ** -self.fxp_bits).reshape(d.shape).to(d.dtype)
+
+    def slice_lookup(self, x, lo, k, table):
+        if not 1 <= lo <= 64 - k or not 1 <= k <= 12:
+            raise ValueError(f"slice_lookup: bits [{lo}, {lo + k}) of the encoding")
+        t = self._table_ints([table], k)[0].to(torch.float64)
+        enc = torch.floor(x.double() * 2.0 ** self.fxp_bits).to(torch.int64)
+        idx = (enc >> lo) & ((1 << k) - 1)
+        return (t[idx] * 2.0 ** -self.fxp_bits).to(x.dtype)
 
     def cat(self, xs, dim=0):
         return torch.cat(xs, dim)
