@@ -256,10 +256,11 @@ def _slice_expected(m: np.ndarray, lo: int, k: int, table) -> np.ndarray:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dealer,preprocess,mode,k", [("local", False, "dcf", 8), ("local", False, "dcf", 12),
-                                                      ("local", True, "dcf", 12), ("ttp", False, "dcf", 12),
-                                                      ("ttp", True, "dcf", 8), ("local", False, "bitwise", 12)])
-def test_slice_lookup_reads_the_exact_bit_slice_in_each_dealer_mode(dealer, preprocess, mode, k):
+@pytest.mark.parametrize("dealer,preprocess,mode,k,n", [
+    ("local", False, "dcf", 6, N), ("local", True, "dcf", 6, N), ("ttp", False, "dcf", 6, N),
+    ("ttp", True, "dcf", 6, N), ("local", False, "dcf", 12, 4_000), ("ttp", True, "dcf", 12, 4_000),
+    ("local", False, "bitwise", 8, 20_000)])
+def test_slice_lookup_reads_the_exact_bit_slice_in_each_dealer_mode(dealer, preprocess, mode, k, n):
     """``Ops.slice_lookup`` under MPC: table[bits [lo, lo + k) of m's encoding], the same integers
     the emulation (TorchOps) gives, on >= 10^5 random m and the edges, in two online rounds
     (carry sign + lookup) with the DCF comparison; with the adder circuit the same values. The
@@ -269,8 +270,7 @@ def test_slice_lookup_reads_the_exact_bit_slice_in_each_dealer_mode(dealer, prep
     from pmpc.ops import TorchOps
 
     rng = np.random.default_rng(secrets.randbits(64))
-    lo = 16 - k + 1
-    n = N if k == 8 and not preprocess else 4_000  # 2^k dealt words an element: 10^5 x 2^8 at most
+    lo = 16 - k + 1  # 2^k dealt words an element: 10^5 on small tables, the start tables' 12 bits on fewer
     m = _slice_inputs(rng, n, k)
     table = rng.uniform(-100, 100, 1 << k)
     res = run_local(fss_jobs.SliceLookupJob(m, lo, k, table, preprocess, dealer), dealer=dealer,
