@@ -40,6 +40,10 @@ d + r mod 2^k and T[d] = sum_j e_r[j] T[(d^ - j) mod 2^k] is local. In ``local``
 one-hot share comes from the stream the parties share (nothing is sent); in ``ttp`` mode party 0
 receives its share from the dealer. A DPF (:func:`pmpc.mpc.fss.dpf_gen`) would shrink that to
 ~k 18 bytes at 2^k PRG leaves of local work per lookup; the one-hot costs no AES at all.
+
+A table on a bit slice of a fixed-point value (:func:`slice_lookup`, SIRNN's initial guesses for
+reciprocal and rsqrt) composes the two gates: a sign gate reads the carry of the parties' low
+share bits into the slice (round 1), the lookup reads the slice (round 2); exact, no new keys.
 """
 from __future__ import annotations
 
