@@ -309,8 +309,7 @@ class Ops:
             x = self.mul(factors[0], g).sum(-1)
         return x
 
-    def normalize(self, x, base_log2: int = 2, lo: int = -8, hi: int = 15, scale: float = 1.0, start=None,
-                  times=None, times_bound: float = ACT_BOUND, power: float = 1.0, bound: float | None = None):
+    def normalize(self, x, base_log2: int = 2, lo: int = -8, hi: int = 15, scale: float = 1.0, times=None, times_bound: float = ACT_BOUND, power: float = 1.0, bound: float | None = None):
         """Range reduction by the most significant bit, for x > 0 (SIRNN's msnzb step).
 
         With g = ``base_log2`` and bins [2^(g k), 2^(g (k+1))) for k in [lo, hi], one batched
@@ -329,9 +328,9 @@ class Ops:
         ``power`` p returns scale f^p instead (any public function of the bin is free: p = 1/2
         with g = 1 gives rsqrt(x) = f^(1/2) rsqrt(m) on m in [1, 2), SPU's parity trick).
 
-        With ``start=(a, b)`` and/or ``times=t`` (|t scale f| < ``times_bound``), returns
-        (m, a + b m, t scale f) instead, all three from ONE product round: the Newton start and
-        the factor the caller multiplies the result into need no rounds of their own."""
+        With ``times=t`` (|t scale f| < ``times_bound``), returns (m, t scale f) instead, both
+        from ONE product round: the factor the caller multiplies the result into needs no round
+        of its own."""
         ks = list(range(lo + 1, hi + 1))
         # x < 2^(g k); ``bound`` (on |x - 2^(g k)|) lets the comparison read a lane (:meth:`lane`)
         below = self.ltz_int(self.stack([x - float(2.0 ** (base_log2 * k)) for k in ks]), bound)
@@ -346,19 +345,12 @@ class Ops:
         fb, g = self.fxp_bits, base_log2
         fg = self.from_int(onehot_sum(lambda k: 2 ** (g * (hi - k))), g * hi)
         f = self.from_int(onehot_sum(lambda k: self.fixed(scale * 2.0 ** (-power * k), fb)), fb)
-        if start is None and times is None:
+        if times is None:
             return self.mul_scaled(x, fg, 1.0, bound=2.0 ** g), f
-        # the caller's next steps, in the same product round: a linear start a + b m on [1, 2^g)
-        # and ``times`` * scale f (the value the result will multiply, brought into range now)
-        pairs, scales, bounds = [(x, fg)], [1.0], [2.0 ** g]
-        if start is not None:
-            pairs.append((x, fg)), scales.append(start[1]), bounds.append(2.0 ** g)
-        if times is not None:
-            pairs.append((times, f)), scales.append(1.0), bounds.append(times_bound)
-        out = self.mul_many(pairs, scales, bounds, max_k=61 - fb - g * hi - g)
-        m = out[0]
-        y0 = out[1] + start[0] if start is not None else None
-        return m, y0, out[-1] if times is not None else f
+        # ``times`` * scale f (the value the result will multiply, brought into range now) in
+        # the same product round
+        return tuple(self.mul_many([(x, fg), (times, f)], None, [2.0 ** g, times_bound],
+                                   max_k=61 - fb - g * hi - g))
 
     def sum(self, x, dim=-1, keepdim=True):
         return x.sum(dim, keepdim=keepdim)

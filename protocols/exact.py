@@ -139,7 +139,7 @@ class Exact(Protocol):
         return product([f[i] for i in range(len(EXP_DIGITS))], ops)
 
     # Iterations after the table start: the reciprocal's Goldschmidt steps (relative error e0
-    # -> e0^2 a step: 2^-9 -> 1.5e-5 from 8 bits, 2^-12 -> 6e-8 from 12) and rsqrt's Newton steps
+    # -> e0^2 a step: 2^-8 -> 1.5e-5 from 8 bits, 2^-12 -> 6e-8 from 12) and rsqrt's Newton steps
     # (e0 -> 1.5 e0^2: none leaves the 12-bit table's 1.2e-4).
     recip_steps = 1
     rsqrt_steps = 0
@@ -151,11 +151,7 @@ class Exact(Protocol):
     def reciprocal_times(self, x, times, ops: Ops, lo: int = -12, hi: int = 13, times_bound: float = 4.0,
                          bits: int = RECIP_BITS):
         # times f (f alone without ``times``) comes out of the normalisation's product round
-        if times is None:
-            m, tf = ops.normalize(x, base_log2=1, lo=lo, hi=hi, bound=2.0 ** 15)
-        else:
-            m, _, tf = ops.normalize(x, base_log2=1, lo=lo, hi=hi, times=times, times_bound=times_bound,
-                                     bound=2.0 ** 15)
+        m, tf = ops.normalize(x, base_log2=1, lo=lo, hi=hi, times=times, times_bound=times_bound, bound=2.0 ** 15)
         y = table_start(m, RECIP_TABLES[bits], bits, ops)
         if not self.recip_steps:
             return ops.mul(tf, y)
@@ -169,8 +165,8 @@ class Exact(Protocol):
 
     def rsqrt_times(self, x, times, ops: Ops, scale: float = 1.0, out: float = 1.0):
         # |times scale f| <= 2 scale for a norm's row (|x_i| <= sqrt(sum x^2), f <= 2 / sqrt(sum))
-        m, _, tf = ops.normalize(x, base_log2=1, lo=-12, hi=29, scale=scale, times=times,
-                                 times_bound=4 * scale, power=0.5)
+        m, tf = ops.normalize(x, base_log2=1, lo=-12, hi=29, scale=scale, times=times,
+                              times_bound=4 * scale, power=0.5)
         return ops.mul_scaled(tf, self._rsqrt_m(m, ops), out)
 
     def _rsqrt_m(self, m, ops: Ops):

@@ -57,7 +57,7 @@ class Iron(Exact):
                           method="x - max (tree), precise exp, division by the row sum; rows of 16"),
     }
 
-    # SIRNN's precision: two Goldschmidt steps after the table (2^-9 -> 2^-36 element-wise) and one
+    # SIRNN's precision: two Goldschmidt steps after the table (2^-8 -> 2^-32 element-wise) and one
     # Newton step after rsqrt's (1.2e-4 -> 2e-8)
     recip_steps = 2
     rsqrt_steps = 1
