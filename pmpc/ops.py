@@ -114,6 +114,14 @@ class Ops:
         :mod:`pmpc.mpc.gates`); SIRNN's lookup tables."""
         raise NotImplementedError
 
+    def slice_lookup(self, x, lo: int, k: int, table):  # primitive
+        """``table[s]`` for s = bits [lo, lo + k) of the fixed-point encoding of the secret ``x``
+        (floor(x 2^(f - lo)) mod 2^k, exactly) and a public table of 2^k reals (rounded to
+        2^-f): a bit slice and a table in one primitive, SIRNN's table-driven initial guesses.
+        Under MPC two rounds (:func:`pmpc.mpc.gates.slice_lookup`): the carry of the parties'
+        low bits (a one-round lane sign) and a one-round dealer one-hot lookup."""
+        raise NotImplementedError
+
     def _table_ints(self, tables, k: int):
         """The tables as ring integers round(T 2^f), [G, 2^k] (float: no rounding emulation)."""
         t = torch.as_tensor(np.asarray(tables, dtype=np.float64))
@@ -313,8 +321,7 @@ class Ops:
             x = self.mul(factors[..., 0], g).sum(-1)
         return x
 
-    def normalize(self, x, base_log2: int = 2, lo: int = -8, hi: int = 15, scale: float = 1.0, start=None,
-                  times=None, times_bound: float = ACT_BOUND, power: float = 1.0, bound: float | None = None):
+    def normalize(self, x, base_log2: int = 2, lo: int = -8, hi: int = 15, scale: float = 1.0, times=None, times_bound: float = ACT_BOUND, power: float = 1.0, bound: float | None = None):
         """Range reduction by the most significant bit, for x > 0 (SIRNN's msnzb step).
 
         With g = ``base_log2`` and bins [2^(g k), 2^(g (k+1))) for k in [lo, hi], one batched
@@ -333,9 +340,9 @@ class Ops:
         ``power`` p returns scale f^p instead (any public function of the bin is free: p = 1/2
         with g = 1 gives rsqrt(x) = f^(1/2) rsqrt(m) on m in [1, 2), SPU's parity trick).
 
-        With ``start=(a, b)`` and/or ``times=t`` (|t scale f| < ``times_bound``), returns
-        (m, a + b m, t scale f) instead, all three from ONE product round: the Newton start and
-        the factor the caller multiplies the result into need no rounds of their own."""
+        With ``times=t`` (|t scale f| < ``times_bound``), returns (m, t scale f) instead, both
+        from ONE product round: the factor the caller multiplies the result into needs no round
+        of its own."""
         ks = list(range(lo + 1, hi + 1))
         # x < 2^(g k) for every k at once (one public broadcast subtraction); ``bound`` (on
         # |x - 2^(g k)|) lets the comparison read a lane (:meth:`lane`)
@@ -350,19 +357,12 @@ class Ops:
         fb, g = self.fxp_bits, base_log2
         fg = self.from_int(onehot_sum(lambda k: 2 ** (g * (hi - k))), g * hi)
         f = self.from_int(onehot_sum(lambda k: self.fixed(scale * 2.0 ** (-power * k), fb)), fb)
-        if start is None and times is None:
+        if times is None:
             return self.mul_scaled(x, fg, 1.0, bound=2.0 ** g), f
-        # the caller's next steps, in the same product round: a linear start a + b m on [1, 2^g)
-        # and ``times`` * scale f (the value the result will multiply, brought into range now)
-        pairs, scales, bounds = [(x, fg)], [1.0], [2.0 ** g]
-        if start is not None:
-            pairs.append((x, fg)), scales.append(start[1]), bounds.append(2.0 ** g)
-        if times is not None:
-            pairs.append((times, f)), scales.append(1.0), bounds.append(times_bound)
-        out = self.mul_many(pairs, scales, bounds, max_k=61 - fb - g * hi - g)
-        m = out[0]
-        y0 = out[1] + start[0] if start is not None else None
-        return m, y0, out[-1] if times is not None else f
+        # ``times`` * scale f (the value the result will multiply, brought into range now) in
+        # the same product round
+        return tuple(self.mul_many([(x, fg), (times, f)], None, [2.0 ** g, times_bound],
+                                   max_k=61 - fb - g * hi - g))
 
     def sum(self, x, dim=-1, keepdim=True):
         return x.sum(dim, keepdim=keepdim)
@@ -495,6 +495,14 @@ class TorchOps(Ops):
         if bool((idx < 0).any()) or bool((idx >= 1 << k).any()):
             raise ValueError(f"a {k}-bit lookup index out of range")
         return (torch.gather(t, 1, idx) * 2.0 ** -self.fxp_bits).reshape(d.shape).to(d.dtype)
+
+    def slice_lookup(self, x, lo, k, table):
+        if not 1 <= lo <= 64 - k or not 1 <= k <= 12:
+            raise ValueError(f"slice_lookup: bits [{lo}, {lo + k}) of the encoding")
+        t = self._table_ints([table], k)[0].to(torch.float64)
+        enc = torch.floor(x.double() * 2.0 ** self.fxp_bits).to(torch.int64)
+        idx = (enc >> lo) & ((1 << k) - 1)
+        return (t[idx] * 2.0 ** -self.fxp_bits).to(x.dtype)
 
     def cat(self, xs, dim=0):
         return torch.cat(xs, dim)

@@ -23,7 +23,8 @@ Qi-Pang/EzPC branch ``bert`` @8aaaf32d — ``SCI/src/FloatingPoint/fp-math.cpp``
     SiLU(x) = 0.5x + 0.5 |x| tanh(|x|/2): the same even-part trick as its GELU, two comparisons
     (MSB, |x| < 5.71) batched the same way.
   * reciprocal (softmax's ``div_batch``) and rsqrt (``layer_norm_fix`` -> SIRNN sqrt): SIRNN's
-    building blocks, i.e. the exact baseline's (msb normalisation + Newton), reused from
+    building blocks, i.e. the exact baseline's (msb normalisation, a table start on the
+    mantissa's top bits as SIRNN's, one Goldschmidt step for the reciprocal), reused from
     :mod:`protocols.exact`.
 
 Fixed point: BOLT runs a 37-bit ring with 12 fraction bits; CrypTen has 64 bits with 16. BOLT's
@@ -84,11 +85,11 @@ class Bolt(Protocol):
                        method="sign(x) T5(|x|) on |x|<=2.855, sign(x) outside"),
         "exp": FnSpec((-16.0, 0.0), max_abs_err=0.003, comparisons=1, multiplications=6,
                       method="I-BERT: 2^-l (0.3585(p+1.353)^2+0.344), l from one A2B, shift clipped at 13"),
-        "reciprocal": FnSpec((2.0 ** -12, 2.0 ** 14), max_rel_err=1e-9, comparisons=25, multiplications=9,
-                             method="SIRNN div (exact baseline): msb normalisation, linear start, 3 Newton steps (Goldschmidt form)"),
-        "rsqrt": FnSpec((2.0 ** -12, 2.0 ** 30), max_rel_err=2e-6, comparisons=41, multiplications=9,
-                        method="SIRNN rsqrt (exact baseline): msb normalisation to [1,2), 2 Newton steps"),
-        "softmax": FnSpec((-12.0, 12.0), max_abs_err=0.0018, comparisons=6.12, multiplications=18.44,
+        "reciprocal": FnSpec((2.0 ** -12, 2.0 ** 14), max_rel_err=1e-7, comparisons=25, multiplications=4,
+                             method="SIRNN div (exact baseline): msb normalisation, 12-bit table start, 1 Goldschmidt step"),
+        "rsqrt": FnSpec((2.0 ** -12, 2.0 ** 30), max_rel_err=1.3e-4, comparisons=41, multiplications=2,
+                        method="SIRNN rsqrt (exact baseline): msb normalisation to [1,2), 12-bit table start"),
+        "softmax": FnSpec((-12.0, 12.0), max_abs_err=0.0018, comparisons=6.12, multiplications=16.25,
                           method="x - max (tree), I-BERT exp, SIRNN reciprocal of the sum; rows of 16"),
     }
 

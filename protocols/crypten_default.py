@@ -64,7 +64,7 @@ class CrypTenDefault(Protocol):
 
     def rsqrt_times(self, x, times, ops: Ops, scale: float = 1.0, out: float = 1.0):
         # times scale f from the normalisation's product round: |times scale f| <= 2 scale
-        m, _, tf = ops.normalize(x, base_log2=2, lo=-6, hi=14, scale=scale, times=times, times_bound=4 * scale)
+        m, tf = ops.normalize(x, base_log2=2, lo=-6, hi=14, scale=scale, times=times, times_bound=4 * scale)
         return ops.mul_scaled(tf, newton_rsqrt(m, _crypten_rsqrt_start(m, ops), 3, ops), out)
 
     def sigmoid(self, x, ops: Ops):

@@ -1,7 +1,8 @@
 """``exact``: a SIRNN-like precise baseline — every speedup in pmpc is measured against it.
 
 SIRNN (S&P'21) computes exp by digit decomposition with a lookup table per digit, reciprocal and
-rsqrt by normalising with the most significant non-zero bit then a few Goldschmidt/Newton steps.
+rsqrt by normalising with the most significant non-zero bit, an initial guess from a lookup
+table on the mantissa's top bits, then Goldschmidt/Newton steps.
 Its goal is an error at fixed-point resolution over the WHOLE input range, at the price of
 bit-level protocols. This module keeps that structure on CrypTen's building blocks:
 
@@ -10,8 +11,13 @@ bit-level protocols. This module keeps that structure on CrypTen's building bloc
   e^(-digit 2^(position - 16)) for each, all eight in ONE lookup round; the factors multiply in
   a three-level tree. Error: a few 2^-16, for every y < 2^15.
 * reciprocal, rsqrt: normalise by the most significant bit (one batched comparison, exact powers of
-  two), linear start on [1, 2) resp. [1, 4), three Newton steps (the reciprocal's in Goldschmidt's
-  form: the same iterates, one product round a step): relative error ~ 2^-16.
+  two) to m in [1, 2), then SIRNN's table start: the table entry for the integer bit and the top
+  k - 1 fraction bits of m (:meth:`pmpc.ops.Ops.slice_lookup`: the exact bit slice and the table
+  in two rounds), the constant of least relative error on its interval. rsqrt: a 12-bit table
+  and no Newton step, max relative error 1.22e-4 (2^-13; measured 1.22e-4 in float64). The
+  reciprocal: one Goldschmidt step (Newton's iterate, one product round): from a 12-bit table
+  (the softmax rows) 6e-8 (2^-24), from the element-wise callers' 8-bit table 1.5e-5 (2^-16).
+  Fixed-point rounding (2^-16 on m and on every product) comes on top of both.
 * sigmoid(x) = 1/(1+e^-|x|) (mirrored for x < 0) — SIRNN's sigmoid; SiLU = x sigmoid(x);
   GELU = x Phi(x) with Phi from erfc (A&S 7.1.26: 1.5e-7) on the precise exp and reciprocal;
   tanh-GELU = x sigmoid(2u) since (1 + tanh u)/2 = sigmoid(2u).
@@ -20,24 +26,33 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from pmpc.ops import ACT_BOUND, Ops
 from protocols.base import FnSpec, Protocol
 
 
-def _fit(fn, lo, hi, deg, rel=False):
-    """Least-squares polynomial on Chebyshev nodes (float64), coefficients low to high."""
-    k = np.arange(400)
-    x = (lo + hi) / 2 + (hi - lo) / 2 * np.cos((2 * k + 1) * np.pi / 800)
-    y = fn(x)
-    w = 1 / np.abs(y) if rel else np.ones_like(y)
-    c = np.polynomial.polynomial.polyfit(x, y, deg, w=w)
-    return [float(v) for v in c]
+def start_table(p: float, k: int) -> list[float]:
+    """SIRNN's initial guess for m^-p, m = normalised mantissa, as a 2^k-entry table indexed by
+    floor(m 2^(k-1)) mod 2^k (:meth:`Ops.slice_lookup` on bits [f - k + 1, f + 1)): the integer
+    bit and k - 1 fraction bits. Index i >= 2^(k-1) is m in [i, i + 1) 2^-(k-1), in [1, 2);
+    i < 2^(k-1) is m in [2, 3) (i + 2^k): the normalisation's truncation may round m up to
+    exactly 2, which a slice of fraction bits alone would read as 1. Each entry is the constant
+    c with the least max relative error on its interval [a, b]: 1 - c a^p = c b^p - 1, so
+    c = 2 / (a^p + b^p), relative error (b^p - a^p) / (a^p + b^p) ~ p 2^-k at m = 1."""
+    h = 2 ** (k - 1)
+    out = []
+    for i in range(2 ** k):
+        j = i if i >= h else i + 2 ** k
+        a, b = j / h, (j + 1) / h
+        out.append(2.0 / (a ** p + b ** p))
+    return out
 
 
-RECIP_INIT = _fit(lambda m: 1 / m, 1.0, 2.0, 1, rel=True)   # 1/m on [1, 2)
-RSQRT_INIT = _fit(lambda m: m ** -0.5, 1.0, 2.0, 1, rel=True)  # m^-1/2 on [1, 2): 2.5% from the start
+# Table starts (SIRNN): the rows' reciprocal (softmax: one a row) and rsqrt (norms: one a row)
+# read 12 bits, 4096 dealt words an element; element-wise reciprocals (sigmoid, SiLU, GELU: one
+# a value) read 8 bits, 256 words.
+RSQRT_BITS, RECIP_BITS, RECIP_ELEM_BITS = 12, 12, 8
+RSQRT_TABLE = start_table(0.5, RSQRT_BITS)
+RECIP_TABLES = {k: start_table(1.0, k) for k in (RECIP_BITS, RECIP_ELEM_BITS)}
 # Abramowitz & Stegun 7.1.26: erfc(z) = t (a1 + t (a2 + ...)) e^{-z^2}, t = 1/(1 + p z), |err| < 1.5e-7
 AS_P = 0.3275911
 AS_A = [0.0, 0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429]
@@ -60,6 +75,12 @@ def product(xs: list, ops: Ops):
     return xs[0]
 
 
+def table_start(m, table, bits: int, ops: Ops):
+    """The table's initial guess at a normalised m in [1, 2] (:func:`start_table`): one
+    :meth:`Ops.slice_lookup` on the integer bit and bits - 1 fraction bits, two rounds."""
+    return ops.slice_lookup(m, ops.fxp_bits - bits + 1, bits, table)
+
+
 def goldschmidt_reciprocal(m, y, iters: int, ops: Ops, times=None):
     """``times / m`` from a start y ~ 1/m (``times`` default 1), as Newton's y <- y (2 - m y)
     computes it but in one product round a step instead of two: with e = 1 - m y,
@@ -75,13 +96,6 @@ def goldschmidt_reciprocal(m, y, iters: int, ops: Ops, times=None):
     return z
 
 
-def newton_reciprocal(m, y, iters: int, ops: Ops):
-    """y <- 2y - y (m y): m y, then the product and the affine part under one truncation."""
-    for _ in range(iters):
-        y = ops.mul_scaled(y, ops.mul(m, y), -1.0, add=[(2.0, y)])
-    return y
-
-
 def newton_rsqrt(m, y, iters: int, ops: Ops):
     """y <- 1.5 y - 0.5 (y^2)(m y): y^2 and m y in one batched product, then their product with
     the step's public 1.5 and -0.5 under its one truncation — two product rounds a step."""
@@ -93,20 +107,20 @@ def newton_rsqrt(m, y, iters: int, ops: Ops):
 
 class Exact(Protocol):
     name = "exact"
-    summary = "SIRNN-like precise baseline: bit-decomposed exp, msb-normalised Newton reciprocal/rsqrt"
+    summary = "SIRNN-like precise baseline: bit-decomposed exp, msb normalisation + table starts for reciprocal/rsqrt"
     source = "SIRNN (Rathee et al., S&P'21) structure; mpc-msri/EzPC SCI/src/Math/math-functions.cpp"
     specs = {
         "exp": FnSpec((-2.0 ** 14, 0.0), max_abs_err=2e-4, comparisons=1, multiplications=7,
                       method="A2B bits of -x; eight 4-bit digit lookup tables (one round); product tree"),
-        "reciprocal": FnSpec((2.0 ** -12, 2.0 ** 14), max_rel_err=2e-3, comparisons=25, multiplications=9,
-                             method="msb normalisation to [1,2), linear start, 3 Newton steps (Goldschmidt form)"),
-        "rsqrt": FnSpec((2.0 ** -12, 2.0 ** 30), max_rel_err=2e-3, comparisons=41, multiplications=9,
-                        method="msb normalisation to [1,2), linear start, 2 Newton steps"),
-        "silu": FnSpec((-60.0, 60.0), max_abs_err=5e-3, comparisons=3, multiplications=19,
+        "reciprocal": FnSpec((2.0 ** -12, 2.0 ** 14), max_rel_err=1e-7, comparisons=25, multiplications=4,
+                             method="msb normalisation to [1,2), 12-bit table start, 1 Goldschmidt step"),
+        "rsqrt": FnSpec((2.0 ** -12, 2.0 ** 30), max_rel_err=1.3e-4, comparisons=41, multiplications=2,
+                        method="msb normalisation to [1,2), 12-bit table start, no Newton step"),
+        "silu": FnSpec((-60.0, 60.0), max_abs_err=5e-3, comparisons=3, multiplications=14,
                        method="x / (1 + e^-|x|), mirrored"),
-        "gelu": FnSpec((-60.0, 60.0), max_abs_err=5e-3, comparisons=8, multiplications=25,
+        "gelu": FnSpec((-60.0, 60.0), max_abs_err=5e-3, comparisons=8, multiplications=20,
                        method="x Phi(x), Phi from erfc (A&S 7.1.26) on precise exp/reciprocal"),
-        "gelu_tanh": FnSpec((-30.0, 30.0), max_abs_err=5e-3, comparisons=3, multiplications=21,
+        "gelu_tanh": FnSpec((-30.0, 30.0), max_abs_err=5e-3, comparisons=3, multiplications=16,
                             method="x sigmoid(2u), u = sqrt(2/pi)(x + 0.044715 x^3)"),
     }
 
@@ -124,35 +138,45 @@ class Exact(Protocol):
         f = ops.lookup(digits, EXP_TABLE_BITS, tables)  # e^(-digit weight), one round for all
         return product([f[i] for i in range(len(EXP_DIGITS))], ops)
 
-    # the reciprocal's domain ends at 2^14: its bin comparisons read a 32-bit lane
-    def reciprocal(self, x, ops: Ops, lo: int = -12, hi: int = 13):
-        m, y, f = ops.normalize(x, base_log2=1, lo=lo, hi=hi, start=RECIP_INIT, bound=2.0 ** 15)
-        return goldschmidt_reciprocal(m, y, 3, ops, times=f)
+    # Iterations after the table start: the reciprocal's Goldschmidt steps (relative error e0
+    # -> e0^2 a step: 2^-8 -> 1.5e-5 from 8 bits, 2^-12 -> 6e-8 from 12) and rsqrt's Newton steps
+    # (e0 -> 1.5 e0^2: none leaves the 12-bit table's 1.2e-4).
+    recip_steps = 1
+    rsqrt_steps = 0
 
-    def reciprocal_times(self, x, times, ops: Ops, lo: int = -12, hi: int = 13, times_bound: float = 4.0):
-        # times f comes out of the normalisation's product round and rides through the iteration
-        m, y, tf = ops.normalize(x, base_log2=1, lo=lo, hi=hi, start=RECIP_INIT, times=times,
-                                 times_bound=times_bound, bound=2.0 ** 15)
-        return goldschmidt_reciprocal(m, y, 3, ops, times=tf)
+    # the reciprocal's domain ends at 2^14: its bin comparisons read a 32-bit lane
+    def reciprocal(self, x, ops: Ops, lo: int = -12, hi: int = 13, bits: int = RECIP_BITS):
+        return self.reciprocal_times(x, None, ops, lo=lo, hi=hi, bits=bits)
+
+    def reciprocal_times(self, x, times, ops: Ops, lo: int = -12, hi: int = 13, times_bound: float = 4.0,
+                         bits: int = RECIP_BITS):
+        # times f (f alone without ``times``) comes out of the normalisation's product round
+        m, tf = ops.normalize(x, base_log2=1, lo=lo, hi=hi, times=times, times_bound=times_bound, bound=2.0 ** 15)
+        y = table_start(m, RECIP_TABLES[bits], bits, ops)
+        if not self.recip_steps:
+            return ops.mul(tf, y)
+        return goldschmidt_reciprocal(m, y, self.recip_steps, ops, times=tf)
 
     # rsqrt: normalised to m in [1, 2) (x = m 2^k, rsqrt(x) = 2^(-k/2) rsqrt(m), the half power a
-    # public function of the bin like any other), where a linear start is within 2.5%: two Newton
-    # steps reach 1.4e-6 (on [1, 4) the start is 11% off and needs three)
+    # public function of the bin like any other), then the table start
     def rsqrt(self, x, ops: Ops, scale: float = 1.0):
-        m, y, f = ops.normalize(x, base_log2=1, lo=-12, hi=29, scale=scale, start=RSQRT_INIT, power=0.5)
-        return ops.mul(newton_rsqrt(m, y, 2, ops), f)
+        m, f = ops.normalize(x, base_log2=1, lo=-12, hi=29, scale=scale, power=0.5)
+        return ops.mul(f, self._rsqrt_m(m, ops))
 
     def rsqrt_times(self, x, times, ops: Ops, scale: float = 1.0, out: float = 1.0):
         # |times scale f| <= 2 scale for a norm's row (|x_i| <= sqrt(sum x^2), f <= 2 / sqrt(sum))
-        m, y, tf = ops.normalize(x, base_log2=1, lo=-12, hi=29, scale=scale, start=RSQRT_INIT, times=times,
-                                 times_bound=4 * scale, power=0.5)
-        return ops.mul_scaled(tf, newton_rsqrt(m, y, 2, ops), out)
+        m, tf = ops.normalize(x, base_log2=1, lo=-12, hi=29, scale=scale, times=times,
+                              times_bound=4 * scale, power=0.5)
+        return ops.mul_scaled(tf, self._rsqrt_m(m, ops), out)
+
+    def _rsqrt_m(self, m, ops: Ops):
+        return newton_rsqrt(m, table_start(m, RSQRT_TABLE, RSQRT_BITS, ops), self.rsqrt_steps, ops)
 
     # -- activations ---------------------------------------------------------------------
     def sigmoid(self, x, ops: Ops, bound: float | None = ACT_BOUND):
         neg = ops.ltz_int(x, bound)                         # ring-integer sign: products need no truncation
         a = ops.mul(x, 1 - 2 * neg)                         # |x|
-        p = self.reciprocal(1 + self.exp(-a, ops), ops, lo=0, hi=1)  # sigmoid(|x|), denominator in [1, 2]
+        p = self.reciprocal(1 + self.exp(-a, ops), ops, lo=0, hi=1, bits=RECIP_ELEM_BITS)  # denominator in [1, 2]
         return ops.select(neg, 1 - p, p)
 
     def silu(self, x, ops: Ops):
@@ -160,7 +184,8 @@ class Exact(Protocol):
         # for x >= 0 and x - that below (sigmoid(-y) = 1 - sigmoid(y)): one ring-integer select
         neg = ops.ltz_int(x, ACT_BOUND)
         a = ops.mul(x, 1 - 2 * neg)
-        xp = self.reciprocal_times(1 + self.exp(-a, ops), x, ops, lo=0, hi=1, times_bound=ACT_BOUND)
+        xp = self.reciprocal_times(1 + self.exp(-a, ops), x, ops, lo=0, hi=1, times_bound=ACT_BOUND,
+                                   bits=RECIP_ELEM_BITS)
         return ops.select(neg, x - xp, xp)
 
     def gelu_tanh(self, x, ops: Ops):
@@ -170,7 +195,7 @@ class Exact(Protocol):
     def gelu(self, x, ops: Ops):
         neg = ops.ltz_int(x, ACT_BOUND)
         z = ops.mul_scaled(x, 1 - 2 * neg, 1 / math.sqrt(2))  # |x| / sqrt 2
-        t = self.reciprocal(ops.combine([], [(AS_P, z)], 1.0), ops, lo=0, hi=6)
+        t = self.reciprocal(ops.combine([], [(AS_P, z)], 1.0), ops, lo=0, hi=6, bits=RECIP_ELEM_BITS)
         q = ops.mul(ops.poly(t, AS_A, bound=2.0), self.exp(-ops.square(z), ops))  # erfc(z)
         phi = ops.select(neg, 0.5 * q, 1 - 0.5 * q)
         return ops.mul(x, phi)

@@ -91,7 +91,7 @@ def spu_reciprocal(x, ops: Ops, lo: int = -2, hi: int = 14, iters: int = 2, time
     if times is None:  # x = m 2^k, m in [1, 2); tf = times 2^-k / 2
         m, tf = ops.normalize(x, base_log2=1, lo=lo, hi=hi, scale=0.5)
     else:
-        m, _, tf = ops.normalize(x, base_log2=1, lo=lo, hi=hi, scale=0.5, times=times, times_bound=times_bound)
+        m, tf = ops.normalize(x, base_log2=1, lo=lo, hi=hi, scale=0.5, times=times, times_bound=times_bound)
     r = GOLDSCHMIDT_W0[0] + m * (GOLDSCHMIDT_W0[1] / 2)        # an integer factor: local
     mr, z = ops.mul_many([(m, r), (tf, r)], [-0.5, 1.0], bound=[4.0, times_bound])
     e = mr + 1.0

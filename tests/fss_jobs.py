@@ -106,3 +106,40 @@ class OpsCompareJob:
                 y = fn()
             got[name] = y._tensor.reveal().numpy()
         return {"out": got, "cost": ops.tracker.snapshot(), "primitives": PRIMITIVES.snapshot()}
+
+
+class SliceLookupJob:
+    """``CrypTenOps.slice_lookup`` of the shared fixed-point values ``x`` (bits [lo, lo + k) of
+    their encoding into ``table``), live from the session's dealer or dealt ahead
+    (``preprocess``, as :class:`SignJob`); each party returns the result's ring integers, its
+    rounds and its primitive counts."""
+
+    def __init__(self, x, lo: int, k: int, table, preprocess: bool = False, dealer: str = "local"):
+        self.x, self.lo, self.k, self.table = np.asarray(x, dtype=np.float64), lo, k, list(table)
+        self.preprocess, self.dealer = preprocess, dealer
+
+    def __call__(self, rank, world_size):
+        from pmpc.mpc import cost, dealer
+        from pmpc.mpc.crypten_compat import comm, solo_dry_run, use_provider
+        from pmpc.mpc.crypten_ops import CrypTenOps
+        from pmpc.mpc.primitives import PRIMITIVES
+
+        ops = CrypTenOps(cost.Tracker(cost.crypten_stats))
+        x = ops.share(torch.from_numpy(self.x), src=0)
+        provider = None
+        if self.preprocess:
+            rec = dealer.ShapeOnly()
+            with solo_dry_run(), use_provider(rec):
+                ops.slice_lookup(x * 0, self.lo, self.k, self.table)
+            plan = dealer.Plan(rec.requests, {"all": 0})
+            provider = dealer.Replay(plan, dealer.deal(plan, 0, len(plan.requests), self.dealer))
+            if self.dealer == "ttp" and rank == 0:
+                dealer.release()
+            comm.get().barrier()
+        PRIMITIVES.reset()
+        r0 = comm.get().get_communication_stats()["rounds"]
+        with use_provider(provider) if provider is not None else contextlib.nullcontext():
+            y = ops.slice_lookup(x, self.lo, self.k, self.table)
+        rounds = comm.get().get_communication_stats()["rounds"] - r0
+        got = y._tensor.reveal().numpy()
+        return {"out": got, "rounds": rounds, "primitives": PRIMITIVES.snapshot()}

@@ -234,3 +234,67 @@ def test_the_correction_words_party_1_receives_are_uniform_words(lane):
     bits = np.stack([(words >> np.uint64(b)) & np.uint64(1) for b in range(64)]).sum(axis=1)  # [64, W]
     z = np.abs(bits - n / 2) / np.sqrt(n / 4)
     assert z.max() < z_max, np.unravel_index(z.argmax(), z.shape)
+
+
+def _slice_inputs(rng, n: int, k: int) -> np.ndarray:
+    """Fixed-point m in [1, 2] as the normalisation makes them: uniform on the 2^-16 grid, and the
+    edges: 1, 2 - ulp, 2 (a truncation that rounded up), every slice boundary and +-1 ulp."""
+    ulp = 2.0 ** -16
+    m = 1 + rng.integers(0, 2 ** 16, n) * ulp
+    b = np.arange(2 ** (k - 1))
+    if b.size > 256:  # every boundary for small tables, a sample with both ends for large ones
+        b = np.concatenate([b[:2], rng.choice(b[2:-2], 252, replace=False), b[-2:]])
+    b = 1 + b / 2 ** (k - 1)
+    m[: 3 + 3 * b.size] = np.concatenate([[1.0, 2 - ulp, 2.0], b, b + ulp, b - ulp])
+    return m
+
+
+def _slice_expected(m: np.ndarray, lo: int, k: int, table) -> np.ndarray:
+    t = np.round(np.asarray(table) * 2 ** 16).astype(np.int64)
+    return t[(np.round(m * 2 ** 16).astype(np.int64) >> lo) & ((1 << k) - 1)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dealer,preprocess,mode,k,n", [
+    ("local", False, "dcf", 6, N), ("local", True, "dcf", 6, N), ("ttp", False, "dcf", 6, N),
+    ("ttp", True, "dcf", 6, N), ("local", False, "dcf", 12, 4_000), ("ttp", True, "dcf", 12, 4_000),
+    ("local", False, "bitwise", 8, 20_000)])
+def test_slice_lookup_reads_the_exact_bit_slice_in_each_dealer_mode(dealer, preprocess, mode, k, n):
+    """``Ops.slice_lookup`` under MPC: table[bits [lo, lo + k) of m's encoding], the same integers
+    the emulation (TorchOps) gives, on >= 10^5 random m and the edges, in two online rounds
+    (carry sign + lookup) with the DCF comparison; with the adder circuit the same values. The
+    k - 1 fraction bits and the integer bit, as the start tables read them."""
+    import torch
+
+    from pmpc.ops import TorchOps
+
+    rng = np.random.default_rng(secrets.randbits(64))
+    lo = 16 - k + 1  # 2^k dealt words an element: 10^5 on small tables, the start tables' 12 bits on fewer
+    m = _slice_inputs(rng, n, k)
+    table = rng.uniform(-100, 100, 1 << k)
+    res = run_local(fss_jobs.SliceLookupJob(m, lo, k, table, preprocess, dealer), dealer=dealer,
+                    timeout_s=120, deadline_s=400, env={"PMPC_COMPARISON": mode})
+    res, rounds = res[0], [r["rounds"] for r in res]
+    want = _slice_expected(m, lo, k, table)
+    assert (res["out"] == want).all(), f"{(res['out'] != want).sum()} of {n} wrong"
+    emu = TorchOps(fxp_bits=16).slice_lookup(torch.from_numpy(m), lo, k, table).numpy()
+    assert (np.round(emu * 2 ** 16).astype(np.int64) == want).all()
+    assert res["primitives"][f"slice_lookups.{k}"] == n and res["primitives"][f"lookups.{k}"] == n
+    if mode == "dcf":  # a live ttp key costs party 0 its dealer exchanges on top
+        assert rounds[1] == 2 and res["primitives"][f"dcf.{lo}"] == n
+        assert rounds[0] == 2 or (dealer == "ttp" and not preprocess)
+    else:
+        assert min(rounds) > 2 and not any(key.startswith("dcf.") for key in res["primitives"])
+
+
+def test_slice_lookup_emulation_wraps_at_the_integer_bit():
+    """The emulation's index is floor(m 2^(f - lo)) mod 2^k: with the integer bit in the slice, m = 2
+    reads index 0 (the start tables give it its own entry), 2 - ulp the last one."""
+    import torch
+
+    from pmpc.ops import TorchOps
+
+    table = list(range(16))
+    got = TorchOps(fxp_bits=16).slice_lookup(torch.tensor([1.0, 1.5, 2.0 - 2 ** -16, 2.0], dtype=torch.float64),
+                                             13, 4, table)
+    assert got.tolist() == [8.0, 12.0, 15.0, 0.0]

@@ -296,7 +296,7 @@ GAPS = {
             "SIRNN's blocks, which pmpc's `exact` already is: iron costs what exact costs in both technologies; "
             "the paper's 9.6x over SIRNN must come from what this forward does not exercise (BERT's GELU/LayerNorm "
             "against SIRNN's generic math, Iron's HE matmul packing; weights here are public).",
-    "bolt": "the gain is the SiLU: exact's precise exp (bit decomposition, a product per bit) and Newton "
+    "bolt": "the gain is the SiLU: exact's precise exp (bit decomposition, a product per bit) and Goldschmidt "
             "reciprocal become one polynomial and 3 lane comparisons, in either technology about the same "
             "share of the cost; BOLT's 24.6x is over SIRNN's LUT math at 37 bits plus its packed HE matmuls "
             "(word elimination), neither of which this public-weight run has.",

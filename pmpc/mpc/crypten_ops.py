@@ -186,6 +186,14 @@ class CrypTenOps(Ops):
     def lookup(self, d, k, tables):
         return self.from_int(gates.lookup(d, k, self._table_ints(tables, k).numpy()), self.fxp_bits)
 
+    def slice_lookup(self, x, lo, k, table):
+        pos = lo + _log2_scale(x) - self.fxp_bits  # the same bits of x's own encoding
+        if not 1 <= pos <= 64 - k or not 1 <= k <= gates.MAX_TABLE_BITS:
+            raise ValueError(f"slice_lookup: bits [{lo}, {lo + k}) of the encoding")
+        out = gates.slice_lookup(x, pos, k, self._table_ints([table], k).numpy()[0],
+                                 gates.use_dcf(x._tensor.share.numel()))
+        return self.from_int(out, self.fxp_bits)
+
     def bits(self, x, positions, lift: bool = True, scale: float = 1.0, offset: float = 0.0):
         """Bits ``positions`` of the ring encoding of ``scale * x + offset`` as arithmetic 0/1
         shares: one A2B conversion (adder circuit) and one batched single-bit B2A for all positions

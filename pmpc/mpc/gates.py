@@ -47,6 +47,10 @@ d + r mod 2^k and T[d] = sum_j e_r[j] T[(d^ - j) mod 2^k] is local. In ``local``
 one-hot share comes from the stream the parties share (nothing is sent); in ``ttp`` mode party 0
 receives its share from the dealer. A DPF (:func:`pmpc.mpc.fss.dpf_gen`) would shrink that to
 ~k 18 bytes at 2^k PRG leaves of local work per lookup; the one-hot costs no AES at all.
+
+A table on a bit slice of a fixed-point value (:func:`slice_lookup`, SIRNN's initial guesses for
+reciprocal and rsqrt) composes the two gates: a sign gate reads the carry of the parties' low
+share bits into the slice (round 1), the lookup reads the slice (round 2); exact, no new keys.
 """
 from __future__ import annotations
 
@@ -448,3 +452,29 @@ def lookup(x, k: int, tables: np.ndarray):
     PRIMITIVES.add(f"lookups.{k}", n)
     PRIMITIVES.add("key_bytes", mat.nbytes())
     return ring_ints(torch.from_numpy(out.view(np.int64)).reshape(shape))
+
+
+def slice_lookup(x, lo: int, k: int, table: np.ndarray, dcf: bool):
+    """``table[s]`` for s = bits [lo, lo + k) of the ring encoding of the secret ``MPCTensor``
+    ``x`` (public int64 ring words, 2^k of them): ring-integer shares, TWO online rounds.
+
+    With each party's share s_i = h_i 2^lo + u_i (u_i < 2^lo, the share read as an unsigned
+    word), x = s_0 + s_1 mod 2^64 and 2^64 a multiple of 2^(lo + k), so
+        s = (h_0 + h_1 + c) mod 2^k,   c = [u_0 + u_1 >= 2^lo]
+    EXACTLY (no off-by-one at a slice boundary or at the wrap). The carry c is the top bit of
+    u_0 + u_1 < 2^(lo + 1): the sign of the parties' low parts moved up to a lane's top bit
+    (round 1): the DCF gate on a (lo + 1)-bit lane (``dcf``), else the adder circuit on the next
+    8/16/32-bit lane (the caller's rule, :func:`use_dcf`). Then h_0 + h_1 + c is a local sum and :func:`lookup` of it is round 2. Both rounds
+    open masked values only (y + r on the lane, the index + r mod 2^k): uniform, whatever x is."""
+    from pmpc.mpc.primitives import PRIMITIVES
+    from pmpc.mpc.crypten_compat import lane_ltz, ring_ints
+
+    assert 1 <= lo and lo + k <= 64 and 1 <= k <= MAX_TABLE_BITS and (dcf or lo < 32)
+    share = x._tensor.share
+    low = share & ((1 << lo) - 1)
+    lane = lo + 1 if dcf else next(b for b in (8, 16, 32) if b > lo)
+    v = ring_ints(low << (lane - 1 - lo))
+    carry = ltz(v, lane, 0) if dcf else lane_ltz(v, lane, 0)  # round 1
+    idx = ring_ints((share >> lo) + carry._tensor.share)     # h_i (+ c): mod 2^k all that counts
+    PRIMITIVES.add(f"slice_lookups.{k}", share.numel())
+    return lookup(idx.reshape(1, *share.shape), k, table.reshape(1, 1 << k))[0]  # round 2

@@ -39,7 +39,7 @@ from pmpc import ops as ops_mod
 _PRIMS = {
     "_ltz_ring": "comparison", "_ltz_ring_int": "comparison", "_ltz_lane": "comparison",
     "bits": "bit_decomposition", "mul": "product", "matmul": "matmul", "idiv": "truncation",
-    "lookup": "lookup",
+    "lookup": "lookup", "slice_lookup": "slice_lookup",
 }
 RING_BITS = 64
 
@@ -49,7 +49,8 @@ class Counts:
     """{scope: {primitive key: elements}}. Keys: ``comparison/<bits>``, ``bit_decomposition/<k>``
     (k bits extracted), ``product`` (secret x secret elements, each followed by a truncation),
     ``matmul.ss`` / ``matmul.sp`` (secret x secret / secret x public: output elements and
-    ``.mac`` multiply-accumulates), ``truncation`` (elements), ``lookup/<k>`` (k-bit tables)."""
+    ``.mac`` multiply-accumulates), ``truncation`` (elements), ``lookup/<k>`` (k-bit tables),
+    ``slice_lookup/<k>`` (a k-bit table indexed by a bit slice of a fixed-point value)."""
 
     by_scope: dict = dataclasses.field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
     calls_by_scope: dict = dataclasses.field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
@@ -87,7 +88,8 @@ class Primitives:
     ``tuple_bytes`` (the correlated randomness the triples' provider hands this party: 8 bytes
     a ring word), ``dcf.<n>`` (comparisons that ran as one-round DCF gates on n-bit inputs, of
     the ``comparisons.<n+1>``; the rest ran as adder circuits), ``lookups.<k>`` (table lookups
-    with k-bit indices) and ``key_bytes`` (this party's FSS key and one-hot material: offline cost). Filled by :mod:`pmpc.mpc.crypten_compat`'s instrumentation; one instance per
+    with k-bit indices; ``slice_lookups.<k>`` of them indexed by a bit slice, each with its carry
+    comparison) and ``key_bytes`` (this party's FSS key and one-hot material: offline cost). Filled by :mod:`pmpc.mpc.crypten_compat`'s instrumentation; one instance per
     process (a party), reset and read around the span of interest."""
 
     def __init__(self):
@@ -144,6 +146,8 @@ def _record(ops, name: str, args, out, counts: Counts) -> None:
         counts.add(scope, "truncation", _numel(out))
     elif kind == "truncation":
         counts.add(scope, "truncation", _numel(args[0]))
+    elif kind == "slice_lookup":  # a carry sign on the low bits and a k-bit lookup
+        counts.add(scope, f"slice_lookup/{args[2]}", _numel(args[0]))
     elif kind == "lookup":
         counts.add(scope, f"lookup/{args[1] if len(args) > 1 and isinstance(args[1], int) else '?'}",
                    _numel(args[0]))
@@ -298,7 +302,7 @@ class OTModel:
             return self.product()
         if kind == "truncation":
             return self.truncation()
-        if kind == "lookup":
+        if kind in ("lookup", "slice_lookup"):  # SIRNN reads the slice off its msnzb digits
             return self.lookup(int(arg))
         if kind == "matmul.ss.mac":
             return self.matmul_ss(1)
