@@ -190,8 +190,9 @@ class CrypTenOps(Ops):
         pos = lo + _log2_scale(x) - self.fxp_bits  # the same bits of x's own encoding
         if not 1 <= pos <= 64 - k or not 1 <= k <= gates.MAX_TABLE_BITS:
             raise ValueError(f"slice_lookup: bits [{lo}, {lo + k}) of the encoding")
-        out = gates.slice_lookup(x, pos, k, self._table_ints([table], k).numpy()[0],
-                                 gates.use_dcf(x._tensor.share.numel()))
+        # the carry's comparison reads a (pos + 1)-bit lane; above 32 bits only the gate can
+        dcf = pos >= 32 or gates.use_dcf(x._tensor.share.numel(), pos + 1)
+        out = gates.slice_lookup(x, pos, k, self._table_ints([table], k).numpy()[0], dcf)
         return self.from_int(out, self.fxp_bits)
 
     def bits(self, x, positions, lift: bool = True, scale: float = 1.0, offset: float = 0.0):
