@@ -125,6 +125,15 @@ def test_two_party_zero_sharing_is_one_shared_draw():
     assert abs((big < 0).mean() - 0.5) < 0.01 and len(np.unique(big)) == big.size
 
 
+def test_division_by_a_negative_public_integer():
+    """CrypTen divides secret values by public integers of either sign (its own tests broadcast
+    divisors drawn from [-60, 60]); the exact truncation divides by |y| and negates the shares."""
+    for out in run_local(mj.negative_divisor_job, timeout_s=60, deadline_s=180):
+        assert max(out["errs"]) <= 3, out["errs"]   # units: the floors' rounding, as for positive divisors
+        assert out["fixed"] < 1e-3
+        assert "0 < |y| < 2^62" in out["zero"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["exact", "local"])
 def test_two_party_truncation_never_wraps(mode):

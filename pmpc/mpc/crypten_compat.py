@@ -377,7 +377,7 @@ def _udiv(s: torch.Tensor, d: torch.Tensor, q: torch.Tensor, r: torch.Tensor) ->
 
 
 def _exact_div_(self, y):
-    """2PC ``ArithmeticSharedTensor.div_`` by a public positive integer, without CrypTen's wrap error.
+    """2PC ``ArithmeticSharedTensor.div_`` by a public nonzero integer, without CrypTen's wrap error.
 
     CrypTen divides each party's share locally in 2PC (SecureML), which is wrong by ~2^64 / y
     whenever the two shares wrap around the ring: probability ~|x| / 2^64 per element (measured:
@@ -405,9 +405,12 @@ def _exact_div_(self, y):
     if not integral or comm.get().get_world_size() != 2:
         return _crypten_div_(self, y)
     d = torch.as_tensor(y, dtype=torch.long, device=self.share.device)
-    if not bool((d > 0).all()) or bool((d >= _OFFSET).any()):
-        raise ValueError("pmpc: secret division by a public integer needs 0 < y < 2^62")
-    if d.numel() == 1 and int(d) == 1:
+    if bool((d == 0).any()) or bool((d >= _OFFSET).any()) or bool((d <= -_OFFSET).any()):
+        raise ValueError("pmpc: secret division by a public integer needs 0 < |y| < 2^62")
+    # a negative divisor (CrypTen allows one): x / y = -(x / |y|), the negation local to each share
+    sign = torch.where(d < 0, -1, 1) if bool((d < 0).any()) else None
+    d = d.abs()
+    if sign is None and d.numel() == 1 and int(d) == 1:
         return self
     rank = comm.get().get_rank()
     # a fresh zero sharing first: shares of public-looking values (x * 0 after a mask: both 0)
@@ -428,7 +431,7 @@ def _exact_div_(self, y):
         # truncation towards zero of one positive and one negative share is). Without it, a
         # tiny model's secure-vs-plain logit error grew 3-25x.
         out = out - _OFFSET // d + (d > 1).long()   # y = 1 divides exactly
-    self.share = out
+    self.share = out if sign is None else out * sign
     return self
 
 
