@@ -264,3 +264,15 @@ def negative_divisor_job(rank, world_size):
     except ValueError as e:
         zero = str(e)
     return {"errs": errs, "fixed": (fixed - x / torch.tensor([-20, 30])).abs().max().item(), "zero": zero}
+
+
+def dropout_job(rank, world_size):
+    """CrypTen's dropout in training mode on secret ones: the revealed values, where each party drew
+    its public mask from its own copy of the "global" stream (different masks would reveal garbage)."""
+    from pmpc.mpc.crypten_compat import crypten
+
+    x = crypten.cryptensor(torch.ones(2000), src=0)
+    flat = x.dropout(0.25, training=True).get_plain_text()
+    y = crypten.cryptensor(torch.ones(8, 40, 3), src=0)
+    feat = y._feature_dropout(0.5, training=True).get_plain_text()
+    return {"flat": flat.numpy(), "feature": feat.numpy()}

@@ -21,7 +21,7 @@ shims it needs on torch 2.13 and exposes a few helpers for the party processes:
   torch's global generator, which processes forked from one parent share) and expands them with
   Mersenne Twister: every process here keys AES-128-CTR streams (:mod:`pmpc.mpc.prg`) from the OS and
   from the authenticated key exchange that opens every link (:mod:`pmpc.mpc.handshake`) instead,
-  and every draw goes through :func:`ring_random`.
+  and every draw goes through :func:`ring_random` (dropout's public masks: :func:`_prg_dropout`).
 * :class:`solo_dry_run` runs CrypTen ops in one party with no peer (planning a query's tuples).
 * Beaver code asks ``crypten.mpc.get_default_provider()`` for tuples at every call;
   :class:`use_provider` installs another provider there (the offline/online split,
@@ -230,6 +230,33 @@ def _prg_sampling() -> None:
 
 
 _prg_sampling()
+
+
+def _prg_dropout() -> None:
+    """CrypTen's dropout (``crypten.gradients``: ``dropout``, ``_feature_dropout``) draws its public
+    mask with ``torch.rand(size, generator=crypten.generators["global"][device])``, and torch takes
+    only its own generators. In that module ``torch.rand`` also takes a :class:`PRG`: uniform
+    floats in [0, 1) from 24-bit words of the stream. Both parties hold the same "global" stream,
+    so they draw the same mask, as with CrypTen's. Every other name there is torch's own."""
+    import crypten.gradients as gradients
+
+    def rand(*size, generator=None, device=None, **kwargs):
+        if not isinstance(generator, PRG):
+            return torch.rand(*size, generator=generator, device=device, **kwargs)
+        size = tuple(size[0]) if len(size) == 1 and not isinstance(size[0], int) else size
+        out = generator.ring(size, 24).float() / (1 << 24)
+        return out if device is None else out.to(device)
+
+    class _Torch:
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+    shim = _Torch()
+    shim.rand = rand
+    gradients.torch = shim
+
+
+_prg_dropout()
 
 
 def _devices() -> list:
