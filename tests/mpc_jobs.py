@@ -236,3 +236,43 @@ def sleep_job(rank, world_size):
 
     pathlib.Path(os.environ["PMPC_TEST_PIDDIR"], f"{rank}.pid").write_text(str(os.getpid()))
     time.sleep(120)
+
+
+def negative_divisor_job(rank, world_size):
+    """Secret values divided by public integers of either sign (CrypTen allows negative ones): ring
+    integers by a negative int and elementwise by an int tensor of both signs, the largest error in
+    units; fixed-point values through ``MPCTensor.div``; and a zero divisor, which must refuse."""
+    from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+
+    from pmpc.mpc.crypten_compat import crypten
+
+    g = torch.Generator().manual_seed(2)
+    v = torch.randint(-2 ** 40, 2 ** 40, (100_000,), generator=g)
+    d = torch.randint(1, 1000, v.shape, generator=g) * (1 - 2 * torch.randint(0, 2, v.shape, generator=g))
+    r = torch.randint(-2 ** 63, 2 ** 63 - 1, v.shape, generator=g)   # uniform shares: v - r and r
+    errs = []
+    for div in (-7, -1, d):
+        s = ArithmeticSharedTensor.from_shares(v - r if rank == 0 else r.clone(), precision=0)
+        got = s.div_(div).reveal()
+        errs.append(float((got.double() - v.double() / torch.as_tensor(div).double()).abs().max()))
+    x = torch.tensor([[1.5, -2.25], [30.0, -0.5]])
+    fixed = crypten.cryptensor(x, src=0).div(torch.tensor([-20, 30])).get_plain_text()
+    s = ArithmeticSharedTensor.from_shares(r[:4].clone(), precision=0)
+    try:
+        s.div_(torch.tensor([3, 0, -3, 1]))
+        zero = "divided"
+    except ValueError as e:
+        zero = str(e)
+    return {"errs": errs, "fixed": (fixed - x / torch.tensor([-20, 30])).abs().max().item(), "zero": zero}
+
+
+def dropout_job(rank, world_size):
+    """CrypTen's dropout in training mode on secret ones: the revealed values, where each party drew
+    its public mask from its own copy of the "global" stream (different masks would reveal garbage)."""
+    from pmpc.mpc.crypten_compat import crypten
+
+    x = crypten.cryptensor(torch.ones(2000), src=0)
+    flat = x.dropout(0.25, training=True).get_plain_text()
+    y = crypten.cryptensor(torch.ones(8, 40, 3), src=0)
+    feat = y._feature_dropout(0.5, training=True).get_plain_text()
+    return {"flat": flat.numpy(), "feature": feat.numpy()}

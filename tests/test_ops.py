@@ -125,6 +125,28 @@ def test_two_party_zero_sharing_is_one_shared_draw():
     assert abs((big < 0).mean() - 0.5) < 0.01 and len(np.unique(big)) == big.size
 
 
+def test_division_by_a_negative_public_integer():
+    """CrypTen divides secret values by public integers of either sign (its own tests broadcast
+    divisors drawn from [-60, 60]); the exact truncation divides by |y| and negates the shares."""
+    for out in run_local(mj.negative_divisor_job, timeout_s=60, deadline_s=180):
+        assert max(out["errs"]) <= 3, out["errs"]   # units: the floors' rounding, as for positive divisors
+        assert out["fixed"] < 1e-3
+        assert "0 < |y| < 2^62" in out["zero"]
+
+
+def test_dropout_draws_one_public_mask_from_the_shared_stream():
+    """CrypTen's dropout asks torch for uniform floats from a generator both parties share; pmpc's
+    generators are AES streams. Each kept value is 1 / (1 - p), each dropped one 0 (a mask that
+    differed between the parties would reveal neither), at about the rate p."""
+    for out in run_local(mj.dropout_job, timeout_s=60, deadline_s=180):
+        flat, feat = out["flat"], out["feature"]
+        kept = flat != 0
+        assert np.allclose(flat[kept], 1 / 0.75, atol=1e-3) and 0.2 < 1 - kept.mean() < 0.3
+        kept = feat != 0
+        assert (kept == kept[..., :1]).all()          # a whole feature map kept or dropped
+        assert np.allclose(feat[kept], 2.0, atol=1e-3) and 0.35 < 1 - kept.mean() < 0.65
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["exact", "local"])
 def test_two_party_truncation_never_wraps(mode):

@@ -347,6 +347,22 @@ def test_parties_out_of_step_stop_with_one_line():
     t1.close()
 
 
+def test_a_one_element_tensor_broadcast_from_a_scalar_is_sent_and_filled():
+    """CrypTen's broadcasting ops make one-element tensors expanded from a scalar: stride 0, which
+    ``is_contiguous`` accepts, and whose bytes cannot be viewed in place. Both ends copy instead."""
+    a, b = _tcp_pair()
+    t0, t1 = _in_threads(lambda: transport.links(0, {1: a}, 5.0, False), lambda: transport.links(1, {0: b}, 5.0, False))
+    sent = torch.tensor(-5, dtype=torch.long).expand(1, 1, 1)
+    assert sent.is_contiguous() and sent.reshape(-1).stride(0) == 0
+    t1.send(0, transport._buf(sent))
+    base = torch.tensor(0, dtype=torch.long)
+    into = base.expand(1)
+    transport._recv_tensors(t0, 1, [into])
+    assert into.item() == -5 and base.item() == -5
+    t0.close()
+    t1.close()
+
+
 @pytest.mark.parametrize("tls", [True, False])
 def test_a_large_message_lands_in_its_own_buffer(tls):
     """Waiting for a small message reads at most READ_AHEAD bytes of a large one behind it (plus

@@ -21,7 +21,7 @@ shims it needs on torch 2.13 and exposes a few helpers for the party processes:
   torch's global generator, which processes forked from one parent share) and expands them with
   Mersenne Twister: every process here keys AES-128-CTR streams (:mod:`pmpc.mpc.prg`) from the OS and
   from the authenticated key exchange that opens every link (:mod:`pmpc.mpc.handshake`) instead,
-  and every draw goes through :func:`ring_random`.
+  and every draw goes through :func:`ring_random` (dropout's public masks: :func:`_prg_dropout`).
 * :class:`solo_dry_run` runs CrypTen ops in one party with no peer (planning a query's tuples).
 * Beaver code asks ``crypten.mpc.get_default_provider()`` for tuples at every call;
   :class:`use_provider` installs another provider there (the offline/online split,
@@ -270,6 +270,33 @@ def _prg_sampling() -> None:
 _prg_sampling()
 
 
+def _prg_dropout() -> None:
+    """CrypTen's dropout (``crypten.gradients``: ``dropout``, ``_feature_dropout``) draws its public
+    mask with ``torch.rand(size, generator=crypten.generators["global"][device])``, and torch takes
+    only its own generators. In that module ``torch.rand`` also takes a :class:`PRG`: uniform
+    floats in [0, 1) from 24-bit words of the stream. Both parties hold the same "global" stream,
+    so they draw the same mask, as with CrypTen's. Every other name there is torch's own."""
+    import crypten.gradients as gradients
+
+    def rand(*size, generator=None, device=None, **kwargs):
+        if not isinstance(generator, PRG):
+            return torch.rand(*size, generator=generator, device=device, **kwargs)
+        size = tuple(size[0]) if len(size) == 1 and not isinstance(size[0], int) else size
+        out = generator.ring(size, 24).float() / (1 << 24)
+        return out if device is None else out.to(device)
+
+    class _Torch:
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+    shim = _Torch()
+    shim.rand = rand
+    gradients.torch = shim
+
+
+_prg_dropout()
+
+
 def _devices() -> list:
     """The devices CrypTen keeps generators for: the CPU, and each CUDA device if there is one."""
     devs = [torch.device("cpu")]
@@ -415,7 +442,7 @@ def _udiv(s: torch.Tensor, d: torch.Tensor, q: torch.Tensor, r: torch.Tensor) ->
 
 
 def _exact_div_(self, y):
-    """2PC ``ArithmeticSharedTensor.div_`` by a public positive integer, without CrypTen's wrap error.
+    """2PC ``ArithmeticSharedTensor.div_`` by a public nonzero integer, without CrypTen's wrap error.
 
     CrypTen divides each party's share locally in 2PC (SecureML), which is wrong by ~2^64 / y
     whenever the two shares wrap around the ring: probability ~|x| / 2^64 per element (measured:
@@ -443,9 +470,12 @@ def _exact_div_(self, y):
     if not integral or comm.get().get_world_size() != 2:
         return _crypten_div_(self, y)
     d = torch.as_tensor(y, dtype=torch.long, device=self.share.device)
-    if not bool((d > 0).all()) or bool((d >= _OFFSET).any()):
-        raise ValueError("pmpc: secret division by a public integer needs 0 < y < 2^62")
-    if d.numel() == 1 and int(d) == 1:
+    if bool((d == 0).any()) or bool((d >= _OFFSET).any()) or bool((d <= -_OFFSET).any()):
+        raise ValueError("pmpc: secret division by a public integer needs 0 < |y| < 2^62")
+    # a negative divisor (CrypTen allows one): x / y = -(x / |y|), the negation local to each share
+    sign = torch.where(d < 0, -1, 1) if bool((d < 0).any()) else None
+    d = d.abs()
+    if sign is None and d.numel() == 1 and int(d) == 1:
         return self
     rank = comm.get().get_rank()
     # a fresh zero sharing first: shares of public-looking values (x * 0 after a mask: both 0)
@@ -466,7 +496,7 @@ def _exact_div_(self, y):
         # truncation towards zero of one positive and one negative share is). Without it, a
         # tiny model's secure-vs-plain logit error grew 3-25x.
         out = out - _OFFSET // d + (d > 1).long()   # y = 1 divides exactly
-    self.share = out
+    self.share = out if sign is None else out * sign
     return self
 
 

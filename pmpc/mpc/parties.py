@@ -8,6 +8,8 @@
 * :func:`run_party` runs ONE party in the current process — the entry point for one party per
   host (``pmpc party --rank R --rendezvous tcp://HOST:PORT --psk-file FILE``). With
   ``dealer="ttp"`` rank ``world_size`` is the dealer (:func:`pmpc.mpc.dealer.serve`).
+* :func:`join_from_env` joins the current process as the party that CrypTen's launcher variables
+  (``RANK``, ``WORLD_SIZE``, ``RENDEZVOUS``) name: code written for ``crypten.init()`` runs on pmpc.
 
 A job is a picklable callable ``job(rank, world_size) -> picklable`` (plain Python / numpy
 values: returning torch tensors through a queue can crash the parent). With ``inputs``, each
@@ -251,6 +253,46 @@ def run_party(job, rank: int, world_size: int, rendezvous: str, timeout_s: float
         if dealer == "ttp" and rank == 0:
             dealer_mod.terminate()
         cc.shutdown_party()
+
+
+ENV_VARS = ("RANK", "WORLD_SIZE", "RENDEZVOUS", "PMPC_PSK_FILE")
+
+
+def join_from_env(timeout_s: float = 60.0, provider: str | None = None) -> tuple[int, int]:
+    """Join a session as the party that the environment names, the way ``crypten.init()`` reads
+    CrypTen's launcher variables: ``RANK``, ``WORLD_SIZE`` (the computing parties; rank
+    ``WORLD_SIZE`` is the dealer), ``RENDEZVOUS`` (``tcp://HOST:PORT`` or ``file:///PATH``) and
+    ``PMPC_PSK_FILE`` (the pre-shared key file every party holds). A program written against
+    CrypTen's own start-up (its examples and unit tests) calls this instead of ``crypten.init()``
+    and then runs on pmpc's links, seeds, truncation and dealer. ``provider``: ``TFP`` or ``TTP``
+    (default: CrypTen's configured ``cfg.mpc.provider``). Returns ``(rank, world_size)``; the
+    dealer then calls :func:`pmpc.mpc.dealer.serve`, and party 0 ends the dealer's session with
+    :func:`pmpc.mpc.dealer.terminate` before leaving (:func:`pmpc.mpc.crypten_compat.shutdown_party`).
+    Raises :class:`UserError` (a missing or bad variable) or :class:`PartyError` (joining failed),
+    one line each."""
+    from pmpc.mpc import crypten_compat as cc
+
+    missing = [v for v in ENV_VARS if not os.environ.get(v)]
+    if missing:
+        raise UserError(f"joining from the environment needs {', '.join(ENV_VARS)}; not set: {', '.join(missing)}")
+    try:
+        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except ValueError:
+        raise UserError(f"RANK and WORLD_SIZE are integers, not {os.environ['RANK']!r} and "
+                        f"{os.environ['WORLD_SIZE']!r}") from None
+    provider = provider or cc.crypten.cfg.mpc.provider
+    if provider not in ("TFP", "TTP"):
+        raise UserError(f"provider {provider!r}: pmpc's dealers are TFP (local) and TTP (a dealer process)")
+    if not (world_size == 2 and 0 <= rank <= world_size - (provider == "TFP")):
+        raise UserError(f"RANK={rank} WORLD_SIZE={world_size}: pmpc runs 2 computing parties (ranks 0 and 1), "
+                        "and rank 2 as the dealer with the TTP provider")
+    psk = handshake.read_psk(os.environ["PMPC_PSK_FILE"])
+    try:
+        cc.init_party(rank, world_size, os.environ["RENDEZVOUS"], timeout_s, provider, psk=psk)
+    except cc.InitError as e:
+        raise PartyError(f"{who(rank)}: {e}") from None
+    dealer_mod.install()
+    return rank, world_size
 
 
 @contextlib.contextmanager

@@ -559,17 +559,26 @@ def leave() -> None:
 
 
 # -- CrypTen's communicator over the links -----------------------------------------------------------
+def _dense(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements lie one after another in memory. ``is_contiguous`` alone is not
+    enough: it ignores the strides of size-1 dimensions, so a one-element tensor broadcast from a
+    scalar (stride 0) counts as contiguous, and its bytes cannot be viewed."""
+    return t.is_contiguous() and (t.numel() != 1 or t.reshape(-1).stride(0) == 1)
+
+
 def _buf(t: torch.Tensor) -> memoryview:
     """The bytes of a tensor (a CPU contiguous view or copy)."""
     t = t.detach()
     if t.device.type != "cpu":
         t = t.cpu()
-    return memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy())
+    if not _dense(t):
+        t = t.clone(memory_format=torch.contiguous_format)
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
 
 
 def _fill(t: torch.Tensor) -> tuple[memoryview, object]:
     """A writable byte view of ``t`` and a finisher that copies back when ``t`` is not a CPU contiguous tensor."""
-    if t.device.type == "cpu" and t.is_contiguous():
+    if t.device.type == "cpu" and _dense(t):
         return memoryview(t.reshape(-1).view(torch.uint8).numpy()), None
     tmp = torch.empty(t.shape, dtype=t.dtype)
     return memoryview(tmp.reshape(-1).view(torch.uint8).numpy()), lambda: t.copy_(tmp)
