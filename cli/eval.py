@@ -129,7 +129,8 @@ def _run_sets(kw, sets, approx, out, json_path, what, secure: dict | None = None
             c = summ["secure_cost"]
             click.echo(f"  cost (client): {c['batches']} sessions, prefill {c['prefill']['rounds']} rounds / "
                        f"{c['prefill']['bytes'] / 1e6:.0f} MB, decode {c['decode']['rounds']} rounds / "
-                       f"{c['decode']['bytes'] / 1e6:.0f} MB, {c['wall_seconds']:.0f} s")
+                       f"{c['decode']['bytes'] / 1e6:.0f} MB (dealt beside them {c['decode']['dealer_bytes'] / 1e6:.0f} MB), "
+                       f"{c['wall_seconds']:.0f} s")
     if json_path:
         pathlib.Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(json_path).write_text(json.dumps(results, indent=1))
@@ -142,7 +143,8 @@ def _secure_cost(path) -> dict:
     tot = {"batches": len(recs), "prompts": sum(r["batch"] for r in recs),
            "wall_seconds": sum(r["wall_seconds"] for r in recs)}
     for ph in ("prefill", "decode"):
-        tot[ph] = {k: sum(r[ph].get(k, 0) for r in recs) for k in ("rounds", "bytes", "seconds", "comm_seconds")}
+        tot[ph] = {k: sum(r[ph].get(k, 0) for r in recs) for k in ("rounds", "bytes", "seconds", "comm_seconds",
+                                                                        "dealer_bytes")}
     tot["decode"]["tokens"] = sum(r["decode"].get("tokens", 0) for r in recs)
     return tot
 

@@ -88,14 +88,15 @@ ATOL, RTOL = 2e-3, 5e-3
 
 
 @pytest.mark.slow
-def test_mpc_equals_emulation_for_every_function(gen):
+@pytest.mark.parametrize("dealer", ["local", "ttp"])  # ttp: the dealer's answers read after each opening
+def test_mpc_equals_emulation_for_every_function(gen, dealer):
     cases = {}
     for pname, fn, spec in mj.spec_items(ALL):
         if (pname, fn) in KNOWN_BAD:
             continue  # their float64 test is a strict xfail above: not silent
         n = 16 * mj.SOFTMAX_ROW if fn == "softmax" else 256
         cases[(pname, fn)] = _quantize(mj.sample(fn, spec.domain, n, gen)).numpy()
-    res = run_local(mj.FunctionsJob(cases), timeout_s=120, deadline_s=300)[0]
+    res = run_local(mj.FunctionsJob(cases), timeout_s=120, deadline_s=300, dealer=dealer)[0]
     bad = []
     for (pname, fn), arr in cases.items():
         emu = mj.evaluate(protocols.get(pname), fn, torch.from_numpy(arr), TorchOps(fxp_bits=16)).numpy()

@@ -172,18 +172,27 @@ class BenchJob:
         primitives.PRIMITIVES.reset()
         if rank != CLIENT:
             ids = torch.zeros(self.shape, dtype=torch.long)  # the server never sees the tokens
-        t1 = time.perf_counter()
+        t1, dealt = time.perf_counter(), _dealer_bytes()
         out = eng.prefill(ids, use_cache=False)
         with ops.scope("reveal"):
             out = ops.reveal(out, dst=CLIENT)
         wall = time.perf_counter() - t1
         res = {"rank": rank, "wall_s": wall, "setup": setup, "scopes": ops.tracker.snapshot(),
+               "dealer_bytes": _dealer_bytes() - dealt,
                "total": ops.tracker.total().as_dict(), "primitives": primitives.PRIMITIVES.snapshot(),
                "n_layers": spec.n_layers,
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         if rank == CLIENT:
             res["output"] = out.double().numpy()
         return res
+
+
+def _dealer_bytes() -> int:
+    """This party's dealt traffic so far (the dealer's answers, FSS key words): it travels beside
+    the rounds and is counted apart from the rounds and bytes of the computation."""
+    from pmpc.mpc.crypten_compat import comm
+
+    return int(comm.get().get_communication_stats().get("dealer_bytes", 0))
 
 
 # -- fidelity -----------------------------------------------------------------------------------------
@@ -223,7 +232,7 @@ def make_row(model: str, protocol: str, parts: list, ref: np.ndarray, is_lm: boo
     wall = max(client["wall_s"], server["wall_s"])
     return {
         "model": model, "protocol": protocol,
-        "rounds": total["rounds"], "bytes": total["bytes"],
+        "rounds": total["rounds"], "bytes": total["bytes"], "dealer_bytes": client.get("dealer_bytes"),
         "wall_s": {"client": client["wall_s"], "server": server["wall_s"]},
         "modelled_s": _modelled(total, wall, links),
         "scopes": client["scopes"],
@@ -325,18 +334,22 @@ def markdown(data: dict) -> str:
         f"(auto: one-round DCF gates for calls of at most {_dcf_max()} element x tree levels, adder circuits above).",
         "Links: " + ", ".join(f"{n} = {l['bandwidth_bps'] / 1e6:g} Mbit/s, RTT {l['rtt_s'] * 1e3:g} ms"
                               for n, l in data["links"].items())
-        + "; modelled time = slower party's wall time + rounds x RTT + bytes sent x 8 / bandwidth.",
+        + "; modelled time = slower party's wall time + rounds x RTT + bytes sent x 8 / bandwidth. "
+        "MB and rounds: between the computing parties; dealt MB: the client's dealt traffic (the dealer's "
+        "answers, FSS key words), which travels beside the rounds.",
         "Speedup = exact's cost / the row's cost (same model, same inputs). Fidelity: against the plaintext "
         "engine on the same tokens (top-1 agreement and mean KL of next-token distributions at every position; "
         "encoders: relative error of the output).", "",
     ]
-    head = (["model", "protocol", "MB", "rounds", "wall s (client/server)", *(f"{l} s" for l in links), "x bytes",
+    head = (["model", "protocol", "MB", "dealt MB", "rounds", "wall s (client/server)", *(f"{l} s" for l in links), "x bytes",
              "x rounds", *(f"x {l}" for l in links), "top-1", "mean KL", "rel err"])
     body = []
     for r in data["rows"]:
         sp = r.get("speedup_vs_exact") or {}
         f = r["fidelity"]
-        body.append([r["model"], r["protocol"], f"{r['bytes'] / 1e6:.1f}", r["rounds"],
+        dealt = r.get("dealer_bytes")
+        body.append([r["model"], r["protocol"], f"{r['bytes'] / 1e6:.1f}", "—" if dealt is None else f"{dealt / 1e6:.1f}",
+                     r["rounds"],
                      f"{r['wall_s']['client']:.2f}/{r['wall_s']['server']:.2f}",
                      *(f"{r['modelled_s'].get(l, float('nan')):.2f}" for l in links),
                      _fmt(sp.get("bytes"), ".2f"), _fmt(sp.get("rounds"), ".2f"), *(_fmt(sp.get(l), ".2f") for l in links),
