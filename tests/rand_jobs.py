@@ -75,13 +75,16 @@ def shares_after_global_seeding(rank, world_size):
     import numpy as np
     import torch
 
-    from pmpc.mpc.crypten_compat import MPCTensor, crypten
+    from pmpc.mpc.crypten_compat import MPCTensor, comm, crypten
 
     torch.manual_seed(0)
     np.random.seed(0)
     random.seed(0)
     x = MPCTensor(torch.ones(8))
     a, b, c = crypten.mpc.get_default_provider().generate_additive_triple((8,), (8,), "mul")
+    # the dealer's answer (party 0's c) is read after the opening that uses it; with no opening
+    # here, read it now
+    comm.get().settle()
     return {"x": x._tensor.share.tolist(), "a": a.share.tolist(), "b": b.share.tolist(), "c": c.share.tolist()}
 
 
