@@ -683,11 +683,10 @@ class DirectCommunicator(DistributedCommunicator):
         return self.ttp_initialized and self.world_size in (peer, self.rank)
 
     def count_dealt(self, nbytes: int) -> None:
-        from crypten.config import cfg
-
-        if cfg.communicator.verbose:
-            self.dealer_messages += 1
-            self.dealer_bytes += nbytes
+        # always counted: two integer additions, where reading CrypTen's ``verbose`` flag from its
+        # OmegaConf config cost more than the rest of a dealt message's bookkeeping
+        self.dealer_messages += 1
+        self.dealer_bytes += nbytes
 
     def send_dealt(self, tensor, dst: int) -> None:
         """Send dealt material (not a round of the computation)."""
