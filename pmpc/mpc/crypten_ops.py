@@ -87,7 +87,7 @@ class CrypTenOps(Ops):
                 raise TypeError("a fixed operand multiplies a secret value")
             return fixed_operand.matmul(x, y)
         if torch.is_tensor(y) and self.is_secret(x) and not self.is_secret(y) and y.is_floating_point():
-            y = PublicMatrix(y, self.fxp_bits + WEIGHT_EXTRA_BITS)
+            y = PublicMatrix(y, self.fxp_bits + WEIGHT_EXTRA_BITS, compact=False)  # used once: no int32 copy
         if isinstance(y, PublicMatrix):
             raw = x._tensor.share.matmul(y.ring()) * (1 << (self.fxp_bits - _log2_scale(x)))
             out = ArithmeticSharedTensor.from_shares(raw, precision=0)
@@ -229,12 +229,13 @@ class CrypTenOps(Ops):
 
 class PublicMatrix:
     """A public matrix as ring integers round(y 2^frac_bits), encoded once. y 2^frac_bits is exact in
-    y's own float type (a power-of-two scale) and so is its rounding. Held as int32 when every
-    entry fits (the same memory as the float32 weights it replaces), widened per product."""
+    y's own float type (a power-of-two scale) and so is its rounding. ``compact`` (a matrix kept
+    for the session): held as int32 when every entry fits (the same memory as the float32 weights
+    it replaces), widened per product; otherwise int64 at once."""
 
-    def __init__(self, y: torch.Tensor, frac_bits: int):
+    def __init__(self, y: torch.Tensor, frac_bits: int, compact: bool = True):
         ints = torch.round(y * 2.0 ** frac_bits)
-        fits = bool(ints.abs().max() < 2 ** 31) if ints.numel() else True
+        fits = compact and (bool(ints.abs().max() < 2 ** 31) if ints.numel() else True)
         self.ints = ints.to(torch.int32 if fits else torch.int64)
         self.frac_bits = frac_bits
 
