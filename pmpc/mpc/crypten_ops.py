@@ -14,7 +14,7 @@ from crypten.encoder import FixedPointEncoder  # noqa: E402,I001
 from crypten.mpc.primitives import beaver  # noqa: E402
 from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor  # noqa: E402
 
-from pmpc.mpc import fixed_operand, gates  # noqa: E402
+from pmpc.mpc import concurrent, fixed_operand, gates  # noqa: E402
 from pmpc.ops import ACT_BOUND, BITS_SCALE_FRAC, WEIGHT_EXTRA_BITS, Ops, _check_room, _round_coef
 
 
@@ -73,6 +73,9 @@ class CrypTenOps(Ops):
 
     def lift(self, b):
         return self._lift(b)
+
+    def parallel(self, *fns) -> list:
+        return concurrent.parallel(fns)
 
     def matmul(self, x, y):
         """A secret x times a PUBLIC matrix y (a linear layer's weights): y is read on

@@ -1,0 +1,198 @@
+"""Independent computations in shared rounds: :func:`parallel` runs a few branches of protocol code
+so that their openings travel together, one exchange a round for all of them.
+
+Why: a round costs the same whether it opens one value or a thousand (CPU per message, a network
+round trip), and CrypTen opens each product, truncation and comparison on its own. Two branches
+that do not depend on each other — a comparison's adder circuit and the polynomial's powers of
+the same input; a truncation and a table lookup — then cost the SUM of their rounds. Run under
+:func:`parallel` they cost the MAX.
+
+How: each branch runs in its own thread, but never two at once: the coordinator (the calling
+thread) lets them run one after the other, in their given order, each until it asks for an
+opening (CrypTen's ``all_reduce``) or returns. When every live branch waits, their openings go
+out as ONE message (one round on the cost counters, bytes as the sum), each branch gets its own
+reply back, and the next phase starts in the same order. So all local work — including every
+draw from the random streams the parties or the dealer share — happens in an order both parties
+reproduce exactly (the code and the shapes are the same at both), and each party's k-th merged
+message matches the peer's. Threads are only the means to suspend a branch mid-call; nothing runs
+concurrently.
+
+Other peer calls inside a branch (rare: none of the online ops makes one) run on the spot, in the
+same deterministic order at both parties: correct, only not merged. Deferred dealt messages
+(:meth:`pmpc.mpc.transport.DirectCommunicator.expect`, ``ride``) keep their order: riders leave
+behind the merged message, deferred readers run after it.
+"""
+from __future__ import annotations
+
+import threading
+import timeit
+
+import torch
+
+_TLS = threading.local()
+
+
+def _encodings_per_thread() -> None:
+    """CrypTen's Beaver step sets its operands' encoder scales to 1 AROUND its opening
+    (``beaver.IgnoreEncodings``) and puts them back after: a branch parked inside that window
+    would show another branch the operand (the same object, when both multiply the same value)
+    with scale 1. Here each window is recorded per thread, closed while its branch is parked and
+    reopened when it resumes, so every branch sees its operands' true scales while it runs."""
+    from crypten.mpc.primitives import beaver
+
+    base = beaver.IgnoreEncodings
+    if getattr(base, "_pmpc_per_thread", False):
+        return
+
+    class IgnoreEncodings(base):
+        _pmpc_per_thread = True
+
+        def __enter__(self):
+            _TLS.__dict__.setdefault("windows", []).append(self)
+            return super().__enter__()
+
+        def __exit__(self, *exc):
+            _TLS.windows.remove(self)
+            return super().__exit__(*exc)
+
+    beaver.IgnoreEncodings = IgnoreEncodings
+
+
+def _close_windows() -> list:
+    ws = list(getattr(_TLS, "windows", ()))
+    for w in reversed(ws):
+        base_exit(w)
+    return ws
+
+
+def base_exit(w) -> None:
+    for i, t in enumerate(w.list_of_tensors):
+        t.encoder._scale = w.encodings_cache[i]
+
+
+def _reopen_windows(ws) -> None:
+    for w in ws:
+        for t in w.list_of_tensors:
+            t.encoder._scale = 1
+
+
+class _Branch:
+    def __init__(self, fn):
+        self.fn = fn
+        self.go = threading.Event()
+        self.stopped = threading.Event()
+        self.pending = None      # (tensors, op, batched) while waiting for an opening
+        self.reply = None
+        self.done = False
+        self.result = None
+        self.error: BaseException | None = None
+        self.abort = False
+
+
+def _reduce_op(op):
+    from torch.distributed import ReduceOp
+
+    return ReduceOp.SUM if op is None else op
+
+
+def _all_reduce(comm, original):
+    """The communicator's ``all_reduce`` while branches run: inside a branch it parks the opening
+    until the coordinator sends every branch's together; elsewhere the original."""
+
+    def all_reduce(input, op=None, batched=False):
+        br = getattr(_TLS, "branch", None)
+        if br is None:
+            return original(input, op=op, batched=batched)
+        br.pending = (list(input) if batched else [input], _reduce_op(op), batched)
+        windows = _close_windows()
+        br.stopped.set()
+        br.go.wait()
+        br.go.clear()
+        _reopen_windows(windows)
+        if br.abort:
+            raise RuntimeError("pmpc: a parallel branch was abandoned (another branch failed)")
+        out = br.reply
+        br.reply = None
+        return out if batched else out[0]
+
+    return all_reduce
+
+
+def _exchange_merged(comm, branches) -> None:
+    """ONE exchange for the parked openings of ``branches`` (in order), counted as one round."""
+    import crypten
+
+    from pmpc.mpc.transport import _combine
+
+    flat = [t for b in branches for t in b.pending[0]]
+    tic = timeit.default_timer()
+    theirs = comm._exchange(flat)
+    if crypten.cfg.communicator.verbose:
+        comm._log_communication(sum(2 * t.nelement() for t in flat))
+        comm._log_communication_time(timeit.default_timer() - tic)
+    o = 0
+    for b in branches:
+        xs, op, _ = b.pending
+        b.reply = [_combine(x, y, op) for x, y in zip(xs, theirs[o:o + len(xs)])]
+        o += len(xs)
+        b.pending = None
+    comm.settle()  # the dealt messages deferred to after this exchange, in the order expected
+
+
+def parallel(fns) -> list:
+    """Run the callables ``fns`` (no arguments) with their openings merged round by round; returns
+    their results in order. Exceptions: the first branch's error is raised once all have stopped."""
+    from pmpc.mpc.crypten_compat import comm as comm_mod
+
+    fns = list(fns)
+    if len(fns) <= 1 or getattr(_TLS, "branch", None) is not None:
+        return [f() for f in fns]  # nested: the enclosing branch already shares its rounds
+    comm = comm_mod.get()
+    _encodings_per_thread()
+    branches = [_Branch(f) for f in fns]
+
+    def body(b: _Branch) -> None:
+        _TLS.branch = b
+        b.go.wait()
+        b.go.clear()
+        try:
+            if not b.abort:
+                b.result = b.fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            b.error = e
+        finally:
+            b.done = True
+            b.stopped.set()
+
+    original = comm.all_reduce
+    comm.all_reduce = _all_reduce(comm, original)
+    threads = [threading.Thread(target=body, args=(b,), daemon=True, name=f"pmpc-branch-{i}")
+               for i, b in enumerate(branches)]
+    grad = torch.is_grad_enabled()
+    try:
+        for t in threads:
+            t.start()
+        live = list(branches)
+        while live:
+            for b in live:  # one phase: each branch runs until it parks an opening or ends
+                b.stopped.clear()
+                b.go.set()
+                b.stopped.wait()
+            live = [b for b in live if not b.done]
+            if any(b.error is not None for b in branches):
+                break
+            if live:
+                _exchange_merged(comm, live)
+    finally:
+        comm.__dict__.pop("all_reduce", None)
+        for b in branches:
+            if not b.done:
+                b.abort = True
+                b.go.set()
+        torch.set_grad_enabled(grad)
+    for t in threads:
+        t.join(timeout=5)
+    for b in branches:
+        if b.error is not None:
+            raise b.error
+    return [b.result for b in branches]
