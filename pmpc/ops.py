@@ -164,7 +164,7 @@ class Ops:
         Plain tensors have nothing to open."""
         return W
 
-    def combine(self, products=(), terms=(), const=0.0, bound: float = ACT_BOUND):
+    def combine(self, products=(), terms=(), const=0.0, bound: float = ACT_BOUND, coef_frac: int | None = None):
         """``sum_i c_i a_i b_i + sum_j d_j v_j + const`` for public coefficients (scalars or
         tensors) and secret a, b, v: the products in ONE batched Beaver round and the whole sum
         truncated ONCE. ``products``: (c, a, b) triples; ``terms``: (d, v) pairs.
@@ -176,7 +176,9 @@ class Ops:
         removes every scale at once. k is the fewest bits that hold every coefficient exactly
         (1.5 needs 1), at most what ``bound`` (on |result|) leaves of the ring below the exact
         truncation's 2^62 limit; only the final sum must fit, intermediate terms may wrap.
-        Integer coefficients and no products: no truncation, no round."""
+        Integer coefficients and no products: no truncation, no round. ``coef_frac`` fixes k
+        instead (the caller knows the products' real scale: a ring-integer flag times a value
+        sits on 2^f, not 2^(2f), and leaves the coefficients more room than the rule above)."""
         raise NotImplementedError
 
     def coef_bits(self, coefs, has_products: bool, bound: float, max_k: int | None = None) -> int:
@@ -300,11 +302,13 @@ class Ops:
     def max(self, x, dim: int = -1, fan_in: int = 8):
         """Maximum along ``dim`` (keepdim), by a tournament of groups of ``fan_in``.
 
-        A comparison costs ~8 rounds; a binary tree over n keys pays that log2(n) times (54 rounds
-        for n = 40). Here each level compares ALL pairs inside groups of ``fan_in`` in ONE batched
-        call, picks each group's winner by a product of its k-1 "beats" bits (ties go to the lower
-        index, so exactly one wins) and selects it: 8 + log2(k-1) + 1 rounds a level,
-        ceil(log_k n) levels (24 rounds for n = 40, k = 8), for ~(k-1)/2 comparisons per element."""
+        A comparison costs rounds (one as a dealer-keyed gate, ~7 as an adder circuit); a binary
+        tree over n keys pays them log2(n) times. Here each level compares ALL pairs inside
+        groups of ``fan_in`` in ONE batched call (ties go to the lower index, so the pairs order
+        the group totally and exactly one key beats all k - 1 others), counts each key's wins (a
+        local sum of exact 0/1 ring integers), finds the winner by ONE small comparison of the
+        count with k - 1 (an 8-bit lane: a one-round gate) and selects it with one product:
+        cmp + 2 rounds a level, ceil(log_k n) levels, ~(k-1)/2 comparisons per element."""
         if dim not in (-1, x.dim() - 1):
             return self.max(x.transpose(dim, -1), -1, fan_in).transpose(dim, -1)
         while x.shape[-1] > 1:
@@ -315,17 +319,14 @@ class Ops:
             g = x.reshape(*x.shape[:-1], x.shape[-1] // k, k)
             pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
             first, second = torch.tensor([i for i, _ in pairs]), torch.tensor([j for _, j in pairs])
-            # exact 0/1 integers: products of them never truncate, so the winner's weight is exactly 1;
-            # all pairs of every group in one subtraction and one comparison
+            # exact 0/1 integers; all pairs of every group in one subtraction and one comparison
             lt = self.ltz_int(g[..., first] - g[..., second], bound=2 * ACT_BOUND)  # x_i < x_j: a 32-bit lane
             beats = self.cat([1 - lt, lt], dim=-1)  # pair p: i >= j at p (i keeps the tie), j > i at P + p
             of = [[p if i == a else len(pairs) + p for p, (a, b) in enumerate(pairs) if i in (a, b)] for i in range(k)]
-            factors = beats[..., torch.tensor(of)]  # [..., groups, k, k - 1]: what each key must beat
-            while factors.shape[-1] > 1:  # their product, halving the factors each round
-                h = factors.shape[-1] // 2
-                prod = self.mul(factors[..., :h], factors[..., h:2 * h])
-                factors = self.cat([prod, factors[..., 2 * h:]], dim=-1) if factors.shape[-1] % 2 else prod
-            x = self.mul(factors[..., 0], g).sum(-1)
+            wins = beats[..., torch.tensor(of)].sum(-1)  # [..., groups, k]: how many each key beats
+            # loser <=> wins <= k - 2 <=> wins - (k - 1) + 1/2 < 0: on the 1/2 grid, |.| < k
+            lost = self.ltz_int(self.lift(wins) - (k - 1.5), bound=k, ulp=0.5)
+            x = self.mul(1 - lost, g).sum(-1)
         return x
 
     def normalize(self, x, base_log2: int = 2, lo: int = -8, hi: int = 15, scale: float = 1.0, times=None, times_bound: float = ACT_BOUND, power: float = 1.0, bound: float | None = None):
@@ -452,12 +453,13 @@ class TorchOps(Ops):
     def mul(self, x, y):
         return self._q(x * y)
 
-    def combine(self, products=(), terms=(), const=0.0, bound: float = ACT_BOUND):
+    def combine(self, products=(), terms=(), const=0.0, bound: float = ACT_BOUND, coef_frac: int | None = None):
         # fixed-point emulation: the coefficients on MPC's 2^-k grid, one rounding of the sum;
         # float64 (no rounding emulation): the ideal arithmetic, coefficients exact
         coef = (lambda c: c)
         if self.round_bits is not None:
-            k = self.coef_bits([c for c, *_ in products] + [c for c, _ in terms], bool(products), bound)
+            k = coef_frac if coef_frac is not None else \
+                self.coef_bits([c for c, *_ in products] + [c for c, _ in terms], bool(products), bound)
             coef = (lambda c: _round_coef(c, k).to(self.dtype) * 2.0 ** -k if torch.is_tensor(c)
                     else _round_coef(c, k) * 2.0 ** -k)
         out = None

@@ -13,10 +13,11 @@ Qi-Pang/EzPC branch ``bert`` @8aaaf32d — ``SCI/src/FloatingPoint/fp-math.cpp``
     result = e^p 2^-l with the shift l clipped at 13. Obtaining l: ONE A2B conversion of
     z = -x/ln2 - 14 (``ops.bits``) gives its sign bit (z < 0 <=> l < 14, the clip), its four
     integer bits (= l + 2 for y in [-2, 14): two's complement of a value in [-16, 0)) and its top
-    12 fraction bits (BOLT's scale 12) from which p is local. 2^-l is a product of four 1-bit
-    "lookups" 1 + b_i (2^(-2^i) - 1) — the same bit-decomposition idea as the exact baseline,
-    with 4 instead of 15 integer bits and no degree-6 fit. Chosen over a thermometer of 13
-    comparisons, which would cost 13 A2B conversions per score instead of one.
+    12 fraction bits (BOLT's scale 12) from which p is local. The shift by l (with its clip) is
+    an exact power of two, read from a 5-bit public table indexed by those five bits (one
+    dealer one-hot lookup, in the rounds of the square beside it): the same values a product of
+    four 1-bit factors 1 + b_i (2^(-2^i) - 1) gives, in one round instead of four. Chosen over a
+    thermometer of 13 comparisons, which would cost 13 A2B conversions per score instead of one.
   * tanh (``tanh_approx``): sign, |x| > 2.855 -> 1, else BOLT's degree-5 polynomial T(|x|).
   * SiLU: BOLT defines none (BERT uses GELU). Derived in BOLT's style: x sigmoid(x) with
     sigmoid(x) = (1 + tanh(x/2))/2 from BOLT's tanh polynomial, i.e.
@@ -53,6 +54,13 @@ LN2 = math.log(2.0)
 EXP_Q = (0.3585, 1.353, 0.344)  # e^p ~ 0.3585 (p + 1.353)^2 + 0.344 on (-ln2, 0]
 EXP_CLIP = 13
 EXP_FRAC_BITS = 12  # BOLT's NL_SCALE: fraction bits of -x/ln2 that p is built from
+# 2^-l with BOLT's clip, indexed by v = l + 2 (bits 0-3) and keep = [l < 14] (bit 4): kept,
+# 2^-l = 4 2^-v; clipped, 2^-13. Exact powers of two (>= 2^-13) on the 2^-16 grid.
+EXP_SHIFT = [2.0 ** -EXP_CLIP] * 16 + [4.0 * 2.0 ** -v for v in range(16)]
+# SiLU's one combination of flag x power products: each product sits on 2^16 (a ring-integer flag
+# times a value), so |result| < 2^14 leaves 24 fraction bits for the coefficients (the x^6
+# term's 2.6e-5 keeps 10 significant bits; 2^-25 x 5.7^6 ~ 1e-3 at the segment's end)
+SILU_COEF_BITS = 24
 
 _EXACT = Exact()
 
@@ -79,17 +87,17 @@ class Bolt(Protocol):
     specs = {
         "gelu": FnSpec((-8.0, 8.0), max_abs_err=0.0122, comparisons=3, multiplications=5,
                        method="0.5x + P4(|x|) on |x|<=2.7, ReLU outside; x vs -2.7,0,2.7 in one 32-bit-lane batch"),
-        "silu": FnSpec((-12.0, 12.0), max_abs_err=0.0246, comparisons=3, multiplications=7,
+        "silu": FnSpec((-12.0, 12.0), max_abs_err=0.0246, comparisons=3, multiplications=12,
                        method="0.5x + 0.5|x| tanh(|x|/2), BOLT tanh poly (|x|/2 <= 2.855, else 1)"),
         "tanh": FnSpec((-6.0, 6.0), max_abs_err=0.0086, comparisons=3, multiplications=7,
                        method="sign(x) T5(|x|) on |x|<=2.855, sign(x) outside"),
-        "exp": FnSpec((-16.0, 0.0), max_abs_err=0.003, comparisons=1, multiplications=6,
-                      method="I-BERT: 2^-l (0.3585(p+1.353)^2+0.344), l from one A2B, shift clipped at 13"),
+        "exp": FnSpec((-16.0, 0.0), max_abs_err=0.003, comparisons=1, multiplications=2,
+                      method="I-BERT: 2^-l (0.3585(p+1.353)^2+0.344), l from one A2B, shift clipped at 13 (a 5-bit table)"),
         "reciprocal": FnSpec((2.0 ** -12, 2.0 ** 14), max_rel_err=1e-7, comparisons=25, multiplications=4,
                              method="SIRNN div (exact baseline): msb normalisation, 12-bit table start, 1 Goldschmidt step"),
         "rsqrt": FnSpec((2.0 ** -12, 2.0 ** 30), max_rel_err=1.3e-4, comparisons=41, multiplications=2,
                         method="SIRNN rsqrt (exact baseline): msb normalisation to [1,2), 12-bit table start"),
-        "softmax": FnSpec((-12.0, 12.0), max_abs_err=0.0018, comparisons=6.12, multiplications=16.25,
+        "softmax": FnSpec((-12.0, 12.0), max_abs_err=0.0018, comparisons=7.25, multiplications=6.25,
                           method="x - max (tree), I-BERT exp, SIRNN reciprocal of the sum; rows of 16"),
     }
 
@@ -117,33 +125,47 @@ class Bolt(Protocol):
 
     def silu(self, x, ops: Ops):
         # |x| tanh(|x|/2) = sum_k T_k 2^-k |x|^(k+1) (degree 6 in a = |x|) inside |x| < 5.71;
-        # outside, garbage masked by the flag as in gelu
+        # outside, garbage masked by the flag as in gelu. The even powers of a are those of x and
+        # the odd ones sign(x) times those of x, so the powers of x need no comparison: they are
+        # taken WHILE the comparison's rounds run (``ops.parallel``), and with the flags as ring
+        # integers (inside sign(x) = under + below - 2 neg, 0.5 x + 0.5 |x| = (1 - neg) x) the
+        # whole function is one product round with them and one truncation:
+        #   silu = (1 - neg) x + inside E(x) + inside sign(x) O(x),
+        # E / O the even / odd parts of 0.5 (sum_k c_k a^(k+1) - a) written in x.
         cut = 2 * TANH_CUT
-        neg, inside, a, x2 = sign_abs_inside(x, cut, ops)
         c = [t * 2.0 ** -k for k, t in enumerate(TANH_T)]  # on a^(k+1)
-        p34 = ops.mul_many([(a, x2), (x2, x2)])             # a^3, a^4
-        a3, a4 = p34
-        d = ops.combine([(c[4], a, a4), (c[5], x2, a4)],
-                        [(c[0] - 1.0, a), (c[1], x2), (c[2], a3), (c[3], a4)], bound=8.0)
-        return ops.combine([(0.5, inside, d)], [(0.5, x), (0.5, a)])  # 0.5 x + 0.5 (a + inside d)
+
+        def powers():  # x^2 .. x^6 in three product rounds
+            x2 = ops.mul(x, x)
+            x3, x4 = ops.mul_many([(x, x2), (x2, x2)])
+            x5, x6 = ops.mul_many([(x, x4), (x2, x4)])
+            return x2, x3, x4, x5, x6
+
+        (below, neg, under), (x2, x3, x4, x5, x6) = ops.parallel(
+            lambda: ops.lt(x, [-cut, 0.0, cut], bound=2 * ACT_BOUND, integer=True), powers)
+        inside, signed = under - below, under + below - 2 * neg
+        return ops.combine([(1.0, 1 - neg, x),
+                            (0.5 * c[1], inside, x2), (0.5 * c[3], inside, x4), (0.5 * c[5], inside, x6),
+                            (0.5 * (c[0] - 1.0), signed, x), (0.5 * c[2], signed, x3), (0.5 * c[4], signed, x5)],
+                           coef_frac=SILU_COEF_BITS)
 
     def exp(self, x, ops: Ops):
         fb = ops.fxp_bits
         # z = -x/ln2 - 14: the factor rides on the bit extraction (no truncation)
         pos = list(range(fb - EXP_FRAC_BITS, fb + 4)) + [63]
         b = ops.bits(x, pos, lift=False, scale=-1.0 / LN2, offset=-(EXP_CLIP + 1))
-        ib = [b[EXP_FRAC_BITS + i] for i in range(4)]      # integer bits of z: l + 2 when not clipped
-        keep = b[EXP_FRAC_BITS + 4]                        # sign of z: 1 <=> l < 14 (no clip)
+        # the shift: v = l + 2 (z's four integer bits) and the clip flag (z's sign) index ONE
+        # public table of the exact power of two the result is multiplied by
+        idx = ops.int_dot(ops.stack([b[EXP_FRAC_BITS + i] for i in range(5)]), [1, 2, 4, 8, 16])
         # e^p ~ q0 (p + q1)^2 + q2 with p = -ln2 frac: sqrt(q0) (p + q1) from the bits, locally
         r = math.sqrt(EXP_Q[0])
         q_in = ops.int_combine([(-LN2 * r * 2.0 ** (j - EXP_FRAC_BITS), b[j]) for j in range(EXP_FRAC_BITS)],
                                r * EXP_Q[1])
-        f = [ops.int_combine([(2.0 ** -(2 ** i) - 1, ib[i])], 1.0) for i in range(4)]
-        sq, f01, f23 = ops.mul_many([(q_in, q_in), (f[0], f[1]), (f[2], f[3])])
-        ep = sq + EXP_Q[2]                                 # e^p
-        shift, kept = ops.mul_many([(f01, f23), (keep, ep)])  # 2^-(l+2), keep e^p
-        # kept: e^p 2^-l = 4 e^p 2^-(l+2); clipped: e^p 2^-13
-        return ops.combine([(4.0, kept, shift)], [(2.0 ** -EXP_CLIP, ep), (-2.0 ** -EXP_CLIP, kept)], bound=8.0)
+        # the table's round runs beside the square's two
+        shift, sq = ops.parallel(lambda: ops.lookup(ops.stack([idx]), 5, [EXP_SHIFT])[0],
+                                 lambda: ops.mul(q_in, q_in))
+        # e^p 2^-l = (sq + q2) shift
+        return ops.combine([(1.0, sq, shift)], [(EXP_Q[2], shift)], bound=8.0)
 
     def reciprocal(self, x, ops: Ops):
         return _EXACT.reciprocal(x, ops)

@@ -147,9 +147,10 @@ class CrypTenOps(Ops):
             o += m
         return outs
 
-    def combine(self, products=(), terms=(), const=0.0, bound: float = ACT_BOUND):
+    def combine(self, products=(), terms=(), const=0.0, bound: float = ACT_BOUND, coef_frac: int | None = None):
         fb = self.fxp_bits
-        k = self.coef_bits([c for c, *_ in products] + [c for c, _ in terms], bool(products), bound)
+        k = coef_frac if coef_frac is not None else \
+            self.coef_bits([c for c, *_ in products] + [c for c, _ in terms], bool(products), bound)
         parts = []  # (raw share, its scale bits, public integer coefficient)
         if len(products) == 1:
             c, a, b = products[0]
