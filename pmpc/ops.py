@@ -329,7 +329,7 @@ class Ops:
             x = self.mul(1 - lost, g).sum(-1)
         return x
 
-    def normalize(self, x, base_log2: int = 2, lo: int = -8, hi: int = 15, scale: float = 1.0, times=None, times_bound: float = ACT_BOUND, power: float = 1.0, bound: float | None = None):
+    def normalize(self, x, base_log2: int = 2, lo: int = -8, hi: int = 15, scale: float = 1.0, times=None, times_bound: float = ACT_BOUND, power: float = 1.0, bound: float | None = None, exact: bool = False):
         """Range reduction by the most significant bit, for x > 0 (SIRNN's msnzb step).
 
         With g = ``base_log2`` and bins [2^(g k), 2^(g (k+1))) for k in [lo, hi], one batched
@@ -350,7 +350,13 @@ class Ops:
 
         With ``times=t`` (|t scale f| < ``times_bound``), returns (m, t scale f) instead, both
         from ONE product round: the factor the caller multiplies the result into needs no round
-        of its own."""
+        of its own.
+
+        ``exact``: returns (mi, scale f) with mi = m 2^(f + g hi) EXACTLY, a ring integer (read it
+        with ``from_int(mi, fxp_bits + g hi)``): the product of x's encoding and the bin's integer
+        power of two needs no truncation, so m costs one product round, not two. A bit slice of
+        it (:meth:`slice_lookup`) reads the same bits as of the truncated m; its truncation
+        (``idiv``), where m itself is needed, can run beside the slice."""
         ks = list(range(lo + 1, hi + 1))
         # x < 2^(g k) for every k at once (one public broadcast subtraction); ``bound`` (on
         # |x - 2^(g k)|) lets the comparison read a lane (:meth:`lane`)
@@ -363,8 +369,10 @@ class Ops:
             return self.int_dot(below, [w(k - 1) - w(k) for k in ks]) + w(hi)
 
         fb, g = self.fxp_bits, base_log2
-        fg = self.from_int(onehot_sum(lambda k: 2 ** (g * (hi - k))), g * hi)
         f = self.from_int(onehot_sum(lambda k: self.fixed(scale * 2.0 ** (-power * k), fb)), fb)
+        if exact:
+            return self.mul(self.as_int(x), onehot_sum(lambda k: 2 ** (g * (hi - k)))), f
+        fg = self.from_int(onehot_sum(lambda k: 2 ** (g * (hi - k))), g * hi)
         if times is None:
             return self.mul_scaled(x, fg, 1.0, bound=2.0 ** g), f
         # ``times`` * scale f (the value the result will multiply, brought into range now) in

@@ -150,9 +150,13 @@ class Exact(Protocol):
 
     def reciprocal_times(self, x, times, ops: Ops, lo: int = -12, hi: int = 13, times_bound: float = 4.0,
                          bits: int = RECIP_BITS):
-        # times f (f alone without ``times``) comes out of the normalisation's product round
-        m, tf = ops.normalize(x, base_log2=1, lo=lo, hi=hi, times=times, times_bound=times_bound, bound=2.0 ** 15)
-        y = table_start(m, RECIP_TABLES[bits], bits, ops)
+        # m exactly (one product round, no truncation); the table reads its bits while m's
+        # truncation and times f (when ``times`` is given) run beside it
+        mi, f = ops.normalize(x, base_log2=1, lo=lo, hi=hi, bound=2.0 ** 15, exact=True)
+        fb = ops.fxp_bits
+        y, m, tf = ops.parallel(lambda: table_start(ops.from_int(mi, fb + hi), RECIP_TABLES[bits], bits, ops),
+                                lambda: ops.from_int(ops.idiv(mi, 2 ** hi), fb) if self.recip_steps else None,
+                                lambda: f if times is None else ops.mul_scaled(times, f, 1.0, bound=times_bound))
         if not self.recip_steps:
             return ops.mul(tf, y)
         return goldschmidt_reciprocal(m, y, self.recip_steps, ops, times=tf)
@@ -160,14 +164,28 @@ class Exact(Protocol):
     # rsqrt: normalised to m in [1, 2) (x = m 2^k, rsqrt(x) = 2^(-k/2) rsqrt(m), the half power a
     # public function of the bin like any other), then the table start
     def rsqrt(self, x, ops: Ops, scale: float = 1.0):
-        m, f = ops.normalize(x, base_log2=1, lo=-12, hi=29, scale=scale, power=0.5)
+        m, f = self._rsqrt_norm(x, ops, scale)
         return ops.mul(f, self._rsqrt_m(m, ops))
 
     def rsqrt_times(self, x, times, ops: Ops, scale: float = 1.0, out: float = 1.0):
         # |times scale f| <= 2 scale for a norm's row (|x_i| <= sqrt(sum x^2), f <= 2 / sqrt(sum))
-        m, tf = ops.normalize(x, base_log2=1, lo=-12, hi=29, scale=scale, times=times,
-                              times_bound=4 * scale, power=0.5)
-        return ops.mul_scaled(tf, self._rsqrt_m(m, ops), out)
+        if self.rsqrt_steps:
+            m, tf = ops.normalize(x, base_log2=1, lo=-12, hi=29, scale=scale, times=times,
+                                  times_bound=4 * scale, power=0.5)
+            return ops.mul_scaled(tf, self._rsqrt_m(m, ops), out)
+        # no Newton step: m only feeds the table, which reads the bits of the exact m (one
+        # product round), while times f is multiplied beside it
+        m, f = self._rsqrt_norm(x, ops, scale)
+        y, tf = ops.parallel(lambda: self._rsqrt_m(m, ops),
+                             lambda: ops.mul_scaled(times, f, 1.0, bound=4 * scale))
+        return ops.mul_scaled(tf, y, out)
+
+    def _rsqrt_norm(self, x, ops: Ops, scale: float):
+        """(m, scale f) of the normalisation: m exact (not truncated) when no Newton step needs it."""
+        if self.rsqrt_steps:
+            return ops.normalize(x, base_log2=1, lo=-12, hi=29, scale=scale, power=0.5)
+        mi, f = ops.normalize(x, base_log2=1, lo=-12, hi=29, scale=scale, power=0.5, exact=True)
+        return ops.from_int(mi, ops.fxp_bits + 29), f
 
     def _rsqrt_m(self, m, ops: Ops):
         return newton_rsqrt(m, table_start(m, RSQRT_TABLE, RSQRT_BITS, ops), self.rsqrt_steps, ops)
