@@ -130,3 +130,16 @@ class FileWatch:
     def token(self, step, ids):
         with open(self.path, "a") as f:
             f.write(f"token{int(ids[0])}\n")
+
+
+def decode_rounds(protocol, rank, world_size):
+    """Rounds per layer of one decoded token of ``tiny-random-llama`` (public weights), by cost
+    scope: a 6-token prefill, then one decode step measured."""
+    spec, _ = models.load("tiny-random-llama")
+    ops = CrypTenOps(cost.Tracker(cost.crypten_stats))
+    eng = Engine(spec, protocol, ops, weights="public")
+    eng.prefill(_ids(spec, shape=(1, 6)))
+    ops.tracker.reset()
+    eng.decode(_ids(spec, seed=4, shape=(1, 1)))
+    return {"layers": spec.n_layers,
+            "scopes": {name: (c["rounds"], c["calls"]) for name, c in ops.tracker.snapshot().items()}}

@@ -128,6 +128,26 @@ def test_cost_scopes_add_up_to_the_total(protocol):
             assert "rope" in r["names"], r["names"]
 
 
+# Rounds of one decoded token, per transformer layer (two norms, attention, MLP), public weights,
+# ``auto`` comparisons, on tiny-random-llama (every comparison there is small: a one-round gate).
+# Rounds depend on shapes and code only, so these are exact counts, not timings.
+DECODE_BUDGET = {"bolt": 60, "exact": 81}
+
+
+@pytest.mark.parametrize("protocol", sorted(DECODE_BUDGET))
+def test_decode_round_budget_per_layer(protocol):
+    """One decode step's rounds per layer: 2 x norm + linear + rope + attention + activation
+    within the budget (results/rounds), and every scope that exists counted."""
+    res = parties.run_local(functools.partial(engine_jobs.decode_rounds, protocol), timeout_s=120,
+                            env={"PMPC_COMPARISON": "auto"})[0]
+    L, sc = res["layers"], res["scopes"]
+    per_norm = sc["norm"][0] / sc["norm"][1]  # the final norm is one more call
+    per_layer = 2 * per_norm + sum(sc[k][0] for k in ("linear", "rope", "attention.matmul",
+                                                      "attention.softmax", "activation")) / L
+    assert per_layer <= DECODE_BUDGET[protocol], (per_layer, sc)
+    assert per_norm <= 9, sc["norm"]
+
+
 def test_watch_prints_tokens_as_they_come(capsys):
     """What `pmpc run` shows: prefill layers on stderr, the answer's text growing on stdout, a
     multi-byte character only once it is whole."""
