@@ -154,7 +154,7 @@ class Engine:
                 gate = self._lin(x, pre + "gate") if s.gated else None
         with ops.scope("activation"):
             if s.gated:
-                h = ops.mul(p.act(s.act, gate, ops), up)
+                h = p.act_times(s.act, gate, up, ops)
             else:
                 h = p.act(s.act, up, ops)
         if self.tap:

@@ -96,6 +96,11 @@ class Protocol:
             raise ValueError(f"unknown activation {name!r}")
         return fn(x, ops)
 
+    def act_times(self, name: str, x, times, ops: Ops):
+        """``act(x) * times`` (a gated MLP: act(gate) * up). A protocol whose activation ends in
+        one combination of products may take ``times`` into it and save the product's rounds."""
+        return ops.mul(self.act(name, x, ops), times)
+
     # -- composites --------------------------------------------------------------------------
     def softmax(self, x, ops: Ops, mask=None):
         """Softmax over the last dim. ``mask``: public 0/1 tensor broadcastable to x (1 = keep)."""

@@ -61,6 +61,8 @@ EXP_SHIFT = [2.0 ** -EXP_CLIP] * 16 + [4.0 * 2.0 ** -v for v in range(16)]
 # times a value), so |result| < 2^14 leaves 24 fraction bits for the coefficients (the x^6
 # term's 2.6e-5 keeps 10 significant bits; 2^-25 x 5.7^6 ~ 1e-3 at the segment's end)
 SILU_COEF_BITS = 24
+# |silu(gate) up| the gated MLP's fused product leaves room for: 2^(61 - 16 - 24)
+SILU_TIMES_BOUND = 2.0 ** 21
 
 _EXACT = Exact()
 
@@ -124,6 +126,14 @@ class Bolt(Protocol):
         return (1 - 2 * neg) + ops.mul(inside - 2 * neg_in, T - 1)
 
     def silu(self, x, ops: Ops):
+        return self._silu(x, None, ops)
+
+    def act_times(self, name: str, x, times, ops: Ops):
+        if name == "silu":
+            return self._silu(x, times, ops)
+        return super().act_times(name, x, times, ops)
+
+    def _silu(self, x, u, ops: Ops):
         # |x| tanh(|x|/2) = sum_k T_k 2^-k |x|^(k+1) (degree 6 in a = |x|) inside |x| < 5.71;
         # outside, garbage masked by the flag as in gelu. The even powers of a are those of x and
         # the odd ones sign(x) times those of x, so the powers of x need no comparison: they are
@@ -131,23 +141,30 @@ class Bolt(Protocol):
         # integers (inside sign(x) = under + below - 2 neg, 0.5 x + 0.5 |x| = (1 - neg) x) the
         # whole function is one product round with them and one truncation:
         #   silu = (1 - neg) x + inside E(x) + inside sign(x) O(x),
-        # E / O the even / odd parts of 0.5 (sum_k c_k a^(k+1) - a) written in x.
+        # E / O the even / odd parts of 0.5 (sum_k c_k a^(k+1) - a) written in x. A factor u
+        # (the gated MLP's up projection) multiplies every power in the same three product
+        # rounds (x u, then x^2 u, x^3 u, then x^4 u, x^5 u, x^6 u), so silu(x) u costs no more.
         cut = 2 * TANH_CUT
         c = [t * 2.0 ** -k for k, t in enumerate(TANH_T)]  # on a^(k+1)
 
-        def powers():  # x^2 .. x^6 in three product rounds
-            x2 = ops.mul(x, x)
-            x3, x4 = ops.mul_many([(x, x2), (x2, x2)])
-            x5, x6 = ops.mul_many([(x, x4), (x2, x4)])
-            return x2, x3, x4, x5, x6
+        def powers():  # [x, x^2 .. x^6] (times u) in three product rounds
+            if u is None:
+                x2 = ops.mul(x, x)
+                x3, x4 = ops.mul_many([(x, x2), (x2, x2)])
+                x5, x6 = ops.mul_many([(x, x4), (x2, x4)])
+                return x, x2, x3, x4, x5, x6
+            x2, xu = ops.mul_many([(x, x), (x, u)])
+            x4, x2u, x3u = ops.mul_many([(x2, x2), (x2, u), (x2, xu)])
+            x4u, x5u, x6u = ops.mul_many([(x4, u), (x4, xu), (x4, x2u)])
+            return xu, x2u, x3u, x4u, x5u, x6u
 
-        (below, neg, under), (x2, x3, x4, x5, x6) = ops.parallel(
+        (below, neg, under), p = ops.parallel(
             lambda: ops.lt(x, [-cut, 0.0, cut], bound=2 * ACT_BOUND, integer=True), powers)
         inside, signed = under - below, under + below - 2 * neg
-        return ops.combine([(1.0, 1 - neg, x),
-                            (0.5 * c[1], inside, x2), (0.5 * c[3], inside, x4), (0.5 * c[5], inside, x6),
-                            (0.5 * (c[0] - 1.0), signed, x), (0.5 * c[2], signed, x3), (0.5 * c[4], signed, x5)],
-                           coef_frac=SILU_COEF_BITS)
+        return ops.combine([(1.0, 1 - neg, p[0]),
+                            (0.5 * c[1], inside, p[1]), (0.5 * c[3], inside, p[3]), (0.5 * c[5], inside, p[5]),
+                            (0.5 * (c[0] - 1.0), signed, p[0]), (0.5 * c[2], signed, p[2]), (0.5 * c[4], signed, p[4])],
+                           bound=ACT_BOUND if u is None else SILU_TIMES_BOUND, coef_frac=SILU_COEF_BITS)
 
     def exp(self, x, ops: Ops):
         fb = ops.fxp_bits

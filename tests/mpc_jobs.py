@@ -276,3 +276,42 @@ def dropout_job(rank, world_size):
     y = crypten.cryptensor(torch.ones(8, 40, 3), src=0)
     feat = y._feature_dropout(0.5, training=True).get_plain_text()
     return {"flat": flat.numpy(), "feature": feat.numpy()}
+
+
+def parallel_job(rank, world_size):
+    """Three independent branches under ``ops.parallel`` (a lane comparison, a product, two
+    chained products) against the same ops run one after the other: their revealed values and
+    the rounds each way."""
+    from pmpc.mpc.crypten_ops import CrypTenOps
+    from pmpc.mpc.crypten_compat import comm
+
+    ops = CrypTenOps(cost.Tracker(cost.crypten_stats))
+    rounds = lambda: comm.get().get_communication_stats()["rounds"]  # noqa: E731
+    xs = torch.linspace(-3.0, 3.0, 4000)
+    x = ops.share(xs, src=0)
+    fns = [lambda: ops.ltz(x, bound=2.0 ** 14), lambda: ops.mul(x, x), lambda: ops.mul(ops.mul(x, x), x)]
+    r0 = rounds()
+    seq = [f() for f in fns]
+    r1 = rounds()
+    par = ops.parallel(*fns)
+    r2 = rounds()
+    seq, par = [ops.reveal(v) for v in seq], [ops.reveal(v) for v in par]
+    return {"seq_rounds": r1 - r0, "par_rounds": r2 - r1, "x": xs.numpy(),
+            "seq": [v.double().numpy() for v in seq], "par": [v.double().numpy() for v in par]}
+
+
+class ActTimesJob:
+    """A protocol's ``act_times(name, x, u)`` under MPC (revealed to the client)."""
+
+    def __init__(self, pname, name, x, u):
+        self.pname, self.name, self.x, self.u = pname, name, np.asarray(x), np.asarray(u)
+
+    def __call__(self, rank, world_size):
+        from pmpc.mpc.crypten_ops import CrypTenOps
+
+        ops = CrypTenOps(cost.Tracker(cost.crypten_stats))
+        p = protocols.get(self.pname)
+        y = p.act_times(self.name, ops.share(torch.from_numpy(self.x), src=0),
+                        ops.share(torch.from_numpy(self.u), src=0), ops)
+        y = ops.reveal(y, dst=0)
+        return y.double().numpy() if rank == 0 else None

@@ -136,3 +136,30 @@ def test_bolt_and_bumblebee_spend_fewer_bytes_than_exact():
     ref = Engine(spec_from_hf(hf), "plain", TorchOps()).prefill(ids).numpy()
     for name, r in res.items():
         assert np.abs(r["logits"] - ref).max() < 0.05 * np.abs(ref).max() + 0.02, name
+
+
+def test_parallel_branches_share_rounds_and_change_no_value():
+    """``ops.parallel`` under MPC: the branches cost the rounds of the longest (a 32-bit lane
+    comparison's seven), not the sum, and give what they give one after the other."""
+    for dealer in ("local", "ttp"):
+        r = run_local(mj.parallel_job, timeout_s=120, deadline_s=300, dealer=dealer)[0]
+        assert r["par_rounds"] == max(7, 4) and r["seq_rounds"] == 7 + 2 + 4, r
+        x = r["x"]
+        assert np.array_equal(r["par"][0], (x < 0).astype(np.float64)) and np.array_equal(r["seq"][0], r["par"][0])
+        for got, ref in ((r["par"][1], x ** 2), (r["par"][2], x ** 3)):
+            assert np.abs(got - ref).max() < 1e-2
+
+
+@pytest.mark.parametrize("pname", ["bolt", "exact"])
+def test_act_times_is_the_activation_times_the_factor(pname, gen):
+    """The gated MLP's ``act_times(silu, x, u)``: the emulation equals silu(x) u within the
+    function's bound (times |u|), and MPC equals the emulation."""
+    p = protocols.get(pname)
+    x = _quantize(mj.sample("silu", (-12.0, 12.0), 512, gen))
+    u = _quantize(4 * torch.randn(512, generator=gen, dtype=torch.float64))
+    emu = p.act_times("silu", x, u, TorchOps(fxp_bits=16))
+    ref = torch.nn.functional.silu(x) * u
+    assert float(((emu - ref).abs() / (1 + u.abs())).max()) <= 2 * p.specs["silu"].max_abs_err
+    got = run_local(mj.ActTimesJob(pname, "silu", x.numpy(), u.numpy()), timeout_s=120, deadline_s=300)[0]
+    excess = np.abs(got - emu.numpy()) - (ATOL + RTOL * np.abs(emu.numpy())) * (1 + np.abs(u.numpy()))
+    assert (excess > 0).mean() <= 0.01, float(excess.max())
