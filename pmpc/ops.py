@@ -352,11 +352,12 @@ class Ops:
         from ONE product round: the factor the caller multiplies the result into needs no round
         of its own.
 
-        ``exact``: returns (mi, scale f) with mi = m 2^(f + g hi) EXACTLY, a ring integer (read it
-        with ``from_int(mi, fxp_bits + g hi)``): the product of x's encoding and the bin's integer
-        power of two needs no truncation, so m costs one product round, not two. A bit slice of
-        it (:meth:`slice_lookup`) reads the same bits as of the truncated m; its truncation
-        (``idiv``), where m itself is needed, can run beside the slice."""
+        ``exact``: returns (mi, scale f, e) with mi = m 2^e EXACTLY, a ring integer (read it with
+        ``from_int(mi, e)``; e = x's own scale bits + g hi): the product of x's encoding and the
+        bin's integer power of two needs no truncation, so m costs one product round, not two.
+        A bit slice of it (:meth:`slice_lookup`) reads the same bits as of the truncated m; its
+        truncation (``idiv``), where m itself is needed, can run beside the slice. x may sit on a
+        larger scale than the standard one (:meth:`sum_squares` with ``exact``)."""
         ks = list(range(lo + 1, hi + 1))
         # x < 2^(g k) for every k at once (one public broadcast subtraction); ``bound`` (on
         # |x - 2^(g k)|) lets the comparison read a lane (:meth:`lane`)
@@ -371,7 +372,7 @@ class Ops:
         fb, g = self.fxp_bits, base_log2
         f = self.from_int(onehot_sum(lambda k: self.fixed(scale * 2.0 ** (-power * k), fb)), fb)
         if exact:
-            return self.mul(self.as_int(x), onehot_sum(lambda k: 2 ** (g * (hi - k)))), f
+            return self.mul(self.as_int(x), onehot_sum(lambda k: 2 ** (g * (hi - k)))), f, self.scale_bits(x) + g * hi
         fg = self.from_int(onehot_sum(lambda k: 2 ** (g * (hi - k))), g * hi)
         if times is None:
             return self.mul_scaled(x, fg, 1.0, bound=2.0 ** g), f
@@ -383,7 +384,7 @@ class Ops:
     def sum(self, x, dim=-1, keepdim=True):
         return x.sum(dim, keepdim=keepdim)
 
-    def sum_squares(self, x):
+    def sum_squares(self, x, exact: bool = False):
         """sum_j x_j^2 over the last dim at full precision, safe for LLM "massive activations"
         up to |x| < 2^23: one product round and two truncations, no comparison.
 
@@ -396,13 +397,20 @@ class Ops:
         Both terms are products of ring integers, taken in ONE batched round with no truncation:
         r(a)^2 IS the result's top part (< 2^63 for |x| < 2^23); the small term (< 2^41) is
         summed over the row and truncated by 2^16 once. Error: a unit of 2^-16 on the sum, below
-        a plain x*x's n/2."""
+        a plain x*x's n/2.
+
+        ``exact``: the sum EXACTLY, on the scale 2^(2f) (r(a)^2 2^16 plus the small term, not
+        truncated): one truncation and one round less, for a caller that reads only the sum's
+        bits and products with ring integers (:meth:`normalize` with ``exact``). Room: the sum
+        below 2^30 (the rsqrt's range) takes 2^62 of the ring."""
         h = self.fxp_bits // 2
         xi = self.as_int(x)
         ai = self.idiv(xi, 2 ** h)              # r(a) = r(x) / 2^8
         li = xi - ai * (2 ** h)                 # r(l): integer arithmetic, exact
         p = self.mul(self.stack([ai, li]), self.stack([ai, xi + ai * (2 ** h)]))
         top = p[0].sum(-1, keepdim=True)
+        if exact:
+            return self.from_int(top * 2 ** (2 * h) + p[1].sum(-1, keepdim=True), 2 * self.fxp_bits)
         low = self.idiv(p[1].sum(-1, keepdim=True), 2 ** (2 * h))
         return self.from_int(top + low, self.fxp_bits)
 
@@ -411,6 +419,11 @@ class Ops:
 
     def as_int(self, x):  # primitive: the encoding of x read as a ring integer (scale 1)
         raise NotImplementedError
+
+    def scale_bits(self, x) -> int:
+        """The fraction bits of x's encoding (what :meth:`as_int` multiplies by): the standard
+        ``fxp_bits``, or more for a value left on a product's scale."""
+        return self.fxp_bits
 
 
 class TorchOps(Ops):

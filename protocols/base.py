@@ -51,6 +51,9 @@ class Protocol:
     summary = ""
     source = ""
     subtract_max = True  # softmax: x - max(x) before exp
+    # norms: the rsqrt takes the sum of squares exactly on its product scale (``ops.sum_squares``
+    # with ``exact``): one truncation round less, where the rsqrt reads only its bits
+    exact_sum_squares = False
     specs: dict[str, FnSpec] = {}
 
     # -- element-wise functions: each protocol overrides what its system defines ------------
@@ -115,14 +118,14 @@ class Protocol:
 
     def rms_norm(self, x, w, eps: float, ops: Ops, offset: float = 0.0):
         n = x.shape[-1]
-        s = ops.sum_squares(x) + n * eps
+        s = ops.sum_squares(x, exact=self.exact_sum_squares) + n * eps
         y = self.rsqrt_times(s, x, ops, scale=math.sqrt(n) * 2.0 ** NORM_SHIFT, out=2.0 ** -NORM_SHIFT)
         return y * (w + offset) if w is not None else y
 
     def layer_norm(self, x, w, b, eps: float, ops: Ops):
         n = x.shape[-1]
         c = x - x.mean(-1, keepdim=True)
-        s = ops.sum_squares(c) + n * eps
+        s = ops.sum_squares(c, exact=self.exact_sum_squares) + n * eps
         y = self.rsqrt_times(s, c, ops, scale=math.sqrt(n) * 2.0 ** NORM_SHIFT, out=2.0 ** -NORM_SHIFT)
         if w is not None:
             y = y * w

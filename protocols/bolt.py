@@ -75,6 +75,17 @@ def sign_abs_inside(x, cut: float, ops: Ops):
     return neg, under - below, a, x2
 
 
+def weighted(ops: Ops, terms, k: int):
+    """``sum_i c_i v_i`` for public c_i (rounded to 2^-k) and secret v_i, exactly, left on the
+    scale 2^(f + k): local ring arithmetic, no truncation (its product's truncation removes the
+    2^k)."""
+    acc = None
+    for c, v in terms:
+        t = ops.as_int(v) * ops.fixed(c, k)
+        acc = t if acc is None else acc + t
+    return ops.from_int(acc, ops.scale_bits(terms[0][1]) + k)
+
+
 def inside_or(x, a, inside, d, ops: Ops):
     """0.5 x + 0.5 |x| + inside * d: the ReLU outside, the polynomial (given as its difference d
     from the ReLU) inside — one product with the ring-integer flag, no truncation but the 0.5s'."""
@@ -89,7 +100,7 @@ class Bolt(Protocol):
     specs = {
         "gelu": FnSpec((-8.0, 8.0), max_abs_err=0.0122, comparisons=3, multiplications=5,
                        method="0.5x + P4(|x|) on |x|<=2.7, ReLU outside; x vs -2.7,0,2.7 in one 32-bit-lane batch"),
-        "silu": FnSpec((-12.0, 12.0), max_abs_err=0.0246, comparisons=3, multiplications=12,
+        "silu": FnSpec((-12.0, 12.0), max_abs_err=0.0246, comparisons=3, multiplications=8,
                        method="0.5x + 0.5|x| tanh(|x|/2), BOLT tanh poly (|x|/2 <= 2.855, else 1)"),
         "tanh": FnSpec((-6.0, 6.0), max_abs_err=0.0086, comparisons=3, multiplications=7,
                        method="sign(x) T5(|x|) on |x|<=2.855, sign(x) outside"),
@@ -161,10 +172,12 @@ class Bolt(Protocol):
         (below, neg, under), p = ops.parallel(
             lambda: ops.lt(x, [-cut, 0.0, cut], bound=2 * ACT_BOUND, integer=True), powers)
         inside, signed = under - below, under + below - 2 * neg
-        return ops.combine([(1.0, 1 - neg, p[0]),
-                            (0.5 * c[1], inside, p[1]), (0.5 * c[3], inside, p[3]), (0.5 * c[5], inside, p[5]),
-                            (0.5 * (c[0] - 1.0), signed, p[0]), (0.5 * c[2], signed, p[2]), (0.5 * c[4], signed, p[4])],
-                           bound=ACT_BOUND if u is None else SILU_TIMES_BOUND, coef_frac=SILU_COEF_BITS)
+        # E and O as exact ring-integer sums (coefficients on 2^-24, no truncation), so each flag
+        # multiplies ONE value: three products, one truncation by 2^24 for all
+        even = weighted(ops, [(0.5 * c[1], p[1]), (0.5 * c[3], p[3]), (0.5 * c[5], p[5])], SILU_COEF_BITS)
+        odd = weighted(ops, [(0.5 * (c[0] - 1.0), p[0]), (0.5 * c[2], p[2]), (0.5 * c[4], p[4])], SILU_COEF_BITS)
+        return ops.combine([(1.0, 1 - neg, p[0]), (1.0, inside, even), (1.0, signed, odd)],
+                           bound=ACT_BOUND if u is None else SILU_TIMES_BOUND, coef_frac=0)
 
     def exp(self, x, ops: Ops):
         fb = ops.fxp_bits
@@ -183,6 +196,8 @@ class Bolt(Protocol):
                                  lambda: ops.mul(q_in, q_in))
         # e^p 2^-l = (sq + q2) shift
         return ops.combine([(1.0, sq, shift)], [(EXP_Q[2], shift)], bound=8.0)
+
+    exact_sum_squares = _EXACT.exact_sum_squares  # its rsqrt is the exact baseline's
 
     def reciprocal(self, x, ops: Ops):
         return _EXACT.reciprocal(x, ops)

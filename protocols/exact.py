@@ -144,6 +144,10 @@ class Exact(Protocol):
     recip_steps = 1
     rsqrt_steps = 0
 
+    @property
+    def exact_sum_squares(self) -> bool:  # the table reads the exact sum's bits (no Newton step)
+        return not self.rsqrt_steps
+
     # the reciprocal's domain ends at 2^14: its bin comparisons read a 32-bit lane
     def reciprocal(self, x, ops: Ops, lo: int = -12, hi: int = 13, bits: int = RECIP_BITS):
         return self.reciprocal_times(x, None, ops, lo=lo, hi=hi, bits=bits)
@@ -152,10 +156,10 @@ class Exact(Protocol):
                          bits: int = RECIP_BITS):
         # m exactly (one product round, no truncation); the table reads its bits while m's
         # truncation and times f (when ``times`` is given) run beside it
-        mi, f = ops.normalize(x, base_log2=1, lo=lo, hi=hi, bound=2.0 ** 15, exact=True)
+        mi, f, e = ops.normalize(x, base_log2=1, lo=lo, hi=hi, bound=2.0 ** 15, exact=True)
         fb = ops.fxp_bits
-        y, m, tf = ops.parallel(lambda: table_start(ops.from_int(mi, fb + hi), RECIP_TABLES[bits], bits, ops),
-                                lambda: ops.from_int(ops.idiv(mi, 2 ** hi), fb) if self.recip_steps else None,
+        y, m, tf = ops.parallel(lambda: table_start(ops.from_int(mi, e), RECIP_TABLES[bits], bits, ops),
+                                lambda: ops.from_int(ops.idiv(mi, 2 ** (e - fb)), fb) if self.recip_steps else None,
                                 lambda: f if times is None else ops.mul_scaled(times, f, 1.0, bound=times_bound))
         if not self.recip_steps:
             return ops.mul(tf, y)
@@ -184,8 +188,8 @@ class Exact(Protocol):
         """(m, scale f) of the normalisation: m exact (not truncated) when no Newton step needs it."""
         if self.rsqrt_steps:
             return ops.normalize(x, base_log2=1, lo=-12, hi=29, scale=scale, power=0.5)
-        mi, f = ops.normalize(x, base_log2=1, lo=-12, hi=29, scale=scale, power=0.5, exact=True)
-        return ops.from_int(mi, ops.fxp_bits + 29), f
+        mi, f, e = ops.normalize(x, base_log2=1, lo=-12, hi=29, scale=scale, power=0.5, exact=True)
+        return ops.from_int(mi, e), f
 
     def _rsqrt_m(self, m, ops: Ops):
         return newton_rsqrt(m, table_start(m, RSQRT_TABLE, RSQRT_BITS, ops), self.rsqrt_steps, ops)

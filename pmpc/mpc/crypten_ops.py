@@ -66,6 +66,9 @@ class CrypTenOps(Ops):
         v._tensor.encoder = FixedPointEncoder(0)
         return v
 
+    def scale_bits(self, x) -> int:
+        return _log2_scale(x)
+
     def idiv(self, v, d):
         out = v.clone()
         out._tensor.div_(int(d))  # 2PC: crypten_compat's exact truncation (error 1 unit)
