@@ -299,21 +299,58 @@ class Ops:
         batch = self.mul(self.stack(known), self.stack([top] * len(known)))
         return [batch[i] for i in range(len(known))]
 
+    def one_round_comparisons(self, elements: int, lane: int) -> bool:
+        """Whether ``elements`` comparisons on a ``lane``-bit lane cost one round on this backend
+        (a dealer-keyed gate under MPC, by the runtime's rule). The plaintext backend has no
+        rounds: no."""
+        return False
+
+    def max_plan(self, rows: int, n: int, fan_in: int = 8) -> list:
+        """The group sizes of :meth:`max`'s levels for ``rows`` rows of ``n`` keys. Each level
+        costs its comparison's rounds plus two; a level whose all-pairs comparison fits a
+        one-round gate (:meth:`one_round_comparisons`) costs three. Two plans, the fewer rounds
+        wins (then the fewer comparisons): ``fan_in`` at every level, or at each level the
+        largest group whose comparison is one round (decode rows: 41 keys in 3 levels of 3, 8
+        and 2, 9 rounds, instead of 8 and 6 at 7 + 2 and 1 + 2)."""
+        def cost(plan):
+            r, c, m = 0, 0, n
+            for k in plan:
+                g = -(-m // k)
+                cmp = rows * g * k * (k - 1) // 2
+                r += (1 if self.one_round_comparisons(cmp, 32) else 7) + 2
+                c, m = c + cmp, g
+            return r, c
+
+        fixed, m = [], n
+        while m > 1:
+            fixed.append(min(fan_in, m))
+            m = -(-m // fixed[-1])
+        gated, m = [], n
+        while m > 1:
+            k = max([k for k in range(2, m + 1)
+                     if self.one_round_comparisons(rows * -(-m // k) * k * (k - 1) // 2, 32)], default=None)
+            if k is None:
+                return fixed
+            gated.append(k)
+            m = -(-m // k)
+        return min((fixed, gated), key=cost)
+
     def max(self, x, dim: int = -1, fan_in: int = 8):
-        """Maximum along ``dim`` (keepdim), by a tournament of groups of ``fan_in``.
+        """Maximum along ``dim`` (keepdim), by a tournament of groups (:meth:`max_plan`).
 
         A comparison costs rounds (one as a dealer-keyed gate, ~7 as an adder circuit); a binary
         tree over n keys pays them log2(n) times. Here each level compares ALL pairs inside
-        groups of ``fan_in`` in ONE batched call (ties go to the lower index, so the pairs order
+        groups of k in ONE batched call (ties go to the lower index, so the pairs order
         the group totally and exactly one key beats all k - 1 others), counts each key's wins (a
         local sum of exact 0/1 ring integers), finds the winner by ONE small comparison of the
         count with k - 1 (an 8-bit lane: a one-round gate) and selects it with one product:
-        cmp + 2 rounds a level, ceil(log_k n) levels, ~(k-1)/2 comparisons per element."""
+        cmp + 2 rounds a level, ~(k-1)/2 comparisons per element. The maximum is exact
+        whatever the grouping."""
         if dim not in (-1, x.dim() - 1):
             return self.max(x.transpose(dim, -1), -1, fan_in).transpose(dim, -1)
-        while x.shape[-1] > 1:
+        plan = self.max_plan(math.prod(x.shape[:-1]), x.shape[-1], fan_in)
+        for k in plan:
             n = x.shape[-1]
-            k = min(fan_in, n)
             if n % k:  # pad with copies of the first key: duplicates cannot change the max
                 x = self.cat([x, self.cat([x[..., :1]] * (k - n % k), dim=-1)], dim=-1)
             g = x.reshape(*x.shape[:-1], x.shape[-1] // k, k)

@@ -66,6 +66,9 @@ class CrypTenOps(Ops):
         v._tensor.encoder = FixedPointEncoder(0)
         return v
 
+    def one_round_comparisons(self, elements: int, lane: int) -> bool:
+        return gates.use_dcf(elements, lane)
+
     def scale_bits(self, x) -> int:
         return _log2_scale(x)
 
