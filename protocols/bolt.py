@@ -191,11 +191,13 @@ class Bolt(Protocol):
         r = math.sqrt(EXP_Q[0])
         q_in = ops.int_combine([(-LN2 * r * 2.0 ** (j - EXP_FRAC_BITS), b[j]) for j in range(EXP_FRAC_BITS)],
                                r * EXP_Q[1])
-        # the table's round runs beside the square's two
+        # the square exactly (a product of ring integers: no truncation, on the scale 2^(2f)),
+        # in the table's round
+        fb2 = ops.scale_bits(q_in) * 2
         shift, sq = ops.parallel(lambda: ops.lookup(ops.stack([idx]), 5, [EXP_SHIFT])[0],
-                                 lambda: ops.mul(q_in, q_in))
-        # e^p 2^-l = (sq + q2) shift
-        return ops.combine([(1.0, sq, shift)], [(EXP_Q[2], shift)], bound=8.0)
+                                 lambda: ops.from_int(ops.mul(ops.as_int(q_in), ops.as_int(q_in)), fb2))
+        # e^p 2^-l = (sq + q2) shift: q2 added exactly on sq's scale, one truncation
+        return ops.combine([(1.0, sq + EXP_Q[2], shift)], bound=8.0, coef_frac=0)
 
     exact_sum_squares = _EXACT.exact_sum_squares  # its rsqrt is the exact baseline's
 
