@@ -50,19 +50,29 @@ class Engine:
                 if fixed_operands:  # each matrix's masked opening once, here, not at every token
                     self.W = ops.fix_operands(self.W, [k for k, v in Wp.items()
                                                        if k == "embed.tok" or (k.endswith(".w") and v.dim() == 2)])
+        # the residual stream's split for the next RMS norm taken with the linear layer that ends
+        # each block (:meth:`pmpc.ops.Ops.matmul_residual`): where the norm is the shared one
+        self.split_norms = (not spec.post_norm and spec.norm == "rms" and tap is None
+                            and type(self.p).rms_norm is protocols.base.Protocol.rms_norm)
         self.cache = None
         self.on_layer = None  # on_layer(i, n_layers) after each block: progress for a watching user
 
     # -- helpers -----------------------------------------------------------------------------
-    def _lin(self, x, name):
-        y = self.ops.matmul(x, self.W[name + ".w"])
+    def _lin(self, x, name, residual=None):
+        """x W + b, or with ``residual`` (the pre-norm stream, when a norm reads the sum next)
+        (residual + x W + b, its split for the norm): the split rides on the layer's truncation."""
         b = self.W.get(name + ".b")
+        if residual is not None:
+            return self.ops.matmul_residual(x, self.W[name + ".w"], residual if b is None else residual + b)
+        y = self.ops.matmul(x, self.W[name + ".w"])
         return y if b is None else y + b
 
-    def _norm(self, x, name):
+    def _norm(self, x, name, split=None):
         w, b = self.W.get(name + ".w"), self.W.get(name + ".b")
         with self.ops.scope("norm"):
             if self.spec.norm == "rms":
+                if split is not None:
+                    return self.p.rms_norm(x, w, self.spec.norm_eps, self.ops, split=split)
                 return self.p.rms_norm(x, w, self.spec.norm_eps, self.ops)
             return self.p.layer_norm(x, w, b, self.spec.norm_eps, self.ops)
 
@@ -104,7 +114,7 @@ class Engine:
         return x
 
     # -- transformer blocks -------------------------------------------------------------------
-    def _attention(self, x, i, rope, mask, cache_i):
+    def _attention(self, x, i, rope, mask, cache_i, residual=None):
         s, ops, p = self.spec, self.ops, self.p
         B, T = x.shape[0], x.shape[1]
         nh, nkv, hd = s.n_heads, s.n_kv_heads, s.head_dim
@@ -138,9 +148,9 @@ class Engine:
             out = ops.matmul(probs.reshape(B, nkv, (nh // nkv) * T, L), v)
         out = out.reshape(B, nh, T, hd).transpose(1, 2).reshape(B, T, nh * hd)
         with ops.scope("linear"):
-            return self._lin(out, f"layers.{i}.o")
+            return self._lin(out, f"layers.{i}.o", residual)
 
-    def _mlp(self, x, i):
+    def _mlp(self, x, i, residual=None):
         s, ops, p = self.spec, self.ops, self.p
         pre = f"layers.{i}."
         if self.tap:
@@ -160,7 +170,7 @@ class Engine:
         if self.tap:
             self.tap("down_in", i, h)
         with ops.scope("linear"):
-            return self._lin(h, pre + "down")
+            return self._lin(h, pre + "down", residual)
 
     def forward(self, x, positions, mask, use_cache: bool):
         """x: secret hidden states [B, T, H]; mask: public 0/1 [B, 1, T, S] or None."""
@@ -168,19 +178,23 @@ class Engine:
         rope = self._rope_tables(positions) if s.pos == "rope" else None
         if use_cache and self.cache is None:
             self.cache = [[None, None] for _ in range(s.n_layers)]
+        split = None  # the embedding's stream: the first norm splits it itself
         for i in range(s.n_layers):
             cache_i = self.cache[i] if use_cache else None
             pre = f"layers.{i}."
             if s.post_norm:
                 x = self._norm(x + self._attention(x, i, rope, mask, cache_i), pre + "attn_norm")
                 x = self._norm(x + self._mlp(x, i), pre + "mlp_norm")
+            elif self.split_norms:
+                x, split = self._attention(self._norm(x, pre + "attn_norm", split), i, rope, mask, cache_i, x)
+                x, split = self._mlp(self._norm(x, pre + "mlp_norm", split), i, x)
             else:
                 x = x + self._attention(self._norm(x, pre + "attn_norm"), i, rope, mask, cache_i)
                 x = x + self._mlp(self._norm(x, pre + "mlp_norm"), i)
             if self.on_layer is not None:
                 self.on_layer(i, s.n_layers)
         if "final_norm.w" in self.spec.weights:
-            x = self._norm(x, "final_norm")
+            x = self._norm(x, "final_norm", split)
         if "lm_head.w" in self.W:
             with self.ops.scope("lm_head"):
                 x = self._lin(x, "lm_head")

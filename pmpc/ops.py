@@ -152,6 +152,15 @@ class Ops:
     def matmul(self, x, y):
         return x.matmul(y)
 
+    def matmul_residual(self, x, y, residual):
+        """``h = residual + x @ y`` and the split of h that :meth:`sum_squares` starts with
+        (the ring integer floor(h 2^(f/2)), ``split``), for the pre-norm residual stream whose
+        next step is a norm. Under MPC, with y public, both come from ONE truncation of the
+        product's raw sum (:class:`pmpc.mpc.crypten_ops.CrypTenOps`): the norm's first round
+        rides on the linear layer's. Here: the same values, one after the other."""
+        h = residual + self.matmul(x, y)
+        return h, self.idiv(self.as_int(h), 2 ** (self.fxp_bits // 2))
+
     def public_operands(self, W: dict, names) -> dict:
         """Ready the public weights ``names`` of ``W`` (right operands of products, the same at
         every call) once, in whatever form this backend multiplies them in: plain tensors need
@@ -421,7 +430,7 @@ class Ops:
     def sum(self, x, dim=-1, keepdim=True):
         return x.sum(dim, keepdim=keepdim)
 
-    def sum_squares(self, x, exact: bool = False):
+    def sum_squares(self, x, exact: bool = False, split=None):
         """sum_j x_j^2 over the last dim at full precision, safe for LLM "massive activations"
         up to |x| < 2^23: one product round and two truncations, no comparison.
 
@@ -439,10 +448,11 @@ class Ops:
         ``exact``: the sum EXACTLY, on the scale 2^(2f) (r(a)^2 2^16 plus the small term, not
         truncated): one truncation and one round less, for a caller that reads only the sum's
         bits and products with ring integers (:meth:`normalize` with ``exact``). Room: the sum
-        below 2^30 (the rsqrt's range) takes 2^62 of the ring."""
+        below 2^30 (the rsqrt's range) takes 2^62 of the ring. ``split``: r(a), already taken
+        (:meth:`matmul_residual`): no truncation round here at all."""
         h = self.fxp_bits // 2
         xi = self.as_int(x)
-        ai = self.idiv(xi, 2 ** h)              # r(a) = r(x) / 2^8
+        ai = self.idiv(xi, 2 ** h) if split is None else split  # r(a) = r(x) / 2^8
         li = xi - ai * (2 ** h)                 # r(l): integer arithmetic, exact
         p = self.mul(self.stack([ai, li]), self.stack([ai, xi + ai * (2 ** h)]))
         top = p[0].sum(-1, keepdim=True)

@@ -116,9 +116,11 @@ class Protocol:
             e = e * mask
         return self.reciprocal_times(e.sum(-1, keepdim=True), e, ops)
 
-    def rms_norm(self, x, w, eps: float, ops: Ops, offset: float = 0.0):
+    def rms_norm(self, x, w, eps: float, ops: Ops, offset: float = 0.0, split=None):
+        """``split``: x's split for :meth:`pmpc.ops.Ops.sum_squares`, taken with the step that
+        made x (:meth:`pmpc.ops.Ops.matmul_residual`)."""
         n = x.shape[-1]
-        s = ops.sum_squares(x, exact=self.exact_sum_squares) + n * eps
+        s = ops.sum_squares(x, exact=self.exact_sum_squares, split=split) + n * eps
         y = self.rsqrt_times(s, x, ops, scale=math.sqrt(n) * 2.0 ** NORM_SHIFT, out=2.0 ** -NORM_SHIFT)
         return y * (w + offset) if w is not None else y
 

@@ -131,7 +131,7 @@ def test_cost_scopes_add_up_to_the_total(protocol):
 # Rounds of one decoded token, per transformer layer (two norms, attention, MLP), public weights,
 # ``auto`` comparisons, on tiny-random-llama (every comparison there is small: a one-round gate).
 # Rounds depend on shapes and code only, so these are exact counts, not timings.
-DECODE_BUDGET = {"bolt": 60, "exact": 81}
+DECODE_BUDGET = {"bolt": 54, "exact": 78}
 
 
 @pytest.mark.parametrize("protocol", sorted(DECODE_BUDGET))
@@ -145,7 +145,7 @@ def test_decode_round_budget_per_layer(protocol):
     per_layer = 2 * per_norm + sum(sc[k][0] for k in ("linear", "rope", "attention.matmul",
                                                       "attention.softmax", "activation")) / L
     assert per_layer <= DECODE_BUDGET[protocol], (per_layer, sc)
-    assert per_norm <= 9, sc["norm"]
+    assert per_norm <= 7.2, sc["norm"]  # 7 a norm; the first layer's first splits its input itself (8)
 
 
 def test_watch_prints_tokens_as_they_come(capsys):

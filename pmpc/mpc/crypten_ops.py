@@ -104,6 +104,24 @@ class CrypTenOps(Ops):
             return MPCTensor.from_shares(out.share, precision=self.fxp_bits)
         return x.matmul(y)
 
+    def matmul_residual(self, x, y, residual):
+        """With y a public matrix: R = residual 2^e + x y on the product's raw scale 2^(f + e)
+        (e = the weights' fraction bits) is truncated ONCE, by 2^e and by 2^(e + f/2) side by
+        side (per-element divisors): h and its split for the norm, one round. Each truncation
+        is off by at most a unit, so h - 2^(f/2) split stays a small exact remainder, all
+        :meth:`sum_squares` needs."""
+        if torch.is_tensor(y) and self.is_secret(x) and not self.is_secret(y) and y.is_floating_point():
+            y = PublicMatrix(y, self.fxp_bits + WEIGHT_EXTRA_BITS, compact=False)
+        if not isinstance(y, PublicMatrix) or _log2_scale(residual) != self.fxp_bits:
+            return super().matmul_residual(x, y, residual)
+        fb = self.fxp_bits  # the raw product on 2^(fb + y.frac_bits)
+        raw = x._tensor.share.matmul(y.ring()) * (1 << (fb - _log2_scale(x)))
+        R = raw + residual._tensor.share * (1 << (y.frac_bits))
+        both = ArithmeticSharedTensor.from_shares(torch.stack([R, R]), precision=0)
+        d = torch.tensor([2 ** y.frac_bits, 2 ** (y.frac_bits + fb // 2)], dtype=torch.long)
+        both.div_(d.reshape(2, *[1] * R.dim()).expand(both.share.shape))  # the one round
+        return (MPCTensor.from_shares(both.share[0], precision=fb), ring_ints(both.share[1]))
+
     def public_operands(self, W: dict, names) -> dict:
         """Each public weight matrix encoded ONCE (:class:`PublicMatrix`), not at every product:
         encoding SmolLM2's tied output layer alone took longer than the rest of a decoded token."""
