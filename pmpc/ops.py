@@ -375,7 +375,20 @@ class Ops:
             x = self.mul(1 - lost, g).sum(-1)
         return x
 
-    def normalize(self, x, base_log2: int = 2, lo: int = -8, hi: int = 15, scale: float = 1.0, times=None, times_bound: float = ACT_BOUND, power: float = 1.0, bound: float | None = None, exact: bool = False):
+    def normalize_bins(self, x, base_log2: int = 2, lo: int = -8, hi: int = 15, bound: float | None = None):
+        """The comparisons of :meth:`normalize` alone: [x < 2^(g k)] for k in (lo, hi], ring
+        integers, one batched comparison. Signs do not depend on the scale: x may sit on a
+        product's scale (then ``bound`` None: the whole ring)."""
+        thresholds = torch.tensor([2.0 ** (base_log2 * k) for k in range(lo + 1, hi + 1)],
+                                  dtype=getattr(x, "dtype", torch.float64))
+        return self.ltz_int(x.unsqueeze(0) - thresholds.reshape(-1, *[1] * x.dim()), bound)
+
+    def rescale(self, x):
+        """x on the standard scale 2^-f: a value left on a product's scale (an exact ring
+        product) truncated, one round under MPC; here rounded to the grid."""
+        return x
+
+    def normalize(self, x, base_log2: int = 2, lo: int = -8, hi: int = 15, scale: float = 1.0, times=None, times_bound: float = ACT_BOUND, power: float = 1.0, bound: float | None = None, exact: bool = False, below=None):
         """Range reduction by the most significant bit, for x > 0 (SIRNN's msnzb step).
 
         With g = ``base_log2`` and bins [2^(g k), 2^(g (k+1))) for k in [lo, hi], one batched
@@ -406,9 +419,9 @@ class Ops:
         larger scale than the standard one (:meth:`sum_squares` with ``exact``)."""
         ks = list(range(lo + 1, hi + 1))
         # x < 2^(g k) for every k at once (one public broadcast subtraction); ``bound`` (on
-        # |x - 2^(g k)|) lets the comparison read a lane (:meth:`lane`)
-        thresholds = torch.tensor([2.0 ** (base_log2 * k) for k in ks], dtype=getattr(x, "dtype", torch.float64))
-        below = self.ltz_int(x.unsqueeze(0) - thresholds.reshape(-1, *[1] * x.dim()), bound)
+        # |x - 2^(g k)|) lets the comparison read a lane (:meth:`lane`); ``below``: taken already
+        if below is None:
+            below = self.normalize_bins(x, base_log2, lo, hi, bound)
 
         def onehot_sum(w):  # sum_k onehot_k w(k) for public integer weights, as ONE weighted sum:
             # with bins lo = [below_0], k_i = [below_{i+1}] - [below_i], hi = 1 - [below_last],
@@ -511,6 +524,9 @@ class TorchOps(Ops):
 
     def as_int(self, x):
         return x * 2.0 ** self.fxp_bits
+
+    def rescale(self, x):
+        return self._q(x)
 
     def idiv(self, v, d):
         return v / d

@@ -71,6 +71,12 @@ class Protocol:
         """exp(x) for x <= 0 (after max subtraction)."""
         raise NotImplementedError
 
+    def exp_exact(self, x, ops: Ops):
+        """exp(x) as :meth:`exp` computes it, possibly left on a product's scale (not truncated:
+        ``ops.rescale`` brings it to the standard one), for a caller that can overlap the
+        truncation with its next step (the softmax's reciprocal). Default: :meth:`exp`."""
+        return self.exp(x, ops)
+
     def reciprocal(self, x, ops: Ops):
         """1/x for x >= 1 (a softmax denominator after max subtraction)."""
         raise NotImplementedError
@@ -111,9 +117,9 @@ class Protocol:
             x = x * mask - 64.0 * (1 - mask)  # bounded: keeps masked entries out of the max
         if self.subtract_max:
             x = x - ops.max(x, dim=-1)
-        e = self.exp(x, ops)
+        e = self.exp_exact(x, ops)  # the reciprocal truncates it beside its first comparison
         if mask is not None:
-            e = e * mask
+            e = ops.rescale(e) * mask
         return self.reciprocal_times(e.sum(-1, keepdim=True), e, ops)
 
     def rms_norm(self, x, w, eps: float, ops: Ops, offset: float = 0.0, split=None):

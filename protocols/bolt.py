@@ -179,7 +179,7 @@ class Bolt(Protocol):
         return ops.combine([(1.0, 1 - neg, p[0]), (1.0, inside, even), (1.0, signed, odd)],
                            bound=ACT_BOUND if u is None else SILU_TIMES_BOUND, coef_frac=0)
 
-    def exp(self, x, ops: Ops):
+    def exp_exact(self, x, ops: Ops):
         fb = ops.fxp_bits
         # z = -x/ln2 - 14: the factor rides on the bit extraction (no truncation)
         pos = list(range(fb - EXP_FRAC_BITS, fb + 4)) + [63]
@@ -196,8 +196,12 @@ class Bolt(Protocol):
         fb2 = ops.scale_bits(q_in) * 2
         shift, sq = ops.parallel(lambda: ops.lookup(ops.stack([idx]), 5, [EXP_SHIFT])[0],
                                  lambda: ops.from_int(ops.mul(ops.as_int(q_in), ops.as_int(q_in)), fb2))
-        # e^p 2^-l = (sq + q2) shift: q2 added exactly on sq's scale, one truncation
-        return ops.combine([(1.0, sq + EXP_Q[2], shift)], bound=8.0, coef_frac=0)
+        # e^p 2^-l = (sq + q2) shift: q2 added exactly on sq's scale, the product exact too
+        ep = sq + EXP_Q[2]
+        return ops.from_int(ops.mul(ops.as_int(ep), ops.as_int(shift)), ops.scale_bits(ep) + ops.scale_bits(shift))
+
+    def exp(self, x, ops: Ops):
+        return ops.rescale(self.exp_exact(x, ops))
 
     exact_sum_squares = _EXACT.exact_sum_squares  # its rsqrt is the exact baseline's
 

@@ -154,9 +154,15 @@ class Exact(Protocol):
 
     def reciprocal_times(self, x, times, ops: Ops, lo: int = -12, hi: int = 13, times_bound: float = 4.0,
                          bits: int = RECIP_BITS):
+        # x (and times) may come on a product's scale (``exp_exact``): the bins' comparison
+        # reads the sign there (the whole ring) while they are truncated beside it
+        wide = ops.scale_bits(x) > ops.fxp_bits
+        below, x, times = ops.parallel(
+            lambda: ops.normalize_bins(x, base_log2=1, lo=lo, hi=hi, bound=None if wide else 2.0 ** 15),
+            lambda: ops.rescale(x), lambda: None if times is None else ops.rescale(times))
         # m exactly (one product round, no truncation); the table reads its bits while m's
         # truncation and times f (when ``times`` is given) run beside it
-        mi, f, e = ops.normalize(x, base_log2=1, lo=lo, hi=hi, bound=2.0 ** 15, exact=True)
+        mi, f, e = ops.normalize(x, base_log2=1, lo=lo, hi=hi, exact=True, below=below)
         fb = ops.fxp_bits
         y, m, tf = ops.parallel(lambda: table_start(ops.from_int(mi, e), RECIP_TABLES[bits], bits, ops),
                                 lambda: ops.from_int(ops.idiv(mi, 2 ** (e - fb)), fb) if self.recip_steps else None,

@@ -72,6 +72,10 @@ class CrypTenOps(Ops):
     def scale_bits(self, x) -> int:
         return _log2_scale(x)
 
+    def rescale(self, x):
+        up = _log2_scale(x) - self.fxp_bits
+        return x if up <= 0 else self.from_int(self.idiv(self.as_int(x), 2 ** up), self.fxp_bits)
+
     def idiv(self, v, d):
         out = v.clone()
         out._tensor.div_(int(d))  # 2PC: crypten_compat's exact truncation (error 1 unit)
