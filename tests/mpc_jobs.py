@@ -315,3 +315,20 @@ class ActTimesJob:
                         ops.share(torch.from_numpy(self.u), src=0), ops)
         y = ops.reveal(y, dst=0)
         return y.double().numpy() if rank == 0 else None
+
+
+def max_job(rank, world_size):
+    """``ops.max`` under MPC on a decode-like row set (its plan: one-round gates) and a
+    prefill-like one (the adder-circuit plan): the plans, the revealed maxima, the inputs."""
+    from pmpc.mpc.crypten_ops import CrypTenOps
+
+    ops = CrypTenOps(cost.Tracker(cost.crypten_stats))
+    g = torch.Generator().manual_seed(7)
+    out = {}
+    for name, shape in (("decode", (1, 9, 1, 41)), ("prefill", (1, 9, 37, 37))):
+        x = torch.round(torch.randn(*shape, generator=g, dtype=torch.float64) * 4 * 2 ** 16) / 2 ** 16
+        x[..., 3] = x[..., 5]  # a tie
+        y = ops.reveal(ops.max(ops.share(x, src=0)), dst=0)
+        out[name] = {"x": x.numpy(), "max": y.double().numpy() if rank == 0 else None,
+                     "plan": ops.max_plan(math.prod(shape[:-1]), shape[-1])}
+    return out if rank == 0 else None

@@ -160,3 +160,28 @@ def test_two_party_truncation_never_wraps(mode):
         assert max(errs) <= 3, errs        # dividing by 7 and by ints < 1000: the floors' rounding
     else:
         assert bad > 0                     # Poisson(~15): P(0) = 3e-7
+
+
+class _GatedOps(TorchOps):
+    """The emulation with MPC's default rule for one-round comparisons (the DCF gate's)."""
+
+    def one_round_comparisons(self, elements, lane):
+        return elements * (lane - 1) <= 1 << 14
+
+
+@pytest.mark.parametrize("ops", [TorchOps(fxp_bits=16), _GatedOps(fxp_bits=16)])
+def test_max_is_exact_under_either_plan(ops):
+    g = torch.Generator().manual_seed(3)
+    for n in (1, 2, 3, 7, 8, 9, 41, 100):
+        x = torch.round(torch.randn(3, 9, n, generator=g, dtype=torch.float64) * 3 * 2 ** 16) / 2 ** 16
+        x[..., 0] = x[..., -1]  # ties
+        assert torch.equal(ops.max(x), x.max(-1, keepdim=True).values), n
+
+
+@pytest.mark.slow
+def test_max_under_mpc_takes_both_plans_and_is_exact():
+    res = run_local(mj.max_job, timeout_s=120, deadline_s=300)[0]
+    assert res["decode"]["plan"] == [3, 8, 2]       # every level a one-round gate: 3 rounds a level
+    assert res["prefill"]["plan"] == [8, 5]         # adder circuits: the fixed fan-in
+    for r in res.values():
+        assert np.array_equal(r["max"], r["x"].max(-1, keepdims=True)), "max differs"
