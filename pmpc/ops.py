@@ -11,8 +11,10 @@ differs between backends (comparisons, sharing, reveal, bit access, concatenatio
 an ``Ops`` method. Composite helpers (``select``, ``poly``, ``max``, ``normalize``) are defined here
 once, on top of those primitives, so both backends perform identical arithmetic.
 
-Round discipline: a comparison costs about ten communication rounds under MPC, so every helper
-that needs several thresholds or several products issues them as ONE batched call.
+Round discipline: a round costs the same for one value or thousands, so every helper that needs
+several thresholds or several products issues them as ONE batched call, independent steps run
+side by side (:meth:`Ops.parallel`: their openings share rounds), and a product whose result only
+feeds ring-integer arithmetic or a bit read stays exact on its product's scale (no truncation).
 """
 from __future__ import annotations
 
