@@ -126,6 +126,9 @@ class Exact(Protocol):
 
     # -- building blocks -----------------------------------------------------------------
     def exp(self, x, ops: Ops):
+        return ops.rescale(self.exp_exact(x, ops))
+
+    def exp_exact(self, x, ops: Ops):
         fb = ops.fxp_bits
         # x - max(x) can come out a unit above 0 (truncation in the select); a negative y would
         # decompose as two's complement. A bias of 4 units keeps y >= 0; e^bias is folded back.
@@ -136,7 +139,15 @@ class Exact(Protocol):
         tables = [[math.exp(-d * 2.0 ** (lo - fb)) * (math.exp(bias) if lo == 0 else 1.0)
                    for d in range(2 ** EXP_TABLE_BITS)] for lo, _ in EXP_DIGITS]
         f = ops.lookup(digits, EXP_TABLE_BITS, tables)  # e^(-digit weight), one round for all
-        return product([f[i] for i in range(len(EXP_DIGITS))], ops)
+        # the tree's last product exact (ring integers, on the scale 2^(2f)): its truncation is
+        # the caller's (:meth:`exp`, or the softmax's reciprocal beside its comparison)
+        xs = [f[i] for i in range(len(EXP_DIGITS))]
+        while len(xs) > 2:
+            half = len(xs) // 2
+            prod = ops.mul(ops.stack(xs[:half]), ops.stack(xs[half:2 * half]))
+            xs = [prod[i] for i in range(half)] + xs[2 * half:]
+        a, b = xs
+        return ops.from_int(ops.mul(ops.as_int(a), ops.as_int(b)), ops.scale_bits(a) + ops.scale_bits(b))
 
     # Iterations after the table start: the reciprocal's Goldschmidt steps (relative error e0
     # -> e0^2 a step: 2^-8 -> 1.5e-5 from 8 bits, 2^-12 -> 6e-8 from 12) and rsqrt's Newton steps
@@ -208,13 +219,26 @@ class Exact(Protocol):
         return ops.select(neg, 1 - p, p)
 
     def silu(self, x, ops: Ops):
+        return self._silu(x, None, ops)
+
+    def act_times(self, name: str, x, times, ops: Ops):
+        if name == "silu":
+            return self._silu(x, times, ops)
+        return super().act_times(name, x, times, ops)
+
+    def _silu(self, x, u, ops: Ops):
         # x sigmoid(|x|) = x / (1 + e^-|x|) with x taken into the reciprocal; x sigmoid(x) is that
-        # for x >= 0 and x - that below (sigmoid(-y) = 1 - sigmoid(y)): one ring-integer select
-        neg = ops.ltz_int(x, ACT_BOUND)
+        # for x >= 0 and x - that below (sigmoid(-y) = 1 - sigmoid(y)): one ring-integer select.
+        # A factor u (the gated MLP's up) goes into the reciprocal with x: x u, taken in the
+        # rounds of the sign's comparison, replaces x, and silu(x) u costs no product of its own.
+        if u is None:
+            neg, xu = ops.ltz_int(x, ACT_BOUND), x
+        else:
+            neg, xu = ops.parallel(lambda: ops.ltz_int(x, ACT_BOUND), lambda: ops.mul(x, u))
         a = ops.mul(x, 1 - 2 * neg)
-        xp = self.reciprocal_times(1 + self.exp(-a, ops), x, ops, lo=0, hi=1, times_bound=ACT_BOUND,
-                                   bits=RECIP_ELEM_BITS)
-        return ops.select(neg, x - xp, xp)
+        xp = self.reciprocal_times(1 + self.exp(-a, ops), xu, ops, lo=0, hi=1,
+                                   times_bound=ACT_BOUND if u is None else 2.0 ** 21, bits=RECIP_ELEM_BITS)
+        return ops.select(neg, xu - xp, xp)
 
     def gelu_tanh(self, x, ops: Ops):
         u = (x + ops.mul(ops.square(x), x) * 0.044715) * (2 * math.sqrt(2 / math.pi))
