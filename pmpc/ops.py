@@ -35,6 +35,9 @@ ACT_BOUND = 2.0 ** 14
 WEIGHT_EXTRA_BITS = 8
 # fraction bits of a public factor folded into a bit extraction (``Ops.bits(scale=...)``)
 BITS_SCALE_FRAC = 16
+# the MPC runtime's default rule for a one-round comparison gate (``pmpc.mpc.gates.DCF_MAX_LEVELS``,
+# elements x (lane bits - 1)), for plans that depend on it (``Ops.max``); a test holds them equal
+ONE_ROUND_LEVELS = 1 << 14
 
 
 class Ops:
@@ -311,15 +314,15 @@ class Ops:
         return [batch[i] for i in range(len(known))]
 
     def one_round_comparisons(self, elements: int, lane: int) -> bool:
-        """Whether ``elements`` comparisons on a ``lane``-bit lane cost one round on this backend
-        (a dealer-keyed gate under MPC, by the runtime's rule). The plaintext backend has no
-        rounds: no."""
-        return False
+        """Whether ``elements`` comparisons on a ``lane``-bit lane cost one round (a dealer-keyed
+        gate under MPC): the MPC runtime's default rule (:func:`pmpc.mpc.gates.use_dcf`,
+        ``auto``), so that the emulation takes the plans MPC takes by default."""
+        return elements * (lane - 1) <= ONE_ROUND_LEVELS
 
     def max_plan(self, rows: int, n: int, fan_in: int = 8) -> list:
         """The group sizes of :meth:`max`'s levels for ``rows`` rows of ``n`` keys. Each level
-        costs its comparison's rounds plus two; a level whose all-pairs comparison fits a
-        one-round gate (:meth:`one_round_comparisons`) costs three. Two plans, the fewer rounds
+        costs its comparison's rounds (one where the all-pairs comparison fits a one-round gate,
+        :meth:`one_round_comparisons`) plus its winner's (:meth:`_winner_rounds`). Two plans, the fewer rounds
         wins (then the fewer comparisons): ``fan_in`` at every level, or at each level the
         largest group whose comparison is one round (decode rows: 41 keys in 3 levels of 3, 8
         and 2, 9 rounds, instead of 8 and 6 at 7 + 2 and 1 + 2)."""
@@ -328,7 +331,7 @@ class Ops:
             for k in plan:
                 g = -(-m // k)
                 cmp = rows * g * k * (k - 1) // 2
-                r += (1 if self.one_round_comparisons(cmp, 32) else 7) + 2
+                r += (1 if self.one_round_comparisons(cmp, 32) else 7) + self._winner_rounds(rows * g * k, k)
                 c, m = c + cmp, g
             return r, c
 
@@ -346,6 +349,12 @@ class Ops:
             m = -(-m // k)
         return min((fixed, gated), key=cost)
 
+    def _winner_rounds(self, keys: int, k: int) -> int:
+        """Rounds to pick and select each group's winner: by its count of wins (one small gate,
+        one product) where that gate is one round, else by the product of its k - 1 "beats" bits
+        (a halving tree) and the select."""
+        return 2 if self.one_round_comparisons(keys, 8) else math.ceil(math.log2(max(k - 1, 1))) + 1
+
     def max(self, x, dim: int = -1, fan_in: int = 8):
         """Maximum along ``dim`` (keepdim), by a tournament of groups (:meth:`max_plan`).
 
@@ -355,8 +364,9 @@ class Ops:
         the group totally and exactly one key beats all k - 1 others), counts each key's wins (a
         local sum of exact 0/1 ring integers), finds the winner by ONE small comparison of the
         count with k - 1 (an 8-bit lane: a one-round gate) and selects it with one product:
-        cmp + 2 rounds a level, ~(k-1)/2 comparisons per element. The maximum is exact
-        whatever the grouping."""
+        cmp + 2 rounds a level, ~(k-1)/2 comparisons per element. Where that small comparison
+        would be an adder circuit (large prefill levels), the winner is the product of its k - 1
+        "beats" bits instead (log2(k-1) rounds). The maximum is exact whatever the grouping."""
         if dim not in (-1, x.dim() - 1):
             return self.max(x.transpose(dim, -1), -1, fan_in).transpose(dim, -1)
         plan = self.max_plan(math.prod(x.shape[:-1]), x.shape[-1], fan_in)
@@ -371,10 +381,17 @@ class Ops:
             lt = self.ltz_int(g[..., first] - g[..., second], bound=2 * ACT_BOUND)  # x_i < x_j: a 32-bit lane
             beats = self.cat([1 - lt, lt], dim=-1)  # pair p: i >= j at p (i keeps the tie), j > i at P + p
             of = [[p if i == a else len(pairs) + p for p, (a, b) in enumerate(pairs) if i in (a, b)] for i in range(k)]
-            wins = beats[..., torch.tensor(of)].sum(-1)  # [..., groups, k]: how many each key beats
-            # loser <=> wins <= k - 2 <=> wins - (k - 1) + 1/2 < 0: on the 1/2 grid, |.| < k
-            lost = self.ltz_int(self.lift(wins) - (k - 1.5), bound=k, ulp=0.5)
-            x = self.mul(1 - lost, g).sum(-1)
+            factors = beats[..., torch.tensor(of)]  # [..., groups, k, k - 1]: what each key must beat
+            if self._winner_rounds(math.prod(factors.shape[:-1]), k) == 2:
+                # loser <=> wins <= k - 2 <=> wins - (k - 1) + 1/2 < 0: on the 1/2 grid, |.| < k
+                lost = self.ltz_int(self.lift(factors.sum(-1)) - (k - 1.5), bound=k, ulp=0.5)
+                x = self.mul(1 - lost, g).sum(-1)
+                continue
+            while factors.shape[-1] > 1:  # the winner beats all: their product, halving each round
+                h = factors.shape[-1] // 2
+                prod = self.mul(factors[..., :h], factors[..., h:2 * h])
+                factors = self.cat([prod, factors[..., 2 * h:]], dim=-1) if factors.shape[-1] % 2 else prod
+            x = self.mul(factors[..., 0], g).sum(-1)
         return x
 
     def normalize_bins(self, x, base_log2: int = 2, lo: int = -8, hi: int = 15, bound: float | None = None):

@@ -162,14 +162,21 @@ def test_two_party_truncation_never_wraps(mode):
         assert bad > 0                     # Poisson(~15): P(0) = 3e-7
 
 
-class _GatedOps(TorchOps):
-    """The emulation with MPC's default rule for one-round comparisons (the DCF gate's)."""
+class _CircuitOps(TorchOps):
+    """The emulation as if every comparison were an adder circuit (``PMPC_COMPARISON=bitwise``)."""
 
     def one_round_comparisons(self, elements, lane):
-        return elements * (lane - 1) <= 1 << 14
+        return False
 
 
-@pytest.mark.parametrize("ops", [TorchOps(fxp_bits=16), _GatedOps(fxp_bits=16)])
+def test_the_emulation_plans_with_the_runtime_rule():
+    from pmpc.mpc import gates
+    from pmpc.ops import ONE_ROUND_LEVELS
+
+    assert ONE_ROUND_LEVELS == gates.DCF_MAX_LEVELS
+
+
+@pytest.mark.parametrize("ops", [TorchOps(fxp_bits=16), _CircuitOps(fxp_bits=16)])
 def test_max_is_exact_under_either_plan(ops):
     g = torch.Generator().manual_seed(3)
     for n in (1, 2, 3, 7, 8, 9, 41, 100):
