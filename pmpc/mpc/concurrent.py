@@ -118,12 +118,19 @@ def _all_reduce(comm, original):
     return all_reduce
 
 
-def _exchange_merged(comm, branches) -> None:
-    """ONE exchange for the parked openings of ``branches`` (in order), counted as one round."""
+def _exchange_merged(comm, branches, original) -> None:
+    """ONE exchange for the parked openings of ``branches`` (in order), counted as one round.
+    A communicator without direct links (a planning dry run's stand-in, which answers at once)
+    answers each branch's opening in the same order."""
     import crypten
 
-    from pmpc.mpc.transport import _combine
+    from pmpc.mpc.transport import DirectCommunicator, _combine
 
+    if not isinstance(comm, DirectCommunicator):
+        for b in branches:
+            xs, op, _ = b.pending
+            b.reply, b.pending = original(xs, op=op, batched=True), None
+        return
     flat = [t for b in branches for t in b.pending[0]]
     tic = timeit.default_timer()
     theirs = comm._exchange(flat)
@@ -182,7 +189,7 @@ def parallel(fns) -> list:
             if any(b.error is not None for b in branches):
                 break
             if live:
-                _exchange_merged(comm, live)
+                _exchange_merged(comm, live, original)
     finally:
         comm.__dict__.pop("all_reduce", None)
         for b in branches:
