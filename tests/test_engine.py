@@ -166,3 +166,20 @@ def test_watch_prints_tokens_as_they_come(capsys):
     assert out.out == "Hi there" and "layer 2/2" in out.err
     w.token(3, torch.tensor([0]))
     assert capsys.readouterr().out == "é"
+
+
+@pytest.mark.parametrize("dealer", ["local", "ttp"])
+def test_preprocessed_generation_equals_live(dealer):
+    """The offline plan (a solo dry run) meets branches run side by side (``Ops.parallel``) in
+    the order the online run takes their tuples: same tokens, same decode rounds as a live run."""
+    from pmpc.mpc import secure
+
+    ids = torch.tensor([[5, 9, 13, 2, 7]])
+    got = []
+    for pre in (False, True):
+        cfg = secure.GenConfig(model="tiny-random-llama", protocol="bolt", max_new_tokens=3, preprocess=pre)
+        res = parties.run_local(functools.partial(secure.generate_party, cfg), timeout_s=120, dealer=dealer,
+                                inputs={0: secure.ClientInput(ids=ids, attn=torch.ones_like(ids))})
+        r0 = [r for r in res if r and r.get("rank") == 0][0]
+        got.append((r0["tokens"], r0["phases"]["decode"]["rounds"]))
+    assert got[0] == got[1], got
