@@ -450,17 +450,19 @@ def _exact_div_(self, y):
     computed ("truncation with known MSB", as in Cheetah and SIRNN): with x' = x + 2^62 in
     [0, 2^63), the unsigned shares s0 + s1 = x' + w 2^64 wrap (w = 1) iff the MSB of s0 OR of s1 is
     set — x' < 2^63 rules out the other cases. Party 0 knows a = msb(s0), party 1 knows b =
-    msb(s1), and [w] = a + b - [ab] costs one Beaver product of those bits: ONE round, whose
-    openings are ring words masked by uniform triples (nothing about x leaks). Then
+    msb(s1), and [w] = a + b - [ab] costs one product of a bit each party holds
+    (:func:`pmpc.mpc.gates.cross_and`): ONE round of one masked bit each way (nothing about x
+    leaks). Then
     x'/y = floor(s0/y) + floor(s1/y) + 1 - [w] floor(2^64/y), and the offset comes off again.
     The shares are first re-randomised with a zero sharing (local: CrypTen's pairwise PRZS), so
     the floors' lost carry is uniform and the + 1 makes the result x/y stochastically rounded to
     a unit, unbiased, like CrypTen's truncation (y a power of two; other y add a unit or two).
 
-    Cost: one round and two ring words per element each way; measured, it doubles the rounds of
+    Cost: one round and one bit per element each way; measured, it doubles the rounds of
     a forward pass (bench/results). ``PMPC_TRUNCATION=local`` measures the difference."""
-    from crypten.mpc.primitives import beaver
     from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+
+    from pmpc.mpc import gates
 
     if isinstance(y, float) and int(y) == y:
         y = int(y)
@@ -483,10 +485,7 @@ def _exact_div_(self, y):
     s = self.share + ArithmeticSharedTensor.PRZS(self.share.size(), device=self.share.device).share
     s = s + _OFFSET if rank == 0 else s
     msb = (s < 0).long()
-    zero = torch.zeros_like(msb)
-    a = ArithmeticSharedTensor.from_shares(msb if rank == 0 else zero, precision=0)
-    b = ArithmeticSharedTensor.from_shares(msb if rank == 1 else zero, precision=0)
-    w = a.share + b.share - beaver.mul(a, b).share       # the one round
+    w = msb - gates.cross_and(msb)                        # a + b - ab: the one round, a bit each way
     q, r = _unsigned(d)
     ring_over_d = 2 * q + (2 * r) // d                   # floor(2^64 / d), modulo 2^64
     out = _udiv(s, d, q, r) - w * ring_over_d

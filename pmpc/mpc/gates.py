@@ -311,6 +311,108 @@ def junk_onehot(gen, size, k) -> OneHot:
     return OneHot(k, r, e)
 
 
+# -- the product of a bit party 0 holds and a bit party 1 holds ------------------------------------
+@dataclasses.dataclass
+class CrossBits:
+    """One party's material for N products a b, ``a`` a bit party 0 holds in the clear and ``b``
+    one party 1 holds (the exact truncation's wrap bit, :func:`cross_and`): the party's own
+    uniform mask bits (A at party 0, B at party 1; int64 0/1, known to it alone) and its
+    arithmetic share ``c`` of A B in Z/2^64 (int64; at party 0 under ``ttp`` the dealer's
+    answer, read after the opening)."""
+    mask: torch.Tensor
+    c: torch.Tensor
+
+
+def draw_cross(gen, size, party: int) -> tuple:
+    """A party's draws from the stream it shares with the dealer: its mask bits and (party 1)
+    its share of A B."""
+    mask = _ring_bits(gen, size, 1)
+    return mask, (_ring_bits(gen, size, 64) if party == 1 else None)
+
+
+def _ring_bits(gen, size, bits: int) -> torch.Tensor:
+    from pmpc.mpc.crypten_compat import ring_random
+
+    return ring_random(tuple(size), gen, bits)
+
+
+def tfp_generate_cross_bits(self, size, device=None):
+    """``local`` mode: party 0 deals; party 1's mask and share come from the stream the parties
+    share (nothing is sent; party 0 knows B, as it knows every tuple in this mode)."""
+    from pmpc.mpc.crypten_compat import comm, crypten
+
+    rank = comm.get().get_rank()
+    m1, c1 = draw_cross(crypten.generators["next" if rank == 0 else "prev"][torch.device("cpu")], size, 1)
+    if rank == 1:
+        return CrossBits(m1, c1)
+    m0, _ = draw_cross(crypten.generators["local"][torch.device("cpu")], size, 0)
+    return CrossBits(m0, m0 * m1 - c1)
+
+
+def ttp_generate_cross_bits(self, size, device=None):
+    """``ttp`` mode: each party draws its mask (and party 1 its share) from the stream it shares
+    with the dealer; party 0's share A B - c1 is the dealer's answer, read after the opening."""
+    from crypten.mpc.provider.ttp_provider import TTPClient
+
+    from pmpc.mpc.crypten_compat import comm
+
+    client = TTPClient.get()
+    rank = comm.get().get_rank()
+    mask, c = draw_cross(client.get_generator(device="cpu"), size, rank)
+    if rank == 0:
+        c = client.ttp_request("cross_bits", device, list(size))
+    return CrossBits(mask, c)
+
+
+def dealer_cross_bits(self, size):
+    """The dealer's answer to a ``cross_bits`` request: party 0's share of A B (int64, ``size``)."""
+    m0, _ = draw_cross(self.generators[0], size, 0)
+    m1, c1 = draw_cross(self.generators[1], size, 1)
+    return m0 * m1 - c1
+
+
+def junk_cross_bits(gen, size) -> CrossBits:
+    return CrossBits(*draw_cross(gen, size, 1))
+
+
+def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """0/1 values, 8 to a byte, padded to whole int64 words (the padding is zero: it is not
+    summed with anything, so it hides nothing and reveals nothing)."""
+    b = np.packbits(bits.reshape(-1).numpy().astype(np.uint8))
+    return torch.from_numpy(np.concatenate([b, np.zeros((-b.size) % 8, dtype=np.uint8)]).view(np.int64))
+
+
+def _unpack_bits(words: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.from_numpy(np.unpackbits(words.numpy().view(np.uint8))[:n].astype(np.int64))
+
+
+def cross_and(mine: torch.Tensor) -> torch.Tensor:
+    """Arithmetic shares (int64, Z/2^64) of a b, where ``mine`` is this party's own 0/1 int64
+    tensor (party 0: a, party 1: b): ONE round of ONE bit each way per element.
+
+    With the dealer's (A, B, [A B]) — A a uniform bit only party 0 knows, B one only party 1
+    knows — party 0 opens e = a ^ A and party 1 opens f = b ^ B (each a one-time pad of one bit:
+    uniform, independent of a and b). Then a = e + (1 - 2e) A, b = f + (1 - 2f) B and
+        a b = e f + f (1 - 2e) A + e (1 - 2f) B + (1 - 2e)(1 - 2f) [A B],
+    each term local to the party that knows it. A Beaver product of the same bits as ring
+    elements opens two 64-bit words each way: 128 times the bytes, for the same round."""
+    from pmpc.mpc.crypten_compat import comm, crypten
+    from pmpc.mpc.primitives import PRIMITIVES
+
+    c = comm.get()
+    rank = c.get_rank()
+    shape = mine.shape
+    t = crypten.mpc.get_default_provider().generate_cross_bits(tuple(shape))
+    n = mine.numel()
+    opened = mine.reshape(-1) ^ t.mask.reshape(-1)
+    words = c.all_gather(_pack_bits(opened))          # the one round; then the dealt share is read
+    e, f = (opened, _unpack_bits(words[1], n)) if rank == 0 else (_unpack_bits(words[0], n), opened)
+    k = (1 - 2 * e) * (1 - 2 * f) * t.c.reshape(-1)
+    out = e * f + f * (1 - 2 * e) * t.mask.reshape(-1) + k if rank == 0 else e * (1 - 2 * f) * t.mask.reshape(-1) + k
+    PRIMITIVES.add("tuple_bytes", 16 * n)
+    return out.reshape(shape)
+
+
 def install() -> None:
     """Give CrypTen's two providers the FSS requests (idempotent)."""
     from crypten.mpc.provider.tfp_provider import TrustedFirstParty
@@ -320,6 +422,8 @@ def install() -> None:
     TrustedThirdParty.generate_sign = ttp_generate_sign
     TrustedFirstParty.generate_onehot = tfp_generate_onehot
     TrustedThirdParty.generate_onehot = ttp_generate_onehot
+    TrustedFirstParty.generate_cross_bits = tfp_generate_cross_bits
+    TrustedThirdParty.generate_cross_bits = ttp_generate_cross_bits
 
 
 def complete_keys(material: list) -> None:
