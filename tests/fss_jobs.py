@@ -16,13 +16,20 @@ class SignJob:
     of each case, what it saw opened (y^) and the first key it used (root seed and mask share).
     The torch/numpy/random global generators are reseeded to 0 first: keys must not follow them."""
 
-    def __init__(self, values, cases, preprocess: bool = False, dealer: str = "local", lookup=None):
+    def __init__(self, values, cases, preprocess: bool = False, dealer: str = "local", lookup=None,
+                 bitwise: bool = False):
         self.values = np.asarray(values, dtype=np.int64)
         self.cases, self.preprocess, self.dealer = list(cases), preprocess, dealer
         self.lookup = lookup  # (k, indices [G, n], tables [G, 2^k]): also one lookup call
+        self.bitwise = bitwise  # the packed adder circuit (crypten_compat.lane_ltz) instead of the gate
+
+    def _ltz(self, gates):
+        from pmpc.mpc import crypten_compat
+
+        return crypten_compat.lane_ltz if self.bitwise else gates.ltz
 
     def _run(self, x, d, gates):
-        out = [gates.ltz(x, lane, drop) for lane, drop in self.cases]
+        out = [self._ltz(gates)(x, lane, drop) for lane, drop in self.cases]
         if d is not None:
             out.append(gates.lookup(d, self.lookup[0], self.lookup[2]))
         return out
@@ -72,9 +79,9 @@ class SignJob:
             r0 = comm.get().get_communication_stats()["rounds"]
             if provider is not None:
                 with use_provider(provider):
-                    y = gates.ltz(x, lane, drop)
+                    y = self._ltz(gates)(x, lane, drop)
             else:
-                y = gates.ltz(x, lane, drop)
+                y = self._ltz(gates)(x, lane, drop)
             rounds.append(comm.get().get_communication_stats()["rounds"] - r0)
             outs.append(y._tensor.reveal().numpy())
         looked = None

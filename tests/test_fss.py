@@ -138,6 +138,30 @@ def test_sign_gate_and_table_lookup_in_each_dealer_mode(dealer, preprocess):
     assert res[0]["rounds"] == res[1]["rounds"] == [1] * len(CASES)
 
 
+LANE_CASES = [(32, 0), (32, 7), (16, 0), (16, 8), (8, 0), (8, 12)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dealer,preprocess", [("local", False), ("ttp", False), ("ttp", True)])
+def test_packed_adder_circuit_equals_the_lane_sign_in_each_dealer_mode(dealer, preprocess):
+    """The adder circuit on bit planes (``crypten_compat.lane_ltz``, the ``auto`` rule's path for
+    large calls): on 10^5 random values (live local; 2 x 10^4 through the dealer) and the edges,
+    every lane and drop gives the sign of the lane sum of the two shares' slices, in 7 / 6 / 5
+    rounds for 32 / 16 / 8 bits."""
+    rng = np.random.default_rng(secrets.randbits(64))
+    n = N if dealer == "local" else 20_000
+    values = _values(rng, n)
+    for lane in (8, 16, 32):  # the lane's own edges: 0, +-1, +-(2^(L-1) - 1), the wrap boundary
+        e = np.array([0, 1, -1, 2 ** (lane - 1) - 1, -(2 ** (lane - 1)) + 1, 2 ** (lane - 1), -(2 ** (lane - 1))])
+        values[10 + 7 * (lane // 8):17 + 7 * (lane // 8)] = e
+    res = run_local(fss_jobs.SignJob(values, LANE_CASES, preprocess, dealer, bitwise=True),
+                    dealer=dealer, timeout_s=120, deadline_s=400)
+    shares = [res[0]["share"], res[1]["share"]]
+    for (lane, drop), out in zip(LANE_CASES, res[0]["out"]):
+        assert (out == _expected(shares, lane, drop)).all(), (lane, drop)
+    assert res[0]["rounds"] == res[1]["rounds"] == [{32: 7, 16: 6, 8: 5}[lane] for lane, _ in LANE_CASES]
+
+
 @pytest.mark.slow
 def test_opened_value_is_uniform_independent_of_x_and_keys_ignore_global_rng():
     """What a party sees opened, y^ = y + r mod 2^L, is uniform whatever y is (all zeros vs
