@@ -150,3 +150,36 @@ class SliceLookupJob:
         rounds = comm.get().get_communication_stats()["rounds"] - r0
         got = y._tensor.reveal().numpy()
         return {"out": got, "rounds": rounds, "primitives": PRIMITIVES.snapshot()}
+
+
+class CrossAndJob:
+    """``gates.cross_and`` of party 0's bits ``a`` and party 1's bits ``b`` from the session's
+    dealer; each party returns the bits it received from the other (the opening) and the
+    revealed product."""
+
+    def __init__(self, a, b):
+        self.a, self.b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+
+    def __call__(self, rank, world_size):
+        from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+
+        from pmpc.mpc import gates
+        from pmpc.mpc.crypten_compat import comm
+
+        c = comm.get()
+        seen = []
+        gather = c.all_gather
+
+        def spy(t):
+            out = gather(t)
+            seen.append(out[1 - rank].clone())
+            return out
+
+        c.all_gather = spy
+        r0 = c.get_communication_stats()["rounds"]
+        out = gates.cross_and(torch.from_numpy(self.a if rank == 0 else self.b))
+        rounds = c.get_communication_stats()["rounds"] - r0
+        c.all_gather = gather
+        got = ArithmeticSharedTensor.from_shares(out, precision=0).reveal().numpy()
+        n = self.a.size
+        return {"seen": gates._unpack_bits(seen[0], n).numpy(), "out": got, "rounds": rounds}

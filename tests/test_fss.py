@@ -163,6 +163,31 @@ def test_packed_adder_circuit_equals_the_lane_sign_in_each_dealer_mode(dealer, p
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("dealer", ["local", "ttp"])
+def test_cross_bit_product_is_exact_and_opens_uniform_bits(dealer):
+    """The exact truncation's wrap bit a b (a party 0's bit, b party 1's): the shares add up to
+    a b on every input pair, in ONE round; what each party receives (the other's bit under a
+    one-time pad) is uniform whether the input is all zeros, all ones or random, and is not
+    the input itself (the control)."""
+    rng = np.random.default_rng(secrets.randbits(64))
+    n = N // 4
+    a = np.concatenate([np.zeros(n), np.ones(n), rng.integers(0, 2, 2 * n)]).astype(np.int64)
+    b = np.concatenate([np.ones(n), np.zeros(n), rng.integers(0, 2, 2 * n)]).astype(np.int64)
+    a[:4], b[:4] = [0, 0, 1, 1], [0, 1, 0, 1]
+    res = run_local(fss_jobs.CrossAndJob(a, b), dealer=dealer, timeout_s=60, deadline_s=200)
+    for party, mine in ((0, a), (1, b)):
+        assert (res[party]["out"] == a * b).all()
+        assert res[party]["rounds"] == 1
+        seen = res[party]["seen"]
+        assert not (seen == (b if party == 0 else a)).all()
+        for part in (slice(0, n), slice(n, 2 * n), slice(2 * n, None)):
+            s = seen[part]
+            # a fair coin's mean over m flips is within 5 sigma of 1/2 but with probability ~6e-7
+            assert abs(s.mean() - 0.5) < 5 * 0.5 / np.sqrt(s.size), (party, part)
+            assert stats.chisquare(np.bincount(s[:-1] * 2 + s[1:], minlength=4)).pvalue > ALPHA
+
+
+@pytest.mark.slow
 def test_opened_value_is_uniform_independent_of_x_and_keys_ignore_global_rng():
     """What a party sees opened, y^ = y + r mod 2^L, is uniform whatever y is (all zeros vs
     random): chi-square on its top byte and a two-sample KS between the two inputs. Two runs
