@@ -183,3 +183,28 @@ class CrossAndJob:
         got = ArithmeticSharedTensor.from_shares(out, precision=0).reveal().numpy()
         n = self.a.size
         return {"seen": gates._unpack_bits(seen[0], n).numpy(), "out": got, "rounds": rounds}
+
+
+class RingBitsJob:
+    """``crypten_compat.ring_bits`` (the pruned bit-plane A2B) of ring integers ``values`` shared
+    from party 0, at each set of ``positions``: each party's input share, the revealed bits and
+    the rounds of each call."""
+
+    def __init__(self, values, position_sets):
+        self.values, self.position_sets = np.asarray(values, dtype=np.int64), [list(p) for p in position_sets]
+
+    def __call__(self, rank, world_size):
+        from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+
+        from pmpc.mpc.crypten_compat import MPCTensor, comm, ring_bits
+
+        v = torch.from_numpy(self.values)
+        a = ArithmeticSharedTensor(v if rank == 0 else None, size=v.shape, precision=0, src=0)
+        x = MPCTensor.from_shares(a.share, precision=0)
+        outs, rounds = [], []
+        for pos in self.position_sets:
+            r0 = comm.get().get_communication_stats()["rounds"]
+            b = ring_bits(x, pos)
+            rounds.append(comm.get().get_communication_stats()["rounds"] - r0)
+            outs.append(b.reveal().numpy())
+        return {"share": a.share.numpy(), "out": outs, "rounds": rounds}

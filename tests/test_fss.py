@@ -188,6 +188,24 @@ def test_cross_bit_product_is_exact_and_opens_uniform_bits(dealer):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("dealer", ["local", "ttp"])
+def test_ring_bits_read_the_exact_bits_of_the_share_sum(dealer):
+    """The A2B behind ``Ops.bits`` (a Kogge-Stone prefix on bit planes, pruned to the carries
+    asked for): bits at scattered positions of the 64-bit sum of the two shares, 0 and 63 (the
+    sign) included, on 10^5 random values (2 x 10^4 through the dealer) and the edges; at most
+    7 rounds (the first AND and six levels), fewer for low positions."""
+    rng = np.random.default_rng(secrets.randbits(64))
+    values = _values(rng, N if dealer == "local" else 20_000)
+    sets = [list(range(20, 37)) + [63], [0, 1, 2, 31, 32, 62, 63], [5], [0]]
+    res = run_local(fss_jobs.RingBitsJob(values, sets), dealer=dealer, timeout_s=120, deadline_s=400)
+    total = res[0]["share"].view(np.uint64) + res[1]["share"].view(np.uint64)
+    for pos, out in zip(sets, res[0]["out"]):
+        want = np.stack([(total >> np.uint64(p)) & np.uint64(1) for p in pos]).astype(np.int64)
+        assert (out == want).all(), pos
+    assert res[0]["rounds"][:2] == [7, 7] and res[0]["rounds"][2] == 4 and res[0]["rounds"][3] == 0
+
+
+@pytest.mark.slow
 def test_opened_value_is_uniform_independent_of_x_and_keys_ignore_global_rng():
     """What a party sees opened, y^ = y + r mod 2^L, is uniform whatever y is (all zeros vs
     random): chi-square on its top byte and a two-sample KS between the two inputs. Two runs

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from pmpc.mpc.crypten_compat import MPCTensor, Ptype, b2a_bits, crypten, lane_ltz, log2_scale as _log2_scale, ring_ints  # crypten_compat first: it shims crypten
+from pmpc.mpc.crypten_compat import MPCTensor, Ptype, b2a_bits, crypten, lane_ltz, ring_bits, log2_scale as _log2_scale, ring_ints  # crypten_compat first: it shims crypten
 from crypten.encoder import FixedPointEncoder  # noqa: E402,I001
 from crypten.mpc.primitives import beaver  # noqa: E402
 from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor  # noqa: E402
@@ -215,9 +215,7 @@ class CrypTenOps(Ops):
             x = v
         elif offset:
             x = x + offset
-        b = x._to_ptype(Ptype.binary)
-        b.share = torch.stack([(b.share >> p) & 1 for p in positions])
-        a = ring_ints(b2a_bits(b._tensor).share)
+        a = ring_ints(b2a_bits(ring_bits(x, positions)).share)   # A2B of the bits read only
         return self._lift(a) if lift else a
 
     def cat(self, xs, dim=0):
