@@ -82,6 +82,9 @@ class CrypTenOps(Ops):
         truncated once, as before. Room: |x y| < 2^(61 - 2f - extra) = 2^21, far above any linear
         layer's output here. A private weight readied by :meth:`fix_operands`: a fixed-operand
         product (opens x only)."""
+        if isinstance(y, (fixed_operand.GrowingOperand, fixed_operand.Transposed)):  # the KV cache
+            transpose = isinstance(y, fixed_operand.Transposed)
+            return fixed_operand.kv_matmul(x, y.of if transpose else y, transpose)
         if isinstance(y, fixed_operand.FixedOperand):
             if not self.is_secret(x):
                 raise TypeError("a fixed operand multiplies a secret value")
@@ -102,6 +105,16 @@ class CrypTenOps(Ops):
 
     def fix_operands(self, W: dict, names) -> dict:
         return fixed_operand.prepare(W, names)
+
+    def kv_append(self, cache, k, v, name: str):
+        """The cache as two growing fixed operands (:class:`pmpc.mpc.fixed_operand.GrowingOperand`):
+        a row is masked and opened once, with the first product that uses it."""
+        if cache[0] is None:
+            cache[1] = fixed_operand.GrowingOperand(name + ".v")
+            cache[0] = fixed_operand.GrowingOperand(name + ".k", partner=cache[1])
+        cache[0].append(k)
+        cache[1].append(v)
+        return cache[0], cache[1]
 
     def mul_many(self, pairs, scales=None, bound=ACT_BOUND, max_k: int | None = None) -> list:
         fb, n = self.fxp_bits, len(pairs)

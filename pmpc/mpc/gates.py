@@ -376,10 +376,13 @@ def junk_cross_bits(gen, size) -> CrossBits:
 
 
 def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
-    """0/1 values, 8 to a byte, padded to whole int64 words (the padding is zero: it is not
-    summed with anything, so it hides nothing and reveals nothing)."""
-    b = np.packbits(bits.reshape(-1).numpy().astype(np.uint8))
-    return torch.from_numpy(np.concatenate([b, np.zeros((-b.size) % 8, dtype=np.uint8)]).view(np.int64))
+    """0/1 values, 8 to a byte, as whole int64 words. The last word is padded with OS-random
+    bits: zero padding would open as a small integer, which looks like a plaintext value."""
+    v = bits.reshape(-1).numpy().astype(np.uint8)
+    pad = (-v.size) % 64
+    if pad:
+        v = np.concatenate([v, np.unpackbits(np.frombuffer(os.urandom(-(-pad // 8)), dtype=np.uint8))[:pad]])
+    return torch.from_numpy(np.packbits(v).view(np.int64))
 
 
 def _unpack_bits(words: torch.Tensor, n: int) -> torch.Tensor:
