@@ -157,8 +157,9 @@ class CrossAndJob:
     dealer; each party returns the bits it received from the other (the opening) and the
     revealed product."""
 
-    def __init__(self, a, b):
+    def __init__(self, a, b, words: bool = False):
         self.a, self.b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+        self.words = words  # gates.cross_and_words: XOR shares of a & b on whole words
 
     def __call__(self, rank, world_size):
         from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
@@ -177,9 +178,15 @@ class CrossAndJob:
 
         c.all_gather = spy
         r0 = c.get_communication_stats()["rounds"]
-        out = gates.cross_and(torch.from_numpy(self.a if rank == 0 else self.b))
+        mine = torch.from_numpy(self.a if rank == 0 else self.b)
+        out = gates.cross_and_words(mine) if self.words else gates.cross_and(mine)
         rounds = c.get_communication_stats()["rounds"] - r0
         c.all_gather = gather
+        if self.words:
+            from crypten.mpc.primitives.binary import BinarySharedTensor
+
+            got = BinarySharedTensor.from_shares(out).reveal().numpy()
+            return {"seen": seen[0].numpy(), "out": got, "rounds": rounds}
         got = ArithmeticSharedTensor.from_shares(out, precision=0).reveal().numpy()
         n = self.a.size
         return {"seen": gates._unpack_bits(seen[0], n).numpy(), "out": got, "rounds": rounds}

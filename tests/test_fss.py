@@ -189,6 +189,27 @@ def test_cross_bit_product_is_exact_and_opens_uniform_bits(dealer):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dealer", ["local", "ttp"])
+def test_cross_word_and_is_exact_and_opens_uniform_words(dealer):
+    """An adder circuit's first AND (party 0's words & party 1's): XOR shares of a & b in ONE
+    round; what each party receives (the other's word under a one-time pad) has uniform bits
+    and bytes, for all-zero, all-one and random inputs alike."""
+    rng = np.random.default_rng(secrets.randbits(64))
+    n = N // 4
+    a = np.concatenate([np.zeros(n, dtype=np.int64), -np.ones(n, dtype=np.int64), rand_bits(rng, n, 64).view(np.int64)])
+    b = np.concatenate([-np.ones(n, dtype=np.int64), np.zeros(n, dtype=np.int64), rand_bits(rng, n, 64).view(np.int64)])
+    res = run_local(fss_jobs.CrossAndJob(a, b, words=True), dealer=dealer, timeout_s=60, deadline_s=200)
+    for party in (0, 1):
+        assert (res[party]["out"] == (a & b)).all() and res[party]["rounds"] == 1
+        seen = res[party]["seen"]
+        for part in (slice(0, n), slice(n, 2 * n), slice(2 * n, None)):
+            by = seen[part].view(np.uint8)
+            assert stats.chisquare(np.bincount(by, minlength=256)).pvalue > ALPHA, (party, part)
+            bits = np.unpackbits(by)
+            assert abs(bits.mean() - 0.5) < 5 * 0.5 / np.sqrt(bits.size), (party, part)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dealer", ["local", "ttp"])
 def test_ring_bits_read_the_exact_bits_of_the_share_sum(dealer):
     """The A2B behind ``Ops.bits`` (a Kogge-Stone prefix on bit planes, pruned to the carries
     asked for): bits at scattered positions of the 64-bit sum of the two shares, 0 and 63 (the

@@ -621,7 +621,8 @@ def ring_bits(x: "MPCTensor", positions) -> "BinarySharedTensor":
     its bytes: 17 bits and the sign open ~600 bits each way where the word adder opens 1,664."""
     from crypten.mpc.primitives.binary import BinarySharedTensor
 
-    rank = comm.get().get_rank()
+    from pmpc.mpc import gates
+
     share = x._tensor.share
     shape = share.shape
     n = share.numel()
@@ -642,9 +643,7 @@ def ring_bits(x: "MPCTensor", positions) -> "BinarySharedTensor":
         need_p = need_p | set(upd_g) | {i - d for i in upd_p}
     plan.reverse()
     low = sorted(need_g)
-    zero = torch.zeros_like(planes[low])
-    own = planes[low]
-    G = dict(zip(low, _and_shares(own if rank == 0 else zero, own if rank == 1 else zero))) if low else {}  # round 1
+    G = dict(zip(low, gates.cross_and_words(planes[low]))) if low else {}  # round 1: a & b, one word each way
     P = {i: planes[i] for i in range(64)}                     # a ^ b: each party's own bits
     for d, upd_g, upd_p in plan:
         both = [i for i in upd_g if i in set(upd_p)]
@@ -702,15 +701,15 @@ def lane_ltz(x: "MPCTensor", lane: int, drop: int) -> "MPCTensor":
     local (each party's share is its own plane)."""
     from crypten.mpc.primitives.binary import BinarySharedTensor
 
+    from pmpc.mpc import gates
+
     assert lane in (8, 16, 32) and 0 <= drop <= 64 - lane
-    rank = comm.get().get_rank()
     share = x._tensor.share
     shape = share.shape
     n = share.numel()
     planes = _bit_planes((share >> drop).reshape(-1), lane)    # [lane, W] this party's own bits
-    zero = torch.zeros_like(planes[:-1])
     own, top = planes[:-1], planes[-1]
-    g = _and_shares(own if rank == 0 else zero, own if rank == 1 else zero)   # round 1
+    g = gates.cross_and_words(own)                             # round 1: a & b, one word each way
     p = own
     while g.shape[0] > 1:
         k = g.shape[0]

@@ -66,15 +66,17 @@ TRUST = {
 # fixed_operand_triple: a product with a private weight against the session's mask of that
 # weight (pmpc.mpc.fixed_operand); its args are (weight id, shape of x, shape of W)
 KINDS = ("generate_additive_triple", "square", "generate_binary_triple", "wrap_rng", "B2A_rng", "generate_sign",
-         "generate_onehot", "fixed_operand_triple", "generate_cross_bits", "fixed_operand_kv_mask",
+         "generate_onehot", "fixed_operand_triple", "generate_cross_bits", "generate_cross_words", "fixed_operand_kv_mask",
          "fixed_operand_kv_triple")
 SHORT = {"generate_additive_triple": "triple", "square": "square", "generate_binary_triple": "and",
          "wrap_rng": "wrap", "B2A_rng": "b2a", "generate_sign": "sign", "generate_onehot": "onehot",
-         "fixed_operand_triple": "fixed", "generate_cross_bits": "cross", "fixed_operand_kv_mask": "kvmask",
+         "fixed_operand_triple": "fixed", "generate_cross_bits": "cross", "generate_cross_words": "crossw",
+         "fixed_operand_kv_mask": "kvmask",
          "fixed_operand_kv_triple": "kv"}
 TTP_FN = {"generate_additive_triple": "additive", "square": "square", "generate_binary_triple": "binary",
           "wrap_rng": "wraps", "B2A_rng": "B2A", "generate_sign": "sign", "generate_onehot": "onehot",
-          "fixed_operand_triple": "fixed", "generate_cross_bits": "cross_bits", "fixed_operand_kv_mask": "kv_mask",
+          "fixed_operand_triple": "fixed", "generate_cross_bits": "cross_bits", "generate_cross_words": "cross_words",
+          "fixed_operand_kv_mask": "kv_mask",
           "fixed_operand_kv_triple": "kv_triple"}
 
 
@@ -224,6 +226,10 @@ class ShapeOnly:
         self.requests.append(request_key("generate_cross_bits", (size,), {}))
         return gates.junk_cross_bits(self.gen, size)
 
+    def generate_cross_words(self, size, device=None):
+        self.requests.append(request_key("generate_cross_words", (size,), {}))
+        return gates.junk_cross_words(self.gen, size)
+
     def fixed_operand_mask(self, wid, size, device=None):
         # not a tuple of the query: the session's masks are dealt at setup, before any plan
         return self._arith(size)
@@ -288,6 +294,9 @@ class Replay:
 
     def generate_cross_bits(self, size, device=None):
         return self._take("generate_cross_bits", (size,), {})
+
+    def generate_cross_words(self, size, device=None):
+        return self._take("generate_cross_words", (size,), {})
 
     def fixed_operand_triple(self, wid, size_x, size_w, device=None):
         return self._take("fixed_operand_triple", (wid, size_x, size_w), {})
@@ -425,7 +434,7 @@ def _check_request(r) -> int:
         if n > MAX_ELEMENTS:
             raise ValueError(f"{fn} answer of {n} elements (at most {MAX_ELEMENTS})")
         return n
-    if fn not in TTP_FUNCTIONS and fn not in ("sign", "onehot", "cross_bits"):
+    if fn not in TTP_FUNCTIONS and fn not in ("sign", "onehot", "cross_bits", "cross_words"):
         raise ValueError(f"unknown tuple function {str(fn)[:40]!r}")
     wire.is_list(args, 8, "args")
     if type(kw) is not dict:
@@ -645,6 +654,7 @@ def serve(fault=None) -> dict:
         sign = gates.dealer_sign  # FSS comparison keys
         onehot = gates.dealer_onehot  # table lookups
         cross_bits = gates.dealer_cross_bits  # the exact truncation's wrap bit
+        cross_words = gates.dealer_cross_words  # an adder circuit's first AND
 
     c = comm.get()
     d = Dealer()

@@ -375,6 +375,71 @@ def junk_cross_bits(gen, size) -> CrossBits:
     return CrossBits(*draw_cross(gen, size, 1))
 
 
+# the same for binary words: XOR shares of a & b, a party 0's words and b party 1's (the first AND
+# of an adder circuit, the parties' own addends' generate bits)
+def draw_cross_words(gen, size, party: int) -> tuple:
+    mask = _ring_bits(gen, size, 64)
+    return mask, (_ring_bits(gen, size, 64) if party == 1 else None)
+
+
+def tfp_generate_cross_words(self, size, device=None):
+    from pmpc.mpc.crypten_compat import comm, crypten
+
+    rank = comm.get().get_rank()
+    m1, c1 = draw_cross_words(crypten.generators["next" if rank == 0 else "prev"][torch.device("cpu")], size, 1)
+    if rank == 1:
+        return CrossBits(m1, c1)
+    m0, _ = draw_cross_words(crypten.generators["local"][torch.device("cpu")], size, 0)
+    return CrossBits(m0, (m0 & m1) ^ c1)
+
+
+def ttp_generate_cross_words(self, size, device=None):
+    from crypten.mpc.provider.ttp_provider import TTPClient
+
+    from pmpc.mpc.crypten_compat import comm
+
+    client = TTPClient.get()
+    rank = comm.get().get_rank()
+    mask, c = draw_cross_words(client.get_generator(device="cpu"), size, rank)
+    if rank == 0:
+        c = client.ttp_request("cross_words", device, list(size))
+    return CrossBits(mask, c)
+
+
+def dealer_cross_words(self, size):
+    """The dealer's answer to a ``cross_words`` request: party 0's XOR share of A & B."""
+    m0, _ = draw_cross_words(self.generators[0], size, 0)
+    m1, c1 = draw_cross_words(self.generators[1], size, 1)
+    return (m0 & m1) ^ c1
+
+
+def junk_cross_words(gen, size) -> CrossBits:
+    return CrossBits(*draw_cross_words(gen, size, 1))
+
+
+def cross_and_words(mine: torch.Tensor) -> torch.Tensor:
+    """XOR shares of a & b, ``mine`` this party's own int64 words (party 0: a, party 1: b): ONE
+    round of one word each way (a Beaver AND of the same words opens two each way). With the
+    dealer's A (party 0's), B (party 1's) and [A & B], the parties open e = a ^ A and f = b ^ B
+    (one-time pads) and a & b = e f ^ A f ^ e B ^ A B, each term local to who knows it."""
+    from pmpc.mpc.crypten_compat import comm, crypten
+    from pmpc.mpc.primitives import PRIMITIVES
+
+    c = comm.get()
+    rank = c.get_rank()
+    t = crypten.mpc.get_default_provider().generate_cross_words(tuple(mine.shape))
+    opened = mine ^ t.mask
+    words = c.all_gather(opened)                      # the one round; then the dealt share is read
+    if rank == 0:
+        f = words[1]
+        out = (opened & f) ^ (t.mask & f) ^ t.c
+    else:
+        out = (words[0] & t.mask) ^ t.c
+    PRIMITIVES.add("and_words", mine.numel())
+    PRIMITIVES.add("tuple_bytes", 16 * mine.numel())
+    return out
+
+
 def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
     """0/1 values, 8 to a byte, as whole int64 words. The last word is padded with OS-random
     bits: zero padding would open as a small integer, which looks like a plaintext value."""
@@ -427,6 +492,8 @@ def install() -> None:
     TrustedThirdParty.generate_onehot = ttp_generate_onehot
     TrustedFirstParty.generate_cross_bits = tfp_generate_cross_bits
     TrustedThirdParty.generate_cross_bits = ttp_generate_cross_bits
+    TrustedFirstParty.generate_cross_words = tfp_generate_cross_words
+    TrustedThirdParty.generate_cross_words = ttp_generate_cross_words
 
 
 def complete_keys(material: list) -> None:
