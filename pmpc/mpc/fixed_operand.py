@@ -218,7 +218,7 @@ def _dealer_mask(self, wid, size):
     """Draw B as the sum of both parties' draws and keep it for the session; never twice per id."""
     masks = self.__dict__.setdefault("fixed_masks", {})
     check_id(wid)
-    if wid in masks:
+    if wid in masks or wid.startswith("kv/"):
         raise ValueError(f"a mask under id {wid!r} was dealt already: a mask serves one weight only")
     n = math.prod(size)
     held = sum(b.numel() for b in masks.values())
@@ -271,7 +271,9 @@ class GrowingOperand:
     opened (``pending``: (rows, mask shares)) and the id of B at the dealer."""
 
     def __init__(self, name: str, partner: "GrowingOperand | None" = None):
-        self.wid = weight_id(_serial(cc.active_provider()), name)
+        # one id per cache: a query's first append restarts it (fresh rows), so the id needs no
+        # serial number, and a planned query names what the real one does
+        self.wid = check_id(f"kv/{name}")
         self.w, self.d, self.pending = None, None, []
         self.partner = partner  # appended in step with this one: its rows open with this one's product
 
@@ -337,11 +339,7 @@ def kv_out_size(size_x, size_w, transpose: bool) -> list:
 
 def _grow(masks: dict, wid, b: torch.Tensor, start: bool) -> None:
     """Keep the new mask rows ``b`` under ``wid`` (a restart replaces what was held)."""
-    if start:  # a new query's cache: the previous queries' rows of this layer are of no more use
-        name = wid.split("/", 1)[1]
-        for k in [k for k in masks if k.split("/", 1)[1] == name]:
-            del masks[k]
-    old = None if start else masks.get(wid)
+    old = None if start else masks.get(wid)  # a restart (a new query's cache) drops the old rows
     if old is None and not start:
         raise ValueError(f"no mask {wid[:40]!r} to grow in this session")
     if old is not None and (old.dim() != b.dim() or list(old.shape[:-2]) != list(b.shape[:-2])
@@ -394,6 +392,8 @@ def _ttp_kv_triple(self, wid, size_x, size_w, transpose, device=None):
 
 def _dealer_kv_mask(self, wid, size, start):
     masks = self.__dict__.setdefault("fixed_masks", {})
+    if not wid.startswith("kv/"):  # a weight's mask never grows (nor is it replaced)
+        raise ValueError(f"{wid[:40]!r} is not a KV cache's id")
     held = sum(b.numel() for k, b in masks.items() if k != wid or not start)
     if len(masks) >= MAX_MASKS or held + math.prod(size) > MAX_MASK_ELEMENTS:
         raise ValueError(f"fixed-operand masks beyond the session's limit ({MAX_MASKS} masks, "
@@ -403,7 +403,7 @@ def _dealer_kv_mask(self, wid, size, start):
 
 
 def _dealer_kv_triple(self, wid, size_x, size_w, transpose):
-    b = self.__dict__.get("fixed_masks", {}).get(wid)
+    b = self.__dict__.get("fixed_masks", {}).get(wid) if wid.startswith("kv/") else None
     if b is None:
         raise ValueError(f"no mask {wid[:40]!r} in this session")
     a = self._get_additive_PRSS(list(size_x))
