@@ -48,6 +48,16 @@ one-hot share comes from the stream the parties share (nothing is sent); in ``tt
 receives its share from the dealer. A DPF (:func:`pmpc.mpc.fss.dpf_gen`) would shrink that to
 ~k 18 bytes at 2^k PRG leaves of local work per lookup; the one-hot costs no AES at all.
 
+Products of values the two parties hold apart (:func:`cross_and`, :func:`cross_and_words`): the
+exact truncation's wrap bit is a + b - ab for party 0's bit a and party 1's bit b, and an adder
+circuit's first AND is a & b of the parties' own addends. A Beaver product masks both operands
+as shared values and opens two ring words (or two words) each way; here the dealer gives party 0
+a uniform A, party 1 a uniform B and both shares of A B, and each party opens its own value XOR
+its own mask: one bit (one word) each way, same round. In ``local`` mode party 1's mask and share
+come from the stream the parties share (party 0 knows them, as every tuple of that mode); in
+``ttp`` mode from the stream party 1 shares with the dealer, and party 0's share is the dealer's
+answer, read after the opening.
+
 A table on a bit slice of a fixed-point value (:func:`slice_lookup`, SIRNN's initial guesses for
 reciprocal and rsqrt) composes the two gates: a sign gate reads the carry of the parties' low
 share bits into the slice (round 1), the lookup reads the slice (round 2); exact, no new keys.
