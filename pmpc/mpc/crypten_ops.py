@@ -124,8 +124,8 @@ class CrypTenOps(Ops):
         if stacked:  # one stacked tensor, each side on one scale
             sa = max(_log2_scale(a) for a, _ in pairs)
             sb = max(_log2_scale(b) for _, b in pairs)
-            A = torch.stack([_raw(a, shapes[0], sa) for a, _ in pairs])
-            B = torch.stack([_raw(b, shapes[0], sb) for _, b in pairs])
+            A = _stack_once([a for a, _ in pairs], shapes[0], sa)
+            B = _stack_once([b for _, b in pairs], shapes[0], sb)
             raw = [sa + sb] * n
         else:  # flattened and concatenated: every pair keeps its own scales
             A = torch.cat([_raw(a, sh, _log2_scale(a)).reshape(-1) for (a, _), sh in zip(pairs, shapes)])
@@ -133,6 +133,8 @@ class CrypTenOps(Ops):
             raw = [_log2_scale(a) + _log2_scale(b) for a, b in pairs]
         prod = beaver.mul(ArithmeticSharedTensor.from_shares(A, precision=0),
                           ArithmeticSharedTensor.from_shares(B, precision=0)).share
+        if stacked and prod.shape[0] != n:  # every pair the same: one product, n times
+            prod = prod.expand(n, *prod.shape[1:])
         tops = [max(fb, r) for r in raw]
         for t, k, b in zip(tops, ks, bounds):
             _check_room(t + k, b)
@@ -168,11 +170,11 @@ class CrypTenOps(Ops):
             shape = torch.broadcast_shapes(*[torch.broadcast_shapes(a.shape, b.shape) for _, a, b in products])
             sa = max(_log2_scale(a) for _, a, _ in products)
             sb = max(_log2_scale(b) for _, _, b in products)
-            A = torch.stack([_raw(a, shape, sa) for _, a, _ in products])
-            B = torch.stack([_raw(b, shape, sb) for _, _, b in products])
+            A = _stack_once([a for _, a, _ in products], shape, sa)
+            B = _stack_once([b for _, _, b in products], shape, sb)
             prod = beaver.mul(ArithmeticSharedTensor.from_shares(A, precision=0),
                               ArithmeticSharedTensor.from_shares(B, precision=0)).share
-            parts += [(prod[i], sa + sb, c) for i, (c, _, _) in enumerate(products)]
+            parts += [(prod[min(i, prod.shape[0] - 1)], sa + sb, c) for i, (c, _, _) in enumerate(products)]
         parts += [(v._tensor.share, _log2_scale(v), d) for d, v in terms]
         if not parts:
             raise ValueError("combine needs at least one secret product or term")
@@ -236,6 +238,14 @@ class CrypTenOps(Ops):
 
     def stack(self, xs, dim=0):
         return self.crypten.stack(xs, dim=dim)
+
+
+def _stack_once(xs, shape, scale) -> torch.Tensor:
+    """The raw shares of one side of a batched Beaver product, stacked; a side that is one value
+    in every pair is kept once ([1, ...]: the triple broadcasts), so it is masked and opened once."""
+    if all(x is xs[0] for x in xs[1:]):
+        return _raw(xs[0], shape, scale).unsqueeze(0)
+    return torch.stack([_raw(x, shape, scale) for x in xs])
 
 
 class PublicMatrix:
