@@ -131,10 +131,7 @@ class Engine:
             qk = self._rope(ops.cat([q, k], dim=1), *rope)
             q, k = qk[:, :nh], qk[:, nh:]
         if cache_i is not None:
-            if cache_i[0] is not None:
-                k = ops.cat([cache_i[0], k], dim=2)
-                v = ops.cat([cache_i[1], v], dim=2)
-            cache_i[0], cache_i[1] = k, v
+            k, v = ops.kv_append(cache_i, k, v, f"layers.{i}")
         # grouped-query attention: the nh / nkv query heads that share a key/value head are
         # stacked as rows of one product with it, so each key and value is masked and opened once
         # per product, not once per query head (3x fewer bytes for SmolLM2's 9 / 3 heads)

@@ -178,6 +178,16 @@ class Ops:
         Plain tensors have nothing to open."""
         return W
 
+    def kv_append(self, cache, k, v, name: str):
+        """A layer's KV cache ``cache`` ([keys, values]; None before the first step) grown by this
+        step's ``k`` and ``v`` along dim 2; returns the whole keys and values, the right operands
+        of the attention products. ``name`` names the layer, for a backend that keeps state per
+        cache (under MPC each cached row is opened once, not at every token)."""
+        if cache[0] is not None:
+            k, v = self.cat([cache[0], k], dim=2), self.cat([cache[1], v], dim=2)
+        cache[0], cache[1] = k, v
+        return k, v
+
     def combine(self, products=(), terms=(), const=0.0, bound: float = ACT_BOUND, coef_frac: int | None = None):
         """``sum_i c_i a_i b_i + sum_j d_j v_j + const`` for public coefficients (scalars or
         tensors) and secret a, b, v: the products in ONE batched Beaver round and the whole sum

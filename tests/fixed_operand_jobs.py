@@ -87,3 +87,45 @@ def reuse_a_mask(rank, world_size):
     provider.fixed_operand_mask("0/layers.0.o.w", (4, 4))
     provider.fixed_operand_triple("0/layers.0.o.w", (1, 4), (4, 4))  # reaches the dealer: it must be gone
     return "dealt"
+
+
+class KVJob:
+    """The KV cache as growing fixed operands (``CrypTenOps.kv_append``, products through
+    ``CrypTenOps.matmul``): a prefill of ``keys[:, :, :T0]`` then one row at a time; at every
+    step the scores q K^T and the mix p V. Returns the revealed products, the shapes opened at
+    each step (at this party's communicator) and what this party received in those openings."""
+
+    def __init__(self, q, keys, values, probs, t0: int):
+        self.q, self.keys, self.values, self.probs, self.t0 = q, keys, values, probs, t0
+
+    def __call__(self, rank, world_size):
+        from pmpc.mpc.crypten_compat import comm
+
+        ops = CrypTenOps(cost.Tracker(cost.crypten_stats))
+        sh = {n: ops.share(torch.from_numpy(getattr(self, n)), src=0) for n in ("q", "keys", "values", "probs")}
+        log = OpenLog()
+        c = comm.get()
+        got = []
+        orig = c._exchange
+
+        def spy(ts):
+            out = orig(ts)
+            got.extend(t.reshape(-1).clone() for t in out)
+            return out
+
+        c._exchange = spy
+        cache = [None, None]
+        steps, opened = [], []
+        L = self.keys.shape[2]
+        bounds = [self.t0] + list(range(self.t0 + 1, L + 1))
+        lo = 0
+        for hi in bounds:
+            k, v = ops.kv_append(cache, sh["keys"][:, :, lo:hi], sh["values"][:, :, lo:hi], "layers.0")
+            log.take()
+            s = ops.matmul(sh["q"], k.transpose(-1, -2))
+            o = ops.matmul(sh["probs"][..., :hi], v)
+            opened.append(log.take())
+            steps.append((ops.reveal(s).numpy(), ops.reveal(o).numpy()))
+            lo = hi
+        c._exchange = orig
+        return {"steps": steps, "opened": opened, "received": torch.cat(got).numpy() if got else None}

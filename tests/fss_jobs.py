@@ -16,13 +16,20 @@ class SignJob:
     of each case, what it saw opened (y^) and the first key it used (root seed and mask share).
     The torch/numpy/random global generators are reseeded to 0 first: keys must not follow them."""
 
-    def __init__(self, values, cases, preprocess: bool = False, dealer: str = "local", lookup=None):
+    def __init__(self, values, cases, preprocess: bool = False, dealer: str = "local", lookup=None,
+                 bitwise: bool = False):
         self.values = np.asarray(values, dtype=np.int64)
         self.cases, self.preprocess, self.dealer = list(cases), preprocess, dealer
         self.lookup = lookup  # (k, indices [G, n], tables [G, 2^k]): also one lookup call
+        self.bitwise = bitwise  # the packed adder circuit (crypten_compat.lane_ltz) instead of the gate
+
+    def _ltz(self, gates):
+        from pmpc.mpc import crypten_compat
+
+        return crypten_compat.lane_ltz if self.bitwise else gates.ltz
 
     def _run(self, x, d, gates):
-        out = [gates.ltz(x, lane, drop) for lane, drop in self.cases]
+        out = [self._ltz(gates)(x, lane, drop) for lane, drop in self.cases]
         if d is not None:
             out.append(gates.lookup(d, self.lookup[0], self.lookup[2]))
         return out
@@ -72,9 +79,9 @@ class SignJob:
             r0 = comm.get().get_communication_stats()["rounds"]
             if provider is not None:
                 with use_provider(provider):
-                    y = gates.ltz(x, lane, drop)
+                    y = self._ltz(gates)(x, lane, drop)
             else:
-                y = gates.ltz(x, lane, drop)
+                y = self._ltz(gates)(x, lane, drop)
             rounds.append(comm.get().get_communication_stats()["rounds"] - r0)
             outs.append(y._tensor.reveal().numpy())
         looked = None
@@ -143,3 +150,68 @@ class SliceLookupJob:
         rounds = comm.get().get_communication_stats()["rounds"] - r0
         got = y._tensor.reveal().numpy()
         return {"out": got, "rounds": rounds, "primitives": PRIMITIVES.snapshot()}
+
+
+class CrossAndJob:
+    """``gates.cross_and`` of party 0's bits ``a`` and party 1's bits ``b`` from the session's
+    dealer; each party returns the bits it received from the other (the opening) and the
+    revealed product."""
+
+    def __init__(self, a, b, words: bool = False):
+        self.a, self.b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+        self.words = words  # gates.cross_and_words: XOR shares of a & b on whole words
+
+    def __call__(self, rank, world_size):
+        from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+
+        from pmpc.mpc import gates
+        from pmpc.mpc.crypten_compat import comm
+
+        c = comm.get()
+        seen = []
+        gather = c.all_gather
+
+        def spy(t):
+            out = gather(t)
+            seen.append(out[1 - rank].clone())
+            return out
+
+        c.all_gather = spy
+        r0 = c.get_communication_stats()["rounds"]
+        mine = torch.from_numpy(self.a if rank == 0 else self.b)
+        out = gates.cross_and_words(mine) if self.words else gates.cross_and(mine)
+        rounds = c.get_communication_stats()["rounds"] - r0
+        c.all_gather = gather
+        if self.words:
+            from crypten.mpc.primitives.binary import BinarySharedTensor
+
+            got = BinarySharedTensor.from_shares(out).reveal().numpy()
+            return {"seen": seen[0].numpy(), "out": got, "rounds": rounds}
+        got = ArithmeticSharedTensor.from_shares(out, precision=0).reveal().numpy()
+        n = self.a.size
+        return {"seen": gates._unpack_bits(seen[0], n).numpy(), "out": got, "rounds": rounds}
+
+
+class RingBitsJob:
+    """``crypten_compat.ring_bits`` (the pruned bit-plane A2B) of ring integers ``values`` shared
+    from party 0, at each set of ``positions``: each party's input share, the revealed bits and
+    the rounds of each call."""
+
+    def __init__(self, values, position_sets):
+        self.values, self.position_sets = np.asarray(values, dtype=np.int64), [list(p) for p in position_sets]
+
+    def __call__(self, rank, world_size):
+        from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+
+        from pmpc.mpc.crypten_compat import MPCTensor, comm, ring_bits
+
+        v = torch.from_numpy(self.values)
+        a = ArithmeticSharedTensor(v if rank == 0 else None, size=v.shape, precision=0, src=0)
+        x = MPCTensor.from_shares(a.share, precision=0)
+        outs, rounds = [], []
+        for pos in self.position_sets:
+            r0 = comm.get().get_communication_stats()["rounds"]
+            b = ring_bits(x, pos)
+            rounds.append(comm.get().get_communication_stats()["rounds"] - r0)
+            outs.append(b.reveal().numpy())
+        return {"share": a.share.numpy(), "out": outs, "rounds": rounds}

@@ -139,6 +139,64 @@ def test_dealer_checks_ids_shapes_and_limits(monkeypatch):
     dealer._check_message({"op": "tuple", "function": "fixed", "args": ["0/x.w", [1, 1, 3], [3, 2]], "kwargs": {}})
 
 
+@pytest.mark.parametrize("dealer", ["local", "ttp"])
+def test_kv_cache_rows_open_once_and_products_equal_the_full_ones(dealer):
+    """The KV cache as growing fixed operands: after a prefill of 5 rows, each appended row is
+    opened once, with the first product that uses it (the scores' round opens the query, the new
+    key row and the new value row; the mix's round the probabilities only) — never the cache —
+    and every step's q K^T and p V equal the plaintext products over all rows so far (fixed-point
+    rounding only). What the parties receive in those openings is uniform."""
+    rng = np.random.default_rng(0)
+    B, H, R, d, L, t0 = 1, 3, 2, 8, 9, 5
+    q = rng.normal(size=(B, H, R, d))
+    keys, values = rng.normal(size=(B, H, L, d)), rng.normal(size=(B, H, L, d))
+    probs = rng.random(size=(B, H, R, L))
+    res = parties.run_local(fixed_operand_jobs.KVJob(q, keys, values, probs, t0), timeout_s=60, dealer=dealer)
+    r = res[0]
+    for j, (s, o) in enumerate(r["steps"]):
+        hi = t0 + j
+        assert np.abs(s - q @ keys[:, :, :hi].swapaxes(-1, -2)).max() < 1e-3
+        assert np.abs(o - probs[..., :hi] @ values[:, :, :hi]).max() < 1e-3
+    rows = (B, H, 1, d)
+    assert r["opened"][0] == [(B, H, R, d), (B, H, t0, d), (B, H, t0, d), (B, H, R, t0)]
+    for j, op in enumerate(r["opened"][1:], start=1):
+        assert op == [(B, H, R, d), rows, rows, (B, H, R, t0 + j)], op
+    for party in (0, 1):
+        u = uniformity(res[party]["received"])
+        assert u["chi2_p"] > ALPHA and u["max_bit_z"] < Z_MAX, u
+
+
+def test_the_dealer_grows_kv_masks_and_checks_them():
+    d = _Dealer()
+    F._dealer_kv_mask(d, "kv/layers.0.k", [1, 3, 5, 8], True)
+    F._dealer_kv_mask(d, "kv/layers.0.k", [1, 3, 1, 8], False)
+    assert d.fixed_masks["kv/layers.0.k"].shape == (1, 3, 6, 8)
+    assert F._dealer_kv_triple(d, "kv/layers.0.k", [1, 3, 2, 8], [1, 3, 6, 8], True).shape == (1, 3, 2, 6)
+    with pytest.raises(ValueError, match="is \\[1, 3, 6, 8\\]"):
+        F._dealer_kv_triple(d, "kv/layers.0.k", [1, 3, 2, 8], [1, 3, 5, 8], True)
+    with pytest.raises(ValueError, match="do not extend"):
+        F._dealer_kv_mask(d, "kv/layers.0.k", [1, 2, 1, 8], False)
+    with pytest.raises(ValueError, match="no mask"):
+        F._dealer_kv_mask(d, "kv/layers.1.k", [1, 3, 1, 8], False)
+    F._dealer_kv_mask(d, "kv/layers.0.k", [1, 3, 4, 8], True)             # a new query: fresh rows
+    assert d.fixed_masks["kv/layers.0.k"].shape == (1, 3, 4, 8)
+    d.fixed_mask("0/layers.0.o.w", [3, 4])
+    with pytest.raises(ValueError, match="not a KV cache"):
+        F._dealer_kv_mask(d, "0/layers.0.o.w", [1, 4], False)              # a weight's mask never grows
+    with pytest.raises(ValueError, match="no mask"):
+        F._dealer_kv_triple(d, "0/layers.0.o.w", [2, 3], [3, 4], False)
+    with pytest.raises(ValueError, match="dealt already"):
+        d.fixed_mask("kv/layers.0.k", [3, 4])
+    for m in [{"op": "tuple", "function": "kv_mask", "args": ["kv/a", [1, 2, 3]], "kwargs": {}},
+              {"op": "tuple", "function": "kv_mask", "args": ["kv/a", [3], True], "kwargs": {}},
+              {"op": "tuple", "function": "kv_triple", "args": ["kv/a", [1, 2, 3], [1, 4, 3], 1], "kwargs": {}},
+              {"op": "tuple", "function": "kv_triple", "args": ["kv/a", [1, 2, 3], [1, 4, 5], False], "kwargs": {}}]:
+        with pytest.raises((ValueError, TypeError)):
+            dealer._check_message(m)
+    dealer._check_message({"op": "tuple", "function": "kv_triple", "args": ["kv/a", [1, 2, 3], [1, 4, 3], True],
+                           "kwargs": {}})
+
+
 @pytest.mark.parametrize("dealer", ["ttp", "local"])
 def test_preprocess_plans_and_deals_fixed_operand_triples(stories_dir, dealer):
     """`--preprocess` with private weights: the plan holds one fixed-operand triple per weight

@@ -138,6 +138,94 @@ def test_sign_gate_and_table_lookup_in_each_dealer_mode(dealer, preprocess):
     assert res[0]["rounds"] == res[1]["rounds"] == [1] * len(CASES)
 
 
+LANE_CASES = [(32, 0), (32, 7), (16, 0), (16, 8), (8, 0), (8, 12)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dealer,preprocess", [("local", False), ("ttp", False), ("ttp", True)])
+def test_packed_adder_circuit_equals_the_lane_sign_in_each_dealer_mode(dealer, preprocess):
+    """The adder circuit on bit planes (``crypten_compat.lane_ltz``, the ``auto`` rule's path for
+    large calls): on 10^5 random values (live local; 2 x 10^4 through the dealer) and the edges,
+    every lane and drop gives the sign of the lane sum of the two shares' slices, in 7 / 6 / 5
+    rounds for 32 / 16 / 8 bits."""
+    rng = np.random.default_rng(secrets.randbits(64))
+    n = N if dealer == "local" else 20_000
+    values = _values(rng, n)
+    for lane in (8, 16, 32):  # the lane's own edges: 0, +-1, +-(2^(L-1) - 1), the wrap boundary
+        e = np.array([0, 1, -1, 2 ** (lane - 1) - 1, -(2 ** (lane - 1)) + 1, 2 ** (lane - 1), -(2 ** (lane - 1))])
+        values[10 + 7 * (lane // 8):17 + 7 * (lane // 8)] = e
+    res = run_local(fss_jobs.SignJob(values, LANE_CASES, preprocess, dealer, bitwise=True),
+                    dealer=dealer, timeout_s=120, deadline_s=400)
+    shares = [res[0]["share"], res[1]["share"]]
+    for (lane, drop), out in zip(LANE_CASES, res[0]["out"]):
+        assert (out == _expected(shares, lane, drop)).all(), (lane, drop)
+    assert res[0]["rounds"] == res[1]["rounds"] == [{32: 7, 16: 6, 8: 5}[lane] for lane, _ in LANE_CASES]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dealer", ["local", "ttp"])
+def test_cross_bit_product_is_exact_and_opens_uniform_bits(dealer):
+    """The exact truncation's wrap bit a b (a party 0's bit, b party 1's): the shares add up to
+    a b on every input pair, in ONE round; what each party receives (the other's bit under a
+    one-time pad) is uniform whether the input is all zeros, all ones or random, and is not
+    the input itself (the control)."""
+    rng = np.random.default_rng(secrets.randbits(64))
+    n = N // 4
+    a = np.concatenate([np.zeros(n), np.ones(n), rng.integers(0, 2, 2 * n)]).astype(np.int64)
+    b = np.concatenate([np.ones(n), np.zeros(n), rng.integers(0, 2, 2 * n)]).astype(np.int64)
+    a[:4], b[:4] = [0, 0, 1, 1], [0, 1, 0, 1]
+    res = run_local(fss_jobs.CrossAndJob(a, b), dealer=dealer, timeout_s=60, deadline_s=200)
+    for party, mine in ((0, a), (1, b)):
+        assert (res[party]["out"] == a * b).all()
+        assert res[party]["rounds"] == 1
+        seen = res[party]["seen"]
+        assert not (seen == (b if party == 0 else a)).all()
+        for part in (slice(0, n), slice(n, 2 * n), slice(2 * n, None)):
+            s = seen[part]
+            # a fair coin's mean over m flips is within 5 sigma of 1/2 but with probability ~6e-7
+            assert abs(s.mean() - 0.5) < 5 * 0.5 / np.sqrt(s.size), (party, part)
+            assert stats.chisquare(np.bincount(s[:-1] * 2 + s[1:], minlength=4)).pvalue > ALPHA
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dealer", ["local", "ttp"])
+def test_cross_word_and_is_exact_and_opens_uniform_words(dealer):
+    """An adder circuit's first AND (party 0's words & party 1's): XOR shares of a & b in ONE
+    round; what each party receives (the other's word under a one-time pad) has uniform bits
+    and bytes, for all-zero, all-one and random inputs alike."""
+    rng = np.random.default_rng(secrets.randbits(64))
+    n = N // 4
+    a = np.concatenate([np.zeros(n, dtype=np.int64), -np.ones(n, dtype=np.int64), rand_bits(rng, n, 64).view(np.int64)])
+    b = np.concatenate([-np.ones(n, dtype=np.int64), np.zeros(n, dtype=np.int64), rand_bits(rng, n, 64).view(np.int64)])
+    res = run_local(fss_jobs.CrossAndJob(a, b, words=True), dealer=dealer, timeout_s=60, deadline_s=200)
+    for party in (0, 1):
+        assert (res[party]["out"] == (a & b)).all() and res[party]["rounds"] == 1
+        seen = res[party]["seen"]
+        for part in (slice(0, n), slice(n, 2 * n), slice(2 * n, None)):
+            by = seen[part].view(np.uint8)
+            assert stats.chisquare(np.bincount(by, minlength=256)).pvalue > ALPHA, (party, part)
+            bits = np.unpackbits(by)
+            assert abs(bits.mean() - 0.5) < 5 * 0.5 / np.sqrt(bits.size), (party, part)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dealer", ["local", "ttp"])
+def test_ring_bits_read_the_exact_bits_of_the_share_sum(dealer):
+    """The A2B behind ``Ops.bits`` (a Kogge-Stone prefix on bit planes, pruned to the carries
+    asked for): bits at scattered positions of the 64-bit sum of the two shares, 0 and 63 (the
+    sign) included, on 10^5 random values (2 x 10^4 through the dealer) and the edges; at most
+    7 rounds (the first AND and six levels), fewer for low positions."""
+    rng = np.random.default_rng(secrets.randbits(64))
+    values = _values(rng, N if dealer == "local" else 20_000)
+    sets = [list(range(20, 37)) + [63], [0, 1, 2, 31, 32, 62, 63], [5], [0]]
+    res = run_local(fss_jobs.RingBitsJob(values, sets), dealer=dealer, timeout_s=120, deadline_s=400)
+    total = res[0]["share"].view(np.uint64) + res[1]["share"].view(np.uint64)
+    for pos, out in zip(sets, res[0]["out"]):
+        want = np.stack([(total >> np.uint64(p)) & np.uint64(1) for p in pos]).astype(np.int64)
+        assert (out == want).all(), pos
+    assert res[0]["rounds"][:2] == [7, 7] and res[0]["rounds"][2] == 4 and res[0]["rounds"][3] == 0
+
+
 @pytest.mark.slow
 def test_opened_value_is_uniform_independent_of_x_and_keys_ignore_global_rng():
     """What a party sees opened, y^ = y + r mod 2^L, is uniform whatever y is (all zeros vs

@@ -34,6 +34,7 @@ import importlib
 import os
 import sys
 
+import numpy as np
 import torch
 
 from pmpc.mpc.prg import PRG
@@ -450,17 +451,19 @@ def _exact_div_(self, y):
     computed ("truncation with known MSB", as in Cheetah and SIRNN): with x' = x + 2^62 in
     [0, 2^63), the unsigned shares s0 + s1 = x' + w 2^64 wrap (w = 1) iff the MSB of s0 OR of s1 is
     set — x' < 2^63 rules out the other cases. Party 0 knows a = msb(s0), party 1 knows b =
-    msb(s1), and [w] = a + b - [ab] costs one Beaver product of those bits: ONE round, whose
-    openings are ring words masked by uniform triples (nothing about x leaks). Then
+    msb(s1), and [w] = a + b - [ab] costs one product of a bit each party holds
+    (:func:`pmpc.mpc.gates.cross_and`): ONE round of one masked bit each way (nothing about x
+    leaks). Then
     x'/y = floor(s0/y) + floor(s1/y) + 1 - [w] floor(2^64/y), and the offset comes off again.
     The shares are first re-randomised with a zero sharing (local: CrypTen's pairwise PRZS), so
     the floors' lost carry is uniform and the + 1 makes the result x/y stochastically rounded to
     a unit, unbiased, like CrypTen's truncation (y a power of two; other y add a unit or two).
 
-    Cost: one round and two ring words per element each way; measured, it doubles the rounds of
+    Cost: one round and one bit per element each way; measured, it doubles the rounds of
     a forward pass (bench/results). ``PMPC_TRUNCATION=local`` measures the difference."""
-    from crypten.mpc.primitives import beaver
     from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor
+
+    from pmpc.mpc import gates
 
     if isinstance(y, float) and int(y) == y:
         y = int(y)
@@ -483,10 +486,7 @@ def _exact_div_(self, y):
     s = self.share + ArithmeticSharedTensor.PRZS(self.share.size(), device=self.share.device).share
     s = s + _OFFSET if rank == 0 else s
     msb = (s < 0).long()
-    zero = torch.zeros_like(msb)
-    a = ArithmeticSharedTensor.from_shares(msb if rank == 0 else zero, precision=0)
-    b = ArithmeticSharedTensor.from_shares(msb if rank == 1 else zero, precision=0)
-    w = a.share + b.share - beaver.mul(a, b).share       # the one round
+    w = msb - gates.cross_and(msb)                        # a + b - ab: the one round, a bit each way
     q, r = _unsigned(d)
     ring_over_d = 2 * q + (2 * r) // d                   # floor(2^64 / d), modulo 2^64
     out = _udiv(s, d, q, r) - w * ring_over_d
@@ -572,6 +572,113 @@ def b2a_bits(xb):
     return out
 
 
+_SHIFTS64 = torch.arange(64, dtype=torch.long)
+
+
+def _bit_planes(v: torch.Tensor, lane: int) -> torch.Tensor:
+    """The low ``lane`` bits of each value as bit planes: [lane, W] int64, plane j holding bit j
+    of values 64 t .. 64 t + 63 in word t (the last word padded with zeros)."""
+    n = v.numel()
+    u = np.zeros(-(-n // 64) * 64, dtype=np.int64)
+    u[:n] = v.numpy()
+    bits = np.unpackbits(u.view(np.uint8).reshape(-1, 8), axis=1, bitorder="little")[:, :lane]
+    return torch.from_numpy(np.packbits(np.ascontiguousarray(bits.T), axis=1, bitorder="little").view(np.int64))
+
+
+def _and_shares(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """XOR shares of x & y from XOR shares x, y (raw int64 words; shapes broadcast, so an operand
+    used twice is masked and opened once): one Beaver AND, one round."""
+    return _and_many([(x, y)])[0]
+
+
+def _and_many(pairs: list) -> list:
+    """:func:`_and_shares` of every (x, y) pair, all opened in ONE round."""
+    from torch.distributed import ReduceOp
+
+    provider = crypten.mpc.get_default_provider()
+    triples = [provider.generate_binary_triple(x.size(), y.size(), device=x.device) for x, y in pairs]
+    masked = [t for (x, y), (a, b, _) in zip(pairs, triples) for t in (x ^ a.share, y ^ b.share)]
+    opened = comm.get().all_reduce(masked, op=ReduceOp.BXOR, batched=True)
+    first = comm.get().get_rank() == 0
+    out = []
+    for j, (a, b, c) in enumerate(triples):
+        eps, rho = opened[2 * j], opened[2 * j + 1]
+        z = c.share ^ (eps & b.share) ^ (a.share & rho)
+        out.append(z ^ (eps & rho) if first else z)
+        PRIMITIVES.add("and_words", z.numel())
+    return out
+
+
+def ring_bits(x: "MPCTensor", positions) -> "BinarySharedTensor":
+    """Bits ``positions`` of the ring encoding of a secret value as XOR shares, 0/1 in bit 0,
+    stacked [len(positions), *shape]: the A2B conversion restricted to what the caller reads.
+
+    Bit p of s0 + s1 is a_p ^ b_p ^ c_p, c_p the carry into p: the generate of bits [0, p). A
+    Kogge-Stone prefix over bit planes (level d: G_i ^= P_i G_(i-d), P_i &= P_(i-d)) computes
+    every carry in log2(64) levels after the first AND (g = a b); here it is pruned backwards
+    from the carries asked for, and each level's two products of a node share its P_i opening.
+    Same rounds as CrypTen's whole-word adder (1 + 6 ANDs, then the caller's B2A), a fraction of
+    its bytes: 17 bits and the sign open ~600 bits each way where the word adder opens 1,664."""
+    from crypten.mpc.primitives.binary import BinarySharedTensor
+
+    from pmpc.mpc import gates
+
+    share = x._tensor.share
+    shape = share.shape
+    n = share.numel()
+    positions = list(positions)
+    planes = _bit_planes(share.reshape(-1), 64)             # [64, W] this party's own bits
+    outs = sorted({p - 1 for p in positions if p >= 1})
+    levels, d = [], 1
+    while outs and d <= outs[-1]:
+        levels.append(d)
+        d *= 2
+    # backwards: which nodes' G and P each level must produce
+    need_g, need_p, plan = set(outs), set(), []
+    for d in reversed(levels):
+        upd_g = sorted(i for i in need_g if i >= d)
+        upd_p = sorted(i for i in need_p if i >= d)
+        plan.append((d, upd_g, upd_p))
+        need_g = need_g | {i - d for i in upd_g}
+        need_p = need_p | set(upd_g) | {i - d for i in upd_p}
+    plan.reverse()
+    low = sorted(need_g)
+    G = dict(zip(low, gates.cross_and_words(planes[low]))) if low else {}  # round 1: a & b, one word each way
+    P = {i: planes[i] for i in range(64)}                     # a ^ b: each party's own bits
+    for d, upd_g, upd_p in plan:
+        both = [i for i in upd_g if i in set(upd_p)]
+        only_g = [i for i in upd_g if i not in set(upd_p)]
+        only_p = [i for i in upd_p if i not in set(upd_g)]
+        pairs = []
+        if both:
+            pairs.append((torch.stack([P[i] for i in both]).unsqueeze(0),
+                          torch.stack([torch.stack([G[i - d] for i in both]), torch.stack([P[i - d] for i in both])])))
+        if only_g:
+            pairs.append((torch.stack([P[i] for i in only_g]), torch.stack([G[i - d] for i in only_g])))
+        if only_p:
+            pairs.append((torch.stack([P[i] for i in only_p]), torch.stack([P[i - d] for i in only_p])))
+        res = _and_many(pairs)
+        newG, newP = {}, {}
+        k = 0
+        if both:
+            for j, i in enumerate(both):
+                newG[i], newP[i] = G[i] ^ res[0][0, j], res[0][1, j]
+            k = 1
+        if only_g:
+            for j, i in enumerate(only_g):
+                newG[i] = G[i] ^ res[k][j]
+            k += 1
+        if only_p:
+            for j, i in enumerate(only_p):
+                newP[i] = res[k][j]
+        G.update(newG)
+        P.update(newP)
+    words = torch.stack([planes[p] ^ G[p - 1] if p >= 1 else planes[p] for p in positions])  # [k, W]
+    bits = ((words.unsqueeze(-1) >> _SHIFTS64) & 1).reshape(len(positions), -1)[:, :n]
+    PRIMITIVES.add("comparisons.64", n)
+    return BinarySharedTensor.from_shares(bits.reshape(len(positions), *shape))
+
+
 def lane_ltz(x: "MPCTensor", lane: int, drop: int) -> "MPCTensor":
     """Sign of a secret value read on a ring slice: 0/1 as ring integers (encoder scale 1).
 
@@ -580,51 +687,44 @@ def lane_ltz(x: "MPCTensor", lane: int, drop: int) -> "MPCTensor":
     64-bit shares vanishes modulo 2^lane. The sign bit of that lane-bit value is
     a_top ^ b_top ^ carry into the top bit, and the carry is the group "generate" of the low
     lane-1 bits of the two parties' words — a log2(lane)-level tree of Beaver ANDs on binary
-    shares. 64/lane values are packed per int64 word (the tree never crosses a lane: level d
-    combines the groups at offsets 0 and d of a 2d-aligned group), so a 32-bit comparison costs
-    ~5 AND-words per value instead of CrypTen's ~13 for the whole ring, in 7 rounds instead of 8.
+    shares.
 
-    Party i's own word is a valid XOR sharing (itself, and 0 at the other party) of its addend:
+    The tree runs on bit planes (bit j of every value, 64 values to a word): a level combines
+    the planes pairwise, (G, P) = (g_hi ^ p_hi g_lo, p_hi p_lo), so each AND opens exactly the
+    bits it needs — L - 1 planes at the first level, then 29, 15, 7, 3, 1 planes' worth for a
+    32-bit lane — and p_hi, needed by both products of a pair, is opened once (one broadcast
+    AND). A 32-bit comparison opens ~150 bits each way (a word-packed tree of shifted words
+    opened ~640) in the same rounds: 7 for 32 bits, 6 for 16, 5 for 8.
+
+    Party i's own bits are a valid XOR sharing (itself, and 0 at the other party) of its addend:
     the generate bits g = a & b are one Beaver AND of the two, the propagate bits p = a ^ b are
-    local. The top bit of each lane is forced to (g 0, p 1) so the tree's result for the whole
-    lane is the carry into it."""
+    local (each party's share is its own plane)."""
     from crypten.mpc.primitives.binary import BinarySharedTensor
 
+    from pmpc.mpc import gates
+
     assert lane in (8, 16, 32) and 0 <= drop <= 64 - lane
-    rank = comm.get().get_rank()
     share = x._tensor.share
     shape = share.shape
-    per = 64 // lane
-    v = ((share >> drop) & ((1 << lane) - 1)).reshape(-1)
-    n = v.numel()
-    if n % per:
-        v = torch.cat([v, v.new_zeros(per - n % per)])
-    v = v.view(-1, per)
-    w = v[:, 0].clone()
-    for j in range(1, per):
-        w |= v[:, j] << (j * lane)
-    zero = torch.zeros_like(w)
-    a = BinarySharedTensor.from_shares(w if rank == 0 else zero)
-    b = BinarySharedTensor.from_shares(w if rank == 1 else zero)
-    p = BinarySharedTensor.from_shares(w.clone())        # a ^ b: each party's share is its own word
-    top = _int64(sum(1 << (j * lane + lane - 1) for j in range(per)))
-    sign = p >> (lane - 1)                                # a_top ^ b_top at each lane's bit 0
-    g = a & b                                             # round 1
-    g = g & ~top
-    p = (p & ~top) ^ top
-    d = 1
-    while d < lane:
-        ph, gh = p >> d, g >> d
-        if 2 * d < lane:
-            both = BinarySharedTensor.stack([ph, ph]) & BinarySharedTensor.stack([g, p])
-            g, p = gh ^ both[0], both[1]
-        else:
-            g = gh ^ (ph & g)
-        d *= 2
-    bit = sign ^ g                                        # at bit 0 of every lane
-    bits = BinarySharedTensor.stack([(bit >> (j * lane)) & 1 for j in range(per)], dim=1)
-    bits.share = bits.share.reshape(-1)[:n].reshape(shape)
-    return ring_ints(b2a_bits(bits).share)                # last round: one opened bit per value
+    n = share.numel()
+    planes = _bit_planes((share >> drop).reshape(-1), lane)    # [lane, W] this party's own bits
+    own, top = planes[:-1], planes[-1]
+    g = gates.cross_and_words(own)                             # round 1: a & b, one word each way
+    p = own
+    while g.shape[0] > 1:
+        k = g.shape[0]
+        m = k // 2
+        g_lo, g_hi, p_lo, p_hi = g[0:2 * m:2], g[1:2 * m:2], p[0:2 * m:2], p[1:2 * m:2]
+        if k == 2:  # the last pair: only its generate is needed
+            g = g_hi ^ _and_shares(p_hi, g_lo)
+            break
+        both = _and_shares(p_hi.unsqueeze(0), torch.stack([g_lo, p_lo]))
+        # an odd top plane waits for the next level as it is
+        g = torch.cat([g_hi ^ both[0], g[2 * m:]])
+        p = torch.cat([both[1], p[2 * m:]])
+    sign = top ^ g[0]
+    bits = ((sign.unsqueeze(-1) >> _SHIFTS64) & 1).reshape(-1)[:n].reshape(shape)
+    return ring_ints(b2a_bits(BinarySharedTensor.from_shares(bits)).share)   # last round: one opened bit per value
 
 
 class InitError(RuntimeError):

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from pmpc.mpc.crypten_compat import MPCTensor, Ptype, b2a_bits, crypten, lane_ltz, log2_scale as _log2_scale, ring_ints  # crypten_compat first: it shims crypten
+from pmpc.mpc.crypten_compat import MPCTensor, Ptype, b2a_bits, crypten, lane_ltz, ring_bits, log2_scale as _log2_scale, ring_ints  # crypten_compat first: it shims crypten
 from crypten.encoder import FixedPointEncoder  # noqa: E402,I001
 from crypten.mpc.primitives import beaver  # noqa: E402
 from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor  # noqa: E402
@@ -95,6 +95,9 @@ class CrypTenOps(Ops):
         truncated once, as before. Room: |x y| < 2^(61 - 2f - extra) = 2^21, far above any linear
         layer's output here. A private weight readied by :meth:`fix_operands`: a fixed-operand
         product (opens x only)."""
+        if isinstance(y, (fixed_operand.GrowingOperand, fixed_operand.Transposed)):  # the KV cache
+            transpose = isinstance(y, fixed_operand.Transposed)
+            return fixed_operand.kv_matmul(x, y.of if transpose else y, transpose)
         if isinstance(y, fixed_operand.FixedOperand):
             if not self.is_secret(x):
                 raise TypeError("a fixed operand multiplies a secret value")
@@ -134,6 +137,16 @@ class CrypTenOps(Ops):
     def fix_operands(self, W: dict, names) -> dict:
         return fixed_operand.prepare(W, names)
 
+    def kv_append(self, cache, k, v, name: str):
+        """The cache as two growing fixed operands (:class:`pmpc.mpc.fixed_operand.GrowingOperand`):
+        a row is masked and opened once, with the first product that uses it."""
+        if cache[0] is None:
+            cache[1] = fixed_operand.GrowingOperand(name + ".v")
+            cache[0] = fixed_operand.GrowingOperand(name + ".k", partner=cache[1])
+        cache[0].append(k)
+        cache[1].append(v)
+        return cache[0], cache[1]
+
     def mul_many(self, pairs, scales=None, bound=ACT_BOUND, max_k: int | None = None) -> list:
         fb, n = self.fxp_bits, len(pairs)
         scales, bounds, ks = self._slots(pairs, scales, bound, max_k)
@@ -142,8 +155,8 @@ class CrypTenOps(Ops):
         if stacked:  # one stacked tensor, each side on one scale
             sa = max(_log2_scale(a) for a, _ in pairs)
             sb = max(_log2_scale(b) for _, b in pairs)
-            A = torch.stack([_raw(a, shapes[0], sa) for a, _ in pairs])
-            B = torch.stack([_raw(b, shapes[0], sb) for _, b in pairs])
+            A = _stack_once([a for a, _ in pairs], shapes[0], sa)
+            B = _stack_once([b for _, b in pairs], shapes[0], sb)
             raw = [sa + sb] * n
         else:  # flattened and concatenated: every pair keeps its own scales
             A = torch.cat([_raw(a, sh, _log2_scale(a)).reshape(-1) for (a, _), sh in zip(pairs, shapes)])
@@ -151,6 +164,8 @@ class CrypTenOps(Ops):
             raw = [_log2_scale(a) + _log2_scale(b) for a, b in pairs]
         prod = beaver.mul(ArithmeticSharedTensor.from_shares(A, precision=0),
                           ArithmeticSharedTensor.from_shares(B, precision=0)).share
+        if stacked and prod.shape[0] != n:  # every pair the same: one product, n times
+            prod = prod.expand(n, *prod.shape[1:])
         tops = [max(fb, r) for r in raw]
         for t, k, b in zip(tops, ks, bounds):
             _check_room(t + k, b)
@@ -187,11 +202,11 @@ class CrypTenOps(Ops):
             shape = torch.broadcast_shapes(*[torch.broadcast_shapes(a.shape, b.shape) for _, a, b in products])
             sa = max(_log2_scale(a) for _, a, _ in products)
             sb = max(_log2_scale(b) for _, _, b in products)
-            A = torch.stack([_raw(a, shape, sa) for _, a, _ in products])
-            B = torch.stack([_raw(b, shape, sb) for _, _, b in products])
+            A = _stack_once([a for _, a, _ in products], shape, sa)
+            B = _stack_once([b for _, _, b in products], shape, sb)
             prod = beaver.mul(ArithmeticSharedTensor.from_shares(A, precision=0),
                               ArithmeticSharedTensor.from_shares(B, precision=0)).share
-            parts += [(prod[i], sa + sb, c) for i, (c, _, _) in enumerate(products)]
+            parts += [(prod[min(i, prod.shape[0] - 1)], sa + sb, c) for i, (c, _, _) in enumerate(products)]
         parts += [(v._tensor.share, _log2_scale(v), d) for d, v in terms]
         if not parts:
             raise ValueError("combine needs at least one secret product or term")
@@ -247,9 +262,7 @@ class CrypTenOps(Ops):
             x = v
         elif offset:
             x = x + offset
-        b = x._to_ptype(Ptype.binary)
-        b.share = torch.stack([(b.share >> p) & 1 for p in positions])
-        a = ring_ints(b2a_bits(b._tensor).share)
+        a = ring_ints(b2a_bits(ring_bits(x, positions)).share)   # A2B of the bits read only
         return self._lift(a) if lift else a
 
     def cat(self, xs, dim=0):
@@ -257,6 +270,14 @@ class CrypTenOps(Ops):
 
     def stack(self, xs, dim=0):
         return self.crypten.stack(xs, dim=dim)
+
+
+def _stack_once(xs, shape, scale) -> torch.Tensor:
+    """The raw shares of one side of a batched Beaver product, stacked; a side that is one value
+    in every pair is kept once ([1, ...]: the triple broadcasts), so it is masked and opened once."""
+    if all(x is xs[0] for x in xs[1:]):
+        return _raw(xs[0], shape, scale).unsqueeze(0)
+    return torch.stack([_raw(x, shape, scale) for x in xs])
 
 
 class PublicMatrix:

@@ -66,13 +66,18 @@ TRUST = {
 # fixed_operand_triple: a product with a private weight against the session's mask of that
 # weight (pmpc.mpc.fixed_operand); its args are (weight id, shape of x, shape of W)
 KINDS = ("generate_additive_triple", "square", "generate_binary_triple", "wrap_rng", "B2A_rng", "generate_sign",
-         "generate_onehot", "fixed_operand_triple")
+         "generate_onehot", "fixed_operand_triple", "generate_cross_bits", "generate_cross_words", "fixed_operand_kv_mask",
+         "fixed_operand_kv_triple")
 SHORT = {"generate_additive_triple": "triple", "square": "square", "generate_binary_triple": "and",
          "wrap_rng": "wrap", "B2A_rng": "b2a", "generate_sign": "sign", "generate_onehot": "onehot",
-         "fixed_operand_triple": "fixed"}
+         "fixed_operand_triple": "fixed", "generate_cross_bits": "cross", "generate_cross_words": "crossw",
+         "fixed_operand_kv_mask": "kvmask",
+         "fixed_operand_kv_triple": "kv"}
 TTP_FN = {"generate_additive_triple": "additive", "square": "square", "generate_binary_triple": "binary",
           "wrap_rng": "wraps", "B2A_rng": "B2A", "generate_sign": "sign", "generate_onehot": "onehot",
-          "fixed_operand_triple": "fixed"}
+          "fixed_operand_triple": "fixed", "generate_cross_bits": "cross_bits", "generate_cross_words": "cross_words",
+          "fixed_operand_kv_mask": "kv_mask",
+          "fixed_operand_kv_triple": "kv_triple"}
 
 
 class PlanMismatch(RuntimeError):
@@ -125,6 +130,12 @@ def elements(key) -> int:
         return n(args[0]) * (1 + (1 << args[1]))
     if name == "fixed_operand_triple":  # A and C only: B was dealt once, at setup
         return n(args[1]) + n(_out_size("matmul", args[1], args[2], ()))
+    if name == "fixed_operand_kv_mask":  # the new rows' mask share
+        return n(args[1])
+    if name == "fixed_operand_kv_triple":  # A and C against the rows held
+        from pmpc.mpc import fixed_operand
+
+        return n(args[1]) + n(fixed_operand.kv_out_size(args[1], args[2], args[3]))
     return 2 * n(args[0])
 
 
@@ -210,6 +221,15 @@ class ShapeOnly:
     def generate_onehot(self, size, k, device=None):
         self.requests.append(request_key("generate_onehot", (size, k), {}))
         return gates.junk_onehot(self.gen, size, k)
+
+    def generate_cross_bits(self, size, device=None):
+        self.requests.append(request_key("generate_cross_bits", (size,), {}))
+        return gates.junk_cross_bits(self.gen, size)
+
+    def generate_cross_words(self, size, device=None):
+        self.requests.append(request_key("generate_cross_words", (size,), {}))
+        return gates.junk_cross_words(self.gen, size)
+
     def fixed_operand_mask(self, wid, size, device=None):
         # not a tuple of the query: the session's masks are dealt at setup, before any plan
         return self._arith(size)
@@ -217,6 +237,16 @@ class ShapeOnly:
     def fixed_operand_triple(self, wid, size_x, size_w, device=None):
         self.requests.append(request_key("fixed_operand_triple", (wid, size_x, size_w), {}))
         return self._arith(size_x), self._arith(_out_size("matmul", size_x, size_w, ()))
+
+    def fixed_operand_kv_mask(self, wid, size, start, device=None):
+        self.requests.append(request_key("fixed_operand_kv_mask", (wid, size, start), {}))
+        return self._arith(size)
+
+    def fixed_operand_kv_triple(self, wid, size_x, size_w, transpose, device=None):
+        from pmpc.mpc import fixed_operand
+
+        self.requests.append(request_key("fixed_operand_kv_triple", (wid, size_x, size_w, transpose), {}))
+        return self._arith(size_x), self._arith(fixed_operand.kv_out_size(size_x, size_w, transpose))
 
 
 class Replay:
@@ -261,8 +291,21 @@ class Replay:
 
     def generate_onehot(self, size, k, device=None):
         return self._take("generate_onehot", (size, k), {})
+
+    def generate_cross_bits(self, size, device=None):
+        return self._take("generate_cross_bits", (size,), {})
+
+    def generate_cross_words(self, size, device=None):
+        return self._take("generate_cross_words", (size,), {})
+
     def fixed_operand_triple(self, wid, size_x, size_w, device=None):
         return self._take("fixed_operand_triple", (wid, size_x, size_w), {})
+
+    def fixed_operand_kv_mask(self, wid, size, start, device=None):
+        return self._take("fixed_operand_kv_mask", (wid, size, start), {})
+
+    def fixed_operand_kv_triple(self, wid, size_x, size_w, transpose, device=None):
+        return self._take("fixed_operand_kv_triple", (wid, size_x, size_w, transpose), {})
 
     def fixed_operand_mask(self, wid, size, device=None):
         raise PlanMismatch("a weight's mask is dealt at setup, not in the online phase")
@@ -366,6 +409,10 @@ def answer_shape(fn: str, args: list, kw: dict) -> list:
         return [math.prod(args[0]), 1 << args[1]]
     if fn == "fixed":
         return list(_out_size("matmul", tuple(args[1]), tuple(args[2]), ()))
+    if fn in ("kv_mask", "kv_triple"):
+        from pmpc.mpc import fixed_operand
+
+        return fixed_operand.check_kv_request(fn, args, MAX_ELEMENTS)
     return list(args[0])
 
 
@@ -377,16 +424,17 @@ def _check_request(r) -> int:
     if len(r) != 3:
         raise ValueError("a request is [function, args, kwargs]")
     fn, args, kw = r
-    if fn == "fixed":
+    if fn in ("fixed", "kv_mask", "kv_triple"):
         from pmpc.mpc import fixed_operand  # loads crypten: the dealer module itself does not
 
         if kw != {}:
             raise ValueError("a fixed-operand triple takes no keywords")
-        n = math.prod(fixed_operand.check_request(args, MAX_ELEMENTS))
+        n = math.prod(fixed_operand.check_request(args, MAX_ELEMENTS) if fn == "fixed"
+                      else fixed_operand.check_kv_request(fn, args, MAX_ELEMENTS))
         if n > MAX_ELEMENTS:
             raise ValueError(f"{fn} answer of {n} elements (at most {MAX_ELEMENTS})")
         return n
-    if fn not in TTP_FUNCTIONS and fn not in ("sign", "onehot"):
+    if fn not in TTP_FUNCTIONS and fn not in ("sign", "onehot", "cross_bits", "cross_words"):
         raise ValueError(f"unknown tuple function {str(fn)[:40]!r}")
     wire.is_list(args, 8, "args")
     if type(kw) is not dict:
@@ -605,6 +653,8 @@ def serve(fault=None) -> dict:
 
         sign = gates.dealer_sign  # FSS comparison keys
         onehot = gates.dealer_onehot  # table lookups
+        cross_bits = gates.dealer_cross_bits  # the exact truncation's wrap bit
+        cross_words = gates.dealer_cross_words  # an adder circuit's first AND
 
     c = comm.get()
     d = Dealer()

@@ -218,7 +218,7 @@ def _dealer_mask(self, wid, size):
     """Draw B as the sum of both parties' draws and keep it for the session; never twice per id."""
     masks = self.__dict__.setdefault("fixed_masks", {})
     check_id(wid)
-    if wid in masks:
+    if wid in masks or wid.startswith("kv/"):
         raise ValueError(f"a mask under id {wid!r} was dealt already: a mask serves one weight only")
     n = math.prod(size)
     held = sum(b.numel() for b in masks.values())
@@ -253,10 +253,192 @@ def check_request(args: list, max_elements: int) -> list:
         raise ValueError(f"matmul of {args[1]} by {args[2]}: {str(e).splitlines()[0][:80]}") from None
 
 
+# -- a fixed operand that grows: the KV cache --------------------------------------------------------
+# A layer's cached keys K and values V are right operands of every later attention product. Opened
+# as ordinary Beaver operands they would be masked and opened again at every token (L rows a
+# product); as fixed operands each row's D = K - B is opened ONCE, when it is appended — in the same
+# round as the product that first uses it — and the dealer keeps the mask rows B, dealing each
+# product's C = A B^T (or A B) against all of them with a fresh A. A decoded token then opens its
+# query's and its probabilities' masks and its own new key and value rows, not the cache.
+# Security as above: every mask row is opened against one row, once; a restart (a new query's
+# prefill) draws fresh rows under a fresh id.
+KV_MASK, KV_TRIPLE = "fixed_operand_kv_mask", "fixed_operand_kv_triple"  # provider methods and plan kinds
+
+
+class GrowingOperand:
+    """A secret KV cache [B, H, L, d] as a fixed operand that grows along L: its shares ``w`` (a
+    CrypTensor), the public D = W - B of the rows opened so far (``d``), rows appended but not yet
+    opened (``pending``: (rows, mask shares)) and the id of B at the dealer."""
+
+    def __init__(self, name: str, partner: "GrowingOperand | None" = None):
+        # one id per cache: a query's first append restarts it (fresh rows), so the id needs no
+        # serial number, and a planned query names what the real one does
+        self.wid = check_id(f"kv/{name}")
+        self.w, self.d, self.pending = None, None, []
+        self.partner = partner  # appended in step with this one: its rows open with this one's product
+
+    def transpose(self, d0: int, d1: int) -> "Transposed":
+        if sorted((d0 % 4, d1 % 4)) != [2, 3]:
+            raise ValueError("a growing operand transposes its last two dims only")
+        return Transposed(self)
+
+    @property
+    def shape(self):
+        return self.w.shape
+
+    def size(self):
+        return self.w.size()
+
+    def append(self, rows) -> None:
+        """Rows [B, H, T, d] join the operand under fresh mask rows; their D opens with the next product."""
+        provider = cc.crypten.mpc.get_default_provider()
+        b = getattr(provider, KV_MASK)(self.wid, list(rows.size()), self.w is None)
+        self.pending.append((rows, b))
+        self.w = rows if self.w is None else cc.crypten.cat([self.w, rows], dim=2)
+
+
+class Transposed:
+    """W^T of a growing operand, as the right operand of a product (the scores' keys)."""
+
+    def __init__(self, of: GrowingOperand):
+        self.of = of
+
+
+def kv_matmul(x, f: GrowingOperand, transpose: bool):
+    """[x @ W^T] (``transpose``: the scores against the keys) or [x @ W] (the values) for a secret
+    x against the growing operand ``f``: ONE round opens x - A and the D of every pending row of
+    ``f`` and of its partner (a layer's values, appended with its keys)."""
+    provider = cc.crypten.mpc.get_default_provider()
+    a, c = getattr(provider, KV_TRIPLE)(f.wid, list(x.size()), list(f.size()), transpose)
+    grown = [g for g in (f, f.partner) if g is not None and g.pending]
+    rows = [(g, r, b) for g in grown for r, b in g.pending]
+    opened = cc.comm.get().all_reduce([x._tensor.share - a.share] + [r._tensor.share - b.share for _, r, b in rows],
+                                      batched=True)                       # the one round
+    for (g, _, _), dnew in zip(rows, opened[1:]):
+        g.d = dnew if g.d is None else torch.cat([g.d, dnew], dim=2)
+    for g in grown:
+        g.pending = []
+    e = opened[0]
+    w, d = f.w._tensor.share, f.d
+    if transpose:
+        w, d = w.transpose(-1, -2), d.transpose(-1, -2)
+    z = c.share + e.matmul(w) + a.share.matmul(d)
+    PRIMITIVES.add("products", z.numel())
+    fb = cc.crypten.cfg.encoder.precision_bits
+    out = ArithmeticSharedTensor.from_shares(z, precision=0)
+    shift = cc.log2_scale(x) + cc.log2_scale(f.w) - fb
+    if shift > 0:
+        out.div_(2 ** shift)
+    return cc.MPCTensor.from_shares(out.share, precision=fb)
+
+
+def kv_out_size(size_x, size_w, transpose: bool) -> list:
+    w = list(size_w[:-2]) + ([size_w[-1], size_w[-2]] if transpose else list(size_w[-2:]))
+    return out_size(size_x, w)
+
+
+def _grow(masks: dict, wid, b: torch.Tensor, start: bool) -> None:
+    """Keep the new mask rows ``b`` under ``wid`` (a restart replaces what was held)."""
+    old = None if start else masks.get(wid)  # a restart (a new query's cache) drops the old rows
+    if old is None and not start:
+        raise ValueError(f"no mask {wid[:40]!r} to grow in this session")
+    if old is not None and (old.dim() != b.dim() or list(old.shape[:-2]) != list(b.shape[:-2])
+                            or old.shape[-1] != b.shape[-1]):
+        raise ValueError(f"rows {list(b.shape)} do not extend mask {wid[:40]!r} of {list(old.shape)}")
+    masks[wid] = b if old is None else torch.cat([old, b], dim=-2)
+
+
+def _kv_c(b: torch.Tensor, a: torch.Tensor, wid, size_w, transpose: bool) -> torch.Tensor:
+    if list(b.shape) != list(size_w):
+        raise ValueError(f"mask {wid[:40]!r} is {list(b.shape)}, not {list(size_w)}")
+    return a.matmul(b.transpose(-1, -2) if transpose else b)
+
+
+def _tfp_kv_mask(self, wid, size, start, device=None):
+    if cc.comm.get().get_rank() != 0:
+        return _arith(None, tuple(size))
+    b = cc.ring_random(tuple(size))
+    _grow(_TFP_MASKS, wid, b, start)
+    return _arith(b, size)
+
+
+def _tfp_kv_triple(self, wid, size_x, size_w, transpose, device=None):
+    if cc.comm.get().get_rank() != 0:
+        return _arith(None, tuple(size_x)), _arith(None, tuple(kv_out_size(size_x, size_w, transpose)))
+    a = cc.ring_random(tuple(size_x))
+    return _arith(a, None), _arith(_kv_c(_TFP_MASKS.get(wid), a, wid, size_w, transpose), None)
+
+
+def _ttp_kv_mask(self, wid, size, start, device=None):
+    """Each party draws its share of the new rows from the stream it shares with the dealer; the
+    dealer draws both (and keeps their sum) when party 0's request reaches it, in order."""
+    client = TTPClient.get()
+    b = cc.ring_random(tuple(size), client.get_generator())
+    if cc.comm.get().get_rank() == 0:
+        client.ttp_request("kv_mask", device, wid, list(size), bool(start))  # an empty answer
+    return ArithmeticSharedTensor.from_shares(b, precision=0)
+
+
+def _ttp_kv_triple(self, wid, size_x, size_w, transpose, device=None):
+    client = TTPClient.get()
+    gen = client.get_generator()
+    a = cc.ring_random(tuple(size_x), gen)
+    if cc.comm.get().get_rank() == 0:
+        c = client.ttp_request("kv_triple", device, wid, list(size_x), list(size_w), bool(transpose))
+    else:
+        c = cc.ring_random(tuple(kv_out_size(size_x, size_w, transpose)), gen)
+    return ArithmeticSharedTensor.from_shares(a, precision=0), ArithmeticSharedTensor.from_shares(c, precision=0)
+
+
+def _dealer_kv_mask(self, wid, size, start):
+    masks = self.__dict__.setdefault("fixed_masks", {})
+    if not wid.startswith("kv/"):  # a weight's mask never grows (nor is it replaced)
+        raise ValueError(f"{wid[:40]!r} is not a KV cache's id")
+    held = sum(b.numel() for k, b in masks.items() if k != wid or not start)
+    if len(masks) >= MAX_MASKS or held + math.prod(size) > MAX_MASK_ELEMENTS:
+        raise ValueError(f"fixed-operand masks beyond the session's limit ({MAX_MASKS} masks, "
+                         f"{MAX_MASK_ELEMENTS} ring elements)")
+    _grow(masks, wid, self._get_additive_PRSS(list(size)), start)
+    return torch.empty(0, dtype=torch.long)
+
+
+def _dealer_kv_triple(self, wid, size_x, size_w, transpose):
+    b = self.__dict__.get("fixed_masks", {}).get(wid) if wid.startswith("kv/") else None
+    if b is None:
+        raise ValueError(f"no mask {wid[:40]!r} in this session")
+    a = self._get_additive_PRSS(list(size_x))
+    c = _kv_c(b, a, wid, size_w, transpose)
+    return c - self._get_additive_PRSS(c.size(), remove_rank=True)
+
+
+def check_kv_request(fn: str, args: list, max_elements: int) -> list:
+    """A dealer request ``kv_mask`` [id, shape, restart] or ``kv_triple`` [id, shape of x, shape
+    of W, transpose]; returns the answer's shape."""
+    wire.is_list(args, 4, "args")
+    if len(args) != (3 if fn == "kv_mask" else 4) or type(args[-1]) is not bool:
+        raise ValueError(f"{fn} takes an id, {'a shape' if fn == 'kv_mask' else 'two shapes'} and a flag")
+    check_id(args[0])
+    for shape in args[1:-1]:
+        wire.is_shape(shape, max_elements)
+        if len(shape) < 2:
+            raise ValueError("a growing operand has at least two dims")
+    if fn == "kv_mask":
+        return [0]
+    try:
+        return kv_out_size(args[1], args[2], args[3])
+    except RuntimeError as e:
+        raise ValueError(f"matmul of {args[1]} by {args[2]}: {str(e).splitlines()[0][:80]}") from None
+
+
 def _install() -> None:
     TrustedFirstParty.fixed_operand_mask, TrustedFirstParty.fixed_operand_triple = _tfp_mask, _tfp_triple
     TrustedThirdParty.fixed_operand_mask, TrustedThirdParty.fixed_operand_triple = _ttp_mask, _ttp_triple
     TTPServer.fixed_mask, TTPServer.fixed = _dealer_mask, _dealer_triple
+    for cls, mask, triple in ((TrustedFirstParty, _tfp_kv_mask, _tfp_kv_triple),
+                              (TrustedThirdParty, _ttp_kv_mask, _ttp_kv_triple)):
+        setattr(cls, KV_MASK, mask)
+        setattr(cls, KV_TRIPLE, triple)
+    TTPServer.kv_mask, TTPServer.kv_triple = _dealer_kv_mask, _dealer_kv_triple
 
 
 _install()

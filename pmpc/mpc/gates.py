@@ -48,6 +48,16 @@ one-hot share comes from the stream the parties share (nothing is sent); in ``tt
 receives its share from the dealer. A DPF (:func:`pmpc.mpc.fss.dpf_gen`) would shrink that to
 ~k 18 bytes at 2^k PRG leaves of local work per lookup; the one-hot costs no AES at all.
 
+Products of values the two parties hold apart (:func:`cross_and`, :func:`cross_and_words`): the
+exact truncation's wrap bit is a + b - ab for party 0's bit a and party 1's bit b, and an adder
+circuit's first AND is a & b of the parties' own addends. A Beaver product masks both operands
+as shared values and opens two ring words (or two words) each way; here the dealer gives party 0
+a uniform A, party 1 a uniform B and both shares of A B, and each party opens its own value XOR
+its own mask: one bit (one word) each way, same round. In ``local`` mode party 1's mask and share
+come from the stream the parties share (party 0 knows them, as every tuple of that mode); in
+``ttp`` mode from the stream party 1 shares with the dealer, and party 0's share is the dealer's
+answer, read after the opening.
+
 A table on a bit slice of a fixed-point value (:func:`slice_lookup`, SIRNN's initial guesses for
 reciprocal and rsqrt) composes the two gates: a sign gate reads the carry of the parties' low
 share bits into the slice (round 1), the lookup reads the slice (round 2); exact, no new keys.
@@ -311,6 +321,176 @@ def junk_onehot(gen, size, k) -> OneHot:
     return OneHot(k, r, e)
 
 
+# -- the product of a bit party 0 holds and a bit party 1 holds ------------------------------------
+@dataclasses.dataclass
+class CrossBits:
+    """One party's material for N products a b, ``a`` a bit party 0 holds in the clear and ``b``
+    one party 1 holds (the exact truncation's wrap bit, :func:`cross_and`): the party's own
+    uniform mask bits (A at party 0, B at party 1; int64 0/1, known to it alone) and its
+    arithmetic share ``c`` of A B in Z/2^64 (int64; at party 0 under ``ttp`` the dealer's
+    answer, read after the opening)."""
+    mask: torch.Tensor
+    c: torch.Tensor
+
+
+def draw_cross(gen, size, party: int) -> tuple:
+    """A party's draws from the stream it shares with the dealer: its mask bits and (party 1)
+    its share of A B."""
+    mask = _ring_bits(gen, size, 1)
+    return mask, (_ring_bits(gen, size, 64) if party == 1 else None)
+
+
+def _ring_bits(gen, size, bits: int) -> torch.Tensor:
+    from pmpc.mpc.crypten_compat import ring_random
+
+    return ring_random(tuple(size), gen, bits)
+
+
+def tfp_generate_cross_bits(self, size, device=None):
+    """``local`` mode: party 0 deals; party 1's mask and share come from the stream the parties
+    share (nothing is sent; party 0 knows B, as it knows every tuple in this mode)."""
+    from pmpc.mpc.crypten_compat import comm, crypten
+
+    rank = comm.get().get_rank()
+    m1, c1 = draw_cross(crypten.generators["next" if rank == 0 else "prev"][torch.device("cpu")], size, 1)
+    if rank == 1:
+        return CrossBits(m1, c1)
+    m0, _ = draw_cross(crypten.generators["local"][torch.device("cpu")], size, 0)
+    return CrossBits(m0, m0 * m1 - c1)
+
+
+def ttp_generate_cross_bits(self, size, device=None):
+    """``ttp`` mode: each party draws its mask (and party 1 its share) from the stream it shares
+    with the dealer; party 0's share A B - c1 is the dealer's answer, read after the opening."""
+    from crypten.mpc.provider.ttp_provider import TTPClient
+
+    from pmpc.mpc.crypten_compat import comm
+
+    client = TTPClient.get()
+    rank = comm.get().get_rank()
+    mask, c = draw_cross(client.get_generator(device="cpu"), size, rank)
+    if rank == 0:
+        c = client.ttp_request("cross_bits", device, list(size))
+    return CrossBits(mask, c)
+
+
+def dealer_cross_bits(self, size):
+    """The dealer's answer to a ``cross_bits`` request: party 0's share of A B (int64, ``size``)."""
+    m0, _ = draw_cross(self.generators[0], size, 0)
+    m1, c1 = draw_cross(self.generators[1], size, 1)
+    return m0 * m1 - c1
+
+
+def junk_cross_bits(gen, size) -> CrossBits:
+    return CrossBits(*draw_cross(gen, size, 1))
+
+
+# the same for binary words: XOR shares of a & b, a party 0's words and b party 1's (the first AND
+# of an adder circuit, the parties' own addends' generate bits)
+def draw_cross_words(gen, size, party: int) -> tuple:
+    mask = _ring_bits(gen, size, 64)
+    return mask, (_ring_bits(gen, size, 64) if party == 1 else None)
+
+
+def tfp_generate_cross_words(self, size, device=None):
+    from pmpc.mpc.crypten_compat import comm, crypten
+
+    rank = comm.get().get_rank()
+    m1, c1 = draw_cross_words(crypten.generators["next" if rank == 0 else "prev"][torch.device("cpu")], size, 1)
+    if rank == 1:
+        return CrossBits(m1, c1)
+    m0, _ = draw_cross_words(crypten.generators["local"][torch.device("cpu")], size, 0)
+    return CrossBits(m0, (m0 & m1) ^ c1)
+
+
+def ttp_generate_cross_words(self, size, device=None):
+    from crypten.mpc.provider.ttp_provider import TTPClient
+
+    from pmpc.mpc.crypten_compat import comm
+
+    client = TTPClient.get()
+    rank = comm.get().get_rank()
+    mask, c = draw_cross_words(client.get_generator(device="cpu"), size, rank)
+    if rank == 0:
+        c = client.ttp_request("cross_words", device, list(size))
+    return CrossBits(mask, c)
+
+
+def dealer_cross_words(self, size):
+    """The dealer's answer to a ``cross_words`` request: party 0's XOR share of A & B."""
+    m0, _ = draw_cross_words(self.generators[0], size, 0)
+    m1, c1 = draw_cross_words(self.generators[1], size, 1)
+    return (m0 & m1) ^ c1
+
+
+def junk_cross_words(gen, size) -> CrossBits:
+    return CrossBits(*draw_cross_words(gen, size, 1))
+
+
+def cross_and_words(mine: torch.Tensor) -> torch.Tensor:
+    """XOR shares of a & b, ``mine`` this party's own int64 words (party 0: a, party 1: b): ONE
+    round of one word each way (a Beaver AND of the same words opens two each way). With the
+    dealer's A (party 0's), B (party 1's) and [A & B], the parties open e = a ^ A and f = b ^ B
+    (one-time pads) and a & b = e f ^ A f ^ e B ^ A B, each term local to who knows it."""
+    from pmpc.mpc.crypten_compat import comm, crypten
+    from pmpc.mpc.primitives import PRIMITIVES
+
+    c = comm.get()
+    rank = c.get_rank()
+    t = crypten.mpc.get_default_provider().generate_cross_words(tuple(mine.shape))
+    opened = mine ^ t.mask
+    words = c.all_gather(opened)                      # the one round; then the dealt share is read
+    if rank == 0:
+        f = words[1]
+        out = (opened & f) ^ (t.mask & f) ^ t.c
+    else:
+        out = (words[0] & t.mask) ^ t.c
+    PRIMITIVES.add("and_words", mine.numel())
+    PRIMITIVES.add("tuple_bytes", 16 * mine.numel())
+    return out
+
+
+def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """0/1 values, 8 to a byte, as whole int64 words. The last word is padded with OS-random
+    bits: zero padding would open as a small integer, which looks like a plaintext value."""
+    v = bits.reshape(-1).numpy().astype(np.uint8)
+    pad = (-v.size) % 64
+    if pad:
+        v = np.concatenate([v, np.unpackbits(np.frombuffer(os.urandom(-(-pad // 8)), dtype=np.uint8))[:pad]])
+    return torch.from_numpy(np.packbits(v).view(np.int64))
+
+
+def _unpack_bits(words: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.from_numpy(np.unpackbits(words.numpy().view(np.uint8))[:n].astype(np.int64))
+
+
+def cross_and(mine: torch.Tensor) -> torch.Tensor:
+    """Arithmetic shares (int64, Z/2^64) of a b, where ``mine`` is this party's own 0/1 int64
+    tensor (party 0: a, party 1: b): ONE round of ONE bit each way per element.
+
+    With the dealer's (A, B, [A B]) — A a uniform bit only party 0 knows, B one only party 1
+    knows — party 0 opens e = a ^ A and party 1 opens f = b ^ B (each a one-time pad of one bit:
+    uniform, independent of a and b). Then a = e + (1 - 2e) A, b = f + (1 - 2f) B and
+        a b = e f + f (1 - 2e) A + e (1 - 2f) B + (1 - 2e)(1 - 2f) [A B],
+    each term local to the party that knows it. A Beaver product of the same bits as ring
+    elements opens two 64-bit words each way: 128 times the bytes, for the same round."""
+    from pmpc.mpc.crypten_compat import comm, crypten
+    from pmpc.mpc.primitives import PRIMITIVES
+
+    c = comm.get()
+    rank = c.get_rank()
+    shape = mine.shape
+    t = crypten.mpc.get_default_provider().generate_cross_bits(tuple(shape))
+    n = mine.numel()
+    opened = mine.reshape(-1) ^ t.mask.reshape(-1)
+    words = c.all_gather(_pack_bits(opened))          # the one round; then the dealt share is read
+    e, f = (opened, _unpack_bits(words[1], n)) if rank == 0 else (_unpack_bits(words[0], n), opened)
+    k = (1 - 2 * e) * (1 - 2 * f) * t.c.reshape(-1)
+    out = e * f + f * (1 - 2 * e) * t.mask.reshape(-1) + k if rank == 0 else e * (1 - 2 * f) * t.mask.reshape(-1) + k
+    PRIMITIVES.add("tuple_bytes", 16 * n)
+    return out.reshape(shape)
+
+
 def install() -> None:
     """Give CrypTen's two providers the FSS requests (idempotent)."""
     from crypten.mpc.provider.tfp_provider import TrustedFirstParty
@@ -320,6 +500,10 @@ def install() -> None:
     TrustedThirdParty.generate_sign = ttp_generate_sign
     TrustedFirstParty.generate_onehot = tfp_generate_onehot
     TrustedThirdParty.generate_onehot = ttp_generate_onehot
+    TrustedFirstParty.generate_cross_bits = tfp_generate_cross_bits
+    TrustedThirdParty.generate_cross_bits = ttp_generate_cross_bits
+    TrustedFirstParty.generate_cross_words = tfp_generate_cross_words
+    TrustedThirdParty.generate_cross_words = ttp_generate_cross_words
 
 
 def complete_keys(material: list) -> None:
