@@ -152,6 +152,13 @@ def test_integer_divisor_constants_equal_the_tensor_ones():
         assert torch.equal(cc._udiv(s, d, *cc._int_divisor(d)[:2]), cc._udiv(s, t, q, r)), d
 
 
+def test_share_level_beaver_equals_crypten_bit_for_bit():
+    """pmpc's Beaver product on the share tensors gives the very shares CrypTen's gives from the
+    same triple (broadcast products and batched matmuls included)."""
+    for out in run_local(mj.lean_beaver_job, timeout_s=60, deadline_s=180):
+        assert all(out["same"]) and all(out["right"]), out
+
+
 def test_dropout_draws_one_public_mask_from_the_shared_stream():
     """CrypTen's dropout asks torch for uniform floats from a generator both parties share; pmpc's
     generators are AES streams. Each kept value is 1 / (1 - p), each dropped one 0 (a mask that

@@ -248,6 +248,43 @@ def _fast_empty_mpctensor() -> None:
 _fast_empty_mpctensor()
 
 
+def _lean_beaver() -> None:
+    """CrypTen's Beaver product, on the share tensors: with two parties (no active security) it
+    is one batched opening of x - a and y - b and z = c + eps b + a delta (+ eps delta at
+    party 0), which CrypTen computes through four ``ArithmeticSharedTensor`` operations and an
+    encoding override around them (each a clone, type checks and encoder objects: ~1,500
+    products a decoded token). The same triple request, the same opening (one round, the same
+    bytes), the same shares out."""
+    import crypten.mpc.primitives.beaver as beaver
+
+    name = "__beaver_protocol"
+    original = getattr(beaver, name)
+    ops = {"mul", "matmul", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"}
+
+    def protocol(op, x, y, *args, **kwargs):
+        c0 = comm.get()
+        if CFG.mpc.active_security or c0.get_world_size() != 2 or op not in ops:
+            return original(op, x, y, *args, **kwargs)
+        if x.device != y.device:
+            raise ValueError(f"x lives on device {x.device} but y on device {y.device}")
+        a, b, c = crypten.mpc.get_default_provider().generate_additive_triple(
+            x.size(), y.size(), op, device=x.device, *args, **kwargs)
+        eps, delta = c0.all_reduce([x.share - a.share, y.share - b.share], batched=True)  # the round
+        f = getattr(torch, op)
+        z = c.share + f(eps, b.share, *args, **kwargs)
+        z += f(a.share, delta, *args, **kwargs)
+        if c0.get_rank() == 0:
+            z += f(eps, delta, *args, **kwargs)
+        c.share = z
+        return c
+
+    protocol.crypten_original = original
+    setattr(beaver, name, protocol)
+
+
+_lean_beaver()
+
+
 def _free_integral_products() -> None:
     """A public factor with integral values (``x * 2.0``, a 0/1 mask tensor) multiplies the shares
     directly. CrypTen encodes every public float factor at 2^16 and truncates the product again:
