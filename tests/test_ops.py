@@ -134,6 +134,31 @@ def test_division_by_a_negative_public_integer():
         assert "0 < |y| < 2^62" in out["zero"]
 
 
+def test_integer_divisor_constants_equal_the_tensor_ones():
+    """A truncation by a Python int takes its constants (q, r, floor(2^64 / d) mod 2^64) as ints;
+    they are the int64 values the tensor expressions give for every divisor."""
+    import torch
+
+    from pmpc.mpc import crypten_compat as cc
+
+    rng = np.random.default_rng(1)
+    ds = [2, 3, 7, 1000, 1 << 16, (1 << 16) + 1, 1 << 32, (1 << 62) - 1, (1 << 61) + 12345]
+    ds += [int(v) for v in rng.integers(2, 1 << 62, 200)]
+    for d in ds:
+        t = torch.tensor(d)
+        q, r = cc._unsigned(t)
+        assert cc._int_divisor(d) == (int(q), int(r), int(2 * q + (2 * r) // t)), d
+        s = torch.from_numpy(rng.integers(-(1 << 63), (1 << 63) - 1, 64, dtype=np.int64))
+        assert torch.equal(cc._udiv(s, d, *cc._int_divisor(d)[:2]), cc._udiv(s, t, q, r)), d
+
+
+def test_share_level_beaver_equals_crypten_bit_for_bit():
+    """pmpc's Beaver product on the share tensors gives the very shares CrypTen's gives from the
+    same triple (broadcast products and batched matmuls included)."""
+    for out in run_local(mj.lean_beaver_job, timeout_s=60, deadline_s=180):
+        assert all(out["same"]) and all(out["right"]), out
+
+
 def test_dropout_draws_one_public_mask_from_the_shared_stream():
     """CrypTen's dropout asks torch for uniform floats from a generator both parties share; pmpc's
     generators are AES streams. Each kept value is 1 / (1 - p), each dropped one 0 (a mask that

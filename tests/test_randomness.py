@@ -71,6 +71,30 @@ def test_stream_is_position_based_and_rewinds():
         PRG(seed[:8])                   # a 64-bit seed is refused
 
 
+def test_running_cipher_gives_the_stream_of_fresh_ciphers():
+    """Draws continue one CTR encryptor where the last stopped (odd positions, bulk and cached
+    draws, rewinds and jumps in between): every word equals AES_k(block) of a fresh cipher."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    from pmpc.mpc.prg import PRG
+
+    seed = os.urandom(16)
+    ref = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor().update(bytes(8 * 80_000))
+    ref = np.frombuffer(ref, dtype=np.uint64)
+    g, pos = PRG(seed), 0
+    rng = np.random.default_rng(0)
+    for step in range(300):
+        if step % 17 == 5:   # a rewind or a jump, to an odd or even word
+            pos = int(rng.integers(0, 60_000))
+            g.set_state(pos)
+        n = int(rng.choice([1, 3, 1023, 1025, 4097, 5000]))
+        assert np.array_equal(g.words(n), ref[pos:pos + n]), (step, pos, n)
+        pos += n
+        if pos > 70_000:
+            pos = 1
+            g.set_state(pos)
+
+
 def test_ring_random_refuses_a_torch_generator():
     import torch
 

@@ -16,7 +16,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from pmpc.mpc import parties, wire
 from tests.test_badinput import error_lines
@@ -58,8 +57,8 @@ def test_strict_decoding_and_checks():
 def test_the_length_is_checked_before_the_buffer_exists():
     for n in (0, -5, wire.CAPS["announcement"] + 1, 1 << 40):
         with pytest.raises(wire.WireError, match="refused before allocating"):
-            wire._length(torch.tensor([n]), "announcement", 0)
-    assert wire._length(torch.tensor([17]), "announcement", 0) == 17
+            wire._length(n, "announcement", 0)
+    assert wire._length(17, "announcement", 0) == 17
 
 
 def test_crypten_and_torch_pickle_paths_refuse_in_a_party():
@@ -177,3 +176,39 @@ def test_a_frame_announcing_a_terabyte_is_refused_before_allocation(tmp_path):
                         f"1..{wire.CAPS['announcement']}); refused before allocating"), lines[0]
     peak_mb = _server_peak_mb(err)
     assert peak_mb < 1000, peak_mb
+
+
+def test_a_cached_dealer_request_follows_its_shapes():
+    """Party 0 keeps each live tuple request encoded: the frame is what the dealer accepts, the
+    expected answer shape is the request's own, another shape or keyword is another frame, and the
+    reply it takes without decoding is one the dealer's check accepts for that shape only."""
+    import torch
+
+    from pmpc.mpc import crypten_compat, dealer  # noqa: F401  (the dealer's checks import crypten)
+
+    def frame(fn, *args, **kw):
+        return dealer._request_for(fn, args, kw)
+
+    a = frame("additive", torch.Size([1, 576]), torch.Size([576, 192]), "matmul")
+    assert frame("additive", torch.Size([1, 576]), torch.Size([576, 192]), "matmul") is a
+    b = frame("additive", torch.Size([2, 576]), torch.Size([576, 192]), "matmul")
+    c = frame("additive", torch.Size([1, 576]), torch.Size([1, 576]), "mul")
+    d = frame("additive", torch.Size([1, 1, 3, 5]), torch.Size([2, 1, 3, 3]), "conv2d", padding=1)
+    e = frame("additive", torch.Size([1, 1, 3, 5]), torch.Size([2, 1, 3, 3]), "conv2d", padding=0)
+    assert len({a[0], b[0], c[0], d[0], e[0]}) == 5
+    assert (a[1], b[1], c[1], d[1], e[1]) == ([1, 192], [2, 192], [1, 576], [1, 2, 3, 5], [1, 2, 1, 3])
+    for fr, shape, reply in (a, b, c, d, e):
+        msg = wire.decode("dealer request", fr, 0, dealer._check_message)
+        assert dealer.answer_shape(msg["function"], msg["args"], msg["kwargs"]) == shape
+        assert wire.decode("dealer reply", reply, 2) == {"shape": shape}
+    assert a[2] != b[2]
+
+
+def test_remembered_messages_are_bounded_and_keyed_by_their_bytes():
+    memo = wire.Memo()
+    memo.remember(b'{"op":"keepalive"}', {"op": "keepalive"})
+    memo.remember(b"x" * (wire.Memo.MAX_BYTES + 1), {"op": "big"})
+    assert list(memo) == [b'{"op":"keepalive"}']
+    for i in range(wire.Memo.MAX_ENTRIES + 10):
+        memo.remember(str(i).encode(), i)
+    assert len(memo) == wire.Memo.MAX_ENTRIES

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import shlex
+import struct
 import sys
 
 import torch
@@ -55,7 +56,7 @@ def hostile(kind: str, op: str | None, marker: str, payload: str = "pickle") -> 
         head, body = honest_frame(data)
         if fired[-1:] == ["frame"]:
             fired.append(1)
-            head = torch.tensor([1 << 40], dtype=torch.int64)
+            head = struct.pack("<q", 1 << 40)
         return head, body
 
     wire.encode, wire._frame = encode, frame

@@ -133,6 +133,99 @@ def _lean_dispatch() -> None:
 _lean_dispatch()
 
 
+_CONFIG_WRITES = [0]  # bumped by every write to CrypTen's configuration (see _cached_config_reads)
+
+
+class _ConfigReads:
+    """CrypTen's configuration as its hot paths read it (``cfg.section.key``), from plain
+    dictionaries instead of OmegaConf nodes. A read through OmegaConf costs ~12 us (~70 us on
+    a loaded machine); CrypTen makes several per Beaver product (``mpc.active_security``,
+    ``mpc.protocol``), per communication call (``communicator.verbose``) and per fixed-point
+    encoder (``encoder.precision_bits``): thousands per decoded token. Each section is copied
+    when first read and copied again after any write to the configuration, so a read always
+    sees what a read of ``crypten.cfg`` would. Writes go to ``crypten.cfg`` itself."""
+
+    __slots__ = ("_real", "_seen", "_sections")
+
+    def __init__(self, real):
+        self._real, self._seen, self._sections = real, -1, {}
+
+    def __getattr__(self, name):
+        if self._seen != _CONFIG_WRITES[0]:
+            self._sections.clear()
+            self._seen = _CONFIG_WRITES[0]
+        try:
+            return self._sections[name]
+        except KeyError:
+            pass
+        from omegaconf import DictConfig, OmegaConf
+
+        node = getattr(self._real, name)
+        if not isinstance(node, DictConfig):
+            return node
+        section = _ConfigSection(OmegaConf.to_container(node, resolve=True), node)
+        if self._seen == _CONFIG_WRITES[0]:  # no write while it was copied
+            self._sections[name] = section
+        return section
+
+
+class _ConfigSection:
+    __slots__ = ("_values", "_node")
+
+    def __init__(self, values: dict, node):
+        self._values, self._node = values, node
+
+    def __getattr__(self, key):
+        v = self._values.get(key, self)
+        if v is self or isinstance(v, dict):  # missing (OmegaConf's own error) or a deeper section
+            return getattr(self._node, key)
+        return v
+
+
+def _cached_config_reads() -> None:
+    """Give CrypTen's per-operation modules a :class:`_ConfigReads` view of ``crypten.cfg``.
+    Every way of writing the configuration bumps :data:`_CONFIG_WRITES`: ``CrypTenConfig``'s own
+    ``__setattr__`` (``cfg.config = ...``, ``temp_override``, ``load_config``) and the OmegaConf
+    node setters (``crypten.cfg.mpc.provider = "TTP"`` writes into a node)."""
+    import crypten.communicator.communicator as communicator
+    import crypten.encoder as encoder
+    import crypten.mpc.mpc as mpc
+    import crypten.mpc.primitives.arithmetic as arithmetic
+    import crypten.mpc.primitives.beaver as beaver
+    from crypten.config.config import CrypTenConfig
+    from omegaconf import DictConfig, ListConfig
+    from omegaconf.basecontainer import BaseContainer
+
+    def bumping(fn):
+        @functools.wraps(fn)
+        def write(*args, **kwargs):
+            _CONFIG_WRITES[0] += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _CONFIG_WRITES[0] += 1
+
+        return write
+
+    for cls, names in ((CrypTenConfig, ("__setattr__", "load_config", "set_config")),
+                       (DictConfig, ("__setattr__", "__setitem__", "__delattr__", "__delitem__", "setdefault", "pop")),
+                       (ListConfig, ("__setitem__", "__delitem__", "append", "insert", "pop", "extend")),
+                       (BaseContainer, ("merge_with", "merge_with_cli", "merge_with_dotlist"))):
+        for name in names:
+            fn = cls.__dict__.get(name)
+            if fn is not None and not getattr(fn, "_pmpc_bumps", False):
+                w = bumping(fn)
+                w._pmpc_bumps = True
+                setattr(cls, name, w)
+    for mod in (communicator, encoder, mpc, arithmetic, beaver):
+        if mod.cfg is crypten.cfg:
+            mod.cfg = CFG
+
+
+CFG = _ConfigReads(crypten.cfg)  # read crypten's configuration through this in per-operation code
+_cached_config_reads()
+
+
 def _fast_empty_mpctensor() -> None:
     """``MPCTensor([])`` (every clone / shallow_copy / from_shares) means "an empty shell whose
     ``_tensor`` the caller sets"; CrypTen tests that with ``tensor is []``, which is never true, so
@@ -154,6 +247,43 @@ def _fast_empty_mpctensor() -> None:
 
 
 _fast_empty_mpctensor()
+
+
+def _lean_beaver() -> None:
+    """CrypTen's Beaver product, on the share tensors: with two parties (no active security) it
+    is one batched opening of x - a and y - b and z = c + eps b + a delta (+ eps delta at
+    party 0), which CrypTen computes through four ``ArithmeticSharedTensor`` operations and an
+    encoding override around them (each a clone, type checks and encoder objects: ~1,500
+    products a decoded token). The same triple request, the same opening (one round, the same
+    bytes), the same shares out."""
+    import crypten.mpc.primitives.beaver as beaver
+
+    name = "__beaver_protocol"
+    original = getattr(beaver, name)
+    ops = {"mul", "matmul", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"}
+
+    def protocol(op, x, y, *args, **kwargs):
+        c0 = comm.get()
+        if CFG.mpc.active_security or c0.get_world_size() != 2 or op not in ops:
+            return original(op, x, y, *args, **kwargs)
+        if x.device != y.device:
+            raise ValueError(f"x lives on device {x.device} but y on device {y.device}")
+        a, b, c = crypten.mpc.get_default_provider().generate_additive_triple(
+            x.size(), y.size(), op, device=x.device, *args, **kwargs)
+        eps, delta = c0.all_reduce([x.share - a.share, y.share - b.share], batched=True)  # the round
+        f = getattr(torch, op)
+        z = c.share + f(eps, b.share, *args, **kwargs)
+        z += f(a.share, delta, *args, **kwargs)
+        if c0.get_rank() == 0:
+            z += f(eps, delta, *args, **kwargs)
+        c.share = z
+        return c
+
+    protocol.crypten_original = original
+    setattr(beaver, name, protocol)
+
+
+_lean_beaver()
 
 
 def _free_integral_products() -> None:
@@ -434,6 +564,17 @@ def _unsigned(d: torch.Tensor):
     return q + carry, r - carry * d
 
 
+@functools.lru_cache(maxsize=256)
+def _int_divisor(d: int) -> tuple[int, int, int]:
+    """:func:`_unsigned` and floor(2^64 / d) modulo 2^64 for a Python int 1 < d < 2^62, as the
+    int64 values the tensor expressions give (a truncation by a fixed-point scale then costs no
+    tensor operations on the divisor)."""
+    q, r = ((1 << 63) - 1) // d, ((1 << 63) - 1) % d + 1
+    if r == d:
+        q, r = q + 1, 0
+    return q, r, _int64(2 * q + (2 * r) // d)
+
+
 def _udiv(s: torch.Tensor, d: torch.Tensor, q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """floor(s / d), the int64 pattern ``s`` read as an unsigned word: with s = hi 2^63 + lo,
     floor(s / d) = floor(lo / d) + hi q + floor((lo mod d + hi r) / d), each term inside int64."""
@@ -472,14 +613,20 @@ def _exact_div_(self, y):
     integral = isinstance(y, int) or (torch.is_tensor(y) and not y.is_floating_point())
     if not integral or comm.get().get_world_size() != 2:
         return _crypten_div_(self, y)
-    d = torch.as_tensor(y, dtype=torch.long, device=self.share.device)
-    if bool((d == 0).any()) or bool((d >= _OFFSET).any()) or bool((d <= -_OFFSET).any()):
-        raise ValueError("pmpc: secret division by a public integer needs 0 < |y| < 2^62")
-    # a negative divisor (CrypTen allows one): x / y = -(x / |y|), the negation local to each share
-    sign = torch.where(d < 0, -1, 1) if bool((d < 0).any()) else None
-    d = d.abs()
-    if sign is None and d.numel() == 1 and int(d) == 1:
-        return self
+    if type(y) is int and 1 < y < _OFFSET:  # the common case (a fixed-point scale): constants as ints
+        d, sign = y, None
+        q, r, ring_over_d = _int_divisor(y)
+    else:
+        d = torch.as_tensor(y, dtype=torch.long, device=self.share.device)
+        if bool((d == 0).any()) or bool((d >= _OFFSET).any()) or bool((d <= -_OFFSET).any()):
+            raise ValueError("pmpc: secret division by a public integer needs 0 < |y| < 2^62")
+        # a negative divisor (CrypTen allows one): x / y = -(x / |y|), the negation local to each share
+        sign = torch.where(d < 0, -1, 1) if bool((d < 0).any()) else None
+        d = d.abs()
+        if sign is None and d.numel() == 1 and int(d) == 1:
+            return self
+        q, r = _unsigned(d)
+        ring_over_d = 2 * q + (2 * r) // d               # floor(2^64 / d), modulo 2^64
     rank = comm.get().get_rank()
     # a fresh zero sharing first: shares of public-looking values (x * 0 after a mask: both 0)
     # would round with a bias of a unit each (the + 1 below assumes uniform shares)
@@ -487,15 +634,13 @@ def _exact_div_(self, y):
     s = s + _OFFSET if rank == 0 else s
     msb = (s < 0).long()
     w = msb - gates.cross_and(msb)                        # a + b - ab: the one round, a bit each way
-    q, r = _unsigned(d)
-    ring_over_d = 2 * q + (2 * r) // d                   # floor(2^64 / d), modulo 2^64
     out = _udiv(s, d, q, r) - w * ring_over_d
     if rank == 0:
         # + 1: the two floors lose the carry of their fractional parts, on average one unit for
         # uniform shares; with it the result is x/y stochastically rounded, unbiased (as CrypTen's
         # truncation towards zero of one positive and one negative share is). Without it, a
         # tiny model's secure-vs-plain logit error grew 3-25x.
-        out = out - _OFFSET // d + (d > 1).long()   # y = 1 divides exactly
+        out = out - _OFFSET // d + (1 if type(d) is int else (d > 1).long())   # y = 1 divides exactly
     self.share = out if sign is None else out * sign
     return self
 

@@ -507,6 +507,31 @@ def _check_reply(m, sizes: list) -> None:
 AT_ONCE = ("wraps",)
 
 
+@functools.lru_cache(maxsize=4096)
+def _request(func_name: str, args: tuple, kw: tuple) -> tuple:
+    """One live tuple request as party 0 sends it: (its frame, the answer's shape, the reply an
+    honest dealer sends). A query asks for the same few shapes thousands of times, and encoding
+    each afresh cost party 0 tens of microseconds a round; the entry is a function of the
+    request's own description only, so another shape or keyword is another entry."""
+    args, kw = _jsonable(args), {k: _jsonable(v) for k, v in kw}
+    shape = answer_shape(func_name, args, kw)
+    frame = wire.encode("dealer request", {"op": "tuple", "function": func_name, "args": args, "kwargs": kw})
+    return frame, shape, _reply(tuple(shape))
+
+
+@functools.lru_cache(maxsize=4096)
+def _reply(shape: tuple) -> bytes:
+    """The dealer's reply announcing an answer of ``shape``."""
+    return wire.encode("dealer reply", {"shape": list(shape)})
+
+
+def _request_for(func_name: str, args, kwargs) -> tuple:
+    try:
+        return _request(func_name, tuple(args), tuple(kwargs.items()))
+    except TypeError:  # an unhashable argument: encode it afresh
+        return _request.__wrapped__(func_name, tuple(args), tuple(kwargs.items()))
+
+
 def _ttp_request(self, func_name, device, *args, **kwargs):
     """Party 0 asks the dealer for ONE tuple (live ``ttp`` mode, no preprocessing): CrypTen's
     ``TTPClient.ttp_request`` with a JSON frame instead of a pickle, and without its wait. The
@@ -518,12 +543,10 @@ def _ttp_request(self, func_name, device, *args, **kwargs):
 
     c = comm.get()
     ttp = c.get_ttp_rank()
-    args, kw = _jsonable(args), {k: _jsonable(v) for k, v in kwargs.items()}
-    shape = answer_shape(func_name, args, kw)
+    frame, shape, honest_reply = _request_for(func_name, args, kwargs)
     result = torch.empty(shape, dtype=torch.long)
     with talking_to(ttp):
-        wire.send("dealer request", {"op": "tuple", "function": func_name, "args": args, "kwargs": kw},
-                  ttp, self.ttp_group)
+        wire.send_encoded("dealer request", frame, ttp)
 
     def check(m):
         wire.is_dict(m, {"shape"}, "dealer reply")
@@ -532,7 +555,7 @@ def _ttp_request(self, func_name, device, *args, **kwargs):
 
     def read():
         with talking_to(ttp):
-            wire.recv("dealer reply", ttp, self.ttp_group, check=check)
+            wire.recv("dealer reply", ttp, self.ttp_group, check=check, known=honest_reply)
             c.recv_dealt(result, ttp)
 
     c.expect(read)
@@ -660,8 +683,11 @@ def serve(fault=None) -> dict:
     d = Dealer()
     ttp = c.get_ttp_rank()
     stats = {"requests": 0, "batches": 0, "elements_sent": 0, "seconds_busy": 0.0}
+    # requests decoded and checked before, by their bytes: a query repeats a few thousand distinct
+    # ones (the tuple functions read their arguments and never modify them)
+    seen = wire.Memo()
     while True:
-        msg = wire.recv("dealer request", 0, d.ttp_group, check=_check_message)
+        msg = wire.recv("dealer request", 0, d.ttp_group, check=_check_message, memo=seen)
         op = msg["op"]
         if op in ("terminate", "release"):
             stats["ended_by"] = op
@@ -691,7 +717,8 @@ def serve(fault=None) -> dict:
             stats["elements_sent"] += flat.numel()
         else:  # one tuple (live TTP mode, no preprocessing)
             result = getattr(d, msg["function"])(*msg["args"], **msg["kwargs"])
-            wire.send("dealer reply", {"shape": list(result.shape)}, 0, d.ttp_group)
+            # queued: it leaves with the answer itself, in one write
+            wire.send_encoded("dealer reply", _reply(tuple(result.shape)), 0, flush=False)
             c.broadcast(result, ttp, d.comm_group)
             _words_to_party_1(c, msg["function"], result)
             stats["requests"] += 1

@@ -38,7 +38,7 @@ class PRG:
     """AES-128-CTR stream: ``ring(size)`` uniform 64-bit ring words, ``ring(size, k)`` uniform
     k-bit words, as torch.int64 tensors on ``device`` (drawn on the CPU, then moved)."""
 
-    __slots__ = ("_aes", "_pos", "_cache", "_cache_at", "device")
+    __slots__ = ("_aes", "_pos", "_cache", "_cache_at", "_enc", "_enc_at", "device")
 
     def __init__(self, seed: bytes, device="cpu"):
         if not isinstance(seed, (bytes, bytearray)) or len(seed) != SEED_BYTES:
@@ -47,6 +47,7 @@ class PRG:
         self._pos = 0                  # next word of the stream
         self._cache = np.empty(0, dtype=np.uint64)
         self._cache_at = 0             # stream position of the cache's first word
+        self._enc, self._enc_at = None, -1   # a running CTR encryptor and the word it is at
         self.device = torch.device(device)
 
     @classmethod
@@ -72,16 +73,21 @@ class PRG:
 
     # -- draws ------------------------------------------------------------------------------------
     def _keystream(self, first: int, n: int) -> np.ndarray:
-        """Words first .. first + n - 1 of the stream (word w is half of block w // 2)."""
-        b0 = first // 2
-        blocks = (first + n + 1) // 2 - b0
-        buf = np.empty(2 * blocks + 2, dtype=np.uint64)  # + a block: older `cryptography` wants the room
+        """Words first .. first + n - 1 of the stream (word w is half of block w // 2). Draws
+        mostly follow one another: the CTR encryptor of the last draw goes on from where it
+        stopped (a fresh cipher context costs more than encrypting a few thousand words)."""
+        buf = np.empty(n + 2, dtype=np.uint64)  # + a block: older `cryptography` wants the room
         out = memoryview(buf).cast("B")
-        enc = Cipher(self._aes, modes.CTR(b0.to_bytes(16, "big"))).encryptor()
+        if first != self._enc_at:
+            b0 = first // 2
+            self._enc = Cipher(self._aes, modes.CTR(b0.to_bytes(16, "big"))).encryptor()
+            if first % 2:  # start mid-block: skip the block's first word
+                self._enc.update_into(_ZEROS[:8], out[:8 + 16])
         step = len(_ZEROS)
-        for i in range(0, 16 * blocks, step):
-            enc.update_into(_ZEROS[:min(step, 16 * blocks - i)], out[i:i + step + 16])
-        return buf[first - 2 * b0:first - 2 * b0 + n]
+        for i in range(0, 8 * n, step):
+            self._enc.update_into(_ZEROS[:min(step, 8 * n - i)], out[i:i + step + 16])
+        self._enc_at = first + n
+        return buf[:n]
 
     def words(self, n: int) -> np.ndarray:
         """The next ``n`` words of the stream, as a writable uint64 array. The stream does not

@@ -150,19 +150,24 @@ class Channel:
         """Queue one message (8-byte length + the buffers' bytes) and send what the socket takes now."""
         self.post_raw(_HEADER.pack(sum(memoryview(b).nbytes for b in buffers)), *buffers)
 
-    def post_raw(self, *buffers) -> None:
-        """Queue bytes as they are (the caller wrote the length header). No copy: every caller
-        flushes before it returns, so the tensors behind the buffers stay as they are meanwhile."""
+    def post_raw(self, *buffers, now: bool = True) -> None:
+        """Queue bytes as they are (the caller wrote the length header) and, ``now``, send what the
+        socket takes. No copy: every caller flushes before it returns (or, not ``now``, queues
+        immutable bytes that its next message takes along), so the tensors behind the buffers
+        stay as they are meanwhile."""
         views = [memoryview(b).cast("B") for b in buffers if len(b)]
         if self.tls and sum(len(v) for v in views) <= 1 << 14:
             views = [memoryview(b"".join(views))]   # one TLS record, not one per piece
         self._tx.extend(views)
-        self.send_some()
+        if now:
+            self.send_some()
 
     def send_some(self) -> int:
         """Non-blocking: send as much as the socket takes; returns bytes sent."""
         sent = 0
         while self._tx and not self.error:
+            if self.tls and len(self._tx) > 1 and len(self._tx[0]) + len(self._tx[1]) <= 1 << 14:
+                self._join_head()
             try:
                 if self.tls:
                     n = self.sock.send(self._tx[0])
@@ -184,6 +189,16 @@ class Channel:
                     self._tx[0] = head[n:]
                     n = 0
         return sent
+
+    def _join_head(self) -> None:
+        """Small queued pieces (a control frame and the answer behind it) go out as one TLS record:
+        one write and one read instead of one per piece."""
+        parts = [self._tx.popleft()]
+        size = len(parts[0])
+        while self._tx and size + len(self._tx[0]) <= 1 << 14:
+            size += len(self._tx[0])
+            parts.append(self._tx.popleft())
+        self._tx.appendleft(memoryview(b"".join(parts)))
 
     # receiving
     def recv_some(self) -> int:

@@ -23,10 +23,8 @@ from __future__ import annotations
 # in a party: the launcher, the CLI and a machine without crypten import this module without it.
 
 import json
+import struct
 import time
-
-
-import torch
 
 from pmpc.errors import UserError
 from pmpc.mpc.roles import who
@@ -80,8 +78,9 @@ def decode(kind: str, data: bytes, peer: int, check=None):
     return msg
 
 
-def _length(header: torch.Tensor, kind: str, peer: int) -> int:
-    n = int(header.item())
+def _length(n: int, kind: str, peer: int) -> int:
+    """The announced payload length ``n``, refused (before any buffer exists) beyond the kind's cap."""
+    n = int(n)
     if not 0 < n <= CAPS[kind]:
         raise WireError(f"{kind} from {who(peer)} announces {n} bytes (allowed 1..{CAPS[kind]}); refused "
                         "before allocating")
@@ -89,29 +88,31 @@ def _length(header: torch.Tensor, kind: str, peer: int) -> int:
 
 
 def _checker(kind: str, peer: int):
-    return lambda n: _length(torch.tensor([n], dtype=torch.int64), kind, peer)
+    return lambda n: _length(n, kind, peer)
 
 
-def _frame(data: bytes) -> tuple[torch.Tensor, torch.Tensor]:
-    return (torch.tensor([len(data)], dtype=torch.int64),
-            torch.frombuffer(bytearray(data), dtype=torch.uint8))
+_HEADER = struct.Struct("<q")  # the link's message length (pmpc.mpc.transport)
 
 
-def _post(dst: int, data: bytes) -> None:
-    """Queue one frame to ``dst`` (its header is the link's message length)."""
+def _frame(data: bytes) -> tuple[bytes, bytes]:
+    return _HEADER.pack(len(data)), data
+
+
+def _post(dst: int, data: bytes, now: bool = True) -> None:
+    """Queue one frame to ``dst`` (its header is the link's message length); ``now``: and send."""
     head, body = _frame(data)
-    _link().channel(dst).post_raw(head.numpy().tobytes(), body.numpy())
+    _link().channel(dst).post_raw(head, body, now=now)
 
 
 def _count(nbytes: int, seconds: float, peer: int) -> None:
     """One round and the frame's bytes in the communicator's statistics (when it counts), or one
     dealer message where ``peer`` or this party is the dealer."""
-    from pmpc.mpc.crypten_compat import comm, crypten
+    from pmpc.mpc.crypten_compat import CFG, comm
 
     c = comm.get()
     if c is not None and hasattr(c, "is_dealer_link") and c.is_dealer_link(peer):
         c.count_dealt(nbytes + 8)
-    elif c is not None and crypten.cfg.communicator.verbose and hasattr(c, "comm_rounds"):
+    elif c is not None and CFG.communicator.verbose and hasattr(c, "comm_rounds"):
         c.comm_rounds += 1
         c.comm_bytes += nbytes + 8
         c.comm_time += seconds
@@ -130,19 +131,50 @@ def _members(group, rank: int) -> list:
 
 
 def send(kind: str, obj, dst: int, group=None) -> None:
-    data = encode(kind, obj)
+    send_encoded(kind, encode(kind, obj), dst)
+
+
+def send_encoded(kind: str, data: bytes, dst: int, flush: bool = True) -> None:
+    """Send a payload :func:`encode` made (a caller may keep one it sends often). ``flush=False``
+    only queues it: it leaves with the next message sent to ``dst`` (one write for both)."""
     t0 = time.perf_counter()
     link = _link()
     with link.lock:
-        _post(dst, data)
-        link.flush(dst)
+        _post(dst, data, now=flush)
+        if flush:
+            link.flush(dst)
     _count(len(data), time.perf_counter() - t0, dst)
 
 
-def recv(kind: str, src: int, group=None, check=None):
+class Memo(dict):
+    """Messages a receiver decoded and checked, by their exact bytes: the same bytes decode to
+    the same message and pass the same check, so a repeat is not parsed again. Bounded: small
+    payloads only, and a fixed number of them (beyond that, messages are decoded as usual)."""
+
+    MAX_ENTRIES, MAX_BYTES = 4096, 4 * KiB
+
+    def remember(self, data: bytes, msg) -> None:
+        if len(data) <= self.MAX_BYTES and len(self) < self.MAX_ENTRIES:
+            self[data] = msg
+
+
+def recv(kind: str, src: int, group=None, check=None, known: bytes | None = None, memo: Memo | None = None):
+    """One message of ``kind`` from ``src``, decoded and checked. ``known``: the payload that an
+    honest peer sends here and that ``check`` accepts, when the caller knows it: those exact
+    bytes are not decoded (returns None); any other payload is decoded and checked in full.
+    ``memo``: a :class:`Memo` of payloads decoded and checked before (the message returned is
+    the remembered object: the caller does not modify it)."""
     t0 = time.perf_counter()
     data = _link().recv_message(src, _checker(kind, src))
     _count(len(data), time.perf_counter() - t0, src)
+    if known is not None and data == known:
+        return None
+    if memo is not None:
+        msg = memo.get(data)
+        if msg is None:
+            msg = decode(kind, data, src, check)
+            memo.remember(data, msg)
+        return msg
     return decode(kind, data, src, check)
 
 
