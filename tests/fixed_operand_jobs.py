@@ -69,7 +69,8 @@ def decode_session(fixed: bool, rank, world_size):
         return None
     plain = Engine(models.load(STORIES)[0], "plain", TorchOps()).prefill(ids[:, :-1], use_cache=False)
     mats = {k: tuple(v.shape) for k, v in fold_weights(spec).items()  # the matrices the engine multiplies by
-            if k == "embed.tok" or (k.endswith(".w") and v.dim() == 2)}
+            if (k == "embed.tok" or (k.endswith(".w") and v.dim() == 2))
+            and not (spec.tied and k == "lm_head.w")}  # a tied output layer is the embedding, held once
     d = next(f.d for f in eng.W.values() if hasattr(f, "d")) if fixed else None
     return {"steps": torch.stack(steps, 1).double().numpy(), "recompute": full[:, P - 1:].double().numpy(),
             "plain": plain[:, P - 1:].double().numpy(), "phases": phases, "weight_shapes": mats,

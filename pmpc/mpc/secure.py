@@ -369,7 +369,7 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
     tracker = _DealerKeepAliveTracker(cost.crypten_stats, timeout_s / 4,
                                       (lambda: dealer.keepalive(real)) if to_dealer and cfg.preprocess else None)
     ops = CrypTenOps(tracker)
-    engine = Engine(spec, cfg.protocol, ops, weights=cfg.weights)
+    engine = Engine(spec, cfg.protocol, ops, weights=cfg.weights, release_weights=True)
     t_setup = time.perf_counter() - t_start
     gen = torch.Generator().manual_seed(cfg.seed)
     phases: dict = {}
@@ -414,7 +414,7 @@ def _plan(cfg: GenConfig, spec, engine, ops, attn, rank: int, gen, phases: dict,
             dry = engine
             if cfg.weights == "private":  # the dry run never touches the real weights
                 dry = Engine(models.load_shapes(cfg.model, allow_pickle=cfg.allow_pickle), cfg.protocol, ops,
-                             weights="private")
+                             weights="private", release_weights=True)
             _query(dry, ops, torch.zeros_like(attn), attn, cfg, rank, gen, marks=marks,
                    plan_of=lambda: rec.requests)
         plan = dealer.Plan(rec.requests, marks)
