@@ -88,3 +88,42 @@ def reuse_a_mask(rank, world_size):
     provider.fixed_operand_mask("0/layers.0.o.w", (4, 4))
     provider.fixed_operand_triple("0/layers.0.o.w", (1, 4), (4, 4))  # reaches the dealer: it must be gone
     return "dealt"
+
+
+def _fingerprint(t: torch.Tensor) -> tuple:
+    t = t.detach().double()
+    return tuple(t.shape), round(float(t.sum()), 6), round(float((t * t).sum()), 6)
+
+
+def held_after_setup(release: bool, rank, world_size):
+    """stories260K, private weights: build the engine (``release_weights=release``), then list what
+    this party still holds. Returns the number of live float tensors (found by the garbage
+    collector) that carry one of the server's weight matrices, as loaded or as folded; the bytes of
+    the engine's own tensors against one share and one opening per weight element; and whether the
+    tied output layer reads the embedding's storage."""
+    import gc
+
+    from pmpc.mpc import fixed_operand as F
+
+    spec = models.load_shapes(STORIES) if rank == 0 else models.load(STORIES)[0]
+    real = models.load(STORIES)[0]  # what to look for (fingerprints only: the copy is dropped)
+    prints = {_fingerprint(v) for W in (real.weights, fold_weights(real)) for v in W.values() if v.dim() == 2}
+    unique = sum(v.numel() for k, v in fold_weights(real).items()
+                 if (k == "embed.tok" or (k.endswith(".w") and v.dim() == 2)) and not (real.tied and k == "lm_head.w"))
+    del real
+    eng = Engine(spec, "exact", CrypTenOps(cost.Tracker(cost.crypten_stats)), weights="private",
+                 release_weights=release)
+    gc.collect()
+    plain = sum(1 for o in gc.get_objects()
+                if isinstance(o, torch.Tensor) and o.is_floating_point() and o.dim() == 2 and o.numel() > 64
+                and 0 not in o.stride() and _fingerprint(o) in prints)
+    storages = {}
+    for f in eng.W.values():
+        for t in ([f.w._tensor.share, f.d] if isinstance(f, F.FixedOperand) else [f._tensor.share]):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    fixed = [f for f in eng.W.values() if isinstance(f, F.FixedOperand)]
+    return {"plain_weights": plain, "fixed_bytes": sum(2 * 8 * f.w._tensor.share.numel() for f in fixed
+                                                       if not f.transposed),
+            "unique_elements": unique, "engine_bytes": sum(storages.values()),
+            "tied": spec.tied and eng.W["lm_head.w"].w is eng.W["embed.tok"].w and eng.W["lm_head.w"].transposed,
+            "spec_bytes": sum(v.untyped_storage().nbytes() for v in spec.weights.values())}
