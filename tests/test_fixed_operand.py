@@ -157,6 +157,10 @@ def test_preprocess_plans_and_deals_fixed_operand_triples(stories_dir, dealer):
     client, _ = secure.run_generation(cfg, secure.ClientInput(ids, torch.ones_like(ids)), timeout_s=120, dealer=dealer,
                                       cost_only=dealer == "local")
     assert client["tokens"][0] == ref.tolist()
+    if dealer == "ttp":  # the dealer's own peak memory, asked before it leaves (a torch process: > 100 MB)
+        assert 100 < client["dealer_peak_rss_mb"] < 1 << 20
+    else:
+        assert "dealer_peak_rss_mb" not in client
     off = client["phases"]["offline"]
     n_mats = sum(1 for v in fold_weights(models.spec_from_hf(model)).values() if v.dim() == 2)  # q|k|v, gate|up fused
     assert off["prefill"]["tuples"]["fixed"][0] == n_mats

@@ -384,6 +384,9 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
                             getattr(inp, "watch", None) if rank == CLIENT else None, fault)
     out = {"rank": rank, "dealer": mode, "preprocess": cfg.preprocess, "setup_seconds": t_setup,
            "phases": phases, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if to_dealer:
+        with parties.talking_to(world_size):
+            out["dealer_peak_rss_mb"] = phases.pop("dealer_peak_rss_mb", None) or dealer.peak_rss_mb()
     if rank == CLIENT:
         out["tokens"] = torch.stack(tokens, 1).tolist()
         out["logits"] = torch.stack(steps, 1).numpy()  # [B, steps, V]
@@ -440,6 +443,7 @@ def _offline(plan, mode: str, world_size: int, to_dealer: bool, phases: dict, fa
     c0 = _counters()
     if to_dealer:
         with parties.talking_to(world_size):
+            phases["dealer_peak_rss_mb"] = dealer.peak_rss_mb()  # it leaves now: its peak is reached
             dealer.release()
     _comm().barrier()  # the online phase starts together at both parties
     offline["release"] = _since(c0)
@@ -552,7 +556,8 @@ def summary(cfg: GenConfig, spec, dealer: str, client: dict, server: dict, fid: 
         "offline": _offline_summary(client, n_dec),
         "plan": None if plan is None else {k: plan[k] for k in ("cached",) + _KEYS},
         "setup_seconds": {"client": client["setup_seconds"], "server": server["setup_seconds"]},
-        "peak_rss_mb": {"client": client["peak_rss_mb"], "server": server["peak_rss_mb"]},
+        "peak_rss_mb": {"client": client["peak_rss_mb"], "server": server["peak_rss_mb"],
+                        "dealer": client.get("dealer_peak_rss_mb")},  # the ttp dealer's process
         "scopes": {"client": {"prefill": pre["scopes"], "decode": dec["scopes"]},
                    "server": {"prefill": server["phases"]["prefill"]["scopes"],
                               "decode": server["phases"]["decode"]["scopes"]}},
@@ -572,7 +577,8 @@ def format_summary(r: dict) -> str:
         f"dealt beside it {dec['dealer_bytes'] / 1e6:.1f} MB/token",
         "modelled per token: " + ", ".join(
             f"{n} {l.time(dec['rounds'], dec['bytes'], dec['seconds']):.2f} s" for n, l in LINKS.items()),
-        f"peak RSS: client {r['peak_rss_mb']['client']:.0f} MB, server {r['peak_rss_mb']['server']:.0f} MB",
+        f"peak RSS: client {r['peak_rss_mb']['client']:.0f} MB, server {r['peak_rss_mb']['server']:.0f} MB"
+        + (f", dealer {r['peak_rss_mb']['dealer']:.0f} MB" if r["peak_rss_mb"].get("dealer") else ""),
         f"dealer: {r['config']['dealer']} — {r['config']['dealer_trust']}",
     ]
     off = r.get("offline")
