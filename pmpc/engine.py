@@ -202,8 +202,9 @@ class Engine:
         with ops.scope("linear"):
             return self._lin(h, pre + "down")
 
-    def forward(self, x, positions, mask, use_cache: bool):
-        """x: secret hidden states [B, T, H]; mask: public 0/1 [B, 1, T, S] or None."""
+    def forward(self, x, positions, mask, use_cache: bool, last_only: bool = False):
+        """x: secret hidden states [B, T, H]; mask: public 0/1 [B, 1, T, S] or None. ``last_only``:
+        the final norm and output layer for the last position only (the next token's logits)."""
         s = self.spec
         rope = self._rope_tables(positions) if s.pos == "rope" else None
         if use_cache and self.cache is None:
@@ -219,6 +220,8 @@ class Engine:
                 x = x + self._mlp(self._norm(x, pre + "mlp_norm"), i)
             if self.on_layer is not None:
                 self.on_layer(i, s.n_layers)
+        if last_only:
+            x = x[:, -1:]
         if self.final_norm:
             x = self._norm(x, "final_norm")
         if "lm_head.w" in self.W:
@@ -237,8 +240,12 @@ class Engine:
         keep = torch.maximum(keep, torch.eye(T).expand_as(keep))
         return keep
 
-    def prefill(self, ids: torch.Tensor, attn: torch.Tensor | None = None, use_cache: bool = True):
-        """Returns secret logits (or final hidden states for encoders) [B, T, V]."""
+    def prefill(self, ids: torch.Tensor, attn: torch.Tensor | None = None, use_cache: bool = True,
+                last_only: bool = False):
+        """Returns secret logits (or final hidden states for encoders) [B, T, V]; with
+        ``last_only`` those of the last position alone, [B, 1, V] (generation needs no other:
+        the output layer over a whole prompt is a vocabulary-wide product and truncation per
+        position)."""
         self.cache = None
         attn = torch.ones_like(ids) if attn is None else attn
         self._attn = attn.clone()
@@ -248,7 +255,7 @@ class Engine:
         if attn.all() and not self.spec.causal:
             mask = None
         x = self.embed(ids, positions)
-        return self.forward(x, positions, mask, use_cache=use_cache)
+        return self.forward(x, positions, mask, use_cache=use_cache, last_only=last_only)
 
     def decode(self, ids: torch.Tensor):
         """One new token per sequence [B, 1] against the secret KV cache. Returns [B, 1, V]."""

@@ -322,7 +322,7 @@ def _query(engine, ops, ids, attn, cfg, rank, gen, phases=None, marks=None, plan
     if watch is not None:
         engine.on_layer = lambda i, n: watch.layer("prefill", i, n)
     try:
-        nxt = step(engine.prefill, ids, attn)
+        nxt = step(functools.partial(engine.prefill, last_only=True), ids, attn)
     finally:
         engine.on_layer = None
     if phases is not None:
