@@ -31,7 +31,8 @@ CLIENT, SERVER = 0, 1
 
 class Engine:
     def __init__(self, spec: ModelSpec, protocol, ops: Ops, weights: str = "public",
-                 dtype=torch.float32, tap=None, fixed_operands: bool = True, release_weights: bool = False):
+                 dtype=torch.float32, tap=None, fixed_operands: bool = True, release_weights: bool = False,
+                 on_shared=None):
         if weights not in ("public", "private"):
             raise ValueError(f"weights must be public or private, not {weights!r}")
         self.spec, self.ops, self.mode = spec, ops, weights
@@ -47,18 +48,19 @@ class Engine:
                 self.W = ops.public_operands({k: v.to(self.dtype) for k, v in Wp.items()},
                                              {k for k, v in Wp.items() if k.endswith(".w") and v.dim() == 2})
             else:
-                self.W = self._share_private(spec, fixed_operands, release_weights)
+                self.W = self._share_private(spec, fixed_operands, release_weights, on_shared)
         self.cache = None
         self.on_layer = None  # on_layer(i, n_layers) after each block: progress for a watching user
 
-    def _share_private(self, spec: ModelSpec, fixed_operands: bool, release: bool) -> dict:
+    def _share_private(self, spec: ModelSpec, fixed_operands: bool, release: bool, on_shared=None) -> dict:
         """The server's weights secret-shared (the client passes zeros of the same public shapes),
         one part at a time: the embedding table, each layer, the output layer. A part is folded
         (the server folds its own weights before sharing them), shared, and its matrices masked
         and opened once (``fixed_operands``; False re-masks them at every product) before the next
         part is touched, so only one part's float copies ever sit beside the shares. With
         ``release`` each float weight in ``spec.weights`` gives way to a zero-stride placeholder of
-        its shape once shared: the plaintext model does not outlive the sharing.
+        its shape once shared: the plaintext model does not outlive the sharing; ``on_shared()``
+        runs after each part (e.g. to hand the memory it freed back to the system).
         A tied output layer is the embedding's shares and opening read transposed (held once);
         its final norm then keeps its weight, a secret factor, instead of folding it in."""
         ops, src = self.ops, spec.weights
@@ -89,6 +91,8 @@ class Engine:
                 shared = ops.fix_operands(shared, [k for k, v in shared.items()
                                                    if k == "embed.tok" or (k.endswith(".w") and len(v.shape) == 2)])
             W.update(shared)
+            if on_shared is not None:
+                on_shared()
         if tied:
             W["lm_head.w"] = W["embed.tok"].t()
         return W

@@ -390,8 +390,9 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
     tracker = _DealerKeepAliveTracker(cost.crypten_stats, timeout_s / 4,
                                       (lambda: dealer.keepalive(real)) if to_dealer and cfg.preprocess else None)
     ops = CrypTenOps(tracker)
-    engine = Engine(spec, cfg.protocol, ops, weights=cfg.weights, release_weights=True)
-    _return_freed_memory(trim=True)  # what loading and sharing the model freed
+    _return_freed_memory(trim=True)  # what loading the model freed
+    engine = Engine(spec, cfg.protocol, ops, weights=cfg.weights, release_weights=True,
+                    on_shared=lambda: _return_freed_memory(trim=True))  # each part's float copies
     t_setup = time.perf_counter() - t_start
     gen = torch.Generator().manual_seed(cfg.seed)
     phases: dict = {}
