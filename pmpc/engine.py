@@ -31,7 +31,8 @@ CLIENT, SERVER = 0, 1
 
 class Engine:
     def __init__(self, spec: ModelSpec, protocol, ops: Ops, weights: str = "public",
-                 dtype=torch.float32, tap=None, fixed_operands: bool = True):
+                 dtype=torch.float32, tap=None, fixed_operands: bool = True, release_weights: bool = False,
+                 on_shared=None):
         if weights not in ("public", "private"):
             raise ValueError(f"weights must be public or private, not {weights!r}")
         self.spec, self.ops, self.mode = spec, ops, weights
@@ -40,22 +41,65 @@ class Engine:
         self.tap = tap  # tap(point, layer, value): measurement hook (reveals to the client!)
         # with a tap the norms' outputs are measured as the model defines them: nothing folded
         self.folded = tap is None and not spec.post_norm
-        Wp = fold_weights(spec) if self.folded else spec.weights
+        self.final_norm = "final_norm.w" in spec.weights
         with ops.scope("setup.weights"):
             if weights == "public":  # each matrix readied for products once, here, not at every token
+                Wp = fold_weights(spec) if self.folded else spec.weights
                 self.W = ops.public_operands({k: v.to(self.dtype) for k, v in Wp.items()},
                                              {k for k, v in Wp.items() if k.endswith(".w") and v.dim() == 2})
-            else:  # the server folds its own weights before sharing them (the client folds zeros)
-                self.W = {k: ops.share(v, src=SERVER) for k, v in Wp.items()}
-                if fixed_operands:  # each matrix's masked opening once, here, not at every token
-                    self.W = ops.fix_operands(self.W, [k for k, v in Wp.items()
-                                                       if k == "embed.tok" or (k.endswith(".w") and v.dim() == 2)])
+            else:
+                self.W = self._share_private(spec, fixed_operands, release_weights, on_shared)
         # the residual stream's split for the next RMS norm taken with the linear layer that ends
         # each block (:meth:`pmpc.ops.Ops.matmul_residual`): where the norm is the shared one
         self.split_norms = (not spec.post_norm and spec.norm == "rms" and tap is None
                             and type(self.p).rms_norm is protocols.base.Protocol.rms_norm)
         self.cache = None
         self.on_layer = None  # on_layer(i, n_layers) after each block: progress for a watching user
+
+    def _share_private(self, spec: ModelSpec, fixed_operands: bool, release: bool, on_shared=None) -> dict:
+        """The server's weights secret-shared (the client passes zeros of the same public shapes),
+        one part at a time: the embedding table, each layer, the output layer. A part is folded
+        (the server folds its own weights before sharing them), shared, and its matrices masked
+        and opened once (``fixed_operands``; False re-masks them at every product) before the next
+        part is touched, so only one part's float copies ever sit beside the shares. With
+        ``release`` each float weight in ``spec.weights`` gives way to a zero-stride placeholder of
+        its shape once shared: the plaintext model does not outlive the sharing; ``on_shared()``
+        runs after each part (e.g. to hand the memory it freed back to the system).
+        A tied output layer is the embedding's shares and opening read transposed (held once);
+        its final norm then keeps its weight, a secret factor, instead of folding it in."""
+        ops, src = self.ops, spec.weights
+        tied = spec.tied and "lm_head.w" in src and "embed.tok" in src
+
+        def release_(names):
+            if release:
+                for k in names:
+                    src[k] = torch.zeros((), dtype=src[k].dtype).expand(src[k].shape)
+
+        head = ("final_norm.", "lm_head.")
+        if tied:
+            release_(["lm_head.w"])
+        parts = [[k for k in src if k.startswith("embed.")]]
+        parts += [[k for k in src if k.startswith(f"layers.{i}.")] for i in range(spec.n_layers)]
+        parts.append([k for k in src if k.startswith(head) and not (tied and k == "lm_head.w")])
+        parts.append([k for k in src if not k.startswith(("embed.", "layers.") + head)])
+        W = {}
+        for i, names in enumerate(parts):
+            part = {k: src[k] for k in names}
+            if self.folded and 1 <= i <= spec.n_layers:
+                fold_layer(spec, part, i - 1)
+            elif self.folded and i == spec.n_layers + 1 and not tied:
+                fold_head(spec, part)
+            shared = {k: ops.share(part.pop(k), src=SERVER) for k in list(part)}
+            release_(names)
+            if fixed_operands:  # each matrix's masked opening once, here, not at every token
+                shared = ops.fix_operands(shared, [k for k, v in shared.items()
+                                                   if k == "embed.tok" or (k.endswith(".w") and len(v.shape) == 2)])
+            W.update(shared)
+            if on_shared is not None:
+                on_shared()
+        if tied:
+            W["lm_head.w"] = W["embed.tok"].t()
+        return W
 
     # -- helpers -----------------------------------------------------------------------------
     def _lin(self, x, name, residual=None):
@@ -169,8 +213,9 @@ class Engine:
         with ops.scope("linear"):
             return self._lin(h, pre + "down", residual)
 
-    def forward(self, x, positions, mask, use_cache: bool):
-        """x: secret hidden states [B, T, H]; mask: public 0/1 [B, 1, T, S] or None."""
+    def forward(self, x, positions, mask, use_cache: bool, last_only: bool = False):
+        """x: secret hidden states [B, T, H]; mask: public 0/1 [B, 1, T, S] or None. ``last_only``:
+        the final norm and output layer for the last position only (the next token's logits)."""
         s = self.spec
         rope = self._rope_tables(positions) if s.pos == "rope" else None
         if use_cache and self.cache is None:
@@ -190,7 +235,10 @@ class Engine:
                 x = x + self._mlp(self._norm(x, pre + "mlp_norm"), i)
             if self.on_layer is not None:
                 self.on_layer(i, s.n_layers)
-        if "final_norm.w" in self.spec.weights:
+        if last_only:
+            x = x[:, -1:]
+            split = None if split is None else split[:, -1:]
+        if self.final_norm:
             x = self._norm(x, "final_norm", split)
         if "lm_head.w" in self.W:
             with self.ops.scope("lm_head"):
@@ -208,8 +256,12 @@ class Engine:
         keep = torch.maximum(keep, torch.eye(T).expand_as(keep))
         return keep
 
-    def prefill(self, ids: torch.Tensor, attn: torch.Tensor | None = None, use_cache: bool = True):
-        """Returns secret logits (or final hidden states for encoders) [B, T, V]."""
+    def prefill(self, ids: torch.Tensor, attn: torch.Tensor | None = None, use_cache: bool = True,
+                last_only: bool = False):
+        """Returns secret logits (or final hidden states for encoders) [B, T, V]; with
+        ``last_only`` those of the last position alone, [B, 1, V] (generation needs no other:
+        the output layer over a whole prompt is a vocabulary-wide product and truncation per
+        position)."""
         self.cache = None
         attn = torch.ones_like(ids) if attn is None else attn
         self._attn = attn.clone()
@@ -219,7 +271,7 @@ class Engine:
         if attn.all() and not self.spec.causal:
             mask = None
         x = self.embed(ids, positions)
-        return self.forward(x, positions, mask, use_cache=use_cache)
+        return self.forward(x, positions, mask, use_cache=use_cache, last_only=last_only)
 
     def decode(self, ids: torch.Tensor):
         """One new token per sequence [B, 1] against the secret KV cache. Returns [B, 1, V]."""
@@ -245,41 +297,54 @@ def fold_weights(spec: ModelSpec) -> dict:
     W = dict(s.weights)
     if s.post_norm:
         return W
-
-    def fold(norm: str, linears: list[str]) -> None:
-        w, b = W.pop(norm + ".w", None), W.pop(norm + ".b", None)
-        for name in linears:
-            M = W[name + ".w"]
-            if b is not None:
-                W[name + ".b"] = W.get(name + ".b", torch.zeros(M.shape[1], dtype=M.dtype)) + b @ M
-            if w is not None:
-                M = w[:, None] * M
-            W[name + ".w"] = M
-
-    def fuse(names: list[str], into: str) -> None:
-        ws = [W.pop(n + ".w") for n in names]
-        bs = [W.pop(n + ".b", None) for n in names]
-        W[into + ".w"] = torch.cat([w for w in ws], dim=1)
-        if any(b is not None for b in bs):
-            W[into + ".b"] = torch.cat([(b if b is not None else torch.zeros(w.shape[1], dtype=w.dtype))
-                                        for b, w in zip(bs, ws)])
-
     for i in range(s.n_layers):
-        p = f"layers.{i}."
-        if p + "q.w" in W:
-            fold(p + "attn_norm", [p + "q", p + "k", p + "v"])
-            r = 1.0 / math.sqrt(s.head_dim)
-            W[p + "q.w"] = W[p + "q.w"] * r
-            if p + "q.b" in W:
-                W[p + "q.b"] = W[p + "q.b"] * r
-            fuse([p + "q", p + "k", p + "v"], p + "qkv")
-        if p + "up.w" in W:
-            fold(p + "mlp_norm", [p + "gate", p + "up"] if s.gated else [p + "up"])
-            if s.gated:
-                fuse([p + "gate", p + "up"], p + "gateup")
-    if "lm_head.w" in W and ("final_norm.w" in W or "final_norm.b" in W):
-        fold("final_norm", ["lm_head"])
+        fold_layer(s, W, i)
+    fold_head(s, W)
     return W
+
+
+def _fold(W: dict, norm: str, linears: list[str]) -> None:
+    w, b = W.pop(norm + ".w", None), W.pop(norm + ".b", None)
+    for name in linears:
+        M = W[name + ".w"]
+        if b is not None:
+            W[name + ".b"] = W.get(name + ".b", torch.zeros(M.shape[1], dtype=M.dtype)) + b @ M
+        if w is not None:
+            M = w[:, None] * M
+        W[name + ".w"] = M
+
+
+def _fuse(W: dict, names: list[str], into: str) -> None:
+    ws = [W.pop(n + ".w") for n in names]
+    bs = [W.pop(n + ".b", None) for n in names]
+    W[into + ".w"] = torch.cat([w for w in ws], dim=1)
+    if any(b is not None for b in bs):
+        W[into + ".b"] = torch.cat([(b if b is not None else torch.zeros(w.shape[1], dtype=w.dtype))
+                                    for b, w in zip(bs, ws)])
+
+
+def fold_layer(s: ModelSpec, W: dict, i: int) -> None:
+    """:func:`fold_weights` for layer ``i`` alone, in place on ``W``."""
+    if s.post_norm:
+        return
+    p = f"layers.{i}."
+    if p + "q.w" in W:
+        _fold(W, p + "attn_norm", [p + "q", p + "k", p + "v"])
+        r = 1.0 / math.sqrt(s.head_dim)
+        W[p + "q.w"] = W[p + "q.w"] * r
+        if p + "q.b" in W:
+            W[p + "q.b"] = W[p + "q.b"] * r
+        _fuse(W, [p + "q", p + "k", p + "v"], p + "qkv")
+    if p + "up.w" in W:
+        _fold(W, p + "mlp_norm", [p + "gate", p + "up"] if s.gated else [p + "up"])
+        if s.gated:
+            _fuse(W, [p + "gate", p + "up"], p + "gateup")
+
+
+def fold_head(s: ModelSpec, W: dict) -> None:
+    """:func:`fold_weights` for the final norm (into the output layer), in place on ``W``."""
+    if not s.post_norm and "lm_head.w" in W and ("final_norm.w" in W or "final_norm.b" in W):
+        _fold(W, "final_norm", ["lm_head"])
 
 
 def compare_logits(ref, got) -> dict:

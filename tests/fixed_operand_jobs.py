@@ -69,7 +69,8 @@ def decode_session(fixed: bool, rank, world_size):
         return None
     plain = Engine(models.load(STORIES)[0], "plain", TorchOps()).prefill(ids[:, :-1], use_cache=False)
     mats = {k: tuple(v.shape) for k, v in fold_weights(spec).items()  # the matrices the engine multiplies by
-            if k == "embed.tok" or (k.endswith(".w") and v.dim() == 2)}
+            if (k == "embed.tok" or (k.endswith(".w") and v.dim() == 2))
+            and not (spec.tied and k == "lm_head.w")}  # a tied output layer is the embedding, held once
     d = next(f.d for f in eng.W.values() if hasattr(f, "d")) if fixed else None
     return {"steps": torch.stack(steps, 1).double().numpy(), "recompute": full[:, P - 1:].double().numpy(),
             "plain": plain[:, P - 1:].double().numpy(), "phases": phases, "weight_shapes": mats,
@@ -129,3 +130,42 @@ class KVJob:
             lo = hi
         c._exchange = orig
         return {"steps": steps, "opened": opened, "received": torch.cat(got).numpy() if got else None}
+
+
+def _fingerprint(t: torch.Tensor) -> tuple:
+    t = t.detach().double()
+    return tuple(t.shape), round(float(t.sum()), 6), round(float((t * t).sum()), 6)
+
+
+def held_after_setup(release: bool, rank, world_size):
+    """stories260K, private weights: build the engine (``release_weights=release``), then list what
+    this party still holds. Returns the number of live float tensors (found by the garbage
+    collector) that carry one of the server's weight matrices, as loaded or as folded; the bytes of
+    the engine's own tensors against one share and one opening per weight element; and whether the
+    tied output layer reads the embedding's storage."""
+    import gc
+
+    from pmpc.mpc import fixed_operand as F
+
+    spec = models.load_shapes(STORIES) if rank == 0 else models.load(STORIES)[0]
+    real = models.load(STORIES)[0]  # what to look for (fingerprints only: the copy is dropped)
+    prints = {_fingerprint(v) for W in (real.weights, fold_weights(real)) for v in W.values() if v.dim() == 2}
+    unique = sum(v.numel() for k, v in fold_weights(real).items()
+                 if (k == "embed.tok" or (k.endswith(".w") and v.dim() == 2)) and not (real.tied and k == "lm_head.w"))
+    del real
+    eng = Engine(spec, "exact", CrypTenOps(cost.Tracker(cost.crypten_stats)), weights="private",
+                 release_weights=release)
+    gc.collect()
+    plain = sum(1 for o in gc.get_objects()
+                if isinstance(o, torch.Tensor) and o.is_floating_point() and o.dim() == 2 and o.numel() > 64
+                and 0 not in o.stride() and _fingerprint(o) in prints)
+    storages = {}
+    for f in eng.W.values():
+        for t in ([f.w._tensor.share, f.d] if isinstance(f, F.FixedOperand) else [f._tensor.share]):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    fixed = [f for f in eng.W.values() if isinstance(f, F.FixedOperand)]
+    return {"plain_weights": plain, "fixed_bytes": sum(2 * 8 * f.w._tensor.share.numel() for f in fixed
+                                                       if not f.transposed),
+            "unique_elements": unique, "engine_bytes": sum(storages.values()),
+            "tied": spec.tied and eng.W["lm_head.w"].w is eng.W["embed.tok"].w and eng.W["lm_head.w"].transposed,
+            "spec_bytes": sum(v.untyped_storage().nbytes() for v in spec.weights.values())}

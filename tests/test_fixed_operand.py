@@ -215,7 +215,32 @@ def test_preprocess_plans_and_deals_fixed_operand_triples(stories_dir, dealer):
     client, _ = secure.run_generation(cfg, secure.ClientInput(ids, torch.ones_like(ids)), timeout_s=120, dealer=dealer,
                                       cost_only=dealer == "local")
     assert client["tokens"][0] == ref.tolist()
+    if dealer == "ttp":  # the dealer's own peak memory, asked before it leaves (a torch process: > 100 MB)
+        assert 100 < client["dealer_peak_rss_mb"] < 1 << 20
+    else:
+        assert "dealer_peak_rss_mb" not in client
     off = client["phases"]["offline"]
     n_mats = sum(1 for v in fold_weights(models.spec_from_hf(model)).values() if v.dim() == 2)  # q|k|v, gate|up fused
     assert off["prefill"]["tuples"]["fixed"][0] == n_mats
     assert off["decode"]["tuples"]["fixed"][0] == n_mats * (n - 1)
+
+
+@pytest.mark.parametrize("release", [True, False])
+def test_setup_holds_one_share_and_one_opening_per_weight(stories_dir, release):
+    """After setup each party holds, per weight element, its share of W and the opened W - B
+    (16 bytes), the tied output layer as the embedding's own storage, and — with
+    ``release_weights``, as ``pmpc run`` builds it — no float copy of any weight matrix: the
+    server's plaintext model (as loaded or folded) does not outlive the sharing. The control
+    (nothing released) shows the search finds the server's weights."""
+    for r in parties.run_local(functools.partial(fixed_operand_jobs.held_after_setup, release), timeout_s=120,
+                               dealer="ttp"):
+        assert r["tied"]
+        assert r["fixed_bytes"] == 16 * r["unique_elements"]
+        # the norms' and biases' shares are the rest: a few percent on this small model
+        assert r["fixed_bytes"] <= r["engine_bytes"] <= 1.05 * r["fixed_bytes"]
+        if release:
+            assert r["plain_weights"] == 0
+            assert r["spec_bytes"] <= 4 * 64  # zero-stride placeholders (a float each)
+    server = r
+    if not release:
+        assert server["plain_weights"] > 0

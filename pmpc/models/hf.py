@@ -66,7 +66,12 @@ def _spec_llama(model, name):
         pos="rope", causal=True, post_norm=False, max_positions=cfg.max_position_embeddings,
         weights=W, inv_freq=rot.inv_freq.detach().float().clone(),
         rope_scaling=float(getattr(rot, "attention_scaling", 1.0)),
-        eos_token_id=_eos(cfg))
+        eos_token_id=_eos(cfg), tied=_tied(model))
+
+
+def _tied(model) -> bool:
+    """The output layer is the input embedding itself (one parameter; a public fact of the config)."""
+    return model.get_output_embeddings().weight is model.get_input_embeddings().weight
 
 
 def _eos(cfg):
@@ -98,7 +103,7 @@ def _spec_gpt2(model, name):
         name=name, arch="gpt2", vocab=cfg.vocab_size, hidden=H, n_layers=cfg.n_layer, n_heads=cfg.n_head,
         n_kv_heads=cfg.n_head, head_dim=H // cfg.n_head, intermediate=cfg.n_inner or 4 * H, norm="layer",
         norm_eps=cfg.layer_norm_epsilon, act=act, gated=False, pos="learned", causal=True, post_norm=False,
-        max_positions=cfg.n_positions, weights=W, eos_token_id=_eos(cfg))
+        max_positions=cfg.n_positions, weights=W, eos_token_id=_eos(cfg), tied=_tied(model))
 
 
 def _spec_bert(model, name):

@@ -301,5 +301,6 @@ def load_shapes(name: str, allow_pickle: bool = False) -> ModelSpec:
     if hasattr(getattr(model, "model", None), "rotary_emb"):  # public RoPE tables, computed on CPU
         model.model.rotary_emb = type(model.model.rotary_emb)(config=cfg)
     spec = spec_from_hf(model, name)
-    spec.weights = {k: torch.zeros(v.shape) for k, v in spec.weights.items()}
+    zero = torch.zeros(())
+    spec.weights = {k: zero.expand(v.shape) for k, v in spec.weights.items()}  # zero-stride: no memory
     return spec

@@ -39,6 +39,7 @@ class ModelSpec:
     inv_freq: torch.Tensor | None = None
     rope_scaling: float = 1.0
     eos_token_id: int | None = None
+    tied: bool = False            # lm_head.w is embed.tok transposed (tied input and output embeddings)
 
     def w(self, name: str):
         return self.weights.get(name)

@@ -18,6 +18,9 @@ from pmpc.mpc import concurrent, fixed_operand, gates  # noqa: E402
 from pmpc.ops import ACT_BOUND, BITS_SCALE_FRAC, WEIGHT_EXTRA_BITS, Ops, _check_room, _round_coef
 
 
+SHARE_ELEMENTS = 1 << 22  # ring elements secret-shared at once (bounds the transient memory of sharing)
+
+
 class CrypTenOps(Ops):
     """Secret-shared values: every op below is the real 2-party protocol."""
 
@@ -29,7 +32,15 @@ class CrypTenOps(Ops):
         self.fxp_bits = crypten.cfg.encoder.precision_bits
 
     def share(self, t, src=0):
-        return self.crypten.cryptensor(t.float(), src=src)
+        if t.dim() < 2 or t.numel() <= SHARE_ELEMENTS:
+            return self.crypten.cryptensor(t.float(), src=src)
+        # a large matrix (a private model's embedding table) a block of rows at a time, into one
+        # share: encoding and zero-sharing it whole would hold ~4 more copies of it at once
+        step = max(1, SHARE_ELEMENTS // t[0].numel())
+        share = torch.empty(t.shape, dtype=torch.long)
+        for i in range(0, t.shape[0], step):
+            share[i:i + step] = self.crypten.cryptensor(t[i:i + step].float(), src=src)._tensor.share
+        return MPCTensor.from_shares(share, precision=self.fxp_bits)
 
     def reveal(self, x, dst=None):
         return x.get_plain_text(dst=dst)

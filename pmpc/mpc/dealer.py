@@ -44,6 +44,7 @@ import dataclasses
 import functools
 import hashlib
 import math
+import resource
 import threading
 import time
 
@@ -382,9 +383,10 @@ def _deal_ttp_batch(base, keys) -> list:
 # -- the dealer's wire protocol (party 0 <-> dealer; JSON frames of pmpc.mpc.wire) -------------------
 # party 0 -> dealer: {"op": "batch", "requests": [[fn, args, kwargs], ...]} | {"op": "tuple",
 #   "function": fn, "args": [...], "kwargs": {...}} | {"op": "fixed_mask", "id": weight id,
-#   "shape": [rows, cols]} | {"op": "keepalive"} | {"op": "release"} | {"op": "terminate"};
-#   dealer -> party 0: {"shapes": [shape, ...]} | {"shape": shape} | {"id": weight id}, then
-#   (not after a mask) the tuple data itself as one int64 tensor (a broadcast in the dealer-party 0 group).
+#   "shape": [rows, cols]} | {"op": "keepalive"} | {"op": "peak"} | {"op": "release"} | {"op": "terminate"};
+#   dealer -> party 0: {"shapes": [shape, ...]} | {"shape": shape} | {"id": weight id} | {"peak_rss_mb":
+#   MB}, then (not after a mask or a peak) the tuple data itself as one int64 tensor (a broadcast in
+#   the dealer-party 0 group).
 OPS = ("mul", "matmul", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d")  # torch ops a triple may use
 MAX_ELEMENTS = 1 << 28  # ring elements in one request or batch (2 GiB of int64): the dealer's allocation bound
 
@@ -472,7 +474,7 @@ def _check_request(r) -> int:
 def _check_message(m) -> None:
     wire.is_dict(m, {"op"}, "dealer request", optional={"requests", "function", "args", "kwargs", "id", "shape"})
     op = m["op"]
-    if op in ("keepalive", "release", "terminate"):
+    if op in ("keepalive", "peak", "release", "terminate"):
         wire.is_dict(m, {"op"}, op)
     elif op == "fixed_mask":  # a weight's mask for the session (pmpc.mpc.fixed_operand)
         from pmpc.mpc import fixed_operand
@@ -592,6 +594,26 @@ def _send(c, op: str) -> None:
     wire.send("dealer request", {"op": op}, c.get_ttp_rank(), TTPClient.get().ttp_group)
 
 
+def peak_rss_mb() -> float:
+    """Party 0 asks the dealer for its peak resident memory so far (MB): reported beside the
+    parties' own."""
+    from crypten.mpc.provider.ttp_provider import TTPClient
+
+    from pmpc.mpc.crypten_compat import comm
+
+    c = comm.get()
+    c.settle()  # answers still owed come first on the link
+    _send(c, "peak")
+    m = wire.recv("dealer reply", c.get_ttp_rank(), TTPClient.get().ttp_group, check=_check_peak)
+    return float(m["peak_rss_mb"])
+
+
+def _check_peak(m) -> None:
+    wire.is_dict(m, {"peak_rss_mb"}, "dealer reply")
+    if not isinstance(m["peak_rss_mb"], (int, float)) or not 0 <= m["peak_rss_mb"] < 1 << 40:
+        raise ValueError("the dealer's peak memory is not a number of MB")
+
+
 def keepalive(c=None) -> None:
     """Party 0 tells the dealer it is still busy (the dealer's waits are bounded). ``c``: the
     real communicator (during a solo dry run ``comm.get()`` is a stand-in that sends nothing)."""
@@ -693,6 +715,10 @@ def serve(fault=None) -> dict:
             stats["ended_by"] = op
             return stats
         if op == "keepalive":
+            continue
+        if op == "peak":
+            wire.send("dealer reply", {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+                      0, d.ttp_group)
             continue
         t0 = time.perf_counter()
         if op == "fixed_mask":

@@ -52,22 +52,30 @@ ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._
 MAX_ID = 96                    # characters of a weight id
 MAX_MASKS = 1 << 14            # masks one dealer session holds
 MAX_MASK_ELEMENTS = 1 << 29    # ring elements of all masks one dealer session holds (4 GiB)
-OPEN_ELEMENTS = 1 << 24        # ring elements opened in one round at setup (bounds the transient memory)
+OPEN_ELEMENTS = 1 << 22        # ring elements opened in one round at setup (bounds the transient memory)
 
 
 class FixedOperand:
     """A private weight ready for fixed-operand products: its shares ``w`` (a CrypTensor), the
-    public opening ``d`` = W - B (ring integers on W's scale) and the id of B at the dealer."""
+    public opening ``d`` = W - B (ring integers on W's scale) and the id of B at the dealer.
+    ``transposed``: the operand is W's transpose, read from the same shares and opening (a tied
+    output layer is the embedding table transposed: held once, one mask B, opened once)."""
 
-    def __init__(self, wid: str, w, d: torch.Tensor):
-        self.wid, self.w, self.d = wid, w, d
+    def __init__(self, wid: str, w, d: torch.Tensor, transposed: bool = False):
+        self.wid, self.w, self.d, self.transposed = wid, w, d, transposed
 
     @property
     def shape(self):
-        return self.w.shape
+        return torch.Size(reversed(self.w.shape)) if self.transposed else self.w.shape
 
     def size(self):
-        return self.w.size()
+        return self.shape
+
+    def t(self) -> "FixedOperand":
+        # the dealer tells W from its transpose by the shape a triple names: a square one could be either
+        if self.w.shape[0] == self.w.shape[1]:
+            raise ValueError("a square fixed operand is not used transposed (its triples would be ambiguous)")
+        return FixedOperand(self.wid, self.w, self.d, not self.transposed)
 
 
 # -- the two parties ----------------------------------------------------------------------------
@@ -110,18 +118,21 @@ def prepare(W: dict, names) -> dict:
                                      torch.zeros((), dtype=torch.long).expand(W[name].shape))
         return out
     provider = cc.crypten.mpc.get_default_provider()  # the same provider, its tuples counted
-    while names:
+    blocks = []  # row blocks of the masked weights, each opened in place: D takes the mask's memory
+    for name in names:
+        wid = weight_id(serial, name)
+        d = provider.fixed_operand_mask(wid, W[name].size()).share  # this party's share of B: drawn fresh
+        d.neg_().add_(W[name]._tensor.share)                        # its share of W - B, in place
+        out[name] = FixedOperand(wid, W[name], d)
+        step = max(1, OPEN_ELEMENTS // max(1, d[0].numel()))
+        blocks += [d[i:i + step] for i in range(0, d.shape[0], step)]
+    while blocks:  # rounds of at most OPEN_ELEMENTS ring elements (a whole matrix when it fits)
         group, n = [], 0
-        while names and (not group or n + W[names[0]].numel() <= OPEN_ELEMENTS):
-            group.append(names.pop(0))
-            n += W[group[-1]].numel()
-        wids = [weight_id(serial, name) for name in group]
-        masked = [W[name]._tensor.share - provider.fixed_operand_mask(wid, W[name].size()).share
-                  for name, wid in zip(group, wids)]
-        opened = ArithmeticSharedTensor.reveal_batch(
-            [ArithmeticSharedTensor.from_shares(m, precision=0) for m in masked])
-        for name, wid, d in zip(group, wids, opened):
-            out[name] = FixedOperand(wid, W[name], d)
+        while blocks and (not group or n + blocks[0].numel() <= OPEN_ELEMENTS):
+            group.append(blocks.pop(0))
+            n += group[-1].numel()
+        for view, opened in zip(group, cc.comm.get().all_reduce(group, batched=True)):
+            view.copy_(opened)
     return out
 
 
@@ -131,7 +142,7 @@ def matmul(x, f: FixedOperand):
     provider = cc.crypten.mpc.get_default_provider()
     a, c = getattr(provider, KIND)(f.wid, x.size(), f.size())
     e = cc.comm.get().all_reduce(x._tensor.share - a.share)  # the activations' opening: one round
-    z = c.share + e.matmul(f.w._tensor.share) + a.share.matmul(f.d)
+    z = c.share + _mm(e, f.w._tensor.share, f.transposed) + _mm(a.share, f.d, f.transposed)
     PRIMITIVES.add("products", z.numel())
     fb = cc.crypten.cfg.encoder.precision_bits
     out = ArithmeticSharedTensor.from_shares(z, precision=0)
@@ -139,6 +150,19 @@ def matmul(x, f: FixedOperand):
     if shift > 0:
         out.div_(2 ** shift)  # the one truncation (crypten_compat's exact 2-party division)
     return cc.MPCTensor.from_shares(out.share, precision=fb)
+
+
+def _mm(a: torch.Tensor, m: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """a @ m, or a @ m.T with ``transposed``: computed as m @ a.T, reading m's rows in order (an
+    int64 product that walks a transposed view column by column is ~10x slower)."""
+    if not transposed:
+        return a.matmul(m)
+    rows = a.reshape(-1, a.shape[-1])
+    if rows.shape[0] == 1:  # a decoded token: one matrix-vector product
+        out = torch.mv(m, rows[0])[None]
+    else:
+        out = m.matmul(rows.t().contiguous()).t()
+    return out.reshape(*a.shape[:-1], m.shape[0])
 
 
 def out_size(size_x, size_w) -> list:
@@ -168,18 +192,22 @@ def _tfp_mask(self, wid, size, device=None):
 def _tfp_triple(self, wid, size_x, size_w, device=None):
     if cc.comm.get().get_rank() != 0:
         return _arith(None, tuple(size_x)), _arith(None, tuple(out_size(size_x, size_w)))
-    b = _mask_for(_TFP_MASKS, wid, size_w)
+    b, transposed = _mask_for(_TFP_MASKS, wid, size_w)
     a = cc.ring_random(tuple(size_x))
-    return _arith(a, None), _arith(a.matmul(b), None)
+    return _arith(a, None), _arith(_mm(a, b, transposed), None)
 
 
-def _mask_for(masks: dict, wid, size_w) -> torch.Tensor:
+def _mask_for(masks: dict, wid, size_w) -> tuple:
+    """The session's mask ``wid`` and whether the product reads it transposed: the shape of the
+    operand the triple names says which (a square operand is never transposed)."""
     b = masks.get(wid)
     if b is None:
         raise ValueError(f"no mask {wid[:40]!r} in this session")
-    if list(b.shape) != list(size_w):
-        raise ValueError(f"mask {wid[:40]!r} is {list(b.shape)}, not {list(size_w)}")
-    return b
+    if list(b.shape) == list(size_w):
+        return b, False
+    if list(b.shape[::-1]) == list(size_w):
+        return b, True
+    raise ValueError(f"mask {wid[:40]!r} is {list(b.shape)}, not {list(size_w)} nor its transpose")
 
 
 # ``ttp``: the parties' side -----------------------------------------------------------------------
@@ -230,9 +258,9 @@ def _dealer_mask(self, wid, size):
 
 def _dealer_triple(self, wid, size_x, size_w):
     """Party 0's correction term of C = A @ B: A fresh (both parties' draws), B the session's."""
-    b = _mask_for(self.__dict__.get("fixed_masks", {}), wid, size_w)
+    b, transposed = _mask_for(self.__dict__.get("fixed_masks", {}), wid, size_w)
     a = self._get_additive_PRSS(list(size_x))
-    c = a.matmul(b)
+    c = _mm(a, b, transposed)
     return c - self._get_additive_PRSS(c.size(), remove_rank=True)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 # in a party: the launcher, the CLI and a machine without crypten import this module without it.
 
 import contextlib
+import ctypes
 import dataclasses
 import functools
 import hashlib
@@ -322,7 +323,7 @@ def _query(engine, ops, ids, attn, cfg, rank, gen, phases=None, marks=None, plan
     if watch is not None:
         engine.on_layer = lambda i, n: watch.layer("prefill", i, n)
     try:
-        nxt = step(engine.prefill, ids, attn)
+        nxt = step(functools.partial(engine.prefill, last_only=True), ids, attn)
     finally:
         engine.on_layer = None
     if phases is not None:
@@ -340,6 +341,25 @@ def _query(engine, ops, ids, attn, cfg, rank, gen, phases=None, marks=None, plan
     return steps, tokens
 
 
+MMAP_BYTES = 4 << 20  # a block at least this large gets its own mapping (see _return_freed_memory)
+
+
+def _return_freed_memory(trim: bool = False) -> None:
+    """glibc serves a block below its mmap threshold from the heap, whose freed pages stay
+    resident, and raises that threshold (up to 32 MB) each time a larger block is freed: after
+    the first large tensor, every weight-sized transient of the setup and the prefill would stay
+    in the process's resident set once freed. A fixed threshold keeps each tensor of MMAP_BYTES
+    or more in a mapping of its own, returned to the system when freed (a decoded token's tensors
+    are far smaller: no cost there); ``trim`` also hands back the heap's free pages now."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: its allocator behaves otherwise
+        return
+    libc.mallopt(-3, MMAP_BYTES)  # M_MMAP_THRESHOLD
+    if trim:
+        libc.malloc_trim(0)
+
+
 def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput | None = None):
     """Runs inside one party process (after ``crypten.init``).
 
@@ -353,6 +373,7 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
     from pmpc.mpc.crypten_ops import CrypTenOps
 
     fault = functools.partial(parties.fault_point, rank)
+    _return_freed_memory()
     mode = "ttp" if crypten.mpc.ttp_required() else "local"
     to_dealer = mode == "ttp" and rank == CLIENT
     t_start = time.perf_counter()
@@ -369,7 +390,9 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
     tracker = _DealerKeepAliveTracker(cost.crypten_stats, timeout_s / 4,
                                       (lambda: dealer.keepalive(real)) if to_dealer and cfg.preprocess else None)
     ops = CrypTenOps(tracker)
-    engine = Engine(spec, cfg.protocol, ops, weights=cfg.weights)
+    _return_freed_memory(trim=True)  # what loading the model freed
+    engine = Engine(spec, cfg.protocol, ops, weights=cfg.weights, release_weights=True,
+                    on_shared=lambda: _return_freed_memory(trim=True))  # each part's float copies
     t_setup = time.perf_counter() - t_start
     gen = torch.Generator().manual_seed(cfg.seed)
     phases: dict = {}
@@ -384,6 +407,9 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
                             getattr(inp, "watch", None) if rank == CLIENT else None, fault)
     out = {"rank": rank, "dealer": mode, "preprocess": cfg.preprocess, "setup_seconds": t_setup,
            "phases": phases, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if to_dealer:
+        with parties.talking_to(world_size):
+            out["dealer_peak_rss_mb"] = phases.pop("dealer_peak_rss_mb", None) or dealer.peak_rss_mb()
     if rank == CLIENT:
         out["tokens"] = torch.stack(tokens, 1).tolist()
         out["logits"] = torch.stack(steps, 1).numpy()  # [B, steps, V]
@@ -414,7 +440,7 @@ def _plan(cfg: GenConfig, spec, engine, ops, attn, rank: int, gen, phases: dict,
             dry = engine
             if cfg.weights == "private":  # the dry run never touches the real weights
                 dry = Engine(models.load_shapes(cfg.model, allow_pickle=cfg.allow_pickle), cfg.protocol, ops,
-                             weights="private")
+                             weights="private", release_weights=True)
             _query(dry, ops, torch.zeros_like(attn), attn, cfg, rank, gen, marks=marks,
                    plan_of=lambda: rec.requests)
         plan = dealer.Plan(rec.requests, marks)
@@ -440,6 +466,7 @@ def _offline(plan, mode: str, world_size: int, to_dealer: bool, phases: dict, fa
     c0 = _counters()
     if to_dealer:
         with parties.talking_to(world_size):
+            phases["dealer_peak_rss_mb"] = dealer.peak_rss_mb()  # it leaves now: its peak is reached
             dealer.release()
     _comm().barrier()  # the online phase starts together at both parties
     offline["release"] = _since(c0)
@@ -552,7 +579,8 @@ def summary(cfg: GenConfig, spec, dealer: str, client: dict, server: dict, fid: 
         "offline": _offline_summary(client, n_dec),
         "plan": None if plan is None else {k: plan[k] for k in ("cached",) + _KEYS},
         "setup_seconds": {"client": client["setup_seconds"], "server": server["setup_seconds"]},
-        "peak_rss_mb": {"client": client["peak_rss_mb"], "server": server["peak_rss_mb"]},
+        "peak_rss_mb": {"client": client["peak_rss_mb"], "server": server["peak_rss_mb"],
+                        "dealer": client.get("dealer_peak_rss_mb")},  # the ttp dealer's process
         "scopes": {"client": {"prefill": pre["scopes"], "decode": dec["scopes"]},
                    "server": {"prefill": server["phases"]["prefill"]["scopes"],
                               "decode": server["phases"]["decode"]["scopes"]}},
@@ -572,7 +600,8 @@ def format_summary(r: dict) -> str:
         f"dealt beside it {dec['dealer_bytes'] / 1e6:.1f} MB/token",
         "modelled per token: " + ", ".join(
             f"{n} {l.time(dec['rounds'], dec['bytes'], dec['seconds']):.2f} s" for n, l in LINKS.items()),
-        f"peak RSS: client {r['peak_rss_mb']['client']:.0f} MB, server {r['peak_rss_mb']['server']:.0f} MB",
+        f"peak RSS: client {r['peak_rss_mb']['client']:.0f} MB, server {r['peak_rss_mb']['server']:.0f} MB"
+        + (f", dealer {r['peak_rss_mb']['dealer']:.0f} MB" if r["peak_rss_mb"].get("dealer") else ""),
         f"dealer: {r['config']['dealer']} — {r['config']['dealer_trust']}",
     ]
     off = r.get("offline")
