@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eval.perf import ablate
+from eval.perf import ablate, bench
 from pmpc import models
 from pmpc.engine import Engine
 from pmpc.ops import TorchOps
@@ -55,3 +55,6 @@ def test_misses_lists_each_disagreement_with_its_margin():
     got = torch.tensor([[[3.0, 1.0, 0.0], [0.0, 1.0, 1.5]]], dtype=torch.float64)
     assert ablate.misses(ref, got) == [{"window": 0, "position": 1, "ref_top1": 1, "got_top1": 2, "ref_margin": 0.5}]
     assert ablate.misses(ref, ref) == []
+    # the bench reports the same list beside its top-1
+    f = bench.fidelity(ref.numpy(), got.numpy(), is_lm=True)
+    assert f["top1"] == 0.5 and f["misses"] == ablate.misses(ref, got)

@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from eval.perf.bench import windows
+from eval.perf.bench import margins, misses, windows
 from pmpc import models
 from pmpc.engine import Engine, compare_logits
 from pmpc.ops import TorchOps
@@ -61,18 +61,6 @@ def swapped(name: str, swap: str) -> protocols.Protocol:
         setattr(obj, m, f)  # bound methods / plain functions on the instance
     obj.name = f"{name}[{swap}=exact]" if swap != "none" else name
     return obj
-
-
-def margins(ref: torch.Tensor) -> torch.Tensor:
-    top2 = ref.topk(2, dim=-1).values
-    return top2[..., 0] - top2[..., 1]
-
-
-def misses(ref: torch.Tensor, got: torch.Tensor) -> list[dict]:
-    bad = (ref.argmax(-1) != got.argmax(-1)).nonzero().tolist()
-    m = margins(ref)
-    return [{"window": w, "position": t, "ref_top1": int(ref[w, t].argmax()), "got_top1": int(got[w, t].argmax()),
-             "ref_margin": float(m[w, t])} for w, t in bad]
 
 
 def run(protocol: str, n_windows: int, tokens: int = 16, fxp: int | None = None, swaps=tuple(SWAPS),
