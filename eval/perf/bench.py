@@ -196,6 +196,21 @@ def _dealer_bytes() -> int:
 
 
 # -- fidelity -----------------------------------------------------------------------------------------
+def margins(ref: torch.Tensor) -> torch.Tensor:
+    """The plaintext model's own top-1 minus top-2 logit at every position: a disagreement where it
+    is a near-tie says little about an approximation, one where it is wide says much."""
+    top2 = ref.topk(2, dim=-1).values
+    return top2[..., 0] - top2[..., 1]
+
+
+def misses(ref: torch.Tensor, got: torch.Tensor) -> list[dict]:
+    """Every (window, position) whose top-1 differs from the plaintext model's, with its margin."""
+    bad = (ref.argmax(-1) != got.argmax(-1)).nonzero().tolist()
+    m = margins(ref)
+    return [{"window": w, "position": t, "ref_top1": int(ref[w, t].argmax()), "got_top1": int(got[w, t].argmax()),
+             "ref_margin": float(m[w, t])} for w, t in bad]
+
+
 def fidelity(ref: np.ndarray, got: np.ndarray, is_lm: bool) -> dict:
     ref_t, got_t = torch.as_tensor(ref, dtype=torch.float64), torch.as_tensor(got, dtype=torch.float64)
     rel = float((got_t - ref_t).norm() / ref_t.norm())
@@ -203,6 +218,7 @@ def fidelity(ref: np.ndarray, got: np.ndarray, is_lm: bool) -> dict:
     if is_lm:
         c = compare_logits(ref_t, got_t)
         out["top1"], out["mean_kl"] = c["top1"], c["mean_kl"]
+        out["misses"] = misses(ref_t, got_t)
     else:
         out["top1"] = out["mean_kl"] = None
         cos = torch.nn.functional.cosine_similarity(ref_t, got_t, dim=-1)
