@@ -29,9 +29,12 @@ POOL, READINGS = DIR / "pool.jsonl", DIR / "readings.txt"
 SEED, TARGET = 0, 2000
 # committed verdict files whose per-prompt outputs are candidates too (cell = 'MODEL CONDITION[ (note)]')
 VERDICT_FILES = ("results/remeasure/grid.jsonl",)
-# sources added for the second labelling round: a pair they share with an earlier source stays the
-# earlier source's record (so no record read in round 1 changes its condition, id or split)
-LATER_SOURCES = ("results/cpu-label-gen2/", "results/remeasure/")
+# sources added by later labelling rounds (round 2, round 3): a pair they share with an earlier
+# round's source stays that source's record (so no record read in an earlier round changes its
+# condition, id or split)
+LATER_SOURCES = (("results/cpu-label-gen2/", "results/remeasure/"), ("results/cpu-label-gen3/",))
+# a model folder may name the sampling it was generated with: <alias>-t<temperature>-s<seed>
+SAMPLED = re.compile(r"t[0-9.]+-s[0-9]+")
 
 # the family a duplicate is kept under, first wins: the rarer conditions first
 KEEP_ORDER = ("secure", "protocol", "table2", "noise", "clean")
@@ -58,7 +61,8 @@ def model_of(path: pathlib.Path) -> str:
     """The model is named by the first folder that starts with an alias (longest alias first)."""
     for part in reversed(path.relative_to(ROOT).parts[:-1]):
         for m in sorted(MODELS, key=len, reverse=True):
-            if part == m or part.startswith(m + "-") and part[len(m) + 1:] in ("bolt", "bumblebee"):
+            tail = part[len(m) + 1:] if part.startswith(m + "-") else None
+            if part == m or tail in ("bolt", "bumblebee") or tail is not None and SAMPLED.fullmatch(tail):
                 return m
     if path.parent == ROOT / "results" / "cpu-secure-asr":    # its top level is smollm2-safe (README)
         return "smollm2-safe"
@@ -100,16 +104,21 @@ def candidates() -> list[dict]:
     return out
 
 
+def source_round(source: str) -> int:
+    """1 for a first-round source, else the later round whose folders hold it."""
+    return next((k for k, dirs in enumerate(LATER_SOURCES, 2) if source.startswith(dirs)), 1)
+
+
 def stratum(r: dict) -> tuple:
     return r["model"], labelset.family(r["condition"]), r["kind"]
 
 
 def pool() -> list[dict]:
-    """Dedup by (prompt, output), keeping a round-1 source's record, then the rarest condition
-    family; shuffle each stratum with
+    """Dedup by (prompt, output), keeping the earliest round's source's record, then the rarest
+    condition family; shuffle each stratum with
     its own seeded generator; then deal round-robin over the strata (rank 0 of every stratum,
     rank 1, ...). The labelled set is the first TARGET records of this order that were read."""
-    cands = sorted(candidates(), key=lambda r: (r["source"].startswith(LATER_SOURCES),
+    cands = sorted(candidates(), key=lambda r: (source_round(r["source"]),
                                                KEEP_ORDER.index(labelset.family(r["condition"])),
                                                MODELS.index(r["model"]), r["source"]))
     seen, by = set(), collections.defaultdict(list)

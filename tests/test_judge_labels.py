@@ -8,6 +8,8 @@ import pytest
 from eval import labelset
 from pmpc.errors import UserError
 
+ROUND3 = "results/cpu-label-gen3/"
+
 
 @pytest.fixture(scope="module")
 def recs():
@@ -29,8 +31,10 @@ def test_split_disjoint_by_prompt(recs):
     dev = {r["prompt_sha256"] for r in recs if r["split"] == "dev"}
     test = {r["prompt_sha256"] for r in recs if r["split"] == "test"}
     assert dev and test and not dev & test
-    n_dev = sum(r["split"] == "dev" for r in recs)
-    assert 0.4 <= n_dev / len(recs) <= 0.6
+    # the first two rounds balance the parts; the third grows the dev part only (below)
+    early = [r for r in recs if not r["source"].startswith(ROUND3)]
+    n_dev = sum(r["split"] == "dev" for r in early)
+    assert 0.4 <= n_dev / len(early) <= 0.6
     # each label in both parts, except refuse_then_comply: its few outputs answer one prompt
     # (LABELING.md), and a prompt lives in one part only
     for lab in set(labelset.LABELS) - {"refuse_then_comply"}:
@@ -93,3 +97,15 @@ def test_test_part_can_measure_a_judge(recs):
     assert len(jb) >= 50 and len({r["prompt_sha256"] for r in jb}) >= 40, (len(jb),)
     later = [r for r in recs if r["source"].startswith(("results/cpu-label-gen2/", "results/remeasure/"))]
     assert len(later) >= 150 and sum(r["harmful"] is True for r in later) >= 60
+
+
+def test_third_round_grows_only_the_dev_part(recs):
+    """The third round's outputs answer prompts that were already in the dev part: every one of
+    them is dev, the test part holds exactly the records it held before, and the round adds
+    harmful compliance to dev (its purpose)."""
+    new = [r for r in recs if r["source"].startswith(ROUND3)]
+    assert len(new) >= 300
+    assert {r["split"] for r in new} == {"dev"}
+    old_dev = {r["prompt_sha256"] for r in recs if r["split"] == "dev" and not r["source"].startswith(ROUND3)}
+    assert {r["prompt_sha256"] for r in new} <= old_dev       # no prompt new to the set
+    assert sum(r["harmful"] is True and not r["unsure"] for r in new) >= 40
