@@ -691,14 +691,15 @@ def lane_ltz(x: "MPCTensor", lane: int, drop: int) -> "MPCTensor":
 
     The tree runs on bit planes (bit j of every value, 64 values to a word): a level combines
     the planes pairwise, (G, P) = (g_hi ^ p_hi g_lo, p_hi p_lo), so each AND opens exactly the
-    bits it needs — L - 1 planes at the first level, then 29, 15, 7, 3, 1 planes' worth for a
-    32-bit lane — and p_hi, needed by both products of a pair, is opened once (one broadcast
-    AND). A 32-bit comparison opens ~150 bits each way (a word-packed tree of shifted words
-    opened ~640) in the same rounds: 7 for 32 bits, 6 for 16, 5 for 8.
+    bits it needs — 15, 8, 4, 2, 1 pairs after the first level for a 32-bit lane — and p_hi,
+    needed by both products of a pair, is opened once (one broadcast AND). A 32-bit comparison
+    opens ~120 bits each way (a word-packed tree of shifted words opened ~640) in the same
+    rounds: 7 for 32 bits, 6 for 16, 5 for 8.
 
     Party i's own bits are a valid XOR sharing (itself, and 0 at the other party) of its addend:
-    the generate bits g = a & b are one Beaver AND of the two, the propagate bits p = a ^ b are
-    local (each party's share is its own plane)."""
+    the generate bits g = a & b are one cross-word product of the two
+    (:func:`pmpc.mpc.gates.cross_and_words`: one word each way per plane word), the propagate
+    bits p = a ^ b are local (each party's share is its own plane)."""
     from crypten.mpc.primitives.binary import BinarySharedTensor
 
     from pmpc.mpc import gates
