@@ -754,6 +754,29 @@ def _and_many(pairs: list) -> list:
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def _prefix_plan(positions: tuple) -> tuple:
+    """For :func:`ring_bits`: the planes whose generate bit the first AND computes, and per
+    Kogge-Stone level d the nodes whose G (and P) it updates — pruned backwards from the carries
+    into ``positions`` (a pure function of the positions: computed once per set)."""
+    outs = sorted({p - 1 for p in positions if p >= 1})
+    levels, d = [], 1
+    while outs and d <= outs[-1]:
+        levels.append(d)
+        d *= 2
+    need_g, need_p, plan = set(outs), set(), []
+    for d in reversed(levels):
+        upd_g = sorted(i for i in need_g if i >= d)
+        upd_p = sorted(i for i in need_p if i >= d)
+        both, only_g = [i for i in upd_g if i in upd_p], [i for i in upd_g if i not in upd_p]
+        only_p = [i for i in upd_p if i not in upd_g]
+        plan.append((d, *(torch.tensor(v, dtype=torch.long) for v in (both, only_g, only_p))))
+        need_g = need_g | {i - d for i in upd_g}
+        need_p = need_p | set(upd_g) | {i - d for i in upd_p}
+    plan.reverse()
+    return sorted(need_g), plan
+
+
 def ring_bits(x: "MPCTensor", positions) -> "BinarySharedTensor":
     """Bits ``positions`` of the ring encoding of a secret value as XOR shares, 0/1 in bit 0,
     stacked [len(positions), *shape]: the A2B conversion restricted to what the caller reads.
@@ -773,52 +796,29 @@ def ring_bits(x: "MPCTensor", positions) -> "BinarySharedTensor":
     n = share.numel()
     positions = list(positions)
     planes = _bit_planes(share.reshape(-1), 64)             # [64, W] this party's own bits
-    outs = sorted({p - 1 for p in positions if p >= 1})
-    levels, d = [], 1
-    while outs and d <= outs[-1]:
-        levels.append(d)
-        d *= 2
-    # backwards: which nodes' G and P each level must produce
-    need_g, need_p, plan = set(outs), set(), []
-    for d in reversed(levels):
-        upd_g = sorted(i for i in need_g if i >= d)
-        upd_p = sorted(i for i in need_p if i >= d)
-        plan.append((d, upd_g, upd_p))
-        need_g = need_g | {i - d for i in upd_g}
-        need_p = need_p | set(upd_g) | {i - d for i in upd_p}
-    plan.reverse()
-    low = sorted(need_g)
-    G = dict(zip(low, gates.cross_and_words(planes[low]))) if low else {}  # round 1: a & b, one word each way
-    P = {i: planes[i] for i in range(64)}                     # a ^ b: each party's own bits
-    for d, upd_g, upd_p in plan:
-        both = [i for i in upd_g if i in set(upd_p)]
-        only_g = [i for i in upd_g if i not in set(upd_p)]
-        only_p = [i for i in upd_p if i not in set(upd_g)]
+    low, plan = _prefix_plan(tuple(positions))
+    G = torch.zeros_like(planes)                               # generate of each node's span
+    if low:
+        G[low] = gates.cross_and_words(planes[low])            # round 1: a & b, one word each way
+    P = planes.clone()                                         # propagate: a ^ b, each party's own bits
+    for d, both, only_g, only_p in plan:                       # one round a level
         pairs = []
-        if both:
-            pairs.append((torch.stack([P[i] for i in both]).unsqueeze(0),
-                          torch.stack([torch.stack([G[i - d] for i in both]), torch.stack([P[i - d] for i in both])])))
-        if only_g:
-            pairs.append((torch.stack([P[i] for i in only_g]), torch.stack([G[i - d] for i in only_g])))
-        if only_p:
-            pairs.append((torch.stack([P[i] for i in only_p]), torch.stack([P[i - d] for i in only_p])))
-        res = _and_many(pairs)
-        newG, newP = {}, {}
-        k = 0
-        if both:
-            for j, i in enumerate(both):
-                newG[i], newP[i] = G[i] ^ res[0][0, j], res[0][1, j]
-            k = 1
-        if only_g:
-            for j, i in enumerate(only_g):
-                newG[i] = G[i] ^ res[k][j]
-            k += 1
-        if only_p:
-            for j, i in enumerate(only_p):
-                newP[i] = res[k][j]
-        G.update(newG)
-        P.update(newP)
-    words = torch.stack([planes[p] ^ G[p - 1] if p >= 1 else planes[p] for p in positions])  # [k, W]
+        if both.numel():
+            pairs.append((P[both].unsqueeze(0), torch.stack([G[both - d], P[both - d]])))
+        if only_g.numel():
+            pairs.append((P[only_g], G[only_g - d]))
+        if only_p.numel():
+            pairs.append((P[only_p], P[only_p - d]))
+        res = iter(_and_many(pairs))
+        if both.numel():
+            r = next(res)
+            G[both] ^= r[0]
+            P[both] = r[1]
+        if only_g.numel():
+            G[only_g] ^= next(res)
+        if only_p.numel():
+            P[only_p] = next(res)
+    words = torch.stack([planes[p] ^ G[p - 1] if p >= 1 else planes[p] for p in positions])  # [k, W]: a ^ b ^ carry
     bits = ((words.unsqueeze(-1) >> _SHIFTS64) & 1).reshape(len(positions), -1)[:, :n]
     PRIMITIVES.add("comparisons.64", n)
     return BinarySharedTensor.from_shares(bits.reshape(len(positions), *shape))
@@ -836,14 +836,15 @@ def lane_ltz(x: "MPCTensor", lane: int, drop: int) -> "MPCTensor":
 
     The tree runs on bit planes (bit j of every value, 64 values to a word): a level combines
     the planes pairwise, (G, P) = (g_hi ^ p_hi g_lo, p_hi p_lo), so each AND opens exactly the
-    bits it needs — L - 1 planes at the first level, then 29, 15, 7, 3, 1 planes' worth for a
-    32-bit lane — and p_hi, needed by both products of a pair, is opened once (one broadcast
-    AND). A 32-bit comparison opens ~150 bits each way (a word-packed tree of shifted words
-    opened ~640) in the same rounds: 7 for 32 bits, 6 for 16, 5 for 8.
+    bits it needs — 15, 8, 4, 2, 1 pairs after the first level for a 32-bit lane — and p_hi,
+    needed by both products of a pair, is opened once (one broadcast AND). A 32-bit comparison
+    opens ~120 bits each way (a word-packed tree of shifted words opened ~640) in the same
+    rounds: 7 for 32 bits, 6 for 16, 5 for 8.
 
     Party i's own bits are a valid XOR sharing (itself, and 0 at the other party) of its addend:
-    the generate bits g = a & b are one Beaver AND of the two, the propagate bits p = a ^ b are
-    local (each party's share is its own plane)."""
+    the generate bits g = a & b are one cross-word product of the two
+    (:func:`pmpc.mpc.gates.cross_and_words`: one word each way per plane word), the propagate
+    bits p = a ^ b are local (each party's share is its own plane)."""
     from crypten.mpc.primitives.binary import BinarySharedTensor
 
     from pmpc.mpc import gates

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from pmpc.mpc.crypten_compat import MPCTensor, Ptype, b2a_bits, crypten, lane_ltz, ring_bits, log2_scale as _log2_scale, ring_ints  # crypten_compat first: it shims crypten
+from pmpc.mpc.crypten_compat import MPCTensor, b2a_bits, crypten, lane_ltz, ring_bits, log2_scale as _log2_scale, ring_ints  # crypten_compat first: it shims crypten
 from crypten.encoder import FixedPointEncoder  # noqa: E402,I001
 from crypten.mpc.primitives import beaver  # noqa: E402
 from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor  # noqa: E402
