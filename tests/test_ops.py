@@ -159,6 +159,37 @@ def test_share_level_beaver_equals_crypten_bit_for_bit():
         assert all(out["same"]) and all(out["right"]), out
 
 
+def test_config_view_follows_every_write():
+    """CrypTen's per-operation modules read the configuration through a cached view: a write to a
+    node, a replaced configuration and ``temp_override`` (inside and after) are all seen, and a
+    missing key still raises."""
+    import pytest
+    from omegaconf import OmegaConf
+
+    from pmpc.mpc import crypten_compat as cc  # first: crypten needs its shims
+    import crypten.mpc.primitives.beaver as beaver
+
+    assert beaver.cfg is cc.CFG
+    cfg = cc.crypten.cfg
+    old, saved = cfg.communicator.verbose, cfg.config
+    try:
+        for v in (True, False, True):
+            cfg.communicator.verbose = v
+            assert cc.CFG.communicator.verbose is v
+        with cfg.temp_override({"mpc.protocol": "elsewhere"}):
+            assert cc.CFG.mpc.protocol == "elsewhere"
+        assert cc.CFG.mpc.protocol == "beaver"
+        cfg.set_config(OmegaConf.create({"mpc": {"protocol": "x", "active_security": True}}))
+        assert cc.CFG.mpc.active_security is True and cc.CFG.mpc.protocol == "x"
+        cfg.config = saved
+        assert cc.CFG.mpc.active_security is False
+        with pytest.raises(Exception, match="nonexistent"):
+            cc.CFG.mpc.nonexistent
+    finally:
+        cfg.config = saved
+        cfg.communicator.verbose = old
+
+
 def test_dropout_draws_one_public_mask_from_the_shared_stream():
     """CrypTen's dropout asks torch for uniform floats from a generator both parties share; pmpc's
     generators are AES streams. Each kept value is 1 / (1 - p), each dropped one 0 (a mask that
