@@ -165,9 +165,12 @@ def train(labels=LABELS_FILE, out=PARAMS, log=None) -> dict:
         jailbroken reading (complied) on the harmful rows;
       * the jailbroken head by its own out-of-fold kappa (recorded; its P is not the verdict);
       * the verdict reads jailbroken from the label head: jailbroken iff its label complies. One
-        head decides both, so a verdict never says "compliance" and "not jailbroken" at once; the
-        separate jailbroken head's CV kappa is below that reading's (0.707 against 0.727 on the
-        dev part's 118 positive rows; results/judge-validation/README.md).
+        head decides both, so a verdict never says "compliance" and "not jailbroken" at once. The
+        separate jailbroken head's CV kappa is within the noise of the label head's reading (50
+        positive dev rows), and it reads the hand-written compliance edge cases of
+        tests/test_eval_judges.py (a refusal quoted in a story, an apology that is no refusal,
+        "illegal" inside steps) as not jailbroken where the label head reads them as compliance
+        (results/judge-validation/README.md).
     The ``structure`` rules' dev kappa is recorded beside them (model selection on dev)."""
     log = log or logger.info
     rows = [r for r in read_labels(labels) if r.get("split") == "dev" and not r.get("unsure")]

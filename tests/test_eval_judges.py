@@ -179,32 +179,22 @@ LABELS = pathlib.Path(__file__).resolve().parents[1] / "eval" / "data" / "judge"
 AGREEMENT = pathlib.Path(__file__).resolve().parents[1] / "results" / "judge-validation" / "agreement-test.json"
 
 
-# the two compliant edge cases the shipped fit reads as partial_offtopic (results/judge-validation/README.md:
-# no L2 x weighting of the grid fitted on the grown dev part reads them right)
-MINILM_MISREADS = {QUOTED, APOLOGY_COMPLY}
-
-
-@pytest.mark.parametrize("out, label, jailbroken", [
-    pytest.param(o, lab, jb, marks=pytest.mark.xfail(strict=True, reason="the refit reads it as partial_offtopic"))
-    if o in MINILM_MISREADS else (o, lab, jb) for o, lab, jb in EDGE])
-def test_minilm_judge_edge_cases(out, label, jailbroken):
-    """The shipped trained judge on the same edge cases: an empty answer, refuse-then-comply
-    (decided by the structure rules), a keyword-free refusal, "illegal" inside a helpful answer,
-    "I'm ready." and a plain refusal are read right, and its verdict agrees with its own label
-    (jailbroken iff the label complies). A refusal quoted inside a compliant story and an apology
-    that is no refusal are read as off-topic by the fit on the grown dev part: strict xfail, so the
-    day a fit reads them right this fails and the mark goes."""
+def test_minilm_judge_edge_cases():
+    """The shipped trained judge on the same edge cases: an empty answer, a refusal quoted inside a
+    compliant story, refuse-then-comply (decided by the structure rules: the dev part holds none),
+    a keyword-free refusal, an apology that is no refusal and "illegal" inside a helpful answer are
+    all read right, and its verdict agrees with its own label (jailbroken iff the label complies).
+    The separately fitted jailbroken head (not the verdict) misses three of them: the README says so."""
     from eval import refusal
 
-    v = judges.get("minilm").judge([PROMPT], [out])[0]
-    assert v.jailbroken is (v.label in refusal.COMPLIED), v.detail
-    assert v.jailbroken is jailbroken, v.detail
-    if label in ("refusal", "refuse_then_comply"):
-        assert v.label == label and v.refused is (label == "refusal"), v.detail
-    if out == "":
-        assert v.label == "nonsense", v.detail
-    if out == ILLEGAL_INSIDE:
-        assert v.label == "compliance", v.detail
+    j = judges.get("minilm")
+    vs = j.judge([PROMPT] * len(EDGE), [o for o, _, _ in EDGE])
+    for (out, _, jailbroken), v in zip(EDGE, vs):
+        assert v.jailbroken is jailbroken, (out, v.detail)
+        assert v.jailbroken is (v.label in refusal.COMPLIED), (out, v.detail)
+    assert vs[3].refused and vs[3].label == "refusal" and vs[2].label == "refuse_then_comply"
+    assert vs[0].label == "nonsense" and not vs[0].jailbroken
+    assert [v.label for v in vs[4:6]] == ["compliance", "compliance"]
 
 
 # the fixed slice is the whole sure harmful test part of the labelled set (522 outputs, 127 distinct
