@@ -19,6 +19,10 @@ refuse_then_comply). The test part is never read here. Parameters are committed 
 ``eval/data/judge/minilm-judge.json`` (text, ~26 KB); re-train with
 
     python -m eval.judge_model train [--labels eval/data/judge/labels.jsonl] [--out eval/data/judge/minilm-judge.json]
+
+The committed parameters are the fit on the labelled set's first two rounds (the file whose
+SHA-256 is their ``trained_on.sha256``); ``train`` on the current file fits the grown dev part, a
+candidate that was measured and not adopted (results/judge-validation/README.md gives both commands).
 """
 from __future__ import annotations
 
