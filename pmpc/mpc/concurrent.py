@@ -9,7 +9,8 @@ the same input; a truncation and a table lookup — then cost the SUM of their r
 
 How: each branch runs in its own thread, but never two at once: the coordinator (the calling
 thread) lets them run one after the other, in their given order, each until it asks for an
-opening (CrypTen's ``all_reduce``) or returns. When every live branch waits, their openings go
+opening (CrypTen's ``all_reduce``, or ``all_gather`` for what each party holds apart) or
+returns. When every live branch waits, their openings go
 out as ONE message (one round on the cost counters, bytes as the sum), each branch gets its own
 reply back, and the next phase starts in the same order. So all local work — including every
 draw from the random streams the parties or the dealer share — happens in an order both parties
@@ -95,6 +96,24 @@ def _reduce_op(op):
     return ReduceOp.SUM if op is None else op
 
 
+_GATHER = object()  # the op of a parked ``all_gather``: the reply is both parties' tensors, by rank
+
+
+def _park(br: _Branch, xs: list, op, batched: bool):
+    """Park this branch's opening until the coordinator's merged exchange brings its reply."""
+    br.pending = (xs, op, batched)
+    windows = _close_windows()
+    br.stopped.set()
+    br.go.wait()
+    br.go.clear()
+    _reopen_windows(windows)
+    if br.abort:
+        raise RuntimeError("pmpc: a parallel branch was abandoned (another branch failed)")
+    out = br.reply
+    br.reply = None
+    return out
+
+
 def _all_reduce(comm, original):
     """The communicator's ``all_reduce`` while branches run: inside a branch it parks the opening
     until the coordinator sends every branch's together; elsewhere the original."""
@@ -103,22 +122,26 @@ def _all_reduce(comm, original):
         br = getattr(_TLS, "branch", None)
         if br is None:
             return original(input, op=op, batched=batched)
-        br.pending = (list(input) if batched else [input], _reduce_op(op), batched)
-        windows = _close_windows()
-        br.stopped.set()
-        br.go.wait()
-        br.go.clear()
-        _reopen_windows(windows)
-        if br.abort:
-            raise RuntimeError("pmpc: a parallel branch was abandoned (another branch failed)")
-        out = br.reply
-        br.reply = None
+        out = _park(br, list(input) if batched else [input], _reduce_op(op), batched)
         return out if batched else out[0]
 
     return all_reduce
 
 
-def _exchange_merged(comm, branches, original) -> None:
+def _all_gather(comm, original):
+    """The same for ``all_gather`` (the gates' one-round openings of words and bits that each
+    party holds apart: :func:`pmpc.mpc.gates.cross_and`, ``cross_and_words``)."""
+
+    def all_gather(tensor):
+        br = getattr(_TLS, "branch", None)
+        if br is None:
+            return original(tensor)
+        return _park(br, [tensor], _GATHER, False)
+
+    return all_gather
+
+
+def _exchange_merged(comm, branches, original, original_gather) -> None:
     """ONE exchange for the parked openings of ``branches`` (in order), counted as one round.
     A communicator without direct links (a planning dry run's stand-in, which answers at once)
     answers each branch's opening in the same order."""
@@ -129,7 +152,8 @@ def _exchange_merged(comm, branches, original) -> None:
     if not isinstance(comm, DirectCommunicator):
         for b in branches:
             xs, op, _ = b.pending
-            b.reply, b.pending = original(xs, op=op, batched=True), None
+            b.reply = original_gather(xs[0]) if op is _GATHER else original(xs, op=op, batched=True)
+            b.pending = None
         return
     flat = [t for b in branches for t in b.pending[0]]
     tic = timeit.default_timer()
@@ -140,7 +164,11 @@ def _exchange_merged(comm, branches, original) -> None:
     o = 0
     for b in branches:
         xs, op, _ = b.pending
-        b.reply = [_combine(x, y, op) for x, y in zip(xs, theirs[o:o + len(xs)])]
+        if op is _GATHER:
+            x, y = xs[0], theirs[o]
+            b.reply = [x.clone(), y] if comm.get_rank() == 0 else [y, x.clone()]
+        else:
+            b.reply = [_combine(x, y, op) for x, y in zip(xs, theirs[o:o + len(xs)])]
         o += len(xs)
         b.pending = None
     comm.settle()  # the dealt messages deferred to after this exchange, in the order expected
@@ -171,8 +199,9 @@ def parallel(fns) -> list:
             b.done = True
             b.stopped.set()
 
-    original = comm.all_reduce
+    original, original_gather = comm.all_reduce, comm.all_gather
     comm.all_reduce = _all_reduce(comm, original)
+    comm.all_gather = _all_gather(comm, original_gather)
     threads = [threading.Thread(target=body, args=(b,), daemon=True, name=f"pmpc-branch-{i}")
                for i, b in enumerate(branches)]
     grad = torch.is_grad_enabled()
@@ -189,9 +218,10 @@ def parallel(fns) -> list:
             if any(b.error is not None for b in branches):
                 break
             if live:
-                _exchange_merged(comm, live, original)
+                _exchange_merged(comm, live, original, original_gather)
     finally:
         comm.__dict__.pop("all_reduce", None)
+        comm.__dict__.pop("all_gather", None)
         for b in branches:
             if not b.done:
                 b.abort = True
