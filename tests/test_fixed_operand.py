@@ -113,6 +113,10 @@ def test_dealer_checks_ids_shapes_and_limits(monkeypatch):
     with pytest.raises(ValueError, match="dealt already"):
         d.fixed_mask("0/layers.0.o.w", [3, 4])
     assert d.fixed("0/layers.0.o.w", [1, 2, 3], [3, 4]).shape == (1, 2, 4)
+    # the same mask read transposed (a tied output layer): C = A @ B^T
+    c = d.fixed("0/layers.0.o.w", [1, 2, 4], [4, 3])
+    b = d.fixed_masks["0/layers.0.o.w"]
+    assert c.shape == (1, 2, 3) and torch.equal(c, torch.full((1, 2, 4), d.draws - 1) @ b.t() - d.draws)
     with pytest.raises(ValueError, match="no mask"):
         d.fixed("0/layers.1.o.w", [1, 3], [3, 4])
     with pytest.raises(ValueError, match="is \\[3, 4\\]"):
@@ -244,3 +248,18 @@ def test_setup_holds_one_share_and_one_opening_per_weight(stories_dir, release):
     server = r
     if not release:
         assert server["plain_weights"] > 0
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_transposed_products_equal_the_ring_product(rows):
+    """x @ W^T read from W's rows (a matrix-vector product for one row) equals the int64 product
+    with the transposed view, wrap-around included."""
+    g = torch.Generator().manual_seed(0)
+    m = torch.randint(-2 ** 62, 2 ** 62, (37, 6), generator=g)
+    x = torch.randint(-2 ** 62, 2 ** 62, (1, rows, 6), generator=g)
+    assert torch.equal(F._mm(x, m, True), x.matmul(m.t().contiguous()))
+    assert torch.equal(F._mm(x, m.t().contiguous(), False), x.matmul(m.t().contiguous()))
+    f = F.FixedOperand("0/embed.tok", torch.zeros(37, 6), m)
+    assert f.t().shape == (6, 37) and f.t().t().shape == (37, 6) and f.t().d is m
+    with pytest.raises(ValueError, match="square"):
+        F.FixedOperand("0/x.w", torch.zeros(4, 4), m[:4, :4]).t()

@@ -2,6 +2,8 @@
 Qwen2, Phi-3's fused projections, SmolLM), GPT-2 and BERT encoders."""
 from __future__ import annotations
 
+import torch
+
 from pmpc.models.spec import ModelError, ModelSpec
 
 
@@ -10,7 +12,9 @@ def _t(w):
 
 
 def _v(w):
-    return None if w is None else w.detach().float().contiguous()
+    # a copy: a checkpoint's parameters may be views of its memory-mapped file, which would stay
+    # mapped (and resident, the whole file) for as long as the spec holds any one of them
+    return None if w is None else w.detach().float().clone(memory_format=torch.contiguous_format)
 
 
 def spec_from_hf(model, name: str = "model") -> ModelSpec:

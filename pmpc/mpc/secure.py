@@ -341,23 +341,15 @@ def _query(engine, ops, ids, attn, cfg, rank, gen, phases=None, marks=None, plan
     return steps, tokens
 
 
-MMAP_BYTES = 4 << 20  # a block at least this large gets its own mapping (see _return_freed_memory)
-
-
-def _return_freed_memory(trim: bool = False) -> None:
-    """glibc serves a block below its mmap threshold from the heap, whose freed pages stay
-    resident, and raises that threshold (up to 32 MB) each time a larger block is freed: after
-    the first large tensor, every weight-sized transient of the setup and the prefill would stay
-    in the process's resident set once freed. A fixed threshold keeps each tensor of MMAP_BYTES
-    or more in a mapping of its own, returned to the system when freed (a decoded token's tensors
-    are far smaller: no cost there); ``trim`` also hands back the heap's free pages now."""
+def _return_freed_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc keeps freed blocks below its mmap
+    threshold resident: after loading the model and after each part of the weights is shared,
+    that is the released float weights and the sharing's transients)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc: its allocator behaves otherwise
         return
-    libc.mallopt(-3, MMAP_BYTES)  # M_MMAP_THRESHOLD
-    if trim:
-        libc.malloc_trim(0)
+    libc.malloc_trim(0)
 
 
 def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput | None = None):
@@ -373,7 +365,6 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
     from pmpc.mpc.crypten_ops import CrypTenOps
 
     fault = functools.partial(parties.fault_point, rank)
-    _return_freed_memory()
     mode = "ttp" if crypten.mpc.ttp_required() else "local"
     to_dealer = mode == "ttp" and rank == CLIENT
     t_start = time.perf_counter()
@@ -390,9 +381,9 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
     tracker = _DealerKeepAliveTracker(cost.crypten_stats, timeout_s / 4,
                                       (lambda: dealer.keepalive(real)) if to_dealer and cfg.preprocess else None)
     ops = CrypTenOps(tracker)
-    _return_freed_memory(trim=True)  # what loading the model freed
+    _return_freed_memory()  # what loading the model freed
     engine = Engine(spec, cfg.protocol, ops, weights=cfg.weights, release_weights=True,
-                    on_shared=lambda: _return_freed_memory(trim=True))  # each part's float copies
+                    on_shared=_return_freed_memory)  # each part's float copies
     t_setup = time.perf_counter() - t_start
     gen = torch.Generator().manual_seed(cfg.seed)
     phases: dict = {}
