@@ -200,6 +200,8 @@ def parallel(fns) -> list:
             b.stopped.set()
 
     original, original_gather = comm.all_reduce, comm.all_gather
+    # whatever stood on the instance before (a test's or a tool's wrapper) is put back after
+    saved = {name: comm.__dict__.get(name) for name in ("all_reduce", "all_gather")}
     comm.all_reduce = _all_reduce(comm, original)
     comm.all_gather = _all_gather(comm, original_gather)
     threads = [threading.Thread(target=body, args=(b,), daemon=True, name=f"pmpc-branch-{i}")
@@ -220,8 +222,11 @@ def parallel(fns) -> list:
             if live:
                 _exchange_merged(comm, live, original, original_gather)
     finally:
-        comm.__dict__.pop("all_reduce", None)
-        comm.__dict__.pop("all_gather", None)
+        for name, fn in saved.items():
+            if fn is None:
+                comm.__dict__.pop(name, None)
+            else:
+                setattr(comm, name, fn)
         for b in branches:
             if not b.done:
                 b.abort = True
