@@ -77,16 +77,44 @@ def _reopen_windows(ws) -> None:
 
 
 class _Branch:
-    def __init__(self, fn):
+    def __init__(self, fn, worker):
         self.fn = fn
-        self.go = threading.Event()
-        self.stopped = threading.Event()
+        self.go, self.stopped = worker.go, worker.stopped
         self.pending = None      # (tensors, op, batched) while waiting for an opening
         self.reply = None
         self.done = False
         self.result = None
         self.error: BaseException | None = None
         self.abort = False
+
+
+class _Worker:
+    """A daemon thread that runs one branch at a time when told to, kept for the next call (a
+    thread's start costs more CPU than the round a branch saves)."""
+
+    def __init__(self):
+        self.go, self.stopped = threading.Event(), threading.Event()
+        self.branch: _Branch | None = None
+        threading.Thread(target=self._run, daemon=True, name="pmpc-branch").start()
+
+    def _run(self) -> None:
+        while True:
+            self.go.wait()
+            self.go.clear()
+            b = self.branch
+            _TLS.branch = b
+            try:
+                if not b.abort:
+                    b.result = b.fn()
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                b.error = e
+            finally:
+                _TLS.branch = None
+                b.done = True
+                self.stopped.set()
+
+
+_POOL: list = []
 
 
 def _reduce_op(op):
@@ -156,29 +184,15 @@ def parallel(fns) -> list:
         return [f() for f in fns]  # nested: the enclosing branch already shares its rounds
     comm = comm_mod.get()
     _encodings_per_thread()
-    branches = [_Branch(f) for f in fns]
-
-    def body(b: _Branch) -> None:
-        _TLS.branch = b
-        b.go.wait()
-        b.go.clear()
-        try:
-            if not b.abort:
-                b.result = b.fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the caller
-            b.error = e
-        finally:
-            b.done = True
-            b.stopped.set()
-
+    while len(_POOL) < len(fns):
+        _POOL.append(_Worker())
+    workers = _POOL[:len(fns)]
+    branches = [_Branch(f, w) for f, w in zip(fns, workers)]
+    for w, b in zip(workers, branches):
+        w.branch = b
     original = comm.all_reduce
     comm.all_reduce = _all_reduce(comm, original)
-    threads = [threading.Thread(target=body, args=(b,), daemon=True, name=f"pmpc-branch-{i}")
-               for i, b in enumerate(branches)]
-    grad = torch.is_grad_enabled()
     try:
-        for t in threads:
-            t.start()
         live = list(branches)
         while live:
             for b in live:  # one phase: each branch runs until it parks an opening or ends
@@ -192,13 +206,12 @@ def parallel(fns) -> list:
                 _exchange_merged(comm, live, original)
     finally:
         comm.__dict__.pop("all_reduce", None)
-        for b in branches:
+        for b in branches:  # a failure: wake the parked ones to unwind before their workers serve again
             if not b.done:
                 b.abort = True
+                b.stopped.clear()
                 b.go.set()
-        torch.set_grad_enabled(grad)
-    for t in threads:
-        t.join(timeout=5)
+                b.stopped.wait(5)
     for b in branches:
         if b.error is not None:
             raise b.error
