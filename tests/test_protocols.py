@@ -163,3 +163,15 @@ def test_act_times_is_the_activation_times_the_factor(pname, gen):
     got = run_local(mj.ActTimesJob(pname, "silu", x.numpy(), u.numpy()), timeout_s=120, deadline_s=300)[0]
     excess = np.abs(got - emu.numpy()) - (ATOL + RTOL * np.abs(emu.numpy())) * (1 + np.abs(u.numpy()))
     assert (excess > 0).mean() <= 0.01, float(excess.max())
+
+
+@pytest.mark.parametrize("pname", [n for n in protocols.names() if "silu" in protocols.get(n).specs])
+def test_act_times_runs_each_protocols_own_activation(pname):
+    """``act_times(silu, x, u)`` is silu(x) u as the protocol (or its subclass) defines silu, to
+    the fixed-point grid: a subclass with its own SiLU never gets its parent's fusion."""
+    p = protocols.get(pname)
+    ops = TorchOps(fxp_bits=16)
+    x = torch.linspace(-8.0, 8.0, 401, dtype=torch.float64)
+    u = torch.linspace(-3.0, 3.0, 401, dtype=torch.float64).flip(0)
+    ref = ops.mul(p.silu(x, ops), u)
+    assert float((p.act_times("silu", x, u, ops) - ref).abs().max()) < 1e-3
