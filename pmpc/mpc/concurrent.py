@@ -7,9 +7,10 @@ that do not depend on each other — a comparison's adder circuit and the polyno
 the same input; a truncation and a table lookup — then cost the SUM of their rounds. Run under
 :func:`parallel` they cost the MAX.
 
-How: each branch runs in its own thread, but never two at once: the coordinator (the calling
-thread) lets them run one after the other, in their given order, each until it asks for an
-opening (CrypTen's ``all_reduce``) or returns. When every live branch waits, their openings go
+How: each branch runs on a worker thread (kept for the next call), but never two at once: the
+coordinator (the calling thread) lets them run one after the other, in their given order, each
+until it asks for an opening (CrypTen's ``all_reduce``) or returns. A planning dry run
+(``--preprocess``) goes through the same phases, so its plan lists the tuples in the online order. When every live branch waits, their openings go
 out as ONE message (one round on the cost counters, bytes as the sum), each branch gets its own
 reply back, and the next phase starts in the same order. So all local work — including every
 draw from the random streams the parties or the dealer share — happens in an order both parties
@@ -26,8 +27,6 @@ from __future__ import annotations
 
 import threading
 import timeit
-
-import torch
 
 _TLS = threading.local()
 
@@ -59,18 +58,16 @@ def _encodings_per_thread() -> None:
 
 
 def _close_windows() -> list:
+    """Put back the true scales of this thread's open windows (its branch is about to park)."""
     ws = list(getattr(_TLS, "windows", ()))
     for w in reversed(ws):
-        base_exit(w)
+        for i, t in enumerate(w.list_of_tensors):
+            t.encoder._scale = w.encodings_cache[i]
     return ws
 
 
-def base_exit(w) -> None:
-    for i, t in enumerate(w.list_of_tensors):
-        t.encoder._scale = w.encodings_cache[i]
-
-
 def _reopen_windows(ws) -> None:
+    """Scale 1 again inside the windows (the branch resumes where it parked)."""
     for w in ws:
         for t in w.list_of_tensors:
             t.encoder._scale = 1
