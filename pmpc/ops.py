@@ -322,10 +322,11 @@ class Ops:
     def max_plan(self, rows: int, n: int, fan_in: int = 8) -> list:
         """The group sizes of :meth:`max`'s levels for ``rows`` rows of ``n`` keys. Each level
         costs its comparison's rounds (one where the all-pairs comparison fits a one-round gate,
-        :meth:`one_round_comparisons`) plus its winner's (:meth:`_winner_rounds`). Two plans, the fewer rounds
-        wins (then the fewer comparisons): ``fan_in`` at every level, or at each level the
-        largest group whose comparison is one round (decode rows: 41 keys in 3 levels of 3, 8
-        and 2, 9 rounds, instead of 8 and 6 at 7 + 2 and 1 + 2)."""
+        :meth:`one_round_comparisons`) plus its winner's (:meth:`_winner_rounds`). Two plans, the
+        fewer rounds wins (then the fewer comparisons): ``fan_in`` at every level, or levels that
+        are all one-round gates, the fewest comparisons among the fewest levels (a small search:
+        decode rows of 41 keys take groups of 2, 3 and 7, 9 rounds, 63 comparisons a row,
+        instead of 8 and 6 at 7 + 2 and 1 + 2 rounds)."""
         def cost(plan):
             r, c, m = 0, 0, n
             for k in plan:
@@ -339,15 +340,20 @@ class Ops:
         while m > 1:
             fixed.append(min(fan_in, m))
             m = -(-m // fixed[-1])
-        gated, m = [], n
-        while m > 1:
-            k = max([k for k in range(2, m + 1)
-                     if self.one_round_comparisons(rows * -(-m // k) * k * (k - 1) // 2, 32)], default=None)
-            if k is None:
-                return fixed
-            gated.append(k)
-            m = -(-m // k)
-        return min((fixed, gated), key=cost)
+        best = {1: (0, 0, [])}  # keys left -> (levels, comparisons, plan), every level a gate
+        for m in range(2, n + 1):
+            options = []
+            for k in range(2, m + 1):
+                g = -(-m // k)
+                cmp = rows * g * k * (k - 1) // 2
+                if g in best and self.one_round_comparisons(cmp, 32) and self._winner_rounds(rows * g * k, k) == 2:
+                    lv, c, plan = best[g]
+                    options.append((lv + 1, c + cmp, [k] + plan))
+            if options:
+                best[m] = min(options, key=lambda o: o[:2])
+        if n not in best:
+            return fixed
+        return min((fixed, best[n][2]), key=cost)
 
     def _winner_rounds(self, keys: int, k: int) -> int:
         """Rounds to pick and select each group's winner: by its count of wins (one small gate,
