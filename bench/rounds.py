@@ -21,7 +21,8 @@ import torch
 
 from pmpc.mpc.parties import run_local
 
-STEPS = ("max", "exp_exact", "exp", "reciprocal_times", "sum_squares", "rsqrt_times", "silu", "act_times")
+STEPS = ("max", "exp_exact", "exp", "reciprocal_times", "denominator_times", "sum_squares", "rsqrt_times", "silu",
+         "act_times")
 
 
 def job(pname: str, keys: int, rank: int, world_size: int):

@@ -100,6 +100,11 @@ class Protocol:
         and save the final product's round (see :meth:`protocols.exact.Exact.reciprocal_times`)."""
         return ops.mul(times, self.reciprocal(x, ops))
 
+    def denominator_times(self, x, times, ops: Ops):
+        """``times / x`` for the softmax's row sum x after max subtraction, so x >= 1 (the max's
+        own term is e^0): a protocol may use that range. Default: :meth:`reciprocal_times`."""
+        return self.reciprocal_times(x, times, ops)
+
     def rsqrt_times(self, x, times, ops: Ops, scale: float = 1.0, out: float = 1.0):
         """``out * times * scale / sqrt(x)``, the norms' use of :meth:`rsqrt` (same idea)."""
         return ops.mul_scaled(times, self.rsqrt(x, ops, scale=scale), out)
@@ -127,6 +132,8 @@ class Protocol:
         e = self.exp_exact(x, ops) if _owner(type(self), "exp_exact") is _owner(type(self), "exp") else self.exp(x, ops)
         if mask is not None:
             e = ops.rescale(e) * mask
+        if self.subtract_max:
+            return self.denominator_times(e.sum(-1, keepdim=True), e, ops)
         return self.reciprocal_times(e.sum(-1, keepdim=True), e, ops)
 
     def rms_norm(self, x, w, eps: float, ops: Ops, offset: float = 0.0, split=None):
