@@ -35,6 +35,10 @@ ACT_BOUND = 2.0 ** 14
 WEIGHT_EXTRA_BITS = 8
 # fraction bits of a public factor folded into a bit extraction (``Ops.bits(scale=...)``)
 BITS_SCALE_FRAC = 16
+# the softmax max compares all pairs of a row in one level up to this many comparisons a call
+# (decode rows: 9 x 41 keys = 7,380, ~1 MB opened a layer): 9 rounds with one adder circuit and
+# no keys but the winners' (dealer-keyed levels cost party 0 the keys' CPU in ``local`` mode)
+ALL_PAIRS_MAX = 1 << 13
 # the MPC runtime's default rule for a one-round comparison gate (``pmpc.mpc.gates.DCF_MAX_LEVELS``,
 # elements x (lane bits - 1)), for plans that depend on it (``Ops.max``); a test holds them equal
 ONE_ROUND_LEVELS = 1 << 14
@@ -323,18 +327,22 @@ class Ops:
         """The group sizes of :meth:`max`'s levels for ``rows`` rows of ``n`` keys. Each level
         costs its comparison's rounds (one where the all-pairs comparison fits a one-round gate,
         :meth:`one_round_comparisons`) plus its winner's (:meth:`_winner_rounds`). Two plans, the
-        fewer rounds wins (then the fewer comparisons): ``fan_in`` at every level, or levels that
-        are all one-round gates, the fewest comparisons among the fewest levels (a small search:
-        decode rows of 41 keys take groups of 2, 3 and 7, 9 rounds, 63 comparisons a row,
-        instead of 8 and 6 at 7 + 2 and 1 + 2 rounds)."""
-        def cost(plan):
-            r, c, m = 0, 0, n
+        fewer rounds wins, then the fewer dealer-keyed gate levels (their keys' CPU), then the fewer
+        comparisons: ``fan_in`` at every level; levels that are all one-round gates, the fewest
+        comparisons among the fewest levels (a small search: 41 keys in groups of 2, 3 and 7);
+        or all pairs in one level where that stays within ``ALL_PAIRS_MAX`` comparisons (decode
+        rows: 9 rounds like the gates', with one adder circuit, measured cheapest in CPU)."""
+        def cost(plan):  # (rounds, dealer-keyed gate levels: the keys' CPU, comparisons)
+            r, keyed, c, m = 0, 0, 0, n
             for k in plan:
                 g = -(-m // k)
                 cmp = rows * g * k * (k - 1) // 2
-                r += (1 if self.one_round_comparisons(cmp, 32) else 7) + self._winner_rounds(rows * g * k, k)
+                gate = self.one_round_comparisons(cmp, 32)
+                win = self._winner_rounds(rows * g * k, k)
+                r += (1 if gate else 7) + win
+                keyed += (31 * cmp if gate else 0) + (7 * rows * g * k if win == 2 else 0)
                 c, m = c + cmp, g
-            return r, c
+            return r, keyed, c
 
         fixed, m = [], n
         while m > 1:
@@ -351,9 +359,10 @@ class Ops:
                     options.append((lv + 1, c + cmp, [k] + plan))
             if options:
                 best[m] = min(options, key=lambda o: o[:2])
-        if n not in best:
-            return fixed
-        return min((fixed, best[n][2]), key=cost)
+        plans = [fixed] + ([best[n][2]] if n in best else [])
+        if 1 < n and rows * n * (n - 1) // 2 <= ALL_PAIRS_MAX:
+            plans.append([n])  # all pairs at once: one adder circuit, no keys but the winners'
+        return min(plans, key=cost)
 
     def _winner_rounds(self, keys: int, k: int) -> int:
         """Rounds to pick and select each group's winner: by its count of wins (one small gate,

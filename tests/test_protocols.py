@@ -121,7 +121,9 @@ def test_mpc_equals_emulation_for_every_function(gen, dealer):
 
 @pytest.mark.slow
 def test_bolt_and_bumblebee_spend_fewer_bytes_than_exact():
-    """The same tiny-model forward, same tokens, one MPC session: a property of the protocols."""
+    """The same tiny-model forward, same tokens, one MPC session: a property of the protocols.
+    Rounds too for bolt; bumblebee's own rsqrt (11-12 rounds a norm) now takes more rounds than
+    exact's table start on the exact sum of squares (7-8), so only its bytes are held below."""
     from pmpc.engine import Engine
     from pmpc.models import load_hf, spec_from_hf
 
@@ -130,7 +132,7 @@ def test_bolt_and_bumblebee_spend_fewer_bytes_than_exact():
                     timeout_s=120, deadline_s=300)[0]
     for name in ("bolt", "bumblebee"):
         assert res[name]["bytes"] < res["exact"]["bytes"], (name, res[name]["bytes"], res["exact"]["bytes"])
-        assert res[name]["rounds"] < res["exact"]["rounds"], (name, res[name]["rounds"], res["exact"]["rounds"])
+    assert res["bolt"]["rounds"] < res["exact"]["rounds"], (res["bolt"]["rounds"], res["exact"]["rounds"])
     # and the forwards are real: each protocol's logits track the plaintext model's
     hf, _ = load_hf("tiny-random-llama")
     ref = Engine(spec_from_hf(hf), "plain", TorchOps()).prefill(ids).numpy()
