@@ -327,8 +327,8 @@ class Ops:
         """The group sizes of :meth:`max`'s levels for ``rows`` rows of ``n`` keys. Each level
         costs its comparison's rounds (one where the all-pairs comparison fits a one-round gate,
         :meth:`one_round_comparisons`) plus its winner's (:meth:`_winner_rounds`). Two plans, the
-        fewer rounds wins, then the fewer dealer-keyed gate levels (their keys' CPU), then the fewer
-        comparisons: ``fan_in`` at every level; levels that are all one-round gates, the fewest
+        fewer rounds wins, then (where a party makes the keys, :meth:`parties_make_keys`) the
+        fewer dealer-keyed gate levels (their keys' CPU), then the fewer comparisons (bytes): ``fan_in`` at every level; levels that are all one-round gates, the fewest
         comparisons among the fewest levels (a small search: 41 keys in groups of 2, 3 and 7);
         or all pairs in one level where that stays within ``ALL_PAIRS_MAX`` comparisons (decode
         rows: 9 rounds like the gates', with one adder circuit, measured cheapest in CPU)."""
@@ -362,7 +362,14 @@ class Ops:
         plans = [fixed] + ([best[n][2]] if n in best else [])
         if 1 < n and rows * n * (n - 1) // 2 <= ALL_PAIRS_MAX:
             plans.append([n])  # all pairs at once: one adder circuit, no keys but the winners'
-        return min(plans, key=cost)
+        if self.parties_make_keys():  # keys cost the parties CPU: the fewest keyed levels next
+            return min(plans, key=cost)
+        return min(plans, key=lambda p: (cost(p)[0], cost(p)[2]))  # a dealer's keys: fewest comparisons
+
+    def parties_make_keys(self) -> bool:
+        """Whether a party makes the dealer-keyed gates' keys (``local``: party 0) rather than a
+        dealer process (``ttp``, the secure default, which the emulation plans as)."""
+        return False
 
     def _winner_rounds(self, keys: int, k: int) -> int:
         """Rounds to pick and select each group's winner: by its count of wins (one small gate,
