@@ -3,7 +3,9 @@ activation under real 2-party MPC on SmolLM2's decode shapes (9 heads x KEYS key
 intermediate 1536), with each step's rounds (a round counter around every call; the rounds of
 branches run side by side, ``Ops.parallel``, are charged to the step that runs them).
 
-    python bench/rounds.py bolt exact bumblebee crypten     # KEYS=41 by default
+    python bench/rounds.py bolt exact bumblebee crypten     # KEYS=41, REPS=1 by default
+
+CPU ms/call: each party's process time per call (party 0 / party 1), averaged over REPS warm calls.
 
 The engine's own per-scope count of a whole decode (linear layers, RoPE, attention products
 included) is ``pmpc bench``'s; tests/test_engine.py holds a decode layer to its round budget.
@@ -19,7 +21,8 @@ import torch
 
 from pmpc.mpc.parties import run_local
 
-STEPS = ("max", "exp_exact", "exp", "reciprocal_times", "sum_squares", "rsqrt_times", "silu", "act_times")
+STEPS = ("max", "exp_exact", "exp", "reciprocal_times", "denominator_times", "sum_squares", "rsqrt_times", "silu",
+         "act_times")
 
 
 def job(pname: str, keys: int, rank: int, world_size: int):
@@ -61,6 +64,9 @@ def job(pname: str, keys: int, rank: int, world_size: int):
     hidden = ops.share(torch.randn(1, 1, 576, generator=g), src=0)
     gate = ops.share(torch.randn(1, 1, 1536, generator=g) * 2, src=0)
     up = ops.share(torch.randn(1, 1, 1536, generator=g), src=0)
+    import time
+
+    reps = int(os.environ.get("REPS", "1"))
     out = {}
     for fn, run in (("softmax", lambda: p.softmax(scores, ops)),
                     ("rms_norm", lambda: p.rms_norm(hidden, None, 1e-5, ops)),
@@ -70,16 +76,20 @@ def job(pname: str, keys: int, rank: int, world_size: int):
         r0 = rounds()
         run()
         out[fn] = (rounds() - r0, dict(tally))
-    return out if rank == 0 else None
+        t = time.process_time()
+        for _ in range(reps):  # this party's CPU per call, warm
+            run()
+        out[fn] += (1e3 * (time.process_time() - t) / reps,)
+    return out
 
 
 def main(names) -> None:
     keys = int(os.environ.get("KEYS", "41"))
     for pname in names:
-        res = run_local(functools.partial(job, pname, keys), timeout_s=300, deadline_s=900)[0]
-        for fn, (total, steps) in res.items():
+        both = run_local(functools.partial(job, pname, keys), timeout_s=300, deadline_s=900)
+        for fn, (total, steps, cpu0) in both[0].items():
             parts = ", ".join(f"{k} {v}" for k, v in steps.items() if v)
-            print(f"{pname:10s} {fn:14s} {total:3d} rounds  ({parts})")
+            print(f"{pname:10s} {fn:14s} {total:3d} rounds  ({parts})  CPU ms/call {cpu0:.1f} / {both[1][fn][2]:.1f}")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,10 @@ ACT_BOUND = 2.0 ** 14
 WEIGHT_EXTRA_BITS = 8
 # fraction bits of a public factor folded into a bit extraction (``Ops.bits(scale=...)``)
 BITS_SCALE_FRAC = 16
+# the softmax max compares all pairs of a row in one level up to this many comparisons a call
+# (decode rows: 9 x 41 keys = 7,380, ~1 MB opened a layer): 9 rounds with one adder circuit and
+# no keys but the winners' (dealer-keyed levels cost party 0 the keys' CPU in ``local`` mode)
+ALL_PAIRS_MAX = 1 << 13
 # the MPC runtime's default rule for a one-round comparison gate (``pmpc.mpc.gates.DCF_MAX_LEVELS``,
 # elements x (lane bits - 1)), for plans that depend on it (``Ops.max``); a test holds them equal
 ONE_ROUND_LEVELS = 1 << 14
@@ -332,32 +336,50 @@ class Ops:
     def max_plan(self, rows: int, n: int, fan_in: int = 8) -> list:
         """The group sizes of :meth:`max`'s levels for ``rows`` rows of ``n`` keys. Each level
         costs its comparison's rounds (one where the all-pairs comparison fits a one-round gate,
-        :meth:`one_round_comparisons`) plus its winner's (:meth:`_winner_rounds`). Two plans, the fewer rounds
-        wins (then the fewer comparisons): ``fan_in`` at every level, or at each level the
-        largest group whose comparison is one round (decode rows: 41 keys in 3 levels of 3, 8
-        and 2, 9 rounds, instead of 8 and 6 at 7 + 2 and 1 + 2)."""
-        def cost(plan):
-            r, c, m = 0, 0, n
+        :meth:`one_round_comparisons`) plus its winner's (:meth:`_winner_rounds`). Two plans, the
+        fewer rounds wins, then (where a party makes the keys, :meth:`parties_make_keys`) the
+        fewer dealer-keyed gate levels (their keys' CPU), then the fewer comparisons (bytes): ``fan_in`` at every level; levels that are all one-round gates, the fewest
+        comparisons among the fewest levels (a small search: 41 keys in groups of 2, 3 and 7);
+        or all pairs in one level where that stays within ``ALL_PAIRS_MAX`` comparisons (decode
+        rows: 9 rounds like the gates', with one adder circuit, measured cheapest in CPU)."""
+        def cost(plan):  # (rounds, dealer-keyed gate levels: the keys' CPU, comparisons)
+            r, keyed, c, m = 0, 0, 0, n
             for k in plan:
                 g = -(-m // k)
                 cmp = rows * g * k * (k - 1) // 2
-                r += (1 if self.one_round_comparisons(cmp, 32) else 7) + self._winner_rounds(rows * g * k, k)
+                gate = self.one_round_comparisons(cmp, 32)
+                win = self._winner_rounds(rows * g * k, k)
+                r += (1 if gate else 7) + win
+                keyed += (31 * cmp if gate else 0) + (7 * rows * g * k if win == 2 else 0)
                 c, m = c + cmp, g
-            return r, c
+            return r, keyed, c
 
         fixed, m = [], n
         while m > 1:
             fixed.append(min(fan_in, m))
             m = -(-m // fixed[-1])
-        gated, m = [], n
-        while m > 1:
-            k = max([k for k in range(2, m + 1)
-                     if self.one_round_comparisons(rows * -(-m // k) * k * (k - 1) // 2, 32)], default=None)
-            if k is None:
-                return fixed
-            gated.append(k)
-            m = -(-m // k)
-        return min((fixed, gated), key=cost)
+        best = {1: (0, 0, [])}  # keys left -> (levels, comparisons, plan), every level a gate
+        for m in range(2, n + 1):
+            options = []
+            for k in range(2, m + 1):
+                g = -(-m // k)
+                cmp = rows * g * k * (k - 1) // 2
+                if g in best and self.one_round_comparisons(cmp, 32) and self._winner_rounds(rows * g * k, k) == 2:
+                    lv, c, plan = best[g]
+                    options.append((lv + 1, c + cmp, [k] + plan))
+            if options:
+                best[m] = min(options, key=lambda o: o[:2])
+        plans = [fixed] + ([best[n][2]] if n in best else [])
+        if 1 < n and rows * n * (n - 1) // 2 <= ALL_PAIRS_MAX:
+            plans.append([n])  # all pairs at once: one adder circuit, no keys but the winners'
+        if self.parties_make_keys():  # keys cost the parties CPU: the fewest keyed levels next
+            return min(plans, key=cost)
+        return min(plans, key=lambda p: (cost(p)[0], cost(p)[2]))  # a dealer's keys: fewest comparisons
+
+    def parties_make_keys(self) -> bool:
+        """Whether a party makes the dealer-keyed gates' keys (``local``: party 0) rather than a
+        dealer process (``ttp``, the secure default, which the emulation plans as)."""
+        return False
 
     def _winner_rounds(self, keys: int, k: int) -> int:
         """Rounds to pick and select each group's winner: by its count of wins (one small gate,

@@ -34,6 +34,11 @@ def rescale(coeffs, r: float) -> list[float]:
     return [float(c) * r ** k for k, c in enumerate(coeffs)]
 
 
+def _owner(cls, name: str):
+    """The class in ``cls``'s MRO that defines ``name``."""
+    return next(c for c in cls.__mro__ if name in c.__dict__)
+
+
 @dataclasses.dataclass(frozen=True)
 class FnSpec:
     """What a protocol function promises, for ``pmpc protocols`` and the tests."""
@@ -95,6 +100,11 @@ class Protocol:
         and save the final product's round (see :meth:`protocols.exact.Exact.reciprocal_times`)."""
         return ops.mul(times, self.reciprocal(x, ops))
 
+    def denominator_times(self, x, times, ops: Ops):
+        """``times / x`` for the softmax's row sum x after max subtraction, so x >= 1 (the max's
+        own term is e^0): a protocol may use that range. Default: :meth:`reciprocal_times`."""
+        return self.reciprocal_times(x, times, ops)
+
     def rsqrt_times(self, x, times, ops: Ops, scale: float = 1.0, out: float = 1.0):
         """``out * times * scale / sqrt(x)``, the norms' use of :meth:`rsqrt` (same idea)."""
         return ops.mul_scaled(times, self.rsqrt(x, ops, scale=scale), out)
@@ -117,9 +127,13 @@ class Protocol:
             x = x * mask - 64.0 * (1 - mask)  # bounded: keeps masked entries out of the max
         if self.subtract_max:
             x = x - ops.max(x, dim=-1)
-        e = self.exp_exact(x, ops)  # the reciprocal truncates it beside its first comparison
+        # the reciprocal truncates an exact exp beside its first comparison (where the class that
+        # defines exp defines exp_exact with it: a subclass's own exp is never bypassed)
+        e = self.exp_exact(x, ops) if _owner(type(self), "exp_exact") is _owner(type(self), "exp") else self.exp(x, ops)
         if mask is not None:
             e = ops.rescale(e) * mask
+        if self.subtract_max:
+            return self.denominator_times(e.sum(-1, keepdim=True), e, ops)
         return self.reciprocal_times(e.sum(-1, keepdim=True), e, ops)
 
     def rms_norm(self, x, w, eps: float, ops: Ops, offset: float = 0.0, split=None):

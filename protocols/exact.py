@@ -182,6 +182,10 @@ class Exact(Protocol):
             return ops.mul(tf, y)
         return goldschmidt_reciprocal(m, y, self.recip_steps, ops, times=tf)
 
+    def denominator_times(self, x, times, ops: Ops):
+        # a softmax row sum is >= 1 (up to the exp's error): bins from 2^-1 up, 15 instead of 25
+        return self.reciprocal_times(x, times, ops, lo=-2)
+
     # rsqrt: normalised to m in [1, 2) (x = m 2^k, rsqrt(x) = 2^(-k/2) rsqrt(m), the half power a
     # public function of the bin like any other), then the table start
     def rsqrt(self, x, ops: Ops, scale: float = 1.0):
@@ -222,7 +226,7 @@ class Exact(Protocol):
         return self._silu(x, None, ops)
 
     def act_times(self, name: str, x, times, ops: Ops):
-        if name == "silu":
+        if name == "silu" and type(self).silu is Exact.silu:  # a subclass's own SiLU: not this fusion
             return self._silu(x, times, ops)
         return super().act_times(name, x, times, ops)
 

@@ -121,7 +121,9 @@ def test_mpc_equals_emulation_for_every_function(gen, dealer):
 
 @pytest.mark.slow
 def test_bolt_and_bumblebee_spend_fewer_bytes_than_exact():
-    """The same tiny-model forward, same tokens, one MPC session: a property of the protocols."""
+    """The same tiny-model forward, same tokens, one MPC session: a property of the protocols.
+    Rounds too for bolt; bumblebee's own rsqrt (11-12 rounds a norm) now takes more rounds than
+    exact's table start on the exact sum of squares (7-8), so only its bytes are held below."""
     from pmpc.engine import Engine
     from pmpc.models import load_hf, spec_from_hf
 
@@ -130,7 +132,7 @@ def test_bolt_and_bumblebee_spend_fewer_bytes_than_exact():
                     timeout_s=120, deadline_s=300)[0]
     for name in ("bolt", "bumblebee"):
         assert res[name]["bytes"] < res["exact"]["bytes"], (name, res[name]["bytes"], res["exact"]["bytes"])
-        assert res[name]["rounds"] < res["exact"]["rounds"], (name, res[name]["rounds"], res["exact"]["rounds"])
+    assert res["bolt"]["rounds"] < res["exact"]["rounds"], (res["bolt"]["rounds"], res["exact"]["rounds"])
     # and the forwards are real: each protocol's logits track the plaintext model's
     hf, _ = load_hf("tiny-random-llama")
     ref = Engine(spec_from_hf(hf), "plain", TorchOps()).prefill(ids).numpy()
@@ -163,3 +165,15 @@ def test_act_times_is_the_activation_times_the_factor(pname, gen):
     got = run_local(mj.ActTimesJob(pname, "silu", x.numpy(), u.numpy()), timeout_s=120, deadline_s=300)[0]
     excess = np.abs(got - emu.numpy()) - (ATOL + RTOL * np.abs(emu.numpy())) * (1 + np.abs(u.numpy()))
     assert (excess > 0).mean() <= 0.01, float(excess.max())
+
+
+@pytest.mark.parametrize("pname", [n for n in protocols.names() if "silu" in protocols.get(n).specs])
+def test_act_times_runs_each_protocols_own_activation(pname):
+    """``act_times(silu, x, u)`` is silu(x) u as the protocol (or its subclass) defines silu, to
+    the fixed-point grid: a subclass with its own SiLU never gets its parent's fusion."""
+    p = protocols.get(pname)
+    ops = TorchOps(fxp_bits=16)
+    x = torch.linspace(-8.0, 8.0, 401, dtype=torch.float64)
+    u = torch.linspace(-3.0, 3.0, 401, dtype=torch.float64).flip(0)
+    ref = ops.mul(p.silu(x, ops), u)
+    assert float((p.act_times("silu", x, u, ops) - ref).abs().max()) < 1e-3

@@ -7,10 +7,11 @@ that do not depend on each other — a comparison's adder circuit and the polyno
 the same input; a truncation and a table lookup — then cost the SUM of their rounds. Run under
 :func:`parallel` they cost the MAX.
 
-How: each branch runs in its own thread, but never two at once: the coordinator (the calling
-thread) lets them run one after the other, in their given order, each until it asks for an
-opening (CrypTen's ``all_reduce``, or ``all_gather`` for what each party holds apart) or
-returns. When every live branch waits, their openings go
+How: each branch runs on a worker thread (kept for the next call), but never two at once: the
+coordinator (the calling thread) lets them run one after the other, in their given order, each
+until it asks for an opening (CrypTen's ``all_reduce``, or ``all_gather`` for what each party
+holds apart) or returns. A planning dry run (``--preprocess``) goes through the same phases, so
+its plan lists the tuples in the online order. When every live branch waits, their openings go
 out as ONE message (one round on the cost counters, bytes as the sum), each branch gets its own
 reply back, and the next phase starts in the same order. So all local work — including every
 draw from the random streams the parties or the dealer share — happens in an order both parties
@@ -27,8 +28,6 @@ from __future__ import annotations
 
 import threading
 import timeit
-
-import torch
 
 _TLS = threading.local()
 
@@ -60,34 +59,60 @@ def _encodings_per_thread() -> None:
 
 
 def _close_windows() -> list:
+    """Put back the true scales of this thread's open windows (its branch is about to park)."""
     ws = list(getattr(_TLS, "windows", ()))
     for w in reversed(ws):
-        base_exit(w)
+        for i, t in enumerate(w.list_of_tensors):
+            t.encoder._scale = w.encodings_cache[i]
     return ws
 
 
-def base_exit(w) -> None:
-    for i, t in enumerate(w.list_of_tensors):
-        t.encoder._scale = w.encodings_cache[i]
-
-
 def _reopen_windows(ws) -> None:
+    """Scale 1 again inside the windows (the branch resumes where it parked)."""
     for w in ws:
         for t in w.list_of_tensors:
             t.encoder._scale = 1
 
 
 class _Branch:
-    def __init__(self, fn):
+    def __init__(self, fn, worker):
         self.fn = fn
-        self.go = threading.Event()
-        self.stopped = threading.Event()
+        self.go, self.stopped = worker.go, worker.stopped
         self.pending = None      # (tensors, op, batched) while waiting for an opening
         self.reply = None
         self.done = False
         self.result = None
         self.error: BaseException | None = None
         self.abort = False
+
+
+class _Worker:
+    """A daemon thread that runs one branch at a time when told to, kept for the next call (a
+    thread's start costs more CPU than the round a branch saves)."""
+
+    def __init__(self):
+        self.go, self.stopped = threading.Event(), threading.Event()
+        self.branch: _Branch | None = None
+        threading.Thread(target=self._run, daemon=True, name="pmpc-branch").start()
+
+    def _run(self) -> None:
+        while True:
+            self.go.wait()
+            self.go.clear()
+            b = self.branch
+            _TLS.branch = b
+            try:
+                if not b.abort:
+                    b.result = b.fn()
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                b.error = e
+            finally:
+                _TLS.branch = None
+                b.done = True
+                self.stopped.set()
+
+
+_POOL: list = []
 
 
 def _reduce_op(op):
@@ -184,32 +209,18 @@ def parallel(fns) -> list:
         return [f() for f in fns]  # nested: the enclosing branch already shares its rounds
     comm = comm_mod.get()
     _encodings_per_thread()
-    branches = [_Branch(f) for f in fns]
-
-    def body(b: _Branch) -> None:
-        _TLS.branch = b
-        b.go.wait()
-        b.go.clear()
-        try:
-            if not b.abort:
-                b.result = b.fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the caller
-            b.error = e
-        finally:
-            b.done = True
-            b.stopped.set()
-
+    while len(_POOL) < len(fns):
+        _POOL.append(_Worker())
+    workers = _POOL[:len(fns)]
+    branches = [_Branch(f, w) for f, w in zip(fns, workers)]
+    for w, b in zip(workers, branches):
+        w.branch = b
     original, original_gather = comm.all_reduce, comm.all_gather
     # whatever stood on the instance before (a test's or a tool's wrapper) is put back after
     saved = {name: comm.__dict__.get(name) for name in ("all_reduce", "all_gather")}
     comm.all_reduce = _all_reduce(comm, original)
     comm.all_gather = _all_gather(comm, original_gather)
-    threads = [threading.Thread(target=body, args=(b,), daemon=True, name=f"pmpc-branch-{i}")
-               for i, b in enumerate(branches)]
-    grad = torch.is_grad_enabled()
     try:
-        for t in threads:
-            t.start()
         live = list(branches)
         while live:
             for b in live:  # one phase: each branch runs until it parks an opening or ends
@@ -227,13 +238,12 @@ def parallel(fns) -> list:
                 comm.__dict__.pop(name, None)
             else:
                 setattr(comm, name, fn)
-        for b in branches:
+        for b in branches:  # a failure: wake the parked ones to unwind before their workers serve again
             if not b.done:
                 b.abort = True
+                b.stopped.clear()
                 b.go.set()
-        torch.set_grad_enabled(grad)
-    for t in threads:
-        t.join(timeout=5)
+                b.stopped.wait(5)
     for b in branches:
         if b.error is not None:
             raise b.error

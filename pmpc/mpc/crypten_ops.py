@@ -80,6 +80,9 @@ class CrypTenOps(Ops):
     def one_round_comparisons(self, elements: int, lane: int) -> bool:
         return gates.use_dcf(elements, lane)
 
+    def parties_make_keys(self) -> bool:
+        return self.crypten.cfg.mpc.provider == "TFP"  # ``local``: party 0 deals (preprocessed too)
+
     def scale_bits(self, x) -> int:
         return _log2_scale(x)
 
