@@ -162,8 +162,11 @@ class Engine:
         with ops.scope("linear"):
             return self._lin(h, pre + "down")
 
-    def forward(self, x, positions, mask, use_cache: bool):
-        """x: secret hidden states [B, T, H]; mask: public 0/1 [B, 1, T, S] or None."""
+    def forward(self, x, positions, mask, use_cache: bool, last_only: bool = False):
+        """x: secret hidden states [B, T, H]; mask: public 0/1 [B, 1, T, S] or None.
+        ``last_only``: the output of the last position only ([B, 1, V]): after the last layer's
+        attention (which still fills the cache at every position) nothing mixes positions, so the
+        last MLP, the final norm and the output layer run on one position per row instead of T."""
         s = self.spec
         rope = self._rope_tables(positions) if s.pos == "rope" else None
         if use_cache and self.cache is None:
@@ -171,11 +174,14 @@ class Engine:
         for i in range(s.n_layers):
             cache_i = self.cache[i] if use_cache else None
             pre = f"layers.{i}."
+            cut = last_only and i == s.n_layers - 1
             if s.post_norm:
-                x = self._norm(x + self._attention(x, i, rope, mask, cache_i), pre + "attn_norm")
+                x = x + self._attention(x, i, rope, mask, cache_i)
+                x = self._norm(x[:, -1:] if cut else x, pre + "attn_norm")
                 x = self._norm(x + self._mlp(x, i), pre + "mlp_norm")
             else:
                 x = x + self._attention(self._norm(x, pre + "attn_norm"), i, rope, mask, cache_i)
+                x = x[:, -1:] if cut else x
                 x = x + self._mlp(self._norm(x, pre + "mlp_norm"), i)
             if self.on_layer is not None:
                 self.on_layer(i, s.n_layers)
@@ -197,10 +203,20 @@ class Engine:
         keep = torch.maximum(keep, torch.eye(T).expand_as(keep))
         return keep
 
-    def prefill(self, ids: torch.Tensor, attn: torch.Tensor | None = None, use_cache: bool = True):
-        """Returns secret logits (or final hidden states for encoders) [B, T, V]."""
+    def prefill(self, ids: torch.Tensor, attn: torch.Tensor | None = None, use_cache: bool = True,
+                prefix: int = 0, last_only: bool = False):
+        """Returns secret logits (or final hidden states for encoders) [B, T, V] ([B, 1, V] with
+        ``last_only``: what generation reads).
+
+        ``prefix`` > 0: the first ``prefix`` real tokens of every row are the same (a chat
+        template's system turn): they are computed ONCE, as a batch of one, and their keys and
+        values are shared by every row; the rows' own tokens follow against that cache. Each
+        row's values are those of the plain batch (nothing but its own earlier tokens reaches a
+        position; pads are masked), at a fraction of the work."""
         self.cache = None
         attn = torch.ones_like(ids) if attn is None else attn
+        if prefix:
+            return self._prefill_shared(ids, attn.long(), prefix, last_only)
         self._attn = attn.clone()
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
         self._next_pos = positions[:, -1] + 1
@@ -208,7 +224,32 @@ class Engine:
         if attn.all() and not self.spec.causal:
             mask = None
         x = self.embed(ids, positions)
-        return self.forward(x, positions, mask, use_cache=use_cache)
+        return self.forward(x, positions, mask, use_cache=use_cache, last_only=last_only)
+
+    def _prefill_shared(self, ids, attn, prefix: int, last_only: bool):
+        B, T = ids.shape
+        lengths = attn.sum(-1)
+        if not self.spec.causal or int(lengths.min()) <= prefix:
+            raise ValueError("a shared prefix needs a causal model and at least one own token per row")
+        start = T - int(lengths[0])  # the prefix as row 0 holds it (every row holds the same tokens)
+        head, hpos = ids[:1, start:start + prefix], torch.arange(prefix)[None]
+        hmask = self.prefill_mask(torch.ones(1, prefix, dtype=self.dtype), True).to(self.dtype)
+        self.forward(self.embed(head, hpos), hpos, hmask, use_cache=True, last_only=True)
+        for c in self.cache:  # one row's keys and values, seen by all rows (a view: no copy)
+            c[0], c[1] = c[0].expand(B, *c[0].shape[1:]), c[1].expand(B, *c[1].shape[1:])
+        # each row's own tokens, left-padded to the longest, after the shared prefix
+        Ts = int((lengths - prefix).max())
+        own = mask_of(Ts, (lengths - prefix).tolist())
+        rows = torch.arange(B)[:, None]
+        cols = (T - Ts + torch.arange(Ts))[None, :]
+        sids = torch.where(own.bool(), ids[rows, cols.expand(B, Ts)], torch.zeros_like(own))
+        positions = (prefix + own.cumsum(-1) - 1).clamp(min=prefix)
+        self._attn = torch.cat([torch.ones(B, prefix, dtype=torch.long), own], dim=1)
+        self._next_pos = positions[:, -1] + 1
+        keep = self.prefill_mask(own.to(self.dtype), True)
+        mask = torch.cat([torch.ones(B, 1, Ts, prefix), keep], dim=-1).to(self.dtype)
+        x = self.embed(sids, positions)
+        return self.forward(x, positions, mask, use_cache=True, last_only=last_only)
 
     def decode(self, ids: torch.Tensor):
         """One new token per sequence [B, 1] against the secret KV cache. Returns [B, 1, V]."""
@@ -218,6 +259,11 @@ class Engine:
         mask = None if self._attn.all() else self._attn[:, None, None, :].to(self.dtype)
         x = self.embed(ids, positions)
         return self.forward(x, positions, mask, use_cache=True)
+
+
+def mask_of(tokens: int, lengths: list) -> torch.Tensor:
+    """The left-padded 0/1 attention mask of prompts of these lengths in ``tokens`` columns."""
+    return (torch.arange(tokens)[None, :] >= tokens - torch.tensor(lengths, dtype=torch.long)[:, None]).long()
 
 
 def fold_weights(spec: ModelSpec) -> dict:
