@@ -54,8 +54,8 @@ class Engine:
         self.on_layer = None  # on_layer(i, n_layers) after each block: progress for a watching user
 
     # -- helpers -----------------------------------------------------------------------------
-    def _lin(self, x, name):
-        y = self.ops.matmul(x, self.W[name + ".w"])
+    def _lin(self, x, name, truncate: bool = True):
+        y = self.ops.matmul(x, self.W[name + ".w"], truncate=truncate)
         b = self.W.get(name + ".b")
         return y if b is None else y + b
 
@@ -188,8 +188,8 @@ class Engine:
         if "final_norm.w" in self.spec.weights:
             x = self._norm(x, "final_norm")
         if "lm_head.w" in self.W:
-            with self.ops.scope("lm_head"):
-                x = self._lin(x, "lm_head")
+            with self.ops.scope("lm_head"):  # logits are only revealed: no truncation
+                x = self._lin(x, "lm_head", truncate=False)
         return x
 
     # -- prefill / decode ---------------------------------------------------------------------
