@@ -104,16 +104,20 @@ class Engine:
         return x
 
     # -- transformer blocks -------------------------------------------------------------------
-    def _attention(self, x, i, rope, mask, cache_i):
+    def _attention(self, x, i, rope, mask, cache_i, pack=None):
         s, ops, p = self.spec, self.ops, self.p
-        B, T = x.shape[0], x.shape[1]
+        B, T = (x.shape[0], x.shape[1]) if pack is None else (pack.B, pack.T)
         nh, nkv, hd = s.n_heads, s.n_kv_heads, s.head_dim
         with ops.scope("linear"):
             if f"layers.{i}.qkv.w" in self.W:  # q|k|v in one product: one truncation
                 qkv = self._lin(x, f"layers.{i}.qkv")
+                if pack is not None:
+                    qkv = pack.unpack(qkv)
                 q, k, v = qkv[..., :nh * hd], qkv[..., nh * hd:(nh + nkv) * hd], qkv[..., (nh + nkv) * hd:]
             else:
                 q, k, v = (self._lin(x, f"layers.{i}.{n}") for n in "qkv")
+                if pack is not None:
+                    q, k, v = pack.unpack(q), pack.unpack(k), pack.unpack(v)
             q = q.reshape(B, T, nh, hd).transpose(1, 2)
             k = k.reshape(B, T, nkv, hd).transpose(1, 2)
             v = v.reshape(B, T, nkv, hd).transpose(1, 2)
@@ -137,6 +141,8 @@ class Engine:
         with ops.scope("attention.matmul"):
             out = ops.matmul(probs.reshape(B, nkv, (nh // nkv) * T, L), v)
         out = out.reshape(B, nh, T, hd).transpose(1, 2).reshape(B, T, nh * hd)
+        if pack is not None:
+            out = pack.pack(out)
         with ops.scope("linear"):
             return self._lin(out, f"layers.{i}.o")
 
@@ -162,11 +168,12 @@ class Engine:
         with ops.scope("linear"):
             return self._lin(h, pre + "down")
 
-    def forward(self, x, positions, mask, use_cache: bool, last_only: bool = False):
+    def forward(self, x, positions, mask, use_cache: bool, last_only: bool = False, pack=None):
         """x: secret hidden states [B, T, H]; mask: public 0/1 [B, 1, T, S] or None.
         ``last_only``: the output of the last position only ([B, 1, V]): after the last layer's
         attention (which still fills the cache at every position) nothing mixes positions, so the
-        last MLP, the final norm and the output layer run on one position per row instead of T."""
+        last MLP, the final norm and the output layer run on one position per row instead of T.
+        ``pack`` (:class:`Packed`, with ``last_only``): x holds the real tokens only, [1, N, H]."""
         s = self.spec
         rope = self._rope_tables(positions) if s.pos == "rope" else None
         if use_cache and self.cache is None:
@@ -176,12 +183,12 @@ class Engine:
             pre = f"layers.{i}."
             cut = last_only and i == s.n_layers - 1
             if s.post_norm:
-                x = x + self._attention(x, i, rope, mask, cache_i)
-                x = self._norm(x[:, -1:] if cut else x, pre + "attn_norm")
+                x = x + self._attention(x, i, rope, mask, cache_i, pack)
+                x = self._norm(_last(x, pack) if cut else x, pre + "attn_norm")
                 x = self._norm(x + self._mlp(x, i), pre + "mlp_norm")
             else:
-                x = x + self._attention(self._norm(x, pre + "attn_norm"), i, rope, mask, cache_i)
-                x = x[:, -1:] if cut else x
+                x = x + self._attention(self._norm(x, pre + "attn_norm"), i, rope, mask, cache_i, pack)
+                x = _last(x, pack) if cut else x
                 x = x + self._mlp(self._norm(x, pre + "mlp_norm"), i)
             if self.on_layer is not None:
                 self.on_layer(i, s.n_layers)
@@ -223,8 +230,17 @@ class Engine:
         mask = self.prefill_mask(attn.to(self.dtype), self.spec.causal).to(self.dtype)
         if attn.all() and not self.spec.causal:
             mask = None
-        x = self.embed(ids, positions)
-        return self.forward(x, positions, mask, use_cache=use_cache, last_only=last_only)
+        return self._run(ids, positions, attn, mask, use_cache, last_only)
+
+    def _run(self, ids, positions, attn, mask, use_cache: bool, last_only: bool):
+        """Embed and run the layers; with ``last_only`` on a padded causal batch, the per-token
+        work (embedding, norms, linear layers, MLP) runs on the real tokens only (:class:`Packed`):
+        the pads of a batch of prompts of unequal lengths cost attention's rectangle alone."""
+        pack = Packed(attn) if last_only and self.spec.causal and not attn.all() else None
+        if pack is None:
+            return self.forward(self.embed(ids, positions), positions, mask, use_cache, last_only)
+        x = self.embed(pack.pack(ids), pack.pack(positions))
+        return self.forward(x, positions, mask, use_cache, last_only, pack)
 
     def _prefill_shared(self, ids, attn, prefix: int, last_only: bool):
         B, T = ids.shape
@@ -248,8 +264,7 @@ class Engine:
         self._next_pos = positions[:, -1] + 1
         keep = self.prefill_mask(own.to(self.dtype), True)
         mask = torch.cat([torch.ones(B, 1, Ts, prefix), keep], dim=-1).to(self.dtype)
-        x = self.embed(sids, positions)
-        return self.forward(x, positions, mask, use_cache=True, last_only=last_only)
+        return self._run(sids, positions, own, mask, True, last_only)
 
     def decode(self, ids: torch.Tensor):
         """One new token per sequence [B, 1] against the secret KV cache. Returns [B, 1, V]."""
@@ -259,6 +274,32 @@ class Engine:
         mask = None if self._attn.all() else self._attn[:, None, None, :].to(self.dtype)
         x = self.embed(ids, positions)
         return self.forward(x, positions, mask, use_cache=True)
+
+
+class Packed:
+    """A left-padded batch [B, T] as its N real tokens, in row order: ``pack`` takes a [B, T, ...]
+    tensor (secret or public) to [1, N, ...], ``unpack`` back to [B, T, ...]. What ``unpack``
+    puts at a pad is a copy of some real token's value, not zero: attention masks every pad key
+    (its probability is exactly 0) and drops every pad query, so it is never read, and indexing
+    is all it costs (local under MPC, no new op)."""
+
+    def __init__(self, attn: torch.Tensor):
+        self.B, self.T = attn.shape
+        flat = attn.reshape(-1).bool()
+        self.idx = flat.nonzero()[:, 0]                         # [N] real slots of the flat batch
+        self.back = (flat.long().cumsum(0) - 1).clamp(min=0)     # each slot's packed row (pads: a neighbour's)
+        self.last = attn.long().sum(-1).cumsum(0) - 1            # each row's last token, packed
+
+    def pack(self, t):
+        return t.reshape(self.B * self.T, *t.shape[2:])[self.idx][None]
+
+    def unpack(self, t):
+        return t[0][self.back].reshape(self.B, self.T, *t.shape[2:])
+
+
+def _last(x, pack):
+    """Each row's last position: [B, 1, ...]."""
+    return x[:, -1:] if pack is None else x[0][pack.last][:, None]
 
 
 def mask_of(tokens: int, lengths: list) -> torch.Tensor:
