@@ -216,14 +216,14 @@ def _announce(cfg: GenConfig, spec: models.ModelSpec, inp: ClientInput | None, r
     from pmpc.mpc.crypten_compat import comm
 
     def check(msg):
-        wire.is_dict(msg, {"tokens", "lengths", "prefix"}, "announcement")
+        wire.is_dict(msg, {"tokens", "lengths"}, "announcement", optional={"prefix"})
         tokens = wire.is_int(msg["tokens"], 1, None, "tokens")
         wire.is_list(msg["lengths"], cfg.max_batch, "lengths (one per prompt)")
         if not msg["lengths"]:
             raise ValueError("no prompts")
         for n in msg["lengths"]:
             wire.is_int(n, 1, tokens, "prompt length")
-        wire.is_int(msg["prefix"], 0, min(msg["lengths"]) - 1, "shared prefix")
+        wire.is_int(msg.get("prefix", 0), 0, min(msg["lengths"]) - 1, "shared prefix")
         try:
             _check_shape(cfg, spec, len(msg["lengths"]), tokens)
         except UserError as e:
@@ -235,7 +235,7 @@ def _announce(cfg: GenConfig, spec: models.ModelSpec, inp: ClientInput | None, r
                 "prefix": int(inp.prefix)}
     c = comm.get()
     msg = wire.broadcast("announcement", mine, CLIENT, rank, c.main_group, check=check)
-    return mask_of(msg["tokens"], msg["lengths"]), msg["prefix"]
+    return mask_of(msg["tokens"], msg["lengths"]), msg.get("prefix", 0)
 
 
 def _choose(logits: torch.Tensor, cfg: GenConfig, gen: torch.Generator) -> torch.Tensor:
