@@ -215,14 +215,16 @@ class Engine:
         """Returns secret logits (or final hidden states for encoders) [B, T, V] ([B, 1, V] with
         ``last_only``: what generation reads).
 
-        ``prefix`` > 0: the first ``prefix`` real tokens of every row are the same (a chat
-        template's system turn): they are computed ONCE, as a batch of one, and their keys and
-        values are shared by every row; the rows' own tokens follow against that cache. Each
-        row's values are those of the plain batch (nothing but its own earlier tokens reaches a
-        position; pads are masked), at a fraction of the work."""
+        ``prefix`` > 0 (with ``last_only``): the first ``prefix`` real tokens of every row are the
+        same (a chat template's system turn): they are computed ONCE, as a batch of one, and their
+        keys and values are shared by every row; the rows' own tokens follow against that cache.
+        Each row's values are those of the plain batch (nothing but its own earlier tokens reaches
+        a position; pads are masked), at a fraction of the work."""
         self.cache = None
         attn = torch.ones_like(ids) if attn is None else attn
         if prefix:
+            if not last_only:
+                raise ValueError("a shared prefix is for generation: prefill(..., last_only=True)")
             return self._prefill_shared(ids, attn.long(), prefix, last_only)
         self._attn = attn.clone()
         positions = (attn.cumsum(-1) - 1).clamp(min=0)

@@ -88,7 +88,7 @@ def test_shared_prefix_and_last_only_equal_the_plain_batch(arch, protocol):
             assert a.shape == b.shape, prefix
             torch.testing.assert_close(a, b, atol=1e-9, rtol=0)
     with pytest.raises(ValueError, match="own token"):
-        e.prefill(ids, attn, prefix=5)   # row 1 has nothing after 5 tokens
+        e.prefill(ids, attn, prefix=5, last_only=True)   # row 1 has nothing after 5 tokens
 
 
 @pytest.mark.parametrize("weights", ["public", "private"])
