@@ -137,7 +137,12 @@ class Engine:
         with ops.scope("attention.matmul"):
             scores = ops.matmul(q if self.folded else q * (1.0 / math.sqrt(hd)), k.transpose(-1, -2))
         with ops.scope("attention.softmax"):
-            probs = p.softmax(scores.reshape(B, nh, T, L), ops, mask=mask)
+            if pack is None:
+                probs = p.softmax(scores.reshape(B, nh, T, L), ops, mask=mask)
+            else:  # the real queries' rows only: a pad query's row is dropped after the product anyway
+                rows = lambda t, h: pack.pack(t.reshape(B, h, T, L).transpose(1, 2))  # noqa: E731
+                probs = p.softmax(rows(scores, nh), ops, mask=rows(mask, 1))
+                probs = pack.unpack(probs).transpose(1, 2)
         with ops.scope("attention.matmul"):
             out = ops.matmul(probs.reshape(B, nkv, (nh // nkv) * T, L), v)
         out = out.reshape(B, nh, T, hd).transpose(1, 2).reshape(B, T, nh * hd)
