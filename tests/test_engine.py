@@ -99,6 +99,14 @@ def test_secure_forward_matches_plaintext(weights):
         assert err < SECURE_BOUND, (arch, err)
 
 
+@pytest.mark.parametrize("weights", ["public", "private"])
+def test_secure_packed_prefill_with_prefix_matches_the_padded_batch(weights):
+    """Under 2PC, public and private weights: the shared prefix, the packed rows and the last-only
+    output layer give the padded batch's last-position logits (to the truncations' units)."""
+    diff, scale = parties.run_local(functools.partial(engine_jobs.packed_prefill, weights), timeout_s=180)[0]
+    assert scale > 0.01 and diff < SECURE_BOUND
+
+
 def test_secure_batch_with_shared_prefix_equals_each_prompt_alone(stories_dir):
     """stories260K under MPC (bolt): ONE session of three left-padded prompts that share their first
     tokens, computed once (``prefix``), gives each prompt the greedy tokens it gets alone in
