@@ -18,6 +18,7 @@ answer's length.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -54,6 +55,7 @@ class Engine:
         self.split_norms = (not spec.post_norm and spec.norm == "rms" and tap is None
                             and type(self.p).rms_norm is protocols.base.Protocol.rms_norm)
         self.cache = None
+        self.grow_kv = True  # the backend's KV cache (see prefill: a shared prefix concatenates)
         self.on_layer = None  # on_layer(i, n_layers) after each block: progress for a watching user
 
     def _share_private(self, spec: ModelSpec, fixed_operands: bool, release: bool, on_shared=None) -> dict:
@@ -102,13 +104,14 @@ class Engine:
         return W
 
     # -- helpers -----------------------------------------------------------------------------
-    def _lin(self, x, name, residual=None):
+    def _lin(self, x, name, residual=None, truncate: bool = True):
         """x W + b, or with ``residual`` (the pre-norm stream, when a norm reads the sum next)
-        (residual + x W + b, its split for the norm): the split rides on the layer's truncation."""
+        (residual + x W + b, its split for the norm): the split rides on the layer's truncation.
+        ``truncate=False``: the product on its raw scale (logits that are only revealed)."""
         b = self.W.get(name + ".b")
         if residual is not None:
             return self.ops.matmul_residual(x, self.W[name + ".w"], residual if b is None else residual + b)
-        y = self.ops.matmul(x, self.W[name + ".w"])
+        y = self.ops.matmul(x, self.W[name + ".w"], truncate=truncate)
         return y if b is None else y + b
 
     def _norm(self, x, name, split=None):
@@ -158,16 +161,20 @@ class Engine:
         return x
 
     # -- transformer blocks -------------------------------------------------------------------
-    def _attention(self, x, i, rope, mask, cache_i, residual=None):
+    def _attention(self, x, i, rope, mask, cache_i, residual=None, pack=None):
         s, ops, p = self.spec, self.ops, self.p
-        B, T = x.shape[0], x.shape[1]
+        B, T = (x.shape[0], x.shape[1]) if pack is None else (pack.B, pack.T)
         nh, nkv, hd = s.n_heads, s.n_kv_heads, s.head_dim
         with ops.scope("linear"):
             if f"layers.{i}.qkv.w" in self.W:  # q|k|v in one product: one truncation
                 qkv = self._lin(x, f"layers.{i}.qkv")
+                if pack is not None:
+                    qkv = pack.unpack(qkv)
                 q, k, v = qkv[..., :nh * hd], qkv[..., nh * hd:(nh + nkv) * hd], qkv[..., (nh + nkv) * hd:]
             else:
                 q, k, v = (self._lin(x, f"layers.{i}.{n}") for n in "qkv")
+                if pack is not None:
+                    q, k, v = pack.unpack(q), pack.unpack(k), pack.unpack(v)
             q = q.reshape(B, T, nh, hd).transpose(1, 2)
             k = k.reshape(B, T, nkv, hd).transpose(1, 2)
             v = v.reshape(B, T, nkv, hd).transpose(1, 2)
@@ -175,7 +182,8 @@ class Engine:
             qk = self._rope(ops.cat([q, k], dim=1), *rope)
             q, k = qk[:, :nh], qk[:, nh:]
         if cache_i is not None:
-            k, v = ops.kv_append(cache_i, k, v, f"layers.{i}")
+            append = ops.kv_append if self.grow_kv else functools.partial(Ops.kv_append, ops)
+            k, v = append(cache_i, k, v, f"layers.{i}")
         # grouped-query attention: the nh / nkv query heads that share a key/value head are
         # stacked as rows of one product with it, so each key and value is masked and opened once
         # per product, not once per query head (3x fewer bytes for SmolLM2's 9 / 3 heads)
@@ -184,10 +192,17 @@ class Engine:
         with ops.scope("attention.matmul"):
             scores = ops.matmul(q if self.folded else q * (1.0 / math.sqrt(hd)), k.transpose(-1, -2))
         with ops.scope("attention.softmax"):
-            probs = p.softmax(scores.reshape(B, nh, T, L), ops, mask=mask)
+            if pack is None:
+                probs = p.softmax(scores.reshape(B, nh, T, L), ops, mask=mask)
+            else:  # the real queries' rows only: a pad query's row is dropped after the product anyway
+                rows = lambda t, h: pack.pack(t.reshape(B, h, T, L).transpose(1, 2))  # noqa: E731
+                probs = p.softmax(rows(scores, nh), ops, mask=rows(mask, 1))
+                probs = pack.unpack(probs).transpose(1, 2)
         with ops.scope("attention.matmul"):
             out = ops.matmul(probs.reshape(B, nkv, (nh // nkv) * T, L), v)
         out = out.reshape(B, nh, T, hd).transpose(1, 2).reshape(B, T, nh * hd)
+        if pack is not None:
+            out = pack.pack(out)
         with ops.scope("linear"):
             return self._lin(out, f"layers.{i}.o", residual)
 
@@ -213,9 +228,12 @@ class Engine:
         with ops.scope("linear"):
             return self._lin(h, pre + "down", residual)
 
-    def forward(self, x, positions, mask, use_cache: bool, last_only: bool = False):
-        """x: secret hidden states [B, T, H]; mask: public 0/1 [B, 1, T, S] or None. ``last_only``:
-        the final norm and output layer for the last position only (the next token's logits)."""
+    def forward(self, x, positions, mask, use_cache: bool, last_only: bool = False, pack=None):
+        """x: secret hidden states [B, T, H]; mask: public 0/1 [B, 1, T, S] or None.
+        ``last_only``: the output of the last position only ([B, 1, V]): after the last layer's
+        attention (which still fills the cache at every position) nothing mixes positions, so the
+        last MLP, the final norm and the output layer run on one position per row instead of T.
+        ``pack`` (:class:`Packed`, with ``last_only``): x holds the real tokens only, [1, N, H]."""
         s = self.spec
         rope = self._rope_tables(positions) if s.pos == "rope" else None
         if use_cache and self.cache is None:
@@ -224,14 +242,19 @@ class Engine:
         for i in range(s.n_layers):
             cache_i = self.cache[i] if use_cache else None
             pre = f"layers.{i}."
+            cut = last_only and i == s.n_layers - 1
             if s.post_norm:
-                x = self._norm(x + self._attention(x, i, rope, mask, cache_i), pre + "attn_norm")
+                x = x + self._attention(x, i, rope, mask, cache_i, pack=pack)
+                x = self._norm(_last(x, pack) if cut else x, pre + "attn_norm")
                 x = self._norm(x + self._mlp(x, i), pre + "mlp_norm")
             elif self.split_norms:
-                x, split = self._attention(self._norm(x, pre + "attn_norm", split), i, rope, mask, cache_i, x)
+                x, split = self._attention(self._norm(x, pre + "attn_norm", split), i, rope, mask, cache_i, x, pack)
+                if cut:
+                    x, split = _last(x, pack), _last(split, pack)
                 x, split = self._mlp(self._norm(x, pre + "mlp_norm", split), i, x)
             else:
-                x = x + self._attention(self._norm(x, pre + "attn_norm"), i, rope, mask, cache_i)
+                x = x + self._attention(self._norm(x, pre + "attn_norm"), i, rope, mask, cache_i, pack=pack)
+                x = _last(x, pack) if cut else x
                 x = x + self._mlp(self._norm(x, pre + "mlp_norm"), i)
             if self.on_layer is not None:
                 self.on_layer(i, s.n_layers)
@@ -241,8 +264,8 @@ class Engine:
         if self.final_norm:
             x = self._norm(x, "final_norm", split)
         if "lm_head.w" in self.W:
-            with self.ops.scope("lm_head"):
-                x = self._lin(x, "lm_head")
+            with self.ops.scope("lm_head"):  # logits are only revealed: no truncation
+                x = self._lin(x, "lm_head", truncate=False)
         return x
 
     # -- prefill / decode ---------------------------------------------------------------------
@@ -257,21 +280,65 @@ class Engine:
         return keep
 
     def prefill(self, ids: torch.Tensor, attn: torch.Tensor | None = None, use_cache: bool = True,
-                last_only: bool = False):
-        """Returns secret logits (or final hidden states for encoders) [B, T, V]; with
-        ``last_only`` those of the last position alone, [B, 1, V] (generation needs no other:
-        the output layer over a whole prompt is a vocabulary-wide product and truncation per
-        position)."""
+                prefix: int = 0, last_only: bool = False):
+        """Returns secret logits (or final hidden states for encoders) [B, T, V] ([B, 1, V] with
+        ``last_only``: what generation reads).
+
+        ``prefix`` > 0 (with ``last_only``): the first ``prefix`` real tokens of every row are the
+        same (a chat template's system turn): they are computed ONCE, as a batch of one, and their
+        keys and values are shared by every row; the rows' own tokens follow against that cache.
+        Each row's values are those of the plain batch (nothing but its own earlier tokens reaches
+        a position; pads are masked), at a fraction of the work."""
         self.cache = None
+        # a shared prefix's keys and values are one row's, broadcast to every row: a cache that
+        # concatenates (the backend's growing operand holds one batch's own rows)
+        self.grow_kv = not prefix
         attn = torch.ones_like(ids) if attn is None else attn
+        if prefix:
+            if not last_only:
+                raise ValueError("a shared prefix is for generation: prefill(..., last_only=True)")
+            return self._prefill_shared(ids, attn.long(), prefix, last_only)
         self._attn = attn.clone()
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
         self._next_pos = positions[:, -1] + 1
         mask = self.prefill_mask(attn.to(self.dtype), self.spec.causal).to(self.dtype)
         if attn.all() and not self.spec.causal:
             mask = None
-        x = self.embed(ids, positions)
-        return self.forward(x, positions, mask, use_cache=use_cache, last_only=last_only)
+        return self._run(ids, positions, attn, mask, use_cache, last_only)
+
+    def _run(self, ids, positions, attn, mask, use_cache: bool, last_only: bool):
+        """Embed and run the layers; with ``last_only`` on a padded causal batch, the per-token
+        work (embedding, norms, linear layers, MLP) runs on the real tokens only (:class:`Packed`):
+        the pads of a batch of prompts of unequal lengths cost attention's rectangle alone."""
+        pack = Packed(attn) if last_only and self.spec.causal and not attn.all() else None
+        if pack is None:
+            return self.forward(self.embed(ids, positions), positions, mask, use_cache, last_only)
+        x = self.embed(pack.pack(ids), pack.pack(positions))
+        return self.forward(x, positions, mask, use_cache, last_only, pack)
+
+    def _prefill_shared(self, ids, attn, prefix: int, last_only: bool):
+        B, T = ids.shape
+        lengths = attn.sum(-1)
+        if not self.spec.causal or int(lengths.min()) <= prefix:
+            raise ValueError("a shared prefix needs a causal model and at least one own token per row")
+        start = T - int(lengths[0])  # the prefix as row 0 holds it (every row holds the same tokens)
+        head, hpos = ids[:1, start:start + prefix], torch.arange(prefix)[None]
+        hmask = self.prefill_mask(torch.ones(1, prefix, dtype=self.dtype), True).to(self.dtype)
+        self.forward(self.embed(head, hpos), hpos, hmask, use_cache=True, last_only=True)
+        for c in self.cache:  # one row's keys and values, seen by all rows (a view: no copy)
+            c[0], c[1] = c[0].expand(B, *c[0].shape[1:]), c[1].expand(B, *c[1].shape[1:])
+        # each row's own tokens, left-padded to the longest, after the shared prefix
+        Ts = int((lengths - prefix).max())
+        own = mask_of(Ts, (lengths - prefix).tolist())
+        rows = torch.arange(B)[:, None]
+        cols = (T - Ts + torch.arange(Ts))[None, :]
+        sids = torch.where(own.bool(), ids[rows, cols.expand(B, Ts)], torch.zeros_like(own))
+        positions = (prefix + own.cumsum(-1) - 1).clamp(min=prefix)
+        self._attn = torch.cat([torch.ones(B, prefix, dtype=torch.long), own], dim=1)
+        self._next_pos = positions[:, -1] + 1
+        keep = self.prefill_mask(own.to(self.dtype), True)
+        mask = torch.cat([torch.ones(B, 1, Ts, prefix), keep], dim=-1).to(self.dtype)
+        return self._run(sids, positions, own, mask, True, last_only)
 
     def decode(self, ids: torch.Tensor):
         """One new token per sequence [B, 1] against the secret KV cache. Returns [B, 1, V]."""
@@ -281,6 +348,37 @@ class Engine:
         mask = None if self._attn.all() else self._attn[:, None, None, :].to(self.dtype)
         x = self.embed(ids, positions)
         return self.forward(x, positions, mask, use_cache=True)
+
+
+class Packed:
+    """A left-padded batch [B, T] as its N real tokens, in row order: ``pack`` takes a [B, T, ...]
+    tensor (secret or public) to [1, N, ...], ``unpack`` back to [B, T, ...]. What ``unpack``
+    puts at a pad is a copy of some real token's value, not zero: attention masks every pad key
+    (its probability is exactly 0) and drops every pad query, so it is never read, and indexing
+    is all it costs (local under MPC, no new op)."""
+
+    def __init__(self, attn: torch.Tensor):
+        self.B, self.T = attn.shape
+        flat = attn.reshape(-1).bool()
+        self.idx = flat.nonzero()[:, 0]                         # [N] real slots of the flat batch
+        self.back = (flat.long().cumsum(0) - 1).clamp(min=0)     # each slot's packed row (pads: a neighbour's)
+        self.last = attn.long().sum(-1).cumsum(0) - 1            # each row's last token, packed
+
+    def pack(self, t):
+        return t.reshape(self.B * self.T, *t.shape[2:])[self.idx][None]
+
+    def unpack(self, t):
+        return t[0][self.back].reshape(self.B, self.T, *t.shape[2:])
+
+
+def _last(x, pack):
+    """Each row's last position: [B, 1, ...]."""
+    return x[:, -1:] if pack is None else x[0][pack.last][:, None]
+
+
+def mask_of(tokens: int, lengths: list) -> torch.Tensor:
+    """The left-padded 0/1 attention mask of prompts of these lengths in ``tokens`` columns."""
+    return (torch.arange(tokens)[None, :] >= tokens - torch.tensor(lengths, dtype=torch.long)[:, None]).long()
 
 
 def fold_weights(spec: ModelSpec) -> dict:

@@ -158,7 +158,11 @@ class Ops:
         """Elementwise product of two secret values (one Beaver round under MPC)."""
         return x * y
 
-    def matmul(self, x, y):
+    def matmul(self, x, y, truncate: bool = True):
+        """x @ y. ``truncate=False``: a product that is only ever revealed (the output layer's
+        logits) may stay on its raw fixed-point scale under MPC: its truncation would cost a
+        round and a pass over every element for nothing the reader needs. Plain tensors have no
+        scale."""
         return x.matmul(y)
 
     def matmul_residual(self, x, y, residual):

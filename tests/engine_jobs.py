@@ -39,6 +39,24 @@ def forward_all_archs(weights, rank, world_size):
     return out
 
 
+def packed_prefill(weights, rank, world_size):
+    """Secure prefill of a padded batch with a shared prefix and packed rows (``last_only``) and the
+    plain padded prefill, both revealed to the client: their largest difference at each row's last
+    position, and its largest plaintext logit."""
+    spec = models.spec_from_hf(models.tiny_model("llama"), "llama")
+    ids = _ids(spec, shape=(3, 7))
+    ids[:, :3] = ids[0, :3]                       # every row starts with the same 3 tokens...
+    attn = torch.ones_like(ids)
+    attn[1, :2] = 0                               # ...after its own left padding
+    ids[1, 2:5] = ids[0, :3]
+    ops = CrypTenOps(cost.Tracker(cost.crypten_stats))
+    e = Engine(spec, "exact", ops, weights=weights)
+    got = ops.reveal(e.prefill(ids, attn, prefix=3, last_only=True)[:, -1], dst=0)
+    ref = ops.reveal(e.prefill(ids, attn)[:, -1], dst=0)
+    if rank == 0:
+        return float((got - ref).abs().max()), float(ref.abs().max())
+
+
 def fail_midway(mode, rank, world_size):
     """The server dies or stalls after the first secure ops; the client keeps computing."""
     ops = CrypTenOps()

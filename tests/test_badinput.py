@@ -296,3 +296,6 @@ def test_a_client_announcing_beyond_the_limits_is_refused_by_the_server():
     with pytest.raises(UserError, match="left-padded"):
         secure.check_input(cfg, spec, secure.ClientInput(right_padded, right_padded))
     assert secure.mask_of(3, [1, 3]).tolist() == [[0, 0, 1], [1, 1, 1]]
+    secure.check_input(cfg, spec, secure.ClientInput(ok, ok, prefix=1))  # both rows start with token 1
+    with pytest.raises(UserError, match="token of its own"):
+        secure.check_input(cfg, spec, secure.ClientInput(ok, ok, prefix=2))

@@ -11,6 +11,7 @@ import torch
 from pmpc import models
 from pmpc.mpc import parties
 from pmpc.engine import Engine
+from pmpc.errors import UserError
 from pmpc.ops import TorchOps
 from tests import engine_jobs
 
@@ -56,12 +57,88 @@ def test_left_padding_matches_unpadded():
     torch.testing.assert_close(e.prefill(padded, attn)[:, -1], alone, atol=1e-9, rtol=0)
 
 
+def _shared_prefix_batch(spec, prefix=4, own=(3, 1, 5)):
+    """Rows that begin with the same ``prefix`` tokens, then their own, left-padded."""
+    g = torch.Generator().manual_seed(7)
+    head = torch.randint(0, spec.vocab, (prefix,), generator=g)
+    rows = [torch.cat([head, torch.randint(0, spec.vocab, (n,), generator=g)]) for n in own]
+    T = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), T, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, T - len(r):], attn[i, T - len(r):] = r, 1
+    return ids, attn
+
+
+@pytest.mark.parametrize("arch,protocol", [("llama", "bolt"), ("llama", "exact"), ("qwen2", "bolt")])
+def test_shared_prefix_and_last_only_equal_the_plain_batch(arch, protocol):
+    """A prefix computed once for all rows, and the output layer on the last position only, give
+    the plain batch's numbers (the protocol's emulation: its float64 products differ in the last
+    bits with their shapes, the ring's do not), at prefill and at every decode step after it."""
+    spec = models.spec_from_hf(models.tiny_model(arch), arch)
+    ids, attn = _shared_prefix_batch(spec)
+    e = Engine(spec, protocol, TorchOps())
+    ref = [e.prefill(ids, attn)[:, -1:]]
+    nxt = ids[:, -1:] * 0 + 5
+    ref += [e.decode(nxt + t) for t in range(3)]
+    for prefix in (0, 4, 2):
+        got = [e.prefill(ids, attn, prefix=prefix, last_only=True)]
+        got += [e.decode(nxt + t) for t in range(3)]
+        for a, b in zip(got, ref):
+            assert a.shape == b.shape, prefix
+            torch.testing.assert_close(a, b, atol=1e-9, rtol=0)
+    with pytest.raises(ValueError, match="own token"):
+        e.prefill(ids, attn, prefix=5, last_only=True)   # row 1 has nothing after 5 tokens
+
+
 @pytest.mark.parametrize("weights", ["public", "private"])
 def test_secure_forward_matches_plaintext(weights):
     errs = parties.run_local(functools.partial(engine_jobs.forward_all_archs, weights), timeout_s=120)[0]
     assert set(errs) == set(engine_jobs.ARCHS)
     for arch, err in errs.items():
         assert err < SECURE_BOUND, (arch, err)
+
+
+@pytest.mark.parametrize("weights", ["public", "private"])
+def test_secure_packed_prefill_with_prefix_matches_the_padded_batch(weights):
+    """Under 2PC, public and private weights: the shared prefix, the packed rows and the last-only
+    output layer give the padded batch's last-position logits (to the truncations' units)."""
+    diff, scale = parties.run_local(functools.partial(engine_jobs.packed_prefill, weights), timeout_s=180)[0]
+    assert scale > 0.01 and diff < SECURE_BOUND
+
+
+def test_secure_batch_with_shared_prefix_equals_each_prompt_alone(stories_dir):
+    """stories260K under MPC (bolt): ONE session of three left-padded prompts that share their first
+    tokens, computed once (``prefix``), gives each prompt the greedy tokens it gets alone in
+    plaintext under the same protocol's emulation (and, when its text is plaintext-stable, HF's)."""
+    from pmpc.mpc import secure
+
+    model, tok = models.load_hf(str(stories_dir))
+    texts = ["Once upon a time, there was a little dog", "Once upon a time", "Once upon a time, Lily saw"]
+    rows = [tok(t, return_tensors="pt")["input_ids"][0] for t in texts]
+    T, n = max(len(r) for r in rows), 5
+    ids = torch.zeros(len(rows), T, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, T - len(r):], attn[i, T - len(r):] = r, 1
+    head = rows[1].tolist()
+    prefix = secure.shared_prefix(ids, attn, head)
+    assert prefix == len(head) - 1  # the shortest prompt keeps one token of its own
+    assert secure.shared_prefix(ids, attn, [head[0], 7]) == 1  # no further than the rows agree
+    cfg = secure.GenConfig(model=str(stories_dir), protocol="bolt", max_new_tokens=n)
+    client, _ = secure.run_generation(cfg, secure.ClientInput(ids, attn, prefix=prefix), timeout_s=180, dealer="local")
+    spec = models.spec_from_hf(model)
+    for i, r in enumerate(rows):  # each prompt alone, no padding, no prefix: bolt emulated in plaintext
+        e, alone = Engine(spec, "bolt", TorchOps()), []
+        nxt = e.prefill(r[None])[:, -1].argmax(-1)
+        for _ in range(n):
+            alone.append(int(nxt))
+            nxt = e.decode(nxt[:, None])[:, -1].argmax(-1)
+        assert client["tokens"][i] == alone, (i, texts[i])
+    with pytest.raises(UserError, match="do not share"):
+        bad = ids.clone()
+        bad[0, T - len(rows[0])] += 1
+        secure.check_input(cfg, spec, secure.ClientInput(bad, attn, prefix=prefix))
 
 
 def test_secure_greedy_generation_equals_plaintext(stories_dir, tmp_path):

@@ -101,14 +101,16 @@ class CrypTenOps(Ops):
     def parallel(self, *fns) -> list:
         return concurrent.parallel(fns)
 
-    def matmul(self, x, y):
+    def matmul(self, x, y, truncate: bool = True):
         """A secret x times a PUBLIC matrix y (a linear layer's weights): y is read on
         ``WEIGHT_EXTRA_BITS`` more fraction bits than the values (:class:`PublicMatrix`; CrypTen's
         encoding truncates it to 2^-16 toward zero: a weight of 0.01 loses 0.3% of itself, and
         folding a norm's weight or 1/sqrt(d) into it shrinks it further), and the product is
         truncated once, as before. Room: |x y| < 2^(61 - 2f - extra) = 2^21, far above any linear
-        layer's output here. A private weight readied by :meth:`fix_operands`: a fixed-operand
-        product (opens x only)."""
+        layer's output here. ``truncate=False`` (a public matrix): the product stays on the
+        scale 2^(f + frac) it has before that truncation — the same ring value, revealed as it is
+        (no round). A private weight readied by :meth:`fix_operands`: a fixed-operand product
+        (opens x only), truncated. The KV cache (:meth:`kv_append`): a growing fixed operand."""
         if isinstance(y, (fixed_operand.GrowingOperand, fixed_operand.Transposed)):  # the KV cache
             transpose = isinstance(y, fixed_operand.Transposed)
             return fixed_operand.kv_matmul(x, y.of if transpose else y, transpose)
@@ -120,6 +122,8 @@ class CrypTenOps(Ops):
             y = PublicMatrix(y, self.fxp_bits + WEIGHT_EXTRA_BITS, compact=False)  # used once: no int32 copy
         if isinstance(y, PublicMatrix):
             raw = x._tensor.share.matmul(y.ring()) * (1 << (self.fxp_bits - _log2_scale(x)))
+            if not truncate:
+                return MPCTensor.from_shares(raw, precision=self.fxp_bits + y.frac_bits)
             out = ArithmeticSharedTensor.from_shares(raw, precision=0)
             out.div_(2 ** y.frac_bits)
             return MPCTensor.from_shares(out.share, precision=self.fxp_bits)

@@ -34,7 +34,7 @@ import time
 import torch
 
 from pmpc import jsonl, models
-from pmpc.engine import CLIENT, Engine, compare_logits
+from pmpc.engine import CLIENT, Engine, compare_logits, mask_of
 from pmpc.errors import UserError
 from pmpc.mpc import cost, wire
 from pmpc.mpc import dealer
@@ -88,6 +88,9 @@ class ClientInput:
     ids: torch.Tensor                # [B, T], left-padded
     attn: torch.Tensor               # [B, T] 0/1
     watch: object | None = None      # client-side progress: .layer(phase, i, n), .token(step, ids [B])
+    prefix: int = 0                  # every row's first `prefix` tokens are the same (a chat template's
+                                     # system turn): computed once for all rows. The server learns
+                                     # this number, as it learns the lengths
 
 
 class _Relay:
@@ -163,6 +166,13 @@ def check_input(cfg: GenConfig, spec: models.ModelSpec, inp: ClientInput) -> Non
         raise UserError(f"token id out of range [0, {spec.vocab})")
     if not torch.equal(attn.long(), mask_of(ids.shape[1], attn.long().sum(-1).tolist())):
         raise UserError("the attention mask must be 0/1 and left-padded (zeros, then ones)")
+    if inp.prefix:
+        lengths = attn.long().sum(-1)
+        if not 0 < inp.prefix < int(lengths.min()):
+            raise UserError(f"a shared prefix of {inp.prefix} tokens must leave every prompt a token of its own")
+        heads = [ids[i, ids.shape[1] - n:][:inp.prefix] for i, n in enumerate(lengths.tolist())]
+        if any(not torch.equal(h, heads[0]) for h in heads):
+            raise UserError(f"the prompts do not share their first {inp.prefix} tokens")
     _check_shape(cfg, spec, ids.shape[0], ids.shape[1])
 
 
@@ -175,11 +185,6 @@ def _check_shape(cfg: GenConfig, spec: models.ModelSpec, batch: int, tokens: int
     if spec.max_positions and tokens + cfg.max_new_tokens > spec.max_positions:
         raise UserError(f"prompt of {tokens} tokens + {cfg.max_new_tokens} new tokens exceeds the model's "
                         f"context of {spec.max_positions}")
-
-
-def mask_of(tokens: int, lengths: list) -> torch.Tensor:
-    """The left-padded 0/1 attention mask of prompts of these lengths in ``tokens`` columns."""
-    return (torch.arange(tokens)[None, :] >= tokens - torch.tensor(lengths, dtype=torch.long)[:, None]).long()
 
 
 def _load_spec(cfg: GenConfig, rank: int) -> models.ModelSpec:
@@ -205,20 +210,21 @@ def _agree(value: str, what: str, kind: str = "configuration"):
     return got[0]
 
 
-def _announce(cfg: GenConfig, spec: models.ModelSpec, inp: ClientInput | None, rank: int) -> torch.Tensor:
+def _announce(cfg: GenConfig, spec: models.ModelSpec, inp: ClientInput | None, rank: int) -> tuple:
     """The client tells the server the public shape of its query (tokens per row, each row's
-    length: the left-padded mask follows); the server refuses what exceeds its limits before it
-    allocates anything. Returns the attention mask."""
+    length: the left-padded mask follows; the length of the prefix all rows share); the server
+    refuses what exceeds its limits before it allocates anything. Returns (attention mask, prefix)."""
     from pmpc.mpc.crypten_compat import comm
 
     def check(msg):
-        wire.is_dict(msg, {"tokens", "lengths"}, "announcement")
+        wire.is_dict(msg, {"tokens", "lengths"}, "announcement", optional={"prefix"})
         tokens = wire.is_int(msg["tokens"], 1, None, "tokens")
         wire.is_list(msg["lengths"], cfg.max_batch, "lengths (one per prompt)")
         if not msg["lengths"]:
             raise ValueError("no prompts")
         for n in msg["lengths"]:
             wire.is_int(n, 1, tokens, "prompt length")
+        wire.is_int(msg.get("prefix", 0), 0, min(msg["lengths"]) - 1, "shared prefix")
         try:
             _check_shape(cfg, spec, len(msg["lengths"]), tokens)
         except UserError as e:
@@ -226,10 +232,11 @@ def _announce(cfg: GenConfig, spec: models.ModelSpec, inp: ClientInput | None, r
 
     mine = None
     if rank == CLIENT:
-        mine = {"tokens": int(inp.attn.shape[1]), "lengths": [int(n) for n in inp.attn.long().sum(-1)]}
+        mine = {"tokens": int(inp.attn.shape[1]), "lengths": [int(n) for n in inp.attn.long().sum(-1)],
+                "prefix": int(inp.prefix)}
     c = comm.get()
     msg = wire.broadcast("announcement", mine, CLIENT, rank, c.main_group, check=check)
-    return mask_of(msg["tokens"], msg["lengths"])
+    return mask_of(msg["tokens"], msg["lengths"]), msg.get("prefix", 0)
 
 
 def _choose(logits: torch.Tensor, cfg: GenConfig, gen: torch.Generator) -> torch.Tensor:
@@ -294,8 +301,9 @@ def _since(c0: dict) -> dict:
 _PLANS: dict = {}  # public facts -> Plan (the plan depends on nothing secret)
 
 
-def _query(engine, ops, ids, attn, cfg, rank, gen, phases=None, marks=None, plan_of=None, watch=None):
-    """Prefill, then ``max_new_tokens - 1`` decode steps. With ``phases``: the online run (records
+def _query(engine, ops, ids, attn, cfg, rank, gen, phases=None, marks=None, plan_of=None, watch=None, prefix=0):
+    """Prefill (the shared ``prefix`` once, the output layer at the last position only: what the
+    client reads), then ``max_new_tokens - 1`` decode steps. With ``phases``: the online run (records
     cost per phase, chooses tokens); without: a dry run (tokens are zeros, logits dropped), and
     ``marks``/``plan_of`` record where in the tuple stream each phase starts. ``watch``
     (:class:`Watch`, client only) sees the prefill's layers and each token as it is chosen."""
@@ -323,7 +331,7 @@ def _query(engine, ops, ids, attn, cfg, rank, gen, phases=None, marks=None, plan
     if watch is not None:
         engine.on_layer = lambda i, n: watch.layer("prefill", i, n)
     try:
-        nxt = step(functools.partial(engine.prefill, last_only=True), ids, attn)
+        nxt = step(functools.partial(engine.prefill, prefix=prefix, last_only=True), ids, attn)
     finally:
         engine.on_layer = None
     if phases is not None:
@@ -375,7 +383,7 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
         check_input(cfg, spec, inp)
     # under the MAC key of the start-up key exchange: a forged digest is not an honest mismatch
     handshake.agree_digest(cfg.digest_bytes(spec), "the configuration (model, protocol, weights, shapes, steps)")
-    attn = _announce(cfg, spec, inp, rank)
+    attn, prefix = _announce(cfg, spec, inp, rank)
     ids = inp.ids if rank == CLIENT else torch.zeros_like(attn)  # the server never sees ids
     real = _comm()
     tracker = _DealerKeepAliveTracker(cost.crypten_stats, timeout_s / 4,
@@ -391,11 +399,11 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
 
     provider = None
     if cfg.preprocess:
-        plan = _plan(cfg, spec, engine, ops, attn, rank, gen, phases, fault)
+        plan = _plan(cfg, spec, engine, ops, attn, rank, gen, phases, fault, prefix)
         tracker.hook = None
         provider = _offline(plan, mode, world_size, to_dealer, phases, fault)
     steps, tokens = _online(cfg, engine, ops, ids, attn, rank, gen, phases, provider,
-                            getattr(inp, "watch", None) if rank == CLIENT else None, fault)
+                            getattr(inp, "watch", None) if rank == CLIENT else None, fault, prefix)
     out = {"rank": rank, "dealer": mode, "preprocess": cfg.preprocess, "setup_seconds": t_setup,
            "phases": phases, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if to_dealer:
@@ -413,12 +421,12 @@ def _comm():
     return comm.get()
 
 
-def _plan(cfg: GenConfig, spec, engine, ops, attn, rank: int, gen, phases: dict, fault):
+def _plan(cfg: GenConfig, spec, engine, ops, attn, rank: int, gen, phases: dict, fault, prefix: int = 0):
     """The plan phase: the tuple requests of the query, from a solo dry run on dummy inputs over
     the same public shapes (cached per configuration and mask when both parties have it)."""
     from pmpc.mpc.crypten_compat import solo_dry_run, use_provider
 
-    key = (cfg.digest(spec), tuple(map(tuple, attn.tolist())))
+    key = (cfg.digest(spec), tuple(map(tuple, attn.tolist())), prefix)
     if all(_gather(key in _PLANS)):
         plan = _PLANS[key]
         phases["plan"] = {"cached": True, "seconds": 0.0, "rounds": 0, "bytes": 0, "comm_seconds": 0.0,
@@ -433,7 +441,7 @@ def _plan(cfg: GenConfig, spec, engine, ops, attn, rank: int, gen, phases: dict,
                 dry = Engine(models.load_shapes(cfg.model, allow_pickle=cfg.allow_pickle), cfg.protocol, ops,
                              weights="private", release_weights=True)
             _query(dry, ops, torch.zeros_like(attn), attn, cfg, rank, gen, marks=marks,
-                   plan_of=lambda: rec.requests)
+                   plan_of=lambda: rec.requests, prefix=prefix)
         plan = dealer.Plan(rec.requests, marks)
         _PLANS[key] = plan
         phases["plan"] = {"cached": False, **_since(c0)}
@@ -465,7 +473,8 @@ def _offline(plan, mode: str, world_size: int, to_dealer: bool, phases: dict, fa
     return dealer.Replay(plan, tuples)
 
 
-def _online(cfg: GenConfig, engine, ops, ids, attn, rank: int, gen, phases: dict, provider, watch, fault):
+def _online(cfg: GenConfig, engine, ops, ids, attn, rank: int, gen, phases: dict, provider, watch, fault,
+            prefix: int = 0):
     """The online phase: the query itself (from the dealt tuples when ``provider`` is given). Under a
     ``PMPC_FAULT`` drill the engine's first-layer tap strikes at the phase (prefill/decode) it is in."""
     from pmpc.mpc.crypten_compat import use_provider
@@ -485,7 +494,7 @@ def _online(cfg: GenConfig, engine, ops, ids, attn, rank: int, gen, phases: dict
 
     engine.prefill, engine.decode = traced(engine.prefill, "prefill"), traced(engine.decode, "decode")
     with use_provider(provider) if provider is not None else contextlib.nullcontext():
-        steps, tokens = _query(engine, ops, ids, attn, cfg, rank, gen, phases=phases, watch=watch)
+        steps, tokens = _query(engine, ops, ids, attn, cfg, rank, gen, phases=phases, watch=watch, prefix=prefix)
     if provider is not None and provider.left():
         raise dealer.PlanMismatch(f"{provider.left()} dealt tuples were not used by the online phase")
     return steps, tokens
@@ -685,23 +694,52 @@ def run_prompts(cfg: GenConfig, prompts, out_path, dealer: str = "ttp", timeout_
     return records
 
 
+def template_prefix(codec, system: str) -> list:
+    """The tokens every prompt rendered with ``codec``'s template and this system message starts
+    with, whatever the user wrote (the system turn and the user's header): what two different
+    messages share, so nothing of a user's own text is in it."""
+    a, b = ([int(t) for t in codec.batch([codec.render(m, system)], "cpu")["input_ids"][0]] for m in ("a", "b"))
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
+
+
+def shared_prefix(ids: torch.Tensor, attn: torch.Tensor, head: list) -> int:
+    """How many of ``head``'s tokens begin every row of a left-padded batch (each row keeping at
+    least one token of its own): the prefix the session computes once for all rows. The server
+    learns the number only; it is the same for every batch of one template."""
+    lengths = attn.long().sum(-1).tolist()
+    n = min(len(head), min(lengths) - 1)
+    for i, L in enumerate(lengths):
+        row = ids[i, ids.shape[1] - L:].tolist()
+        while n and row[:n] != head[:n]:
+            n -= 1
+    return n
+
+
 def secure_generate_fn(cfg: GenConfig, codec, system: str = "default", dealer: str = "ttp",
                        timeout_s: float = 120.0, retries: int = 0, cost_path=None):
     """``generate_fn(prompts, seed) -> outputs`` for ``eval``'s streaming runner (``pmpc eval asr
     --secure``): each BATCH of prompts is rendered with ``codec`` (an :class:`pmpc.models.chat.Codec`),
     left-padded and generated in ONE secure session (prefill + KV-cache decode, the client's
-    sampler seeded with the batch's seed); the new tokens are decoded up to the first EOS. The
+    sampler seeded with the batch's seed; the template's part that every prompt starts with is
+    computed once for the batch: :func:`template_prefix`); the new tokens are decoded up to the first EOS. The
     session's cost (client side: prefill and decode rounds, bytes, seconds) is appended to
     ``cost_path`` (JSONL) as each batch finishes, so an interrupted run keeps what it spent."""
+    head = template_prefix(codec, system)
+
     def fn(prompts, seed):
         enc = codec.batch([codec.render(p, system) for p in prompts], "cpu")  # left-padded
         inp, att = enc["input_ids"], enc["attention_mask"]  # an empty row: check_input's one-line error
         c = dataclasses.replace(cfg, seed=seed)
+        pre = shared_prefix(inp, att, head)
         t0 = time.perf_counter()
-        client = with_retries(lambda: run_generation(c, ClientInput(inp, att), timeout_s=timeout_s, dealer=dealer)[0],
-                              retries)
+        client = with_retries(lambda: run_generation(c, ClientInput(inp, att, prefix=pre), timeout_s=timeout_s,
+                                                     dealer=dealer)[0], retries)
         if cost_path is not None:
-            rec = {"seed": seed, "batch": inp.shape[0], "prompt_tokens": inp.shape[1], "new_tokens": cfg.max_new_tokens,
+            rec = {"seed": seed, "batch": inp.shape[0], "prompt_tokens": inp.shape[1], "shared_prefix": pre,
+                   "new_tokens": cfg.max_new_tokens,
                    "wall_seconds": round(time.perf_counter() - t0, 3),
                    **{ph: dict(client["phases"][ph]) for ph in ("prefill", "decode")}}
             with open(pathlib.Path(cost_path), "a", encoding="utf-8") as f:
