@@ -338,6 +338,20 @@ class Ops:
         return elements * (lane - 1) <= ONE_ROUND_LEVELS
 
     def max_plan(self, rows: int, n: int, fan_in: int = 8) -> list:
+        """:meth:`_search_max_plan`, once per shape and comparison rule (a decode step asks it
+        the same question at every layer; the search is quadratic in ``n``)."""
+        memo = self.__dict__.setdefault("_max_plans", {})
+        key = (rows, n, fan_in, self.comparison_rule(), self.parties_make_keys())
+        if key not in memo:
+            memo[key] = self._search_max_plan(rows, n, fan_in)
+        return memo[key]
+
+    def comparison_rule(self) -> str:
+        """The name of the rule :meth:`one_round_comparisons` follows (a backend with a switch
+        names its setting): what a memoised plan depends on."""
+        return "auto"
+
+    def _search_max_plan(self, rows: int, n: int, fan_in: int = 8) -> list:
         """The group sizes of :meth:`max`'s levels for ``rows`` rows of ``n`` keys. Each level
         costs its comparison's rounds (one where the all-pairs comparison fits a one-round gate,
         :meth:`one_round_comparisons`) plus its winner's (:meth:`_winner_rounds`). Two plans, the

@@ -80,6 +80,9 @@ class CrypTenOps(Ops):
     def one_round_comparisons(self, elements: int, lane: int) -> bool:
         return gates.use_dcf(elements, lane)
 
+    def comparison_rule(self) -> str:
+        return gates.comparison_mode()
+
     def parties_make_keys(self) -> bool:
         return self.crypten.cfg.mpc.provider == "TFP"  # ``local``: party 0 deals (preprocessed too)
 
