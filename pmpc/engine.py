@@ -53,7 +53,7 @@ class Engine:
         # the residual stream's split for the next RMS norm taken with the linear layer that ends
         # each block (:meth:`pmpc.ops.Ops.matmul_residual`): where the norm is the shared one
         self.split_norms = (not spec.post_norm and spec.norm == "rms" and tap is None
-                            and type(self.p).rms_norm is protocols.base.Protocol.rms_norm)
+                            and getattr(self.p.rms_norm, "__func__", None) is protocols.base.Protocol.rms_norm)
         self.cache = None
         self.grow_kv = True  # the backend's KV cache (see prefill: a shared prefix concatenates)
         self.on_layer = None  # on_layer(i, n_layers) after each block: progress for a watching user
