@@ -359,19 +359,24 @@ def tfp_generate_cross_bits(self, size, device=None):
     return CrossBits(m0, m0 * m1 - c1)
 
 
-def ttp_generate_cross_bits(self, size, device=None):
+def _ttp_cross(kind: str, draw, size, device) -> CrossBits:
     """``ttp`` mode: each party draws its mask (and party 1 its share) from the stream it shares
-    with the dealer; party 0's share A B - c1 is the dealer's answer, read after the opening."""
+    with the dealer; party 0's share is the dealer's answer to ``kind``, read after the opening."""
     from crypten.mpc.provider.ttp_provider import TTPClient
 
     from pmpc.mpc.crypten_compat import comm
 
     client = TTPClient.get()
     rank = comm.get().get_rank()
-    mask, c = draw_cross(client.get_generator(device="cpu"), size, rank)
+    mask, c = draw(client.get_generator(device="cpu"), size, rank)
     if rank == 0:
-        c = client.ttp_request("cross_bits", device, list(size))
+        c = client.ttp_request(kind, device, list(size))
     return CrossBits(mask, c)
+
+
+def ttp_generate_cross_bits(self, size, device=None):
+    """Party 0's share A B - c1 from the dealer (:func:`_ttp_cross`)."""
+    return _ttp_cross("cross_bits", draw_cross, size, device)
 
 
 def dealer_cross_bits(self, size):
@@ -404,16 +409,8 @@ def tfp_generate_cross_words(self, size, device=None):
 
 
 def ttp_generate_cross_words(self, size, device=None):
-    from crypten.mpc.provider.ttp_provider import TTPClient
-
-    from pmpc.mpc.crypten_compat import comm
-
-    client = TTPClient.get()
-    rank = comm.get().get_rank()
-    mask, c = draw_cross_words(client.get_generator(device="cpu"), size, rank)
-    if rank == 0:
-        c = client.ttp_request("cross_words", device, list(size))
-    return CrossBits(mask, c)
+    """Party 0's XOR share (A & B) ^ c1 from the dealer (:func:`_ttp_cross`)."""
+    return _ttp_cross("cross_words", draw_cross_words, size, device)
 
 
 def dealer_cross_words(self, size):
