@@ -39,7 +39,8 @@ _common = [
     click.option("--allow-pickle", is_flag=True, help="accept pickle (.bin) checkpoints, which can run code"),
     click.option("--preprocess/--no-preprocess", default=False, show_default=True,
                  help="deal every tuple of the query before it runs (offline/online split: the online phase "
-                      "is timed alone). Holds all of the query's tuples in memory: GBs for a 30-layer model"),
+                      "is timed alone). Each party keeps the query's tuples on its disk, encrypted, until used: GBs "
+                      "for a 30-layer model (PMPC_SPOOL_DIR: where; default the temporary directory)"),
     click.option("--threads", default=1, show_default=True, help="torch threads per party"),
 ]
 

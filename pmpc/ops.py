@@ -395,8 +395,9 @@ class Ops:
         return min(plans, key=lambda p: (cost(p)[0], cost(p)[2]))  # a dealer's keys: fewest comparisons
 
     def parties_make_keys(self) -> bool:
-        """Whether a party makes the dealer-keyed gates' keys (``local``: party 0) rather than a
-        dealer process (``ttp``, the secure default, which the emulation plans as)."""
+        """Whether a party makes the dealer-keyed gates' keys in the query's own time (``local``
+        without ``--preprocess``: party 0) rather than a dealer process or an offline phase
+        (``ttp``, the secure default, which the emulation plans as)."""
         return False
 
     def _winner_rounds(self, keys: int, k: int) -> int:

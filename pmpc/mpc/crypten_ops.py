@@ -26,10 +26,11 @@ class CrypTenOps(Ops):
 
     kind = "crypten"
 
-    def __init__(self, tracker=None):
+    def __init__(self, tracker=None, keys_offline: bool = False):
         super().__init__(tracker)
         self.crypten = crypten
         self.fxp_bits = crypten.cfg.encoder.precision_bits
+        self.keys_offline = keys_offline  # ``--preprocess``: every key is made before the query
 
     def share(self, t, src=0):
         if t.dim() < 2 or t.numel() <= SHARE_ELEMENTS:
@@ -84,7 +85,8 @@ class CrypTenOps(Ops):
         return gates.comparison_mode()
 
     def parties_make_keys(self) -> bool:
-        return self.crypten.cfg.mpc.provider == "TFP"  # ``local``: party 0 deals (preprocessed too)
+        # ``local``: party 0 deals, in the query's time unless the keys were made offline
+        return self.crypten.cfg.mpc.provider == "TFP" and not self.keys_offline
 
     def scale_bits(self, x) -> int:
         return _log2_scale(x)

@@ -29,7 +29,9 @@ The offline/online split (``preprocess``):
    so it is cached per process.
 2. **offline** — the dealer of the chosen mode produces the planned tuples (for ``ttp`` in
    batches: one request and one reply per chunk, not one round trip per tuple), chunk by chunk,
-   with the two computing parties kept in step; the dealer then leaves the session.
+   with the two computing parties kept in step; the dealer then leaves the session. Each party
+   keeps its tuples in a :class:`pmpc.mpc.spool.Spool` (an encrypted, unlinked file read back
+   in order), so its memory holds one chunk, not the query's material.
 3. **online** — the query runs against a :class:`Replay` provider that serves the stored tuples
    in order; it talks to nobody but the other computing party, so its time, rounds and bytes are
    the online phase alone.
@@ -53,6 +55,7 @@ import torch
 from pmpc.mpc import gates, wire
 from pmpc.mpc.prg import PRG
 from pmpc.mpc.roles import talking_to
+from pmpc.mpc.spool import Spool
 
 MODES = ("local", "ttp")
 PROVIDER = {"local": "TFP", "ttp": "TTP"}
@@ -251,23 +254,27 @@ class ShapeOnly:
 
 
 class Replay:
-    """Serves the tuples dealt offline, in plan order; any deviation is an error."""
+    """Serves the tuples dealt offline, in plan order; any deviation is an error. ``tuples``: the
+    offline phase's :class:`pmpc.mpc.spool.Spool` (a list is spooled first)."""
 
-    def __init__(self, plan: Plan, tuples: list):
+    def __init__(self, plan: Plan, tuples):
+        if not isinstance(tuples, Spool):
+            tuples = _spooled(tuples)
         if len(tuples) != len(plan.requests):
             raise PlanMismatch(f"{len(tuples)} tuples dealt for a plan of {len(plan.requests)}")
-        self.queue = collections.deque(zip(plan.requests, tuples))
+        self.queue = collections.deque(plan.requests)
+        self.tuples = tuples
         self.used = 0
 
     def _take(self, name, args, kwargs):
         key = request_key(name, args, kwargs)
         if not self.queue:
             raise PlanMismatch(f"the online phase asked for tuple #{self.used + 1} {key}, beyond the plan")
-        want, t = self.queue.popleft()
+        want = self.queue.popleft()
         if want != key:
             raise PlanMismatch(f"online tuple #{self.used + 1} is {key}; the plan has {want}")
         self.used += 1
-        return t
+        return self.tuples.take()
 
     def left(self) -> int:
         return len(self.queue)
@@ -318,9 +325,16 @@ def _call(provider, key):
     return getattr(provider, name)(*args, **dict(kw))
 
 
-def deal(plan: Plan, lo: int, hi: int, mode: str, chunk_elements: int = 1 << 22) -> list:
-    """Produce tuples lo..hi of ``plan`` with the real provider of ``mode``; both computing parties
-    call this in step. ``ttp``: party 0 sends the dealer one batch request per chunk and gets the
+def _spooled(tuples) -> Spool:
+    out = Spool()
+    for t in tuples:
+        out.put(t)
+    return out
+
+
+def deal(plan: Plan, lo: int, hi: int, mode: str, into: Spool, chunk_elements: int = 1 << 22) -> None:
+    """Produce tuples lo..hi of ``plan`` with the real provider of ``mode`` into the spool ``into``
+    (a chunk at a time: the party's memory holds one chunk); both computing parties call this in step. ``ttp``: party 0 sends the dealer one batch request per chunk and gets the
     correction terms back in one reply; party 1 draws its shares from the seed it shares with the
     dealer (no traffic). After every chunk the two parties meet (so neither waits on the other
     for longer than one chunk)."""
@@ -328,7 +342,6 @@ def deal(plan: Plan, lo: int, hi: int, mode: str, chunk_elements: int = 1 << 22)
 
     base = crypten_provider()
     rank = comm.get().get_rank()
-    out = []
     i = lo
     while i < hi:
         j, size = i, 0
@@ -341,10 +354,11 @@ def deal(plan: Plan, lo: int, hi: int, mode: str, chunk_elements: int = 1 << 22)
         else:
             made = [_call(base, k) for k in keys]
         gates.complete_keys(made)  # FSS keys: party 1 gets their correction words now, offline
-        out += made
+        for t in made:
+            into.put(t)
+        del made
         comm.get().barrier()
         i = j
-    return out
 
 
 def _deal_ttp_batch(base, keys) -> list:

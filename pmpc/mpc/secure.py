@@ -38,7 +38,7 @@ from pmpc.engine import CLIENT, Engine, compare_logits, mask_of
 from pmpc.errors import UserError
 from pmpc.mpc import cost, wire
 from pmpc.mpc import dealer
-from pmpc.mpc import handshake, parties
+from pmpc.mpc import handshake, parties, spool
 from pmpc.mpc.gates import comparison_mode
 from pmpc.mpc.cost import LINKS, table
 from pmpc.mpc.dealer import TRUST as DEALER_TRUST  # noqa: F401  (re-exported: one definition)
@@ -57,7 +57,7 @@ class GenConfig:
     allow_pickle: bool = False
     threads: int | None = 1
     preprocess: bool = False         # deal the query's tuples before it runs (offline/online split;
-                                     # holds all of them in memory: GBs for a 30-layer model)
+                                     # each party keeps them on disk, encrypted: pmpc.mpc.spool)
     max_prompt_tokens: int = 2048    # the server's limits on what a client may announce (the work
     max_batch: int = 64              # and memory of a query grow with batch x tokens^2)
 
@@ -388,7 +388,7 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
     real = _comm()
     tracker = _DealerKeepAliveTracker(cost.crypten_stats, timeout_s / 4,
                                       (lambda: dealer.keepalive(real)) if to_dealer and cfg.preprocess else None)
-    ops = CrypTenOps(tracker)
+    ops = CrypTenOps(tracker, keys_offline=cfg.preprocess)
     _return_freed_memory()  # what loading the model freed
     engine = Engine(spec, cfg.protocol, ops, weights=cfg.weights, release_weights=True,
                     on_shared=_return_freed_memory)  # each part's float copies
@@ -453,15 +453,15 @@ def _plan(cfg: GenConfig, spec, engine, ops, attn, rank: int, gen, phases: dict,
 def _offline(plan, mode: str, world_size: int, to_dealer: bool, phases: dict, fault):
     """The offline phase: the dealer of ``mode`` deals exactly the planned tuples (prefill's, then
     decode's); both parties then start the online phase together. Returns the replaying provider."""
-    offline, tuples = {}, []
+    offline, tuples = {}, spool.Spool()
     for phase in ("prefill", "decode"):
         lo, hi = plan.span(phase)
-        c0 = _counters()
+        c0, b0 = _counters(), tuples.bytes_written
         if phase == "prefill":
             fault("offline")
         with parties.talking_to(world_size) if to_dealer else contextlib.nullcontext():
-            tuples += dealer.deal(plan, lo, hi, mode)
-        offline[phase] = {**_since(c0), "tuples": plan.counts(lo, hi)}
+            dealer.deal(plan, lo, hi, mode, into=tuples)
+        offline[phase] = {**_since(c0), "tuples": plan.counts(lo, hi), "spooled_bytes": tuples.bytes_written - b0}
     c0 = _counters()
     if to_dealer:
         with parties.talking_to(world_size):
@@ -554,8 +554,8 @@ def _offline_summary(client: dict, n_dec: int) -> dict | None:
     if off is None:
         return None
     pre, dec = off["prefill"], off["decode"]
-    return {"prefill": {**{k: pre[k] for k in _KEYS}, "tuples": pre["tuples"]},
-            "decode_per_token": {k: dec[k] / n_dec for k in _KEYS},
+    return {"prefill": {**{k: pre[k] for k in _KEYS}, "tuples": pre["tuples"], "spooled_bytes": pre["spooled_bytes"]},
+            "decode_per_token": {**{k: dec[k] / n_dec for k in _KEYS}, "spooled_bytes": dec["spooled_bytes"] / n_dec},
             "decode_tuples": dec["tuples"],
             "release": {k: off["release"][k] for k in _KEYS}}
 
@@ -609,7 +609,9 @@ def format_summary(r: dict) -> str:
         op, od = off["prefill"], off["decode_per_token"]
         lines.insert(3, f"offline ({r['config']['dealer']} dealer): prefill {op['seconds']:.2f} s, {op['rounds']} rounds, "
                         f"{op['bytes'] / 1e6:.2f} MB, dealt {op['dealer_bytes'] / 1e6:.2f} MB; decode "
-                        f"{od['seconds']:.2f} s/token, dealt {od['dealer_bytes'] / 1e6:.2f} MB/token")
+                        f"{od['seconds']:.2f} s/token, dealt {od['dealer_bytes'] / 1e6:.2f} MB/token; this party's "
+                        f"tuples kept on disk (encrypted): {op['spooled_bytes'] / 1e6:.0f} MB prefill, "
+                        f"{od['spooled_bytes'] / 1e6:.1f} MB/token decode")
     elif r.get("offline", 1) is None:
         lines.insert(3, "offline: none (tuples dealt during the query, beside its rounds: the 'dealt' figures)")
     if r.get("plan"):
