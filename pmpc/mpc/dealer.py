@@ -332,9 +332,10 @@ def _spooled(tuples) -> Spool:
     return out
 
 
-def deal(plan: Plan, lo: int, hi: int, mode: str, into: Spool, chunk_elements: int = 1 << 22) -> None:
+def deal(plan: Plan, lo: int, hi: int, mode: str, into: Spool | None = None, chunk_elements: int = 1 << 22) -> Spool:
     """Produce tuples lo..hi of ``plan`` with the real provider of ``mode`` into the spool ``into``
-    (a chunk at a time: the party's memory holds one chunk); both computing parties call this in step. ``ttp``: party 0 sends the dealer one batch request per chunk and gets the
+    (a new one if None; a chunk at a time: the party's memory holds one chunk) and return it; both
+    computing parties call this in step. ``ttp``: party 0 sends the dealer one batch request per chunk and gets the
     correction terms back in one reply; party 1 draws its shares from the seed it shares with the
     dealer (no traffic). After every chunk the two parties meet (so neither waits on the other
     for longer than one chunk)."""
@@ -342,6 +343,7 @@ def deal(plan: Plan, lo: int, hi: int, mode: str, into: Spool, chunk_elements: i
 
     base = crypten_provider()
     rank = comm.get().get_rank()
+    into = Spool() if into is None else into
     i = lo
     while i < hi:
         j, size = i, 0
@@ -359,6 +361,7 @@ def deal(plan: Plan, lo: int, hi: int, mode: str, into: Spool, chunk_elements: i
         del made
         comm.get().barrier()
         i = j
+    return into
 
 
 def _deal_ttp_batch(base, keys) -> list:
