@@ -117,7 +117,14 @@ class Protocol:
 
     def act_times(self, name: str, x, times, ops: Ops):
         """``act(x) * times`` (a gated MLP: act(gate) * up). A protocol whose activation ends in
-        one combination of products may take ``times`` into it and save the product's rounds."""
+        one combination of products may take ``times`` into it and save the product's rounds: it
+        defines ``_<act>_times(x, times, ops)``, taken while the activation in force is that
+        class's own (a subclass's, or an instance's swapped in, gets the plain product)."""
+        fused = f"_{name}_times"
+        if hasattr(type(self), fused):
+            in_force = getattr(getattr(self, name), "__func__", None)
+            if in_force is vars(_owner(type(self), fused)).get(name):
+                return getattr(self, fused)(x, times, ops)
         return ops.mul(self.act(name, x, ops), times)
 
     # -- composites --------------------------------------------------------------------------

@@ -137,14 +137,9 @@ class Bolt(Protocol):
         return (1 - 2 * neg) + ops.mul(inside - 2 * neg_in, T - 1)
 
     def silu(self, x, ops: Ops):
-        return self._silu(x, None, ops)
+        return self._silu_times(x, None, ops)
 
-    def act_times(self, name: str, x, times, ops: Ops):
-        if name == "silu" and type(self).silu is Bolt.silu:  # a subclass's own SiLU: not this fusion
-            return self._silu(x, times, ops)
-        return super().act_times(name, x, times, ops)
-
-    def _silu(self, x, u, ops: Ops):
+    def _silu_times(self, x, u, ops: Ops):
         # |x| tanh(|x|/2) = sum_k T_k 2^-k |x|^(k+1) (degree 6 in a = |x|) inside |x| < 5.71;
         # outside, garbage masked by the flag as in gelu. The even powers of a are those of x and
         # the odd ones sign(x) times those of x, so the powers of x need no comparison: they are

@@ -223,14 +223,9 @@ class Exact(Protocol):
         return ops.select(neg, 1 - p, p)
 
     def silu(self, x, ops: Ops):
-        return self._silu(x, None, ops)
+        return self._silu_times(x, None, ops)
 
-    def act_times(self, name: str, x, times, ops: Ops):
-        if name == "silu" and type(self).silu is Exact.silu:  # a subclass's own SiLU: not this fusion
-            return self._silu(x, times, ops)
-        return super().act_times(name, x, times, ops)
-
-    def _silu(self, x, u, ops: Ops):
+    def _silu_times(self, x, u, ops: Ops):
         # x sigmoid(|x|) = x / (1 + e^-|x|) with x taken into the reciprocal; x sigmoid(x) is that
         # for x >= 0 and x - that below (sigmoid(-y) = 1 - sigmoid(y)): one ring-integer select.
         # A factor u (the gated MLP's up) goes into the reciprocal with x: x u, taken in the
