@@ -68,3 +68,23 @@ def test_reading_counts_the_labelled_outputs_of_a_cell():
     cell.append({"prompt_sha256": yes["prompt_sha256"], "output": yes["output"] + " (not labelled)"})
     got = RM.reading(cell)
     assert got == {"labelled": 2, "k": 1, "test": 1, "unsure": int(yes["unsure"]) + int(no["unsure"])}
+
+
+def test_paired_compares_two_rows_prompt_by_prompt(tmp_path):
+    """QuadA vs safe per column: prompts matched by SHA-256 (a prompt only one row scored is left
+    out), the discordant counts and the exact McNemar p; a column without a twin is not paired."""
+    def rec(cell, h, jb):
+        return {"cell": cell, "kind": "harmful", "prompt_sha256": h, "prompt": h, "output": "",
+                "verdicts": {j: {"jailbroken": jb, "refused": not jb, "label": None} for j in ("gcg", "minilm")}}
+    a = [rec("Q x", f"p{i}", i < 8) for i in range(20)] + [rec("Q x", "only-q", True)]
+    b = [rec("S x", f"p{i}", i == 19) for i in range(20)] + [rec("S y", "p0", True)]
+    got = RM.paired(a, b[:20], "gcg")
+    assert got == {"judge": "gcg", "n": 20, "k_first": 8, "k_second": 1, "only_first": 8, "only_second": 1,
+                   "mcnemar_exact_p": round(2 * (1 + 9) / 2 ** 9, 4)}   # P(<= 1 of 9) twice
+    assert RM.paired(a, a, "minilm")["mcnemar_exact_p"] == 1.0        # no discordant pair
+    out = tmp_path / "v.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in a + b))
+    rows = RM.paired_rows(out, "Q", "S")
+    assert [(r["first"], r["second"]) for r in rows] == [("Q x", "S x")]
+    assert rows[0]["judges"]["minilm"]["only_first"] == 8
+    assert "p = 0.0391" in RM.paired_markdown(rows)

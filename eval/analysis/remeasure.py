@@ -20,6 +20,10 @@ compliance rate of the validated judge (``minilm``), over-refusal (``minilm`` fu
 prompts), each k/n with a 95% Wilson interval over distinct prompts; the share of the
 keyword-"jailbroken" answers that ``minilm`` reads as incoherent or off-topic; and, where the
 labelled judge-validation set holds a cell's outputs, what the human reading counts (:func:`reading`).
+
+Two rows of a grid compare prompt by prompt (:func:`paired`, exact McNemar on the prompts jailbroken
+under one row only): ``python -m eval.analysis.remeasure paired results/remeasure/grid-approx.jsonl
+--first smollm2-quada-r11 --second smollm2-safe-r11``.
 """
 from __future__ import annotations
 
@@ -163,6 +167,47 @@ def derive(path) -> list[dict]:
     return [row(c, [r for r in recs if r["cell"] == c]) for c in cells]
 
 
+def paired(recs_a: list[dict], recs_b: list[dict], judge: str) -> dict:
+    """Two cells on the same prompts (matched by prompt SHA-256), by one judge: the prompts
+    jailbroken under the first only and under the second only, and the exact McNemar p (two-sided
+    binomial on those discordant pairs). Prompts only one cell scored are left out (``n`` counts
+    the shared ones)."""
+    from scipy.stats import binomtest
+
+    a = {r["prompt_sha256"]: bool(r["verdicts"][judge]["jailbroken"]) for r in recs_a}
+    b = {r["prompt_sha256"]: bool(r["verdicts"][judge]["jailbroken"]) for r in recs_b}
+    both = [h for h in a if h in b]
+    only_a = sum(a[h] and not b[h] for h in both)
+    only_b = sum(b[h] and not a[h] for h in both)
+    p = binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0
+    return {"judge": judge, "n": len(both), "k_first": sum(a[h] for h in both), "k_second": sum(b[h] for h in both),
+            "only_first": only_a, "only_second": only_b, "mcnemar_exact_p": round(float(p), 4)}
+
+
+def paired_rows(path, first: str, second: str, judges_=("gcg", HEADLINE)) -> list[dict]:
+    """Every cell ``FIRST<rest>`` of a verdicts JSONL against ``SECOND<rest>`` (the same column of
+    another row), by each judge, in file order."""
+    recs = [json.loads(x) for x in pathlib.Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
+    by = {}
+    for r in recs:
+        by.setdefault(r["cell"], []).append(r)
+    out = []
+    for cell in by:
+        other = second + cell[len(first):]
+        if cell.startswith(first) and other in by:
+            out.append({"first": cell, "second": other,
+                        "judges": {j: paired(by[cell], by[other], j) for j in judges_}})
+    return out
+
+
+def paired_markdown(rows: list[dict]) -> str:
+    judges_ = list(rows[0]["judges"]) if rows else []
+    cells = [[r["first"], r["second"]] + [f"{x['k_first']} vs {x['k_second']}; {x['only_first']} vs {x['only_second']}, "
+                                         f"p = {x['mcnemar_exact_p']:.3g}" for x in r["judges"].values()] for r in rows]
+    return "\n".join(markdown.table(["first", "second"] + [f"{j}: jailbroken; only first vs only second, exact McNemar"
+                                                          for j in judges_], cells)) + "\n"
+
+
 def _pct(r):
     if not r or r.get("rate") is None:
         return "n/a"
@@ -238,6 +283,12 @@ def main(argv=None):
     rj = sub.add_parser("rejudge", help="re-judge a verdicts JSONL in place from its committed prompts and outputs "
                         "(writes <name>.json and <name>.md beside it and prints the table)")
     rj.add_argument("verdicts")
+    pr = sub.add_parser("paired", help="each FIRST<rest> cell of a verdicts JSONL against SECOND<rest>, prompt by "
+                        "prompt (exact McNemar, gcg and minilm)")
+    pr.add_argument("verdicts")
+    pr.add_argument("--first", required=True, help="the first row's cell-name prefix, e.g. smollm2-quada-r11")
+    pr.add_argument("--second", required=True, help="the second row's, e.g. smollm2-safe-r11")
+    pr.add_argument("--json", default=None)
     m = sub.add_parser("manifest", help="re-judge every cell of a TSV manifest (cell, kind, file[, old JSON]) "
                        "into <manifest>.jsonl and print the table")
     m.add_argument("manifest")
@@ -260,6 +311,14 @@ def main(argv=None):
     if a.cmd == "rejudge":
         path = pathlib.Path(a.verdicts)
         _write_tables(path, rejudge_file(path))
+        return
+    if a.cmd == "paired":
+        rows = paired_rows(a.verdicts, a.first, a.second)
+        if not rows:
+            raise SystemExit(f"error: {a.verdicts}: no cell {a.first}<rest> has a twin {a.second}<rest>")
+        print(paired_markdown(rows))
+        if a.json:
+            pathlib.Path(a.json).write_text(json.dumps(rows, indent=1))
         return
     if a.cmd == "derive":
         rows = derive(a.verdicts)
