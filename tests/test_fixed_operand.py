@@ -9,6 +9,8 @@ and opened once per session, and a decoded token opens the activations only.
 * The opened W - B is uniform; the dealer refuses a second mask under an id it holds (so no B is
   used against two values) and malformed or oversized requests; ``--preprocess`` plans and deals
   the new kind.
+* The KV cache's rows open once; a shared prefix's mask (a batch of one) becomes every row's when
+  the batch's rows join it, and the dealer allows that broadcast and nothing looser.
 """
 from __future__ import annotations
 
