@@ -18,7 +18,6 @@ answer's length.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -55,7 +54,6 @@ class Engine:
         self.split_norms = (not spec.post_norm and spec.norm == "rms" and tap is None
                             and getattr(self.p.rms_norm, "__func__", None) is protocols.base.Protocol.rms_norm)
         self.cache = None
-        self.grow_kv = True  # the backend's KV cache (see prefill: a shared prefix concatenates)
         self.on_layer = None  # on_layer(i, n_layers) after each block: progress for a watching user
 
     def _share_private(self, spec: ModelSpec, fixed_operands: bool, release: bool, on_shared=None) -> dict:
@@ -182,8 +180,7 @@ class Engine:
             qk = self._rope(ops.cat([q, k], dim=1), *rope)
             q, k = qk[:, :nh], qk[:, nh:]
         if cache_i is not None:
-            append = ops.kv_append if self.grow_kv else functools.partial(Ops.kv_append, ops)
-            k, v = append(cache_i, k, v, f"layers.{i}")
+            k, v = ops.kv_append(cache_i, k, v, f"layers.{i}")
         # grouped-query attention: the nh / nkv query heads that share a key/value head are
         # stacked as rows of one product with it, so each key and value is masked and opened once
         # per product, not once per query head (3x fewer bytes for SmolLM2's 9 / 3 heads)
@@ -290,9 +287,6 @@ class Engine:
         Each row's values are those of the plain batch (nothing but its own earlier tokens reaches
         a position; pads are masked), at a fraction of the work."""
         self.cache = None
-        # a shared prefix's keys and values are one row's, broadcast to every row: a cache that
-        # concatenates (the backend's growing operand holds one batch's own rows)
-        self.grow_kv = not prefix
         attn = torch.ones_like(ids) if attn is None else attn
         if prefix:
             if not last_only:
@@ -324,9 +318,9 @@ class Engine:
         start = T - int(lengths[0])  # the prefix as row 0 holds it (every row holds the same tokens)
         head, hpos = ids[:1, start:start + prefix], torch.arange(prefix)[None]
         hmask = self.prefill_mask(torch.ones(1, prefix, dtype=self.dtype), True).to(self.dtype)
+        # the prefix as a batch of one: its keys and values become every row's when the rows' own
+        # tokens join them (:meth:`pmpc.ops.Ops.kv_append`; under MPC opened once, as one row's)
         self.forward(self.embed(head, hpos), hpos, hmask, use_cache=True, last_only=True)
-        for c in self.cache:  # one row's keys and values, seen by all rows (a view: no copy)
-            c[0], c[1] = c[0].expand(B, *c[0].shape[1:]), c[1].expand(B, *c[1].shape[1:])
         # each row's own tokens, left-padded to the longest, after the shared prefix
         Ts = int((lengths - prefix).max())
         own = mask_of(Ts, (lengths - prefix).tolist())

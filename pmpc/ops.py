@@ -190,9 +190,11 @@ class Ops:
         """A layer's KV cache ``cache`` ([keys, values]; None before the first step) grown by this
         step's ``k`` and ``v`` along dim 2; returns the whole keys and values, the right operands
         of the attention products. ``name`` names the layer, for a backend that keeps state per
-        cache (under MPC each cached row is opened once, not at every token)."""
+        cache (under MPC each cached row is opened once, not at every token). A cache of batch
+        one grown by rows of a batch B (a shared prefix, :meth:`pmpc.engine.Engine.prefill`)
+        becomes every row's first."""
         if cache[0] is not None:
-            k, v = self.cat([cache[0], k], dim=2), self.cat([cache[1], v], dim=2)
+            k, v = extend_rows(cache[0], k, self.cat), extend_rows(cache[1], v, self.cat)
         cache[0], cache[1] = k, v
         return k, v
 
@@ -672,6 +674,15 @@ class TorchOps(Ops):
 
     def stack(self, xs, dim=0):
         return torch.stack(xs, dim)
+
+
+def extend_rows(old, new, cat):
+    """Rows ``old`` [B0, ..., L, d] followed by ``new`` [B, ..., T, d] (``cat(xs, dim=...)`` of
+    their kind): a KV cache grown. Old rows of batch one (a shared prefix's, computed once) first
+    become every row's, as a view (the concatenation is the only copy)."""
+    if len(old.shape) > 2 and old.shape[0] == 1 and new.shape[0] > 1:
+        old = old.expand(new.shape[0], *old.shape[1:])
+    return cat([old, new], dim=len(new.shape) - 2)
 
 
 def _integral(c) -> bool:

@@ -21,6 +21,43 @@ def _ids(spec, seed=3, shape=(2, 6)):
     return torch.randint(0, spec.vocab, shape, generator=g)
 
 
+def shared_prefix_batch(spec, prefix=4, own=(3, 1, 5)):
+    """Rows that begin with the same ``prefix`` tokens, then their own, left-padded."""
+    g = torch.Generator().manual_seed(7)
+    head = torch.randint(0, spec.vocab, (prefix,), generator=g)
+    rows = [torch.cat([head, torch.randint(0, spec.vocab, (n,), generator=g)]) for n in own]
+    T = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), T, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, T - len(r):], attn[i, T - len(r):] = r, 1
+    return ids, attn
+
+
+def shared_prefix_decode(protocol, steps, rank, world_size):
+    """Under 2PC (public weights): the batch of :func:`shared_prefix_batch` prefilled as the plain
+    batch and with its shared prefix (4 tokens), then ``steps`` decode steps each. Returns (client)
+    per session (keyed by its prefix) the revealed last-position logits of every step [steps + 1,
+    B, V] and the shapes this party opened in each decode step."""
+    from tests.fixed_operand_jobs import OpenLog
+
+    spec = models.spec_from_hf(models.tiny_model("llama"), "llama")
+    ids, attn = shared_prefix_batch(spec)
+    ops = CrypTenOps(cost.Tracker(cost.crypten_stats))
+    e = Engine(spec, protocol, ops)
+    log = OpenLog()
+    out = {}
+    for prefix in (0, 4):
+        logits = [ops.reveal(e.prefill(ids, attn, prefix=prefix, last_only=True)[:, -1], dst=0)]
+        log.take()
+        opened = []
+        for t in range(steps):
+            logits.append(ops.reveal(e.decode(ids[:, -1:] * 0 + 5 + t)[:, -1], dst=0))
+            opened.append(log.take())
+        out[prefix] = (torch.stack(logits).double().numpy() if rank == 0 else None, opened)
+    return out if rank == 0 else None
+
+
 def forward_all_archs(weights, rank, world_size):
     """Secure prefill of every tiny architecture with ``exact``; the client returns max errors."""
     out = {}

@@ -57,26 +57,13 @@ def test_left_padding_matches_unpadded():
     torch.testing.assert_close(e.prefill(padded, attn)[:, -1], alone, atol=1e-9, rtol=0)
 
 
-def _shared_prefix_batch(spec, prefix=4, own=(3, 1, 5)):
-    """Rows that begin with the same ``prefix`` tokens, then their own, left-padded."""
-    g = torch.Generator().manual_seed(7)
-    head = torch.randint(0, spec.vocab, (prefix,), generator=g)
-    rows = [torch.cat([head, torch.randint(0, spec.vocab, (n,), generator=g)]) for n in own]
-    T = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), T, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, T - len(r):], attn[i, T - len(r):] = r, 1
-    return ids, attn
-
-
 @pytest.mark.parametrize("arch,protocol", [("llama", "bolt"), ("llama", "exact"), ("qwen2", "bolt")])
 def test_shared_prefix_and_last_only_equal_the_plain_batch(arch, protocol):
     """A prefix computed once for all rows, and the output layer on the last position only, give
     the plain batch's numbers (the protocol's emulation: its float64 products differ in the last
     bits with their shapes, the ring's do not), at prefill and at every decode step after it."""
     spec = models.spec_from_hf(models.tiny_model(arch), arch)
-    ids, attn = _shared_prefix_batch(spec)
+    ids, attn = engine_jobs.shared_prefix_batch(spec)
     e = Engine(spec, protocol, TorchOps())
     ref = [e.prefill(ids, attn)[:, -1:]]
     nxt = ids[:, -1:] * 0 + 5
@@ -105,6 +92,32 @@ def test_secure_packed_prefill_with_prefix_matches_the_padded_batch(weights):
     output layer give the padded batch's last-position logits (to the truncations' units)."""
     diff, scale = parties.run_local(functools.partial(engine_jobs.packed_prefill, weights), timeout_s=180)[0]
     assert scale > 0.01 and diff < SECURE_BOUND
+
+
+@pytest.mark.parametrize("dealer", ["local", "ttp"])
+def test_secure_shared_prefix_decode_equals_the_plain_batch_and_opens_the_new_rows_only(dealer):
+    """Under 2PC (bolt): a batch whose rows share a prefix, computed once as a batch of one, decodes
+    what the plain batch decodes (and what the plaintext emulation of the plain batch gives), to
+    the truncations' units; and its decode step opens exactly what the plain batch's opens: the
+    queries, the probabilities and each layer's new key and value rows (the prefix's rows were
+    opened once, as one row's) — never the cached keys and values."""
+    steps = 2
+    res = parties.run_local(functools.partial(engine_jobs.shared_prefix_decode, "bolt", steps), timeout_s=180,
+                            dealer=dealer)[0]
+    spec = models.spec_from_hf(models.tiny_model("llama"), "llama")
+    ids, attn = engine_jobs.shared_prefix_batch(spec)
+    e = Engine(spec, "bolt", TorchOps())
+    emu = [e.prefill(ids, attn)[:, -1]] + [e.decode(ids[:, -1:] * 0 + 5 + t)[:, -1] for t in range(steps)]
+    emu = torch.stack(emu).numpy()
+    (plain, opened_plain), (shared, opened_shared) = res[0], res[4]
+    assert np.abs(emu).max() > 0.01
+    assert np.abs(shared - plain).max() < SECURE_BOUND and np.abs(shared - emu).max() < SECURE_BOUND
+    B, nkv, hd = ids.shape[0], spec.n_kv_heads, spec.head_dim
+    for t, (got, want) in enumerate(zip(opened_shared, opened_plain)):
+        assert got == want, t
+        cached = ids.shape[1] + t  # the keys and values before this step's row
+        assert not [s for s in got if len(s) == 4 and s[-2:] == (cached + 1, hd)], t
+        assert got.count((B, nkv, 1, hd)) == 2 * spec.n_layers, t  # each layer's new key and value row
 
 
 def test_secure_batch_with_shared_prefix_equals_each_prompt_alone(stories_dir):
@@ -246,17 +259,23 @@ def test_watch_prints_tokens_as_they_come(capsys):
 
 
 @pytest.mark.parametrize("dealer", ["local", "ttp"])
-def test_preprocessed_generation_equals_live(dealer):
+@pytest.mark.parametrize("batch", ["one prompt", "shared prefix"])
+def test_preprocessed_generation_equals_live(dealer, batch):
     """The offline plan (a solo dry run) meets branches run side by side (``Ops.parallel``) in
-    the order the online run takes their tuples: same tokens, same decode rounds as a live run."""
+    the order the online run takes their tuples: same tokens, same decode rounds as a live run
+    (a batch with a shared prefix too: its KV cache's masks grow from one row to the batch)."""
     from pmpc.mpc import secure
 
-    ids = torch.tensor([[5, 9, 13, 2, 7]])
+    if batch == "one prompt":
+        ids, attn, prefix = torch.tensor([[5, 9, 13, 2, 7]]), torch.ones(1, 5, dtype=torch.long), 0
+    else:
+        ids = torch.tensor([[5, 9, 13, 2, 7], [0, 0, 5, 9, 4], [0, 5, 9, 13, 8]])
+        attn, prefix = (ids > 0).long(), 2
     got = []
     for pre in (False, True):
         cfg = secure.GenConfig(model="tiny-random-llama", protocol="bolt", max_new_tokens=3, preprocess=pre)
         res = parties.run_local(functools.partial(secure.generate_party, cfg), timeout_s=120, dealer=dealer,
-                                inputs={0: secure.ClientInput(ids=ids, attn=torch.ones_like(ids))})
+                                inputs={0: secure.ClientInput(ids=ids, attn=attn, prefix=prefix)})
         r0 = [r for r in res if r and r.get("rank") == 0][0]
         got.append((r0["tokens"], r0["phases"]["decode"]["rounds"]))
     assert got[0] == got[1], got

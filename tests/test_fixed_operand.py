@@ -9,6 +9,8 @@ and opened once per session, and a decoded token opens the activations only.
 * The opened W - B is uniform; the dealer refuses a second mask under an id it holds (so no B is
   used against two values) and malformed or oversized requests; ``--preprocess`` plans and deals
   the new kind.
+* The KV cache's rows open once; a shared prefix's mask (a batch of one) becomes every row's when
+  the batch's rows join it, and the dealer allows that broadcast and nothing looser.
 """
 from __future__ import annotations
 
@@ -199,6 +201,42 @@ def test_the_dealer_grows_kv_masks_and_checks_them():
             dealer._check_message(m)
     dealer._check_message({"op": "tuple", "function": "kv_triple", "args": ["kv/a", [1, 2, 3], [1, 4, 3], True],
                            "kwargs": {}})
+
+
+def test_a_shared_prefix_mask_becomes_every_rows_and_nothing_looser(monkeypatch):
+    """A shared prefix's cache is masked as a batch of one; the rows of the whole batch that join it
+    make its mask rows every row's (the same value under the same mask). Only that broadcast: no
+    other batch change, no other dim, no product whose query side broadcasts, and the session's
+    limit counts the mask as it becomes."""
+    d = _Dealer()
+    wid = "kv/layers.0.k"
+    F._dealer_kv_mask(d, wid, [1, 3, 4, 8], True)          # the prefix, once
+    F._dealer_kv_mask(d, wid, [5, 3, 2, 8], False)         # the rows' own tokens
+    F._dealer_kv_mask(d, wid, [5, 3, 1, 8], False)         # a decoded token
+    m = d.fixed_masks[wid]
+    assert m.shape == (5, 3, 7, 8) and m.is_contiguous()
+    assert (m[:, :, :4] == 1).all() and (m[:, :, 4:6] == 2).all() and (m[:, :, 6:] == 3).all()
+    assert F._dealer_kv_triple(d, wid, [5, 3, 2, 8], [5, 3, 7, 8], True).shape == (5, 3, 2, 7)
+    assert F._dealer_kv_triple(d, wid, [5, 3, 2, 7], [5, 3, 7, 8], False).shape == (5, 3, 2, 8)
+    for x in ([1, 3, 2, 8], [5, 1, 2, 8]):                  # a query side that would broadcast
+        with pytest.raises(ValueError, match="a product of"):
+            F._dealer_kv_triple(d, wid, x, [5, 3, 7, 8], True)
+    for start, rows in (([5, 3, 4, 8], [1, 3, 1, 8]),       # a batch's rows do not shrink back to one
+                        ([2, 3, 4, 8], [4, 3, 1, 8]),       # only a batch of one broadcasts
+                        ([1, 3, 4, 8], [5, 2, 1, 8]),       # the heads stay
+                        ([1, 3, 4, 8], [5, 3, 1, 4]),       # and the row width
+                        ([1, 3, 4, 8], [5, 1, 3, 1, 8])):   # and the dims
+        F._dealer_kv_mask(d, wid, start, True)
+        with pytest.raises(ValueError, match="do not extend"):
+            F._dealer_kv_mask(d, wid, rows, False)
+    d = _Dealer()
+    monkeypatch.setattr(F, "MAX_MASK_ELEMENTS", 5 * 3 * 6 * 8 - 1)
+    F._dealer_kv_mask(d, wid, [1, 3, 4, 8], True)
+    with pytest.raises(ValueError, match="limit"):           # 96 + 240 new, but 720 held once grown
+        F._dealer_kv_mask(d, wid, [5, 3, 2, 8], False)
+    with pytest.raises(ValueError, match="a product of"):
+        dealer._check_message({"op": "tuple", "function": "kv_triple",
+                               "args": ["kv/a", [1, 3, 2, 8], [5, 3, 7, 8], True], "kwargs": {}})
 
 
 @pytest.mark.parametrize("dealer", ["ttp", "local"])

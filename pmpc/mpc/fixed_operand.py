@@ -45,6 +45,7 @@ from crypten.mpc.provider.ttp_provider import TrustedThirdParty, TTPClient, TTPS
 
 from pmpc.mpc import wire  # noqa: E402
 from pmpc.mpc.primitives import PRIMITIVES  # noqa: E402
+from pmpc.ops import extend_rows  # noqa: E402
 from pmpc.mpc.roles import talking_to  # noqa: E402
 
 KIND = "fixed_operand_triple"  # the provider method and the plan's request kind
@@ -290,6 +291,12 @@ def check_request(args: list, max_elements: int) -> list:
 # query's and its probabilities' masks and its own new key and value rows, not the cache.
 # Security as above: every mask row is opened against one row, once; a restart (a new query's
 # prefill) draws fresh rows under a fresh id.
+# A batch that shares a prefix (:meth:`pmpc.engine.Engine.prefill`) computes the prefix as a batch
+# of ONE: its rows are masked and opened once, as one row's. When the rows of the whole batch
+# join them, that row's cache — shares, opening and mask rows alike — becomes every row's (a
+# broadcast along the batch, :func:`pmpc.ops.extend_rows`): every batch row's prefix holds the
+# same value under the same mask, so a mask row is still opened against one value only, and
+# every later product opens its query side and the new rows alone.
 KV_MASK, KV_TRIPLE = "fixed_operand_kv_mask", "fixed_operand_kv_triple"  # provider methods and plan kinds
 
 
@@ -322,7 +329,7 @@ class GrowingOperand:
         provider = cc.crypten.mpc.get_default_provider()
         b = getattr(provider, KV_MASK)(self.wid, list(rows.size()), self.w is None)
         self.pending.append((rows, b))
-        self.w = rows if self.w is None else cc.crypten.cat([self.w, rows], dim=2)
+        self.w = rows if self.w is None else extend_rows(self.w, rows, cc.crypten.cat)
 
 
 class Transposed:
@@ -343,7 +350,7 @@ def kv_matmul(x, f: GrowingOperand, transpose: bool):
     opened = cc.comm.get().all_reduce([x._tensor.share - a.share] + [r._tensor.share - b.share for _, r, b in rows],
                                       batched=True)                       # the one round
     for (g, _, _), dnew in zip(rows, opened[1:]):
-        g.d = dnew if g.d is None else torch.cat([g.d, dnew], dim=2)
+        g.d = dnew if g.d is None else extend_rows(g.d, dnew, torch.cat)
     for g in grown:
         g.pending = []
     e = opened[0]
@@ -361,24 +368,39 @@ def kv_matmul(x, f: GrowingOperand, transpose: bool):
 
 
 def kv_out_size(size_x, size_w, transpose: bool) -> list:
+    if list(size_x[:-2]) != list(size_w[:-2]):  # a product per cache row: no broadcast
+        raise ValueError(f"a product of {list(size_x)} with a cache of {list(size_w)}")
     w = list(size_w[:-2]) + ([size_w[-1], size_w[-2]] if transpose else list(size_w[-2:]))
     return out_size(size_x, w)
 
 
-def _grow(masks: dict, wid, b: torch.Tensor, start: bool) -> None:
-    """Keep the new mask rows ``b`` under ``wid`` (a restart replaces what was held)."""
+def _grown_size(masks: dict, wid, size, start: bool) -> list:
+    """The shape of mask ``wid`` once rows of ``size`` join it (a restart: ``size`` itself). Rows
+    extend the mask held: the same dims but the rows, or (a shared prefix's mask, batch 1) the
+    same dims but the batch and the rows. Nothing else."""
     old = None if start else masks.get(wid)  # a restart (a new query's cache) drops the old rows
     if old is None and not start:
         raise ValueError(f"no mask {wid[:40]!r} to grow in this session")
-    if old is not None and (old.dim() != b.dim() or list(old.shape[:-2]) != list(b.shape[:-2])
-                            or old.shape[-1] != b.shape[-1]):
-        raise ValueError(f"rows {list(b.shape)} do not extend mask {wid[:40]!r} of {list(old.shape)}")
-    masks[wid] = b if old is None else torch.cat([old, b], dim=-2)
+    if old is None:
+        return list(size)
+    lead, held = list(size[:-2]), list(old.shape[:-2])
+    if held[:1] == [1]:  # a shared prefix's mask takes the batch of the rows that join it
+        held[0] = lead[0] if lead else 1
+    if held != lead or old.shape[-1] != size[-1]:
+        raise ValueError(f"rows {list(size)} do not extend mask {wid[:40]!r} of {list(old.shape)}")
+    return [*lead, old.shape[-2] + size[-2], size[-1]]
+
+
+def _grow(masks: dict, wid, b: torch.Tensor, start: bool) -> None:
+    """Keep the new mask rows ``b`` under ``wid`` (a restart replaces what was held)."""
+    _grown_size(masks, wid, list(b.shape), start)
+    masks[wid] = b if start else extend_rows(masks[wid], b, torch.cat)
 
 
 def _kv_c(b: torch.Tensor, a: torch.Tensor, wid, size_w, transpose: bool) -> torch.Tensor:
     if list(b.shape) != list(size_w):
         raise ValueError(f"mask {wid[:40]!r} is {list(b.shape)}, not {list(size_w)}")
+    kv_out_size(list(a.shape), size_w, transpose)  # a product per cache row: the same batch and heads
     return a.matmul(b.transpose(-1, -2) if transpose else b)
 
 
@@ -422,8 +444,8 @@ def _dealer_kv_mask(self, wid, size, start):
     masks = self.__dict__.setdefault("fixed_masks", {})
     if not wid.startswith("kv/"):  # a weight's mask never grows (nor is it replaced)
         raise ValueError(f"{wid[:40]!r} is not a KV cache's id")
-    held = sum(b.numel() for k, b in masks.items() if k != wid or not start)
-    if len(masks) >= MAX_MASKS or held + math.prod(size) > MAX_MASK_ELEMENTS:
+    held = sum(b.numel() for k, b in masks.items() if k != wid)  # and wid's own, as it will be:
+    if len(masks) >= MAX_MASKS or held + math.prod(_grown_size(masks, wid, size, start)) > MAX_MASK_ELEMENTS:
         raise ValueError(f"fixed-operand masks beyond the session's limit ({MAX_MASKS} masks, "
                          f"{MAX_MASK_ELEMENTS} ring elements)")
     _grow(masks, wid, self._get_additive_PRSS(list(size)), start)
