@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from pmpc.mpc.crypten_compat import MPCTensor, b2a_bits, crypten, lane_ltz, ring_bits, log2_scale as _log2_scale, ring_ints  # crypten_compat first: it shims crypten
+from pmpc.mpc.crypten_compat import MPCTensor, active_provider, b2a_bits, crypten, lane_ltz, ring_bits, log2_scale as _log2_scale, ring_ints  # crypten_compat first: it shims crypten
 from crypten.encoder import FixedPointEncoder  # noqa: E402,I001
 from crypten.mpc.primitives import beaver  # noqa: E402
 from crypten.mpc.primitives.arithmetic import ArithmeticSharedTensor  # noqa: E402
@@ -33,6 +33,11 @@ class CrypTenOps(Ops):
         self.keys_offline = keys_offline  # ``--preprocess``: every key is made before the query
 
     def share(self, t, src=0):
+        if t.dim() >= 2 and getattr(active_provider(), "dry_run", False):
+            # planning a query (a solo dry run on zeros): only the shapes matter, so a matrix's
+            # share is a zero-stride view, no memory (a private model's dry run would otherwise
+            # hold a second copy of every weight's shares beside the session's)
+            return MPCTensor.from_shares(torch.zeros((), dtype=torch.long).expand(t.shape), precision=self.fxp_bits)
         if t.dim() < 2 or t.numel() <= SHARE_ELEMENTS:
             return self.crypten.cryptensor(t.float(), src=src)
         # a large matrix (a private model's embedding table) a block of rows at a time, into one

@@ -390,16 +390,21 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
                                       (lambda: dealer.keepalive(real)) if to_dealer and cfg.preprocess else None)
     ops = CrypTenOps(tracker, keys_offline=cfg.preprocess)
     _return_freed_memory()  # what loading the model freed
-    engine = Engine(spec, cfg.protocol, ops, weights=cfg.weights, release_weights=True,
-                    on_shared=_return_freed_memory)  # each part's float copies
-    t_setup = time.perf_counter() - t_start
     gen = torch.Generator().manual_seed(cfg.seed)
     phases: dict = {}
+    plan = None
+    if cfg.preprocess and cfg.weights == "private":
+        # planned on a zero model of the same shapes before the real weights are shared: the dry
+        # run's transients and the weights' shares are then never held at once
+        plan = _plan(cfg, spec, None, ops, attn, rank, gen, phases, fault, prefix)
+    engine = Engine(spec, cfg.protocol, ops, weights=cfg.weights, release_weights=True,
+                    on_shared=_return_freed_memory)  # each part's float copies
+    t_setup = time.perf_counter() - t_start - phases.get("plan", {}).get("seconds", 0.0)  # the plan is reported apart
     fault("startup")
 
     provider = None
     if cfg.preprocess:
-        plan = _plan(cfg, spec, engine, ops, attn, rank, gen, phases, fault, prefix)
+        plan = plan or _plan(cfg, spec, engine, ops, attn, rank, gen, phases, fault, prefix)
         tracker.hook = None
         provider = _offline(plan, mode, world_size, to_dealer, phases, fault)
     steps, tokens = _online(cfg, engine, ops, ids, attn, rank, gen, phases, provider,
@@ -446,6 +451,7 @@ def _plan(cfg: GenConfig, spec, engine, ops, attn, rank: int, gen, phases: dict,
         _PLANS[key] = plan
         phases["plan"] = {"cached": False, **_since(c0)}
         del dry
+        _return_freed_memory()
     _agree(plan.digest(), "the tuple plan of the query", kind="plan")
     return plan
 
