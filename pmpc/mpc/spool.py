@@ -19,6 +19,7 @@ block is ever used twice).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import secrets
@@ -51,8 +52,7 @@ class Spool:
         self._file = tempfile.TemporaryFile(dir=directory or os.environ.get("PMPC_SPOOL_DIR") or None)
         self._aes = algorithms.AES(secrets.token_bytes(16))
         self._end = 0
-        self._queue: list = []
-        self._head = 0
+        self._queue: collections.deque = collections.deque()
         self.bytes_written = 0
 
     # -- the cipher: CTR from the blob's own offset ---------------------------------------------
@@ -72,27 +72,31 @@ class Spool:
         self.bytes_written += raw.nbytes
         return blob
 
-    def _stow(self, obj, seen: set):
-        """``obj`` with its large arrays replaced by :class:`_Blob` s (objects are changed in place;
-        tuples, lists and dicts are rebuilt)."""
-        # a small array stays, as a copy: it may be a view into a large buffer (a dealer reply's),
-        # which it would otherwise keep alive in memory
-        if isinstance(obj, torch.Tensor):
-            return self._write(obj) if obj.numel() >= MIN_ELEMENTS else obj.clone()
-        if isinstance(obj, np.ndarray):
-            return self._write(obj) if obj.size >= MIN_ELEMENTS else obj.copy()
+    def _map(self, obj, leaf, seen: set):
+        """``obj`` with ``leaf(a)`` in place of each array or blob ``a`` it holds (objects are
+        changed in place; tuples, lists and dicts are rebuilt)."""
+        if isinstance(obj, (torch.Tensor, np.ndarray, _Blob)):
+            return leaf(obj)
         if isinstance(obj, (tuple, list)):
-            return type(obj)(self._stow(o, seen) for o in obj)
+            return type(obj)(self._map(o, leaf, seen) for o in obj)
         if isinstance(obj, dict):
-            return {k: self._stow(v, seen) for k, v in obj.items()}
+            return {k: self._map(v, leaf, seen) for k, v in obj.items()}
         if hasattr(obj, "__dict__") and id(obj) not in seen:  # a dataclass or a CrypTen shared tensor
             seen.add(id(obj))
             for k, v in vars(obj).items():
-                setattr_raw(obj, k, self._stow(v, seen))
+                object.__setattr__(obj, k, self._map(v, leaf, seen))  # past CrypTen's own __setattr__
         return obj
 
+    def _stow(self, a):
+        # a small array stays, as a copy: it may be a view into a large buffer (a dealer reply's),
+        # which it would otherwise keep alive in memory
+        is_torch = isinstance(a, torch.Tensor)
+        if (a.numel() if is_torch else a.size) >= MIN_ELEMENTS:
+            return self._write(a)
+        return a.clone() if is_torch else a.copy()
+
     def put(self, material) -> None:
-        self._queue.append(self._stow(material, set()))
+        self._queue.append(self._map(material, self._stow, set()))
 
     # -- reading ----------------------------------------------------------------------------------
     def _read(self, blob: _Blob):
@@ -108,35 +112,13 @@ class Spool:
             return np.frombuffer(buf, dtype=blob.dtype, count=n).reshape(blob.shape)
         return torch.frombuffer(buf, dtype=blob.dtype, count=n).reshape(blob.shape)
 
-    def _load(self, obj, seen: set):
-        if isinstance(obj, _Blob):
-            return self._read(obj)
-        if isinstance(obj, (tuple, list)):
-            return type(obj)(self._load(o, seen) for o in obj)
-        if isinstance(obj, dict):
-            return {k: self._load(v, seen) for k, v in obj.items()}
-        if hasattr(obj, "__dict__") and not isinstance(obj, torch.Tensor) and id(obj) not in seen:
-            seen.add(id(obj))
-            for k, v in vars(obj).items():
-                setattr_raw(obj, k, self._load(v, seen))
-        return obj
+    def _unstow(self, a):
+        return self._read(a) if isinstance(a, _Blob) else a
 
     def take(self):
-        if self._head >= len(self._queue):
+        if not self._queue:
             raise IndexError("the spool is empty")
-        obj, self._queue[self._head] = self._queue[self._head], None
-        self._head += 1
-        return self._load(obj, set())
+        return self._map(self._queue.popleft(), self._unstow, set())
 
     def __len__(self) -> int:
-        return len(self._queue) - self._head
-
-    def close(self) -> None:
-        self._file.close()
-        self._queue = []
-
-
-def setattr_raw(obj, name: str, value) -> None:
-    """Set an instance attribute past any ``__setattr__`` of its class (CrypTen's shared tensors
-    wrap theirs)."""
-    object.__setattr__(obj, name, value)
+        return len(self._queue)
