@@ -120,12 +120,19 @@ class Protocol:
         one combination of products may take ``times`` into it and save the product's rounds: it
         defines ``_<act>_times(x, times, ops)``, taken while the activation in force is that
         class's own (a subclass's, or an instance's swapped in, gets the plain product)."""
-        fused = f"_{name}_times"
-        if hasattr(type(self), fused):
-            in_force = getattr(getattr(self, name), "__func__", None)
-            if in_force is vars(_owner(type(self), fused)).get(name):
-                return getattr(self, fused)(x, times, ops)
+        if self._fuses(f"_{name}_times", name):
+            return getattr(self, f"_{name}_times")(x, times, ops)
         return ops.mul(self.act(name, x, ops), times)
+
+    def _fuses(self, fused: str, plain: str) -> bool:
+        """Whether the method ``fused`` (``plain`` with work of its caller's folded in) may stand in
+        for ``plain``: only while the ``plain`` in force is the one the class that defines
+        ``fused`` defines beside it (a subclass's own, or one swapped into the instance, such as
+        the ablation's exact functions, is never bypassed)."""
+        if not hasattr(type(self), fused):
+            return False
+        in_force = getattr(getattr(self, plain), "__func__", None)
+        return in_force is vars(_owner(type(self), fused)).get(plain)
 
     # -- composites --------------------------------------------------------------------------
     def softmax(self, x, ops: Ops, mask=None):
@@ -134,12 +141,11 @@ class Protocol:
             x = x * mask - 64.0 * (1 - mask)  # bounded: keeps masked entries out of the max
         if self.subtract_max:
             x = x - ops.max(x, dim=-1)
-        # the reciprocal truncates an exact exp beside its first comparison (where the class that
-        # defines exp defines exp_exact with it: a subclass's own exp is never bypassed)
-        e = self.exp_exact(x, ops) if _owner(type(self), "exp_exact") is _owner(type(self), "exp") else self.exp(x, ops)
+        # the reciprocal truncates an exact exp beside its first comparison
+        e = self.exp_exact(x, ops) if self._fuses("exp_exact", "exp") else self.exp(x, ops)
         if mask is not None:
             e = ops.rescale(e) * mask
-        if self.subtract_max:
+        if self.subtract_max and self._fuses("denominator_times", "reciprocal_times"):
             return self.denominator_times(e.sum(-1, keepdim=True), e, ops)
         return self.reciprocal_times(e.sum(-1, keepdim=True), e, ops)
 

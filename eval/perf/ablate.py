@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import types
 
 import torch
 
@@ -47,10 +46,6 @@ SWAPS = {
 }
 
 
-FUSED = {"silu": ("act_times",), "gelu": ("act_times",), "exp": ("exp_exact",),
-         "reciprocal": ("denominator_times",), "all": ("act_times", "exp_exact", "denominator_times")}
-
-
 def exact_times(x, times, ops):
     return times / x
 
@@ -63,12 +58,10 @@ def swapped(name: str, swap: str) -> protocols.Protocol:
         attrs["reciprocal_times"] = exact_times
     obj = type(f"{type(base).__name__}Swap", (type(base),), {})()
     for m, f in attrs.items():
-        setattr(obj, m, f)  # bound methods / plain functions on the instance
-    # a protocol's fused forms of a swapped function (its activation times ``up``, its exp left on
-    # a product's scale, its softmax denominator times the numerators) go back to the base forms,
-    # which call the swapped function
-    for m in FUSED.get(swap, ()):
-        setattr(obj, m, types.MethodType(getattr(protocols.base.Protocol, m), obj))
+        # bound methods / plain functions on the instance: a protocol's fused forms of a swapped
+        # function (its activation times ``up``, its exp left on a product's scale, its softmax
+        # denominator) then stand aside for it (``Protocol._fuses``)
+        setattr(obj, m, f)
     obj.name = f"{name}[{swap}=exact]" if swap != "none" else name
     return obj
 
