@@ -33,6 +33,7 @@ import dataclasses
 import os
 import threading
 
+import numba
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -118,6 +119,7 @@ class Key:
     cw_v: np.ndarray | None
     cw_t: np.ndarray
     cw_out: np.ndarray
+    words: np.ndarray | None = None  # the same as :meth:`cw_words`, when the key came from them
 
     @property
     def size(self) -> int:
@@ -126,6 +128,8 @@ class Key:
     def cw_words(self) -> np.ndarray:
         """The correction words as [N, W] uint64 (what travels to a party besides its seed):
         seeds 2n, values n (DCF), the L and R control bits packed in one word each, the output."""
+        if self.words is not None:
+            return self.words
         tw = np.zeros((self.size, 2), dtype=np.uint64)
         for i in range(self.n):
             tw |= self.cw_t[:, i, :].astype(np.uint64) << np.uint64(i)
@@ -145,7 +149,7 @@ class Key:
             cw_v, o = words[:, o:o + n].copy(), o + n
         tw = words[:, o:o + 2]
         cw_t = np.stack([(tw >> np.uint64(i)) & _ONE for i in range(n)], axis=1).astype(np.uint8)
-        return cls(n, _u64(seed).reshape(N, 2), cw_s, cw_v, cw_t, words[:, o + 2].copy())
+        return cls(n, _u64(seed).reshape(N, 2), cw_s, cw_v, cw_t, words[:, o + 2].copy(), words)
 
     def nbytes(self) -> int:
         """Bytes of one party's key: its seed plus the correction words."""
@@ -158,71 +162,195 @@ def words_per_key(n: int, dcf: bool = True) -> int:
 
 
 # -- DCF ---------------------------------------------------------------------------------------------
-def dcf_gen(n: int, alpha, beta, s0: np.ndarray, s1: np.ndarray) -> tuple[Key, Key]:
-    """Keys for f(x) = beta [x < alpha] on n-bit unsigned x (1 <= n <= 64), one gate per element
-    of ``alpha`` (uint64, < 2^n) and ``beta`` (uint64 = Z/2^64), from the parties' root seeds
-    ``s0``, ``s1`` ([N, 2] uint64, uniform and secret: they ARE the keys' secrecy)."""
+# The tree walk runs level by level: one AES-ECB call for every seed of a level (OpenSSL, vectorised
+# over the tensor), and one compiled kernel (numba) for the rest of the level's per-element work,
+# which also writes the next level's AES input. Written as whole-array numpy steps instead, a level
+# was ~45 passes over the data and ~30 us of interpreter overhead, several times the AES work: the
+# gates run hundreds of times per decoded token, mostly on small tensors. The kernels have fixed
+# signatures: compiled (or loaded from numba's cache) when this module is imported, which the
+# local parties' fork server does once for all of them (pmpc.mpc.parties).
+_U1 = np.uint64(1)
+_NOT1 = ~np.uint64(1)
+
+
+def _aes(blocks: np.ndarray) -> np.ndarray:
+    """AES_K on every 128-bit block of ``blocks`` (uint64, an even number of words), one call."""
+    n = blocks.size
+    out = np.empty(n + 2, dtype=np.uint64)  # + a block: `cryptography` wants the room
+    _ecb().update_into(memoryview(blocks.reshape(-1)).cast("B"), memoryview(out).cast("B"))
+    return out[:n].reshape(blocks.shape)
+
+
+@numba.njit("void(uint64[:, ::1], uint64[:, ::1], uint64[:, :, :, ::1])", cache=True, nogil=True)
+def _gen_start(s0, s1, x):  # pragma: no cover  (compiled)
+    """The first level's AES input of both parties' trees: x [2, N, 3, 2], block j = (s ^ j, s)."""
+    for e in range(s0.shape[0]):
+        for j in range(3):
+            x[0, e, j, 0] = s0[e, 0] ^ np.uint64(j)
+            x[0, e, j, 1] = s0[e, 1]
+            x[1, e, j, 0] = s1[e, 0] ^ np.uint64(j)
+            x[1, e, j, 1] = s1[e, 1]
+
+
+@numba.njit("void(int64, int64, uint64[::1], uint64[::1], uint64[:, :, :, ::1], uint64[:, :, :, ::1], uint64[:, ::1], "
+            "uint64[::1], uint64[:, ::1])", cache=True, nogil=True)
+def _gen_level(n, i, alpha, beta, x, y, T, va, words):  # pragma: no cover  (compiled)
+    """Level i of :func:`dcf_gen` for every element: from the AES outputs y of the inputs x
+    (G = y ^ x: block 0 the left child, 1 the right, 2 the value words), the correction words
+    of the level into ``words``, both parties' next seeds (as the next AES input, in x) and
+    control bits T, and the running value correction va."""
+    sh = np.uint64(n - 1 - i)
+    zero = np.uint64(0)
+    one = np.uint64(1)
+    not1 = ~one
+    tcol = 3 * n
+    for e in range(alpha.shape[0]):
+        a = (alpha[e] >> sh) & one
+        keep = 1 if a else 0
+        lose = 1 - keep
+        g00 = y[0, e, lose, 0] ^ x[0, e, lose, 0]
+        g01 = y[0, e, lose, 1] ^ x[0, e, lose, 1]
+        g10 = y[1, e, lose, 0] ^ x[1, e, lose, 0]
+        g11 = y[1, e, lose, 1] ^ x[1, e, lose, 1]
+        scw0 = (g00 ^ g10) & not1
+        scw1 = g01 ^ g11
+        vl0 = y[0, e, 2, lose] ^ x[0, e, 2, lose]
+        vl1 = y[1, e, 2, lose] ^ x[1, e, 2, lose]
+        vk0 = y[0, e, 2, keep] ^ x[0, e, 2, keep]
+        vk1 = y[1, e, 2, keep] ^ x[1, e, 2, keep]
+        tl0 = (y[0, e, 0, 0] ^ x[0, e, 0, 0]) & one
+        tl1 = (y[1, e, 0, 0] ^ x[1, e, 0, 0]) & one
+        tr0 = (y[0, e, 1, 0] ^ x[0, e, 1, 0]) & one
+        tr1 = (y[1, e, 1, 0] ^ x[1, e, 1, 0]) & one
+        t1 = T[1, e]
+        d = vl1 - vl0 - va[e]
+        vcw = zero - d if t1 else d
+        if a:
+            vcw += zero - beta[e] if t1 else beta[e]
+        va[e] = va[e] - vk1 + vk0 + (zero - vcw if t1 else vcw)
+        tlc = tl0 ^ tl1 ^ a ^ one
+        trc = tr0 ^ tr1 ^ a
+        words[e, 2 * i] = scw0
+        words[e, 2 * i + 1] = scw1
+        words[e, 2 * n + i] = vcw
+        words[e, tcol] |= tlc << np.uint64(i)
+        words[e, tcol + 1] |= trc << np.uint64(i)
+        c = trc if a else tlc
+        for p in range(2):
+            k0 = (y[p, e, keep, 0] ^ x[p, e, keep, 0]) & not1
+            k1 = y[p, e, keep, 1] ^ x[p, e, keep, 1]
+            tp = T[p, e]
+            if tp:
+                k0 ^= scw0
+                k1 ^= scw1
+            tk = ((y[p, e, keep, 0] ^ x[p, e, keep, 0]) & one)
+            T[p, e] = tk ^ (tp & c)
+            for j in range(3):
+                x[p, e, j, 0] = k0 ^ np.uint64(j)
+                x[p, e, j, 1] = k1
+
+
+def dcf_gen_words(n: int, alpha, beta, s0: np.ndarray, s1: np.ndarray) -> np.ndarray:
+    """The correction words [N, W] (:meth:`Key.cw_words`'s layout, common to both keys) for
+    f(x) = beta [x < alpha] on n-bit unsigned x (1 <= n <= 64), one gate per element of ``alpha``
+    (uint64, < 2^n) and ``beta`` (uint64 = Z/2^64), from the parties' root seeds ``s0``, ``s1``
+    ([N, 2] uint64, uniform and secret: they ARE the keys' secrecy)."""
     if not 1 <= n <= 64:
         raise ValueError("a DCF input has 1..64 bits")
     alpha, beta = _u64(alpha).reshape(-1), _u64(beta).reshape(-1)
     N = alpha.shape[0]
-    # both parties' trees side by side ([2, N, ...]); the child alpha's path keeps ("keep") is a
-    # selection by alpha's bit, the other one "lose" (1: alpha goes right, so the LEFT subtree
-    # is below alpha: leaving the path to the left means x < alpha)
-    S = np.stack([_u64(s0).reshape(N, 2), _u64(s1).reshape(N, 2)])
-    T = np.stack([np.zeros(N, dtype=np.uint64), np.ones(N, dtype=np.uint64)])
+    s0, s1 = _u64(s0).reshape(N, 2), _u64(s1).reshape(N, 2)
+    # both parties' trees side by side: T their control bits, x the AES input of the level
+    x = np.empty((2, N, 3, 2), dtype=np.uint64)
+    _gen_start(s0, s1, x)
+    T = np.zeros((2, N), dtype=np.uint64)
+    T[1] = 1
     va = np.zeros(N, dtype=np.uint64)
-    cw_s = np.empty((N, n, 2), dtype=np.uint64)
-    cw_v = np.empty((N, n), dtype=np.uint64)
-    cw_t = np.empty((N, n, 2), dtype=np.uint8)
+    words = np.zeros((N, words_per_key(n)), dtype=np.uint64)
     for i in range(n):
-        a = _bit(alpha, n, i)
-        right = a.astype(bool)
-        y = _prg(S.reshape(2 * N, 2)).reshape(2, N, 3, 2)  # both parties' seeds in one AES call
-        tL, tR = y[:, :, 0, 0] & _ONE, y[:, :, 1, 0] & _ONE  # control bits of the children
-        s_keep = np.where(right[None, :, None], y[:, :, 1], y[:, :, 0])
-        s_lose = np.where(right[None, :, None], y[:, :, 0], y[:, :, 1])
-        v_keep = np.where(right, y[:, :, 2, 1], y[:, :, 2, 0])
-        v_lose = np.where(right, y[:, :, 2, 0], y[:, :, 2, 1])
-        scw = s_lose[0] ^ s_lose[1]
-        scw[:, 0] &= ~_ONE
-        vcw = _neg_if(T[1], v_lose[1] - v_lose[0] - va) + a * _neg_if(T[1], beta)
-        va = va - v_keep[1] + v_keep[0] + _neg_if(T[1], vcw)
-        tlc = tL[0] ^ tL[1] ^ a ^ _ONE
-        trc = tR[0] ^ tR[1] ^ a
-        cw_s[:, i], cw_v[:, i] = scw, vcw
-        cw_t[:, i, 0], cw_t[:, i, 1] = tlc, trc
-        s_keep[:, :, 0] &= ~_ONE
-        S = s_keep ^ (scw[None] * T[:, :, None])
-        T = np.where(right, tR, tL) ^ (T & np.where(right, trc, tlc)[None])
-    s, t = S, T
-    out = _neg_if(t[1], _conv(s[1]) - _conv(s[0]) - va)
+        _gen_level(n, i, alpha, beta, x, _aes(x), T, va, words)
+    # the leaf seeds' high words (x holds the next level's input: word 1 of any block is the seed's)
+    d = x[1, :, 0, 1] - x[0, :, 0, 1] - va
+    words[:, -1] = np.where(T[1].astype(bool), np.uint64(0) - d, d)
     # the seed corrections' lowest bit is always 0 (it held a control bit): OS-random filler
     # makes every correction word uniform on the wire; the evaluation ignores that bit
-    cw_s[:, :, 0] |= np.frombuffer(os.urandom(8 * N * n), dtype=np.uint64).reshape(N, n) & _ONE
-    return tuple(Key(n, _u64(sd).reshape(N, 2), cw_s, cw_v, cw_t, out) for sd in (s0, s1))
+    words[:, 0:2 * n:2] |= np.frombuffer(os.urandom(8 * N * n), dtype=np.uint64).reshape(N, n) & _U1
+    return words
+
+
+def dcf_gen(n: int, alpha, beta, s0: np.ndarray, s1: np.ndarray) -> tuple[Key, Key]:
+    """Both parties' keys (:func:`dcf_gen_words` with each party's root seed)."""
+    words = dcf_gen_words(n, alpha, beta, s0, s1)
+    N = words.shape[0]
+    return tuple(Key.from_words(n, _u64(sd).reshape(N, 2), words) for sd in (s0, s1))
+
+
+@numba.njit("void(int64, uint64[:, ::1], uint64[::1], uint64[:, :, ::1])", cache=True, nogil=True)
+def _eval_start(n, seed, x, xin):  # pragma: no cover  (compiled)
+    """The first level's AES input: per element the child block of x's top bit, and block 2."""
+    sh = np.uint64(n - 1)
+    for e in range(x.shape[0]):
+        xi = (x[e] >> sh) & np.uint64(1)
+        xin[e, 0, 0] = seed[e, 0] ^ xi
+        xin[e, 0, 1] = seed[e, 1]
+        xin[e, 1, 0] = seed[e, 0] ^ np.uint64(2)
+        xin[e, 1, 1] = seed[e, 1]
+
+
+@numba.njit("void(int64, int64, uint64[::1], uint64[:, :, ::1], uint64[:, :, ::1], uint64[::1], uint64[::1], uint64[:, ::1])",
+            cache=True, nogil=True)
+def _eval_level(n, i, x, xin, y, t, v, words):  # pragma: no cover  (compiled)
+    """Level i of :func:`dcf_eval`: the child x's bit leads to (block 0 of the AES input holds its
+    tweak), its value word (block 2) corrected into v, the next seed as the next AES input."""
+    sh = np.uint64(n - 1 - i)
+    one = np.uint64(1)
+    not1 = ~one
+    last = i + 1 == n
+    nsh = np.uint64(n - 2 - i) if not last else np.uint64(0)
+    tcol = 3 * n
+    for e in range(x.shape[0]):
+        xi = (x[e] >> sh) & one
+        c0 = y[e, 0, 0] ^ xin[e, 0, 0]
+        c1 = y[e, 0, 1] ^ xin[e, 0, 1]
+        vw = y[e, 1, xi] ^ xin[e, 1, xi]
+        te = t[e]
+        if te:
+            v[e] += vw + words[e, 2 * n + i]
+        else:
+            v[e] += vw
+        cwt = (words[e, tcol + xi] >> np.uint64(i)) & one
+        tn = (c0 & one) ^ (te & cwt)
+        c0 &= not1
+        if te:
+            c0 ^= words[e, 2 * i] & not1
+            c1 ^= words[e, 2 * i + 1]
+        t[e] = tn
+        nxi = (x[e] >> nsh) & one if not last else np.uint64(0)
+        xin[e, 0, 0] = c0 ^ nxi
+        xin[e, 0, 1] = c1
+        xin[e, 1, 0] = c0 ^ np.uint64(2)
+        xin[e, 1, 1] = c1
+
+
+def dcf_eval_words(b: int, n: int, seed: np.ndarray, words: np.ndarray, x) -> np.ndarray:
+    """Party ``b``'s share (uint64, modulo 2^64) of beta [x < alpha] at the public n-bit ``x``,
+    from its root seed [N, 2] and the correction words [N, W]."""
+    x = _u64(x).reshape(-1)
+    words = _u64(words)
+    N = x.shape[0]
+    xin = np.empty((N, 2, 2), dtype=np.uint64)
+    _eval_start(n, _u64(seed).reshape(N, 2), x, xin)
+    t = np.full(N, b, dtype=np.uint64)
+    v = np.zeros(N, dtype=np.uint64)
+    for i in range(n):
+        _eval_level(n, i, x, xin, _aes(xin), t, v, words)
+    v = v + xin[:, 0, 1] + t * words[:, -1]  # the leaf seed's high word (xin holds it)
+    return np.uint64(0) - v if b else v
 
 
 def dcf_eval(b: int, key: Key, x) -> np.ndarray:
     """Party ``b``'s share (uint64, modulo 2^64) of beta [x < alpha] at the public n-bit ``x``."""
-    x = _u64(x).reshape(-1)
-    n, N = key.n, key.size
-    rows = np.arange(N)
-    s, t = key.seed.copy(), np.full(N, b, dtype=np.uint64)
-    v = np.zeros(N, dtype=np.uint64)
-    for i in range(n):
-        y = _prg(s)
-        xi = _bit(x, n, i).astype(np.intp)
-        ch = y[rows, xi]                                  # the child x goes to (block 0 L, 1 R)
-        v += y[rows, 2, xi] + t * key.cw_v[:, i]          # its value word, corrected
-        tn = (ch[:, 0] & _ONE) ^ (t & key.cw_t[rows, i, xi])
-        ch[:, 0] &= ~_ONE
-        cs = key.cw_s[:, i] * t[:, None]
-        cs[:, 0] &= ~_ONE                                 # the correction's filler bit
-        ch ^= cs
-        s, t = ch, tn
-    v = v + _conv(s) + t * key.cw_out
-    return np.uint64(0) - v if b else v
+    return dcf_eval_words(b, key.n, key.seed, key.cw_words(), x)
 
 
 # -- DPF ---------------------------------------------------------------------------------------------

@@ -168,8 +168,7 @@ def deal(lane: int, seed0, r0, seed1, r1, m1) -> tuple[np.ndarray, np.ndarray]:
     r = (r0 + r1) & mask
     m = (r >> np.uint64(lane - 1)) & np.uint64(1)
     low = r & _mask(lane - 1)
-    k0, _ = fss.dcf_gen(lane - 1, low, np.uint64(1) - np.uint64(2) * m, seed0, seed1)
-    words = k0.cw_words()
+    words = fss.dcf_gen_words(lane - 1, low, np.uint64(1) - np.uint64(2) * m, seed0, seed1)
     # the two control-bit words use L-1 bits: the rest get OS-random filler, so every word on
     # the wire is uniform (the evaluation reads bits below L-1 only)
     if lane - 1 < 64:
@@ -180,8 +179,7 @@ def deal(lane: int, seed0, r0, seed1, r1, m1) -> tuple[np.ndarray, np.ndarray]:
 def evaluate(party: int, key: SignKey, yhat: np.ndarray) -> np.ndarray:
     """This party's arithmetic share (uint64) of MSB(y) from the opened y^ = y + r mod 2^L."""
     lane = key.lane
-    k = fss.Key.from_words(lane - 1, key.seed, key.words)
-    c = fss.dcf_eval(party, k, yhat & _mask(lane - 1))
+    c = fss.dcf_eval_words(party, lane - 1, key.seed, key.words, yhat & _mask(lane - 1))
     z = key.m + c
     p = (yhat >> np.uint64(lane - 1)) & np.uint64(1)
     out = z * (np.uint64(1) - np.uint64(2) * p)

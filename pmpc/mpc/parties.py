@@ -323,9 +323,10 @@ def _join_watchdog(rank: int, rendezvous: str, timeout_s: float, on_stuck=None):
 def _ctx():
     ctx = mp.get_context("forkserver")
     # transformers' model classes too: each party would otherwise import them on its own (seconds
-    # of start-up per party, which a short --timeout at its peer may not allow)
-    ctx.set_forkserver_preload(["torch", "pmpc.mpc.crypten_compat", "pmpc.engine", "protocols", "pmpc.models",
-                                "transformers.models.llama.modeling_llama"])
+    # of start-up per party, which a short --timeout at its peer may not allow); pmpc.mpc.fss
+    # compiles (or loads) its kernels on import
+    ctx.set_forkserver_preload(["torch", "pmpc.mpc.crypten_compat", "pmpc.mpc.fss", "pmpc.engine", "protocols",
+                                "pmpc.models", "transformers.models.llama.modeling_llama"])
     return ctx
 
 
