@@ -6,6 +6,7 @@ needs crypten, so it lives in the MPC runtime.
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 
@@ -131,7 +132,7 @@ class CrypTenOps(Ops):
         if torch.is_tensor(y) and self.is_secret(x) and not self.is_secret(y) and y.is_floating_point():
             y = PublicMatrix(y, self.fxp_bits + WEIGHT_EXTRA_BITS, compact=False)  # used once: no int32 copy
         if isinstance(y, PublicMatrix):
-            raw = x._tensor.share.matmul(y.ring()) * (1 << (self.fxp_bits - _log2_scale(x)))
+            raw = y.times(x._tensor.share) * (1 << (self.fxp_bits - _log2_scale(x)))
             if not truncate:
                 return MPCTensor.from_shares(raw, precision=self.fxp_bits + y.frac_bits)
             out = ArithmeticSharedTensor.from_shares(raw, precision=0)
@@ -150,7 +151,7 @@ class CrypTenOps(Ops):
         if not isinstance(y, PublicMatrix) or _log2_scale(residual) != self.fxp_bits:
             return super().matmul_residual(x, y, residual)
         fb = self.fxp_bits  # the raw product on 2^(fb + y.frac_bits)
-        raw = x._tensor.share.matmul(y.ring()) * (1 << (fb - _log2_scale(x)))
+        raw = y.times(x._tensor.share) * (1 << (fb - _log2_scale(x)))
         R = raw + residual._tensor.share * (1 << (y.frac_bits))
         both = ArithmeticSharedTensor.from_shares(torch.stack([R, R]), precision=0)
         d = torch.tensor([2 ** y.frac_bits, 2 ** (y.frac_bits + fb // 2)], dtype=torch.long)
@@ -326,6 +327,40 @@ class PublicMatrix:
 
     def ring(self) -> torch.Tensor:
         return self.ints.long()
+
+    # entries of the int64 working copy of a compact matrix (4 MB a thread)
+    CHUNK = 1 << 19
+
+    def times(self, share: torch.Tensor) -> torch.Tensor:
+        """share @ the matrix, on the ring. An int32 matrix is widened to int64 for the product;
+        widened whole, every product of a decode step allocates (and page-faults) a fresh copy
+        of the matrix, which costs more than the product itself (the vocabulary projection
+        4x over, ~0.1 s a token). So a share of few rows (decode) or a large matrix goes
+        through one reused int64 buffer, column block by column block."""
+        k, n = self.ints.shape
+        rows = share.numel() // max(k, 1)
+        if self.ints.dtype == torch.int64 or (rows > 16 and k * n <= self.CHUNK):
+            return share.matmul(self.ring())
+        cols = max(1, min(n, self.CHUNK // k))
+        buf = _scratch(k * cols)
+        out = torch.empty(*share.shape[:-1], n, dtype=torch.long)
+        for j in range(0, n, cols):
+            w = min(cols, n - j)
+            block = buf[:k * w].view(k, w)
+            block.copy_(self.ints[:, j:j + w])
+            out[..., j:j + w] = share.matmul(block)
+        return out
+
+
+_SCRATCH = threading.local()  # per thread: branches of Ops.parallel multiply side by side
+
+
+def _scratch(n: int) -> torch.Tensor:
+    """This thread's int64 working buffer for :meth:`PublicMatrix.times`, at least n words."""
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.numel() < n:
+        buf = _SCRATCH.buf = torch.empty(n, dtype=torch.long)
+    return buf
 
 
 def _raw(x, shape, scale_bits: int):

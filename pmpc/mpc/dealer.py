@@ -554,7 +554,7 @@ def _request_for(func_name: str, args, kwargs) -> tuple:
 def _ttp_request(self, func_name, device, *args, **kwargs):
     """Party 0 asks the dealer for ONE tuple (live ``ttp`` mode, no preprocessing): CrypTen's
     ``TTPClient.ttp_request`` with a JSON frame instead of a pickle, and without its wait. The
-    request goes out now; the answer is read into the returned tensor after the next exchange
+    request is queued for the next write on the links; the answer is read into the returned tensor after the next exchange
     between the computing parties — the opening that uses the tuple — so the dealer's round trip
     runs beside the peer round instead of before it (:meth:`pmpc.mpc.transport.DirectCommunicator.expect`).
     A failure while reading it is the dealer's, not the other computing party's."""
@@ -565,7 +565,10 @@ def _ttp_request(self, func_name, device, *args, **kwargs):
     frame, shape, honest_reply = _request_for(func_name, args, kwargs)
     result = torch.empty(shape, dtype=torch.long)
     with talking_to(ttp):
-        wire.send_encoded("dealer request", frame, ttp)
+        # queued, not written: it leaves with this party's next wait on any link (every wait
+        # moves every link's queue), i.e. as the opening starts, together with any other
+        # request made before it: one write for all of them instead of one each
+        wire.send_encoded("dealer request", frame, ttp, flush=False)
 
     def check(m):
         wire.is_dict(m, {"shape"}, "dealer reply")
