@@ -386,3 +386,16 @@ def test_slice_lookup_emulation_wraps_at_the_integer_bit():
     got = TorchOps(fxp_bits=16).slice_lookup(torch.tensor([1.0, 1.5, 2.0 - 2 ** -16, 2.0], dtype=torch.float64),
                                              13, 4, table)
     assert got.tolist() == [8.0, 12.0, 15.0, 0.0]
+
+
+def test_the_rule_bound_moves_with_its_variable(monkeypatch):
+    """``PMPC_DCF_MAX_LEVELS`` moves ``auto``'s bound (elements x (lane - 1)); garbage is refused."""
+    monkeypatch.delenv("PMPC_DCF_MAX_LEVELS", raising=False)
+    monkeypatch.setenv("PMPC_COMPARISON", "auto")
+    n = gates.DCF_MAX_LEVELS // 31
+    assert gates.use_dcf(n, 32) and not gates.use_dcf(n + 1, 32)
+    monkeypatch.setenv("PMPC_DCF_MAX_LEVELS", str(4 * gates.DCF_MAX_LEVELS))
+    assert gates.use_dcf(4 * n, 32) and not gates.use_dcf(4 * n + 2, 32)
+    monkeypatch.setenv("PMPC_DCF_MAX_LEVELS", "lots")
+    with pytest.raises(ValueError, match="PMPC_DCF_MAX_LEVELS"):
+        gates.use_dcf(1, 32)

@@ -254,3 +254,30 @@ def test_max_under_mpc_takes_both_plans_and_is_exact():
     assert res["decode"]["plan_offline"] != res["decode"]["plan"]
     for r in res.values():
         assert np.array_equal(r["max"], r["x"].max(-1, keepdims=True)), "max differs"
+
+
+@pytest.mark.parametrize("rows,k,n", [(1, 576, 1536), (3, 64, 10_000), (40, 64, 10_000), (40, 32, 48)])
+def test_public_matrix_product_by_blocks_equals_the_whole_product(rows, k, n):
+    """A compact (int32) public matrix multiplies a share block by block through a reused int64
+    buffer (few rows, or a matrix over the buffer's size): the ring product is the whole one's,
+    wrap-around included, and two threads multiplying at once do not share the buffer."""
+    import threading
+
+    from pmpc.mpc.crypten_ops import PublicMatrix
+
+    g = torch.Generator().manual_seed(rows * n)
+    W = PublicMatrix(torch.randn(k, n, generator=g), 20)
+    assert W.ints.dtype == torch.int32
+    share = torch.randint(-2 ** 63, 2 ** 63 - 1, (rows, k), generator=g)
+    want = share.matmul(W.ints.long())
+    assert torch.equal(W.times(share), want)
+    other = PublicMatrix(torch.randn(k, n, generator=g), 20)
+    got = {}
+    threads = [threading.Thread(target=lambda m=m, i=i: got.__setitem__(i, [m.times(share) for _ in range(3)]))
+               for i, m in enumerate((W, other))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(x, want) for x in got[0])
+    assert all(torch.equal(x, share.matmul(other.ints.long())) for x in got[1])

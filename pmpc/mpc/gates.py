@@ -30,13 +30,17 @@ Which comparison runs (``PMPC_COMPARISON``, read at every call; both parties dec
 from public shapes): ``auto`` (default) — this gate while a call's elements x (L - 1) tree levels
 stay within ``DCF_MAX_LEVELS``, the packed bitwise adder circuit
 (:func:`pmpc.mpc.crypten_compat.lane_ltz`, ~7 rounds for 32 bits, 8 for the ring, no keys) above;
-``dcf`` or ``bitwise`` — always one. Why that measure: the gate trades rounds for CPU that grows
-with elements x levels (~0.08 us per element-level to evaluate, ~0.3 us with its key generation,
-which party 0 does in ``local`` mode and the dealer in ``ttp`` mode, on the same cores here),
-while a bitwise call's six or seven rounds cost ~0.5 ms each on the direct loopback links,
-whatever the size. So up to ~16 K element-levels (~520 comparisons on a 32-bit lane, ~260 over the
-ring) the gate costs less time and fewer rounds; above, on this 2-core CPU, the adder circuit is
-faster though it takes more rounds (results/fss). Decode-step norms and reciprocals run as gates,
+``dcf`` or ``bitwise`` — always one (``PMPC_DCF_MAX_LEVELS`` moves ``auto``'s bound). Why that measure: the gate trades rounds for work that grows
+with elements x levels — CPU (~0.01 us per element-level to evaluate, ~0.05 us to generate, in
+:mod:`pmpc.mpc.fss`'s compiled kernels; the keys are made by party 0 in ``local`` mode and by
+the dealer in ``ttp`` mode, on the same cores here) and above all key bytes (~25 bytes per
+element-level, which the ``ttp`` dealer sends and party 0 reads beside the rounds) — while a
+bitwise call's six or seven rounds cost ~0.5 ms each on the direct loopback links, whatever the
+size. Up to ~16 K element-levels (~520 comparisons on a 32-bit lane, ~260 over the ring) the gate
+costs less time and fewer rounds; above, on this 2-core CPU, the adder circuit is as fast or
+faster though it takes more rounds: SmolLM2's bolt decode with the bound at 64 K saves 90 of
+1,779 rounds a token at the same time and 15% more dealt bytes, at 256 K 210 rounds for 5x the
+dealt bytes and 1.5x the time (results/fss). Decode-step norms and reciprocals run as gates,
 decode activations and large prefill tensors as adder circuits. On a WAN, where a round costs
 tens of ms, ``PMPC_COMPARISON=dcf`` is the better choice. Both paths compute the same bits (the
 emulation needs no change).
@@ -85,11 +89,22 @@ def comparison_mode() -> str:
     return mode
 
 
+def max_levels() -> int:
+    """``auto``'s bound: ``PMPC_DCF_MAX_LEVELS`` (element-levels), default :data:`DCF_MAX_LEVELS`."""
+    v = os.environ.get("PMPC_DCF_MAX_LEVELS")
+    if v is None:
+        return DCF_MAX_LEVELS
+    try:
+        return int(v)
+    except ValueError:
+        raise ValueError(f"PMPC_DCF_MAX_LEVELS must be an integer, not {v!r}") from None
+
+
 def use_dcf(elements: int, lane: int) -> bool:
     """Whether a comparison of ``elements`` values on an L = ``lane``-bit lane runs as the DCF gate
     (the rule above)."""
     mode = comparison_mode()
-    return mode == "dcf" or (mode == "auto" and elements * (lane - 1) <= DCF_MAX_LEVELS)
+    return mode == "dcf" or (mode == "auto" and elements * (lane - 1) <= max_levels())
 
 
 def key_words(lane: int) -> int:
