@@ -395,7 +395,8 @@ def test_the_rule_bound_moves_with_its_variable(monkeypatch):
     n = gates.DCF_MAX_LEVELS // 31
     assert gates.use_dcf(n, 32) and not gates.use_dcf(n + 1, 32)
     monkeypatch.setenv("PMPC_DCF_MAX_LEVELS", str(4 * gates.DCF_MAX_LEVELS))
-    assert gates.use_dcf(4 * n, 32) and not gates.use_dcf(4 * n + 2, 32)
+    m = 4 * gates.DCF_MAX_LEVELS // 31
+    assert m > n + 1 and gates.use_dcf(m, 32) and not gates.use_dcf(m + 1, 32)
     monkeypatch.setenv("PMPC_DCF_MAX_LEVELS", "lots")
     with pytest.raises(ValueError, match="PMPC_DCF_MAX_LEVELS"):
         gates.use_dcf(1, 32)
