@@ -191,6 +191,19 @@ def test_configuration_digest_covers_model_protocol_and_weights():
     assert GenConfig(model="tiny-random-llama", protocol="exact", temperature=0.7, seed=3).digest(llama) == d
 
 
+@pytest.mark.parametrize("var,value", [("PMPC_COMPARISON", "bitwise"), ("PMPC_DCF_MAX_LEVELS", "65536")])
+def test_configuration_digest_covers_the_comparison_rule(monkeypatch, var, value):
+    """Parties that would pick different comparisons (different messages) refuse at the start."""
+    from pmpc.mpc.secure import GenConfig
+
+    monkeypatch.delenv("PMPC_COMPARISON", raising=False)
+    monkeypatch.delenv("PMPC_DCF_MAX_LEVELS", raising=False)
+    llama = models.load_shapes("tiny-random-llama")
+    d = GenConfig(model="tiny-random-llama", protocol="bolt").digest(llama)
+    monkeypatch.setenv(var, value)
+    assert GenConfig(model="tiny-random-llama", protocol="bolt").digest(llama) != d
+
+
 def test_mismatched_dealer_modes_time_out_with_a_hint():
     res = _pair(["-m", "tiny-random-llama", "-p", "exact", "-n", "1", "--dealer", "ttp"],
                 ["-m", "tiny-random-llama", "-p", "exact", "-n", "1", "--dealer", "local"], timeout="6")

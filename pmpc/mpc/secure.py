@@ -39,7 +39,7 @@ from pmpc.errors import UserError
 from pmpc.mpc import cost, wire
 from pmpc.mpc import dealer
 from pmpc.mpc import handshake, parties, spool
-from pmpc.mpc.gates import comparison_mode
+from pmpc.mpc.gates import comparison_mode, max_levels
 from pmpc.mpc.cost import LINKS, table
 from pmpc.mpc.dealer import TRUST as DEALER_TRUST  # noqa: F401  (re-exported: one definition)
 from pmpc.ops import TorchOps
@@ -76,6 +76,7 @@ class GenConfig:
             pub["weights_sha256"] = spec.content_digest()
         pub["truncation"] = truncation_mode()  # exact vs local: different rounds
         pub["comparison"] = comparison_mode()  # dcf vs bitwise: different messages
+        pub["dcf_max_levels"] = max_levels()  # auto's bound: the same choice at both parties
         return hashlib.sha256(json.dumps(pub, sort_keys=True, default=str).encode()).digest()
 
     def digest(self, spec: models.ModelSpec) -> str:
