@@ -365,3 +365,10 @@ def lean_beaver_job(rank, world_size):
         same.append(torch.equal(z0, z1.share))
         right.append(torch.equal(z1.reveal(), getattr(torch, op)(vx, vy)))
     return {"same": same, "right": right}
+
+
+def affinity_job(rank, world_size):
+    """The cores this party may run on."""
+    import os
+
+    return sorted(os.sched_getaffinity(0))

@@ -238,3 +238,17 @@ def test_joining_a_peer_that_stopped_after_it_began_listening_ends_in_time():
     assert len(lines) == 1 and lines[0].startswith("pmpc: error: party 1 (server): no session at"), p.stderr
     # 4 s timeout + 10 s join slack, after the process's own start-up (imports: ~10-30 s under load)
     assert took < 60, took
+
+
+def test_local_parties_get_cores_of_their_own():
+    """Each local computing party on a core of its own where the machine has two (none shared);
+    ``PMPC_PIN=off`` leaves both the launcher's cores."""
+    from tests import mpc_jobs
+
+    cores = sorted(os.sched_getaffinity(0))
+    pinned = parties.run_local(mpc_jobs.affinity_job, timeout_s=60)
+    if len(cores) >= 2:
+        assert pinned == [[cores[0]], [cores[1]]]
+    else:
+        assert pinned == [cores, cores]
+    assert parties.run_local(mpc_jobs.affinity_job, timeout_s=60, env={"PMPC_PIN": "off"}) == [cores, cores]

@@ -554,9 +554,10 @@ def _request_for(func_name: str, args, kwargs) -> tuple:
 def _ttp_request(self, func_name, device, *args, **kwargs):
     """Party 0 asks the dealer for ONE tuple (live ``ttp`` mode, no preprocessing): CrypTen's
     ``TTPClient.ttp_request`` with a JSON frame instead of a pickle, and without its wait. The
-    request is queued for the next write on the links; the answer is read into the returned tensor after the next exchange
-    between the computing parties — the opening that uses the tuple — so the dealer's round trip
-    runs beside the peer round instead of before it (:meth:`pmpc.mpc.transport.DirectCommunicator.expect`).
+    request is queued for the next write on the links; the answer is read into the returned
+    tensor after the next exchange between the computing parties — the opening that uses the
+    tuple — so the dealer's round trip runs beside the peer round instead of before it
+    (:meth:`pmpc.mpc.transport.DirectCommunicator.expect`).
     A failure while reading it is the dealer's, not the other computing party's."""
     from pmpc.mpc.crypten_compat import comm
 

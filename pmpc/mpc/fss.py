@@ -61,15 +61,20 @@ def _ecb():
     return enc
 
 
+def _aes(blocks: np.ndarray) -> np.ndarray:
+    """AES_K on every 128-bit block of ``blocks`` (C-contiguous uint64, an even number of words),
+    one call."""
+    n = blocks.size
+    out = np.empty(n + 2, dtype=np.uint64)  # + a block: `cryptography` wants the room
+    _ecb().update_into(memoryview(blocks.reshape(-1)).cast("B"), memoryview(out).cast("B"))
+    return out[:n].reshape(blocks.shape)
+
+
 def _prg(seeds: np.ndarray) -> np.ndarray:
     """G on every seed ([N, 2] uint64) as raw blocks [N, 3, 2]: one AES-ECB call for all."""
-    n = seeds.shape[0]
     x = np.repeat(seeds[:, None, :], 3, axis=1)  # [N, 3, 2]
     x[:, :, 0] ^= _TWEAK
-    enc = _ecb()
-    buf = np.empty(n * 6 + 2, dtype=np.uint64)  # + a block: `cryptography` wants the room
-    enc.update_into(memoryview(x).cast("B"), memoryview(buf).cast("B"))
-    y = buf[:n * 6].reshape(n, 3, 2)
+    y = _aes(x)
     y ^= x
     return y
 
@@ -169,18 +174,6 @@ def words_per_key(n: int, dcf: bool = True) -> int:
 # gates run hundreds of times per decoded token, mostly on small tensors. The kernels have fixed
 # signatures: compiled (or loaded from numba's cache) when this module is imported, which the
 # local parties' fork server does once for all of them (pmpc.mpc.parties).
-_U1 = np.uint64(1)
-_NOT1 = ~np.uint64(1)
-
-
-def _aes(blocks: np.ndarray) -> np.ndarray:
-    """AES_K on every 128-bit block of ``blocks`` (uint64, an even number of words), one call."""
-    n = blocks.size
-    out = np.empty(n + 2, dtype=np.uint64)  # + a block: `cryptography` wants the room
-    _ecb().update_into(memoryview(blocks.reshape(-1)).cast("B"), memoryview(out).cast("B"))
-    return out[:n].reshape(blocks.shape)
-
-
 @numba.njit("void(uint64[:, ::1], uint64[:, ::1], uint64[:, :, :, ::1])", cache=True, nogil=True)
 def _gen_start(s0, s1, x):  # pragma: no cover  (compiled)
     """The first level's AES input of both parties' trees: x [2, N, 3, 2], block j = (s ^ j, s)."""
@@ -237,14 +230,14 @@ def _gen_level(n, i, alpha, beta, x, y, T, va, words):  # pragma: no cover  (com
         words[e, tcol + 1] |= trc << np.uint64(i)
         c = trc if a else tlc
         for p in range(2):
-            k0 = (y[p, e, keep, 0] ^ x[p, e, keep, 0]) & not1
+            k0 = y[p, e, keep, 0] ^ x[p, e, keep, 0]  # the kept child's seed; its low bit, its control bit
             k1 = y[p, e, keep, 1] ^ x[p, e, keep, 1]
             tp = T[p, e]
+            T[p, e] = (k0 & one) ^ (tp & c)
+            k0 &= not1
             if tp:
                 k0 ^= scw0
                 k1 ^= scw1
-            tk = ((y[p, e, keep, 0] ^ x[p, e, keep, 0]) & one)
-            T[p, e] = tk ^ (tp & c)
             for j in range(3):
                 x[p, e, j, 0] = k0 ^ np.uint64(j)
                 x[p, e, j, 1] = k1
@@ -274,7 +267,7 @@ def dcf_gen_words(n: int, alpha, beta, s0: np.ndarray, s1: np.ndarray) -> np.nda
     words[:, -1] = np.where(T[1].astype(bool), np.uint64(0) - d, d)
     # the seed corrections' lowest bit is always 0 (it held a control bit): OS-random filler
     # makes every correction word uniform on the wire; the evaluation ignores that bit
-    words[:, 0:2 * n:2] |= np.frombuffer(os.urandom(8 * N * n), dtype=np.uint64).reshape(N, n) & _U1
+    words[:, 0:2 * n:2] |= np.frombuffer(os.urandom(8 * N * n), dtype=np.uint64).reshape(N, n) & _ONE
     return words
 
 
@@ -297,8 +290,8 @@ def _eval_start(n, seed, x, xin):  # pragma: no cover  (compiled)
         xin[e, 1, 1] = seed[e, 1]
 
 
-@numba.njit("void(int64, int64, uint64[::1], uint64[:, :, ::1], uint64[:, :, ::1], uint64[::1], uint64[::1], uint64[:, ::1])",
-            cache=True, nogil=True)
+@numba.njit("void(int64, int64, uint64[::1], uint64[:, :, ::1], uint64[:, :, ::1], uint64[::1], uint64[::1], "
+            "uint64[:, ::1])", cache=True, nogil=True)
 def _eval_level(n, i, x, xin, y, t, v, words):  # pragma: no cover  (compiled)
     """Level i of :func:`dcf_eval`: the child x's bit leads to (block 0 of the AES input holds its
     tweak), its value word (block 2) corrected into v, the next seed as the next AES input."""

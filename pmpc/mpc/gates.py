@@ -30,8 +30,8 @@ Which comparison runs (``PMPC_COMPARISON``, read at every call; both parties dec
 from public shapes): ``auto`` (default) — this gate while a call's elements x (L - 1) tree levels
 stay within ``DCF_MAX_LEVELS``, the packed bitwise adder circuit
 (:func:`pmpc.mpc.crypten_compat.lane_ltz`, ~7 rounds for 32 bits, 8 for the ring, no keys) above;
-``dcf`` or ``bitwise`` — always one (``PMPC_DCF_MAX_LEVELS`` moves ``auto``'s bound). Why that measure: the gate trades rounds for work that grows
-with elements x levels — CPU (~0.01 us per element-level to evaluate, ~0.05 us to generate, in
+``dcf`` or ``bitwise`` — always one (``PMPC_DCF_MAX_LEVELS`` moves ``auto``'s bound). Why that
+measure: the gate trades rounds for work that grows with elements x levels — CPU (~0.01 us per element-level to evaluate, ~0.05 us to generate, in
 :mod:`pmpc.mpc.fss`'s compiled kernels; the keys are made by party 0 in ``local`` mode and by
 the dealer in ``ttp`` mode, on the same cores here) and above all key bytes (~25 bytes per
 element-level, which the ``ttp`` dealer sends and party 0 reads beside the rounds) — while a
