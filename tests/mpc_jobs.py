@@ -372,3 +372,25 @@ def affinity_job(rank, world_size):
     import os
 
     return sorted(os.sched_getaffinity(0))
+
+
+def heap_job(rank, world_size):
+    """Whether a fresh 24 MiB block comes from the heap (not a mapping of its own) in this party,
+    and whether freeing it hands the memory back to the kernel (glibc's ``mallinfo2``)."""
+    import ctypes
+
+    class Info(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                   "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = Info
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    before = libc.mallinfo2()
+    block = libc.malloc(24 << 20)
+    during = libc.mallinfo2()
+    libc.free(block)
+    after = libc.mallinfo2()
+    return {"mapped": during.hblks > before.hblks,
+            "returned": after.arena < during.arena or after.hblkhd < during.hblkhd}

@@ -5,6 +5,7 @@ of many prompts keeps the finished ones and resumes. A `pmpc party` whose peer n
 with one clear line."""
 from __future__ import annotations
 
+import ctypes
 import json
 import multiprocessing.forkserver as mpfs
 import os
@@ -252,3 +253,17 @@ def test_local_parties_get_cores_of_their_own():
     else:
         assert pinned == [cores, cores]
     assert parties.run_local(mpc_jobs.affinity_job, timeout_s=60, env={"PMPC_PIN": "off"}) == [cores, cores]
+
+
+def test_parties_keep_freed_memory_in_their_heap():
+    """A party's large tensors come from its heap and stay there when freed (glibc ``mallopt``), so
+    the next layer's tensors reuse the pages instead of faulting fresh ones in; ``PMPC_MALLOC=off``
+    leaves glibc's defaults: a block that size is a mapping of its own, unmapped on free."""
+    from tests import mpc_jobs
+
+    if not hasattr(ctypes.CDLL(None), "mallinfo2"):
+        pytest.skip("not glibc >= 2.33: the party keeps the C library's defaults")
+    kept = parties.run_local(mpc_jobs.heap_job, timeout_s=60)
+    assert kept == [{"mapped": False, "returned": False}] * 2
+    default = parties.run_local(mpc_jobs.heap_job, timeout_s=60, env={"PMPC_MALLOC": "off"})
+    assert default == [{"mapped": True, "returned": True}] * 2
