@@ -35,9 +35,9 @@ ACT_BOUND = 2.0 ** 14
 WEIGHT_EXTRA_BITS = 8
 # fraction bits of a public factor folded into a bit extraction (``Ops.bits(scale=...)``)
 BITS_SCALE_FRAC = 16
-# the softmax max compares all pairs of a row in one level up to this many comparisons a call
-# (decode rows: 9 x 41 keys = 7,380, ~1 MB opened a layer): 9 rounds with one adder circuit and
-# no keys but the winners' (dealer-keyed levels cost party 0 the keys' CPU in ``local`` mode)
+# the softmax max may compare all pairs of a row in one level up to this many comparisons a call
+# (decode rows: 9 x 41 keys = 7,380, ~1 MB opened a layer): 9 rounds with one adder circuit, a
+# candidate plan that wins where the gates' levels would take more rounds
 ALL_PAIRS_MAX = 1 << 13
 # the MPC runtime's default rule for a one-round comparison gate (``pmpc.mpc.gates.DCF_MAX_LEVELS``,
 # elements x (lane bits - 1)), for plans that depend on it (``Ops.max``); a test holds them equal
@@ -343,7 +343,7 @@ class Ops:
         """:meth:`_search_max_plan`, once per shape and comparison rule (a decode step asks it
         the same question at every layer; the search is quadratic in ``n``)."""
         memo = self.__dict__.setdefault("_max_plans", {})
-        key = (rows, n, fan_in, self.comparison_rule(), self.parties_make_keys())
+        key = (rows, n, fan_in, self.comparison_rule())
         if key not in memo:
             memo[key] = self._search_max_plan(rows, n, fan_in)
         return memo[key]
@@ -356,23 +356,21 @@ class Ops:
     def _search_max_plan(self, rows: int, n: int, fan_in: int = 8) -> list:
         """The group sizes of :meth:`max`'s levels for ``rows`` rows of ``n`` keys. Each level
         costs its comparison's rounds (one where the all-pairs comparison fits a one-round gate,
-        :meth:`one_round_comparisons`) plus its winner's (:meth:`_winner_rounds`). Two plans, the
-        fewer rounds wins, then (where a party makes the keys, :meth:`parties_make_keys`) the
-        fewer dealer-keyed gate levels (their keys' CPU), then the fewer comparisons (bytes): ``fan_in`` at every level; levels that are all one-round gates, the fewest
-        comparisons among the fewest levels (a small search: 41 keys in groups of 2, 3 and 7);
-        or all pairs in one level where that stays within ``ALL_PAIRS_MAX`` comparisons (decode
-        rows: 9 rounds like the gates', with one adder circuit, measured cheapest in CPU)."""
-        def cost(plan):  # (rounds, dealer-keyed gate levels: the keys' CPU, comparisons)
-            r, keyed, c, m = 0, 0, 0, n
+        :meth:`one_round_comparisons`) plus its winner's (:meth:`_winner_rounds`). Of three
+        candidates the fewer rounds wins, then the fewer comparisons (bytes): ``fan_in`` at every
+        level; levels that are all one-round gates, the fewest comparisons among the fewest levels
+        (a small search: 41 keys in groups of 2, 3 and 7); all pairs in one level where that stays
+        within ``ALL_PAIRS_MAX`` comparisons (one adder circuit). The same plan whoever makes the
+        gates' keys: with the compiled key generation (:mod:`pmpc.mpc.fss`) a plan with more gate
+        levels costs party 0 no measurable time when it makes them itself (``local``, live)."""
+        def cost(plan):  # (rounds, comparisons)
+            r, c, m = 0, 0, n
             for k in plan:
                 g = -(-m // k)
                 cmp = rows * g * k * (k - 1) // 2
-                gate = self.one_round_comparisons(cmp, 32)
-                win = self._winner_rounds(rows * g * k, k)
-                r += (1 if gate else 7) + win
-                keyed += (31 * cmp if gate else 0) + (7 * rows * g * k if win == 2 else 0)
+                r += (1 if self.one_round_comparisons(cmp, 32) else 7) + self._winner_rounds(rows * g * k, k)
                 c, m = c + cmp, g
-            return r, keyed, c
+            return r, c
 
         fixed, m = [], n
         while m > 1:
@@ -392,15 +390,7 @@ class Ops:
         plans = [fixed] + ([best[n][2]] if n in best else [])
         if 1 < n and rows * n * (n - 1) // 2 <= ALL_PAIRS_MAX:
             plans.append([n])  # all pairs at once: one adder circuit, no keys but the winners'
-        if self.parties_make_keys():  # keys cost the parties CPU: the fewest keyed levels next
-            return min(plans, key=cost)
-        return min(plans, key=lambda p: (cost(p)[0], cost(p)[2]))  # a dealer's keys: fewest comparisons
-
-    def parties_make_keys(self) -> bool:
-        """Whether a party makes the dealer-keyed gates' keys in the query's own time (``local``
-        without ``--preprocess``: party 0) rather than a dealer process or an offline phase
-        (``ttp``, the secure default, which the emulation plans as)."""
-        return False
+        return min(plans, key=cost)
 
     def _winner_rounds(self, keys: int, k: int) -> int:
         """Rounds to pick and select each group's winner: by its count of wins (one small gate,

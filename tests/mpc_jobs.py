@@ -330,9 +330,7 @@ def max_job(rank, world_size):
         x[..., 3] = x[..., 5]  # a tie
         y = ops.reveal(ops.max(ops.share(x, src=0)), dst=0)
         out[name] = {"x": x.numpy(), "max": y.double().numpy() if rank == 0 else None,
-                     "plan": ops.max_plan(math.prod(shape[:-1]), shape[-1]),
-                     # the same local dealer with its keys made offline (``--preprocess``)
-                     "plan_offline": CrypTenOps(keys_offline=True).max_plan(math.prod(shape[:-1]), shape[-1])}
+                     "plan": ops.max_plan(math.prod(shape[:-1]), shape[-1])}
     return out if rank == 0 else None
 
 

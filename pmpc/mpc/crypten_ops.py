@@ -27,11 +27,10 @@ class CrypTenOps(Ops):
 
     kind = "crypten"
 
-    def __init__(self, tracker=None, keys_offline: bool = False):
+    def __init__(self, tracker=None):
         super().__init__(tracker)
         self.crypten = crypten
         self.fxp_bits = crypten.cfg.encoder.precision_bits
-        self.keys_offline = keys_offline  # ``--preprocess``: every key is made before the query
 
     def share(self, t, src=0):
         if t.dim() >= 2 and getattr(active_provider(), "dry_run", False):
@@ -89,10 +88,6 @@ class CrypTenOps(Ops):
 
     def comparison_rule(self) -> str:
         return gates.comparison_mode()
-
-    def parties_make_keys(self) -> bool:
-        # ``local``: party 0 deals, in the query's time unless the keys were made offline
-        return self.crypten.cfg.mpc.provider == "TFP" and not self.keys_offline
 
     def scale_bits(self, x) -> int:
         return _log2_scale(x)

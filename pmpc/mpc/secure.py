@@ -389,7 +389,7 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
     real = _comm()
     tracker = _DealerKeepAliveTracker(cost.crypten_stats, timeout_s / 4,
                                       (lambda: dealer.keepalive(real)) if to_dealer and cfg.preprocess else None)
-    ops = CrypTenOps(tracker, keys_offline=cfg.preprocess)
+    ops = CrypTenOps(tracker)
     _return_freed_memory()  # what loading the model freed
     gen = torch.Generator().manual_seed(cfg.seed)
     phases: dict = {}
