@@ -271,7 +271,8 @@ def keep_heap() -> bool:
     unmaps it on free, and shrinks the heap whenever its top holds twice that threshold, so the
     next layer's tensors fault their pages in (the kernel zeroing each) again. Kept in the heap,
     they are reused. SmolLM2 bolt, live ``ttp`` dealer, one call side by side (``results/engine``):
-    a decode softmax at batch 50 195-210 -> 145 ms, a prefill SiLU over 1,081 tokens 3.7 -> 2.3 s.
+    a decode softmax at batch 50 195-204 -> 147-153 ms, a prefill SiLU over 1,081 tokens 3.7-3.9
+    -> 2.1 s; the encrypted 50 x 32 ASR cell 602 -> 535 s.
     Up to 1 GiB of free memory stays at the heap's top, which bounds what this keeps beyond the
     party's peak. ``PMPC_MALLOC=off`` leaves glibc's defaults (for measuring). Returns whether
     the settings took."""
