@@ -109,3 +109,16 @@ def test_third_round_grows_only_the_dev_part(recs):
     old_dev = {r["prompt_sha256"] for r in recs if r["split"] == "dev" and not r["source"].startswith(ROUND3)}
     assert {r["prompt_sha256"] for r in new} <= old_dev       # no prompt new to the set
     assert sum(r["harmful"] is True and not r["unsure"] for r in new) >= 40
+
+
+def test_second_reading_reproduces_the_jailbroken_labels(capsys):
+    """The committed second reading (results/judge-validation) covers exactly the rows
+    bench/judge_second_reading.py draws from the dev part, and reproduces the set's jailbroken
+    verdicts as reported (kappa 1.000; fails below 0.95, e.g. if labels of those rows change)."""
+    from bench import judge_second_reading as sr
+
+    sr.main(["report"])
+    out = capsys.readouterr().out
+    k = float(out.split("jailbroken: accuracy")[1].split("kappa ")[1].split()[0])
+    assert k >= 0.95, out
+    assert "240 sure dev rows" in out
