@@ -118,7 +118,7 @@ def main(argv=None):
     ap.add_argument("--labels", default=str(judge_model.LABELS_FILE))
     ap.add_argument("--only", default="", help="comma-separated candidate names (default: all)")
     ap.add_argument("--seeds", type=int, default=3, help="fold assignments to average over")
-    ap.add_argument("--smollm", action="store_true", help="also the SmolLM2 candidates (~3-5 s per output on one CPU thread)")
+    ap.add_argument("--smollm", action="store_true", help="also the SmolLM2 candidates (~0.3 s per output on two CPU threads; minutes for the dev part)")
     a = ap.parse_args(argv)
     rows = [r for r in judge_model.read_labels(a.labels) if r["split"] == "dev" and not r["unsure"]]
     ps, os_ = [r["prompt"] for r in rows], [r["output"] for r in rows]
