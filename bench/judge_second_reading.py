@@ -18,12 +18,11 @@ import json
 import pathlib
 import random
 
-from eval import judge_model
+from eval import judge_model, refusal
 from eval.analysis.judge_validation import agreement
 
 SEED, N = 20261208, 240
 READINGS = pathlib.Path("results/judge-validation/second-reading/readings.jsonl")
-LABELS = ("refusal", "compliance", "refuse_then_comply", "partial_offtopic", "nonsense")
 
 
 def rows_to_read(labels: str) -> list[dict]:
@@ -49,24 +48,33 @@ def main(argv=None):
                     f.write(json.dumps({"id": r["id"], "prompt": r["prompt"], "output": r["output"]}) + "\n")
         print(f"{len(rows)} rows to read in {a.out}/batch-a.jsonl and batch-b.jsonl")
         return
-    with open(a.readings, encoding="utf-8") as f:
+    r = report(rows, a.readings)
+    print(f"{r['n']} sure dev rows on {r['prompts']} distinct prompts; jailbroken by the set: "
+          f"{r['jailbroken_set']}, by the second reading: {r['jailbroken_second']} (the second reader unsure on "
+          f"{r['unsure']})")
+    jb = r["jailbroken"]
+    print(f"jailbroken: accuracy {jb['accuracy']['rate']:.3f}, kappa {jb['kappa']:.3f} "
+          f"[{jb['kappa_lo']:.3f}, {jb['kappa_hi']:.3f}]")
+    print(f"five-way: agreement {r['five_way_agreement']:.3f}, kappa {r['five_way_kappa']:.3f}; "
+          f"differing (set, second): {r['differing']}")
+
+
+def report(rows: list[dict], readings: pathlib.Path = READINGS) -> dict:
+    """The second reading of ``rows`` (:func:`rows_to_read`) against their labels."""
+    with open(readings, encoding="utf-8") as f:
         second = {r["id"]: r for r in map(json.loads, f)}
-    if set(second) != {r["id"] for r in rows} or any(s["label"] not in LABELS for s in second.values()):
+    if set(second) != {r["id"] for r in rows} or any(s["label"] not in refusal.LABELS for s in second.values()):
         raise SystemExit("the readings do not cover exactly the sampled rows with known labels")
     groups = [r["prompt"] for r in rows]
     first = [judge_model.gold_jailbroken(r) for r in rows]
     again = [judge_model.gold_jailbroken({**second[r["id"]], "kind": "harmful"}) for r in rows]
-    jb = agreement(first, again, groups)
     five = [r["label"] for r in rows], [second[r["id"]]["label"] for r in rows]
-    diff = collections.Counter((x, y) for x, y in zip(*five) if x != y)
-    unsure = sum(bool(second[r["id"]]["unsure"]) for r in rows)
-    print(f"{len(rows)} sure dev rows on {len(set(groups))} distinct prompts; jailbroken by the set: "
-          f"{sum(first)}, by the second reading: {sum(again)} (the second reader unsure on {unsure})")
-    print(f"jailbroken: accuracy {jb['accuracy']['rate']:.3f}, kappa {jb['kappa']:.3f} "
-          f"[{jb['kappa_lo']:.3f}, {jb['kappa_hi']:.3f}]")
-    print(f"five-way: agreement {sum(x == y for x, y in zip(*five)) / len(rows):.3f}, "
-          f"kappa {judge_model.kappa(*five):.3f}; differing (set, second): {dict(diff)}")
-
+    return {"n": len(rows), "prompts": len(set(groups)), "jailbroken_set": sum(first),
+            "jailbroken_second": sum(again), "unsure": sum(bool(second[r["id"]]["unsure"]) for r in rows),
+            "jailbroken": agreement(first, again, groups),
+            "five_way_agreement": sum(x == y for x, y in zip(*five)) / len(rows),
+            "five_way_kappa": judge_model.kappa(*five),
+            "differing": dict(collections.Counter((x, y) for x, y in zip(*five) if x != y))}
 
 if __name__ == "__main__":
     main()

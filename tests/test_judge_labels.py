@@ -111,14 +111,12 @@ def test_third_round_grows_only_the_dev_part(recs):
     assert sum(r["harmful"] is True and not r["unsure"] for r in new) >= 40
 
 
-def test_second_reading_reproduces_the_jailbroken_labels(capsys):
+def test_second_reading_reproduces_the_jailbroken_labels():
     """The committed second reading (results/judge-validation) covers exactly the rows
     bench/judge_second_reading.py draws from the dev part, and reproduces the set's jailbroken
     verdicts as reported (kappa 1.000; fails below 0.95, e.g. if labels of those rows change)."""
     from bench import judge_second_reading as sr
 
-    sr.main(["report"])
-    out = capsys.readouterr().out
-    k = float(out.split("jailbroken: accuracy")[1].split("kappa ")[1].split()[0])
-    assert k >= 0.95, out
-    assert "240 sure dev rows" in out
+    r = sr.report(sr.rows_to_read(str(sr.judge_model.LABELS_FILE)))
+    assert r["n"] == 240
+    assert r["jailbroken"]["kappa"] >= 0.95, r

@@ -257,10 +257,22 @@ def run_party(job, rank: int, world_size: int, rendezvous: str, timeout_s: float
         cc.shutdown_party()
 
 
+# -- the C allocator ------------------------------------------------------------------------------------
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 HEAP_MMAP_THRESHOLD = 1 << 30   # blocks up to 1 GiB come from the heap, not a mapping of their own
 HEAP_TRIM_THRESHOLD = 1 << 30   # free memory at the heap's top kept up to 1 GiB
+
+
+def _glibc():
+    """The C library when it is glibc (its allocator's controls), else None: elsewhere the
+    allocator behaves otherwise and is left as it is."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt, libc.malloc_trim  # both, or not glibc
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def keep_heap() -> bool:
@@ -274,15 +286,24 @@ def keep_heap() -> bool:
     a decode softmax at batch 50 195-204 -> 147-153 ms, a prefill SiLU over 1,081 tokens 3.7-3.9
     -> 2.1 s; the encrypted 50 x 32 ASR cell 602 -> 535 s.
     Up to 1 GiB of free memory stays at the heap's top, which bounds what this keeps beyond the
-    party's peak. ``PMPC_MALLOC=off`` leaves glibc's defaults (for measuring). Returns whether
-    the settings took."""
-    if os.environ.get("PMPC_MALLOC", "on") == "off":
+    party's peak; what loading and sharing the model free once is handed back on purpose
+    (:func:`return_freed_memory`). ``PMPC_MALLOC=off`` leaves glibc's defaults (for measuring).
+    Returns whether the settings took."""
+    libc = _glibc()
+    if os.environ.get("PMPC_MALLOC", "on") == "off" or libc is None:
         return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD))
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD))
+
+
+def return_freed_memory() -> None:
+    """Hand the heap's free pages back to the system now (glibc keeps freed blocks resident: below
+    its mmap threshold by default, up to :data:`HEAP_TRIM_THRESHOLD` under :func:`keep_heap`):
+    after loading the model and after each part of the weights is shared, that is the released
+    float weights and the sharing's transients, freed once and not needed again."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "RENDEZVOUS", "PMPC_PSK_FILE")

@@ -19,7 +19,6 @@ from __future__ import annotations
 # in a party: the launcher, the CLI and a machine without crypten import this module without it.
 
 import contextlib
-import ctypes
 import dataclasses
 import functools
 import hashlib
@@ -350,17 +349,6 @@ def _query(engine, ops, ids, attn, cfg, rank, gen, phases=None, marks=None, plan
     return steps, tokens
 
 
-def _return_freed_memory() -> None:
-    """Hand the heap's free pages back to the system (glibc keeps freed blocks below its mmap
-    threshold resident: after loading the model and after each part of the weights is shared,
-    that is the released float weights and the sharing's transients)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: its allocator behaves otherwise
-        return
-    libc.malloc_trim(0)
-
-
 def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput | None = None):
     """Runs inside one party process (after ``crypten.init``).
 
@@ -390,7 +378,7 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
     tracker = _DealerKeepAliveTracker(cost.crypten_stats, timeout_s / 4,
                                       (lambda: dealer.keepalive(real)) if to_dealer and cfg.preprocess else None)
     ops = CrypTenOps(tracker)
-    _return_freed_memory()  # what loading the model freed
+    parties.return_freed_memory()  # what loading the model freed
     gen = torch.Generator().manual_seed(cfg.seed)
     phases: dict = {}
     plan = None
@@ -399,7 +387,7 @@ def generate_party(cfg: GenConfig, rank: int, world_size: int, inp: ClientInput 
         # run's transients and the weights' shares are then never held at once
         plan = _plan(cfg, spec, None, ops, attn, rank, gen, phases, fault, prefix)
     engine = Engine(spec, cfg.protocol, ops, weights=cfg.weights, release_weights=True,
-                    on_shared=_return_freed_memory)  # each part's float copies
+                    on_shared=parties.return_freed_memory)  # each part's float copies
     t_setup = time.perf_counter() - t_start - phases.get("plan", {}).get("seconds", 0.0)  # the plan is reported apart
     fault("startup")
 
@@ -452,7 +440,7 @@ def _plan(cfg: GenConfig, spec, engine, ops, attn, rank: int, gen, phases: dict,
         _PLANS[key] = plan
         phases["plan"] = {"cached": False, **_since(c0)}
         del dry
-        _return_freed_memory()
+        parties.return_freed_memory()
     _agree(plan.digest(), "the tuple plan of the query", kind="plan")
     return plan
 
